@@ -1,0 +1,81 @@
+"""The deployment plan: plain data that says what each substrate host must hold.
+
+The plan is produced by pure code (``vnetlib.plan.build``) from a spec and an
+embedding, and consumed by the Ansible collection: ``to_dict`` gives the exact
+structure that ``playbooks/deploy_vnet.yml`` receives as ``vnet_plan`` and loops
+over, one ``vnet.infra.vnet_node`` task per node and one ``vnet.infra.vnet_link``
+task per link segment. Field names here are the module parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTask:
+    """A virtual node realized as a network namespace on one host."""
+
+    vnode: str
+    netns: str
+    driver: str = "netns"
+    forwarding: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PortTask:
+    """A veth pair from a link's host bridge into a virtual node."""
+
+    netns: str
+    ifname: str
+    peer: str
+    addresses: tuple[str, ...] = ()
+    mtu: int = 1500
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelTask:
+    """The encapsulated part of a virtual link between two substrate hosts."""
+
+    kind: str
+    device: str
+    vni: int
+    local: str
+    remote: str
+    dstport: int = 4789
+
+
+@dataclass(frozen=True, slots=True)
+class LinkTask:
+    """One host's segment of a virtual link: a bridge, local ports, a tunnel."""
+
+    link: str
+    bridge: str
+    ports: tuple[PortTask, ...]
+    tunnel: TunnelTask | None = None
+    bandwidth_mbps: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostPlan:
+    host: str
+    nodes: tuple[NodeTask, ...] = ()
+    links: tuple[LinkTask, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentPlan:
+    vnet: str
+    hosts: tuple[HostPlan, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["hosts"] = {h["host"]: h for h in data["hosts"]}
+        return data
+
+    def host(self, name: str) -> HostPlan:
+        for host in self.hosts:
+            if host.host == name:
+                return host
+        raise KeyError(name)
