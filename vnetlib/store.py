@@ -149,8 +149,11 @@ class Store:
             raise LookupError(f"several VNets are named {ref!r} ({ids}): give the id")
         return self._record(rows[0])
 
-    def allocate_vnis(self, lab: str, vnet_id: str, links: list[str]) -> dict[str, int]:
-        """Reserve one VXLAN id per link, unique within the lab."""
+    def allocate_vnis(
+        self, lab: str, vnet_id: str, links: list[str], *, dry_run: bool = False
+    ) -> dict[str, int]:
+        """Reserve one VXLAN id per link, unique within the lab; `dry_run`
+        returns the ids that would be reserved and reserves none."""
         with self._tx() as db:
             used = {r[0] for r in db.execute("SELECT vni FROM vnis WHERE lab = ?", (lab,))}
             result: dict[str, int] = {}
@@ -160,10 +163,11 @@ class Store:
                     candidate += 1
                 if candidate > VNI_MAX:
                     raise RuntimeError(f"lab {lab} has no free VXLAN id left")
-                db.execute(
-                    "INSERT INTO vnis (lab, vni, vnet_id, link) VALUES (?, ?, ?, ?)",
-                    (lab, candidate, vnet_id, link),
-                )
+                if not dry_run:
+                    db.execute(
+                        "INSERT INTO vnis (lab, vni, vnet_id, link) VALUES (?, ?, ?, ?)",
+                        (lab, candidate, vnet_id, link),
+                    )
                 result[link] = candidate
                 used.add(candidate)
         return result

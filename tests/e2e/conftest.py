@@ -1,0 +1,126 @@
+"""Fixtures for end-to-end tests on real namespaces: a private state
+directory, the working tree's collection built and installed into a
+temporary path, and labs with unique names that are always torn down."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+pytestmark = pytest.mark.e2e
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/e2e" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _root_only() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("end-to-end tests create namespaces and need root")
+
+
+@pytest.fixture(scope="session")
+def vnet_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Environment for `vnet` runs: private VNET_HOME and this tree's collection."""
+    base = tmp_path_factory.mktemp("vnet")
+    build = base / "build"
+    collections = base / "collections"
+    bindir = Path(sys.executable).parent
+    galaxy = str(bindir / "ansible-galaxy")
+    subprocess.run([galaxy, "collection", "build", "--force", "--output-path", str(build), str(ROOT)],
+                   check=True, capture_output=True)
+    tarball = next(build.glob("vnet-infra-*.tar.gz"))
+    subprocess.run([galaxy, "collection", "install", "--force", "-p", str(collections), str(tarball)],
+                   check=True, capture_output=True)
+    env = dict(os.environ)
+    env["VNET_HOME"] = str(base / "home")
+    env["VNET_COLLECTIONS_PATH"] = str(collections)
+    env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
+    saved = {k: os.environ.get(k) for k in ("VNET_HOME", "VNET_COLLECTIONS_PATH")}
+    os.environ.update({k: env[k] for k in saved})
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+class Vnet:
+    """Runs the real `vnet` command line."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "vnetlib.cli.main", *args],
+                              env=self.env, capture_output=True, text=True, timeout=600)
+        if check and done.returncode != 0:
+            raise AssertionError(f"vnet {' '.join(args)} failed ({done.returncode}):\n"
+                                 f"{done.stdout}\n{done.stderr}")
+        return done
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json").stdout)
+
+
+@pytest.fixture(scope="session")
+def vnet(vnet_env: dict[str, str]) -> Vnet:
+    return Vnet(vnet_env)
+
+
+def _new_lab(vnet: Vnet) -> str:
+    name = "t" + secrets.token_hex(2)
+    mgmt = f"198.19.{200 + secrets.randbelow(50)}.0/24"
+    vnet.run("lab", "up", "--name", name, "--mgmt-network", mgmt)
+    return name
+
+
+@pytest.fixture
+def lab(vnet: Vnet) -> Iterator[str]:
+    """A fresh three-host lab, removed after the test whatever happened."""
+    name = _new_lab(vnet)
+    try:
+        yield name
+    finally:
+        vnet.run("lab", "down", "--name", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def module_lab(vnet: Vnet) -> Iterator[str]:
+    name = _new_lab(vnet)
+    try:
+        yield name
+    finally:
+        vnet.run("lab", "down", "--name", name, check=False)
+
+
+def netns_list() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+def links_in(netns: str) -> set[str]:
+    out = subprocess.run(["ip", "-n", netns, "-o", "link", "show"], capture_output=True,
+                         text=True, check=True)
+    return {line.split(":")[1].strip().split("@")[0] for line in out.stdout.splitlines()}
+
+
+def ping(netns: str, address: str, count: int = 1, wait: int = 2) -> bool:
+    done = subprocess.run(["ip", "netns", "exec", netns, "ping", "-c", str(count), "-W", str(wait),
+                           "-i", "0.2", address], capture_output=True, text=True)
+    return done.returncode == 0

@@ -1,0 +1,136 @@
+"""`vnet up|status|exec|down` end to end on a real lab."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import EXAMPLES, Vnet, links_in, netns_list, ping
+from vnetlib.spec import load_vnet
+
+FIGURE6 = EXAMPLES / "figure6.xml"
+FIGURE6_B = EXAMPLES / "figure6-b.xml"
+
+
+def _addr(address: str) -> str:
+    return address.split("/")[0]
+
+
+def _assert_adjacent_nodes_reach_each_other(vnet: Vnet, vnet_id: str, spec: Path) -> None:
+    for link in load_vnet(spec).links:
+        for src, dst in ((link.a, link.b), (link.b, link.a)):
+            peer = _addr(dst.interface.addresses[0])
+            done = vnet.run("exec", vnet_id, src.node, "--", "ping", "-c", "1", "-W", "2", peer,
+                            check=False)
+            assert done.returncode == 0, f"{link.id}: {src.node} cannot reach {dst.node} ({peer})"
+
+
+def test_up_figure6_every_adjacent_pair_pings(vnet: Vnet, lab: str) -> None:
+    result = vnet.json("up", str(FIGURE6), "--lab", lab)
+    assert set(result["timings"]) == {"parse", "embed", "plan", "deploy"}
+    assert result["total"] > 0
+    assert set(result["node_map"]) == {"e1", "r1", "r2", "r3", "r4", "e2"}
+    assert len(set(result["node_map"].values())) > 1, "the VNet should span several hosts"
+    _assert_adjacent_nodes_reach_each_other(vnet, result["vnet"], FIGURE6)
+
+    status = vnet.json("status", result["vnet"])
+    assert status["status"] == "active"
+    assert status["embedding"]["node_map"] == result["node_map"]
+    assert [v["vnet"] for v in vnet.json("status")].count(result["vnet"]) == 1
+
+    out = vnet.json("exec", result["vnet"], "r1", "--", "ip", "-o", "addr", "show")
+    assert "198.19.0.2/30" in out["stdout"]
+
+
+def test_two_vnets_with_overlapping_addresses_are_isolated(vnet: Vnet, lab: str) -> None:
+    a = vnet.json("up", str(FIGURE6), "--lab", lab)["vnet"]
+    b = vnet.json("up", str(FIGURE6_B), "--lab", lab)["vnet"]
+    _assert_adjacent_nodes_reach_each_other(vnet, a, FIGURE6)
+    _assert_adjacent_nodes_reach_each_other(vnet, b, FIGURE6_B)
+
+    # Take r1's side of l1 away in VNet a: e1 of a must no longer reach
+    # 198.19.0.2, although r1 of b holds that address on the same hosts.
+    ns_a_r1 = f"vn-{lab}-{a}-r1"
+    ns_a_e1 = f"vn-{lab}-{a}-e1"
+    iface = load_vnet(FIGURE6).link("l1").b.interface.name
+    subprocess.run(["ip", "-n", ns_a_r1, "link", "set", iface, "down"], check=True)
+    assert not ping(ns_a_e1, "198.19.0.2", count=3, wait=1)
+    assert ping(f"vn-{lab}-{b}-e1", "198.19.0.2")
+    subprocess.run(["ip", "-n", ns_a_r1, "link", "set", iface, "up"], check=True)
+    assert ping(ns_a_e1, "198.19.0.2", count=3, wait=2)
+
+    # Tearing one VNet down leaves the other intact.
+    vnet.run("down", a)
+    _assert_adjacent_nodes_reach_each_other(vnet, b, FIGURE6_B)
+
+
+def _vnet_objects(lab: str) -> set[str]:
+    """Every virtual-node namespace and link-segment interface on the lab."""
+    found = {n for n in netns_list() if n.startswith(f"vn-{lab}-")}
+    for host in ("h1", "h2", "h3"):
+        found |= {f"{host}:{i}" for i in links_in(f"vl-{lab}-{host}")
+                  if i.startswith(("vb", "vx", "vp"))}
+    return found
+
+
+def test_down_and_lab_down_leave_nothing(vnet: Vnet, lab: str) -> None:
+    before = netns_list()
+    vnet_id = vnet.json("up", str(FIGURE6), "--lab", lab)["vnet"]
+    assert len(_vnet_objects(lab)) > 6
+    assert vnet.json("down", vnet_id)["removed"]
+    assert _vnet_objects(lab) == set()
+    assert vnet.run("status", vnet_id, check=False).returncode == 5
+
+    vnet.json("up", str(FIGURE6), "--lab", lab)
+    vnet.run("lab", "down", "--name", lab)
+    leftover = {n for n in netns_list() if lab in n}
+    assert leftover == set()
+    assert netns_list() <= before
+
+
+def test_check_mode_changes_nothing(vnet: Vnet, lab: str) -> None:
+    result = vnet.json("up", str(FIGURE6), "--lab", lab, "--check")
+    assert result["check"] is True
+    assert _vnet_objects(lab) == set()
+    assert vnet.json("status") == [] or all(v["lab"] != lab for v in vnet.json("status"))
+
+
+def test_invalid_spec_is_refused_with_its_location(vnet: Vnet, lab: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.xml"
+    text = FIGURE6.read_text().replace('node="r2"', 'node="r9"', 1)
+    bad.write_text(text)
+    done = vnet.run("up", str(bad), "--lab", lab, check=False)
+    assert done.returncode == 2
+    assert "bad.xml:" in done.stderr and "r9" in done.stderr
+    assert _vnet_objects(lab) == set()
+
+
+def test_failed_deployment_rolls_back(vnet: Vnet, lab: str) -> None:
+    # A host the VNet uses disappears: the playbook fails there, and what it
+    # created on the other hosts must be removed again.
+    used = sorted(set(vnet.json("up", str(FIGURE6), "--lab", lab, "--check")["node_map"].values()))
+    assert len(used) >= 2
+    lost, kept = used[-1], tuple(h for h in ("h1", "h2", "h3") if h != used[-1])
+    subprocess.run(["ip", "netns", "del", f"vl-{lab}-{lost}"], check=True)
+    done = vnet.run("up", str(FIGURE6), "--lab", lab, check=False)
+    assert done.returncode == 4, done.stderr
+    assert lost in done.stderr
+    assert _vnet_objects_on(lab, kept) == set()
+    assert vnet.json("status") == [] or all(v["lab"] != lab for v in vnet.json("status"))
+
+
+def _vnet_objects_on(lab: str, hosts: tuple[str, ...]) -> set[str]:
+    found = {n for n in netns_list() if n.startswith(f"vn-{lab}-")}
+    for host in hosts:
+        found |= {f"{host}:{i}" for i in links_in(f"vl-{lab}-{host}")
+                  if i.startswith(("vb", "vx", "vp"))}
+    return found
+
+
+@pytest.mark.parametrize("verb", [["status", "nope"], ["down", "nope"], ["exec", "nope", "x", "--", "true"]])
+def test_unknown_vnet_is_a_clear_error(vnet: Vnet, verb: list[str]) -> None:
+    done = vnet.run(*verb, check=False)
+    assert done.returncode == 5
+    assert "no VNet with id or name 'nope'" in done.stderr

@@ -1,0 +1,50 @@
+"""The `vnet` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from vnetlib import __version__
+from vnetlib.cli import down, execute, lab, status, up
+from vnetlib.cli.output import emit_json
+from vnetlib.deploy.ansible import DeployError
+from vnetlib.placement import EmbeddingRejected
+from vnetlib.spec import SpecErrors
+
+EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
+    (SpecErrors, 2, "invalid-spec"),
+    (EmbeddingRejected, 3, "rejected"),
+    (DeployError, 4, "deploy-failed"),
+    (LookupError, 5, "not-found"),
+    (ValueError, 2, "invalid-input"),
+    (PermissionError, 6, "permission"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vnet", description="Build and operate virtual networks across infrastructure providers."
+    )
+    parser.add_argument("--version", action="version", version=f"vnet {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    for verb in (lab, up, status, execute, down):
+        verb.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except tuple(e for e, _, _ in EXIT_CODES) as err:
+        code, kind = next((c, k) for e, c, k in EXIT_CODES if isinstance(err, e))
+        if getattr(args, "json", False):
+            emit_json({"error": {"kind": kind, "message": str(err)}})
+        print(f"vnet: error: {err}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
