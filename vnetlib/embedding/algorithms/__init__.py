@@ -1,0 +1,1 @@
+"""Embedding algorithms; each module exposes ``NAME`` and ``embed``."""
