@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     up = verbs.add_parser("up", help="create the lab (idempotent)")
     up.add_argument("--name", default="lab", help="lab name, 1-6 letters/digits (default: lab)")
     up.add_argument("--hosts", type=int, default=3, help="number of substrate hosts")
-    up.add_argument("--cpu", type=float, default=8.0, help="CPU capacity of each host")
+    up.add_argument("--cpu", type=float, default=4.0, help="CPU capacity of each host (cores)")
     up.add_argument("--memory", type=int, default=4096, help="memory of each host, MiB")
     up.add_argument("--data-network", default="198.18.0.0/24")
     up.add_argument("--mgmt-network", default="198.18.128.0/24")

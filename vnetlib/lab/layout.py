@@ -22,7 +22,7 @@ class LabConfig:
 
     name: str = "lab"
     hosts: int = 3
-    cpu: float = 8.0
+    cpu: float = 4.0
     memory_mb: int = 4096
     data_network: str = "198.18.0.0/24"
     mgmt_network: str = "198.18.128.0/24"
