@@ -16,7 +16,7 @@ RDL_NAMESPACE = "urn:vnet:rdl:1"
 RDL_VERSION = "1"
 
 
-class NodeKind(str, Enum):
+class NodeKind(str, Enum):  # noqa: UP042 (str() must stay as is)
     """How a virtual node is realized on a substrate host."""
 
     NETNS = "netns"
@@ -24,7 +24,7 @@ class NodeKind(str, Enum):
     XEN = "xen"
 
 
-class ConsoleKind(str, Enum):
+class ConsoleKind(str, Enum):  # noqa: UP042
     SERIAL = "serial"
     VNC = "vnc"
 

@@ -1,0 +1,311 @@
+"""Semantic rules of RDL v1 that XML Schema cannot express.
+
+The checks run on the schema-valid element tree rather than on the model, so
+every error can name the exact element and line (an address, an endpoint, a
+console) that the model does not keep.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Iterator
+
+import netaddr
+from lxml import etree
+
+from vnetlib.spec.errors import SpecError
+from vnetlib.spec.model import RDL_NAMESPACE, ConsoleKind, NodeKind
+
+Element = etree._Element
+
+CONSOLES_BY_KIND: dict[NodeKind, frozenset[ConsoleKind]] = {
+    NodeKind.NETNS: frozenset({ConsoleKind.SERIAL}),
+    NodeKind.QEMU: frozenset({ConsoleKind.SERIAL, ConsoleKind.VNC}),
+    NodeKind.XEN: frozenset({ConsoleKind.SERIAL, ConsoleKind.VNC}),
+}
+
+
+def line_of(el: Element) -> int | None:
+    """The element's line (lxml-stubs mistype ``sourceline``)."""
+    line: object = el.sourceline
+    return line if isinstance(line, int) else None
+
+
+def local(el: Element) -> str:
+    return etree.QName(el).localname
+
+
+def children(el: Element, name: str) -> list[Element]:
+    return el.findall(f"{{{RDL_NAMESPACE}}}{name}")
+
+
+def element_path(el: Element) -> str:
+    """``/vnet/link[@id='l3']/endpoint[2]``: ids where elements have them,
+    positions among same-named siblings otherwise."""
+    steps: list[str] = []
+    node: Element | None = el
+    while node is not None:
+        name = local(node)
+        key = next((k for k in ("id", "name") if node.get(k) is not None), None)
+        parent = node.getparent()
+        if key is not None and parent is not None:
+            name += f"[@{key}='{node.get(key)}']"
+        elif parent is not None:
+            same = [c for c in parent if isinstance(c.tag, str) and c.tag == node.tag]
+            if len(same) > 1:
+                name += f"[{same.index(node) + 1}]"
+        steps.append(name)
+        node = parent
+    return "/" + "/".join(reversed(steps))
+
+
+class Collector:
+    """Accumulates the errors of one document."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.errors: list[SpecError] = []
+
+    def add(self, el: Element, message: str, hint: str | None = None) -> None:
+        self.errors.append(SpecError(self.file, line_of(el), element_path(el), message, hint))
+
+
+def _did_you_mean(word: str, known: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f"did you mean {close[0]!r}?" if close else None
+
+
+def _unique(out: Collector, elements: Iterable[Element], attr: str, what: str) -> None:
+    seen: dict[str, Element] = {}
+    for el in elements:
+        value = el.get(attr, "")
+        if value in seen:
+            out.add(el, f"duplicate {what} {value!r} (first at line {line_of(seen[value])})",
+                    f"give every {what} a distinct name")
+        else:
+            seen[value] = el
+
+
+# ----------------------------------------------------------------- VNet rules
+
+
+def check_vnet(root: Element, file: str) -> list[SpecError]:
+    out = Collector(file)
+    nodes = children(root, "node")
+    links = children(root, "link")
+    _unique(out, nodes, "id", "node id")
+    _unique(out, links, "id", "link id")
+    kinds = {n.get("id", ""): NodeKind(n.get("kind", "netns")) for n in nodes}
+    for node in nodes:
+        _check_consoles(out, node, kinds[node.get("id", "")])
+    _check_locations(out, root, nodes)
+    used_ifaces: dict[tuple[str, str], Element] = {}
+    for link in links:
+        ends = children(link, "endpoint")
+        names = [e.get("node", "") for e in ends]
+        if names[0] == names[1]:
+            out.add(link, f"link connects node {names[0]!r} to itself",
+                    "a link joins two different nodes")
+        for end in ends:
+            _check_endpoint(out, end, kinds, used_ifaces)
+    _check_addresses(out, links)
+    return out.errors
+
+
+def _check_consoles(out: Collector, node: Element, kind: NodeKind) -> None:
+    allowed = CONSOLES_BY_KIND[kind]
+    seen: set[str] = set()
+    for console in children(node, "console"):
+        ckind = console.get("kind", "")
+        if ConsoleKind(ckind) not in allowed:
+            names = ", ".join(sorted(c.value for c in allowed))
+            out.add(console, f"a {kind.value} node has no {ckind} console",
+                    f"{kind.value} nodes support: {names}")
+        elif ckind in seen:
+            out.add(console, f"duplicate {ckind} console", "list each console kind once")
+        seen.add(ckind)
+
+
+def _check_locations(out: Collector, root: Element, nodes: list[Element]) -> None:
+    allowed = [
+        loc.text or "" for c in children(root, "constraints") for loc in children(c, "location")
+    ]
+    if not allowed:
+        return
+    for node in nodes:
+        where = node.get("location")
+        if where is not None and where not in allowed:
+            out.add(node, f"location {where!r} is not among the allowed locations",
+                    f"use one of {', '.join(allowed)} or extend <constraints>")
+
+
+def _check_endpoint(
+    out: Collector,
+    end: Element,
+    kinds: dict[str, NodeKind],
+    used: dict[tuple[str, str], Element],
+) -> None:
+    node, iface = end.get("node", ""), end.get("interface", "")
+    if node not in kinds:
+        out.add(end, f"endpoint refers to unknown node {node!r}",
+                _did_you_mean(node, kinds) or "declare the node with <node id=...>")
+        return
+    first = used.get((node, iface))
+    if first is not None:
+        out.add(end, f"interface {iface!r} of node {node!r} is already used at line "
+                f"{line_of(first)} ({element_path(first)})",
+                "give each of a node's links its own interface name")
+    else:
+        used[(node, iface)] = end
+
+
+def _interfaces(out: Collector, end: Element) -> Iterator[tuple[Element, netaddr.IPNetwork]]:
+    """The endpoint's valid interface addresses; reports the invalid ones."""
+    for el in children(end, "address"):
+        text = (el.text or "").strip()
+        try:
+            net = netaddr.IPNetwork(text)
+        except (netaddr.AddrFormatError, ValueError):
+            out.add(el, f"{text!r} is not a valid address with prefix length",
+                    "write an interface address such as 198.19.0.1/30")
+            continue
+        if net.version == 4 and net.prefixlen < 31 and net.ip in (net.network, net.broadcast):
+            which = "network" if net.ip == net.network else "broadcast"
+            out.add(el, f"{text} is the {which} address of {net.cidr}",
+                    "use a host address of the subnet")
+            continue
+        yield el, net
+
+
+def _check_addresses(out: Collector, links: list[Element]) -> None:
+    seen: dict[netaddr.IPAddress, Element] = {}
+    for link in links:
+        first, second = (list(_interfaces(out, end)) for end in children(link, "endpoint"))
+        _check_same_subnet(out, first, second)
+        for el, net in first + second:
+            earlier = seen.setdefault(net.ip, el)
+            if earlier is el:
+                continue
+            if any(e is earlier for e, _ in first) and any(e is el for e, _ in second):
+                out.add(el, f"both ends of the link have address {net.ip}",
+                        "give each end its own address in the link's subnet")
+            else:
+                out.add(el, f"address {net.ip} is already used at line {line_of(earlier)} "
+                        f"({element_path(earlier)})", "every address of a VNet must be unique")
+
+
+def _check_same_subnet(
+    out: Collector,
+    first: list[tuple[Element, netaddr.IPNetwork]],
+    second: list[tuple[Element, netaddr.IPNetwork]],
+) -> None:
+    """Each address must share its subnet with an address of its family on the
+    other end; a one-to-one mismatch is reported once, at the second end."""
+    reported: set[int] = set()
+    for this, other in ((second, first), (first, second)):
+        for el, net in this:
+            peers = [n for _, n in other if n.version == net.version]
+            if not peers or (net.version in reported and this is first):
+                continue
+            if all(p.cidr != net.cidr for p in peers):
+                listed = ", ".join(f"{p} (in {p.cidr})" for p in peers)
+                out.add(el, f"{net} is in {net.cidr}, not in the subnet of the other end: {listed}",
+                        "both ends of a link need addresses in the same subnet")
+                if this is second:
+                    reported.add(net.version)
+
+
+# ------------------------------------------------------------ substrate rules
+
+
+def check_substrate(root: Element, file: str) -> list[SpecError]:
+    out = Collector(file)
+    hosts = children(root, "host")
+    switches = children(root, "switch")
+    _unique(out, hosts + switches, "name", "host or switch name")
+    host_names = {h.get("name", "") for h in hosts}
+    ends = host_names | {s.get("name", "") for s in switches}
+    for sw in switches:
+        _unique(out, children(sw, "port"), "host", "switch port")
+        for port in children(sw, "port"):
+            target = port.get("host", "")
+            if target not in host_names:
+                out.add(port, f"switch port refers to unknown host {target!r}",
+                        _did_you_mean(target, host_names) or "declare it with <host name=...>")
+    for link in children(root, "link"):
+        a, b = link.get("a", ""), link.get("b", "")
+        for end in (a, b):
+            if end not in ends:
+                out.add(link, f"link end {end!r} is neither a host nor the switch",
+                        _did_you_mean(end, ends) or "declare it with <host> or <switch>")
+        if a == b:
+            out.add(link, f"link connects {a!r} to itself", "a link joins two different ends")
+    for host in hosts:
+        _unique_text(out, children(host, "kind"), "node kind")
+    _unique_text(out, children(root, "encapsulation"), "encapsulation")
+    networks = {
+        kind: _network(out, el)
+        for kind in ("data", "mgmt")
+        for el in children(root, f"{kind}-network")
+    }
+    _check_overlap(out, root, networks)
+    _check_host_addresses(out, hosts, networks)
+    return out.errors
+
+
+def _unique_text(out: Collector, elements: list[Element], what: str) -> None:
+    seen: set[str] = set()
+    for el in elements:
+        if (el.text or "").strip() in seen:
+            out.add(el, f"duplicate {what} {(el.text or '').strip()!r}", f"list each {what} once")
+        seen.add((el.text or "").strip())
+
+
+def _network(out: Collector, el: Element) -> netaddr.IPNetwork | None:
+    text = (el.text or "").strip()
+    try:
+        net = netaddr.IPNetwork(text)
+    except (netaddr.AddrFormatError, ValueError):
+        out.add(el, f"{text!r} is not a valid network", "write a network such as 198.18.0.0/24")
+        return None
+    if net.ip != net.network:
+        out.add(el, f"{text} has host bits set", f"did you mean {net.cidr}?")
+        return None
+    return net
+
+
+def _check_overlap(
+    out: Collector, root: Element, networks: dict[str, netaddr.IPNetwork | None]
+) -> None:
+    data, mgmt = networks.get("data"), networks.get("mgmt")
+    if data is None or mgmt is None or data.version != mgmt.version:
+        return
+    if data.first <= mgmt.last and mgmt.first <= data.last:
+        el = children(root, "mgmt-network")[0]
+        out.add(el, f"management network {mgmt} overlaps data network {data}",
+                "use disjoint networks")
+
+
+def _check_host_addresses(
+    out: Collector, hosts: list[Element], networks: dict[str, netaddr.IPNetwork | None]
+) -> None:
+    seen: dict[netaddr.IPAddress, str] = {}
+    for host in hosts:
+        for name in ("data", "mgmt"):
+            text = host.get(f"{name}-address")
+            if text is None:
+                continue
+            try:
+                ip = netaddr.IPAddress(text)
+            except (netaddr.AddrFormatError, ValueError):
+                out.add(host, f"{name}-address {text!r} is not a valid IP address")
+                continue
+            net = networks.get(name)
+            if net is not None and (ip not in net or ip in (net.network, net.broadcast)):
+                out.add(host, f"{name}-address {ip} is not a host address of the {name} "
+                        f"network {net}", f"pick an address inside {net}")
+            if ip in seen:
+                out.add(host, f"{name}-address {ip} is already used by {seen[ip]}",
+                        "every host address must be unique")
+            else:
+                seen[ip] = f"{name}-address of host {host.get('name')!r} (line {line_of(host)})"
