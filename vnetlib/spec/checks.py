@@ -81,7 +81,7 @@ def _unique(out: Collector, elements: Iterable[Element], attr: str, what: str) -
         value = el.get(attr, "")
         if value in seen:
             out.add(el, f"duplicate {what} {value!r} (first at line {line_of(seen[value])})",
-                    f"give every {what} a distinct name")
+                    f"{what}s must be unique")
         else:
             seen[value] = el
 
@@ -136,7 +136,7 @@ def _check_locations(out: Collector, root: Element, nodes: list[Element]) -> Non
         where = node.get("location")
         if where is not None and where not in allowed:
             out.add(node, f"location {where!r} is not among the allowed locations",
-                    f"use one of {', '.join(allowed)} or extend <constraints>")
+                    f"use one of: {', '.join(allowed)}; or extend <constraints>")
 
 
 def _check_endpoint(

@@ -29,14 +29,17 @@ class SpecError:
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
         text = f"{where}: {self.element}: {self.message}"
-        return f"{text} ({self.hint})" if self.hint else text
+        return f"{text} [hint: {self.hint}]" if self.hint else text
 
 
 class SpecErrors(Exception):
     """All errors of the first phase that failed while reading a document."""
 
     def __init__(self, errors: Iterable[SpecError]) -> None:
-        self.errors: tuple[SpecError, ...] = tuple(errors)
+        # Stable sort: errors on one line keep the order in which rules found them.
+        self.errors: tuple[SpecError, ...] = tuple(
+            sorted(errors, key=lambda e: e.line if e.line is not None else 0)
+        )
         if not self.errors:
             raise ValueError("SpecErrors needs at least one error")
         super().__init__(self.errors)

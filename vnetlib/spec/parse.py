@@ -39,10 +39,15 @@ _CHECKS: dict[str, _Checker] = {"vnet": check_vnet, "substrate": check_substrate
 
 
 @functools.cache
+def _schema_document() -> Element:
+    text = resources.files("vnetlib.spec").joinpath("schema", SCHEMA_FILE).read_bytes()
+    return etree.fromstring(text, _parser())
+
+
+@functools.cache
 def schema() -> etree.XMLSchema:
     """The RDL v1 schema, parsed once per process."""
-    text = resources.files("vnetlib.spec").joinpath("schema", SCHEMA_FILE).read_bytes()
-    return etree.XMLSchema(etree.fromstring(text, _parser()))
+    return etree.XMLSchema(_schema_document())
 
 
 def _parser() -> etree.XMLParser:
@@ -166,6 +171,7 @@ _TYPE_HINTS = {
     "boolean": "use true or false",
     "IPPrefixed": "write an address with prefix length such as 198.19.0.1/30",
     "IPAddress": "write an IP address such as 198.18.0.11",
+    "Label": "use up to 64 letters, digits, '_', '.', ':' or '-', starting with a letter or digit",
 }
 
 
@@ -185,6 +191,28 @@ def _schema_error(root: Element, source: str, entry: etree._LogEntry) -> SpecErr
     if match:
         rest = message[match.end():]
         message = f"attribute '{match.group(2)}': {rest}" if match.group(2) else rest
-    hint = next((h for t, h in _TYPE_HINTS.items() if f"type '{t}'" in message
-                 or f"type 'xs:{t}'" in message), "see docs/rdl.md for the element's syntax")
-    return SpecError(source, entry.line, path, message, hint)
+    return SpecError(source, entry.line, path, message, _schema_hint(message))
+
+
+def _schema_hint(message: str) -> str:
+    if message.startswith("attribute 'version'"):
+        return "this reader knows RDL version 1 only: version=\"1\""
+    for type_name, pattern in _schema_patterns().items():
+        if f"pattern '{pattern}'" in message:
+            return _TYPE_HINTS[type_name]
+    for type_name, hint in _TYPE_HINTS.items():
+        if f"type '{type_name}'" in message or f"type 'xs:{type_name}'" in message:
+            return hint
+    return "see docs/rdl.md for the element's syntax"
+
+
+@functools.cache
+def _schema_patterns() -> dict[str, str]:
+    """Pattern of each named simple type of the schema, to explain pattern errors
+    (libxml2 names the pattern, not the type)."""
+    found = {}
+    for simple in _schema_document().iterfind("{http://www.w3.org/2001/XMLSchema}simpleType"):
+        pattern = simple.find(".//{http://www.w3.org/2001/XMLSchema}pattern")
+        if pattern is not None and simple.get("name") in _TYPE_HINTS:
+            found[simple.get("name", "")] = pattern.get("value", "")
+    return found
