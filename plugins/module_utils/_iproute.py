@@ -1,0 +1,501 @@
+# Copyright (c) 2026, vnet developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Want, have, plan for vnet's kernel objects (private to the collection).
+
+Everything here is pure: ``want`` comes from module parameters, ``have`` is
+parsed from ``ip -json`` / ``tc -json`` output, and the ``plan_*`` functions
+return the commands (argv lists) that turn ``have`` into ``want``. An empty
+list means the host already matches. The modules only read state, call a
+planner and run its commands.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+
+Command = list[str]
+
+IP = "ip"
+TC = "tc"
+BRIDGE_KIND = "bridge"
+VETH_KIND = "veth"
+VXLAN_KIND = "vxlan"
+NODE_DRIVERS = ("netns",)
+TBF_LATENCY = "50ms"
+TBF_MIN_BURST = 15000
+RATE_TOLERANCE = 0.01
+
+
+class VnetError(Exception):
+    """A request that cannot be planned or a command that failed."""
+
+    def __init__(self, msg: str, **details: object) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.details = details
+
+
+# --------------------------------------------------------------------------
+# State read from the host
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VxlanParams:
+    vni: int
+    local: str
+    remote: str
+    dstport: int
+    learning: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Iface:
+    """One network interface as ``ip -json -details addr show`` reports it."""
+
+    name: str
+    kind: str = ""
+    ifindex: int = 0
+    link_index: int | None = None
+    up: bool = False
+    mtu: int = 1500
+    master: str | None = None
+    addresses: tuple[str, ...] = ()
+    vxlan: VxlanParams | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Qdisc:
+    kind: str
+    rate_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostState:
+    """What a vnet_link task needs to know about its substrate host.
+
+    ``netns`` holds the interfaces of every *existing* namespace the ports
+    name; a namespace missing from it does not exist.
+    """
+
+    links: dict[str, Iface] = field(default_factory=dict)
+    netns: dict[str, dict[str, Iface]] = field(default_factory=dict)
+    qdiscs: dict[str, Qdisc] = field(default_factory=dict)
+
+
+def _load(text: str) -> list[dict]:
+    text = (text or "").strip()
+    if not text:
+        return []
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise VnetError("unexpected JSON from iproute2: %r" % (text[:200],))
+    return data
+
+
+def parse_netns_list(text: str) -> set[str]:
+    """Names from ``ip -json netns list``."""
+    return {str(entry["name"]) for entry in _load(text) if "name" in entry}
+
+
+def _address(entry: dict) -> str | None:
+    if entry.get("scope") != "global" or "local" not in entry:
+        return None
+    return "%s/%s" % (entry["local"], entry["prefixlen"])
+
+
+def parse_ifaces(text: str) -> dict[str, Iface]:
+    """Interfaces from ``ip -json -details addr show``, keyed by name."""
+    result: dict[str, Iface] = {}
+    for entry in _load(text):
+        info = entry.get("linkinfo") or {}
+        kind = str(info.get("info_kind", ""))
+        vxlan = None
+        if kind == VXLAN_KIND:
+            data = info.get("info_data") or {}
+            vxlan = VxlanParams(
+                vni=int(data.get("id", 0)),
+                local=str(data.get("local", "")),
+                remote=str(data.get("remote", "")),
+                dstport=int(data.get("port", 0)),
+                learning=bool(data.get("learning", True)),
+            )
+        addresses = tuple(
+            a for a in (_address(x) for x in entry.get("addr_info") or []) if a is not None
+        )
+        result[entry["ifname"]] = Iface(
+            name=str(entry["ifname"]),
+            kind=kind,
+            ifindex=int(entry.get("ifindex", 0)),
+            link_index=entry.get("link_index"),
+            up="UP" in (entry.get("flags") or []),
+            mtu=int(entry.get("mtu", 0)),
+            master=entry.get("master"),
+            addresses=addresses,
+            vxlan=vxlan,
+        )
+    return result
+
+
+def parse_root_qdisc(text: str) -> Qdisc | None:
+    """The root qdisc from ``tc -json qdisc show dev DEV``."""
+    for entry in _load(text):
+        if entry.get("root"):
+            rate = (entry.get("options") or {}).get("rate")
+            return Qdisc(kind=str(entry.get("kind", "")), rate_bytes=None if rate is None else int(rate))
+    return None
+
+
+# --------------------------------------------------------------------------
+# Virtual nodes
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeWant:
+    name: str
+    state: str = "present"
+    forwarding: bool = True
+    driver: str = "netns"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHave:
+    exists: bool
+    lo_up: bool = False
+    forwarding: bool = False
+
+
+def node_want(params: dict) -> NodeWant:
+    want = NodeWant(
+        name=params["name"],
+        state=params.get("state") or "present",
+        forwarding=bool(params.get("forwarding", True)),
+        driver=params.get("driver") or "netns",
+    )
+    if want.driver not in NODE_DRIVERS:
+        raise VnetError("virtual node %s: driver %s is not supported" % (want.name, want.driver))
+    return want
+
+
+def parse_forwarding(text: str) -> bool:
+    return (text or "").strip() == "1"
+
+
+def plan_node(want: NodeWant, have: NodeHave) -> list[Command]:
+    """Commands that make the namespace of `want` exist (or not) as asked."""
+    if want.state == "absent":
+        return [[IP, "netns", "delete", want.name]] if have.exists else []
+    commands: list[Command] = []
+    if not have.exists:
+        commands.append([IP, "netns", "add", want.name])
+    if not have.exists or not have.lo_up:
+        commands.append([IP, "-n", want.name, "link", "set", "lo", "up"])
+    if not have.exists or have.forwarding != want.forwarding:
+        value = "1" if want.forwarding else "0"
+        commands.append(
+            [IP, "netns", "exec", want.name, "sysctl", "-w", "net.ipv4.ip_forward=%s" % value]
+        )
+    return commands
+
+
+def node_view(exists: bool, lo_up: bool, forwarding: bool) -> dict:
+    if not exists:
+        return {}
+    return {"netns": True, "lo_up": lo_up, "forwarding": forwarding}
+
+
+def node_before_after(want: NodeWant, have: NodeHave) -> tuple[dict, dict]:
+    before = node_view(have.exists, have.lo_up, have.forwarding)
+    after = {} if want.state == "absent" else node_view(True, True, want.forwarding)
+    return before, after
+
+
+# --------------------------------------------------------------------------
+# Virtual link segments
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PortWant:
+    netns: str
+    ifname: str
+    peer: str
+    addresses: tuple[str, ...] = ()
+    mtu: int = 1500
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelWant:
+    kind: str
+    device: str
+    vni: int
+    local: str
+    remote: str
+    dstport: int = 4789
+
+    def params(self) -> VxlanParams:
+        return VxlanParams(self.vni, self.local, self.remote, self.dstport, False)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkWant:
+    bridge: str
+    ports: tuple[PortWant, ...] = ()
+    tunnel: TunnelWant | None = None
+    bandwidth_mbps: float | None = None
+    state: str = "present"
+
+    def netns_names(self) -> list[str]:
+        return sorted({p.netns for p in self.ports})
+
+
+def _normalize_address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_interface(text))
+    except ValueError as exc:
+        raise VnetError("invalid interface address %r: %s" % (text, exc)) from exc
+
+
+def link_want(params: dict) -> LinkWant:
+    ports = tuple(
+        PortWant(
+            netns=p["netns"],
+            ifname=p["ifname"],
+            peer=p["peer"],
+            addresses=tuple(_normalize_address(a) for a in p.get("addresses") or ()),
+            mtu=int(p.get("mtu") or 1500),
+        )
+        for p in params.get("ports") or ()
+    )
+    tunnel = None
+    if params.get("tunnel"):
+        t = params["tunnel"]
+        if (t.get("kind") or VXLAN_KIND) != VXLAN_KIND:
+            raise VnetError("bridge %s: tunnel kind %s is not supported" % (params["bridge"], t.get("kind")))
+        tunnel = TunnelWant(
+            kind=VXLAN_KIND,
+            device=t["device"],
+            vni=int(t["vni"]),
+            local=str(t["local"]),
+            remote=str(t["remote"]),
+            dstport=int(t.get("dstport") or 4789),
+        )
+    bandwidth = params.get("bandwidth_mbps")
+    want = LinkWant(
+        bridge=params["bridge"],
+        ports=ports,
+        tunnel=tunnel,
+        bandwidth_mbps=None if bandwidth is None else float(bandwidth),
+        state=params.get("state") or "present",
+    )
+    names = [want.bridge] + [p.peer for p in ports] + ([tunnel.device] if tunnel else [])
+    for name in names:
+        if not 0 < len(name) <= 15:
+            raise VnetError("interface name %r must have 1 to 15 characters" % (name,))
+    if len(set(names)) != len(names):
+        raise VnetError("bridge %s: bridge, port peers and tunnel device must differ" % want.bridge)
+    if want.bandwidth_mbps is not None and want.bandwidth_mbps <= 0:
+        raise VnetError("bridge %s: bandwidth_mbps must be positive" % want.bridge)
+    return want
+
+
+def rate_kbit(mbps: float) -> int:
+    return max(1, int(round(mbps * 1000)))
+
+
+def tbf_command(dev: str, mbps: float) -> Command:
+    kbit = rate_kbit(mbps)
+    burst = max(TBF_MIN_BURST, kbit * 1000 // 8 // 250)
+    return [TC, "qdisc", "replace", "dev", dev, "root", "tbf",
+            "rate", "%dkbit" % kbit, "burst", str(burst), "latency", TBF_LATENCY]
+
+
+def _rate_matches(qdisc: Qdisc | None, mbps: float) -> bool:
+    if qdisc is None or qdisc.kind != "tbf" or qdisc.rate_bytes is None:
+        return False
+    want = rate_kbit(mbps) * 1000 / 8
+    return abs(qdisc.rate_bytes - want) <= want * RATE_TOLERANCE
+
+
+def _is_pair(host: Iface | None, node: Iface | None) -> bool:
+    return (
+        host is not None
+        and node is not None
+        and host.kind == VETH_KIND
+        and node.kind == VETH_KIND
+        and host.link_index == node.ifindex
+        and node.link_index == host.ifindex
+    )
+
+
+def _plan_port(want: LinkWant, port: PortWant, have: HostState, check_missing_netns: bool) -> list[Command]:
+    commands: list[Command] = []
+    node_ifaces = have.netns.get(port.netns)
+    if node_ifaces is None and check_missing_netns:
+        raise VnetError(
+            "network namespace %s of port %s does not exist: create the virtual node first"
+            % (port.netns, port.peer)
+        )
+    host = have.links.get(port.peer)
+    node = (node_ifaces or {}).get(port.ifname)
+    if host is not None and host.kind != VETH_KIND:
+        raise VnetError("%s exists and is a %s, not a veth: remove it" % (port.peer, host.kind or "plain link"))
+    if node is not None and node.kind != VETH_KIND:
+        raise VnetError(
+            "%s in namespace %s exists and is a %s, not a veth: remove it"
+            % (port.ifname, port.netns, node.kind or "plain link")
+        )
+    if not _is_pair(host, node):
+        if host is not None:
+            commands.append([IP, "link", "delete", port.peer])
+        if node is not None:
+            commands.append([IP, "-n", port.netns, "link", "delete", port.ifname])
+        commands.append([IP, "link", "add", port.peer, "mtu", str(port.mtu), "type", VETH_KIND,
+                         "peer", "name", port.ifname, "mtu", str(port.mtu), "netns", port.netns])
+        host = Iface(name=port.peer, kind=VETH_KIND, mtu=port.mtu)
+        node = Iface(name=port.ifname, kind=VETH_KIND, mtu=port.mtu)
+    assert host is not None and node is not None
+    if host.mtu != port.mtu:
+        commands.append([IP, "link", "set", "dev", port.peer, "mtu", str(port.mtu)])
+    if host.master != want.bridge:
+        commands.append([IP, "link", "set", "dev", port.peer, "master", want.bridge])
+    if not host.up:
+        commands.append([IP, "link", "set", "dev", port.peer, "up"])
+    if node.mtu != port.mtu:
+        commands.append([IP, "-n", port.netns, "link", "set", "dev", port.ifname, "mtu", str(port.mtu)])
+    current = set(node.addresses)
+    for address in node.addresses:
+        if address not in port.addresses:
+            commands.append([IP, "-n", port.netns, "address", "delete", address, "dev", port.ifname])
+    for address in port.addresses:
+        if address not in current:
+            commands.append([IP, "-n", port.netns, "address", "add", address, "dev", port.ifname])
+    if not node.up:
+        commands.append([IP, "-n", port.netns, "link", "set", "dev", port.ifname, "up"])
+    if want.bandwidth_mbps is not None and not _rate_matches(have.qdiscs.get(port.peer), want.bandwidth_mbps):
+        commands.append(tbf_command(port.peer, want.bandwidth_mbps))
+    return commands
+
+
+def _plan_tunnel(want: LinkWant, tunnel: TunnelWant, have: HostState) -> list[Command]:
+    commands: list[Command] = []
+    dev = have.links.get(tunnel.device)
+    if dev is not None and (dev.kind != VXLAN_KIND or dev.vxlan != tunnel.params()):
+        commands.append([IP, "link", "delete", tunnel.device])
+        dev = None
+    if dev is None:
+        commands.append([IP, "link", "add", tunnel.device, "type", VXLAN_KIND,
+                         "id", str(tunnel.vni), "local", tunnel.local, "remote", tunnel.remote,
+                         "dstport", str(tunnel.dstport), "nolearning"])
+        dev = Iface(name=tunnel.device, kind=VXLAN_KIND)
+    if dev.master != want.bridge:
+        commands.append([IP, "link", "set", "dev", tunnel.device, "master", want.bridge])
+    if not dev.up:
+        commands.append([IP, "link", "set", "dev", tunnel.device, "up"])
+    return commands
+
+
+def plan_link(want: LinkWant, have: HostState, check_missing_netns: bool = True) -> list[Command]:
+    """Commands that bring one link segment from `have` to `want`.
+
+    `check_missing_netns` makes a port whose namespace does not exist an
+    error; check mode turns it off, since the node task before it only
+    pretended to create the namespace.
+    """
+    if want.state == "absent":
+        return _plan_link_absent(want, have)
+    commands: list[Command] = []
+    bridge = have.links.get(want.bridge)
+    if bridge is not None and bridge.kind != BRIDGE_KIND:
+        raise VnetError("%s exists and is a %s, not a bridge: remove it" % (want.bridge, bridge.kind or "plain link"))
+    if bridge is None:
+        commands.append([IP, "link", "add", want.bridge, "type", BRIDGE_KIND])
+    if bridge is None or not bridge.up:
+        commands.append([IP, "link", "set", "dev", want.bridge, "up"])
+    if want.tunnel is not None:
+        commands += _plan_tunnel(want, want.tunnel, have)
+    for port in want.ports:
+        commands += _plan_port(want, port, have, check_missing_netns)
+    return commands
+
+
+def _plan_link_absent(want: LinkWant, have: HostState) -> list[Command]:
+    commands: list[Command] = []
+    for port in want.ports:
+        host = have.links.get(port.peer)
+        node = have.netns.get(port.netns, {}).get(port.ifname)
+        if host is not None and host.kind == VETH_KIND:
+            commands.append([IP, "link", "delete", port.peer])
+        elif node is not None and node.kind == VETH_KIND:
+            commands.append([IP, "-n", port.netns, "link", "delete", port.ifname])
+    if want.tunnel is not None:
+        dev = have.links.get(want.tunnel.device)
+        if dev is not None and dev.kind == VXLAN_KIND:
+            commands.append([IP, "link", "delete", want.tunnel.device])
+    bridge = have.links.get(want.bridge)
+    if bridge is not None and bridge.kind == BRIDGE_KIND:
+        commands.append([IP, "link", "delete", want.bridge])
+    return commands
+
+
+def link_view_have(want: LinkWant, have: HostState) -> dict:
+    """The part of `have` that `want` talks about, shaped like link_view_want."""
+    view: dict = {}
+    bridge = have.links.get(want.bridge)
+    if bridge is not None:
+        view["bridge"] = {"name": want.bridge, "up": bridge.up}
+    if want.tunnel is not None:
+        dev = have.links.get(want.tunnel.device)
+        if dev is not None and dev.vxlan is not None:
+            view["tunnel"] = {
+                "device": want.tunnel.device, "vni": dev.vxlan.vni, "local": dev.vxlan.local,
+                "remote": dev.vxlan.remote, "dstport": dev.vxlan.dstport,
+                "master": dev.master, "up": dev.up,
+            }
+    ports = {}
+    for port in want.ports:
+        host = have.links.get(port.peer)
+        node = have.netns.get(port.netns, {}).get(port.ifname)
+        if host is None and node is None:
+            continue
+        entry: dict = {}
+        if host is not None:
+            entry["host"] = {"master": host.master, "mtu": host.mtu, "up": host.up}
+            if want.bandwidth_mbps is not None:
+                q = have.qdiscs.get(port.peer)
+                entry["host"]["rate_kbit"] = (
+                    rate_kbit(q.rate_bytes * 8 / 1e6) if q and q.kind == "tbf" and q.rate_bytes else None
+                )
+        if node is not None:
+            entry["node"] = {"netns": port.netns, "ifname": port.ifname, "mtu": node.mtu,
+                             "up": node.up, "addresses": sorted(node.addresses)}
+        ports[port.peer] = entry
+    if ports:
+        view["ports"] = ports
+    return view
+
+
+def link_view_want(want: LinkWant) -> dict:
+    if want.state == "absent":
+        return {}
+    view: dict = {"bridge": {"name": want.bridge, "up": True}}
+    if want.tunnel is not None:
+        t = want.tunnel
+        view["tunnel"] = {"device": t.device, "vni": t.vni, "local": t.local, "remote": t.remote,
+                          "dstport": t.dstport, "master": want.bridge, "up": True}
+    ports = {}
+    for port in want.ports:
+        host: dict = {"master": want.bridge, "mtu": port.mtu, "up": True}
+        if want.bandwidth_mbps is not None:
+            host["rate_kbit"] = rate_kbit(want.bandwidth_mbps)
+        ports[port.peer] = {
+            "host": host,
+            "node": {"netns": port.netns, "ifname": port.ifname, "mtu": port.mtu, "up": True,
+                     "addresses": sorted(port.addresses)},
+        }
+    if ports:
+        view["ports"] = ports
+    return view

@@ -1,0 +1,227 @@
+#!/usr/bin/python
+# Copyright (c) 2026, vnet developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vnet_link
+short_description: Manage one substrate host's segment of a vnet virtual link
+version_added: 0.1.0
+description:
+  - A virtual link segment is a Linux bridge on the substrate host, one veth pair
+    per local port (host end on the bridge, node end moved into the virtual node's
+    namespace, renamed, with its MTU and addresses), and, for a link that crosses
+    hosts, a VXLAN device on the bridge towards the other host.
+  - Optionally limits the bandwidth with a C(tbf) qdisc on the egress of the
+    host-side veth ends.
+  - Reads the current state with C(ip -json) and C(tc -json), plans the
+    difference and runs only the commands needed (argv lists); returns them in
+    RV(commands). A VXLAN device whose parameters differ is recreated.
+author: vnet developers (@vnet)
+options:
+  bridge:
+    description: Name of the Linux bridge of this segment (at most 15 characters).
+    type: str
+    required: true
+  ports:
+    description: The veth pairs that join virtual nodes on this host to the bridge.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      netns:
+        description: Namespace of the virtual node (see M(vnet.infra.vnet_node)).
+        type: str
+        required: true
+      ifname:
+        description: Name of the interface inside the virtual node.
+        type: str
+        required: true
+      peer:
+        description: Name of the host end of the veth pair, enslaved to the bridge.
+        type: str
+        required: true
+      addresses:
+        description:
+          - Addresses (CIDR) of the node interface; exactly these global addresses
+            are kept, others are removed.
+        type: list
+        elements: str
+        default: []
+      mtu:
+        description: MTU of both ends of the veth pair.
+        type: int
+        default: 1500
+  tunnel:
+    description: The encapsulated part of a link that crosses substrate hosts.
+    type: dict
+    suboptions:
+      kind:
+        description: Encapsulation. Only V(vxlan) is implemented.
+        type: str
+        choices: [vxlan]
+        default: vxlan
+      device:
+        description: Name of the tunnel device.
+        type: str
+        required: true
+      vni:
+        description: VXLAN network identifier.
+        type: int
+        required: true
+      local:
+        description: Local substrate address of the tunnel.
+        type: str
+        required: true
+      remote:
+        description: Substrate address of the other host (point-to-point, no learning).
+        type: str
+        required: true
+      dstport:
+        description: UDP destination port.
+        type: int
+        default: 4789
+  bandwidth_mbps:
+    description:
+      - Rate limit in Mbit/s, enforced with a C(tbf) root qdisc on each host-side
+        veth end. Left alone when not given.
+    type: float
+  state:
+    description:
+      - V(present) builds the segment; V(absent) removes the veth pairs, the
+        tunnel device and the bridge, tolerating objects that are already gone.
+    type: str
+    choices: [present, absent]
+    default: present
+attributes:
+  check_mode:
+    support: full
+    description: Reports the commands it would run and runs none.
+  diff_mode:
+    support: full
+    description: Returns the segment's state before and after.
+  idempotent:
+    support: full
+    description: A second run with the same parameters changes nothing.
+requirements:
+  - iproute2 (C(ip), C(tc)) on the target, root privileges, a kernel with veth,
+    bridge and vxlan.
+notes:
+  - With O(state=present) the namespaces of the ports must exist (create the nodes
+    first), except in check mode.
+seealso:
+  - module: vnet.infra.vnet_node
+"""
+
+EXAMPLES = r"""
+- name: One end of a virtual link that crosses two substrate hosts
+  vnet.infra.vnet_link:
+    bridge: vb1a2b3c4d
+    ports:
+      - netns: vn-lab-v1-r1
+        ifname: eth0
+        peer: vp5e6f7a8b
+        addresses: [198.18.10.1/24]
+        mtu: 1450
+    tunnel:
+      kind: vxlan
+      device: vx1a2b3c4d
+      vni: 1001
+      local: 198.18.0.1
+      remote: 198.18.0.2
+    bandwidth_mbps: 100
+
+- name: Remove it
+  vnet.infra.vnet_link:
+    bridge: vb1a2b3c4d
+    ports:
+      - netns: vn-lab-v1-r1
+        ifname: eth0
+        peer: vp5e6f7a8b
+    tunnel:
+      device: vx1a2b3c4d
+      vni: 1001
+      local: 198.18.0.1
+      remote: 198.18.0.2
+    state: absent
+"""
+
+RETURN = r"""
+commands:
+  description: The commands run (or, in check mode, that would run), as argv lists.
+  returned: always
+  type: list
+  elements: list
+  sample: [["ip", "link", "add", "vb1a2b3c4d", "type", "bridge"], ["ip", "link", "set", "dev", "vb1a2b3c4d", "up"]]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vnet.infra.plugins.module_utils._iproute import (
+    VnetError,
+    link_view_have,
+    link_view_want,
+    link_want,
+    plan_link,
+)
+from ansible_collections.vnet.infra.plugins.module_utils._runner import Runner, read_host
+
+ARGUMENT_SPEC = dict(
+    bridge=dict(type="str", required=True),
+    ports=dict(
+        type="list",
+        elements="dict",
+        default=[],
+        options=dict(
+            netns=dict(type="str", required=True),
+            ifname=dict(type="str", required=True),
+            peer=dict(type="str", required=True),
+            addresses=dict(type="list", elements="str", default=[]),
+            mtu=dict(type="int", default=1500),
+        ),
+    ),
+    tunnel=dict(
+        type="dict",
+        options=dict(
+            kind=dict(type="str", choices=["vxlan"], default="vxlan"),
+            device=dict(type="str", required=True),
+            vni=dict(type="int", required=True),
+            local=dict(type="str", required=True),
+            remote=dict(type="str", required=True),
+            dstport=dict(type="int", default=4789),
+        ),
+    ),
+    bandwidth_mbps=dict(type="float"),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+)
+
+
+def run_module(module: AnsibleModule, runner: Runner) -> dict:
+    want = link_want(module.params)
+    have = read_host(runner, want)
+    commands = plan_link(want, have, check_missing_netns=not module.check_mode)
+    result = dict(
+        changed=bool(commands),
+        commands=commands,
+        diff=dict(before=link_view_have(want, have), after=link_view_want(want)),
+    )
+    if commands and not module.check_mode:
+        runner.apply(commands)
+        left = plan_link(want, read_host(runner, want))
+        if left:
+            raise VnetError("bridge %s did not converge; still to do: %s" % (want.bridge, left))
+    return result
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    runner = Runner(module)
+    try:
+        result = run_module(module, runner)
+    except VnetError as exc:
+        module.fail_json(msg=exc.msg, commands=runner.executed, **exc.details)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

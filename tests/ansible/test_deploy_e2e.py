@@ -1,0 +1,200 @@
+"""End-to-end: build and install vnet.infra, deploy a plan onto two throwaway
+substrate-host namespaces through the netns connection, in the three passes
+of community.libvirt's integration tests, ping across the VXLAN, remove it.
+
+Needs root, iproute2 and a kernel with veth, bridge and vxlan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BINDIR = Path(sys.executable).parent
+RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2"),
+]
+
+
+def sh(*argv: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def netns_list() -> set[str]:
+    out = sh("ip", "-json", "netns", "list").stdout.strip()
+    return {e["name"] for e in json.loads(out)} if out else set()
+
+
+def links_in(netns: str) -> set[str]:
+    out = sh("ip", "-n", netns, "-json", "link", "show").stdout
+    return {e["ifname"] for e in json.loads(out)}
+
+
+@dataclass(frozen=True)
+class Substrate:
+    prefix: str
+    hosts: dict[str, str]  # inventory name -> namespace
+    addresses: dict[str, str]  # inventory name -> substrate address
+    inventory: Path
+
+    def node(self, name: str) -> str:
+        return f"{self.prefix}-n-{name}"
+
+
+@pytest.fixture(scope="session")
+def collections_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build the collection from the working tree and install it."""
+    work = tmp_path_factory.mktemp("collection")
+    galaxy = str(BINDIR / "ansible-galaxy")
+    sh(galaxy, "collection", "build", "--output-path", str(work), str(ROOT), cwd=work)
+    tarball = next(work.glob("vnet-infra-*.tar.gz"))
+    sh(galaxy, "collection", "install", "--force", "-p", str(work / "installed"), str(tarball), cwd=work)
+    return work / "installed"
+
+
+@pytest.fixture
+def substrate(tmp_path: Path) -> Iterator[Substrate]:
+    """Two substrate-host namespaces joined by a veth, removed afterwards."""
+    prefix = "vt" + secrets.token_hex(3)
+    hosts = {"h1": f"{prefix}-h1", "h2": f"{prefix}-h2"}
+    octet = secrets.randbelow(250) + 1
+    addresses = {"h1": f"198.18.{octet}.1", "h2": f"198.18.{octet}.2"}
+    try:
+        for ns in hosts.values():
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", hosts["h1"], "link", "add", "sub0", "type", "veth",
+           "peer", "name", "sub0", "netns", hosts["h2"])
+        for name, ns in hosts.items():
+            sh("ip", "-n", ns, "address", "add", f"{addresses[name]}/24", "dev", "sub0")
+            sh("ip", "-n", ns, "link", "set", "sub0", "up")
+        inventory = tmp_path / "inventory.json"
+        inventory.write_text(json.dumps({
+            "all": {
+                "hosts": {
+                    name: {
+                        "ansible_connection": "vnet.infra.netns",
+                        "ansible_netns_name": ns,
+                        "ansible_python_interpreter": sys.executable,
+                    }
+                    for name, ns in hosts.items()
+                },
+            },
+        }))
+        yield Substrate(prefix, hosts, addresses, inventory)
+    finally:
+        for ns in sorted(netns_list()):
+            if ns.startswith(prefix + "-"):
+                sh("ip", "netns", "delete", ns, check=False)
+
+
+def make_plan(sub: Substrate) -> dict:
+    """Nodes a and c on h1, b on h2; link ab crosses by VXLAN, link ac is local."""
+    def port(node: str, peer: str, address: str, mtu: int) -> dict:
+        return {"netns": sub.node(node), "ifname": "eth0" if node != "a" or peer != "vpac" else "eth1",
+                "peer": peer, "addresses": [address], "mtu": mtu}
+
+    def tunnel(here: str, there: str) -> dict:
+        return {"kind": "vxlan", "device": "vxab", "vni": 4242, "local": sub.addresses[here],
+                "remote": sub.addresses[there], "dstport": 4789}
+
+    def node(name: str) -> dict:
+        return {"vnode": name, "netns": sub.node(name), "driver": "netns", "forwarding": True}
+
+    return {
+        "vnet": "t",
+        "hosts": {
+            "h1": {
+                "host": "h1",
+                "nodes": [node("a"), node("c")],
+                "links": [
+                    {"link": "ab", "bridge": "vbab", "ports": [port("a", "vpab", "198.19.1.1/24", 1450)],
+                     "tunnel": tunnel("h1", "h2"), "bandwidth_mbps": None},
+                    {"link": "ac", "bridge": "vbac",
+                     "ports": [port("a", "vpac", "198.19.2.1/24", 1500),
+                               port("c", "vpca", "198.19.2.2/24", 1500)],
+                     "tunnel": None, "bandwidth_mbps": 50.0},
+                ],
+            },
+            "h2": {
+                "host": "h2",
+                "nodes": [node("b")],
+                "links": [
+                    {"link": "ab", "bridge": "vbab", "ports": [port("b", "vpba", "198.19.1.2/24", 1450)],
+                     "tunnel": tunnel("h2", "h1"), "bandwidth_mbps": None},
+                ],
+            },
+        },
+    }
+
+
+def deploy(sub: Substrate, coll: Path, plan: dict, state: str, *, check: bool = False) -> dict[str, int]:
+    """Run vnet.infra.deploy_vnet; return changed counts per host."""
+    extra = sub.inventory.parent / f"vars-{state}.json"
+    extra.write_text(json.dumps({"vnet_plan": plan, "vnet_state": state}))
+    env = {
+        "PATH": f"{BINDIR}{os.pathsep}{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+        "HOME": os.environ.get("HOME", "/root"),
+        "ANSIBLE_COLLECTIONS_PATH": str(coll),
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        "ANSIBLE_LOCAL_TEMP": str(sub.inventory.parent / "tmp"),
+    }
+    argv = [str(BINDIR / "ansible-playbook"), "-i", str(sub.inventory), "-e", f"@{extra}", "--diff",
+            "vnet.infra.deploy_vnet"]
+    if check:
+        argv.append("--check")
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=sub.inventory.parent, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    recap = {m[0]: m for m in RECAP.findall(proc.stdout)}
+    assert set(recap) == {"h1", "h2"}, proc.stdout[-2000:]
+    return {host: int(m[2]) for host, m in recap.items()}
+
+
+def test_deploy_three_passes_ping_and_remove(substrate: Substrate, collections_path: Path) -> None:
+    sub = substrate
+    plan = make_plan(sub)
+    nodes = {sub.node(n) for n in "abc"}
+
+    changed = deploy(sub, collections_path, plan, "present", check=True)
+    assert changed["h1"] > 0 and changed["h2"] > 0
+    assert not nodes & netns_list(), "check mode created namespaces"
+    assert links_in(sub.hosts["h1"]) == {"lo", "sub0"}, "check mode created links"
+
+    changed = deploy(sub, collections_path, plan, "present")
+    assert changed["h1"] > 0 and changed["h2"] > 0
+    assert nodes <= netns_list()
+    assert {"vbab", "vxab", "vpab", "vbac", "vpac", "vpca"} <= links_in(sub.hosts["h1"])
+
+    assert deploy(sub, collections_path, plan, "present", check=True) == {"h1": 0, "h2": 0}
+    assert deploy(sub, collections_path, plan, "present") == {"h1": 0, "h2": 0}
+
+    ping = ["ping", "-c", "2", "-W", "2", "-i", "0.2"]
+    across = sh("ip", "netns", "exec", sub.node("a"), *ping, "198.19.1.2", check=False)
+    assert across.returncode == 0, across.stdout + across.stderr
+    local = sh("ip", "netns", "exec", sub.node("a"), *ping, "198.19.2.2", check=False)
+    assert local.returncode == 0, local.stdout + local.stderr
+    qdisc = sh("tc", "-n", sub.hosts["h1"], "qdisc", "show", "dev", "vpac").stdout
+    assert "tbf" in qdisc and "50Mbit" in qdisc
+
+    changed = deploy(sub, collections_path, plan, "absent")
+    assert changed["h1"] > 0 and changed["h2"] > 0
+    assert not nodes & netns_list()
+    for ns in sub.hosts.values():
+        assert links_in(ns) == {"lo", "sub0"}
+    assert deploy(sub, collections_path, plan, "absent") == {"h1": 0, "h2": 0}
