@@ -108,38 +108,45 @@ class Residual:
 
 
 class Trial:
-    """Tentative reservations on a residual, undone by :meth:`rollback`."""
+    """Tentative reservations on a residual, undone by :meth:`rollback`.
+
+    The journal keeps the previous values, so a rollback restores them
+    bit for bit (subtracting then adding back a float does not).
+    """
 
     __slots__ = ("journal", "res")
 
     def __init__(self, res: Residual) -> None:
         self.res = res
-        self.journal: list[tuple[int, int, float]] = []  # (kind, index, amount)
+        self.journal: list[tuple[int, int, float]] = []  # (kind, index, old value)
 
     def mark(self) -> int:
         return len(self.journal)
 
     def take_node(self, node: int, cpu: float, memory: float) -> None:
-        self.res.cpu[node] -= cpu
-        self.res.memory[node] -= memory
-        self.journal.append((0, node, cpu))
-        self.journal.append((1, node, memory))
+        res = self.res
+        self.journal.append((0, node, res.cpu[node]))
+        self.journal.append((1, node, res.memory[node]))
+        res.cpu[node] -= cpu
+        res.memory[node] -= memory
 
     def take_path(self, path: list[int], amount: float) -> None:
         edge_index = self.res.sub.edge_index
         bw = self.res.bw
+        journal = self.journal
         for i in range(len(path) - 1):
             e = edge_index[(path[i], path[i + 1])]
+            journal.append((2, e, bw[e]))
             bw[e] -= amount
-            self.journal.append((2, e, amount))
 
     def rollback(self, mark: int = 0) -> None:
         res = self.res
-        while len(self.journal) > mark:
-            kind, idx, amount = self.journal.pop()
+        journal = self.journal
+        while len(journal) > mark:
+            kind, idx, old = journal.pop()
             if kind == 0:
-                res.cpu[idx] += amount
+                res.cpu[idx] = old
             elif kind == 1:
-                res.memory[idx] += amount
+                res.memory[idx] = old
             else:
-                res.bw[idx] += amount
+                res.bw[idx] = old

@@ -94,6 +94,9 @@ def bfs_path(
     if src == dst:
         return [src]
     need = demand - EPS
+    e = sub.edge_index.get((src, dst))
+    if e is not None and bw[e] >= need:  # fast path: most links map on one hop
+        return [src, dst]
     parent = {src: src}
     queue = deque([src])
     adj = sub.adj

@@ -2,32 +2,39 @@
 
 Why it beats two-stage rankers (greedy H, GRC, NodeRank): those pick each
 host for how rich it is, independently of where the node's neighbours went,
-so virtual links end up on long paths; every extra hop costs bandwidth that
-later requests needed. Here the request is grown around a root host:
+so virtual links end up on long paths, and every extra hop spends bandwidth
+that later requests needed. Here the request is grown around a root host,
+nodes and links mapped in the same stage:
 
-1. Virtual nodes are ordered most-connected-first: start with the node of
-   largest CPU + incident bandwidth, then always the unplaced node with the
-   most bandwidth towards already placed nodes.
-2. Each node goes to the host minimising the bandwidth it will consume,
-   sum over links to placed neighbours of bw x hops, where hops are counted
-   over the edges that still have that link's bandwidth (exact BFS on the
-   residual graph, so congestion is seen, not guessed); ties go to the host
-   with more residual CPU and adjacent bandwidth. Its links are routed at
-   once on those fewest-hop feasible paths (node and link mapping in one
-   stage, so a host is only accepted if its links fit).
-3. If the best host's links do not fit, the next ``CANDIDATES`` hosts are
-   tried (local backtracking); the whole growth is repeated from several
-   root hosts chosen for the residual resources of their neighbourhood,
-   and the cheapest complete embedding (CPU + bw x path length) wins; the
-   search stops early when an embedding reaches the lower bound (every
-   virtual link on a single hop).
+1. Virtual nodes are ordered most-connected-first: the node of largest
+   CPU + incident bandwidth, then always the unplaced node with the most
+   bandwidth towards already placed nodes.
+2. Candidate hosts for a node are scored by a lower bound of the bandwidth
+   its links to placed neighbours will consume: sum of bw x hop distance on
+   the bare topology (cached BFS per source), only over the ``POOL``
+   feasible hosts nearest to the host of its heaviest neighbour. Then, best
+   bound first, up to ``EVALUATIONS`` candidates are really routed (fewest-
+   hop paths over edges with enough residual bandwidth, latency bounds and
+   splitting honoured) and the cheapest real outcome wins; since bounds
+   never exceed real costs, evaluation stops as soon as the next bound is
+   no better than the best real cost (lazy, A*-like). Ties go to the host
+   with more residual CPU and adjacent bandwidth.
+3. The growth is repeated from ``ROOTS`` root hosts, those whose one-hop
+   neighbourhood has the most residual CPU and bandwidth, and the cheapest
+   complete embedding (CPU + bw x path length) is kept; a growth is
+   abandoned once it cannot beat the best so far (branch and bound), and
+   the search stops early at the lower bound (every link on one hop).
+
+Failure on every root gives the reason of the growth that got furthest.
+Everything is deterministic (ties by node index).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from vnetlib.embedding.algorithms.common import (
     Options,
-    bfs_dist,
     map_link,
     node_failure,
     node_fits,
@@ -38,7 +45,10 @@ from vnetlib.embedding.state import EPS, Failure, Placement, Residual, Trial
 NAME = "coordinated"
 
 ROOTS = 6
-CANDIDATES = 3
+# Hosts whose links are actually routed per virtual node (best estimates first).
+EVALUATIONS = 6
+# Only the POOL feasible hosts nearest to the heaviest placed neighbour are scored.
+POOL = 48
 
 
 def virtual_order(req: RequestView) -> list[int]:
@@ -99,7 +109,9 @@ def embed(
     failure: Failure | None = None
     failure_depth = -1
     for root in roots[:ROOTS]:
-        got, depth = grow(sub, res, req, opts, order, root)
+        got, depth = grow(sub, res, req, opts, order, root, best_cost)
+        if got is None:
+            continue
         if isinstance(got, Failure):
             if depth > failure_depth:
                 failure, failure_depth = got, depth
@@ -122,10 +134,16 @@ def grow(
     opts: Options,
     order: list[int],
     root: int,
-) -> tuple[Placement | Failure, int]:
+    bound: float = float("inf"),
+) -> tuple[Placement | Failure | None, int]:
     """Place ``order`` starting with its first node on ``root``; return the
-    placement or the failure and how many nodes were placed before it."""
+    placement or the failure and how many nodes were placed before it, or
+    None as soon as the placement cannot cost less than ``bound`` (the best
+    embedding found from another root: branch and bound)."""
     trial = Trial(res)
+    hop = 1.0 if opts.one_node_per_host else 0.0
+    spent = sum(req.cpu)
+    ahead = hop * sum(link.bw for link in req.links)
     hosts = [-1] * req.n
     used: set[int] = set()
     flows: list[list[tuple[list[int], float]]] = [[] for _ in req.links]
@@ -138,17 +156,24 @@ def grow(
             ]
             placed_links.sort(key=lambda i: -req.links[i].bw)
             if depth == 0:
-                candidates = [root]
+                candidates = [(0.0, root)]
             else:
                 candidates = rank_hosts(sub, res, req, v, placed_links, hosts, used, opts)
             if not candidates:
                 return unreachable(sub, res, req, v, placed_links, hosts, used, opts), depth
             failure: Failure | None = None
-            for c in candidates[:CANDIDATES]:
+            best: tuple[float, int, list[tuple[int, list[tuple[list[int], float]]]]] | None
+            best = None
+            for k, (estimate, c) in enumerate(candidates):
+                # Estimates are lower bounds: stop once one is no better than
+                # the best real cost found.
+                if k >= EVALUATIONS or (best is not None and best[0] <= estimate + EPS):
+                    break
                 mark = trial.mark()
                 trial.take_node(c, req.cpu[v], req.memory[v])
                 hosts[v] = c
                 mapped: list[tuple[int, list[tuple[list[int], float]]]] = []
+                cost = sub.price[c] * req.cpu[v]
                 for i in placed_links:
                     link = req.links[i]
                     got = map_link(trial, req, link, hosts[link.a], hosts[link.b], opts)
@@ -156,19 +181,56 @@ def grow(
                         failure = got
                         break
                     mapped.append((i, got))
+                    cost += sum(bw * (len(p) - 1) for p, bw in got)
+                    if best is not None and cost >= best[0] - EPS:
+                        break  # already no better than the best candidate
                 else:
-                    for i, f in mapped:
-                        flows[i] = f
-                    used.add(c)
-                    break
+                    if best is None or cost < best[0] - EPS:
+                        best = (cost, c, mapped)
                 hosts[v] = -1
                 trial.rollback(mark)
-            else:
+            if best is None:
                 assert failure is not None
                 return failure, depth
+            cost, c, mapped = best
+            spent += cost
+            ahead -= hop * sum(req.links[i].bw for i in placed_links)
+            if spent + ahead >= bound - EPS:
+                return None, depth
+            trial.take_node(c, req.cpu[v], req.memory[v])
+            hosts[v] = c
+            used.add(c)
+            for i, f in mapped:
+                flows[i] = f
+                for p, bw in f:
+                    trial.take_path(p, bw)
         return Placement(hosts=hosts, flows=flows), req.n
     finally:
         trial.rollback()
+
+
+def static_hops(sub: SubstrateView, src: int) -> tuple[list[int], list[int]]:
+    """Hop distances from ``src`` on the bare topology and the nodes in
+    BFS (nearest-first) order; cached per substrate, as topology is fixed."""
+    key = ("hops", src)
+    got = sub.cache.get(key)
+    if got is None:
+        dist = [-1] * sub.n
+        dist[src] = 0
+        order = [src]
+        adj = sub.adj
+        k = 0
+        while k < len(order):
+            u = order[k]
+            k += 1
+            du = dist[u] + 1
+            for w, _ in adj[u]:
+                if dist[w] < 0:
+                    dist[w] = du
+                    order.append(w)
+        got = (dist, order)
+        sub.cache[key] = got
+    return got
 
 
 def rank_hosts(
@@ -180,35 +242,50 @@ def rank_hosts(
     hosts: list[int],
     used: set[int],
     opts: Options,
-) -> list[int]:
-    """Feasible hosts for ``v``, best first (see the module docstring)."""
-    dists: list[tuple[float, list[int]]] = []
-    for i in placed_links:
-        link = req.links[i]
-        other = hosts[link.a] if link.b == v else hosts[link.b]
-        need = 0.0 if req.path_splitting else link.bw
-        dists.append((link.bw + EPS, bfs_dist(sub, res.bw, other, need)))
+) -> list[tuple[float, int]]:
+    """Feasible hosts for ``v`` with a lower bound of the bandwidth their
+    links will consume, best first (see the module docstring)."""
     one = opts.one_node_per_host
     price = sub.price
     cpu_v = req.cpu[v]
-    scored: list[tuple[float, float, int]] = []
-    for s in range(sub.n):
+    dists: list[tuple[float, list[int]]] = []
+    pool: Iterable[int]
+    for i in placed_links:
+        link = req.links[i]
+        other = hosts[link.a] if link.b == v else hosts[link.b]
+        dists.append((link.bw + EPS, static_hops(sub, other)[0]))
+    if placed_links:
+        heaviest = req.links[placed_links[0]]
+        main = hosts[heaviest.a] if heaviest.b == v else hosts[heaviest.b]
+        pool = static_hops(sub, main)[1]
+        limit = POOL
+    else:
+        pool = range(sub.n)
+        limit = sub.n
+    scored: list[tuple[float, int]] = []
+    for s in pool:
         if one and s in used:
             continue
         if not node_fits(sub, res, req, v, s):
             continue
         cost = price[s] * cpu_v
-        reachable = True
         for bw, dist in dists:
             d = dist[s]
             if d < 0:
-                reachable = False
                 break
             cost += bw * d
-        if reachable:
-            scored.append((cost, -local_resource(sub, res, s), s))
+        else:
+            scored.append((cost, s))
+            if len(scored) >= limit:
+                break
+    if not placed_links:  # a new component of the request: richest hosts first
+        scored.sort(key=lambda cs: (cs[0], -local_resource(sub, res, cs[1]), cs[1]))
+        return scored
     scored.sort()
-    return [s for _, _, s in scored]
+    # Tie-break (and near-ties) among the first few by local residual resources.
+    head = scored[:EVALUATIONS]
+    head.sort(key=lambda cs: (cs[0], -local_resource(sub, res, cs[1])))
+    return head + scored[EVALUATIONS:]
 
 
 def unreachable(

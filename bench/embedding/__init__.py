@@ -1,0 +1,1 @@
+"""Online virtual network embedding benchmark (``python -m bench.embedding``)."""
