@@ -80,8 +80,11 @@ def _unique(out: Collector, elements: Iterable[Element], attr: str, what: str) -
     for el in elements:
         value = el.get(attr, "")
         if value in seen:
-            out.add(el, f"duplicate {what} {value!r} (first at line {line_of(seen[value])})",
-                    f"{what}s must be unique")
+            out.add(
+                el,
+                f"duplicate {what} {value!r} (first at line {line_of(seen[value])})",
+                f"{what}s must be unique",
+            )
         else:
             seen[value] = el
 
@@ -104,8 +107,11 @@ def check_vnet(root: Element, file: str) -> list[SpecError]:
         ends = children(link, "endpoint")
         names = [e.get("node", "") for e in ends]
         if names[0] == names[1]:
-            out.add(link, f"link connects node {names[0]!r} to itself",
-                    "a link joins two different nodes")
+            out.add(
+                link,
+                f"link connects node {names[0]!r} to itself",
+                "a link joins two different nodes",
+            )
         for end in ends:
             _check_endpoint(out, end, kinds, used_ifaces)
     _check_addresses(out, links)
@@ -119,8 +125,11 @@ def _check_consoles(out: Collector, node: Element, kind: NodeKind) -> None:
         ckind = console.get("kind", "")
         if ConsoleKind(ckind) not in allowed:
             names = ", ".join(sorted(c.value for c in allowed))
-            out.add(console, f"a {kind.value} node has no {ckind} console",
-                    f"{kind.value} nodes support: {names}")
+            out.add(
+                console,
+                f"a {kind.value} node has no {ckind} console",
+                f"{kind.value} nodes support: {names}",
+            )
         elif ckind in seen:
             out.add(console, f"duplicate {ckind} console", "list each console kind once")
         seen.add(ckind)
@@ -135,8 +144,11 @@ def _check_locations(out: Collector, root: Element, nodes: list[Element]) -> Non
     for node in nodes:
         where = node.get("location")
         if where is not None and where not in allowed:
-            out.add(node, f"location {where!r} is not among the allowed locations",
-                    f"use one of: {', '.join(allowed)}; or extend <constraints>")
+            out.add(
+                node,
+                f"location {where!r} is not among the allowed locations",
+                f"use one of: {', '.join(allowed)}; or extend <constraints>",
+            )
 
 
 def _check_endpoint(
@@ -147,14 +159,20 @@ def _check_endpoint(
 ) -> None:
     node, iface = end.get("node", ""), end.get("interface", "")
     if node not in kinds:
-        out.add(end, f"endpoint refers to unknown node {node!r}",
-                _did_you_mean(node, kinds) or "declare the node with <node id=...>")
+        out.add(
+            end,
+            f"endpoint refers to unknown node {node!r}",
+            _did_you_mean(node, kinds) or "declare the node with <node id=...>",
+        )
         return
     first = used.get((node, iface))
     if first is not None:
-        out.add(end, f"interface {iface!r} of node {node!r} is already used at line "
-                f"{line_of(first)} ({element_path(first)})",
-                "give each of a node's links its own interface name")
+        out.add(
+            end,
+            f"interface {iface!r} of node {node!r} is already used at line "
+            f"{line_of(first)} ({element_path(first)})",
+            "give each of a node's links its own interface name",
+        )
     else:
         used[(node, iface)] = end
 
@@ -166,13 +184,19 @@ def _interfaces(out: Collector, end: Element) -> Iterator[tuple[Element, netaddr
         try:
             net = netaddr.IPNetwork(text)
         except (netaddr.AddrFormatError, ValueError):
-            out.add(el, f"{text!r} is not a valid address with prefix length",
-                    "write an interface address such as 198.19.0.1/30")
+            out.add(
+                el,
+                f"{text!r} is not a valid address with prefix length",
+                "write an interface address such as 198.19.0.1/30",
+            )
             continue
         if net.version == 4 and net.prefixlen < 31 and net.ip in (net.network, net.broadcast):
             which = "network" if net.ip == net.network else "broadcast"
-            out.add(el, f"{text} is the {which} address of {net.cidr}",
-                    "use a host address of the subnet")
+            out.add(
+                el,
+                f"{text} is the {which} address of {net.cidr}",
+                "use a host address of the subnet",
+            )
             continue
         yield el, net
 
@@ -187,11 +211,18 @@ def _check_addresses(out: Collector, links: list[Element]) -> None:
             if earlier is el:
                 continue
             if any(e is earlier for e, _ in first) and any(e is el for e, _ in second):
-                out.add(el, f"both ends of the link have address {net.ip}",
-                        "give each end its own address in the link's subnet")
+                out.add(
+                    el,
+                    f"both ends of the link have address {net.ip}",
+                    "give each end its own address in the link's subnet",
+                )
             else:
-                out.add(el, f"address {net.ip} is already used at line {line_of(earlier)} "
-                        f"({element_path(earlier)})", "every address of a VNet must be unique")
+                out.add(
+                    el,
+                    f"address {net.ip} is already used at line {line_of(earlier)} "
+                    f"({element_path(earlier)})",
+                    "every address of a VNet must be unique",
+                )
 
 
 def _check_same_subnet(
@@ -209,8 +240,11 @@ def _check_same_subnet(
                 continue
             if all(p.cidr != net.cidr for p in peers):
                 listed = ", ".join(f"{p} (in {p.cidr})" for p in peers)
-                out.add(el, f"{net} is in {net.cidr}, not in the subnet of the other end: {listed}",
-                        "both ends of a link need addresses in the same subnet")
+                out.add(
+                    el,
+                    f"{net} is in {net.cidr}, not in the subnet of the other end: {listed}",
+                    "both ends of a link need addresses in the same subnet",
+                )
                 if this is second:
                     reported.add(net.version)
 
@@ -222,7 +256,8 @@ def check_substrate(root: Element, file: str) -> list[SpecError]:
     out = Collector(file)
     hosts = children(root, "host")
     switches = children(root, "switch")
-    _unique(out, hosts + switches, "name", "host or switch name")
+    named = [c for c in root if isinstance(c.tag, str) and local(c) in ("host", "switch")]
+    _unique(out, named, "name", "host or switch name")
     host_names = {h.get("name", "") for h in hosts}
     ends = host_names | {s.get("name", "") for s in switches}
     for sw in switches:
@@ -230,14 +265,20 @@ def check_substrate(root: Element, file: str) -> list[SpecError]:
         for port in children(sw, "port"):
             target = port.get("host", "")
             if target not in host_names:
-                out.add(port, f"switch port refers to unknown host {target!r}",
-                        _did_you_mean(target, host_names) or "declare it with <host name=...>")
+                out.add(
+                    port,
+                    f"switch port refers to unknown host {target!r}",
+                    _did_you_mean(target, host_names) or "declare it with <host name=...>",
+                )
     for link in children(root, "link"):
         a, b = link.get("a", ""), link.get("b", "")
         for end in (a, b):
             if end not in ends:
-                out.add(link, f"link end {end!r} is neither a host nor the switch",
-                        _did_you_mean(end, ends) or "declare it with <host> or <switch>")
+                out.add(
+                    link,
+                    f"link end {end!r} is neither a host nor the switch",
+                    _did_you_mean(end, ends) or "declare it with <host> or <switch>",
+                )
         if a == b:
             out.add(link, f"link connects {a!r} to itself", "a link joins two different ends")
     for host in hosts:
@@ -282,8 +323,9 @@ def _check_overlap(
         return
     if data.first <= mgmt.last and mgmt.first <= data.last:
         el = children(root, "mgmt-network")[0]
-        out.add(el, f"management network {mgmt} overlaps data network {data}",
-                "use disjoint networks")
+        out.add(
+            el, f"management network {mgmt} overlaps data network {data}", "use disjoint networks"
+        )
 
 
 def _check_host_addresses(
@@ -298,14 +340,24 @@ def _check_host_addresses(
             try:
                 ip = netaddr.IPAddress(text)
             except (netaddr.AddrFormatError, ValueError):
-                out.add(host, f"{name}-address {text!r} is not a valid IP address")
+                out.add(
+                    host,
+                    f"{name}-address {text!r} is not a valid IP address",
+                    "write an IP address such as 198.18.0.11",
+                )
                 continue
             net = networks.get(name)
             if net is not None and (ip not in net or ip in (net.network, net.broadcast)):
-                out.add(host, f"{name}-address {ip} is not a host address of the {name} "
-                        f"network {net}", f"pick an address inside {net}")
+                out.add(
+                    host,
+                    f"{name}-address {ip} is not a host address of the {name} network {net}",
+                    f"pick an address inside {net}",
+                )
             if ip in seen:
-                out.add(host, f"{name}-address {ip} is already used by {seen[ip]}",
-                        "every host address must be unique")
+                out.add(
+                    host,
+                    f"{name}-address {ip} is already used by {seen[ip]}",
+                    "every host address must be unique",
+                )
             else:
                 seen[ip] = f"{name}-address of host {host.get('name')!r} (line {line_of(host)})"

@@ -53,8 +53,12 @@ def schema() -> etree.XMLSchema:
 def _parser() -> etree.XMLParser:
     # A new parser per document: lxml parsers keep state and are not thread-safe.
     return etree.XMLParser(
-        resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
-        huge_tree=False, remove_blank_text=False,
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_blank_text=False,
     )
 
 
@@ -123,8 +127,17 @@ def _syntax(data: str | bytes, source: str) -> Element:
             for e in entries
         ) from None
     if _has_doctype(root):
-        raise SpecErrors([SpecError(source, 1, "/", "document type declarations are not allowed",
-                                    "remove the <!DOCTYPE ...> declaration")])
+        raise SpecErrors(
+            [
+                SpecError(
+                    source,
+                    1,
+                    "/",
+                    "document type declarations are not allowed",
+                    "remove the <!DOCTYPE ...> declaration",
+                )
+            ]
+        )
     return root
 
 
@@ -144,15 +157,23 @@ def _root_kind(root: Element, source: str, expected: str | None) -> None:
     names = " or ".join(f"<{w}>" for w in wanted)
     if qname.namespace != RDL_NAMESPACE:
         found = f"{{{qname.namespace}}}{qname.localname}" if qname.namespace else qname.localname
-        error = SpecError(source, line_of(root), f"/{qname.localname}",
-                          f"root element is {found!r}, not an RDL v1 {names}",
-                          f'declare the namespace: <{wanted[0]} xmlns="{RDL_NAMESPACE}" ...>')
+        error = SpecError(
+            source,
+            line_of(root),
+            f"/{qname.localname}",
+            f"root element is {found!r}, not an RDL v1 {names}",
+            f'declare the namespace: <{wanted[0]} xmlns="{RDL_NAMESPACE}" ...>',
+        )
         raise SpecErrors([error])
     if qname.localname not in wanted:
-        error = SpecError(source, line_of(root), f"/{qname.localname}",
-                          f"expected a {names} document, found <{qname.localname}>",
-                          "this reader takes " + (f"{expected} descriptions" if expected else
-                                                  "VNet or substrate descriptions"))
+        error = SpecError(
+            source,
+            line_of(root),
+            f"/{qname.localname}",
+            f"expected a {names} document, found <{qname.localname}>",
+            "this reader takes "
+            + (f"{expected} descriptions" if expected else "VNet or substrate descriptions"),
+        )
         raise SpecErrors([error])
 
 
@@ -189,20 +210,22 @@ def _schema_error(root: Element, source: str, entry: etree._LogEntry) -> SpecErr
     message = _NS_RE.sub("", entry.message)
     match = _PREFIX_RE.match(message)
     if match:
-        rest = message[match.end():]
+        rest = message[match.end() :]
         message = f"attribute '{match.group(2)}': {rest}" if match.group(2) else rest
     return SpecError(source, entry.line, path, message, _schema_hint(message))
 
 
 def _schema_hint(message: str) -> str:
     if message.startswith("attribute 'version'"):
-        return "this reader knows RDL version 1 only: version=\"1\""
+        return 'this reader knows RDL version 1 only: version="1"'
     for type_name, pattern in _schema_patterns().items():
         if f"pattern '{pattern}'" in message:
             return _TYPE_HINTS[type_name]
     for type_name, hint in _TYPE_HINTS.items():
         if f"type '{type_name}'" in message or f"type 'xs:{type_name}'" in message:
             return hint
+    if "[facet 'min" in message or "[facet 'max" in message:
+        return "use a value in the allowed range; numbers carry no units"
     return "see docs/rdl.md for the element's syntax"
 
 

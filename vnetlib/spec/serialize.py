@@ -69,15 +69,23 @@ def _document(root: Element) -> bytes:
 def dump_vnet(spec: VNetSpec) -> bytes:
     root = _el(None, "vnet", version=RDL_VERSION, name=spec.name)
     service = spec.service
-    if service.availability is not None or service.console_access or service.description:
+    if (
+        service.availability is not None
+        or service.console_access
+        or service.description is not None
+    ):
         el = _el(root, "service", availability=_opt(service.availability))
         if service.description is not None:
             _el(el, "description", service.description)
         _consoles(el, service.console_access)
     c = spec.constraints
-    el = _el(root, "constraints", max_price=_opt(c.max_price),
-             path_splitting=_bool(c.path_splitting),
-             max_pips=None if c.max_pips is None else str(c.max_pips))
+    el = _el(
+        root,
+        "constraints",
+        max_price=_opt(c.max_price),
+        path_splitting=_bool(c.path_splitting),
+        max_pips=None if c.max_pips is None else str(c.max_pips),
+    )
     for location in c.allowed_locations:
         _el(el, "location", location)
     for node in spec.nodes:
@@ -88,15 +96,29 @@ def dump_vnet(spec: VNetSpec) -> bytes:
 
 
 def _node(root: Element, node: VirtualNode) -> None:
-    el = _el(root, "node", id=node.id, kind=node.kind.value, cpu=number(node.cpu),
-             memory=str(node.memory_mb), disk=number(node.disk_gb), image=node.image,
-             location=node.location, forwarding=_bool(node.forwarding))
+    el = _el(
+        root,
+        "node",
+        id=node.id,
+        kind=node.kind.value,
+        cpu=number(node.cpu),
+        memory=str(node.memory_mb),
+        disk=number(node.disk_gb),
+        image=node.image,
+        location=node.location,
+        forwarding=_bool(node.forwarding),
+    )
     _consoles(el, node.consoles)
 
 
 def _link(root: Element, link: VirtualLink) -> None:
-    el = _el(root, "link", id=link.id, bandwidth=number(link.bandwidth_mbps),
-             latency=_opt(link.latency_ms))
+    el = _el(
+        root,
+        "link",
+        id=link.id,
+        bandwidth=number(link.bandwidth_mbps),
+        latency=_opt(link.latency_ms),
+    )
     for end in (link.a, link.b):
         _endpoint(el, end)
 
@@ -122,12 +144,26 @@ def dump_substrate(sub: Substrate) -> bytes:
         for port in sub.switch.ports:
             _el(sw, "port", host=port)
     for host in sub.hosts:
-        el = _el(root, "host", name=host.name, cpu=number(host.cpu), memory=str(host.memory_mb),
-                 disk=number(host.disk_gb), location=host.location,
-                 data_address=host.data_address, mgmt_address=host.mgmt_address)
+        el = _el(
+            root,
+            "host",
+            name=host.name,
+            cpu=number(host.cpu),
+            memory=str(host.memory_mb),
+            disk=number(host.disk_gb),
+            location=host.location,
+            data_address=host.data_address,
+            mgmt_address=host.mgmt_address,
+        )
         for kind in host.node_kinds:
             _el(el, "kind", kind.value)
     for link in sub.links:
-        _el(root, "link", a=link.a, b=link.b, bandwidth=number(link.bandwidth_mbps),
-            latency=number(link.latency_ms))
+        _el(
+            root,
+            "link",
+            a=link.a,
+            b=link.b,
+            bandwidth=number(link.bandwidth_mbps),
+            latency=number(link.latency_ms),
+        )
     return _document(root)
