@@ -276,3 +276,50 @@ def test_validator_on_thousands_of_random_requests(algorithm: str) -> None:
         assert emb.residual_cpu(v) == g.nodes[v]["cpu"]
     for u, v in g.edges:
         assert emb.residual_bw(u, v) == g.edges[u, v]["bw"]
+
+
+def _chain_spec(n: int, cpu: float = 2.0, bw: float = 10.0, **kw: object) -> VNetSpec:
+    nodes = tuple(VirtualNode(f"v{i}", cpu=cpu) for i in range(n))
+    links = tuple(vlink(i, f"v{i}", f"v{i + 1}", bw) for i in range(n - 1))
+    return VNetSpec("chain", nodes, links, **kw)  # type: ignore[arg-type]
+
+
+def test_split_across_pips_keeps_neighbours_together() -> None:
+    from vnetlib.embedding import PipAdvert, PipSplit, split_across_pips
+
+    adverts = [
+        PipAdvert("p1", "paris", cpu=6, price=1.0),
+        PipAdvert("p2", "paris", cpu=100, price=5.0),
+        PipAdvert("p3", "lyon", cpu=100, price=3.0),
+    ]
+    got = split_across_pips(_chain_spec(6, bw=1.0), adverts)
+    assert isinstance(got, PipSplit)
+    # 12 CPU: 6 on cheap p1, 6 on p3, the chain cut once or twice
+    # (6 + 18 + 1 or 2), cheaper than 36 all on p3; p2 is never worth it.
+    assert got.pips == {"p1", "p3"}
+    assert 1 <= len(got.boundary_links) <= 2
+    for b in got.boundary_links:
+        assert {b.a_site[0], b.b_site[0]} == {"p1", "p3"}
+        assert got.assignment[b.a] == b.a_site and got.assignment[b.b] == b.b_site
+    assert got.cost == pytest.approx(6 * 1.0 + 6 * 3.0 + len(got.boundary_links))
+    everything = split_across_pips(_chain_spec(6, bw=10.0), adverts)
+    assert isinstance(everything, PipSplit) and everything.pips == {"p3"}
+    assert everything.boundary_links == []
+
+
+def test_split_across_pips_locations_and_max_pips() -> None:
+    from vnetlib.embedding import PipAdvert, PipSplit, split_across_pips
+
+    adverts = [PipAdvert("p1", "paris", cpu=100), PipAdvert("p2", "lyon", cpu=100)]
+    spec = _chain_spec(3)
+    spec = VNetSpec(
+        spec.name, (VirtualNode("v0", cpu=1, location="lyon"), *spec.nodes[1:]), spec.links
+    )
+    got = split_across_pips(spec, adverts)
+    assert isinstance(got, PipSplit) and got.assignment["v0"] == ("p2", "lyon")
+    small = [PipAdvert("p1", "paris", cpu=4), PipAdvert("p2", "lyon", cpu=4)]
+    spec = _chain_spec(4, cpu=2, constraints=Constraints(max_pips=1))
+    r = split_across_pips(spec, small)
+    assert isinstance(r, Rejection) and r.resource == "pips"
+    r = split_across_pips(_chain_spec(5, cpu=2), small)
+    assert isinstance(r, Rejection) and r.resource == "cpu"

@@ -13,6 +13,13 @@ Public API (see docs/embedding.md)::
 """
 
 from vnetlib.embedding.embedder import ALGORITHMS, Embedder
+from vnetlib.embedding.multipip import (
+    BoundaryLink,
+    InterPipLink,
+    PipAdvert,
+    PipSplit,
+    split_across_pips,
+)
 from vnetlib.embedding.registry import BASELINES, DEFAULT
 from vnetlib.embedding.result import Mapping, PathFlow, Rejection
 from vnetlib.embedding.validator import validate
@@ -21,9 +28,14 @@ __all__ = [
     "ALGORITHMS",
     "BASELINES",
     "DEFAULT",
+    "BoundaryLink",
     "Embedder",
+    "InterPipLink",
     "Mapping",
     "PathFlow",
+    "PipAdvert",
+    "PipSplit",
     "Rejection",
+    "split_across_pips",
     "validate",
 ]

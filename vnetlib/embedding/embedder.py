@@ -72,12 +72,14 @@ class Embedder:
         *,
         algorithm: str | None = None,
         one_node_per_host: bool | None = None,
+        max_roots: int | None = None,
     ) -> Mapping | Rejection:
         """Embed ``request`` and reserve its resources, or say why not.
 
         ``request_id`` defaults to the VNet name for a VNetSpec; it must not
         be active already. ``algorithm`` and ``one_node_per_host`` override
-        the embedder's settings for this call only.
+        the embedder's settings for this call only; ``max_roots`` widens or
+        narrows the search of ``coordinated`` (default 6 root hosts).
         """
         if request_id is None:
             if isinstance(request, VNetSpec):
@@ -95,7 +97,7 @@ class Embedder:
             )
         req = adapt_request(request)
         one = self.one_node_per_host if one_node_per_host is None else one_node_per_host
-        opts = Options(one_node_per_host=one, seed=self.seed)
+        opts = Options(one_node_per_host=one, seed=self.seed, max_roots=max_roots)
         got = self._precheck(req, opts) or algo(self.substrate, self.residual, req, opts)
         if isinstance(got, Failure):
             return Rejection(request_id, got.resource, got.where, got.message, name)

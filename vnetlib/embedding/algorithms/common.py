@@ -17,6 +17,8 @@ class Options:
     one_node_per_host: bool = True
     max_split_paths: int = 4
     seed: int = 0
+    # Root hosts tried by search-based algorithms (None: their default).
+    max_roots: int | None = None
 
 
 def node_fits(sub: SubstrateView, res: Residual, req: RequestView, v: int, s: int) -> bool:

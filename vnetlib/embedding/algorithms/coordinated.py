@@ -108,7 +108,7 @@ def embed(
     best_cost = float("inf")
     failure: Failure | None = None
     failure_depth = -1
-    for root in roots[:ROOTS]:
+    for root in roots[: opts.max_roots or ROOTS]:
         got, depth = grow(sub, res, req, opts, order, root, best_cost)
         if got is None:
             continue
