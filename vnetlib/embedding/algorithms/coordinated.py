@@ -101,7 +101,10 @@ def embed(
     roots = [s for s in range(sub.n) if node_fits(sub, res, req, first, s)]
     score = {s: neighbourhood_resource(sub, res, s, min_cpu) for s in roots}
     roots.sort(key=lambda s: (-score[s], s))
-    lower_bound = sum(req.cpu)
+    lower_bound = sum(req.cpu) + sum(
+        min((sub.price[s] for s in range(sub.n) if sub.hostable[s]), default=0.0) * c
+        for c in req.cpu
+    )
     if opts.one_node_per_host:
         lower_bound += sum(link.bw for link in req.links)
     best: Placement | None = None
@@ -116,7 +119,9 @@ def embed(
             if depth > failure_depth:
                 failure, failure_depth = got, depth
             continue
-        cost = got.cost(req)
+        cost = got.cost(req) + sum(
+            sub.price[h] * req.cpu[v] for v, h in enumerate(got.hosts)
+        )  # the objective: the literature's cost plus host prices (multi-PIP view)
         if cost < best_cost - EPS:
             best, best_cost = got, cost
             if cost <= lower_bound + EPS:
@@ -142,7 +147,7 @@ def grow(
     embedding found from another root: branch and bound)."""
     trial = Trial(res)
     hop = 1.0 if opts.one_node_per_host else 0.0
-    spent = sum(req.cpu)
+    spent = sum(req.cpu) + sub.price[root] * req.cpu[order[0]]
     ahead = hop * sum(link.bw for link in req.links)
     hosts = [-1] * req.n
     used: set[int] = set()
