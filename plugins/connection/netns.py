@@ -11,7 +11,7 @@ description:
     namespace (C(/run/netns/NAME)), the way the vnet local lab reaches its
     substrate hosts.
   - Files are copied locally (the namespace shares the controller's file
-    system), so O(ansible_python_interpreter) and temporary directories are
+    system), so C(ansible_python_interpreter) and temporary directories are
     the controller's.
   - Based on the C(ansible.builtin.local) connection plugin.
 author: vnet developers (@vnet)

@@ -357,7 +357,6 @@ def _plan_port(want: LinkWant, port: PortWant, have: HostState, check_missing_ne
                          "peer", "name", port.ifname, "mtu", str(port.mtu), "netns", port.netns])
         host = Iface(name=port.peer, kind=VETH_KIND, mtu=port.mtu)
         node = Iface(name=port.ifname, kind=VETH_KIND, mtu=port.mtu)
-    assert host is not None and node is not None
     if host.mtu != port.mtu:
         commands.append([IP, "link", "set", "dev", port.peer, "mtu", str(port.mtu)])
     if host.master != want.bridge:
