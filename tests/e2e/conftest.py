@@ -75,6 +75,9 @@ class Vnet:
         return done
 
     def json(self, *args: str) -> Any:
+        """Run with --json; `exec` takes its options before the node command."""
+        if args[0] == "exec":
+            return json.loads(self.run(args[0], "--json", *args[1:]).stdout)
         return json.loads(self.run(*args, "--json").stdout)
 
 

@@ -97,12 +97,16 @@ def run_playbook(
 ) -> RunResult:
     """Run `playbook` (a file or a collection FQCN) and raise DeployError on failure."""
     failures: list[TaskFailure] = []
+    announced: set[str] = set()
 
     def on_event(event: dict[str, Any]) -> bool:
         kind = event.get("event", "")
         data = event.get("event_data", {})
         if kind == "playbook_on_task_start" and progress is not None:
-            progress(f"task: {data.get('task', '')}")
+            task = str(data.get("task", ""))
+            if task not in announced:
+                announced.add(task)
+                progress(f"task: {task}")
         elif kind in ("runner_on_failed", "runner_item_on_failed", "runner_on_unreachable"):
             if data.get("ignore_errors"):
                 return True
