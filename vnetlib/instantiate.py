@@ -126,9 +126,7 @@ def instantiate(
                     store.remove_vnet(vnet_id)
                 raise
         if not check:
-            store.update_vnet(
-                vnet_id, status="active", plan=plan.to_dict(), timings=timings.phases
-            )
+            store.update_vnet(vnet_id, status="active", plan=plan.to_dict(), timings=timings.phases)
     return Instantiation(vnet_id, spec.name, lab, node_map, plan, timings.phases, check)
 
 

@@ -9,6 +9,7 @@ substrate is recomputed from them (pure) before each new request.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,13 +46,12 @@ def residual_substrate(
         for flows in embedding["link_map"].values():
             for flow in flows:
                 path = flow["path"]
-                for a, b in zip(path, path[1:], strict=False):
+                for a, b in itertools.pairwise(path):
                     bandwidth[frozenset((a, b))] -= flow["bandwidth"]
     return dataclasses.replace(
         substrate,
         hosts=tuple(
-            dataclasses.replace(h, cpu=max(cpu[h.name], 0.0),
-                                memory_mb=max(int(memory[h.name]), 0))
+            dataclasses.replace(h, cpu=max(cpu[h.name], 0.0), memory_mb=max(int(memory[h.name]), 0))
             for h in substrate.hosts
         ),
         links=tuple(

@@ -176,6 +176,14 @@ class Store:
     def _record(row: tuple[Any, ...]) -> VNetRecord:
         (vid, name, lab, status, spec_xml, emb, plan, timings, created, updated) = row
         return VNetRecord(
-            vid, name, lab, status, spec_xml, _loads(emb), _loads(plan), _loads(timings),
-            created, updated,
+            vid,
+            name,
+            lab,
+            status,
+            spec_xml,
+            _loads(emb),
+            _loads(plan),
+            _loads(timings),
+            created,
+            updated,
         )

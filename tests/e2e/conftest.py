@@ -41,11 +41,17 @@ def vnet_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     collections = base / "collections"
     bindir = Path(sys.executable).parent
     galaxy = str(bindir / "ansible-galaxy")
-    subprocess.run([galaxy, "collection", "build", "--force", "--output-path", str(build), str(ROOT)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [galaxy, "collection", "build", "--force", "--output-path", str(build), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
     tarball = next(build.glob("vnet-infra-*.tar.gz"))
-    subprocess.run([galaxy, "collection", "install", "--force", "-p", str(collections), str(tarball)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [galaxy, "collection", "install", "--force", "-p", str(collections), str(tarball)],
+        check=True,
+        capture_output=True,
+    )
     env = dict(os.environ)
     env["VNET_HOME"] = str(base / "home")
     env["VNET_COLLECTIONS_PATH"] = str(collections)
@@ -67,11 +73,17 @@ class Vnet:
         self.env = env
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([sys.executable, "-m", "vnetlib.cli.main", *args],
-                              env=self.env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-m", "vnetlib.cli.main", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if check and done.returncode != 0:
-            raise AssertionError(f"vnet {' '.join(args)} failed ({done.returncode}):\n"
-                                 f"{done.stdout}\n{done.stderr}")
+            raise AssertionError(
+                f"vnet {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+            )
         return done
 
     def json(self, *args: str) -> Any:
@@ -118,12 +130,29 @@ def netns_list() -> set[str]:
 
 
 def links_in(netns: str) -> set[str]:
-    out = subprocess.run(["ip", "-n", netns, "-o", "link", "show"], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        ["ip", "-n", netns, "-o", "link", "show"], capture_output=True, text=True, check=True
+    )
     return {line.split(":")[1].strip().split("@")[0] for line in out.stdout.splitlines()}
 
 
 def ping(netns: str, address: str, count: int = 1, wait: int = 2) -> bool:
-    done = subprocess.run(["ip", "netns", "exec", netns, "ping", "-c", str(count), "-W", str(wait),
-                           "-i", "0.2", address], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "ping",
+            "-c",
+            str(count),
+            "-W",
+            str(wait),
+            "-i",
+            "0.2",
+            address,
+        ],
+        capture_output=True,
+        text=True,
+    )
     return done.returncode == 0

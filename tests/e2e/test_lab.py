@@ -24,8 +24,9 @@ def test_lab_up_builds_a_reachable_substrate(vnet: Vnet, lab: str) -> None:
 
 def test_lab_up_twice_changes_nothing(vnet: Vnet, lab: str) -> None:
     status = vnet.json("lab", "status", "--name", lab)
-    again = vnet.json("lab", "up", "--name", lab, "--mgmt-network",
-                      status["config"]["mgmt_network"])
+    again = vnet.json(
+        "lab", "up", "--name", lab, "--mgmt-network", status["config"]["mgmt_network"]
+    )
     assert again["changed"] is False
     assert again["created"] == []
 
@@ -35,8 +36,24 @@ def test_lab_down_cleans_up_after_a_crashed_up(vnet: Vnet) -> None:
     # a crash half-way: the switch and one host exist, with a half-made veth
     subprocess.run(["ip", "netns", "add", f"vl-{name}-switch"], check=True)
     subprocess.run(["ip", "netns", "add", f"vl-{name}-h1"], check=True)
-    subprocess.run(["ip", "-n", f"vl-{name}-h1", "link", "add", "eth0", "type", "veth",
-                    "peer", "name", "h1", "netns", f"vl-{name}-switch"], check=True)
+    subprocess.run(
+        [
+            "ip",
+            "-n",
+            f"vl-{name}-h1",
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "h1",
+            "netns",
+            f"vl-{name}-switch",
+        ],
+        check=True,
+    )
     subprocess.run(["ip", "link", "add", f"vl{name}-mgmt", "type", "bridge"], check=True)
     try:
         down = vnet.json("lab", "down", "--name", name)

@@ -22,8 +22,9 @@ def _assert_adjacent_nodes_reach_each_other(vnet: Vnet, vnet_id: str, spec: Path
     for link in load_vnet(spec).links:
         for src, dst in ((link.a, link.b), (link.b, link.a)):
             peer = _addr(dst.interface.addresses[0])
-            done = vnet.run("exec", vnet_id, src.node, "--", "ping", "-c", "1", "-W", "2", peer,
-                            check=False)
+            done = vnet.run(
+                "exec", vnet_id, src.node, "--", "ping", "-c", "1", "-W", "2", peer, check=False
+            )
             assert done.returncode == 0, f"{link.id}: {src.node} cannot reach {dst.node} ({peer})"
 
 
@@ -70,8 +71,9 @@ def _vnet_objects(lab: str) -> set[str]:
     """Every virtual-node namespace and link-segment interface on the lab."""
     found = {n for n in netns_list() if n.startswith(f"vn-{lab}-")}
     for host in ("h1", "h2", "h3"):
-        found |= {f"{host}:{i}" for i in links_in(f"vl-{lab}-{host}")
-                  if i.startswith(("vb", "vx", "vp"))}
+        found |= {
+            f"{host}:{i}" for i in links_in(f"vl-{lab}-{host}") if i.startswith(("vb", "vx", "vp"))
+        }
     return found
 
 
@@ -124,12 +126,15 @@ def test_failed_deployment_rolls_back(vnet: Vnet, lab: str) -> None:
 def _vnet_objects_on(lab: str, hosts: tuple[str, ...]) -> set[str]:
     found = {n for n in netns_list() if n.startswith(f"vn-{lab}-")}
     for host in hosts:
-        found |= {f"{host}:{i}" for i in links_in(f"vl-{lab}-{host}")
-                  if i.startswith(("vb", "vx", "vp"))}
+        found |= {
+            f"{host}:{i}" for i in links_in(f"vl-{lab}-{host}") if i.startswith(("vb", "vx", "vp"))
+        }
     return found
 
 
-@pytest.mark.parametrize("verb", [["status", "nope"], ["down", "nope"], ["exec", "nope", "x", "--", "true"]])
+@pytest.mark.parametrize(
+    "verb", [["status", "nope"], ["down", "nope"], ["exec", "nope", "x", "--", "true"]]
+)
 def test_unknown_vnet_is_a_clear_error(vnet: Vnet, verb: list[str]) -> None:
     done = vnet.run(*verb, check=False)
     assert done.returncode == 5

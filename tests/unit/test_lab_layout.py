@@ -11,8 +11,11 @@ def test_substrate_has_hosts_behind_one_switch() -> None:
     sub = substrate_of(LabConfig(name="lab", hosts=3))
     assert [h.name for h in sub.hosts] == ["h1", "h2", "h3"]
     assert [h.data_address for h in sub.hosts] == ["198.18.0.11", "198.18.0.12", "198.18.0.13"]
-    assert [h.mgmt_address for h in sub.hosts] == ["198.18.128.11", "198.18.128.12",
-                                                   "198.18.128.13"]
+    assert [h.mgmt_address for h in sub.hosts] == [
+        "198.18.128.11",
+        "198.18.128.12",
+        "198.18.128.13",
+    ]
     assert sub.switch is not None
     assert {(link.a, link.b) for link in sub.links} == {("h1", "sw"), ("h2", "sw"), ("h3", "sw")}
 

@@ -18,17 +18,31 @@ def _spec() -> VNetSpec:
         name="tiny",
         nodes=(VirtualNode("a"), VirtualNode("b"), VirtualNode("c", forwarding=False)),
         links=(
-            VirtualLink("l1", LinkEndpoint("a", Interface("eth0", ("198.19.0.1/30",))),
-                        LinkEndpoint("b", Interface("eth0", ("198.19.0.2/30",))), 100.0),
-            VirtualLink("l2", LinkEndpoint("b", Interface("eth1", ("198.19.0.5/30",))),
-                        LinkEndpoint("c", Interface("eth0", ("198.19.0.6/30",))), 50.0),
+            VirtualLink(
+                "l1",
+                LinkEndpoint("a", Interface("eth0", ("198.19.0.1/30",))),
+                LinkEndpoint("b", Interface("eth0", ("198.19.0.2/30",))),
+                100.0,
+            ),
+            VirtualLink(
+                "l2",
+                LinkEndpoint("b", Interface("eth1", ("198.19.0.5/30",))),
+                LinkEndpoint("c", Interface("eth0", ("198.19.0.6/30",))),
+                50.0,
+            ),
         ),
     )
 
 
 def test_link_within_one_host_is_a_bridge_with_two_ports() -> None:
-    plan = build_plan(_spec(), {"a": "h1", "b": "h1", "c": "h2"}, SUBSTRATE,
-                      vnet_id="tiny-1", lab="lab", vnis={"l2": 5000})
+    plan = build_plan(
+        _spec(),
+        {"a": "h1", "b": "h1", "c": "h2"},
+        SUBSTRATE,
+        vnet_id="tiny-1",
+        lab="lab",
+        vnis={"l2": 5000},
+    )
     h1 = plan.host("h1")
     assert h1.nodes == (
         NodeTask("a", "vn-lab-tiny-1-a", "netns", True),
@@ -38,10 +52,20 @@ def test_link_within_one_host_is_a_bridge_with_two_ports() -> None:
         link="l1",
         bridge=naming.link_bridge("tiny-1", "l1"),
         ports=(
-            PortTask("vn-lab-tiny-1-a", "eth0", naming.link_port("tiny-1", "l1", "a"),
-                     ("198.19.0.1/30",), 1500),
-            PortTask("vn-lab-tiny-1-b", "eth0", naming.link_port("tiny-1", "l1", "b"),
-                     ("198.19.0.2/30",), 1500),
+            PortTask(
+                "vn-lab-tiny-1-a",
+                "eth0",
+                naming.link_port("tiny-1", "l1", "a"),
+                ("198.19.0.1/30",),
+                1500,
+            ),
+            PortTask(
+                "vn-lab-tiny-1-b",
+                "eth0",
+                naming.link_port("tiny-1", "l1", "b"),
+                ("198.19.0.2/30",),
+                1500,
+            ),
         ),
         tunnel=None,
         bandwidth_mbps=100.0,
@@ -49,14 +73,22 @@ def test_link_within_one_host_is_a_bridge_with_two_ports() -> None:
 
 
 def test_link_across_hosts_is_a_vxlan_segment_on_each_side() -> None:
-    plan = build_plan(_spec(), {"a": "h1", "b": "h1", "c": "h2"}, SUBSTRATE,
-                      vnet_id="tiny-1", lab="lab", vnis={"l2": 5000})
+    plan = build_plan(
+        _spec(),
+        {"a": "h1", "b": "h1", "c": "h2"},
+        SUBSTRATE,
+        vnet_id="tiny-1",
+        lab="lab",
+        vnis={"l2": 5000},
+    )
     seg_h1 = plan.host("h1").links[1]
     seg_h2 = plan.host("h2").links[0]
-    assert seg_h1.tunnel == TunnelTask("vxlan", naming.link_tunnel("tiny-1", "l2"), 5000,
-                                       "198.18.0.11", "198.18.0.12", 4789)
-    assert seg_h2.tunnel == TunnelTask("vxlan", naming.link_tunnel("tiny-1", "l2"), 5000,
-                                       "198.18.0.12", "198.18.0.11", 4789)
+    assert seg_h1.tunnel == TunnelTask(
+        "vxlan", naming.link_tunnel("tiny-1", "l2"), 5000, "198.18.0.11", "198.18.0.12", 4789
+    )
+    assert seg_h2.tunnel == TunnelTask(
+        "vxlan", naming.link_tunnel("tiny-1", "l2"), 5000, "198.18.0.12", "198.18.0.11", 4789
+    )
     assert [p.netns for p in seg_h1.ports] == ["vn-lab-tiny-1-b"]
     assert [p.netns for p in seg_h2.ports] == ["vn-lab-tiny-1-c"]
     assert seg_h1.ports[0].mtu == seg_h2.ports[0].mtu == 1450
@@ -64,8 +96,14 @@ def test_link_across_hosts_is_a_vxlan_segment_on_each_side() -> None:
 
 
 def test_plan_is_plain_data_keyed_by_host() -> None:
-    plan = build_plan(_spec(), {"a": "h1", "b": "h2", "c": "h2"}, SUBSTRATE,
-                      vnet_id="tiny-1", lab="lab", vnis={"l1": 4096})
+    plan = build_plan(
+        _spec(),
+        {"a": "h1", "b": "h2", "c": "h2"},
+        SUBSTRATE,
+        vnet_id="tiny-1",
+        lab="lab",
+        vnis={"l1": 4096},
+    )
     data = plan.to_dict()
     assert set(data["hosts"]) == {"h1", "h2"}
     assert data["hosts"]["h1"]["links"][0]["tunnel"]["vni"] == 4096
@@ -82,7 +120,11 @@ def test_crossing_links() -> None:
     [
         ({"a": "h1", "b": "h1"}, {}, "virtual node c has no substrate host"),
         ({"a": "h1", "b": "h1", "c": "h9"}, {}, "mapped to unknown host h9"),
-        ({"a": "h1", "b": "h1", "c": "h2"}, {}, "virtual link l2 crosses hosts but has no VXLAN id"),
+        (
+            {"a": "h1", "b": "h1", "c": "h2"},
+            {},
+            "virtual link l2 crosses hosts but has no VXLAN id",
+        ),
     ],
 )
 def test_plan_refuses_inconsistent_embeddings(
@@ -93,7 +135,11 @@ def test_plan_refuses_inconsistent_embeddings(
 
 
 def test_interface_names_fit_the_kernel_limit() -> None:
-    for name in (naming.link_bridge("x" * 40, "l" * 20), naming.link_tunnel("v", "l"),
-                 naming.link_port("v" * 40, "l", "n" * 30), naming.mgmt_port("abcdef", 200),
-                 naming.mgmt_bridge("abcdef")):
+    for name in (
+        naming.link_bridge("x" * 40, "l" * 20),
+        naming.link_tunnel("v", "l"),
+        naming.link_port("v" * 40, "l", "n" * 30),
+        naming.mgmt_port("abcdef", 200),
+        naming.mgmt_bridge("abcdef"),
+    ):
         assert len(name) <= naming.IFNAME_MAX

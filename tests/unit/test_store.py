@@ -16,11 +16,15 @@ def store(tmp_path: Path) -> Store:
 
 def test_records_round_trip(store: Store) -> None:
     store.add_vnet("n-1", "n", "lab", "<vnet/>")
-    store.update_vnet("n-1", status="active", embedding={"node_map": {"a": "h1"}},
-                      timings={"parse": 0.1})
+    store.update_vnet(
+        "n-1", status="active", embedding={"node_map": {"a": "h1"}}, timings={"parse": 0.1}
+    )
     record = store.find_vnet("n-1")
     assert (record.status, record.embedding, record.timings) == (
-        "active", {"node_map": {"a": "h1"}}, {"parse": 0.1})
+        "active",
+        {"node_map": {"a": "h1"}},
+        {"parse": 0.1},
+    )
     assert store.find_vnet("n").id == "n-1"
 
 

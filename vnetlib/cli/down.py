@@ -8,7 +8,7 @@ from vnetlib.cli.output import Progress, emit_json
 from vnetlib.instantiate import destroy
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("down", help="remove a VNet from its hosts")
     p.add_argument("vnet", help="VNet id or name")
     p.add_argument("--check", action="store_true", help="dry run: show what would be removed")

@@ -11,7 +11,7 @@ from vnetlib.cli.output import emit_json
 from vnetlib.store import Store
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("exec", help="run a command inside a virtual node")
     p.add_argument("vnet", help="VNet id or name")
     p.add_argument("node", help="virtual node id")
@@ -38,8 +38,16 @@ def run(args: argparse.Namespace) -> int:
     argv = node_command(args.vnet, args.node, command)
     if args.json:
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
-        emit_json({"vnet": args.vnet, "node": args.node, "command": command,
-                   "rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr})
+        emit_json(
+            {
+                "vnet": args.vnet,
+                "node": args.node,
+                "command": command,
+                "rc": done.returncode,
+                "stdout": done.stdout,
+                "stderr": done.stderr,
+            }
+        )
         return done.returncode
     sys.stdout.flush()
     return subprocess.run(argv, check=False).returncode

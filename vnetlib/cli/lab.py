@@ -10,7 +10,7 @@ from vnetlib.lab import manage
 from vnetlib.lab.layout import LabConfig
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     lab = sub.add_parser("lab", help="the local lab substrate on this machine")
     verbs = lab.add_subparsers(dest="lab_verb", required=True)
     up = verbs.add_parser("up", help="create the lab (idempotent)")
@@ -44,11 +44,20 @@ def run_up(args: argparse.Namespace) -> int:
     Progress(not args.json)(f"bringing up lab {config.name} with {config.hosts} hosts")
     changes = manage.up(config)
     if args.json:
-        emit_json({"lab": config.name, "changed": changes.changed, "created": changes.created,
-                   "inventory": str(manage.inventory_path(config.name)), "config": asdict(config)})
+        emit_json(
+            {
+                "lab": config.name,
+                "changed": changes.changed,
+                "created": changes.created,
+                "inventory": str(manage.inventory_path(config.name)),
+                "config": asdict(config),
+            }
+        )
     else:
-        print(f"lab {config.name}: {len(changes.created)} objects created"
-              f"{'' if changes.changed else ' (already up)'}")
+        print(
+            f"lab {config.name}: {len(changes.created)} objects created"
+            f"{'' if changes.changed else ' (already up)'}"
+        )
         print(f"inventory: {manage.inventory_path(config.name)}")
     return 0
 
@@ -56,10 +65,16 @@ def run_up(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     st = manage.status(args.name)
     if args.json:
-        emit_json({"lab": st.name, "running": st.running,
-                   "config": asdict(st.config) if st.config else None,
-                   "namespaces": list(st.namespaces), "root_links": list(st.root_links),
-                   "vnets": list(st.vnets)})
+        emit_json(
+            {
+                "lab": st.name,
+                "running": st.running,
+                "config": asdict(st.config) if st.config else None,
+                "namespaces": list(st.namespaces),
+                "root_links": list(st.root_links),
+                "vnets": list(st.vnets),
+            }
+        )
     else:
         print(f"lab {st.name}: {'up' if st.running else 'down'}")
         for ns in st.namespaces:

@@ -25,7 +25,8 @@ EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vnet", description="Build and operate virtual networks across infrastructure providers."
+        prog="vnet",
+        description="Build and operate virtual networks across infrastructure providers.",
     )
     parser.add_argument("--version", action="version", version=f"vnet {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True)

@@ -28,5 +28,8 @@ class Progress:
 
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) for row in [header, *rows]]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False))
+        for row in [header, *rows]
+    ]
     return "\n".join(line.rstrip() for line in lines)

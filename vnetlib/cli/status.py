@@ -10,7 +10,7 @@ from vnetlib.cli.output import emit_json, table
 from vnetlib.store import Store, VNetRecord
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show VNets, or one VNet in detail")
     p.add_argument("vnet", nargs="?", help="VNet id or name")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -19,8 +19,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def _summary(r: VNetRecord) -> dict[str, Any]:
     node_map = (r.embedding or {}).get("node_map", {})
-    return {"vnet": r.id, "name": r.name, "lab": r.lab, "status": r.status,
-            "nodes": len(node_map), "timings": r.timings}
+    return {
+        "vnet": r.id,
+        "name": r.name,
+        "lab": r.lab,
+        "status": r.status,
+        "nodes": len(node_map),
+        "timings": r.timings,
+    }
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from vnetlib.cli.output import Progress, emit_json, table
 from vnetlib.instantiate import instantiate
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("up", help="instantiate the VNet described in SPEC")
     p.add_argument("spec", type=Path, help="VNet description (RDL XML)")
     p.add_argument("--lab", default="lab", help="lab to instantiate on (default: lab)")

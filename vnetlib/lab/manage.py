@@ -71,9 +71,7 @@ def up(config: LabConfig) -> kernel.Changes:
     existing.write_text(json.dumps(asdict(config), indent=2) + "\n")
     changes = kernel.up(config)
     (directory / SUBSTRATE_FILE).write_bytes(dump_substrate(substrate_of(config)))
-    (directory / INVENTORY_FILE).write_text(
-        yaml.safe_dump(inventory_of(config), sort_keys=False)
-    )
+    (directory / INVENTORY_FILE).write_text(yaml.safe_dump(inventory_of(config), sort_keys=False))
     return changes
 
 

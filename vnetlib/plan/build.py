@@ -97,12 +97,10 @@ def build_plan(
     used = sorted(set(nodes) | set(links))
     return DeploymentPlan(
         vnet=vnet_id,
-        hosts=tuple(
-            HostPlan(host=h, nodes=tuple(nodes[h]), links=tuple(links[h])) for h in used
-        ),
+        hosts=tuple(HostPlan(host=h, nodes=tuple(nodes[h]), links=tuple(links[h])) for h in used),
     )
 
 
 def crossing_links(spec: VNetSpec, node_map: Mapping[str, str]) -> list[str]:
     """The links whose ends sit on different hosts: they need a tunnel id."""
-    return [l.id for l in spec.links if node_map[l.a.node] != node_map[l.b.node]]
+    return [k.id for k in spec.links if node_map[k.a.node] != node_map[k.b.node]]
