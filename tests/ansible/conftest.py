@@ -28,5 +28,7 @@ try:
     import ansible_collections.vnet.infra.plugins.module_utils._iproute  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(_collection_tree()))
-    for name in [m for m in sys.modules if m == "ansible_collections" or m.startswith("ansible_collections.")]:
+    for name in [
+        m for m in sys.modules if m == "ansible_collections" or m.startswith("ansible_collections.")
+    ]:
         del sys.modules[name]

@@ -22,11 +22,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BINDIR = Path(sys.executable).parent
-RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+RECAP = re.compile(
+    r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
+)
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2"),
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2"
+    ),
 ]
 
 
@@ -62,7 +66,16 @@ def collections_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     galaxy = str(BINDIR / "ansible-galaxy")
     sh(galaxy, "collection", "build", "--output-path", str(work), str(ROOT), cwd=work)
     tarball = next(work.glob("vnet-infra-*.tar.gz"))
-    sh(galaxy, "collection", "install", "--force", "-p", str(work / "installed"), str(tarball), cwd=work)
+    sh(
+        galaxy,
+        "collection",
+        "install",
+        "--force",
+        "-p",
+        str(work / "installed"),
+        str(tarball),
+        cwd=work,
+    )
     return work / "installed"
 
 
@@ -77,24 +90,41 @@ def substrate(tmp_path: Path) -> Iterator[Substrate]:
         for ns in hosts.values():
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", hosts["h1"], "link", "add", "sub0", "type", "veth",
-           "peer", "name", "sub0", "netns", hosts["h2"])
+        sh(
+            "ip",
+            "-n",
+            hosts["h1"],
+            "link",
+            "add",
+            "sub0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "sub0",
+            "netns",
+            hosts["h2"],
+        )
         for name, ns in hosts.items():
             sh("ip", "-n", ns, "address", "add", f"{addresses[name]}/24", "dev", "sub0")
             sh("ip", "-n", ns, "link", "set", "sub0", "up")
         inventory = tmp_path / "inventory.json"
-        inventory.write_text(json.dumps({
-            "all": {
-                "hosts": {
-                    name: {
-                        "ansible_connection": "vnet.infra.netns",
-                        "ansible_netns_name": ns,
-                        "ansible_python_interpreter": sys.executable,
-                    }
-                    for name, ns in hosts.items()
-                },
-            },
-        }))
+        inventory.write_text(
+            json.dumps(
+                {
+                    "all": {
+                        "hosts": {
+                            name: {
+                                "ansible_connection": "vnet.infra.netns",
+                                "ansible_netns_name": ns,
+                                "ansible_python_interpreter": sys.executable,
+                            }
+                            for name, ns in hosts.items()
+                        },
+                    },
+                }
+            )
+        )
         yield Substrate(prefix, hosts, addresses, inventory)
     finally:
         for ns in sorted(netns_list()):
@@ -104,13 +134,25 @@ def substrate(tmp_path: Path) -> Iterator[Substrate]:
 
 def make_plan(sub: Substrate) -> dict:
     """Nodes a and c on h1, b on h2; link ab crosses by VXLAN, link ac is local."""
+
     def port(node: str, peer: str, address: str, mtu: int) -> dict:
-        return {"netns": sub.node(node), "ifname": "eth0" if node != "a" or peer != "vpac" else "eth1",
-                "peer": peer, "addresses": [address], "mtu": mtu}
+        return {
+            "netns": sub.node(node),
+            "ifname": "eth0" if node != "a" or peer != "vpac" else "eth1",
+            "peer": peer,
+            "addresses": [address],
+            "mtu": mtu,
+        }
 
     def tunnel(here: str, there: str) -> dict:
-        return {"kind": "vxlan", "device": "vxab", "vni": 4242, "local": sub.addresses[here],
-                "remote": sub.addresses[there], "dstport": 4789}
+        return {
+            "kind": "vxlan",
+            "device": "vxab",
+            "vni": 4242,
+            "local": sub.addresses[here],
+            "remote": sub.addresses[there],
+            "dstport": 4789,
+        }
 
     def node(name: str) -> dict:
         return {"vnode": name, "netns": sub.node(name), "driver": "netns", "forwarding": True}
@@ -122,27 +164,45 @@ def make_plan(sub: Substrate) -> dict:
                 "host": "h1",
                 "nodes": [node("a"), node("c")],
                 "links": [
-                    {"link": "ab", "bridge": "vbab", "ports": [port("a", "vpab", "198.19.1.1/24", 1450)],
-                     "tunnel": tunnel("h1", "h2"), "bandwidth_mbps": None},
-                    {"link": "ac", "bridge": "vbac",
-                     "ports": [port("a", "vpac", "198.19.2.1/24", 1500),
-                               port("c", "vpca", "198.19.2.2/24", 1500)],
-                     "tunnel": None, "bandwidth_mbps": 50.0},
+                    {
+                        "link": "ab",
+                        "bridge": "vbab",
+                        "ports": [port("a", "vpab", "198.19.1.1/24", 1450)],
+                        "tunnel": tunnel("h1", "h2"),
+                        "bandwidth_mbps": None,
+                    },
+                    {
+                        "link": "ac",
+                        "bridge": "vbac",
+                        "ports": [
+                            port("a", "vpac", "198.19.2.1/24", 1500),
+                            port("c", "vpca", "198.19.2.2/24", 1500),
+                        ],
+                        "tunnel": None,
+                        "bandwidth_mbps": 50.0,
+                    },
                 ],
             },
             "h2": {
                 "host": "h2",
                 "nodes": [node("b")],
                 "links": [
-                    {"link": "ab", "bridge": "vbab", "ports": [port("b", "vpba", "198.19.1.2/24", 1450)],
-                     "tunnel": tunnel("h2", "h1"), "bandwidth_mbps": None},
+                    {
+                        "link": "ab",
+                        "bridge": "vbab",
+                        "ports": [port("b", "vpba", "198.19.1.2/24", 1450)],
+                        "tunnel": tunnel("h2", "h1"),
+                        "bandwidth_mbps": None,
+                    },
                 ],
             },
         },
     }
 
 
-def deploy(sub: Substrate, coll: Path, plan: dict, state: str, *, check: bool = False) -> dict[str, int]:
+def deploy(
+    sub: Substrate, coll: Path, plan: dict, state: str, *, check: bool = False
+) -> dict[str, int]:
     """Run vnet.infra.deploy_vnet; return changed counts per host."""
     extra = sub.inventory.parent / f"vars-{state}.json"
     extra.write_text(json.dumps({"vnet_plan": plan, "vnet_state": state}))
@@ -155,11 +215,20 @@ def deploy(sub: Substrate, coll: Path, plan: dict, state: str, *, check: bool = 
         "ANSIBLE_HOST_KEY_CHECKING": "False",
         "ANSIBLE_LOCAL_TEMP": str(sub.inventory.parent / "tmp"),
     }
-    argv = [str(BINDIR / "ansible-playbook"), "-i", str(sub.inventory), "-e", f"@{extra}", "--diff",
-            "vnet.infra.deploy_vnet"]
+    argv = [
+        str(BINDIR / "ansible-playbook"),
+        "-i",
+        str(sub.inventory),
+        "-e",
+        f"@{extra}",
+        "--diff",
+        "vnet.infra.deploy_vnet",
+    ]
     if check:
         argv.append("--check")
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=sub.inventory.parent, timeout=120)
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, env=env, cwd=sub.inventory.parent, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     recap = {m[0]: m for m in RECAP.findall(proc.stdout)}
     assert set(recap) == {"h1", "h2"}, proc.stdout[-2000:]

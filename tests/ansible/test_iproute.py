@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from ansible_collections.vnet.infra.plugins.module_utils._iproute import (
     HostState,
     Iface,
@@ -32,35 +31,49 @@ from ansible_collections.vnet.infra.plugins.module_utils._iproute import (
     ("want", "have", "expected"),
     [
         pytest.param(
-            NodeWant("n1"), NodeHave(exists=False),
-            [["ip", "netns", "add", "n1"],
-             ["ip", "-n", "n1", "link", "set", "lo", "up"],
-             ["ip", "netns", "exec", "n1", "sysctl", "-w", "net.ipv4.ip_forward=1"]],
+            NodeWant("n1"),
+            NodeHave(exists=False),
+            [
+                ["ip", "netns", "add", "n1"],
+                ["ip", "-n", "n1", "link", "set", "lo", "up"],
+                ["ip", "netns", "exec", "n1", "sysctl", "-w", "net.ipv4.ip_forward=1"],
+            ],
             id="create",
         ),
         pytest.param(
-            NodeWant("n1", forwarding=False), NodeHave(exists=False),
-            [["ip", "netns", "add", "n1"],
-             ["ip", "-n", "n1", "link", "set", "lo", "up"],
-             ["ip", "netns", "exec", "n1", "sysctl", "-w", "net.ipv4.ip_forward=0"]],
+            NodeWant("n1", forwarding=False),
+            NodeHave(exists=False),
+            [
+                ["ip", "netns", "add", "n1"],
+                ["ip", "-n", "n1", "link", "set", "lo", "up"],
+                ["ip", "netns", "exec", "n1", "sysctl", "-w", "net.ipv4.ip_forward=0"],
+            ],
             id="create-host",
         ),
         pytest.param(
-            NodeWant("n1"), NodeHave(exists=True, lo_up=False, forwarding=True),
+            NodeWant("n1"),
+            NodeHave(exists=True, lo_up=False, forwarding=True),
             [["ip", "-n", "n1", "link", "set", "lo", "up"]],
             id="lo-down",
         ),
         pytest.param(
-            NodeWant("n1", forwarding=False), NodeHave(exists=True, lo_up=True, forwarding=True),
+            NodeWant("n1", forwarding=False),
+            NodeHave(exists=True, lo_up=True, forwarding=True),
             [["ip", "netns", "exec", "n1", "sysctl", "-w", "net.ipv4.ip_forward=0"]],
             id="forwarding-off",
         ),
-        pytest.param(NodeWant("n1"), NodeHave(exists=True, lo_up=True, forwarding=True), [],
-                     id="idempotent"),
-        pytest.param(NodeWant("n1", state="absent"), NodeHave(exists=True, lo_up=True),
-                     [["ip", "netns", "delete", "n1"]], id="delete"),
-        pytest.param(NodeWant("n1", state="absent"), NodeHave(exists=False), [],
-                     id="absent-idempotent"),
+        pytest.param(
+            NodeWant("n1"), NodeHave(exists=True, lo_up=True, forwarding=True), [], id="idempotent"
+        ),
+        pytest.param(
+            NodeWant("n1", state="absent"),
+            NodeHave(exists=True, lo_up=True),
+            [["ip", "netns", "delete", "n1"]],
+            id="delete",
+        ),
+        pytest.param(
+            NodeWant("n1", state="absent"), NodeHave(exists=False), [], id="absent-idempotent"
+        ),
     ],
 )
 def test_plan_node(want: NodeWant, have: NodeHave, expected: list[list[str]]) -> None:
@@ -76,10 +89,23 @@ def test_node_driver_rejected() -> None:
 
 PARAMS = {
     "bridge": "vb1",
-    "ports": [{"netns": "n1", "ifname": "eth0", "peer": "vp1",
-               "addresses": ["198.18.10.1/24"], "mtu": 1450}],
-    "tunnel": {"kind": "vxlan", "device": "vx1", "vni": 42, "local": "198.18.0.1",
-               "remote": "198.18.0.2", "dstport": 4789},
+    "ports": [
+        {
+            "netns": "n1",
+            "ifname": "eth0",
+            "peer": "vp1",
+            "addresses": ["198.18.10.1/24"],
+            "mtu": 1450,
+        }
+    ],
+    "tunnel": {
+        "kind": "vxlan",
+        "device": "vx1",
+        "vni": 42,
+        "local": "198.18.0.1",
+        "remote": "198.18.0.2",
+        "dstport": 4789,
+    },
     "bandwidth_mbps": None,
     "state": "present",
 }
@@ -88,26 +114,71 @@ CONVERGED = HostState(
     links={
         "lo": Iface("lo", up=True, mtu=65536, ifindex=1),
         "vb1": Iface("vb1", kind="bridge", ifindex=5, up=True, mtu=1450),
-        "vx1": Iface("vx1", kind="vxlan", ifindex=6, up=True, master="vb1",
-                     vxlan=VxlanParams(42, "198.18.0.1", "198.18.0.2", 4789, False)),
+        "vx1": Iface(
+            "vx1",
+            kind="vxlan",
+            ifindex=6,
+            up=True,
+            master="vb1",
+            vxlan=VxlanParams(42, "198.18.0.1", "198.18.0.2", 4789, False),
+        ),
         "vp1": Iface("vp1", kind="veth", ifindex=7, link_index=2, up=True, mtu=1450, master="vb1"),
     },
-    netns={"n1": {
-        "lo": Iface("lo", up=True, ifindex=1, mtu=65536),
-        "eth0": Iface("eth0", kind="veth", ifindex=2, link_index=7, up=True, mtu=1450,
-                      addresses=("198.18.10.1/24",)),
-    }},
+    netns={
+        "n1": {
+            "lo": Iface("lo", up=True, ifindex=1, mtu=65536),
+            "eth0": Iface(
+                "eth0",
+                kind="veth",
+                ifindex=2,
+                link_index=7,
+                up=True,
+                mtu=1450,
+                addresses=("198.18.10.1/24",),
+            ),
+        }
+    },
 )
 
 CREATE = [
     ["ip", "link", "add", "vb1", "type", "bridge"],
     ["ip", "link", "set", "dev", "vb1", "up"],
-    ["ip", "link", "add", "vx1", "type", "vxlan", "id", "42", "local", "198.18.0.1",
-     "remote", "198.18.0.2", "dstport", "4789", "nolearning"],
+    [
+        "ip",
+        "link",
+        "add",
+        "vx1",
+        "type",
+        "vxlan",
+        "id",
+        "42",
+        "local",
+        "198.18.0.1",
+        "remote",
+        "198.18.0.2",
+        "dstport",
+        "4789",
+        "nolearning",
+    ],
     ["ip", "link", "set", "dev", "vx1", "master", "vb1"],
     ["ip", "link", "set", "dev", "vx1", "up"],
-    ["ip", "link", "add", "vp1", "mtu", "1450", "type", "veth",
-     "peer", "name", "eth0", "mtu", "1450", "netns", "n1"],
+    [
+        "ip",
+        "link",
+        "add",
+        "vp1",
+        "mtu",
+        "1450",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "mtu",
+        "1450",
+        "netns",
+        "n1",
+    ],
     ["ip", "link", "set", "dev", "vp1", "master", "vb1"],
     ["ip", "link", "set", "dev", "vp1", "up"],
     ["ip", "-n", "n1", "address", "add", "198.18.10.1/24", "dev", "eth0"],
@@ -115,8 +186,12 @@ CREATE = [
 ]
 
 
-def _with(state: HostState, links: dict | None = None, netns: dict | None = None,
-          qdiscs: dict | None = None) -> HostState:
+def _with(
+    state: HostState,
+    links: dict | None = None,
+    netns: dict | None = None,
+    qdiscs: dict | None = None,
+) -> HostState:
     return HostState(
         links={**state.links, **(links or {})},
         netns={k: {**v, **(netns or {}).get(k, {})} for k, v in state.netns.items()},
@@ -146,22 +221,60 @@ def test_link_missing_netns_is_an_error_outside_check_mode() -> None:
 
 
 def test_link_vxlan_params_differ_recreates() -> None:
-    have = _with(CONVERGED, links={"vx1": Iface(
-        "vx1", kind="vxlan", ifindex=6, up=True, master="vb1",
-        vxlan=VxlanParams(42, "198.18.0.1", "198.18.0.9", 4789, False))})
+    have = _with(
+        CONVERGED,
+        links={
+            "vx1": Iface(
+                "vx1",
+                kind="vxlan",
+                ifindex=6,
+                up=True,
+                master="vb1",
+                vxlan=VxlanParams(42, "198.18.0.1", "198.18.0.9", 4789, False),
+            )
+        },
+    )
     assert plan_link(link_want(PARAMS), have) == [
         ["ip", "link", "delete", "vx1"],
-        ["ip", "link", "add", "vx1", "type", "vxlan", "id", "42", "local", "198.18.0.1",
-         "remote", "198.18.0.2", "dstport", "4789", "nolearning"],
+        [
+            "ip",
+            "link",
+            "add",
+            "vx1",
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "local",
+            "198.18.0.1",
+            "remote",
+            "198.18.0.2",
+            "dstport",
+            "4789",
+            "nolearning",
+        ],
         ["ip", "link", "set", "dev", "vx1", "master", "vb1"],
         ["ip", "link", "set", "dev", "vx1", "up"],
     ]
 
 
 def test_link_addresses_exactly_and_mtu() -> None:
-    have = _with(CONVERGED, netns={"n1": {"eth0": Iface(
-        "eth0", kind="veth", ifindex=2, link_index=7, up=True, mtu=1500,
-        addresses=("198.18.99.1/24", "198.18.10.1/24"))}})
+    have = _with(
+        CONVERGED,
+        netns={
+            "n1": {
+                "eth0": Iface(
+                    "eth0",
+                    kind="veth",
+                    ifindex=2,
+                    link_index=7,
+                    up=True,
+                    mtu=1500,
+                    addresses=("198.18.99.1/24", "198.18.10.1/24"),
+                )
+            }
+        },
+    )
     assert plan_link(link_want(PARAMS), have) == [
         ["ip", "-n", "n1", "link", "set", "dev", "eth0", "mtu", "1450"],
         ["ip", "-n", "n1", "address", "delete", "198.18.99.1/24", "dev", "eth0"],
@@ -173,8 +286,23 @@ def test_link_orphan_host_end_is_replaced() -> None:
     del have.netns["n1"]["eth0"]
     assert plan_link(link_want(PARAMS), have) == [
         ["ip", "link", "delete", "vp1"],
-        ["ip", "link", "add", "vp1", "mtu", "1450", "type", "veth",
-         "peer", "name", "eth0", "mtu", "1450", "netns", "n1"],
+        [
+            "ip",
+            "link",
+            "add",
+            "vp1",
+            "mtu",
+            "1450",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "mtu",
+            "1450",
+            "netns",
+            "n1",
+        ],
         ["ip", "link", "set", "dev", "vp1", "master", "vb1"],
         ["ip", "link", "set", "dev", "vp1", "up"],
         ["ip", "-n", "n1", "address", "add", "198.18.10.1/24", "dev", "eth0"],
@@ -190,8 +318,21 @@ def test_link_wrong_kind_is_an_error() -> None:
 
 def test_link_bandwidth() -> None:
     want = link_want({**PARAMS, "bandwidth_mbps": 10.0})
-    tbf = ["tc", "qdisc", "replace", "dev", "vp1", "root", "tbf", "rate", "10000kbit",
-           "burst", "15000", "latency", "50ms"]
+    tbf = [
+        "tc",
+        "qdisc",
+        "replace",
+        "dev",
+        "vp1",
+        "root",
+        "tbf",
+        "rate",
+        "10000kbit",
+        "burst",
+        "15000",
+        "latency",
+        "50ms",
+    ]
     assert plan_link(want, CONVERGED) == [tbf]
     assert plan_link(want, _with(CONVERGED, qdiscs={"vp1": Qdisc("tbf", 2_500_000)})) == [tbf]
     assert plan_link(want, _with(CONVERGED, qdiscs={"vp1": Qdisc("tbf", 1_250_000)})) == []
@@ -219,7 +360,10 @@ def test_link_absent_node_end_only() -> None:
     [
         ({"bridge": "a-bridge-name-too-long"}, "1 to 15 characters"),
         ({"ports": [{**PARAMS["ports"][0], "peer": "vb1"}]}, "must differ"),
-        ({"ports": [{**PARAMS["ports"][0], "addresses": ["198.18.10.300/24"]}]}, "invalid interface address"),
+        (
+            {"ports": [{**PARAMS["ports"][0], "addresses": ["198.18.10.300/24"]}]},
+            "invalid interface address",
+        ),
         ({"bandwidth_mbps": 0}, "must be positive"),
     ],
 )
@@ -230,24 +374,57 @@ def test_link_bad_params(change: dict, message: str) -> None:
 
 # ---------------------------------------------------------------- parsing
 
-IP_ADDR_JSON = json.dumps([
-    {"ifindex": 7, "link_index": 2, "ifname": "vp1", "flags": ["BROADCAST", "UP", "LOWER_UP"],
-     "mtu": 1450, "master": "vb1", "link_netnsid": 0, "linkinfo": {"info_kind": "veth"},
-     "addr_info": [{"family": "inet6", "local": "fe80::1", "prefixlen": 64, "scope": "link"}]},
-    {"ifindex": 6, "ifname": "vx1", "flags": ["BROADCAST"], "mtu": 1500,
-     "linkinfo": {"info_kind": "vxlan", "info_data": {"id": 42, "remote": "198.18.0.2",
-                  "local": "198.18.0.1", "port": 4789, "learning": False}},
-     "addr_info": []},
-    {"ifindex": 2, "ifname": "eth0", "flags": ["UP"], "mtu": 1500,
-     "addr_info": [{"family": "inet", "local": "198.18.10.1", "prefixlen": 24, "scope": "global"},
-                   {"family": "inet6", "local": "2001:db8::1", "prefixlen": 64, "scope": "global"}]},
-])
+IP_ADDR_JSON = json.dumps(
+    [
+        {
+            "ifindex": 7,
+            "link_index": 2,
+            "ifname": "vp1",
+            "flags": ["BROADCAST", "UP", "LOWER_UP"],
+            "mtu": 1450,
+            "master": "vb1",
+            "link_netnsid": 0,
+            "linkinfo": {"info_kind": "veth"},
+            "addr_info": [
+                {"family": "inet6", "local": "fe80::1", "prefixlen": 64, "scope": "link"}
+            ],
+        },
+        {
+            "ifindex": 6,
+            "ifname": "vx1",
+            "flags": ["BROADCAST"],
+            "mtu": 1500,
+            "linkinfo": {
+                "info_kind": "vxlan",
+                "info_data": {
+                    "id": 42,
+                    "remote": "198.18.0.2",
+                    "local": "198.18.0.1",
+                    "port": 4789,
+                    "learning": False,
+                },
+            },
+            "addr_info": [],
+        },
+        {
+            "ifindex": 2,
+            "ifname": "eth0",
+            "flags": ["UP"],
+            "mtu": 1500,
+            "addr_info": [
+                {"family": "inet", "local": "198.18.10.1", "prefixlen": 24, "scope": "global"},
+                {"family": "inet6", "local": "2001:db8::1", "prefixlen": 64, "scope": "global"},
+            ],
+        },
+    ]
+)
 
 
 def test_parse_ifaces() -> None:
     links = parse_ifaces(IP_ADDR_JSON)
-    assert links["vp1"] == Iface("vp1", kind="veth", ifindex=7, link_index=2, up=True, mtu=1450,
-                                 master="vb1", addresses=())
+    assert links["vp1"] == Iface(
+        "vp1", kind="veth", ifindex=7, link_index=2, up=True, mtu=1450, master="vb1", addresses=()
+    )
     assert links["vx1"].vxlan == VxlanParams(42, "198.18.0.1", "198.18.0.2", 4789, False)
     assert links["vx1"].up is False
     assert links["eth0"].addresses == ("198.18.10.1/24", "2001:db8::1/64")
@@ -256,6 +433,10 @@ def test_parse_ifaces() -> None:
 def test_parse_netns_list_and_qdisc() -> None:
     assert parse_netns_list("") == set()
     assert parse_netns_list('[{"name":"a","id":0},{"name":"b"}]') == {"a", "b"}
-    assert parse_root_qdisc('[{"kind":"tbf","root":true,"options":{"rate":1250000}}]') == Qdisc("tbf", 1250000)
-    assert parse_root_qdisc('[{"kind":"noqueue","root":true,"options":{}}]') == Qdisc("noqueue", None)
+    assert parse_root_qdisc('[{"kind":"tbf","root":true,"options":{"rate":1250000}}]') == Qdisc(
+        "tbf", 1250000
+    )
+    assert parse_root_qdisc('[{"kind":"noqueue","root":true,"options":{}}]') == Qdisc(
+        "noqueue", None
+    )
     assert parse_root_qdisc("") is None
