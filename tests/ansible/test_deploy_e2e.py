@@ -200,12 +200,12 @@ def make_plan(sub: Substrate) -> dict:
     }
 
 
-def deploy(
-    sub: Substrate, coll: Path, plan: dict, state: str, *, check: bool = False
+def playbook(
+    sub: Substrate, coll: Path, name: str, extra_vars: dict, *, check: bool = False
 ) -> dict[str, int]:
-    """Run vnet.infra.deploy_vnet; return changed counts per host."""
-    extra = sub.inventory.parent / f"vars-{state}.json"
-    extra.write_text(json.dumps({"vnet_plan": plan, "vnet_state": state}))
+    """Run a playbook of the collection; return changed counts per host."""
+    extra = sub.inventory.parent / "extra-vars.json"
+    extra.write_text(json.dumps(extra_vars))
     env = {
         "PATH": f"{BINDIR}{os.pathsep}{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
         "HOME": os.environ.get("HOME", "/root"),
@@ -215,17 +215,8 @@ def deploy(
         "ANSIBLE_HOST_KEY_CHECKING": "False",
         "ANSIBLE_LOCAL_TEMP": str(sub.inventory.parent / "tmp"),
     }
-    argv = [
-        str(BINDIR / "ansible-playbook"),
-        "-i",
-        str(sub.inventory),
-        "-e",
-        f"@{extra}",
-        "--diff",
-        "vnet.infra.deploy_vnet",
-    ]
-    if check:
-        argv.append("--check")
+    argv = [str(BINDIR / "ansible-playbook"), "-i", str(sub.inventory), "-e", f"@{extra}"]
+    argv += ["--diff", *(["--check"] if check else []), f"vnet.infra.{name}"]
     proc = subprocess.run(
         argv, capture_output=True, text=True, env=env, cwd=sub.inventory.parent, timeout=120
     )
@@ -233,6 +224,13 @@ def deploy(
     recap = {m[0]: m for m in RECAP.findall(proc.stdout)}
     assert set(recap) == {"h1", "h2"}, proc.stdout[-2000:]
     return {host: int(m[2]) for host, m in recap.items()}
+
+
+def deploy(
+    sub: Substrate, coll: Path, plan: dict, state: str, *, check: bool = False
+) -> dict[str, int]:
+    """Run vnet.infra.deploy_vnet; return changed counts per host."""
+    return playbook(sub, coll, "deploy_vnet", {"vnet_plan": plan, "vnet_state": state}, check=check)
 
 
 def test_deploy_three_passes_ping_and_remove(substrate: Substrate, collections_path: Path) -> None:
@@ -258,6 +256,17 @@ def test_deploy_three_passes_ping_and_remove(substrate: Substrate, collections_p
     assert across.returncode == 0, across.stdout + across.stderr
     local = sh("ip", "netns", "exec", sub.node("a"), *ping, "198.19.2.2", check=False)
     assert local.returncode == 0, local.stdout + local.stderr
+    pings = [
+        {"netns": sub.node("a"), "address": "198.19.1.2"},
+        {"netns": sub.node("b"), "address": "198.19.1.1"},
+        {"netns": sub.node("c"), "address": "198.19.2.1"},
+    ]
+    assert playbook(
+        sub, collections_path, "ping_vnet", {"vnet_plan": plan, "vnet_pings": pings}
+    ) == {
+        "h1": 0,
+        "h2": 0,
+    }
     qdisc = sh("tc", "-n", sub.hosts["h1"], "qdisc", "show", "dev", "vpac").stdout
     assert "tbf" in qdisc and "50Mbit" in qdisc
 
