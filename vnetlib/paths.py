@@ -15,7 +15,13 @@ def vnet_home() -> Path:
 
 
 def lab_dir(lab: str) -> Path:
+    """A lab's files: configuration, PKI, player configurations, logs, pids."""
     return vnet_home() / "labs" / lab
+
+
+def substrate_dir(name: str) -> Path:
+    """A PIP substrate's files: configuration, description, Ansible inventory."""
+    return vnet_home() / "substrates" / name
 
 
 def state_db() -> Path:

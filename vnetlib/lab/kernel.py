@@ -33,7 +33,7 @@ class Changes:
 
 
 @contextmanager
-def _ns(name: str | None) -> Iterator[IPRoute]:
+def namespace(name: str | None) -> Iterator[IPRoute]:
     handle = IPRoute() if name is None else NetNS(name)
     try:
         yield handle
@@ -41,33 +41,33 @@ def _ns(name: str | None) -> Iterator[IPRoute]:
         handle.close()
 
 
-def _index(ipr: IPRoute, ifname: str) -> int | None:
+def link_index(ipr: IPRoute, ifname: str) -> int | None:
     found = ipr.link_lookup(ifname=ifname)
     return found[0] if found else None
 
 
-def _ensure_netns(name: str, changes: Changes) -> None:
+def ensure_netns(name: str, changes: Changes) -> None:
     if name not in netns.listnetns():
         netns.create(name)
         changes.created.append(f"netns {name}")
-    with _ns(name) as ipr:
-        lo = _index(ipr, "lo")
+    with namespace(name) as ipr:
+        lo = link_index(ipr, "lo")
         if lo is not None:
             ipr.link("set", index=lo, state="up")
 
 
-def _ensure_bridge(ipr: IPRoute, name: str, where: str, changes: Changes) -> int:
-    idx = _index(ipr, name)
+def ensure_bridge(ipr: IPRoute, name: str, where: str, changes: Changes) -> int:
+    idx = link_index(ipr, name)
     if idx is None:
         ipr.link("add", ifname=name, kind="bridge")
         changes.created.append(f"bridge {name} in {where}")
-        idx = _index(ipr, name)
+        idx = link_index(ipr, name)
         assert idx is not None
     ipr.link("set", index=idx, state="up")
     return idx
 
 
-def _ensure_addr(ipr: IPRoute, idx: int, address: str, prefixlen: int) -> None:
+def ensure_addr(ipr: IPRoute, idx: int, address: str, prefixlen: int) -> None:
     present = {
         (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)
     }
@@ -75,7 +75,7 @@ def _ensure_addr(ipr: IPRoute, idx: int, address: str, prefixlen: int) -> None:
         ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
 
 
-def _ensure_veth(
+def ensure_veth(
     near_ns: str | None,
     near: str,
     far_ns: str,
@@ -83,20 +83,20 @@ def _ensure_veth(
     changes: Changes,
 ) -> None:
     """A veth pair with one end `near` in `near_ns` (None: root) and `far` in `far_ns`."""
-    with _ns(near_ns) as ipr:
-        if _index(ipr, near) is not None:
+    with namespace(near_ns) as ipr:
+        if link_index(ipr, near) is not None:
             return
-    with _ns(far_ns) as ipr:
-        stale = _index(ipr, far)
+    with namespace(far_ns) as ipr:
+        stale = link_index(ipr, far)
         if stale is not None:
             ipr.link("del", index=stale)
-    with _ns(near_ns) as ipr:
+    with namespace(near_ns) as ipr:
         ipr.link("add", ifname=near, kind="veth", peer={"ifname": far, "net_ns_fd": far_ns})
     changes.created.append(f"veth {near}<->{far_ns}:{far}")
 
 
-def _attach_up(ipr: IPRoute, ifname: str, master: int | None) -> int:
-    idx = _index(ipr, ifname)
+def attach_up(ipr: IPRoute, ifname: str, master: int | None) -> int:
+    idx = link_index(ipr, ifname)
     if idx is None:
         raise RuntimeError(f"interface {ifname} vanished while the lab was being set up")
     if master is not None:
@@ -109,27 +109,27 @@ def up(config: LabConfig) -> Changes:
     changes = Changes()
     lab = config.name
     sw_ns = naming.switch_netns(lab)
-    _ensure_netns(sw_ns, changes)
-    with _ns(sw_ns) as sw:
-        sw_bridge = _ensure_bridge(sw, SWITCH_BRIDGE, sw_ns, changes)
-    with _ns(None) as root:
-        mgmt = _ensure_bridge(root, naming.mgmt_bridge(lab), "root namespace", changes)
-        _ensure_addr(root, mgmt, config.mgmt_gateway, config.mgmt_prefixlen)
+    ensure_netns(sw_ns, changes)
+    with namespace(sw_ns) as sw:
+        sw_bridge = ensure_bridge(sw, SWITCH_BRIDGE, sw_ns, changes)
+    with namespace(None) as root:
+        mgmt = ensure_bridge(root, naming.mgmt_bridge(lab), "root namespace", changes)
+        ensure_addr(root, mgmt, config.mgmt_gateway, config.mgmt_prefixlen)
 
     for i, host in enumerate(config.host_names, start=1):
         host_ns = naming.host_netns(lab, host)
-        _ensure_netns(host_ns, changes)
-        _ensure_veth(host_ns, DATA_IF, sw_ns, host, changes)
-        with _ns(sw_ns) as sw:
-            _attach_up(sw, host, sw_bridge)
-        _ensure_veth(None, naming.mgmt_port(lab, i), host_ns, MGMT_IF, changes)
-        with _ns(None) as root:
-            _attach_up(root, naming.mgmt_port(lab, i), mgmt)
-        with _ns(host_ns) as ipr:
-            data = _attach_up(ipr, DATA_IF, None)
-            _ensure_addr(ipr, data, config.data_address(i), config.data_prefixlen)
-            mgmt_if = _attach_up(ipr, MGMT_IF, None)
-            _ensure_addr(ipr, mgmt_if, config.mgmt_address(i), config.mgmt_prefixlen)
+        ensure_netns(host_ns, changes)
+        ensure_veth(host_ns, DATA_IF, sw_ns, host, changes)
+        with namespace(sw_ns) as sw:
+            attach_up(sw, host, sw_bridge)
+        ensure_veth(None, naming.mgmt_port(lab, i), host_ns, MGMT_IF, changes)
+        with namespace(None) as root:
+            attach_up(root, naming.mgmt_port(lab, i), mgmt)
+        with namespace(host_ns) as ipr:
+            data = attach_up(ipr, DATA_IF, None)
+            ensure_addr(ipr, data, config.data_address(i), config.data_prefixlen)
+            mgmt_if = attach_up(ipr, MGMT_IF, None)
+            ensure_addr(ipr, mgmt_if, config.mgmt_address(i), config.mgmt_prefixlen)
     return changes
 
 
@@ -141,7 +141,7 @@ def lab_namespaces(lab: str) -> list[str]:
 
 def lab_root_links(lab: str) -> list[str]:
     prefix = naming.root_link_prefix(lab)
-    with _ns(None) as root:
+    with namespace(None) as root:
         names = [link.get_attr("IFLA_IFNAME") for link in root.get_links()]
     return sorted(n for n in names if n.startswith(prefix))
 
@@ -152,7 +152,7 @@ def down(lab: str, timeout: float = 10.0) -> Changes:
     naming.check_lab_name(lab)
     changes = Changes()
     for name in lab_namespaces(lab):
-        with _ns(name) as ipr:
+        with namespace(name) as ipr:
             for link in ipr.get_links():
                 if link.get_attr("IFLA_IFNAME") != "lo":
                     try:
@@ -162,9 +162,9 @@ def down(lab: str, timeout: float = 10.0) -> Changes:
                             raise
         netns.remove(name)
         changes.removed.append(f"netns {name}")
-    with _ns(None) as root:
+    with namespace(None) as root:
         for name in lab_root_links(lab):
-            idx = _index(root, name)
+            idx = link_index(root, name)
             if idx is not None:
                 try:
                     root.link("del", index=idx)

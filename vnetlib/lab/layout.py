@@ -27,6 +27,7 @@ class LabConfig:
     data_network: str = "198.18.0.0/24"
     mgmt_network: str = "198.18.128.0/24"
     link_bandwidth_mbps: float = 1000.0
+    locations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         naming.check_lab_name(self.name)
@@ -49,6 +50,19 @@ class LabConfig:
     def mgmt_address(self, index: int) -> str:
         return str(netaddr.IPNetwork(self.mgmt_network).network + HOST_OFFSET + index)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LabConfig:
+        return cls(**{**data, "locations": tuple(data.get("locations", ()))})
+
+    def location(self, index: int) -> str:
+        names = self.locations or DEFAULT_LOCATIONS
+        return names[(index - 1) % len(names)]
+
+    @property
+    def data_gateway(self) -> str:
+        """The switch's address on the data network: the PIP's border router."""
+        return str(netaddr.IPNetwork(self.data_network).network + 1)
+
     @property
     def mgmt_gateway(self) -> str:
         return str(netaddr.IPNetwork(self.mgmt_network).network + 1)
@@ -68,7 +82,7 @@ def substrate_of(config: LabConfig) -> Substrate:
             name=name,
             cpu=config.cpu,
             memory_mb=config.memory_mb,
-            location=DEFAULT_LOCATIONS[(i - 1) % len(DEFAULT_LOCATIONS)],
+            location=config.location(i),
             data_address=config.data_address(i),
             mgmt_address=config.mgmt_address(i),
             node_kinds=(NodeKind.NETNS,),

@@ -44,14 +44,14 @@ class LabStatus:
 
 
 def inventory_path(lab: str) -> Path:
-    return paths.lab_dir(lab) / INVENTORY_FILE
+    return paths.substrate_dir(lab) / INVENTORY_FILE
 
 
 def load_config(lab: str) -> LabConfig:
-    path = paths.lab_dir(lab) / CONFIG_FILE
+    path = paths.substrate_dir(lab) / CONFIG_FILE
     if not path.exists():
         raise LabNotFound(f"lab {lab!r} is not up (no {path}); run `vnet lab up --name {lab}`")
-    return LabConfig(**json.loads(path.read_text()))
+    return LabConfig.from_dict(json.loads(path.read_text()))
 
 
 def load_substrate(lab: str) -> Substrate:
@@ -60,9 +60,9 @@ def load_substrate(lab: str) -> Substrate:
 
 def up(config: LabConfig) -> kernel.Changes:
     """Bring the lab up; a lab of the same name with another shape must go down first."""
-    directory = paths.lab_dir(config.name)
+    directory = paths.substrate_dir(config.name)
     existing = directory / CONFIG_FILE
-    if existing.exists() and LabConfig(**json.loads(existing.read_text())) != config:
+    if existing.exists() and LabConfig.from_dict(json.loads(existing.read_text())) != config:
         raise ValueError(
             f"lab {config.name!r} is up with another configuration; "
             f"run `vnet lab down --name {config.name}` first"
@@ -80,7 +80,7 @@ def down(lab: str) -> kernel.Changes:
     changes = kernel.down(lab)
     with Store(paths.state_db()) as store:
         store.remove_lab(lab)
-    directory = paths.lab_dir(lab)
+    directory = paths.substrate_dir(lab)
     if directory.exists():
         shutil.rmtree(directory)
         changes.removed.append(f"directory {directory}")
