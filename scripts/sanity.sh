@@ -10,7 +10,11 @@
 # with the project's ansible-core version, and `--requirements` installs the
 # sanity requirements from PyPI into it, never into the project's .venv.
 #
-#   scripts/sanity.sh                     # all sanity tests that apply
+# Then runs ansible-lint (production profile, .ansible-lint) on the same copy,
+# from a third virtual environment ($VNET_LINT_VENV, default
+# ~/.cache/vnet/lint-venv); VNET_SKIP_LINT=1 skips it.
+#
+#   scripts/sanity.sh                     # all sanity tests that apply, then ansible-lint
 #   scripts/sanity.sh --test validate-modules
 set -euo pipefail
 
@@ -46,7 +50,7 @@ sys.exit(subprocess.call([sys.executable, "-m", "pip", "install", "--quiet"] + a
 PY
 fi
 
-paths=(galaxy.yml meta plugins roles playbooks docs/collection.md)
+paths=(galaxy.yml meta plugins roles playbooks docs/collection.md inventories/hen .ansible-lint)
 work="$(mktemp -d /tmp/vnet-sanity.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 dest="$work/ansible_collections/vnet/infra"
@@ -66,3 +70,14 @@ for v in 2.16 2.17 2.18 2.19 2.20; do : > "$dest/tests/sanity/ignore-$v.txt"; do
 
 cd "$dest"
 ansible-test sanity --requirements --python "$python_version" --color no "$@"
+
+if [ "${VNET_SKIP_LINT:-0}" != 1 ]; then
+  lint_venv="${VNET_LINT_VENV:-$HOME/.cache/vnet/lint-venv}"
+  if [ ! -x "$lint_venv/bin/ansible-lint" ]; then
+    "python$python_version" -m venv "$lint_venv"
+    "$lint_venv/bin/python" -m pip install --quiet "ansible-core==$core_version" ansible-lint
+  fi
+  rm -rf "$dest/tests/output"
+  ANSIBLE_COLLECTIONS_PATH="$work" PATH="$lint_venv/bin:$PATH" \
+    ansible-lint --nocolor --offline --profile production
+fi
