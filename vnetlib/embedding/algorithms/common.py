@@ -92,31 +92,55 @@ def node_failure(
 def bfs_path(
     sub: SubstrateView, bw: list[float], src: int, dst: int, demand: float
 ) -> list[int] | None:
-    """Fewest-hop path whose every edge has ``demand`` residual bandwidth."""
+    """Fewest-hop path whose every edge has ``demand`` residual bandwidth.
+
+    Bidirectional BFS, level by level from the smaller frontier: on large
+    substrates it visits about 2 d^(h/2) nodes instead of d^h.
+    """
     if src == dst:
         return [src]
     need = demand - EPS
     e = sub.edge_index.get((src, dst))
     if e is not None and bw[e] >= need:  # fast path: most links map on one hop
         return [src, dst]
-    parent = {src: src}
-    queue = deque([src])
     adj = sub.adj
-    while queue:
-        u = queue.popleft()
-        for w, e in adj[u]:
-            if w in parent or bw[e] < need:
-                continue
-            parent[w] = u
-            if w == dst:
-                path = [w]
-                while w != src:
-                    w = parent[w]
-                    path.append(w)
-                path.reverse()
-                return path
-            queue.append(w)
+    fwd: dict[int, int] = {src: src}
+    back: dict[int, int] = {dst: dst}
+    front, rear = [src], [dst]
+    while front and rear:
+        forward = len(front) <= len(rear)
+        seen, other, level = (fwd, back, front) if forward else (back, fwd, rear)
+        nxt: list[int] = []
+        meet = -1
+        for u in level:
+            for w, e in adj[u]:
+                if w in seen or bw[e] < need:
+                    continue
+                seen[w] = u
+                if w in other and meet < 0:
+                    meet = w
+                nxt.append(w)
+        if meet >= 0:
+            return _join(fwd, back, meet)
+        if forward:
+            front = nxt
+        else:
+            rear = nxt
     return None
+
+
+def _join(fwd: dict[int, int], back: dict[int, int], meet: int) -> list[int]:
+    path = [meet]
+    u = meet
+    while fwd[u] != u:
+        u = fwd[u]
+        path.append(u)
+    path.reverse()
+    u = meet
+    while back[u] != u:
+        u = back[u]
+        path.append(u)
+    return path
 
 
 def bfs_dist(sub: SubstrateView, bw: list[float], src: int, demand: float) -> list[int]:

@@ -268,10 +268,16 @@ def rank_hosts(
         pool = range(sub.n)
         limit = sub.n
     scored: list[tuple[float, int]] = []
+    # node_fits, inlined: this loop is the hot spot of the algorithm.
+    rcpu, rmem, hostable, location = res.cpu, res.memory, sub.hostable, sub.location
+    need_cpu, need_mem = cpu_v - EPS, req.memory[v] - EPS
+    loc, allowed = req.location[v], req.allowed_locations
     for s in pool:
-        if one and s in used:
+        if (one and s in used) or not hostable[s] or rcpu[s] < need_cpu or rmem[s] < need_mem:
             continue
-        if not node_fits(sub, res, req, v, s):
+        if (loc is not None and location[s] != loc) or (
+            allowed is not None and location[s] not in allowed
+        ):
             continue
         cost = price[s] * cpu_v
         for bw, dist in dists:
