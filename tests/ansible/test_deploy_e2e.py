@@ -200,10 +200,10 @@ def make_plan(sub: Substrate) -> dict:
     }
 
 
-def playbook(
+def run_playbook(
     sub: Substrate, coll: Path, name: str, extra_vars: dict, *, check: bool = False
-) -> dict[str, int]:
-    """Run a playbook of the collection; return changed counts per host."""
+) -> subprocess.CompletedProcess[str]:
+    """Run a playbook of the collection."""
     extra = sub.inventory.parent / "extra-vars.json"
     extra.write_text(json.dumps(extra_vars))
     env = {
@@ -217,9 +217,16 @@ def playbook(
     }
     argv = [str(BINDIR / "ansible-playbook"), "-i", str(sub.inventory), "-e", f"@{extra}"]
     argv += ["--diff", *(["--check"] if check else []), f"vnet.infra.{name}"]
-    proc = subprocess.run(
+    return subprocess.run(
         argv, capture_output=True, text=True, env=env, cwd=sub.inventory.parent, timeout=120
     )
+
+
+def playbook(
+    sub: Substrate, coll: Path, name: str, extra_vars: dict, *, check: bool = False
+) -> dict[str, int]:
+    """Run a playbook of the collection; return changed counts per host."""
+    proc = run_playbook(sub, coll, name, extra_vars, check=check)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     recap = {m[0]: m for m in RECAP.findall(proc.stdout)}
     assert set(recap) == {"h1", "h2"}, proc.stdout[-2000:]
@@ -276,3 +283,20 @@ def test_deploy_three_passes_ping_and_remove(substrate: Substrate, collections_p
     for ns in sub.hosts.values():
         assert links_in(ns) == {"lo", "sub0"}
     assert deploy(sub, collections_path, plan, "absent") == {"h1": 0, "h2": 0}
+
+
+def test_conflicting_object_fails_naming_it(substrate: Substrate, collections_path: Path) -> None:
+    sub = substrate
+    plan = make_plan(sub)
+    sh("ip", "-n", sub.hosts["h1"], "link", "add", "vbab", "type", "veth", "peer", "name", "vbabx")
+    proc = run_playbook(
+        sub, collections_path, "deploy_vnet", {"vnet_plan": plan, "vnet_state": "present"}
+    )
+    assert proc.returncode != 0
+    assert "vbab exists and is a veth, not a bridge: remove it" in proc.stdout
+    # h2 is independent (strategy free) and converged; absent cleans up both
+    # and leaves the foreign veth alone.
+    assert deploy(sub, collections_path, plan, "absent")["h2"] > 0
+    assert not {sub.node(n) for n in "abc"} & netns_list()
+    assert links_in(sub.hosts["h1"]) == {"lo", "sub0", "vbab", "vbabx"}
+    assert links_in(sub.hosts["h2"]) == {"lo", "sub0"}
