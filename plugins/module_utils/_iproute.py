@@ -292,7 +292,7 @@ def link_want(params: dict) -> LinkWant:
         state=params.get("state") or "present",
     )
     names = [want.bridge] + [p.peer for p in ports] + ([tunnel.device] if tunnel else [])
-    for name in names:
+    for name in names + [p.ifname for p in ports]:
         if not 0 < len(name) <= 15:
             raise VnetError("interface name %r must have 1 to 15 characters" % (name,))
     if len(set(names)) != len(names):

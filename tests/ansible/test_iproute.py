@@ -359,6 +359,7 @@ def test_link_absent_node_end_only() -> None:
     ("change", "message"),
     [
         ({"bridge": "a-bridge-name-too-long"}, "1 to 15 characters"),
+        ({"ports": [{**PARAMS["ports"][0], "ifname": "x" * 16}]}, "1 to 15 characters"),
         ({"ports": [{**PARAMS["ports"][0], "peer": "vb1"}]}, "must differ"),
         (
             {"ports": [{**PARAMS["ports"][0], "addresses": ["198.18.10.300/24"]}]},
