@@ -1,0 +1,1 @@
+"""Benchmark of VNet instantiation on the local lab (`python -m bench.instantiate`)."""
