@@ -177,11 +177,14 @@ def verdict(results: list[Result], scs: list[Scenario]) -> list[str]:
         wall95 = p95([t for r in mine for t in r.wall_ms])
         best_acc = max(agg(b)[0] for b in BASELINES)
         best_rc = max(agg(b)[1] for b in BASELINES)
+
+        def cmp(a: float, b: float) -> str:
+            return "higher" if a > b + 1e-12 else ("equal" if abs(a - b) <= 1e-12 else "LOWER")
+
         out.append(
-            f"- {sc.name}: acceptance {ours[0]:.3f} vs best baseline {best_acc:.3f} "
-            f"({'higher' if ours[0] > best_acc else 'NOT higher'}); revenue/cost {ours[1]:.3f} "
-            f"vs {best_rc:.3f} ({'higher' if ours[1] > best_rc else 'NOT higher'}); "
-            f"p95 time {cpu95:.1f} ms CPU, {wall95:.1f} ms wall"
+            f"- {sc.name}: acceptance {ours[0]:.4f} vs best baseline {best_acc:.4f} "
+            f"({cmp(ours[0], best_acc)}); revenue/cost {ours[1]:.3f} vs {best_rc:.3f} "
+            f"({cmp(ours[1], best_rc)}); p95 time {cpu95:.1f} ms CPU, {wall95:.1f} ms wall"
         )
     return out
 

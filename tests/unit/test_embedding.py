@@ -323,3 +323,57 @@ def test_split_across_pips_locations_and_max_pips() -> None:
     assert isinstance(r, Rejection) and r.resource == "pips"
     r = split_across_pips(_chain_spec(5, cpu=2), small)
     assert isinstance(r, Rejection) and r.resource == "cpu"
+
+
+def test_api_details() -> None:
+    g = substrate()
+    emb = Embedder(g)
+    q = request(4, seed=5)
+    q.add_edge(0, 3, bw=5.0)
+    m = emb.embed(q, "a")
+    assert isinstance(m, Mapping)
+    assert emb.active == ["a"] and emb.mapping("a") is m
+    dup = emb.embed(q, "a")
+    assert isinstance(dup, Rejection) and dup.resource == "duplicate"
+    (u, v) = next(iter(m.link_map))
+    assert m.paths(v, u)[0].path == m.link_map[(u, v)][0].path[::-1]
+    assert m.revenue == pytest.approx(
+        sum(d["cpu"] for _, d in q.nodes(data=True)) + sum(d["bw"] for *_, d in q.edges(data=True))
+    )
+    assert m.cost >= m.revenue  # one node per host: every link takes at least one hop
+    host = m.node_map[0]
+    assert emb.residual_cpu(host) == pytest.approx(g.nodes[host]["cpu"] - q.nodes[0]["cpu"])
+    rg = emb.residual_graph()
+    assert rg.nodes[host]["cpu"] == emb.residual_cpu(host)
+    with pytest.raises(ValueError):
+        Embedder(g, algorithm="nope")
+    with pytest.raises(ValueError):
+        emb.embed(q)  # graph requests need an id
+
+
+def test_per_call_overrides() -> None:
+    g = substrate()
+    emb = Embedder(g, algorithm="grc")
+    m = emb.embed(request(4, 1), 1, algorithm="coordinated")
+    assert isinstance(m, Mapping) and m.algorithm == "coordinated"
+    assert emb.embed(request(3, 2), 2).algorithm == "grc"  # type: ignore[union-attr]
+    small = substrate(n=3, m=3)
+    m2 = Embedder(small).embed(request(5, 3, cpu=1, bw=1), 3, one_node_per_host=False)
+    assert isinstance(m2, Mapping) and len(set(m2.node_map.values())) <= 3
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_deterministic_for_seed(algorithm: str) -> None:
+    g = substrate(n=40, m=140, seed=5)
+
+    def run() -> list[object]:
+        emb = Embedder(g, algorithm=algorithm, seed=3)
+        out: list[object] = []
+        for i in range(80):
+            got = emb.embed(request(2 + i % 7, seed=100 + i, cpu=40, bw=50), i)
+            out.append(got.node_map if isinstance(got, Mapping) else got.reason)
+            if i % 3 == 0:
+                emb.release(i - 2)
+        return out
+
+    assert run() == run()
