@@ -377,3 +377,30 @@ def test_every_algorithm_deterministic_for_seed(algorithm: str) -> None:
         return out
 
     assert run() == run()
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_colocation_respects_capacities(algorithm: str) -> None:
+    sub = lab()
+    spec = figure6()
+    m = Embedder(sub, algorithm=algorithm).embed(spec)
+    assert isinstance(m, Mapping), m
+    assert validate(sub, [(spec, m)], one_node_per_host=False) == []
+    # 4 CPU per host, 6 nodes of 1.5 CPU: at most 2 per host, all 3 hosts used.
+    heavy = VNetSpec(
+        "heavy",
+        tuple(VirtualNode(f"n{i}", cpu=1.5, memory_mb=256) for i in range(1, 7)),
+        figure6().links,
+    )
+    m = Embedder(sub, algorithm=algorithm).embed(heavy)
+    assert isinstance(m, Mapping), m
+    assert set(m.node_map.values()) == {"h1", "h2", "h3"}
+    assert validate(sub, [(heavy, m)], one_node_per_host=False) == []
+    # memory binds too: 4096 MB per host, 3000 MB nodes cannot share.
+    fat = VNetSpec("fat", tuple(VirtualNode(f"n{i}", cpu=0.1, memory_mb=3000) for i in range(1, 4)))
+    m = Embedder(sub, algorithm=algorithm).embed(fat)
+    assert isinstance(m, Mapping) and len(set(m.node_map.values())) == 3
+    r = Embedder(sub, algorithm=algorithm).embed(
+        VNetSpec("fatter", (*fat.nodes, VirtualNode("n4", cpu=0.1, memory_mb=3000)))
+    )
+    assert isinstance(r, Rejection) and r.resource == "memory"

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from vnetlib.embedding.algorithms.common import Options, node_failure, node_fits, two_stage
 from vnetlib.embedding.graph import RequestView, SubstrateView
-from vnetlib.embedding.state import Failure, Placement, Residual
+from vnetlib.embedding.state import Failure, Placement, Residual, Trial
 
 NAME = "grc"
 
@@ -77,22 +77,23 @@ def grc_nodes(
     ranked = sorted(range(sub.n), key=lambda s: (-rs[s], s))
     hosts = [-1] * req.n
     used: set[int] = set()
-    extra: dict[int, float] = {}
-    for v in sorted(range(req.n), key=lambda v: (-rv[v], v)):
-        for s in ranked:
-            if opts.one_node_per_host and s in used:
-                continue
-            if not node_fits(sub, res, req, v, s):
-                continue
-            if res.cpu[s] - extra.get(s, 0.0) < req.cpu[v] - 1e-9:
-                continue
-            hosts[v] = s
-            used.add(s)
-            extra[s] = extra.get(s, 0.0) + req.cpu[v]
-            break
-        else:
-            return node_failure(sub, res, req, v, used if opts.one_node_per_host else None)
-    return hosts
+    trial = Trial(res)  # so that co-located nodes see each other's CPU and memory
+    try:
+        for v in sorted(range(req.n), key=lambda v: (-rv[v], v)):
+            for s in ranked:
+                if opts.one_node_per_host and s in used:
+                    continue
+                if not node_fits(sub, res, req, v, s):
+                    continue
+                hosts[v] = s
+                used.add(s)
+                trial.take_node(s, req.cpu[v], req.memory[v])
+                break
+            else:
+                return node_failure(sub, res, req, v, used if opts.one_node_per_host else None)
+        return hosts
+    finally:
+        trial.rollback()
 
 
 def embed(

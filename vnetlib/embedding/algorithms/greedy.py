@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from vnetlib.embedding.algorithms.common import Options, node_failure, node_fits, two_stage
 from vnetlib.embedding.graph import RequestView, SubstrateView
-from vnetlib.embedding.state import Failure, Placement, Residual
+from vnetlib.embedding.state import Failure, Placement, Residual, Trial
 
 NAME = "greedy-ksp"
 
@@ -35,24 +35,25 @@ def greedy_nodes(
     order = sorted(range(req.n), key=lambda v: (-req.cpu[v], v))
     hosts = [-1] * req.n
     used: set[int] = set()
-    extra_cpu: dict[int, float] = {}
-    for v in order:
-        best = -1
-        for s in range(sub.n):
-            if opts.one_node_per_host and s in used:
-                continue
-            if not node_fits(sub, res, req, v, s):
-                continue
-            if res.cpu[s] - extra_cpu.get(s, 0.0) < req.cpu[v] - 1e-9:
-                continue
-            if best < 0 or h[s] > h[best]:
-                best = s
-        if best < 0:
-            return node_failure(sub, res, req, v, used if opts.one_node_per_host else None)
-        hosts[v] = best
-        used.add(best)
-        extra_cpu[best] = extra_cpu.get(best, 0.0) + req.cpu[v]
-    return hosts
+    trial = Trial(res)  # so that co-located nodes see each other's CPU and memory
+    try:
+        for v in order:
+            best = -1
+            for s in range(sub.n):
+                if opts.one_node_per_host and s in used:
+                    continue
+                if not node_fits(sub, res, req, v, s):
+                    continue
+                if best < 0 or h[s] > h[best]:
+                    best = s
+            if best < 0:
+                return node_failure(sub, res, req, v, used if opts.one_node_per_host else None)
+            hosts[v] = best
+            used.add(best)
+            trial.take_node(best, req.cpu[v], req.memory[v])
+        return hosts
+    finally:
+        trial.rollback()
 
 
 def embed(
