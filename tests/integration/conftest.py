@@ -131,3 +131,6 @@ def postgres_url() -> Iterator[str]:
     finally:
         subprocess.run([str(POSTGRES_SH), "purge"], env=env, capture_output=True, timeout=120,
                        check=False)
+
+
+from tests.integration.players_fixtures import players, substrates, vnet_home  # noqa: E402, F401

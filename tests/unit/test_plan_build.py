@@ -143,3 +143,64 @@ def test_interface_names_fit_the_kernel_limit() -> None:
         naming.mgmt_bridge("abcdef"),
     ):
         assert len(name) <= naming.IFNAME_MAX
+
+
+def _partial() -> VNetSpec:
+    from vnetlib.spec.model import BoundaryLink
+
+    spec = _spec()
+    return VNetSpec(
+        name=spec.name,
+        nodes=spec.nodes,
+        links=spec.links,
+        boundary=(
+            BoundaryLink(
+                "x1",
+                LinkEndpoint("c", Interface("eth1", ("198.19.0.9/30",))),
+                peer_ref="ref-x1",
+                bandwidth_mbps=20.0,
+            ),
+        ),
+    )
+
+
+def test_boundary_link_is_a_tunnel_to_the_remote_provider() -> None:
+    plan = build_plan(
+        _partial(),
+        {"a": "h1", "b": "h1", "c": "h2"},
+        SUBSTRATE,
+        vnet_id="tiny-1",
+        lab="lab",
+        vnis={"l2": 5000},
+        boundary={"x1": ("198.18.7.12", 6000)},
+    )
+    segment = plan.host("h2").links[-1]
+    assert segment == LinkTask(
+        link="x1",
+        bridge=naming.link_bridge("tiny-1", "x1"),
+        ports=(
+            PortTask(
+                "vn-lab-tiny-1-c",
+                "eth1",
+                naming.link_port("tiny-1", "x1", "c"),
+                ("198.19.0.9/30",),
+                1450,
+            ),
+        ),
+        tunnel=TunnelTask(
+            "vxlan", naming.link_tunnel("tiny-1", "x1"), 6000, "198.18.0.12", "198.18.7.12", 4789
+        ),
+        bandwidth_mbps=20.0,
+    )
+
+
+def test_boundary_link_not_stitched_yet_is_left_out() -> None:
+    plan = build_plan(
+        _partial(),
+        {"a": "h1", "b": "h1", "c": "h2"},
+        SUBSTRATE,
+        vnet_id="tiny-1",
+        lab="lab",
+        vnis={"l2": 5000},
+    )
+    assert [seg.link for seg in plan.host("h2").links] == ["l2"]

@@ -43,12 +43,19 @@ def build_plan(
     vnet_id: str,
     lab: str,
     vnis: Mapping[str, int],
+    boundary: Mapping[str, tuple[str, int]] | None = None,
 ) -> DeploymentPlan:
     """Lay out every virtual node and link segment on the hosts of `node_map`.
 
     A link whose ends share a host is a bridge with two ports; otherwise each
     host gets a bridge with its port and a VXLAN tunnel to the other host, and
     the virtual interfaces lose the encapsulation overhead from their MTU.
+
+    `boundary` maps the id of a boundary link (one end here, the other at
+    another provider) to the (remote data address, VNI) agreed by stitching;
+    its segment is a bridge with the local port and a VXLAN tunnel to the
+    remote address. Boundary links not in `boundary` (not stitched yet) are
+    left out.
     """
     hosts = {h.name for h in substrate.hosts}
     for node in spec.nodes:
@@ -93,6 +100,32 @@ def build_plan(
             )
             port = _port(lab, vnet_id, link, end, mtu)
             links[here].append(LinkTask(link.id, bridge, (port,), tunnel, link.bandwidth_mbps))
+
+    mtu = SUBSTRATE_MTU - VXLAN_OVERHEAD
+    for blink in spec.boundary:
+        if boundary is None or blink.id not in boundary:
+            continue
+        remote, vni = boundary[blink.id]
+        here = node_map[blink.endpoint.node]
+        tunnel = TunnelTask(
+            kind="vxlan",
+            device=naming.link_tunnel(vnet_id, blink.id),
+            vni=vni,
+            local=_data_address(substrate, here),
+            remote=remote,
+            dstport=VXLAN_PORT,
+        )
+        port = PortTask(
+            netns=naming.vnode_netns(lab, vnet_id, blink.endpoint.node),
+            ifname=blink.endpoint.interface.name,
+            peer=naming.link_port(vnet_id, blink.id, blink.endpoint.node),
+            addresses=blink.endpoint.interface.addresses,
+            mtu=mtu,
+        )
+        links[here].append(
+            LinkTask(blink.id, naming.link_bridge(vnet_id, blink.id), (port,), tunnel,
+                     blink.bandwidth_mbps)
+        )
 
     used = sorted(set(nodes) | set(links))
     return DeploymentPlan(

@@ -87,6 +87,12 @@ class Conflict(ApiError):
     status, code = 409, "conflict"
 
 
+class Gone(ApiError):
+    """The object existed but is no more (an expired reservation)."""
+
+    status, code = 410, "gone"
+
+
 class LengthRequired(ApiError):
     status, code = 411, "length-required"
 
@@ -103,6 +109,16 @@ class Unprocessable(ApiError):
     """Well-formed XML that the schema rejects."""
 
     status, code = 422, "schema-invalid"
+
+
+class UpstreamFailed(ApiError):
+    """Another player this one depends on failed or timed out."""
+
+    status, code = 502, "upstream-failed"
+
+
+class Unavailable(ApiError):
+    status, code = 503, "unavailable"
 
 
 def error_document(code: str, message: str) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from vnetlib.spec.checks import Element, children, line_of
 from vnetlib.spec.model import (
+    BoundaryLink,
     ConsoleKind,
     Constraints,
     Interface,
@@ -71,6 +72,22 @@ def vnet_from(root: Element, source: str) -> VNetSpec:
         constraints=Constraints() if constraints is None else _constraints(constraints),
         service=ServiceRequirements() if service is None else _service(service),
         source=source,
+        boundary=tuple(_boundary(b) for b in children(root, "boundary-link")),
+    )
+
+
+def _boundary(el: Element) -> BoundaryLink:
+    end = children(el, "endpoint")[0]
+    peer = children(el, "peer")[0]
+    return BoundaryLink(
+        id=el.get("id", ""),
+        endpoint=LinkEndpoint(
+            end.get("node", ""), Interface(end.get("interface", ""), _texts(end, "address"))
+        ),
+        peer_ref=peer.get("ref", ""),
+        bandwidth_mbps=_req_float(el, "bandwidth", 10.0),
+        latency_ms=_float(el, "latency"),
+        line=line_of(el),
     )
 
 

@@ -96,8 +96,9 @@ def check_vnet(root: Element, file: str) -> list[SpecError]:
     out = Collector(file)
     nodes = children(root, "node")
     links = children(root, "link")
+    boundary = children(root, "boundary-link")
     _unique(out, nodes, "id", "node id")
-    _unique(out, links, "id", "link id")
+    _unique(out, links + boundary, "id", "link id")
     kinds = {n.get("id", ""): NodeKind(n.get("kind", "netns")) for n in nodes}
     for node in nodes:
         _check_consoles(out, node, kinds[node.get("id", "")])
@@ -113,6 +114,9 @@ def check_vnet(root: Element, file: str) -> list[SpecError]:
                 "a link joins two different nodes",
             )
         for end in ends:
+            _check_endpoint(out, end, kinds, used_ifaces)
+    for link in boundary:
+        for end in children(link, "endpoint"):
             _check_endpoint(out, end, kinds, used_ifaces)
     _check_addresses(out, links)
     return out.errors

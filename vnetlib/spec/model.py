@@ -72,6 +72,23 @@ class VirtualLink:
 
 
 @dataclass(frozen=True, slots=True)
+class BoundaryLink:
+    """A virtual link of a partial description with only one end at this provider.
+
+    The other end is at another provider; `peer_ref` is the VNP's opaque
+    stitching id of the link, which both providers quote in the Interface 4
+    stitching exchange. Nothing else about the far side is disclosed.
+    """
+
+    id: str
+    endpoint: LinkEndpoint
+    peer_ref: str
+    bandwidth_mbps: float = 10.0
+    latency_ms: float | None = None
+    line: int | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Constraints:
     """VNet-level constraints the VNO adds to the SP's requirements."""
 
@@ -98,6 +115,7 @@ class VNetSpec:
     constraints: Constraints = Constraints()
     service: ServiceRequirements = ServiceRequirements()
     source: str | None = field(default=None, compare=False)
+    boundary: tuple[BoundaryLink, ...] = ()
 
     def node(self, node_id: str) -> VirtualNode:
         for node in self.nodes:

@@ -16,6 +16,7 @@ from vnetlib.spec.checks import Element
 from vnetlib.spec.model import (
     RDL_NAMESPACE,
     RDL_VERSION,
+    BoundaryLink,
     ConsoleKind,
     LinkEndpoint,
     Substrate,
@@ -92,6 +93,8 @@ def dump_vnet(spec: VNetSpec) -> bytes:
         _node(root, node)
     for link in spec.links:
         _link(root, link)
+    for boundary in spec.boundary:
+        _boundary(root, boundary)
     return _document(root)
 
 
@@ -121,6 +124,18 @@ def _link(root: Element, link: VirtualLink) -> None:
     )
     for end in (link.a, link.b):
         _endpoint(el, end)
+
+
+def _boundary(root: Element, link: BoundaryLink) -> None:
+    el = _el(
+        root,
+        "boundary-link",
+        id=link.id,
+        bandwidth=number(link.bandwidth_mbps),
+        latency=_opt(link.latency_ms),
+    )
+    _endpoint(el, link.endpoint)
+    _el(el, "peer", ref=link.peer_ref)
 
 
 def _endpoint(link: Element, end: LinkEndpoint) -> None:

@@ -1,0 +1,201 @@
+"""A player's configuration file (TOML): who it is, where it listens, its store,
+its lab CA, and the section of its role.
+
+```toml
+name = "pip-a"                 # player name = certificate CN
+role = "pip"                   # pip | vnp | vno
+listen = "127.0.0.1:0"         # port 0: pick a free port
+store = "sqlite:////var/lib/vnet/players/pip-a/state.db"   # or postgresql+psycopg://...
+pki = "/var/lib/vnet/pki"      # the lab CA directory; credentials issued there for `name`
+[pip]
+substrate = "labp1"
+price_per_cpu = 1.0
+price_per_mbps = 0.01
+reservation_seconds = 60
+[vnp]
+upstreams = [ { name = "pip-a", url = "https://127.0.0.1:40001" } ]
+timeout = 10.0
+disclose_pips = false
+[vno]
+vnp = { name = "vnp", url = "https://127.0.0.1:40003" }
+max_price = 1000.0
+[faults]                       # fault injection, for tests only
+fail_at = ""                   # "" | "quote" | "allocate" | "provision"
+stall_at = ""                  # same set: wait stall_seconds, then fail, instead of answering
+stall_seconds = 30.0
+```
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from vnetlib.players.pki import Role
+
+FAULT_POINTS = ("", "quote", "allocate", "provision")
+
+
+class ConfigError(ValueError):
+    """The configuration file is wrong; the message names the file and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Another player this one calls: its certificate name and its URL."""
+
+    name: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class PipSection:
+    substrate: str = ""
+    price_per_cpu: float = 1.0
+    price_per_mbps: float = 0.0
+    reservation_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class VnpSection:
+    upstreams: tuple[Upstream, ...] = ()
+    timeout: float = 10.0
+    disclose_pips: bool = False
+    reservation_seconds: float = 60.0
+    price_per_cpu: float = 0.0  # the VNP's own margin, added when it acts as a PIP
+
+
+@dataclass(frozen=True, slots=True)
+class VnoSection:
+    vnp: Upstream | None = None
+    max_price: float | None = None
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """Fault injection for tests: fail or stall at one negotiation step."""
+
+    fail_at: str = ""
+    stall_at: str = ""
+    stall_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class PlayerConfig:
+    name: str
+    role: Role
+    store: str
+    pki: Path
+    listen: str = "127.0.0.1:0"
+    pip: PipSection = field(default_factory=PipSection)
+    vnp: VnpSection = field(default_factory=VnpSection)
+    vno: VnoSection = field(default_factory=VnoSection)
+    faults: Faults = field(default_factory=Faults)
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+def _section(cls: type[Any], data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {', '.join(unknown)}")
+    return data
+
+
+def _upstream(data: Any, where: str) -> Upstream:
+    d = _section(Upstream, data, where)
+    if "name" not in d or "url" not in d:
+        raise ConfigError(f"{where}: an upstream needs name and url")
+    return Upstream(str(d["name"]), str(d["url"]))
+
+
+def from_dict(data: dict[str, Any], source: str = "<config>") -> PlayerConfig:
+    """Build and check a configuration from parsed TOML."""
+    top = {"name", "role", "store", "pki", "listen", "pip", "vnp", "vno", "faults"}
+    unknown = sorted(set(data) - top)
+    if unknown:
+        raise ConfigError(f"{source}: unknown keys {', '.join(unknown)}")
+    for key in ("name", "role", "store", "pki"):
+        if key not in data:
+            raise ConfigError(f"{source}: `{key}` is required")
+    try:
+        role = Role(data["role"])
+    except ValueError:
+        raise ConfigError(f"{source}: role {data['role']!r} is not pip, vnp or vno") from None
+    if role is Role.SP:
+        raise ConfigError(f"{source}: an SP is a client, not a served player")
+    pip = _section(PipSection, data.get("pip", {}), f"{source} [pip]")
+    vnp = dict(_section(VnpSection, data.get("vnp", {}), f"{source} [vnp]"))
+    vnp["upstreams"] = tuple(_upstream(u, f"{source} [vnp] upstreams")
+                             for u in vnp.get("upstreams", ()))
+    vno = dict(_section(VnoSection, data.get("vno", {}), f"{source} [vno]"))
+    if "vnp" in vno:
+        vno["vnp"] = _upstream(vno["vnp"], f"{source} [vno] vnp")
+    faults = _section(Faults, data.get("faults", {}), f"{source} [faults]")
+    for key in ("fail_at", "stall_at"):
+        if faults.get(key, "") not in FAULT_POINTS:
+            raise ConfigError(f"{source} [faults] {key}: one of {FAULT_POINTS}")
+    listen = str(data.get("listen", "127.0.0.1:0"))
+    if ":" not in listen or not listen.rsplit(":", 1)[1].isdigit():
+        raise ConfigError(f"{source}: listen {listen!r} must be HOST:PORT")
+    config = PlayerConfig(
+        name=str(data["name"]), role=role, store=str(data["store"]), pki=Path(data["pki"]),
+        listen=listen, pip=PipSection(**pip), vnp=VnpSection(**vnp), vno=VnoSection(**vno),
+        faults=Faults(**faults),
+    )
+    if role is Role.PIP and not config.pip.substrate:
+        raise ConfigError(f"{source} [pip] substrate is required for a PIP")
+    if role is Role.VNP and not config.vnp.upstreams:
+        raise ConfigError(f"{source} [vnp] upstreams: a VNP needs at least one")
+    if role is Role.VNO and config.vno.vnp is None:
+        raise ConfigError(f"{source} [vno] vnp is required for a VNO")
+    return config
+
+
+def load(path: Path | str) -> PlayerConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return from_dict(data, str(path))
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Upstream):
+        return f"{{ name = {_value(value.name)}, url = {_value(value.url)} }}"
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def dump(config: PlayerConfig) -> str:
+    """The TOML text that `load` reads back to an equal configuration."""
+    lines = [f"name = {_value(config.name)}", f"role = {_value(config.role.value)}",
+             f"listen = {_value(config.listen)}", f"store = {_value(config.store)}",
+             f"pki = {_value(str(config.pki))}"]
+    for section in ("pip", "vnp", "vno", "faults"):
+        value = getattr(config, section)
+        lines.append(f"\n[{section}]")
+        for f in fields(value):
+            item = getattr(value, f.name)
+            if item is not None:
+                lines.append(f"{f.name} = {_value(item)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,483 @@
+"""The API v1 documents: typed values, and pure functions to write and read them.
+
+Every document is in the RDL namespace and valid against
+``vnetlib/spec/schema/vnet-api-1.xsd`` (which includes the RDL schema, so a
+``<vnet>`` travels inside ``<allocate>`` or ``<service-request>``). ``read``
+parses and validates a request body and raises the server's errors: 400 for
+malformed XML, 422 naming line and element for schema or semantic problems.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal, cast
+
+from lxml import etree
+
+from vnetlib.players.server import BadRequest, Unprocessable, parse_xml, validate
+from vnetlib.spec.build import vnet_from
+from vnetlib.spec.checks import check_vnet
+from vnetlib.spec.model import RDL_NAMESPACE, VNetSpec
+from vnetlib.spec.serialize import dump_vnet, number
+
+NS = RDL_NAMESPACE
+API_SCHEMA_FILE = "vnet-api-1.xsd"
+STITCH_VERSION = "1"
+# Characters XML 1.0 cannot carry; command output is sanitized before it travels.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+Element = etree._Element
+SliverStatus = Literal["allocated", "provisioned", "ready", "failed"]
+QuoteStatus = Literal["offer", "counter", "declined"]
+StitchState = Literal["propose", "accept", "counter", "reject"]
+StitchRole = Literal["initiator", "responder"]
+
+
+@functools.cache
+def api_schema() -> etree.XMLSchema:
+    """The API schema (with RDL included), parsed once per process."""
+    directory = resources.files("vnetlib.spec").joinpath("schema")
+    with resources.as_file(directory.joinpath(API_SCHEMA_FILE)) as path:
+        return etree.XMLSchema(etree.parse(str(path)))
+
+
+def _q(tag: str) -> str:
+    return f"{{{NS}}}{tag}"
+
+
+def _root(tag: str, **attrs: str | None) -> Element:
+    el = etree.Element(_q(tag), nsmap={None: NS})  # type: ignore[dict-item]
+    _set(el, attrs)
+    return el
+
+
+def _sub(parent: Element, tag: str, text: str | None = None, **attrs: str | None) -> Element:
+    el = etree.SubElement(parent, _q(tag))
+    _set(el, attrs)
+    if text is not None:
+        el.text = text
+    return el
+
+
+def _set(el: Element, attrs: dict[str, str | None]) -> None:
+    for key, value in attrs.items():
+        if value is not None:
+            el.set(key.replace("_", "-"), value)
+
+
+def _bytes(el: Element) -> bytes:
+    return etree.tostring(el, xml_declaration=True, encoding="UTF-8")
+
+
+def _children(el: Element, tag: str) -> list[Element]:
+    return el.findall(_q(tag))
+
+
+def _float(el: Element, attr: str) -> float | None:
+    value = el.get(attr)
+    return None if value is None else float(value)
+
+
+def xml_text(text: str) -> str:
+    """`text` without the characters XML 1.0 cannot hold."""
+    return _NOT_XML.sub("\ufffd", text)
+
+
+# -- reading requests ------------------------------------------------------------------
+
+
+def read(body: bytes, expected: str) -> Element:
+    """Parse and validate a request body whose root must be `<expected>`."""
+    doc = parse_xml(body)
+    qname = etree.QName(doc)
+    if qname.namespace != NS or qname.localname != expected:
+        raise Unprocessable(
+            f"line {doc.sourceline}, element /{qname.localname}: expected <{expected}> "
+            f'in namespace {NS}, found <{qname.localname}>'
+        )
+    validate(doc, api_schema())
+    return doc
+
+
+def vnet_of(el: Element, source: str = "request") -> VNetSpec:
+    """The `<vnet>` element (itself or its child) as a model, after the RDL semantic
+    rules; problems are 422 naming line and element."""
+    vnet = el if etree.QName(el).localname == "vnet" else el.find(_q("vnet"))
+    if vnet is None:
+        raise Unprocessable(f"line {el.sourceline}: a <vnet> description is required")
+    errors = check_vnet(vnet, source)
+    if errors:
+        raise Unprocessable("invalid VNet description: " + "; ".join(
+            f"line {e.line}, element {e.element}: {e.message}" for e in errors[:10]))
+    return vnet_from(vnet, source)
+
+
+def parse_reply(body: bytes, expected: str) -> Element:
+    """A reply from another player: parsed and validated like a request, but a
+    bad reply is the other side's fault, so it is a BadRequest-free ValueError."""
+    try:
+        return read(body, expected)
+    except (BadRequest, Unprocessable) as exc:
+        raise ValueError(f"bad <{expected}> reply: {exc.message}") from exc
+
+
+def _embed_vnet(parent: Element, spec: VNetSpec) -> None:
+    parent.append(etree.fromstring(dump_vnet(spec)))
+
+
+# -- documents -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """One location of an advertisement: aggregate capacity and prices."""
+
+    location: str
+    cpu: float
+    memory_mb: float
+    price_per_cpu: float
+    price_per_mbps: float = 0.0
+    kinds: tuple[str, ...] = ("netns",)
+
+
+@dataclass(frozen=True, slots=True)
+class Advertisement:
+    provider: str
+    sites: tuple[Site, ...]
+    encapsulations: tuple[str, ...] = ("vxlan",)
+
+
+def advertisement_xml(ad: Advertisement) -> bytes:
+    root = _root("advertisement", provider=ad.provider)
+    for encap in ad.encapsulations:
+        _sub(root, "encapsulation", encap)
+    for site in ad.sites:
+        el = _sub(root, "site", location=site.location, cpu=number(site.cpu),
+                  memory=number(site.memory_mb), price_per_cpu=number(site.price_per_cpu),
+                  price_per_mbps=number(site.price_per_mbps))
+        for kind in site.kinds:
+            _sub(el, "kind", kind)
+    return _bytes(root)
+
+
+def advertisement_from(el: Element) -> Advertisement:
+    return Advertisement(
+        provider=el.get("provider", ""),
+        encapsulations=tuple(e.text or "" for e in _children(el, "encapsulation")),
+        sites=tuple(
+            Site(
+                location=s.get("location", ""),
+                cpu=float(s.get("cpu", "0")),
+                memory_mb=float(s.get("memory", "0")),
+                price_per_cpu=float(s.get("price-per-cpu", "0")),
+                price_per_mbps=float(s.get("price-per-mbps", "0")),
+                kinds=tuple(k.text or "" for k in _children(s, "kind")) or ("netns",),
+            )
+            for s in _children(el, "site")
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteRequest:
+    spec: VNetSpec
+    bid: float | None = None
+
+
+def quote_request_xml(req: QuoteRequest) -> bytes:
+    root = _root("quote-request", bid=None if req.bid is None else number(req.bid))
+    _embed_vnet(root, req.spec)
+    return _bytes(root)
+
+
+def quote_request_from(el: Element) -> QuoteRequest:
+    return QuoteRequest(vnet_of(el, "quote-request"), _float(el, "bid"))
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    status: QuoteStatus
+    price: float | None = None
+    reason: str | None = None
+
+
+def quote_xml(quote: Quote) -> bytes:
+    return _bytes(_root("quote", status=quote.status,
+                        price=None if quote.price is None else number(quote.price),
+                        reason=quote.reason))
+
+
+def quote_from(el: Element) -> Quote:
+    status = el.get("status", "declined")
+    return Quote(cast(QuoteStatus, status), _float(el, "price"), el.get("reason"))
+
+
+@dataclass(frozen=True, slots=True)
+class Allocate:
+    spec: VNetSpec
+    price: float | None = None
+    expires_in: float | None = None
+
+
+def allocate_xml(req: Allocate) -> bytes:
+    root = _root("allocate", price=None if req.price is None else number(req.price),
+                 expires_in=None if req.expires_in is None else number(req.expires_in))
+    _embed_vnet(root, req.spec)
+    return _bytes(root)
+
+
+def allocate_from(el: Element) -> Allocate:
+    return Allocate(vnet_of(el, "allocate"), _float(el, "price"), _float(el, "expires-in"))
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The provider at the other end of a boundary link, as the VNP names it."""
+
+    ref: str
+    name: str
+    url: str
+    role: StitchRole
+
+
+@dataclass(frozen=True, slots=True)
+class Provision:
+    peers: tuple[Peer, ...] = ()
+
+
+def provision_xml(req: Provision) -> bytes:
+    root = _root("provision")
+    for p in req.peers:
+        _sub(root, "peer", ref=p.ref, name=p.name, url=p.url, role=p.role)
+    return _bytes(root)
+
+
+def provision_from(el: Element) -> Provision:
+    peers = []
+    for p in _children(el, "peer"):
+        role = p.get("role", "initiator")
+        peers.append(Peer(p.get("ref", ""), p.get("name", ""), p.get("url", ""),
+                          cast(StitchRole, role)))
+    return Provision(tuple(peers))
+
+
+def renew_xml(expires_in: float) -> bytes:
+    return _bytes(_root("renew", expires_in=number(expires_in)))
+
+
+def renew_from(el: Element) -> float:
+    return float(el.get("expires-in", "0"))
+
+
+@dataclass(frozen=True, slots=True)
+class BoundaryState:
+    ref: str
+    link: str
+    stitched: bool
+    vni: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """Describe/Status of a sliver: what the customer may know of it."""
+
+    id: str
+    status: SliverStatus
+    price: float
+    nodes: tuple[str, ...] = ()
+    boundary: tuple[BoundaryState, ...] = ()
+    expires: float | None = None  # epoch seconds; None once provisioned
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
+
+
+def manifest_xml(m: Manifest) -> bytes:
+    root = _root("sliver", id=m.id, status=m.status, price=number(m.price),
+                 expires=None if m.expires is None else _iso(m.expires))
+    for node in m.nodes:
+        _sub(root, "node", id=node)
+    for b in m.boundary:
+        _sub(root, "boundary", ref=b.ref, link=b.link, stitched="true" if b.stitched else "false",
+             vni=None if b.vni is None else str(b.vni))
+    return _bytes(root)
+
+
+def manifest_from(el: Element) -> Manifest:
+    status = el.get("status", "failed")
+    expires = el.get("expires")
+    return Manifest(
+        id=el.get("id", ""),
+        status=cast(SliverStatus, status),
+        price=float(el.get("price", "0")),
+        nodes=tuple(n.get("id", "") for n in _children(el, "node")),
+        boundary=tuple(
+            BoundaryState(b.get("ref", ""), b.get("link", ""), b.get("stitched") == "true",
+                          None if b.get("vni") is None else int(b.get("vni", "0")))
+            for b in _children(el, "boundary")
+        ),
+        expires=None if expires is None else dt.datetime.fromisoformat(expires).timestamp(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """PerformOperationalAction: `start` (join the boundary links) or `exec`."""
+
+    name: Literal["start", "exec"]
+    node: str | None = None
+    argv: tuple[str, ...] = ()
+    timeout: float | None = None
+
+
+def action_xml(a: Action) -> bytes:
+    root = _root("action", name=a.name, node=a.node,
+                 timeout=None if a.timeout is None else number(a.timeout))
+    for arg in a.argv:
+        _sub(root, "arg", arg)
+    return _bytes(root)
+
+
+def action_from(el: Element) -> Action:
+    name = el.get("name", "")
+    argv = tuple(a.text or "" for a in _children(el, "arg"))
+    return Action(cast(Literal["start", "exec"], name), el.get("node"), argv,
+                  _float(el, "timeout"))
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    name: str
+    rc: int
+    stdout: str = ""
+    stderr: str = ""
+
+
+def action_result_xml(r: ActionResult) -> bytes:
+    root = _root("action-result", name=r.name, rc=str(r.rc))
+    _sub(root, "stdout", xml_text(r.stdout))
+    _sub(root, "stderr", xml_text(r.stderr))
+    return _bytes(root)
+
+
+def action_result_from(el: Element) -> ActionResult:
+    return ActionResult(el.get("name", ""), int(el.get("rc", "-1")),
+                        el.findtext(_q("stdout")) or "", el.findtext(_q("stderr")) or "")
+
+
+@dataclass(frozen=True, slots=True)
+class StitchEndpoint:
+    role: StitchRole
+    address: str
+    port: int = 4789
+
+
+@dataclass(frozen=True, slots=True)
+class Stitch:
+    """Interface 4: one message of the exchange that joins an inter-provider link.
+
+    The initiator proposes a VNI and its tunnel endpoint; the responder accepts
+    (adding its endpoint), counters with a VNI that is free on its side, or
+    rejects. `key` is carried for encapsulations that use one; VXLAN has none.
+    """
+
+    ref: str
+    vni: int
+    state: StitchState
+    endpoints: tuple[StitchEndpoint, ...]
+    encapsulation: str = "vxlan"
+    key: str | None = None
+    reason: str | None = None
+
+    def endpoint(self, role: StitchRole) -> StitchEndpoint | None:
+        return next((e for e in self.endpoints if e.role == role), None)
+
+
+def stitch_xml(s: Stitch) -> bytes:
+    root = _root("stitch", version=STITCH_VERSION, ref=s.ref, encapsulation=s.encapsulation,
+                 vni=str(s.vni), state=s.state, reason=s.reason)
+    for e in s.endpoints:
+        _sub(root, "endpoint", role=e.role, address=e.address, port=str(e.port))
+    if s.key is not None:
+        _sub(root, "key", s.key)
+    return _bytes(root)
+
+
+def stitch_from(el: Element) -> Stitch:
+    state = el.get("state", "reject")
+    endpoints = []
+    for e in _children(el, "endpoint"):
+        role = e.get("role", "initiator")
+        endpoints.append(StitchEndpoint(cast(StitchRole, role), e.get("address", ""),
+                                        int(e.get("port", "4789"))))
+    key = el.find(_q("key"))
+    return Stitch(el.get("ref", ""), int(el.get("vni", "0")), cast(StitchState, state),
+                  tuple(endpoints),
+                  el.get("encapsulation", "vxlan"), None if key is None else key.text or "",
+                  el.get("reason"))
+
+
+def service_request_xml(spec: VNetSpec) -> bytes:
+    root = _root("service-request")
+    _embed_vnet(root, spec)
+    return _bytes(root)
+
+
+@dataclass(frozen=True, slots=True)
+class VNetView:
+    """A VNet as its VNO or SP sees it: ids, status, price; providers only when
+    the contract discloses them."""
+
+    id: str
+    name: str
+    status: str
+    nodes: tuple[str, ...] = ()
+    price: float | None = None
+    providers: tuple[tuple[str, str], ...] = ()  # (node, provider) when disclosed
+
+
+def _view_into(el: Element, v: VNetView) -> None:
+    _set(el, {"id": v.id, "name": v.name, "status": v.status,
+              "price": None if v.price is None else number(v.price)})
+    where = dict(v.providers)
+    for node in v.nodes:
+        _sub(el, "node", id=node, provider=where.get(node))
+
+
+def vnet_view_xml(v: VNetView) -> bytes:
+    root = _root("vnet-status")
+    _view_into(root, v)
+    return _bytes(root)
+
+
+def vnet_list_xml(views: list[VNetView]) -> bytes:
+    root = _root("vnet-list")
+    for v in views:
+        _view_into(_sub(root, "vnet-status"), v)
+    return _bytes(root)
+
+
+def vnet_view_from(el: Element) -> VNetView:
+    nodes = _children(el, "node")
+    return VNetView(
+        id=el.get("id", ""),
+        name=el.get("name", ""),
+        status=el.get("status", ""),
+        nodes=tuple(n.get("id", "") for n in nodes),
+        price=_float(el, "price"),
+        providers=tuple((n.get("id", ""), n.get("provider", "")) for n in nodes
+                        if n.get("provider")),
+    )
+
+
+def vnet_list_from(el: Element) -> list[VNetView]:
+    return [vnet_view_from(v) for v in _children(el, "vnet-status")]
+
+
+def version_xml(name: str, role: str) -> bytes:
+    return _bytes(_root("version", api="v1", rdl="1", role=role, name=name))

@@ -1,0 +1,85 @@
+"""A player's management node from its configuration: the service of its role,
+its credentials from the lab CA, and the HTTPS server it listens on."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from vnetlib.players.config import PlayerConfig
+from vnetlib.players.pip import Deploy, PipService
+from vnetlib.players.pki import Credentials, LabCA, Role
+from vnetlib.players.server import Service, ServiceServer
+from vnetlib.players.vno import VnoService
+from vnetlib.players.vnp import VnpService
+
+
+class PlayerService(Protocol):
+    def close(self) -> None: ...
+
+
+def credentials_for(config: PlayerConfig) -> Credentials:
+    """The player's certificate from the lab CA (issued if missing; reused if valid)."""
+    return LabCA.load(config.pki).issue(config.name, config.role)
+
+
+def build_service(config: PlayerConfig, credentials: Credentials, *,
+                  deploy: Deploy | None = None) -> PipService | VnpService | VnoService:
+    if config.role is Role.PIP:
+        return PipService(config, credentials, deploy=deploy)
+    if config.role is Role.VNP:
+        return VnpService(config, credentials)
+    return VnoService(config, credentials)
+
+
+class ManagementNode:
+    """A player's service listening with mutual TLS; `with` or start()/stop()."""
+
+    def __init__(self, config: PlayerConfig, credentials: Credentials | None = None, *,
+                 deploy: Deploy | None = None) -> None:
+        self.config = config
+        self.credentials = credentials or credentials_for(config)
+        self.service: PipService | VnpService | VnoService = build_service(
+            config, self.credentials, deploy=deploy)
+        try:
+            self.server = ServiceServer(self._as_service(), self.credentials,
+                                        host=config.host, port=config.port, timeout=600.0)
+        except BaseException:
+            self.service.close()
+            raise
+        if isinstance(self.service, VnpService):
+            self.service.url = self.server.url
+
+    def _as_service(self) -> Service:
+        return self.service
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> ManagementNode:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        if isinstance(self.service, PipService):
+            self.service.closing.set()  # wake stalled handlers so the server can stop
+        self.server.stop()
+        self.service.close()
+
+    def __enter__(self) -> ManagementNode:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def write_ready_file(path: Path, url: str) -> None:
+    """Write `url` to `path` atomically (a reader never sees half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(url + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,46 @@
+"""The SP's Python client: hand requirements to a VNO and operate the VNet."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from vnetlib.players import messages as m
+from vnetlib.players.client import PlayerClient
+from vnetlib.players.pki import Credentials, Role
+from vnetlib.spec import parse_vnet
+from vnetlib.spec.model import VNetSpec
+
+VNetView = m.VNetView
+
+
+class ServiceProvider:
+    """An SP talking to its VNO over mutual TLS (its certificate has role sp)."""
+
+    def __init__(self, vno_url: str, credentials: Credentials, timeout: float = 300.0,
+                 *, vno_name: str | None = None) -> None:
+        self.client = PlayerClient(vno_url, credentials, timeout, expect_role=Role.VNO,
+                                   expect_name=vno_name)
+
+    def request_vnet(self, spec: VNetSpec | bytes) -> VNetView:
+        """Interface 1: ask for a VNet; returns once it is ready (or raises RemoteError)."""
+        model = parse_vnet(spec, source="request") if isinstance(spec, bytes) else spec
+        reply = self.client.post("/v1/vnets", m.service_request_xml(model))
+        return m.vnet_view_from(m.parse_reply(reply.body, "vnet-status"))
+
+    def status(self, vnet_id: str) -> VNetView:
+        reply = self.client.get(f"/v1/vnets/{vnet_id}")
+        return m.vnet_view_from(m.parse_reply(reply.body, "vnet-status"))
+
+    def list(self) -> list[VNetView]:
+        return m.vnet_list_from(m.parse_reply(self.client.get("/v1/vnets").body, "vnet-list"))
+
+    def delete(self, vnet_id: str) -> None:
+        self.client.delete(f"/v1/vnets/{vnet_id}")
+
+    def exec(self, vnet_id: str, node: str, argv: Sequence[str],
+             timeout: float | None = None) -> tuple[int, str, str]:
+        """Run `argv` in virtual node `node` (relayed VNO -> VNP -> PIP)."""
+        act = m.Action("exec", node, tuple(argv), timeout)
+        reply = self.client.post(f"/v1/vnets/{vnet_id}/action", m.action_xml(act))
+        result = m.action_result_from(m.parse_reply(reply.body, "action-result"))
+        return result.rc, result.stdout, result.stderr
