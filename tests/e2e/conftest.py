@@ -10,6 +10,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,30 +99,33 @@ def vnet(vnet_env: dict[str, str]) -> Vnet:
     return Vnet(vnet_env)
 
 
-def _new_lab(vnet: Vnet) -> str:
-    name = "t" + secrets.token_hex(2)
-    mgmt = f"198.19.{200 + secrets.randbelow(50)}.0/24"
-    vnet.run("lab", "up", "--name", name, "--mgmt-network", mgmt)
-    return name
+@dataclass(frozen=True)
+class Lab:
+    name: str
+
+    @property
+    def substrate(self) -> str:
+        """The first PIP's substrate, where direct instantiation goes."""
+        return f"{self.name}p1"
+
+
+def new_lab(vnet: Vnet, *args: str) -> Lab:
+    """A lab with a unique name and management networks of its own."""
+    name = "t" + secrets.token_hex(1) + secrets.choice("abcdefghij")
+    offset = 4 * (1 + secrets.randbelow(24))
+    vnet.run("lab", "up", "--name", name, "--mgmt-offset", str(offset), *args)
+    return Lab(name)
 
 
 @pytest.fixture
-def lab(vnet: Vnet) -> Iterator[str]:
-    """A fresh three-host lab, removed after the test whatever happened."""
-    name = _new_lab(vnet)
+def lab(vnet: Vnet) -> Iterator[Lab]:
+    """A fresh lab of one PIP with three hosts and no players, removed after
+    the test whatever happened."""
+    made = new_lab(vnet, "--pips", "1", "--no-players")
     try:
-        yield name
+        yield made
     finally:
-        vnet.run("lab", "down", "--name", name, check=False)
-
-
-@pytest.fixture(scope="module")
-def module_lab(vnet: Vnet) -> Iterator[str]:
-    name = _new_lab(vnet)
-    try:
-        yield name
-    finally:
-        vnet.run("lab", "down", "--name", name, check=False)
+        vnet.run("lab", "down", "--name", made.name, check=False)
 
 
 def netns_list() -> set[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import EXAMPLES, Vnet, links_in, netns_list, ping
+from tests.e2e.conftest import EXAMPLES, Lab, Vnet, links_in, netns_list, ping
 from vnetlib.spec import load_vnet
 
 FIGURE6 = EXAMPLES / "figure6.xml"
@@ -28,8 +28,8 @@ def _assert_adjacent_nodes_reach_each_other(vnet: Vnet, vnet_id: str, spec: Path
             assert done.returncode == 0, f"{link.id}: {src.node} cannot reach {dst.node} ({peer})"
 
 
-def test_up_figure6_every_adjacent_pair_pings(vnet: Vnet, lab: str) -> None:
-    result = vnet.json("up", str(FIGURE6), "--lab", lab)
+def test_up_figure6_every_adjacent_pair_pings(vnet: Vnet, lab: Lab) -> None:
+    result = vnet.json("up", str(FIGURE6), "--substrate", lab.substrate)
     assert set(result["timings"]) == {"parse", "embed", "plan", "deploy"}
     assert result["total"] > 0
     assert set(result["node_map"]) == {"e1", "r1", "r2", "r3", "r4", "e2"}
@@ -45,20 +45,20 @@ def test_up_figure6_every_adjacent_pair_pings(vnet: Vnet, lab: str) -> None:
     assert "198.19.0.2/30" in out["stdout"]
 
 
-def test_two_vnets_with_overlapping_addresses_are_isolated(vnet: Vnet, lab: str) -> None:
-    a = vnet.json("up", str(FIGURE6), "--lab", lab)["vnet"]
-    b = vnet.json("up", str(FIGURE6_B), "--lab", lab)["vnet"]
+def test_two_vnets_with_overlapping_addresses_are_isolated(vnet: Vnet, lab: Lab) -> None:
+    a = vnet.json("up", str(FIGURE6), "--substrate", lab.substrate)["vnet"]
+    b = vnet.json("up", str(FIGURE6_B), "--substrate", lab.substrate)["vnet"]
     _assert_adjacent_nodes_reach_each_other(vnet, a, FIGURE6)
     _assert_adjacent_nodes_reach_each_other(vnet, b, FIGURE6_B)
 
     # Take r1's side of l1 away in VNet a: e1 of a must no longer reach
     # 198.19.0.2, although r1 of b holds that address on the same hosts.
-    ns_a_r1 = f"vn-{lab}-{a}-r1"
-    ns_a_e1 = f"vn-{lab}-{a}-e1"
+    ns_a_r1 = f"vn-{lab.substrate}-{a}-r1"
+    ns_a_e1 = f"vn-{lab.substrate}-{a}-e1"
     iface = load_vnet(FIGURE6).link("l1").b.interface.name
     subprocess.run(["ip", "-n", ns_a_r1, "link", "set", iface, "down"], check=True)
     assert not ping(ns_a_e1, "198.19.0.2", count=3, wait=1)
-    assert ping(f"vn-{lab}-{b}-e1", "198.19.0.2")
+    assert ping(f"vn-{lab.substrate}-{b}-e1", "198.19.0.2")
     subprocess.run(["ip", "-n", ns_a_r1, "link", "set", iface, "up"], check=True)
     assert ping(ns_a_e1, "198.19.0.2", count=3, wait=2)
 
@@ -67,67 +67,71 @@ def test_two_vnets_with_overlapping_addresses_are_isolated(vnet: Vnet, lab: str)
     _assert_adjacent_nodes_reach_each_other(vnet, b, FIGURE6_B)
 
 
-def _vnet_objects(lab: str) -> set[str]:
+def _vnet_objects(lab: Lab) -> set[str]:
     """Every virtual-node namespace and link-segment interface on the lab."""
-    found = {n for n in netns_list() if n.startswith(f"vn-{lab}-")}
-    for host in ("h1", "h2", "h3"):
-        found |= {
-            f"{host}:{i}" for i in links_in(f"vl-{lab}-{host}") if i.startswith(("vb", "vx", "vp"))
-        }
-    return found
+    return _vnet_objects_on(lab, ("h1", "h2", "h3"))
 
 
-def test_down_and_lab_down_leave_nothing(vnet: Vnet, lab: str) -> None:
+def test_down_and_lab_down_leave_nothing(vnet: Vnet, lab: Lab) -> None:
     before = netns_list()
-    vnet_id = vnet.json("up", str(FIGURE6), "--lab", lab)["vnet"]
+    vnet_id = vnet.json("up", str(FIGURE6), "--substrate", lab.substrate)["vnet"]
     assert len(_vnet_objects(lab)) > 6
     assert vnet.json("down", vnet_id)["removed"]
     assert _vnet_objects(lab) == set()
     assert vnet.run("status", vnet_id, check=False).returncode == 5
 
-    vnet.json("up", str(FIGURE6), "--lab", lab)
-    vnet.run("lab", "down", "--name", lab)
-    leftover = {n for n in netns_list() if lab in n}
+    vnet.json("up", str(FIGURE6), "--substrate", lab.substrate)
+    vnet.run("lab", "down", "--name", lab.name)
+    leftover = {n for n in netns_list() if lab.substrate in n}
     assert leftover == set()
     assert netns_list() <= before
 
 
-def test_check_mode_changes_nothing(vnet: Vnet, lab: str) -> None:
-    result = vnet.json("up", str(FIGURE6), "--lab", lab, "--check")
+def test_check_mode_changes_nothing(vnet: Vnet, lab: Lab) -> None:
+    result = vnet.json("up", str(FIGURE6), "--substrate", lab.substrate, "--check")
     assert result["check"] is True
     assert _vnet_objects(lab) == set()
-    assert vnet.json("status") == [] or all(v["lab"] != lab for v in vnet.json("status"))
+    assert vnet.json("status") == [] or all(v["lab"] != lab.substrate for v in vnet.json("status"))
 
 
-def test_invalid_spec_is_refused_with_its_location(vnet: Vnet, lab: str, tmp_path: Path) -> None:
+def test_invalid_spec_is_refused_with_its_location(vnet: Vnet, lab: Lab, tmp_path: Path) -> None:
     bad = tmp_path / "bad.xml"
     text = FIGURE6.read_text().replace('node="r2"', 'node="r9"', 1)
     bad.write_text(text)
-    done = vnet.run("up", str(bad), "--lab", lab, check=False)
+    done = vnet.run("up", str(bad), "--substrate", lab.substrate, check=False)
     assert done.returncode == 2
     assert "bad.xml:" in done.stderr and "r9" in done.stderr
     assert _vnet_objects(lab) == set()
 
 
-def test_failed_deployment_rolls_back(vnet: Vnet, lab: str) -> None:
+def test_failed_deployment_rolls_back(vnet: Vnet, lab: Lab) -> None:
     # A host the VNet uses disappears: the playbook fails there, and what it
     # created on the other hosts must be removed again.
-    used = sorted(set(vnet.json("up", str(FIGURE6), "--lab", lab, "--check")["node_map"].values()))
+    used = sorted(
+        set(
+            vnet.json("up", str(FIGURE6), "--substrate", lab.substrate, "--check")[
+                "node_map"
+            ].values()
+        )
+    )
     assert len(used) >= 2
     lost, kept = used[-1], tuple(h for h in ("h1", "h2", "h3") if h != used[-1])
-    subprocess.run(["ip", "netns", "del", f"vl-{lab}-{lost}"], check=True)
-    done = vnet.run("up", str(FIGURE6), "--lab", lab, check=False)
+    subprocess.run(["ip", "netns", "del", f"vl-{lab.substrate}-{lost}"], check=True)
+    done = vnet.run("up", str(FIGURE6), "--substrate", lab.substrate, check=False)
     assert done.returncode == 4, done.stderr
     assert lost in done.stderr
     assert _vnet_objects_on(lab, kept) == set()
-    assert vnet.json("status") == [] or all(v["lab"] != lab for v in vnet.json("status"))
+    assert vnet.json("status") == [] or all(v["lab"] != lab.substrate for v in vnet.json("status"))
 
 
-def _vnet_objects_on(lab: str, hosts: tuple[str, ...]) -> set[str]:
-    found = {n for n in netns_list() if n.startswith(f"vn-{lab}-")}
+def _vnet_objects_on(lab: Lab, hosts: tuple[str, ...]) -> set[str]:
+    """Virtual-node namespaces of the lab and link interfaces on `hosts`."""
+    found = {n for n in netns_list() if n.startswith(f"vn-{lab.substrate}-")}
     for host in hosts:
         found |= {
-            f"{host}:{i}" for i in links_in(f"vl-{lab}-{host}") if i.startswith(("vb", "vx", "vp"))
+            f"{host}:{i}"
+            for i in links_in(f"vl-{lab.substrate}-{host}")
+            if i.startswith(("vb", "vx", "vp"))
         }
     return found
 

@@ -12,14 +12,15 @@ from vnetlib.instantiate import instantiate
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("up", help="instantiate the VNet described in SPEC")
     p.add_argument("spec", type=Path, help="VNet description (RDL XML)")
-    p.add_argument("--lab", default="lab", help="lab to instantiate on (default: lab)")
+    p.add_argument("--substrate", required=True,
+                   help="PIP substrate to instantiate on directly, e.g. labp1")
     p.add_argument("--check", action="store_true", help="dry run: plan and check, change nothing")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = instantiate(args.spec, args.lab, check=args.check, progress=Progress(True))
+    result = instantiate(args.spec, args.substrate, check=args.check, progress=Progress(True))
     if args.json:
         data = result.to_dict()
         data["plan"] = result.plan.to_dict()

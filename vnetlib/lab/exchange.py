@@ -73,8 +73,10 @@ def up(lab: str, substrates: list[LabConfig]) -> Changes:
     prefixlen = netaddr.IPNetwork(EXCHANGE_NETWORK).prefixlen
     for i, sub in enumerate(substrates, start=1):
         if netaddr.IPNetwork(sub.data_network) not in netaddr.IPNetwork(DATA_RANGE):
-            raise ValueError(f"substrate {sub.name}: data network {sub.data_network} "
-                             f"is outside the lab's data range {DATA_RANGE}")
+            raise ValueError(
+                f"substrate {sub.name}: data network {sub.data_network} "
+                f"is outside the lab's data range {DATA_RANGE}"
+            )
         sw = naming.switch_netns(sub.name)
         port = f"p{sub.name}"
         ensure_veth(sw, EXCHANGE_IF, ix, port, changes)

@@ -133,6 +133,10 @@ def up(config: LabConfig) -> Changes:
     return changes
 
 
+def all_namespaces() -> list[str]:
+    return list(netns.listnetns())
+
+
 def lab_namespaces(lab: str) -> list[str]:
     """Every namespace belonging to a lab: its substrate and its virtual nodes."""
     prefixes = (naming.lab_netns_prefix(lab), naming.vnode_netns_prefix(lab))

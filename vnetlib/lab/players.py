@@ -1,0 +1,137 @@
+"""The lab's management nodes: credentials from the lab's CA, one config file
+per player, and the `vnet serve` processes, started PIPs first so that the VNP
+knows their URLs, then the VNP, then the VNO."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vnetlib.lab import processes
+from vnetlib.players import config as player_config
+from vnetlib.players.config import PipSection, PlayerConfig, Upstream, VnoSection, VnpSection
+from vnetlib.players.pki import Credentials, LabCA, Role
+
+if TYPE_CHECKING:
+    from vnetlib.lab.testbed import LabSpec
+
+VNP_NAME = "vnp"
+VNO_NAME = "vno"
+SP_NAME = "sp"
+PLAYERS_FILE = "players.json"
+
+
+@dataclass(slots=True)
+class Player:
+    name: str
+    role: str
+    config: str
+    url: str | None = None
+    substrate: str | None = None
+
+    def pidfile(self, directory: Path) -> Path:
+        return directory / "run" / f"{self.name}.pid"
+
+    def running(self, directory: Path) -> bool:
+        return processes.running(self.pidfile(directory), Path(self.config)) is not None
+
+
+def load_players(directory: Path) -> dict[str, Player]:
+    path = directory / PLAYERS_FILE
+    if not path.exists():
+        return {}
+    return {k: Player(**v) for k, v in json.loads(path.read_text()).items()}
+
+
+def save_players(directory: Path, players: dict[str, Player]) -> None:
+    path = directory / PLAYERS_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({k: asdict(v) for k, v in players.items()}, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def stop_players(directory: Path) -> list[str]:
+    """Stop every player of the lab in `directory` that still runs."""
+    stopped = []
+    for player in load_players(directory).values():
+        if processes.stop(player.pidfile(directory), Path(player.config)):
+            stopped.append(f"process {player.name}")
+    return stopped
+
+
+def pip_name(index: int) -> str:
+    return f"pip{index}"
+
+
+def pki_dir(directory: Path) -> Path:
+    return directory / "pki"
+
+
+def sp_credentials(directory: Path) -> Credentials:
+    """The lab's service provider: whoever runs `vnet up` on this machine."""
+    return LabCA.load(pki_dir(directory)).issue(SP_NAME, Role.SP)
+
+
+def _start(
+    directory: Path, cfg: PlayerConfig, players: dict[str, Player], substrate: str | None
+) -> str | None:
+    """Write the player's config and start it unless it already runs; returns
+    what was created, for the change report."""
+    run = directory / "run"
+    path = directory / "players" / f"{cfg.name}.toml"
+    pidfile = run / f"{cfg.name}.pid"
+    known = players.get(cfg.name)
+    if known is not None and known.url and known.running(directory):
+        return None
+    path.write_text(player_config.dump(cfg))
+    url = processes.start(
+        cfg.role.value,
+        path,
+        log=directory / "log" / f"{cfg.name}.log",
+        pidfile=pidfile,
+        ready=run / f"{cfg.name}.url",
+    )
+    players[cfg.name] = Player(cfg.name, cfg.role.value, str(path), url, substrate)
+    return f"process {cfg.name} ({cfg.role.value}) at {url}"
+
+
+def start_players(spec: LabSpec, directory: Path) -> list[str]:
+    for folder in ("players", "run", "log", "stores"):
+        (directory / folder).mkdir(parents=True, exist_ok=True)
+    ca = LabCA.create(pki_dir(directory), f"vnet lab {spec.name} CA")
+    players = load_players(directory)
+    created: list[str] = []
+
+    def config(name: str, role: Role, **section: object) -> PlayerConfig:
+        ca.issue(name, role)
+        return PlayerConfig(
+            name=name,
+            role=role,
+            store=f"sqlite:///{directory / 'stores' / f'{name}.db'}",
+            pki=pki_dir(directory),
+            **section,  # type: ignore[arg-type]
+        )
+
+    def url(name: str) -> str:
+        return str(players[name].url)
+
+    try:
+        for i, substrate in enumerate(spec.substrates(), start=1):
+            pip = PipSection(substrate=substrate.name, price_per_cpu=float(i))
+            if note := _start(
+                directory, config(pip_name(i), Role.PIP, pip=pip), players, substrate.name
+            ):
+                created.append(note)
+        upstreams = tuple(Upstream(pip_name(i), url(pip_name(i))) for i in range(1, spec.pips + 1))
+        vnp = config(VNP_NAME, Role.VNP, vnp=VnpSection(upstreams=upstreams))
+        if note := _start(directory, vnp, players, None):
+            created.append(note)
+        vno = config(VNO_NAME, Role.VNO, vno=VnoSection(vnp=Upstream(VNP_NAME, url(VNP_NAME))))
+        if note := _start(directory, vno, players, None):
+            created.append(note)
+        ca.issue(SP_NAME, Role.SP)
+    finally:
+        save_players(directory, players)
+    return created
