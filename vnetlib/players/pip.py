@@ -76,6 +76,11 @@ class Faults:
             raise Unavailable(f"injected failure at {point}")
 
 
+def _public(exc: EmbeddingRejected) -> str:
+    """Why a part does not fit, without host names or topology (information hiding)."""
+    return f"{exc.rejection.request_id}: not enough {exc.rejection.resource} on this substrate"
+
+
 class PipService(Service):
     """The PIP's API. `deploy` is the side effect on the substrate (Ansible by default)."""
 
@@ -85,7 +90,7 @@ class PipService(Service):
         self.config = config
         self.credentials = credentials
         self.lab = config.pip.substrate
-        self.store = PlayerStore(config.store)
+        self.store = PlayerStore(config.store, config.name)
         self.deploy = deploy or ansible_deployer(self.lab)
         self.faults = Faults(config.faults.fail_at, config.faults.stall_at,
                              config.faults.stall_seconds)
@@ -180,7 +185,7 @@ class PipService(Service):
         try:
             self._embed(req.spec, "quote")
         except EmbeddingRejected as exc:
-            return 200, m.quote_xml(m.Quote("declined", reason=str(exc)))
+            return 200, m.quote_xml(m.Quote("declined", reason=_public(exc)))
         price = price_of(req.spec, self.config.pip.price_per_cpu, self.config.pip.price_per_mbps)
         return 200, m.quote_xml(decide_quote(price, req.bid))
 
@@ -208,7 +213,7 @@ class PipService(Service):
             try:
                 embedding = self._embed(req.spec, sliver_id)
             except EmbeddingRejected as exc:
-                raise Conflict(f"cannot allocate: {exc}") from exc
+                raise Conflict(f"cannot allocate: {_public(exc)}") from exc
             rec = Record(sliver_id, caller.name, name, time.time(), {
                 "status": "allocated", "spec": dump_vnet(req.spec).decode(),
                 "embedding": embedding, "price": price, "expires": time.time() + seconds,

@@ -9,6 +9,7 @@ a player learns a new field. Works on SQLite and PostgreSQL through
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -45,19 +46,22 @@ class Record:
 class PlayerStore:
     """Records of one player (slivers at a PIP, orders at a VNP, VNets at a VNO)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, player: str = "") -> None:
+        # Tables are prefixed with the player's name, so players may share one
+        # PostgreSQL database without seeing each other's rows.
+        prefix = re.sub(r"[^a-z0-9]", "_", player.lower()) + "_" if player else ""
         md = MetaData()
         self.records = Table(
-            "records", md,
+            f"{prefix}records", md,
             Column("id", String(80), primary_key=True),
             Column("owner", String(80), nullable=False, index=True),
             Column("name", String(80), nullable=False),
             Column("created", Float, nullable=False),
             Column("data", Text, nullable=False),
-            UniqueConstraint("owner", "name", name="records_owner_name"),
+            UniqueConstraint("owner", "name", name=f"{prefix}records_owner_name"),
         )
         self.vnis = Table(
-            "vnis", md,
+            f"{prefix}vnis", md,
             Column("vni", Integer, primary_key=True, autoincrement=False),
             Column("record", String(80), nullable=False, index=True),
             Column("link", String(80), nullable=False),

@@ -45,7 +45,7 @@ class VnoService(Service):
     def __init__(self, config: PlayerConfig, credentials: Credentials) -> None:
         super().__init__(config.name)
         self.config = config
-        self.store = PlayerStore(config.store)
+        self.store = PlayerStore(config.store, config.name)
         vnp = config.vno.vnp
         assert vnp is not None
         self.vnp = PlayerClient(vnp.url, credentials, config.vno.timeout,

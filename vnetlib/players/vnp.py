@@ -61,7 +61,7 @@ class VnpService(Service):
         super().__init__(config.name)
         self.config = config
         self.credentials = credentials
-        self.store = PlayerStore(config.store)
+        self.store = PlayerStore(config.store, config.name)
         self.upstreams = {u.name: u for u in config.vnp.upstreams}
         self.url = ""  # this node's own URL, set once it listens (peers relay through it)
         self._lock = threading.Lock()
