@@ -6,24 +6,24 @@ import argparse
 import subprocess
 import sys
 
-from vnetlib import naming, paths
+from vnetlib import naming
+from vnetlib.cli import target
 from vnetlib.cli.output import emit_json
-from vnetlib.store import Store
+from vnetlib.store import VNetRecord
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("exec", help="run a command inside a virtual node")
+    p.add_argument("--lab", default="lab", help="lab whose VNO holds the VNet (default: lab)")
+    p.add_argument("--json", action="store_true", help="capture output as JSON")
     p.add_argument("vnet", help="VNet id or name")
     p.add_argument("node", help="virtual node id")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
-    p.add_argument("--json", action="store_true", help="capture output as JSON")
     p.set_defaults(func=run)
 
 
-def node_command(vnet: str, node: str, command: list[str]) -> list[str]:
-    """The argv that runs `command` inside virtual node `node` of `vnet`."""
-    with Store(paths.state_db()) as store:
-        record = store.find_vnet(vnet)
+def node_command(record: VNetRecord, node: str, command: list[str]) -> list[str]:
+    """The argv that runs `command` inside virtual node `node` of a local VNet."""
     node_map = (record.embedding or {}).get("node_map", {})
     if node not in node_map:
         known = ", ".join(sorted(node_map))
@@ -35,19 +35,21 @@ def run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise ValueError("no command given: vnet exec VNET NODE -- CMD")
-    argv = node_command(args.vnet, args.node, command)
+    record = target.local(args.vnet)
+    if record is None:
+        # Out-of-VNet access through the chain: VNO -> VNP -> PIP.
+        rc, out, err = target.remote(args.vnet, args.lab).exec(args.vnet, args.node, command)
+    elif args.json:
+        done = subprocess.run(node_command(record, args.node, command), capture_output=True,
+                              text=True, check=False)
+        rc, out, err = done.returncode, done.stdout, done.stderr
+    else:
+        sys.stdout.flush()
+        return subprocess.run(node_command(record, args.node, command), check=False).returncode
     if args.json:
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
-        emit_json(
-            {
-                "vnet": args.vnet,
-                "node": args.node,
-                "command": command,
-                "rc": done.returncode,
-                "stdout": done.stdout,
-                "stderr": done.stderr,
-            }
-        )
-        return done.returncode
-    sys.stdout.flush()
-    return subprocess.run(argv, check=False).returncode
+        emit_json({"vnet": args.vnet, "node": args.node, "command": command,
+                   "rc": rc, "stdout": out, "stderr": err})
+    else:
+        sys.stdout.write(out)
+        sys.stderr.write(err)
+    return rc

@@ -7,10 +7,11 @@ import sys
 from collections.abc import Sequence
 
 from vnetlib import __version__
-from vnetlib.cli import down, execute, lab, status, up
+from vnetlib.cli import down, execute, lab, serve, status, up
 from vnetlib.cli.output import emit_json
 from vnetlib.deploy.ansible import DeployError
 from vnetlib.placement import EmbeddingRejected
+from vnetlib.players.client import ClientError, RemoteError
 from vnetlib.spec import SpecErrors
 
 EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
@@ -20,6 +21,8 @@ EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
     (LookupError, 5, "not-found"),
     (ValueError, 2, "invalid-input"),
     (PermissionError, 6, "permission"),
+    (RemoteError, 7, "remote-error"),
+    (ClientError, 8, "unreachable"),
 )
 
 
@@ -30,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vnet {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True)
-    for verb in (lab, up, status, execute, down):
+    for verb in (lab, up, status, execute, down, serve):
         verb.add_parser(sub)
     return parser
 
@@ -41,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except tuple(e for e, _, _ in EXIT_CODES) as err:
         code, kind = next((c, k) for e, c, k in EXIT_CODES if isinstance(err, e))
+        if isinstance(err, RemoteError) and err.status == 404:
+            code, kind = 5, "not-found"
         if getattr(args, "json", False):
             emit_json({"error": {"kind": kind, "message": str(err)}})
         print(f"vnet: error: {err}", file=sys.stderr)

@@ -3,48 +3,62 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Any
 
 from vnetlib import paths
+from vnetlib.cli import target
 from vnetlib.cli.output import emit_json, table
+from vnetlib.lab.players import service_provider
+from vnetlib.players.messages import VNetView
 from vnetlib.store import Store, VNetRecord
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show VNets, or one VNet in detail")
     p.add_argument("vnet", nargs="?", help="VNet id or name")
+    p.add_argument("--lab", default="lab", help="lab whose VNO to ask as well (default: lab)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 
-def _summary(r: VNetRecord) -> dict[str, Any]:
+def _local(r: VNetRecord) -> dict[str, Any]:
     node_map = (r.embedding or {}).get("node_map", {})
-    return {
-        "vnet": r.id,
-        "name": r.name,
-        "lab": r.lab,
-        "status": r.status,
-        "nodes": len(node_map),
-        "timings": r.timings,
-    }
+    return {"vnet": r.id, "name": r.name, "via": f"substrate {r.lab}", "lab": r.lab,
+            "status": r.status, "nodes": sorted(node_map), "timings": r.timings}
+
+
+def _remote(v: VNetView, lab: str) -> dict[str, Any]:
+    return {"vnet": v.id, "name": v.name, "via": f"lab {lab} VNO", "lab": lab,
+            "status": v.status, "nodes": list(v.nodes), "price": v.price}
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.vnet:
+        record = target.local(args.vnet)
+        if record is not None:
+            detail = _local(record) | {"embedding": record.embedding, "plan": record.plan}
+            rows = sorted((record.embedding or {}).get("node_map", {}).items())
+            header = ["node", "host"]
+        else:
+            view = target.remote(args.vnet, args.lab).status(args.vnet)
+            detail = _remote(view, args.lab)
+            rows = [(n, "") for n in view.nodes]
+            header = ["node", ""]
+        if args.json:
+            emit_json(detail)
+        else:
+            print(f"VNet {detail['vnet']} ({detail['name']}) via {detail['via']}: "
+                  f"{detail['status']}")
+            print(table([list(r) for r in rows], header))
+        return 0
     with Store(paths.state_db()) as store:
-        if args.vnet:
-            r = store.find_vnet(args.vnet)
-            detail = _summary(r) | {"embedding": r.embedding, "plan": r.plan}
-            if args.json:
-                emit_json(detail)
-            else:
-                print(f"VNet {r.id} ({r.name}) on lab {r.lab}: {r.status}")
-                node_map = (r.embedding or {}).get("node_map", {})
-                print(table([[n, h] for n, h in sorted(node_map.items())], ["node", "host"]))
-            return 0
-        records = store.vnets()
+        found = [_local(r) for r in store.vnets()]
+    with contextlib.suppress(LookupError):  # a lab without players: local VNets only
+        found += [_remote(v, args.lab) for v in service_provider(args.lab).list()]
     if args.json:
-        emit_json([_summary(r) for r in records])
+        emit_json(found)
     else:
-        rows = [[r.id, r.name, r.lab, r.status] for r in records]
-        print(table(rows, ["vnet", "name", "lab", "status"]) if rows else "no VNets")
+        rows = [[v["vnet"], v["name"], v["via"], v["status"]] for v in found]
+        print(table(rows, ["vnet", "name", "via", "status"]) if rows else "no VNets")
     return 0

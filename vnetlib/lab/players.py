@@ -9,10 +9,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vnetlib import paths
 from vnetlib.lab import processes
 from vnetlib.players import config as player_config
 from vnetlib.players.config import PipSection, PlayerConfig, Upstream, VnoSection, VnpSection
 from vnetlib.players.pki import Credentials, LabCA, Role
+from vnetlib.players.sp import ServiceProvider
 
 if TYPE_CHECKING:
     from vnetlib.lab.testbed import LabSpec
@@ -135,3 +137,14 @@ def start_players(spec: LabSpec, directory: Path) -> list[str]:
     finally:
         save_players(directory, players)
     return created
+
+
+def service_provider(lab: str, timeout: float = 600.0) -> ServiceProvider:
+    """The lab's SP, talking to the lab's VNO: how `vnet up` enters the chain."""
+    directory = paths.lab_dir(lab)
+    vno = load_players(directory).get(VNO_NAME)
+    if vno is None or vno.url is None or not vno.running(directory):
+        raise LookupError(
+            f"lab {lab!r} runs no VNO; bring it up with players (`vnet lab up --name {lab}`)"
+        )
+    return ServiceProvider(vno.url, sp_credentials(directory), timeout, vno_name=VNO_NAME)

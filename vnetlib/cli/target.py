@@ -1,0 +1,26 @@
+"""Where a VNet named on the command line lives: the local PIP store (VNets
+instantiated directly with `--substrate`) or the lab's players (VNets
+requested through the VNO)."""
+
+from __future__ import annotations
+
+from vnetlib import paths
+from vnetlib.lab.players import service_provider
+from vnetlib.players.sp import ServiceProvider
+from vnetlib.store import Store, VNetRecord
+
+
+def local(ref: str) -> VNetRecord | None:
+    with Store(paths.state_db()) as store:
+        try:
+            return store.find_vnet(ref)
+        except LookupError:
+            return None
+
+
+def remote(ref: str, lab: str) -> ServiceProvider:
+    """The SP client for a VNet that is not in the local store."""
+    try:
+        return service_provider(lab)
+    except LookupError:
+        raise LookupError(f"no VNet with id or name {ref!r}") from None
