@@ -141,6 +141,7 @@ def parse_xml(body: bytes) -> etree._Element:
     """Parse a request body, or raise BadRequest naming line, column and problem."""
     if not body.strip():
         raise BadRequest("empty body: an XML document is required")
+    etree.clear_error_log()  # stale entries of earlier documents in this thread
     try:
         root = etree.fromstring(body, parser=_safe_parser())
     except etree.XMLSyntaxError as exc:

@@ -68,6 +68,7 @@ def initiate(ref: str, local: StitchEndpoint, send: Callable[[Stitch], Stitch],
         if answer.state == "accept" and answer.vni == vni and remote is not None:
             return Agreement(ref, vni, local, remote)
         release(vni)
+        avoid.add(vni)  # taken at the peer
         if answer.state == "counter" and claim(answer.vni):
             vni = answer.vni
             continue

@@ -112,6 +112,9 @@ def _document(data: str | bytes, source: str, expected: str | None) -> Element:
 
 def _syntax(data: str | bytes, source: str) -> Element:
     raw = data.encode("utf-8") if isinstance(data, str) else data
+    # The thread's lxml error log keeps entries of earlier documents; a syntax
+    # error would report them too.
+    etree.clear_error_log()
     try:
         root = etree.fromstring(raw, _parser())
     except etree.XMLSyntaxError as err:
