@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vnetlib.lab import manage
+from vnetlib.lab import exchange, kernel, manage
 from vnetlib.lab.layout import LabConfig
 from vnetlib.players.config import (
     Faults,
@@ -55,23 +55,28 @@ def vnet_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def substrates(vnet_home: Path) -> Iterator[Substrates]:
-    """Two PIP substrates of 2 hosts: A at berlin/london, B at paris/madrid."""
+    """Two PIP substrates of 2 hosts, A at berlin/london and B at paris/madrid,
+    joined by an exchange with border routing (so tunnels between them work)."""
     if os.geteuid() != 0:
         pytest.skip("lab substrates need root")
     tag = secrets.token_hex(2)
-    k = 100 + secrets.randbelow(60)
-    a, b = f"p{tag}a", f"p{tag}b"
-    made = []
+    k = 20 + secrets.randbelow(50)
+    a, b, ix = f"p{tag}a", f"p{tag}b", f"p{tag}x"
+    configs = [LabConfig(name=name, hosts=2, data_network=f"198.18.{net}.0/24",
+                         mgmt_network=f"198.19.{net}.0/24", locations=locations)
+               for name, net, locations in ((a, k, ("berlin", "london")),
+                                            (b, k + 50, ("paris", "madrid")))]
+    made: list[str] = []
     try:
-        for name, net, locations in ((a, k, ("berlin", "london")),
-                                     (b, k + 60, ("paris", "madrid"))):
-            made.append(name)
-            manage.up(LabConfig(name=name, hosts=2, data_network=f"198.18.{net}.0/24",
-                                mgmt_network=f"198.19.{net}.0/24", locations=locations))
+        for config in configs:
+            made.append(config.name)
+            manage.up(config)
+        exchange.up(ix, configs)
         yield Substrates(a, b)
     finally:
         for name in made:
             manage.down(name)
+        kernel.down(ix)
 
 
 @dataclass

@@ -64,6 +64,9 @@ def test_vnet_across_two_pips_is_negotiated_stitched_and_removed(
     assert rc == 0, out + err
     rc, out, _ = sp.exec(view.id, "c", ["ip", "-o", "addr", "show", "e0"])
     assert rc == 0 and "198.19.250.6/30" in out
+    # across the inter-PIP link (VXLAN between the two substrates, through the exchange)
+    rc, out, err = sp.exec(view.id, "b", ["ping", "-c", "1", "-W", "3", "198.19.250.6"])
+    assert rc == 0, out + err
 
     assert [v.id for v in sp.list()] == [view.id]
     sp.delete(view.id)

@@ -37,6 +37,8 @@ def test_vnp_as_pip_at_depth_two(players: Players, substrates: Substrates) -> No
         sa.data["embedding"]["node_map"]["b"]).data_address
     rc, out, err = sp.exec(view.id, "b", ["ping", "-c", "1", "-W", "2", "198.19.250.1"])
     assert rc == 0, out + err
+    rc, out, err = sp.exec(view.id, "b", ["ping", "-c", "1", "-W", "3", "198.19.250.6"])
+    assert rc == 0, out + err  # b (pip-a, sold by vnp-mid) -> c (pip-b), stitched via vnp-mid
 
     sp.delete(view.id)
     for name in ("pip-a", "pip-b", "vnp-mid", "vnp"):
