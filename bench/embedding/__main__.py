@@ -109,19 +109,21 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario(f"heavy rate {r:g}", rate=r, requests=n, min_nodes=8, max_nodes=8, cpu=(0.0, 50.0))
         for r in ((4,) if quick else (2, 4))
     ]
+    # Same load per substrate node as "rate 6" on 100 nodes, long enough to
+    # pass one mean lifetime (quick: shorter, below steady state).
     scale = [
         Scenario(
             "scale 500",
             substrate_nodes=500,
             substrate_links=2500,
-            rate=20,
-            requests=150 if quick else 400,
+            rate=30,
+            requests=200 if quick else 800,
         ),
     ]
     if not quick:
         scale.append(
             Scenario(
-                "scale 1000", substrate_nodes=1000, substrate_links=5000, rate=40, requests=250
+                "scale 1000", substrate_nodes=1000, substrate_links=5000, rate=60, requests=1000
             )
         )
     return base + heavy + scale
@@ -281,9 +283,21 @@ mappings together (capacities, paths, endpoints).
 
 {table}
 
-Ours against the best baseline in each scenario:
+Ours against the best baseline in each scenario (targets: higher
+acceptance and revenue/cost than every baseline; p95 embedding time under
+10 ms at 100 substrate nodes and under 200 ms at 1000):
 
 {verdict}
+
+Reading the table: at light load (rate 2) every algorithm accepts nearly
+everything, so acceptance cannot separate them (ours cannot exceed 1);
+revenue/cost does, at every load, because ours keeps most virtual links on
+one hop while the two-stage baselines place nodes for their own resources
+and pay 2-3 hops per link. The extra bandwidth they burn is what drops
+their acceptance as the load grows. The scale scenarios keep the load per
+substrate node of "rate 6"; there the baselines also pay in time for
+ranking the whole substrate per request (GRC, NodeRank) or for
+backtracking over it (RW-BFS), ours scores only a neighbourhood.
 """
 
 
