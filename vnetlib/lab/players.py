@@ -85,9 +85,12 @@ def _start(
     path = directory / "players" / f"{cfg.name}.toml"
     pidfile = run / f"{cfg.name}.pid"
     known = players.get(cfg.name)
+    text = player_config.dump(cfg)
     if known is not None and known.url and known.running(directory):
-        return None
-    path.write_text(player_config.dump(cfg))
+        if path.exists() and path.read_text() == text:
+            return None
+        processes.stop(pidfile, path)  # its upstreams moved: restart with their new URLs
+    path.write_text(text)
     url = processes.start(
         cfg.role.value,
         path,
