@@ -110,6 +110,8 @@ def test_reservation_expires_and_frees_capacity(
     assert status == 201 and manifest.status == "allocated"
     assert manifest.expires is not None and manifest.expires <= time.time() + 1.5
     assert berlin_cpu() == before - 3
+    listed = m.slivers_from(m.read(client.get("/v1/slivers").body, "slivers"))
+    assert [(x.id, x.status, x.nodes) for x in listed] == [("r1", "allocated", ("x",))]
     with pytest.raises(RemoteError) as err:  # another customer's sliver does not exist
         PlayerClient(players.nodes["pip-a"].url, players.creds("vnp2", Role.VNP)).get(
             "/v1/slivers/r1")
@@ -119,3 +121,36 @@ def test_reservation_expires_and_frees_capacity(
     with pytest.raises(RemoteError) as err:
         client.get("/v1/slivers/r1")
     assert err.value.status == 404
+
+
+def test_pip_restart_recovers_its_reservations(players: Players, substrates: Substrates) -> None:
+    node = players.pip("pip-a", substrates.a)
+    client = PlayerClient(node.url, players.creds("vnp", Role.VNP))
+    part = parse_vnet(b"""<vnet xmlns="urn:vnet:rdl:1" version="1" name="r">
+      <node id="x" location="london"/></vnet>""")
+    client.put("/v1/slivers/keep", m.allocate_xml(m.Allocate(part, None, 30)))
+    config = node.config
+    players.stop("pip-a")
+    client = PlayerClient(players.start(config).url, players.creds("vnp", Role.VNP))
+    manifest = m.manifest_from(m.read(client.get("/v1/slivers/keep").body, "sliver"))
+    assert manifest.status == "allocated" and manifest.nodes == ("x",)
+    assert client.delete("/v1/slivers/keep").status == 204
+    _nothing_left(players, substrates)
+
+
+def test_pip_failing_at_quote_is_left_out_and_another_takes_the_vnet(
+        players: Players, substrates: Substrates) -> None:
+    players.pip("pip-a", substrates.a, price=1.0, faults=Faults(fail_at="quote"))
+    players.pip("pip-b", substrates.b, price=5.0)
+    players.vnp("vnp", ["pip-a", "pip-b"])
+    players.vno("vno", "vnp")
+    sp = players.sp("sp", "vno")
+    view = sp.request_vnet(parse_vnet(b"""<vnet xmlns="urn:vnet:rdl:1" version="1" name="solo">
+      <node id="x"/></vnet>"""))
+    assert view.status == "ready" and view.price == 5.0
+    b = players.nodes["pip-b"].service
+    assert isinstance(b, PipService) and [r.data["status"] for r in b.store.all()] == ["ready"]
+    rc, out, _ = sp.exec(view.id, "x", ["ip", "-o", "link", "show", "lo"])
+    assert rc == 0 and "lo" in out
+    sp.delete(view.id)
+    _nothing_left(players, substrates)

@@ -46,6 +46,9 @@ SPEC = parse_vnet(b"""<vnet xmlns="urn:vnet:rdl:1" version="1" name="t">
                            key="")), "stitch", m.stitch_from),
     (m.vnet_view_xml(m.VNetView("v1", "t", "ready", ("a", "b"), 2.0, (("a", "p"),))),
      "vnet-status", m.vnet_view_from),
+    (m.slivers_xml([m.Manifest("s1", "ready", 2.5, ("a",), (m.BoundaryState("x", "l", True, 7),)),
+                    m.Manifest("s2", "allocated", 1.0, ("b",), (), 1_800_000_000.0)]),
+     "slivers", m.slivers_from),
 ])
 def test_documents_are_schema_valid_and_read_back(doc: bytes, tag: str, reader: object) -> None:
     el = m.read(doc, tag)
@@ -54,7 +57,7 @@ def test_documents_are_schema_valid_and_read_back(doc: bytes, tag: str, reader: 
     writer = {"advertisement": m.advertisement_xml, "quote": m.quote_xml,
               "provision": m.provision_xml, "action": m.action_xml,
               "action-result": m.action_result_xml, "stitch": m.stitch_xml,
-              "vnet-status": m.vnet_view_xml}[tag]
+              "vnet-status": m.vnet_view_xml, "slivers": m.slivers_xml}[tag]
     assert writer(again) == doc  # type: ignore[operator]
 
 

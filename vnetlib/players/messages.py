@@ -298,6 +298,21 @@ def _iso(epoch: float) -> str:
 
 
 def manifest_xml(m: Manifest) -> bytes:
+    return _bytes(_manifest_el(m))
+
+
+def slivers_xml(manifests: list[Manifest]) -> bytes:
+    root = _root("slivers")
+    for one in manifests:
+        root.append(_manifest_el(one))
+    return _bytes(root)
+
+
+def slivers_from(el: Element) -> list[Manifest]:
+    return [manifest_from(s) for s in _children(el, "sliver")]
+
+
+def _manifest_el(m: Manifest) -> Element:
     root = _root("sliver", id=m.id, status=m.status, price=number(m.price),
                  expires=None if m.expires is None else _iso(m.expires))
     for node in m.nodes:
@@ -305,7 +320,7 @@ def manifest_xml(m: Manifest) -> bytes:
     for b in m.boundary:
         _sub(root, "boundary", ref=b.ref, link=b.link, stitched="true" if b.stitched else "false",
              vni=None if b.vni is None else str(b.vni))
-    return _bytes(root)
+    return root
 
 
 def manifest_from(el: Element) -> Manifest:

@@ -192,9 +192,7 @@ class PipService(Service):
     def list_slivers(self, caller: Identity, params: Mapping[str, str],
                      body: bytes) -> tuple[int, bytes]:
         self._expire()
-        root = [m.manifest_xml(self._manifest(r)) for r in self.store.all(caller.name)]
-        return 200, b"<slivers xmlns=\"urn:vnet:rdl:1\">" + b"".join(
-            r.split(b"?>", 1)[1] for r in root) + b"</slivers>"
+        return 200, m.slivers_xml([self._manifest(r) for r in self.store.all(caller.name)])
 
     def allocate(self, caller: Identity, params: Mapping[str, str],
                  body: bytes) -> tuple[int, bytes]:

@@ -76,6 +76,7 @@ class VnpService(Service):
         # Interfaces 2-4 as a PIP towards another VNP
         self.add_route("GET", "/v1/advertisement", self.advertisement, roles=vnp)
         self.add_route("POST", "/v1/quotes", self.quote, roles=vnp)
+        self.add_route("GET", "/v1/slivers", self.list_slivers, roles=vnp)
         self.add_route("PUT", "/v1/slivers/{name}", self.allocate, roles=vnp)
         self.add_route("GET", "/v1/slivers/{name}", self.describe, roles=vnp)
         self.add_route("GET", "/v1/slivers/{name}/status", self.describe, roles=vnp)
@@ -322,6 +323,7 @@ class VnpService(Service):
         return 200, m.quote_xml(decide_quote(round(total, 6), req.bid))
 
     def _sliver(self, caller: Identity, name: str) -> Record:
+        self._expire()
         rec = self.store.find(caller.name, name)
         if rec is None or rec.data["kind"] != "sliver":
             raise NotFound(f"no sliver {name}")
@@ -336,6 +338,22 @@ class VnpService(Service):
                                 for b in spec.boundary),
                           d.get("expires") if d["status"] == "allocated" else None)
 
+    def list_slivers(self, caller: Identity, params: Mapping[str, str],
+                     body: bytes) -> tuple[int, bytes]:
+        self._expire()
+        return 200, m.slivers_xml([self._manifest(r) for r in self.store.all(caller.name)
+                                   if r.data["kind"] == "sliver"])
+
+    def _expire(self) -> None:
+        """Release the parts of reservations our customers let expire."""
+        now = time.time()
+        for rec in self.store.all():
+            d = rec.data
+            if d["kind"] == "sliver" and d["status"] == "allocated" and d["expires"] <= now:
+                log.info("%s: reservation %s/%s expired", self.name, rec.owner, rec.name)
+                if not self.release(d["parts"]):
+                    self.store.remove(rec.id)
+
     def allocate(self, caller: Identity, params: Mapping[str, str],
                  body: bytes) -> tuple[int, bytes]:
         req = m.allocate_from(m.read(body, "allocate"))
@@ -344,7 +362,8 @@ class VnpService(Service):
         rec = Record(order_id, caller.name, name, time.time(), {
             "kind": "sliver", "status": "negotiating", "spec": dump_vnet(req.spec).decode(),
             "parts": [], "price": req.price, "peers": {},
-            "expires": time.time() + self.config.vnp.reservation_seconds})
+            "expires": time.time() + min(req.expires_in or self.config.vnp.reservation_seconds,
+                                         self.config.vnp.reservation_seconds)})
         with self._lock:
             if self.store.find(caller.name, name) is not None:
                 raise Conflict(f"sliver {name} exists")
