@@ -72,7 +72,7 @@ class VnpSection:
 class VnoSection:
     vnp: Upstream | None = None
     max_price: float | None = None
-    timeout: float = 120.0
+    timeout: float = 600.0  # bounds a whole instantiation through the VNP
 
 
 @dataclass(frozen=True, slots=True)

@@ -323,7 +323,9 @@ class PipService(Service):
         return link.id, m.StitchEndpoint(role, address.split("/")[0])
 
     def _start(self, rec: Record) -> None:
-        """Initiate the stitching of every boundary link this side initiates."""
+        """Stitch every boundary link this side initiates, then deploy their local
+        segments in one run (the responders deployed theirs before accepting)."""
+        agreed: list[tuple[str, str, int, str]] = []
         for ref, peer in sorted(rec.data["peers"].items()):
             if peer["role"] != "initiator" or ref in rec.data["stitches"]:
                 continue
@@ -342,26 +344,35 @@ class PipService(Service):
                 return self.store.allocate_vnis(rec.id, [link], avoid)[link]
 
             try:
-                agreed = initiate(ref, local, send, claim, fresh, self.store.release_vni)
+                done = initiate(ref, local, send, claim, fresh, self.store.release_vni)
             except (ClientError, StitchFailed, ValueError) as exc:
+                self._join(rec, agreed)  # keep what was agreed, so Delete removes it
                 raise UpstreamFailed(f"stitching link {link} with {peer['name']}: {exc}") from exc
-            self._join(rec, ref, link, agreed.vni, agreed.remote.address)
-        rec = self.store.get(rec.id) or rec
-        if len(rec.data["stitches"]) == len(rec.data["peers"]):
-            rec.data["status"] = "ready"
-            self.store.save(rec.id, rec.data)
+            agreed.append((ref, link, done.vni, done.remote.address))
+        try:
+            self._join(rec, agreed)
+        except (DeployError, PlanError) as exc:
+            raise UpstreamFailed(f"could not deploy the stitched links: {exc}") from exc
 
-    def _join(self, rec: Record, ref: str, link: str, vni: int, remote: str) -> None:
-        """Deploy the local segment of a stitched link."""
+    def _join(self, rec: Record, stitches: list[tuple[str, str, int, str]]) -> None:
+        """Record stitched links (ref, link, VNI, remote address) and deploy their
+        local segments on the hosts that hold them."""
         with self._lock:
             fresh = self.store.get(rec.id)
             data = (fresh or rec).data
-            data["stitches"][ref] = {"link": link, "vni": vni, "remote": remote}
+            for ref, link, vni, remote in stitches:
+                data["stitches"][ref] = {"link": link, "vni": vni, "remote": remote}
             if len(data["stitches"]) == len(data["peers"]):
                 data["status"] = "ready"
             self.store.save(rec.id, data)
             rec.data.update(data)
-        self.deploy(self._plan(rec), "present")
+        if not stitches:
+            return
+        nodes = {b.id: b.endpoint.node for b in parse_vnet(data["spec"].encode()).boundary}
+        hosts = {data["embedding"]["node_map"][nodes[link]] for _, link, _, _ in stitches}
+        plan = self._plan(rec)
+        plan["hosts"] = {h: p for h, p in plan["hosts"].items() if h in hosts}
+        self.deploy(plan, "present")
 
     def stitch(self, caller: Identity, params: Mapping[str, str],
                body: bytes) -> tuple[int, bytes]:
@@ -392,7 +403,7 @@ class PipService(Service):
             initiator = proposal.endpoint("initiator")
             assert initiator is not None
             try:
-                self._join(rec, proposal.ref, link, proposal.vni, initiator.address)
+                self._join(rec, [(proposal.ref, link, proposal.vni, initiator.address)])
             except (DeployError, PlanError) as exc:
                 raise UpstreamFailed(f"could not deploy link {link}: {exc}") from exc
         return 200, m.stitch_xml(answer)
