@@ -1,44 +1,72 @@
 #!/usr/bin/env bash
 # The main job, on a fresh Debian machine as root: install vnet, bring up the
-# local lab, instantiate the paper's Figure 6 VNet, show its nodes reaching each
-# other, and print the timing breakdown. Leaves the lab and the VNet running;
-# `.venv/bin/vnet lab down` removes everything.
+# local lab (two PIPs, a VNP and a VNO as separate processes), then
+#  1. instantiate the paper's Figure 6 VNet directly on a PIP's substrate (a
+#     second lab without players) and print the per-phase timing breakdown
+#     (parse, embed, plan, deploy);
+#  2. request the same topology, spread over Berlin (PIP 1) and London (PIP 2),
+#     from the lab's VNO: SP -> VNO -> VNP -> PIPs, with inter-PIP links;
+# and show, for both, every pair of adjacent virtual nodes reaching each other.
+# Leaves everything running; `vnet lab down` and `vnet lab down --name solo`
+# remove it all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
 vnet=.venv/bin/vnet
+py=.venv/bin/python
 
-$vnet lab up
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-$vnet up examples/figure6.xml --json | tee "$out"
-id=$(.venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["vnet"])' "$out")
-
+$vnet lab up                                        # two PIPs, a VNP, a VNO
+$vnet lab up --name solo --pips 1 --no-players --mgmt-offset 8   # a PIP's own substrate
 echo
-echo "== pings between adjacent virtual nodes of $id =="
-.venv/bin/python - "$id" examples/figure6.xml <<'PY'
-import subprocess, sys
+
+pings() {  # VNET SPEC [--lab LAB]: ping across every link of SPEC, both ways
+    $py - "$@" <<'PY'
+import json, subprocess, sys
 from vnetlib.spec import load_vnet
-vnet, spec = sys.argv[1], load_vnet(sys.argv[2])
+vnet, spec, extra = sys.argv[1], load_vnet(sys.argv[2]), sys.argv[3:]
 failed = 0
 for link in spec.links:
-    peer = link.b.interface.addresses[0].split("/")[0]
-    done = subprocess.run([".venv/bin/vnet", "exec", vnet, link.a.node, "--",
-                           "ping", "-c", "1", "-W", "2", peer], capture_output=True, text=True)
-    ok = done.returncode == 0
-    failed += not ok
-    rtt = done.stdout.split("time=")[1].split()[0] + " ms" if ok else "FAILED"
-    print(f"  {link.id}: {link.a.node} -> {link.b.node} ({peer}): {rtt}")
+    for src, dst in ((link.a, link.b), (link.b, link.a)):
+        peer = dst.interface.addresses[0].split("/")[0]
+        out = subprocess.run([".venv/bin/vnet", "exec", "--json", *extra, vnet, src.node, "--",
+                              "ping", "-c", "1", "-W", "2", peer], capture_output=True, text=True)
+        result = json.loads(out.stdout) if out.stdout else {"rc": out.returncode, "stdout": ""}
+        ok = result["rc"] == 0
+        failed += not ok
+        rtt = result["stdout"].split("time=")[1].split()[0] + " ms" if ok else "FAILED"
+        print(f"  {link.id}: {src.node:2s} -> {dst.node:2s} ({peer:12s}) {rtt}")
 sys.exit(1 if failed else 0)
 PY
-echo
-echo "== timing breakdown =="
-$vnet status "$id" --json | .venv/bin/python -c '
+}
+
+report() {  # the JSON of `vnet up`: where the nodes went and how long each phase took
+    $py - "$1" <<'PY'
 import json, sys
-t = json.load(sys.stdin)["timings"]
-for phase, secs in t.items():
+r = json.loads(sys.argv[1])
+if "node_map" in r:
+    placed = ", ".join(f"{n}@{h}" for n, h in sorted(r["node_map"].items()))
+else:
+    placed = f"status {r['status']}, price {r['price']}, nodes {' '.join(r['nodes'])}"
+print(f"VNet {r['vnet']}: {placed}")
+for phase, secs in r["timings"].items():
     print(f"  {phase:8s} {secs:8.3f} s")
-print(f"  {\"total\":8s} {sum(t.values()):8.3f} s")'
+print(f"  {'total':8s} {r['total']:8.3f} s")
+PY
+}
+
+echo "== 1. examples/figure6.xml instantiated directly by a PIP (substrate solop1) =="
+out=$($vnet up examples/figure6.xml --substrate solop1 --json)
+id=$($py -c 'import json,sys; print(json.loads(sys.argv[1])["vnet"])' "$out")
+report "$out"
+pings "$id" examples/figure6.xml
 echo
-echo "Explore: $vnet status $id; $vnet exec $id r1 -- ip addr"
-echo "Clean up: $vnet down $id; $vnet lab down"
+
+echo "== 2. examples/figure6-2pip.xml through the players, across two PIPs =="
+out=$($vnet up examples/figure6-2pip.xml --json)
+id2=$($py -c 'import json,sys; print(json.loads(sys.argv[1])["vnet"])' "$out")
+report "$out"
+pings "$id2" examples/figure6-2pip.xml --lab lab
+echo
+
+echo "Explore: $vnet status; $vnet exec $id r1 -- ip addr; $vnet lab status"
+echo "Clean up: $vnet lab down; $vnet lab down --name solo"

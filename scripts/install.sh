@@ -30,11 +30,16 @@ if [ ! -x .venv/bin/python ]; then
         "$python" -m venv .venv
     fi
 fi
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-if [ "$with_tests" = 1 ]; then
-    .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-else
-    .venv/bin/python -m pip install -q -e . 2>&1 | grep -v "^WARNING: Location" || true
+# pip runs only when pyproject.toml changed since the last install.
+stamp=".venv/.vnet-installed-$with_tests"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    extras=""
+    [ "$with_tests" = 1 ] && extras="[test]"
+    .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+    .venv/bin/python -m pip install -q -e ".$extras" >.venv/pip.log 2>&1 \
+        || { cat .venv/pip.log; exit 1; }
+    echo "$want" > "$stamp"
 fi
 .venv/bin/python -c "import vnetlib, ansible_runner, lxml, pyroute2" # fail loudly if pip did
 

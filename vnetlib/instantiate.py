@@ -87,6 +87,11 @@ def instantiate(
     progress: Progress = _quiet,
 ) -> Instantiation:
     """Instantiate the VNet described in `spec_path` on the lab `lab`."""
+    if (owner := manage.manager(lab)) is not None:
+        raise ValueError(
+            f"substrate {lab} is managed by {owner}: request VNets through its players "
+            "(`vnet up SPEC --lab LAB`), or use a lab without players for direct work"
+        )
     timings = Timings()
     with timings.phase("parse"):
         progress(f"parsing {spec_path}")

@@ -18,6 +18,7 @@ from vnetlib.spec.model import Substrate
 from vnetlib.store import Store
 
 CONFIG_FILE = "lab.json"
+MANAGER_FILE = "managed-by"
 SUBSTRATE_FILE = "substrate.xml"
 INVENTORY_FILE = "inventory.yml"
 
@@ -52,6 +53,17 @@ def load_config(lab: str) -> LabConfig:
     if not path.exists():
         raise LabNotFound(f"lab {lab!r} is not up (no {path}); run `vnet lab up --name {lab}`")
     return LabConfig.from_dict(json.loads(path.read_text()))
+
+
+def set_manager(substrate: str, manager: str) -> None:
+    """Record that a PIP management node owns `substrate`."""
+    (paths.substrate_dir(substrate) / MANAGER_FILE).write_text(manager + "\n")
+
+
+def manager(substrate: str) -> str | None:
+    """The PIP management node that owns `substrate`, if one does."""
+    path = paths.substrate_dir(substrate) / MANAGER_FILE
+    return path.read_text().strip() if path.exists() else None
 
 
 def load_substrate(lab: str) -> Substrate:

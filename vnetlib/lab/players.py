@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vnetlib import paths
-from vnetlib.lab import processes
+from vnetlib.lab import manage, processes
 from vnetlib.players import config as player_config
 from vnetlib.players.config import PipSection, PlayerConfig, Upstream, VnoSection, VnpSection
 from vnetlib.players.pki import Credentials, LabCA, Role
@@ -125,6 +125,7 @@ def start_players(spec: LabSpec, directory: Path) -> list[str]:
     try:
         for i, substrate in enumerate(spec.substrates(), start=1):
             pip = PipSection(substrate=substrate.name, price_per_cpu=float(i))
+            manage.set_manager(substrate.name, f"{pip_name(i)} of lab {spec.name}")
             if note := _start(
                 directory, config(pip_name(i), Role.PIP, pip=pip), players, substrate.name
             ):
