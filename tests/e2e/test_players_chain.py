@@ -107,3 +107,10 @@ def test_lab_down_stops_players_and_removes_everything(vnet: Vnet) -> None:
         assert not Path(f"/proc/{pid}").exists() or b"serve" not in Path(
             f"/proc/{pid}/cmdline").read_bytes()
     assert not [n for n in netns_list() if lab.name in n]
+
+
+def test_direct_work_on_a_substrate_its_pip_manages_is_refused(vnet: Vnet, chain: Lab) -> None:
+    done = vnet.run("up", str(EXAMPLES / "figure6.xml"), "--substrate", f"{chain.name}p1",
+                    check=False)
+    assert done.returncode == 2
+    assert f"substrate {chain.name}p1 is managed by pip1 of lab {chain.name}" in done.stderr
