@@ -1,0 +1,1 @@
+"""Benchmark of VNet instantiation through the players (`python -m bench.players`)."""
