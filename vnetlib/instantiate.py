@@ -81,12 +81,13 @@ def _existing(store: Store, lab: str) -> list[tuple[VNetSpec, dict[str, Any]]]:
 
 def instantiate(
     spec_path: Path,
-    lab: str = "lab",
+    substrate_name: str,
     *,
     check: bool = False,
     progress: Progress = _quiet,
 ) -> Instantiation:
-    """Instantiate the VNet described in `spec_path` on the lab `lab`."""
+    """Instantiate the VNet described in `spec_path` on a substrate of the local lab."""
+    lab = substrate_name
     if (owner := manage.manager(lab)) is not None:
         raise ValueError(
             f"substrate {lab} is managed by {owner}: request VNets through its players "
@@ -113,6 +114,8 @@ def instantiate(
                 store.update_vnet(vnet_id, embedding=embedding)
                 vnis = store.allocate_vnis(lab, vnet_id, tunnels)
             plan = build_plan(spec, node_map, substrate, vnet_id=vnet_id, lab=lab, vnis=vnis)
+            if not check:  # recorded before deploying, so `vnet down` can clean up a crash
+                store.update_vnet(vnet_id, status="deploying", plan=plan.to_dict())
         with timings.phase("deploy"):
             progress(f"deploying on {len(plan.hosts)} hosts through {DEPLOY_PLAYBOOK}")
             try:
@@ -131,16 +134,19 @@ def instantiate(
                     store.remove_vnet(vnet_id)
                 raise
         if not check:
-            store.update_vnet(vnet_id, status="active", plan=plan.to_dict(), timings=timings.phases)
+            store.update_vnet(vnet_id, status="active", timings=timings.phases)
     return Instantiation(vnet_id, spec.name, lab, node_map, plan, timings.phases, check)
 
 
-def _remove(plan: DeploymentPlan | dict[str, Any], lab: str, progress: Progress) -> None:
+def _remove(
+    plan: DeploymentPlan | dict[str, Any], lab: str, progress: Progress, check: bool = False
+) -> None:
     data = plan.to_dict() if isinstance(plan, DeploymentPlan) else plan
     run_playbook(
         DEPLOY_PLAYBOOK,
         manage.inventory_path(lab),
         {"vnet_plan": data, "vnet_state": "absent"},
+        check=check,
         limit=sorted(data["hosts"]),
         progress=progress,
     )
@@ -163,17 +169,7 @@ def destroy(ref: str, *, check: bool = False, progress: Progress = _quiet) -> VN
         record = store.find_vnet(ref)
         if record.plan is not None:
             progress(f"removing {record.id} from {len(record.plan['hosts'])} hosts")
-            if check:
-                run_playbook(
-                    DEPLOY_PLAYBOOK,
-                    manage.inventory_path(record.lab),
-                    {"vnet_plan": record.plan, "vnet_state": "absent"},
-                    check=True,
-                    limit=sorted(record.plan["hosts"]),
-                    progress=progress,
-                )
-                return record
-            _remove(record.plan, record.lab, progress)
+            _remove(record.plan, record.lab, progress, check=check)
         if not check:
             store.remove_vnet(record.id)
     return record
