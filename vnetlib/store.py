@@ -1,44 +1,61 @@
-"""The PIP's state store: VNets, their embedding and plan, and tunnel ids.
+"""The local PIP path's state store: VNets, their embedding and plan, and tunnel ids.
 
-SQLite through the standard library. Every write is one transaction, so a
-crash leaves either the old or the new record, never half of one.
+Built on the players' store (`vnetlib.players.db`), so the same code runs on
+SQLite (a file path, the default) and PostgreSQL (a URL). Every write is one
+transaction, so a crash leaves either the old or the new record, never half
+of one. The tables are those of the earlier sqlite3 version: existing files
+keep working.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS vnets (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    lab TEXT NOT NULL,
-    status TEXT NOT NULL,
-    spec_xml TEXT NOT NULL,
-    embedding TEXT,
-    plan TEXT,
-    timings TEXT,
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS vnis (
-    lab TEXT NOT NULL,
-    vni INTEGER NOT NULL,
-    vnet_id TEXT NOT NULL,
-    link TEXT NOT NULL,
-    PRIMARY KEY (lab, vni)
-);
-"""
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    delete,
+    select,
+    update,
+)
+
+from vnetlib.players import db
 
 VNI_MIN = 4096
 VNI_MAX = 2**24 - 1
+
+_metadata = MetaData()
+vnets_table = Table(
+    "vnets", _metadata,
+    Column("id", String, primary_key=True),
+    Column("name", String, nullable=False),
+    Column("lab", String, nullable=False),
+    Column("status", String, nullable=False),
+    Column("spec_xml", Text, nullable=False),
+    Column("embedding", Text),
+    Column("plan", Text),
+    Column("timings", Text),
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+)
+vnis_table = Table(
+    "vnis", _metadata,
+    Column("lab", String, nullable=False),
+    Column("vni", Integer, nullable=False, autoincrement=False),
+    Column("vnet_id", String, nullable=False),
+    Column("link", String, nullable=False),
+    PrimaryKeyConstraint("lab", "vni"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +76,17 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+def _url(where: Path | str) -> str:
+    text = str(where)
+    return text if "://" in text else db.sqlite_url(where)
+
+
 class Store:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+    """The local path's records; `where` is a SQLite file path or a database URL."""
+
+    def __init__(self, where: Path | str) -> None:
+        self.path = where
+        self._db = db.Store(_url(where), _metadata)
 
     def close(self) -> None:
         self._db.close()
@@ -76,24 +97,12 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
     def add_vnet(self, vnet_id: str, name: str, lab: str, spec_xml: str) -> None:
         now = time.time()
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO vnets (id, name, lab, status, spec_xml, created, updated)"
-                " VALUES (?, ?, ?, 'planning', ?, ?, ?)",
-                (vnet_id, name, lab, spec_xml, now, now),
-            )
+        with self._db.transaction() as conn:
+            conn.execute(vnets_table.insert().values(
+                id=vnet_id, name=name, lab=lab, status="planning", spec_xml=spec_xml,
+                created=now, updated=now))
 
     def update_vnet(
         self,
@@ -113,39 +122,41 @@ class Store:
             fields["plan"] = json.dumps(plan)
         if timings is not None:
             fields["timings"] = json.dumps(timings)
-        assignments = ", ".join(f"{k} = ?" for k in fields)
-        with self._tx() as db:
-            db.execute(f"UPDATE vnets SET {assignments} WHERE id = ?", (*fields.values(), vnet_id))
+        with self._db.transaction() as conn:
+            conn.execute(update(vnets_table).where(vnets_table.c.id == vnet_id).values(**fields))
 
     def remove_vnet(self, vnet_id: str) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM vnis WHERE vnet_id = ?", (vnet_id,))
-            db.execute("DELETE FROM vnets WHERE id = ?", (vnet_id,))
+        with self._db.transaction() as conn:
+            conn.execute(delete(vnis_table).where(vnis_table.c.vnet_id == vnet_id))
+            conn.execute(delete(vnets_table).where(vnets_table.c.id == vnet_id))
 
     def remove_lab(self, lab: str) -> list[str]:
-        with self._tx() as db:
-            ids = [r[0] for r in db.execute("SELECT id FROM vnets WHERE lab = ?", (lab,))]
-            db.execute("DELETE FROM vnis WHERE lab = ?", (lab,))
-            db.execute("DELETE FROM vnets WHERE lab = ?", (lab,))
+        with self._db.transaction() as conn:
+            ids = [str(r[0]) for r in conn.execute(
+                select(vnets_table.c.id).where(vnets_table.c.lab == lab)
+                .order_by(vnets_table.c.created))]
+            conn.execute(delete(vnis_table).where(vnis_table.c.lab == lab))
+            conn.execute(delete(vnets_table).where(vnets_table.c.lab == lab))
         return ids
 
     def vnets(self, lab: str | None = None) -> list[VNetRecord]:
-        query = "SELECT * FROM vnets"
-        args: tuple[str, ...] = ()
+        query = select(vnets_table).order_by(vnets_table.c.created)
         if lab is not None:
-            query += " WHERE lab = ?"
-            args = (lab,)
-        return [self._record(row) for row in self._db.execute(query + " ORDER BY created", args)]
+            query = query.where(vnets_table.c.lab == lab)
+        with self._db.transaction(write=False) as conn:
+            return [self._record(row) for row in conn.execute(query)]
 
     def find_vnet(self, ref: str) -> VNetRecord:
         """A VNet by id, or by name when exactly one VNet has that name."""
-        rows = list(self._db.execute("SELECT * FROM vnets WHERE id = ?", (ref,)))
-        if not rows:
-            rows = list(self._db.execute("SELECT * FROM vnets WHERE name = ?", (ref,)))
+        with self._db.transaction(write=False) as conn:
+            rows = list(conn.execute(select(vnets_table).where(vnets_table.c.id == ref)))
+            if not rows:
+                rows = list(conn.execute(select(vnets_table).where(vnets_table.c.name == ref)
+                                         .order_by(vnets_table.c.created)))
         if not rows:
             raise LookupError(f"no VNet with id or name {ref!r}")
         if len(rows) > 1:
-            ids = ", ".join(r[0] for r in rows)
+            ids = ", ".join(r.id for r in rows)
             raise LookupError(f"several VNets are named {ref!r} ({ids}): give the id")
         return self._record(rows[0])
 
@@ -154,8 +165,10 @@ class Store:
     ) -> dict[str, int]:
         """Reserve one VXLAN id per link, unique within the lab; `dry_run`
         returns the ids that would be reserved and reserves none."""
-        with self._tx() as db:
-            used = {r[0] for r in db.execute("SELECT vni FROM vnis WHERE lab = ?", (lab,))}
+        for _ in range(5):  # on PostgreSQL a concurrent allocation may take an id first
+            with self._db.transaction(write=False) as conn:
+                used = {int(r[0]) for r in conn.execute(
+                    select(vnis_table.c.vni).where(vnis_table.c.lab == lab))}
             result: dict[str, int] = {}
             candidate = VNI_MIN
             for link in links:
@@ -163,27 +176,31 @@ class Store:
                     candidate += 1
                 if candidate > VNI_MAX:
                     raise RuntimeError(f"lab {lab} has no free VXLAN id left")
-                if not dry_run:
-                    db.execute(
-                        "INSERT INTO vnis (lab, vni, vnet_id, link) VALUES (?, ?, ?, ?)",
-                        (lab, candidate, vnet_id, link),
-                    )
                 result[link] = candidate
                 used.add(candidate)
-        return result
+            if dry_run:
+                return result
+            try:
+                with self._db.transaction() as conn:
+                    for link, vni in result.items():
+                        conn.execute(vnis_table.insert().values(lab=lab, vni=vni,
+                                                                vnet_id=vnet_id, link=link))
+                return result
+            except db.StoreConflict:
+                continue
+        raise RuntimeError(f"lab {lab}: could not allocate VXLAN ids under contention")
 
     @staticmethod
-    def _record(row: tuple[Any, ...]) -> VNetRecord:
-        (vid, name, lab, status, spec_xml, emb, plan, timings, created, updated) = row
+    def _record(row: Any) -> VNetRecord:
         return VNetRecord(
-            vid,
-            name,
-            lab,
-            status,
-            spec_xml,
-            _loads(emb),
-            _loads(plan),
-            _loads(timings),
-            created,
-            updated,
+            row.id,
+            row.name,
+            row.lab,
+            row.status,
+            row.spec_xml,
+            _loads(row.embedding),
+            _loads(row.plan),
+            _loads(row.timings),
+            row.created,
+            row.updated,
         )
