@@ -23,6 +23,7 @@ from vnetlib.players.config import (
     VnpSection,
 )
 from vnetlib.players.node import ManagementNode
+from vnetlib.players.pip import Deploy
 from vnetlib.players.pki import Credentials, LabCA, Role
 from vnetlib.players.sp import ServiceProvider
 
@@ -100,16 +101,18 @@ class Players:
         base = PlayerConfig(name=name, role=role, store=self._store(name), pki=self.ca.directory)
         return replace(base, **sections)  # type: ignore[arg-type]
 
-    def start(self, config: PlayerConfig) -> ManagementNode:
-        node = ManagementNode(config, self.creds(config.name, config.role)).start()
+    def start(self, config: PlayerConfig, deploy: Deploy | None = None) -> ManagementNode:
+        node = ManagementNode(config, self.creds(config.name, config.role),
+                              deploy=deploy).start()
         self.nodes[config.name] = node
         return node
 
     def pip(self, name: str, substrate: str, price: float = 1.0, mbps: float = 0.0,
-            seconds: float = 60.0, faults: Faults | None = None) -> ManagementNode:
+            seconds: float = 60.0, faults: Faults | None = None,
+            deploy: Deploy | None = None) -> ManagementNode:
         return self.start(self.config(name, Role.PIP, pip=PipSection(substrate, price, mbps,
                                                                       seconds),
-                                      faults=faults or Faults()))
+                                      faults=faults or Faults()), deploy)
 
     def vnp(self, name: str, upstreams: list[str], timeout: float = 10.0,
             disclose: bool = False) -> ManagementNode:

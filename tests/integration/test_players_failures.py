@@ -4,15 +4,17 @@ and counter-offers."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
 from tests.integration.players_fixtures import Players, Substrates, namespaces
 from tests.integration.test_players_negotiation import spanning
+from vnetlib.deploy.ansible import DeployError, TaskFailure
 from vnetlib.players import messages as m
 from vnetlib.players.client import PlayerClient, RemoteError
 from vnetlib.players.config import Faults
-from vnetlib.players.pip import PipService
+from vnetlib.players.pip import PipService, ansible_deployer
 from vnetlib.players.pki import Role
 from vnetlib.players.vnp import VnpService
 from vnetlib.spec import parse_vnet
@@ -40,6 +42,8 @@ def test_pip_failing_at_allocate_leaves_no_reservation(
     with pytest.raises(RemoteError) as err:
         players.sp("sp", "vno").request_vnet(spanning())
     assert err.value.status == 409 and "allocation failed" in err.value.message
+    for secret in ("pip-b", "127.0.0.1", substrates.b):  # who failed stays hidden
+        assert secret not in err.value.message
     _nothing_left(players, substrates)
 
 
@@ -153,4 +157,26 @@ def test_pip_failing_at_quote_is_left_out_and_another_takes_the_vnet(
     rc, out, _ = sp.exec(view.id, "x", ["ip", "-o", "link", "show", "lo"])
     assert rc == 0 and "lo" in out
     sp.delete(view.id)
+    _nothing_left(players, substrates)
+
+
+def test_failed_deployment_is_rolled_back_and_hidden(players: Players,
+                                                     substrates: Substrates) -> None:
+    real = ansible_deployer(substrates.b)
+    calls: list[str] = []
+
+    def breaks_after_present(plan: dict[str, Any], state: str) -> None:
+        real(plan, state)  # the nodes really exist when the "failure" strikes
+        calls.append(state)
+        if state == "present":
+            raise DeployError("failed", [TaskFailure("h1", "link", "bridge x", "boom")], "")
+
+    players.pip("pip-a", substrates.a)
+    players.pip("pip-b", substrates.b, deploy=breaks_after_present)
+    players.vnp("vnp", ["pip-a", "pip-b"])
+    players.vno("vno", "vnp")
+    with pytest.raises(RemoteError) as err:
+        players.sp("sp", "vno").request_vnet(spanning())
+    assert err.value.status == 409 and "502 upstream-failed" in err.value.message
+    assert calls[:2] == ["present", "absent"]  # rolled back at once, then deleted
     _nothing_left(players, substrates)

@@ -12,6 +12,7 @@ namespaces, so two customers never collide and names leak nothing.
 from __future__ import annotations
 
 import logging
+import secrets
 import subprocess
 import threading
 import time
@@ -79,6 +80,14 @@ class Faults:
 def _public(exc: EmbeddingRejected) -> str:
     """Why a part does not fit, without host names or topology (information hiding)."""
     return f"{exc.rejection.request_id}: not enough {exc.rejection.resource} on this substrate"
+
+
+def _failed(what: str, exc: Exception) -> str:
+    """A deployment failure for the customer: logged here in full (hosts, tasks),
+    told without substrate details, with a reference to the log."""
+    ref = secrets.token_hex(4)
+    log.error("%s failed (ref %s): %s", what, ref, exc)
+    return f"{what} failed on the substrate (ref {ref} in the PIP's log)"
 
 
 class PipService(Service):
@@ -257,7 +266,7 @@ class PipService(Service):
             self._undeploy(plan)
             rec.data["status"] = "failed"
             self.store.save(rec.id, rec.data)
-            raise UpstreamFailed(f"deployment of sliver {rec.name} failed: {exc}") from exc
+            raise UpstreamFailed(_failed(f"deployment of sliver {rec.name}", exc)) from exc
         rec.data["deployed"] = True
         if not refs:
             rec.data["status"] = "ready"
@@ -280,7 +289,7 @@ class PipService(Service):
             try:
                 self.deploy(plan, "absent")
             except DeployError as exc:
-                raise UpstreamFailed(f"removal of sliver {rec.name} failed: {exc}") from exc
+                raise UpstreamFailed(_failed(f"removal of sliver {rec.name}", exc)) from exc
         self.store.remove(rec.id)
         log.info("%s: deleted sliver %s of %s", self.name, rec.name, caller)
         return 204, b""
@@ -352,7 +361,7 @@ class PipService(Service):
         try:
             self._join(rec, agreed)
         except (DeployError, PlanError) as exc:
-            raise UpstreamFailed(f"could not deploy the stitched links: {exc}") from exc
+            raise UpstreamFailed(_failed("deployment of the stitched links", exc)) from exc
 
     def _join(self, rec: Record, stitches: list[tuple[str, str, int, str]]) -> None:
         """Record stitched links (ref, link, VNI, remote address) and deploy their
@@ -405,6 +414,6 @@ class PipService(Service):
             try:
                 self._join(rec, [(proposal.ref, link, proposal.vni, initiator.address)])
             except (DeployError, PlanError) as exc:
-                raise UpstreamFailed(f"could not deploy link {link}: {exc}") from exc
+                raise UpstreamFailed(_failed(f"deployment of link {link}", exc)) from exc
         return 200, m.stitch_xml(answer)
 

@@ -23,7 +23,7 @@ from vnetlib.embedding.multipip import split_across_pips
 from vnetlib.embedding.result import Rejection
 from vnetlib.naming import short_hash
 from vnetlib.players import messages as m
-from vnetlib.players.client import ClientError, PlayerClient, RemoteError
+from vnetlib.players.client import ClientError, PlayerClient, RemoteError, TransportError
 from vnetlib.players.config import PlayerConfig, Upstream
 from vnetlib.players.negotiation import (
     Part,
@@ -50,6 +50,17 @@ from vnetlib.spec.model import VNetSpec
 log = logging.getLogger(__name__)
 
 DEPLOY_TIMEOUT = 300.0
+
+
+def _why(exc: Exception) -> str:
+    """What a customer may learn of an upstream failure: its kind, not who or where
+    (no provider name, URL or sliver name); the VNP's log has the details."""
+    log.warning("upstream failure: %s", exc)
+    if isinstance(exc, RemoteError):
+        return f"{exc.status} {exc.code}"
+    if isinstance(exc, TransportError):
+        return "no answer in time" if "timed out" in str(exc) else "unreachable"
+    return "bad answer"
 
 
 class Failed(Exception):
@@ -135,7 +146,7 @@ class VnpService(Service):
                 try:
                     quote = self._quote(part)
                 except (ClientError, ValueError) as exc:
-                    quote = m.Quote("declined", reason=f"no quote: {exc}")
+                    quote = m.Quote("declined", reason=f"no quote: {_why(exc)}")
                 if quote.status == "declined":
                     left_out.add(part.provider)
                     reasons.append(f"a provider declined: {quote.reason}")
@@ -171,7 +182,7 @@ class VnpService(Service):
                     f"/v1/slivers/{entry['sliver']}", m.allocate_xml(req))
             except ClientError as exc:
                 self.release(stored)
-                raise Failed(f"allocation failed at a provider: {exc}") from exc
+                raise Failed(f"allocation failed at a provider: {_why(exc)}") from exc
         return stored
 
     def release(self, parts: list[dict[str, Any]]) -> list[str]:
@@ -220,7 +231,7 @@ class VnpService(Service):
             reply = self._client(self.upstreams[entry["provider"]], 90.0).post(
                 f"/v1/slivers/{entry['sliver']}/action", m.action_xml(act))
         except ClientError as exc:
-            raise UpstreamFailed(f"exec failed at the provider: {exc}") from exc
+            raise UpstreamFailed(f"exec failed at the provider: {_why(exc)}") from exc
         return reply.body
 
     # -- Interface 1: VNets for VNOs ---------------------------------------------------
@@ -256,7 +267,7 @@ class VnpService(Service):
                 self.start_parts(rec.data["parts"])
             except ClientError as exc:
                 self.release(rec.data["parts"])
-                raise Failed(f"instantiation failed at a provider: {exc}") from exc
+                raise Failed(f"instantiation failed at a provider: {_why(exc)}") from exc
         except Failed as exc:
             self.store.remove(rec.id)
             raise Conflict(f"VNet {spec.name} cannot be provided: {exc}") from exc
@@ -292,7 +303,7 @@ class VnpService(Service):
         if errors:
             rec.data["status"] = "failed"
             self.store.save(rec.id, rec.data)
-            raise UpstreamFailed("could not delete every part: " + "; ".join(errors))
+            raise UpstreamFailed(f"could not delete {len(errors)} of its parts; retry the deletion")
         self.store.remove(rec.id)
         return 204, b""
 
@@ -410,7 +421,7 @@ class VnpService(Service):
             try:
                 self.provision_parts(rec.data["parts"], rec.data["peers"])
             except ClientError as exc:
-                raise UpstreamFailed(f"provisioning failed at a provider: {exc}") from exc
+                raise UpstreamFailed(f"provisioning failed at a provider: {_why(exc)}") from exc
             rec.data["status"] = "provisioned"
             self.store.save(rec.id, rec.data)
         return 200, m.manifest_xml(self._manifest(rec))
@@ -424,7 +435,7 @@ class VnpService(Service):
         try:
             self.start_parts(rec.data["parts"])
         except ClientError as exc:
-            raise UpstreamFailed(f"start failed at a provider: {exc}") from exc
+            raise UpstreamFailed(f"start failed at a provider: {_why(exc)}") from exc
         rec.data["status"] = "ready"
         self.store.save(rec.id, rec.data)
         return 200, m.action_result_xml(m.ActionResult("start", 0))
@@ -460,6 +471,6 @@ class VnpService(Service):
                             "/v1/stitch", m.stitch_xml(replace(proposal, ref=ref_out)))
                         answer = m.stitch_from(m.parse_reply(reply.body, "stitch"))
                     except (ClientError, ValueError) as exc:
-                        raise UpstreamFailed(f"relaying link {proposal.ref}: {exc}") from exc
+                        raise UpstreamFailed(f"relaying link {proposal.ref}: {_why(exc)}") from exc
                     return 200, m.stitch_xml(replace(answer, ref=ref_back))
         raise NotFound(f"no link {proposal.ref}")
