@@ -5,14 +5,16 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from tests.integration.players_fixtures import Substrates
 from vnetlib.players import messages as m
-from vnetlib.players.client import PlayerClient
-from vnetlib.players.config import PipSection, PlayerConfig, dump
+from vnetlib.players.client import ClientError, PlayerClient, RemoteError
+from vnetlib.players.config import Faults, PipSection, PlayerConfig, dump
 from vnetlib.players.pki import LabCA, Role
+from vnetlib.spec import parse_vnet
 
 SERVE = ("import argparse, sys\n"
          "from vnetlib.cli import serve\n"
@@ -24,7 +26,8 @@ def test_serve_writes_ready_file_answers_and_stops_on_sigterm(
         lab_ca: LabCA, tmp_path: Path, substrates: Substrates) -> None:
     config = PlayerConfig(name="pip-serve", role=Role.PIP,
                           store=f"sqlite:///{tmp_path / 'pip.db'}", pki=lab_ca.directory,
-                          pip=PipSection(substrates.a))
+                          pip=PipSection(substrates.a),
+                          faults=Faults(stall_at="quote", stall_seconds=300))
     path, ready = tmp_path / "pip.toml", tmp_path / "ready"
     path.write_text(dump(config))
     proc = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "--role", "pip", "--config",
@@ -41,8 +44,23 @@ def test_serve_writes_ready_file_answers_and_stops_on_sigterm(
         assert version.get("role") == "pip" and version.get("api") == "v1"
         ad = m.advertisement_from(m.read(client.get("/v1/advertisement").body, "advertisement"))
         assert {s.location for s in ad.sites} == {"berlin", "london"}
+        # a stalled request does not hold up SIGTERM: it is told to give up
+        answers: list[BaseException] = []
+
+        def stalled_quote() -> None:
+            try:
+                client.post("/v1/quotes", m.quote_request_xml(m.QuoteRequest(parse_vnet(
+                    b'<vnet xmlns="urn:vnet:rdl:1" version="1" name="q"><node id="x"/></vnet>'))))
+            except ClientError as exc:
+                answers.append(exc)
+
+        waiter = threading.Thread(target=stalled_quote)
+        waiter.start()
+        time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+        waiter.join(10)
+        assert isinstance(answers[0], RemoteError) and answers[0].status == 503
         assert not ready.exists()
     finally:
         if proc.poll() is None:

@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
             write_ready_file(args.ready_file, server.url)
 
     try:
-        node.server.run_until_signal((signal.SIGINT, signal.SIGTERM), ready=ready)
+        node.server.run_until_signal((signal.SIGINT, signal.SIGTERM), ready=ready,
+                                     stopping=node.interrupt)
     finally:
         node.service.close()
         if args.ready_file is not None:

@@ -63,9 +63,13 @@ class ManagementNode:
         self.server.start()
         return self
 
-    def stop(self) -> None:
+    def interrupt(self) -> None:
+        """Tell long handlers (injected stalls) to give up, so the server can stop."""
         if isinstance(self.service, PipService):
-            self.service.closing.set()  # wake stalled handlers so the server can stop
+            self.service.closing.set()
+
+    def stop(self) -> None:
+        self.interrupt()
         self.server.stop()
         self.service.close()
 

@@ -495,11 +495,14 @@ class ServiceServer:
         log.info("%s stopped", self.service.name)
 
     def run_until_signal(self, signals: Collection[int] = (signal.SIGINT, signal.SIGTERM),
-                         ready: Callable[[ServiceServer], None] | None = None) -> int:
+                         ready: Callable[[ServiceServer], None] | None = None,
+                         stopping: Callable[[], None] | None = None) -> int:
         """Serve until one of `signals` arrives, then stop cleanly; for `vnet serve`.
 
-        Must run in the main thread (signal handlers live there). Returns the
-        signal number that ended it.
+        Must run in the main thread (signal handlers live there). `stopping` runs
+        once a signal came, before the server waits for requests in flight (so
+        long handlers can be told to give up). Returns the signal number that
+        ended it.
         """
         got: list[int] = []
         done = threading.Event()
@@ -518,6 +521,8 @@ class ServiceServer:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            if stopping is not None:
+                stopping()
             self.stop()
         return got[0]
 
