@@ -54,6 +54,7 @@ def test_vnet_across_two_pips_pings_over_inter_pip_links(vnet: Vnet, chain: Lab)
     vnet_id = result["vnet"]
     assert result["status"] == "ready"
     spec = load_vnet(TWO_PIPS)
+    assert result["name"] == spec.name
 
     # Locations decide the PIP: PIP 1 owns Berlin, PIP 2 owns London.
     where = {node.id: node.location for node in spec.nodes}

@@ -95,7 +95,7 @@ class VnoService(Service):
         got = m.vnet_view_from(m.parse_reply(reply, "vnet-status"))
         vnet_id = f"v{secrets.token_hex(5)}"
         rec = Record(vnet_id, caller.name, vnet_id, time.time(), {
-            "vnp_id": got.id, "name": got.name, "status": got.status, "nodes": list(got.nodes),
+            "vnp_id": got.id, "name": spec.name, "status": got.status, "nodes": list(got.nodes),
             "price": got.price, "providers": [list(p) for p in got.providers]})
         self.store.insert(rec)
         return 201, m.vnet_view_xml(self._view(rec))
