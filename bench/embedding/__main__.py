@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             table=tab,
             verdict="\n".join(lines),
             machine=f"{platform.python_implementation()} {platform.python_version()}, "
-            f"{os.cpu_count()} cores, {args.jobs} worker processes",
+            f"{os.cpu_count()} cores, {args.jobs} worker process(es), "
+            f"5-minute load average at the end {os.getloadavg()[1]:.1f}",
             wall=f"{wall:.0f}",
             lifetime=asdict(scs[0])["lifetime"],
         )
@@ -276,7 +277,9 @@ bandwidth x path length; revenue/cost is summed over all accepted requests.
 Time is per `Embedder.embed` call (accepted or not), as CPU time of the
 process (`time.process_time`, robust to other load on the shared 2-core
 machine the benchmark runs on) and as wall time (`time.perf_counter`,
-which includes any time the process waited for a core).
+which includes any time the process waited for a core: it depends on
+whatever else the machine runs, hence the load average below; CPU time is
+the measure of the algorithm).
 Violations: problems the independent validator (`vnetlib.embedding.validate`)
 found, checking each accepted mapping and, every 20 arrivals, all live
 mappings together (capacities, paths, endpoints).
