@@ -55,6 +55,8 @@ def test_vnet_across_two_pips_pings_over_inter_pip_links(vnet: Vnet, chain: Lab)
     assert result["status"] == "ready"
     spec = load_vnet(TWO_PIPS)
     assert result["name"] == spec.name
+    assert set(result["timings"]) == {"parse", "negotiate", "allocate", "provision", "stitch",
+                                      "chain"}
 
     # Locations decide the PIP: PIP 1 owns Berlin, PIP 2 owns London.
     where = {node.id: node.location for node in spec.nodes}

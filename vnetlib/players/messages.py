@@ -454,6 +454,7 @@ class VNetView:
     nodes: tuple[str, ...] = ()
     price: float | None = None
     providers: tuple[tuple[str, str], ...] = ()  # (node, provider) when disclosed
+    timings: tuple[tuple[str, float], ...] = ()  # (phase, seconds) of the instantiation
 
 
 def _view_into(el: Element, v: VNetView) -> None:
@@ -462,6 +463,8 @@ def _view_into(el: Element, v: VNetView) -> None:
     where = dict(v.providers)
     for node in v.nodes:
         _sub(el, "node", id=node, provider=where.get(node))
+    for phase, seconds in v.timings:
+        _sub(el, "timing", phase=phase, seconds=number(seconds))
 
 
 def vnet_view_xml(v: VNetView) -> bytes:
@@ -487,6 +490,8 @@ def vnet_view_from(el: Element) -> VNetView:
         price=_float(el, "price"),
         providers=tuple((n.get("id", ""), n.get("provider", "")) for n in nodes
                         if n.get("provider")),
+        timings=tuple((t.get("phase", ""), float(t.get("seconds", "0")))
+                      for t in _children(el, "timing")),
     )
 
 

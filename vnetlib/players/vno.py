@@ -74,7 +74,8 @@ class VnoService(Service):
     def _view(self, rec: Record) -> m.VNetView:
         d = rec.data
         return m.VNetView(rec.id, d["name"], d["status"], tuple(d["nodes"]), d.get("price"),
-                          tuple((n, p) for n, p in d.get("providers", [])))
+                          tuple((n, p) for n, p in d.get("providers", [])),
+                          tuple((k, v) for k, v in d.get("timings", [])))
 
     def _own(self, caller: Identity, vnet_id: str) -> Record:
         rec = self.store.get(vnet_id)
@@ -96,7 +97,8 @@ class VnoService(Service):
         vnet_id = f"v{secrets.token_hex(5)}"
         rec = Record(vnet_id, caller.name, vnet_id, time.time(), {
             "vnp_id": got.id, "name": spec.name, "status": got.status, "nodes": list(got.nodes),
-            "price": got.price, "providers": [list(p) for p in got.providers]})
+            "price": got.price, "providers": [list(p) for p in got.providers],
+            "timings": [list(t) for t in got.timings]})
         self.store.insert(rec)
         return 201, m.vnet_view_xml(self._view(rec))
 

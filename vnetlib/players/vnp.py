@@ -246,7 +246,8 @@ class VnpService(Service):
         providers: tuple[tuple[str, str], ...] = ()
         if self.config.vnp.disclose_pips:
             providers = tuple((n, p["provider"]) for p in d["parts"] for n in p["nodes"])
-        return m.VNetView(rec.id, rec.name, d["status"], nodes, d.get("price"), providers)
+        return m.VNetView(rec.id, rec.name, d["status"], nodes, d.get("price"), providers,
+                          tuple(d.get("timings", {}).items()))
 
     def create_vnet(self, caller: Identity, params: Mapping[str, str],
                     body: bytes) -> tuple[int, bytes]:
@@ -256,15 +257,28 @@ class VnpService(Service):
             "kind": "vnet", "status": "negotiating", "spec": dump_vnet(spec).decode(),
             "parts": [], "price": None})
         self.store.insert(rec)
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def phase(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name] = round(now - clock, 4)
+            clock = now
+
         try:
             parts, quotes = self.negotiate(spec, order_id)
+            phase("negotiate")
             rec.data["parts"] = self.allocate_parts(order_id, parts, quotes)
             rec.data["price"] = round(sum(q.price or 0.0 for q in quotes), 6)
             rec.data["status"] = "allocated"
             self.store.save(rec.id, rec.data)
+            phase("allocate")
             try:
                 self.provision_parts(rec.data["parts"], {})
+                phase("provision")
                 self.start_parts(rec.data["parts"])
+                phase("stitch")
             except ClientError as exc:
                 self.release(rec.data["parts"])
                 raise Failed(f"instantiation failed at a provider: {_why(exc)}") from exc
@@ -275,6 +289,7 @@ class VnpService(Service):
             self.store.remove(rec.id)
             raise
         rec.data["status"] = "ready"
+        rec.data["timings"] = timings
         self.store.save(rec.id, rec.data)
         return 201, m.vnet_view_xml(self._view(rec))
 
