@@ -15,9 +15,10 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from vnetlib.embedding.multipip import split_across_pips
 from vnetlib.embedding.result import Rejection
@@ -48,6 +49,8 @@ from vnetlib.spec import dump_vnet, parse_vnet
 from vnetlib.spec.model import VNetSpec
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 DEPLOY_TIMEOUT = 300.0
 
@@ -107,15 +110,18 @@ class VnpService(Service):
     # -- negotiation ----------------------------------------------------------------
 
     def _adverts(self) -> list[m.Advertisement]:
-        ads = []
-        for up in self.upstreams.values():
+        """Every upstream's advertisement, asked for in parallel (resource discovery)."""
+
+        def ask(up: Upstream) -> m.Advertisement | None:
             try:
                 reply = self._client(up).get("/v1/advertisement")
                 ad = m.advertisement_from(m.parse_reply(reply.body, "advertisement"))
-                ads.append(replace(ad, provider=up.name))
+                return replace(ad, provider=up.name)
             except (ClientError, ValueError) as exc:
                 log.warning("%s: no advertisement from %s: %s", self.name, up.name, exc)
-        return ads
+                return None
+
+        return [ad for ad in _in_parallel(ask, self.upstreams.values()) if ad is not None]
 
     def _quote(self, part: Part) -> m.Quote:
         req = m.QuoteRequest(part.spec, part.expected_price)
@@ -204,8 +210,10 @@ class VnpService(Service):
 
     def provision_parts(self, parts: list[dict[str, Any]],
                         upper: Mapping[str, Mapping[str, str]]) -> None:
-        """Provision every part, telling each the peer of each of its boundary links."""
-        for entry in parts:
+        """Provision every part, in parallel, telling each the peer of each of its
+        boundary links; raises the first failure once all have answered."""
+
+        def provision(entry: dict[str, Any]) -> None:
             peers = []
             for k in entry["links"]:
                 if k["peer_part"] is not None:
@@ -217,6 +225,8 @@ class VnpService(Service):
             self._client(self.upstreams[entry["provider"]], DEPLOY_TIMEOUT).post(
                 f"/v1/slivers/{entry['sliver']}/provision", m.provision_xml(m.Provision(
                     tuple(peers))))
+
+        _in_parallel(provision, parts)
 
     def start_parts(self, parts: list[dict[str, Any]]) -> None:
         for entry in parts:
@@ -489,3 +499,18 @@ class VnpService(Service):
                         raise UpstreamFailed(f"relaying link {proposal.ref}: {_why(exc)}") from exc
                     return 200, m.stitch_xml(replace(answer, ref=ref_back))
         raise NotFound(f"no link {proposal.ref}")
+
+
+def _in_parallel(work: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+    """`work` on every item at once (one thread each: the items are providers,
+    a handful); results in order; the first exception is raised after all ended."""
+    todo = list(items)
+    if len(todo) <= 1:
+        return [work(item) for item in todo]
+    with ThreadPoolExecutor(max_workers=len(todo)) as pool:
+        futures = [pool.submit(work, item) for item in todo]
+        errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+        return [f.result() for f in futures]
