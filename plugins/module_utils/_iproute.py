@@ -74,15 +74,18 @@ class Qdisc:
 
 @dataclass(frozen=True, slots=True)
 class HostState:
-    """What a vnet_link task needs to know about its substrate host.
+    """What the vnet modules need to know about their substrate host, read once.
 
-    ``netns`` holds the interfaces of every *existing* namespace the ports
-    name; a namespace missing from it does not exist.
+    ``netns`` holds the interfaces of every *existing* namespace the wanted
+    nodes or ports name; a namespace missing from it does not exist.
+    ``qdiscs`` holds root qdiscs by device, ``forwarding`` IPv4 forwarding by
+    namespace (read only for nodes).
     """
 
     links: dict[str, Iface] = field(default_factory=dict)
     netns: dict[str, dict[str, Iface]] = field(default_factory=dict)
     qdiscs: dict[str, Qdisc] = field(default_factory=dict)
+    forwarding: dict[str, bool] = field(default_factory=dict)
 
 
 def _load(text: str) -> list[dict]:
@@ -139,13 +142,22 @@ def parse_ifaces(text: str) -> dict[str, Iface]:
     return result
 
 
+def _qdisc(entry: dict) -> Qdisc:
+    rate = (entry.get("options") or {}).get("rate")
+    return Qdisc(kind=str(entry.get("kind", "")), rate_bytes=None if rate is None else int(rate))
+
+
 def parse_root_qdisc(text: str) -> Qdisc | None:
     """The root qdisc from ``tc -json qdisc show dev DEV``."""
     for entry in _load(text):
         if entry.get("root"):
-            rate = (entry.get("options") or {}).get("rate")
-            return Qdisc(kind=str(entry.get("kind", "")), rate_bytes=None if rate is None else int(rate))
+            return _qdisc(entry)
     return None
+
+
+def parse_root_qdiscs(text: str) -> dict[str, Qdisc]:
+    """Root qdiscs of every device from ``tc -json qdisc show``, keyed by device."""
+    return {str(e["dev"]): _qdisc(e) for e in _load(text) if e.get("root") and "dev" in e}
 
 
 # --------------------------------------------------------------------------
@@ -159,6 +171,10 @@ class NodeWant:
     state: str = "present"
     forwarding: bool = True
     driver: str = "netns"
+    label: str = ""  # the virtual node's name in the plan, for messages
+
+    def what(self) -> str:
+        return "virtual node %s (%s)" % (self.label, self.name) if self.label else "virtual node %s" % self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,15 +185,51 @@ class NodeHave:
 
 
 def node_want(params: dict) -> NodeWant:
+    forwarding = params.get("forwarding")
     want = NodeWant(
-        name=params["name"],
+        name=params.get("name") or params["netns"],  # netns: the plan's key, an alias
         state=params.get("state") or "present",
-        forwarding=bool(params.get("forwarding", True)),
+        forwarding=True if forwarding is None else bool(forwarding),
         driver=params.get("driver") or "netns",
+        label=params.get("vnode") or "",
     )
     if want.driver not in NODE_DRIVERS:
         raise VnetError("virtual node %s: driver %s is not supported" % (want.name, want.driver))
     return want
+
+
+def nodes_want(items: list[dict], state: str) -> tuple[NodeWant, ...]:
+    """The wants of an aggregate `nodes` list; every error of the list at once."""
+    wants: list[NodeWant] = []
+    errors: list[str] = []
+    for item in items:
+        try:
+            wants.append(node_want({**item, "state": state}))
+        except VnetError as exc:
+            errors.append(exc.msg)
+    seen: set[str] = set()
+    for want in wants:
+        if want.name in seen:
+            errors.append("virtual node %s: namespace %s is listed twice" % (want.label or want.name, want.name))
+        seen.add(want.name)
+    _raise_all(errors)
+    return tuple(wants)
+
+
+def _raise_all(errors: list[str]) -> None:
+    if len(errors) == 1:
+        raise VnetError(errors[0], errors=errors)
+    if errors:
+        raise VnetError("%d errors: %s" % (len(errors), "; ".join(errors)), errors=errors)
+
+
+def node_have(have: HostState, name: str) -> NodeHave:
+    """A node's part of a host state read for nodes (see ``HostState``)."""
+    ifaces = have.netns.get(name)
+    if ifaces is None:
+        return NodeHave(exists=False)
+    lo = ifaces.get("lo")
+    return NodeHave(exists=True, lo_up=bool(lo and lo.up), forwarding=have.forwarding.get(name, False))
 
 
 def parse_forwarding(text: str) -> bool:
@@ -208,8 +260,37 @@ def node_view(exists: bool, lo_up: bool, forwarding: bool) -> dict:
 
 
 def node_before_after(want: NodeWant, have: NodeHave) -> tuple[dict, dict]:
-    before = node_view(have.exists, have.lo_up, have.forwarding)
-    after = {} if want.state == "absent" else node_view(True, True, want.forwarding)
+    """Diff of one node; for a node to delete, only whether its namespace exists
+    (deleting needs nothing else, so nothing else is read)."""
+    if want.state == "absent":
+        return ({"netns": True} if have.exists else {}), {}
+    return node_view(have.exists, have.lo_up, have.forwarding), node_view(True, True, want.forwarding)
+
+
+def plan_nodes(wants: tuple[NodeWant, ...], have: HostState) -> list[Command]:
+    """Commands for every node of an aggregate from one host state (scheduled)."""
+    commands: list[Command] = []
+    for want in wants:
+        commands += plan_node(want, node_have(have, want.name))
+    return schedule(commands)
+
+
+def nodes_left(wants: tuple[NodeWant, ...], have: HostState) -> list[str]:
+    """Descriptions of the nodes that `have` does not match yet (after applying)."""
+    return ["%s: %s" % (w.what(), plan_node(w, node_have(have, w.name)))
+            for w in wants if plan_node(w, node_have(have, w.name))]
+
+
+def nodes_before_after(wants: tuple[NodeWant, ...], have: HostState) -> tuple[dict, dict]:
+    """Diff of an aggregate: the views of its nodes keyed by namespace."""
+    before: dict = {}
+    after: dict = {}
+    for want in wants:
+        b, a = node_before_after(want, node_have(have, want.name))
+        if b:
+            before[want.name] = b
+        if a:
+            after[want.name] = a
     return before, after
 
 
@@ -247,9 +328,17 @@ class LinkWant:
     tunnel: TunnelWant | None = None
     bandwidth_mbps: float | None = None
     state: str = "present"
+    label: str = ""  # the virtual link's name in the plan, for messages
 
     def netns_names(self) -> list[str]:
         return sorted({p.netns for p in self.ports})
+
+    def what(self) -> str:
+        return "link %s (bridge %s)" % (self.label, self.bridge) if self.label else "bridge %s" % self.bridge
+
+    def names(self) -> list[str]:
+        """The host-side interface names this segment owns."""
+        return [self.bridge] + [p.peer for p in self.ports] + ([self.tunnel.device] if self.tunnel else [])
 
 
 def _normalize_address(text: str) -> str:
@@ -290,8 +379,9 @@ def link_want(params: dict) -> LinkWant:
         tunnel=tunnel,
         bandwidth_mbps=None if bandwidth is None else float(bandwidth),
         state=params.get("state") or "present",
+        label=params.get("link") or "",
     )
-    names = [want.bridge] + [p.peer for p in ports] + ([tunnel.device] if tunnel else [])
+    names = want.names()
     for name in names + [p.ifname for p in ports]:
         if not 0 < len(name) <= 15:
             raise VnetError("interface name %r must have 1 to 15 characters" % (name,))
@@ -498,3 +588,102 @@ def link_view_want(want: LinkWant) -> dict:
     if ports:
         view["ports"] = ports
     return view
+
+
+# --------------------------------------------------------------------------
+# Aggregates: every segment of a host from one read of its state
+# --------------------------------------------------------------------------
+
+
+def links_want(items: list[dict], state: str) -> tuple[LinkWant, ...]:
+    """The wants of an aggregate `links` list; every error of the list at once.
+
+    Segments must not share interface names (bridge, peers, tunnel device,
+    or a node interface), so that planning each against one host state is
+    the same as converging them one after the other.
+    """
+    wants: list[LinkWant] = []
+    errors: list[str] = []
+    for item in items:
+        try:
+            wants.append(link_want({**item, "state": state}))
+        except VnetError as exc:
+            label = item.get("link")
+            errors.append("link %s: %s" % (label, exc.msg) if label else exc.msg)
+    owner: dict[tuple[str, str], LinkWant] = {}
+    for want in wants:
+        keys = [("", name) for name in want.names()] + [(p.netns, p.ifname) for p in want.ports]
+        for key in keys:
+            other = owner.setdefault(key, want)
+            if other is not want:
+                where = " in namespace %s" % key[0] if key[0] else ""
+                errors.append("%s and %s both use interface %s%s" % (other.what(), want.what(), key[1], where))
+    _raise_all(errors)
+    return tuple(wants)
+
+
+def _stage(argv: Command) -> tuple[int, str]:
+    if argv[0] != IP:
+        return (3, "")
+    netns = argv[2] if argv[1:2] == ["-n"] else ""
+    words = argv[3:] if netns else argv[1:]
+    if words[:2] == ["link", "delete"]:
+        return (0, "")
+    return (2, netns) if netns else (1, "")
+
+
+def schedule(commands: list[Command]) -> list[Command]:
+    """The commands of an aggregate, reordered so that few batches run them.
+
+    Stable, in stages: every ``link delete`` (so a name is free before it is
+    created again), then the host's own ``ip`` commands (namespaces, bridges,
+    tunnels, veth pairs, enslaving), then the ``ip -n NS`` commands namespace
+    by namespace, then ``tc``. Within a stage the planned order is kept, and
+    objects of an aggregate never share a name, so this order is as valid as
+    the planned one.
+    """
+    return sorted(commands, key=_stage)
+
+
+def plan_links(wants: tuple[LinkWant, ...], have: HostState, check_missing_netns: bool = True) -> list[Command]:
+    """Commands for every segment of an aggregate from one host state (scheduled).
+
+    Raises one VnetError naming every segment that cannot be planned.
+    """
+    commands: list[Command] = []
+    errors: list[str] = []
+    for want in wants:
+        try:
+            commands += plan_link(want, have, check_missing_netns)
+        except VnetError as exc:
+            errors.append("%s: %s" % (want.what(), exc.msg) if want.label else exc.msg)
+    _raise_all(errors)
+    return schedule(commands)
+
+
+def links_left(wants: tuple[LinkWant, ...], have: HostState) -> list[str]:
+    """Descriptions of the segments that `have` does not match yet (after applying)."""
+    left = []
+    for want in wants:
+        try:
+            commands = plan_link(want, have)
+        except VnetError as exc:
+            left.append("%s: %s" % (want.what(), exc.msg))
+            continue
+        if commands:
+            left.append("%s: %s" % (want.what(), commands))
+    return left
+
+
+def links_before_after(wants: tuple[LinkWant, ...], have: HostState) -> tuple[dict, dict]:
+    """Diff of an aggregate: the views of its segments keyed by bridge."""
+    before: dict = {}
+    after: dict = {}
+    for want in wants:
+        b = link_view_have(want, have)
+        a = link_view_want(want)
+        if b:
+            before[want.bridge] = b
+        if a:
+            after[want.bridge] = a
+    return before, after

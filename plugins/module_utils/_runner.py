@@ -3,23 +3,79 @@
 """Reading host state and running planned commands (private to the collection).
 
 The only side effects of the vnet modules live here: ``Runner`` wraps
-``AnsibleModule.run_command`` with argv lists, and the ``read_*`` functions
-turn ``ip -json`` output into the ``have`` types of ``_iproute``.
+``AnsibleModule.run_command`` with argv lists, and ``read_state`` turns
+``ip -json`` / ``tc -json`` output into the ``HostState`` of ``_iproute``,
+once per module run.
+
+``Runner.apply`` runs consecutive commands of the same program and namespace
+as one ``ip [-n NS] -batch -`` (or ``tc -batch -``) process. Without
+``-force`` a batch stops at its first failing line and reports it as
+``Command failed -:LINE``, so a failure still names the exact command, and
+the commands before it count as executed.
 """
 
 from __future__ import annotations
 
+import re
+
 from ansible_collections.vnet.infra.plugins.module_utils._iproute import (
+    IP,
+    TC,
     Command,
     HostState,
-    LinkWant,
-    NodeHave,
     VnetError,
     parse_forwarding,
     parse_ifaces,
     parse_netns_list,
-    parse_root_qdisc,
+    parse_root_qdiscs,
 )
+
+# Arguments that iproute2's batch line parser reads back unchanged (no
+# blanks, quotes, backslashes or comment signs).
+_PLAIN = re.compile(r"^[A-Za-z0-9_.:/=,+@%-]+$")
+_FAILED_LINE = re.compile(r"^Command failed -:(\d+)\s*$", re.M)
+
+
+def batch_key(argv: Command) -> tuple[str, str | None, Command] | None:
+    """(program, namespace, batch line words) of a command, or None if it must run alone."""
+    if argv[0] not in (IP, TC) or len(argv) < 2 or not all(_PLAIN.match(a) for a in argv):
+        return None
+    if argv[0] == IP and argv[1] == "-n":
+        return (IP, argv[2], list(argv[3:])) if len(argv) > 3 else None
+    if argv[1].startswith("-"):
+        return None
+    return (argv[0], None, list(argv[1:]))
+
+
+def batches(commands: list[Command]) -> list[tuple[Command, list[Command], list[Command]]]:
+    """Split commands, in order, into (argv to run, batch lines, the commands).
+
+    A command that runs alone has no batch lines and its own argv.
+    """
+    result: list[tuple[Command, list[Command], list[Command]]] = []
+    group: list[tuple[Command, Command]] = []  # (planned command, batch line)
+    key: tuple[str, str | None] | None = None
+
+    def flush() -> None:
+        if len(group) == 1:
+            result.append((list(group[0][0]), [], [group[0][0]]))
+        elif group and key is not None:
+            program, netns = key
+            argv = [program] + (["-n", netns] if netns else []) + ["-batch", "-"]
+            result.append((argv, [entry[1] for entry in group], [entry[0] for entry in group]))
+        group.clear()
+
+    for argv in commands:
+        parsed = batch_key(argv)
+        this = None if parsed is None else (parsed[0], parsed[1])
+        if this is None or this != key:
+            flush()
+        key = this
+        group.append((argv, [] if parsed is None else parsed[2]))
+        if this is None:
+            flush()
+    flush()
+    return result
 
 
 class Runner:
@@ -47,45 +103,69 @@ class Runner:
 
     def apply(self, commands: list[Command]) -> None:
         """Run planned commands in order, stopping at the first failure."""
-        for argv in commands:
-            rc, out, err = self.module.run_command(self._argv(argv))
-            if rc != 0:
-                raise VnetError(
-                    "command failed: %s: %s" % (" ".join(argv), (err or out).strip()),
-                    rc=rc, stderr=err, failed_command=argv,
-                )
-            self.executed.append(list(argv))
+        for argv, lines, planned in batches(commands):
+            data = "".join(" ".join(line) + "\n" for line in lines) if lines else None
+            rc, out, err = self.module.run_command(self._argv(argv), data=data, binary_data=True)
+            if rc == 0:
+                self.executed += [list(c) for c in planned]
+                continue
+            message = (err or out).strip()
+            failed = planned[0]
+            if lines:
+                found = _FAILED_LINE.search(err or "")
+                if found is None or not 0 < int(found.group(1)) <= len(planned):
+                    raise VnetError(
+                        "command batch failed (%s), somewhere in: %s"
+                        % (message, "; ".join(" ".join(c) for c in planned)),
+                        rc=rc, stderr=err, failed_batch=planned,
+                    )
+                index = int(found.group(1)) - 1
+                self.executed += [list(c) for c in planned[:index]]
+                failed = planned[index]
+                message = _FAILED_LINE.sub("", message).strip()
+            raise VnetError(
+                "command failed: %s: %s" % (" ".join(failed), message),
+                rc=rc, stderr=err, failed_command=failed,
+            )
 
 
 def netns_names(runner: Runner) -> set[str]:
     return parse_netns_list(runner.read(["ip", "-json", "netns", "list"]))
 
 
-def read_node(runner: Runner, name: str) -> NodeHave:
-    if name not in netns_names(runner):
-        return NodeHave(exists=False)
-    links = parse_ifaces(runner.read(["ip", "-n", name, "-json", "-details", "address", "show"]))
-    lo = links.get("lo")
-    forwarding = parse_forwarding(
-        runner.read(["ip", "netns", "exec", name, "sysctl", "-n", "net.ipv4.ip_forward"])
-    )
-    return NodeHave(exists=True, lo_up=bool(lo and lo.up), forwarding=forwarding)
+def read_state(
+    runner: Runner,
+    netns: list[str],
+    *,
+    links: bool = False,
+    qdiscs: bool = False,
+    forwarding: bool = False,
+    inside: bool = True,
+) -> HostState:
+    """One read of the host: `ip netns list`, then only what is asked.
 
-
-def read_host(runner: Runner, want: LinkWant) -> HostState:
-    links = parse_ifaces(runner.read(["ip", "-json", "-details", "address", "show"]))
+    `links`: the host's interfaces (one ``ip -json -details address show``);
+    `inside`: per existing namespace of `netns`, its interfaces (otherwise
+    an existing namespace maps to no interfaces); `qdiscs`: every root qdisc
+    (one ``tc -json qdisc show``); `forwarding`: IPv4 forwarding of each
+    existing namespace.
+    """
     existing = netns_names(runner)
-    netns = {}
-    for name in want.netns_names():
-        if name in existing:
-            netns[name] = parse_ifaces(
-                runner.read(["ip", "-n", name, "-json", "-details", "address", "show"], tolerate=True)
+    host_links = parse_ifaces(runner.read(["ip", "-json", "-details", "address", "show"])) if links else {}
+    ns_ifaces = {}
+    ns_forwarding = {}
+    for name in sorted(set(netns)):
+        if name not in existing:
+            continue
+        if not inside:
+            ns_ifaces[name] = {}
+            continue
+        ns_ifaces[name] = parse_ifaces(
+            runner.read(["ip", "-n", name, "-json", "-details", "address", "show"], tolerate=True)
+        )
+        if forwarding:
+            ns_forwarding[name] = parse_forwarding(
+                runner.read(["ip", "netns", "exec", name, "sysctl", "-n", "net.ipv4.ip_forward"], tolerate=True)
             )
-    qdiscs = {}
-    if want.bandwidth_mbps is not None:
-        for port in want.ports:
-            if port.peer in links:
-                qdisc = parse_root_qdisc(runner.read(["tc", "-json", "qdisc", "show", "dev", port.peer]))
-                if qdisc is not None:
-                    qdiscs[port.peer] = qdisc
-    return HostState(links=links, netns=netns, qdiscs=qdiscs)
+    root_qdiscs = parse_root_qdiscs(runner.read(["tc", "-json", "qdisc", "show"])) if qdiscs else {}
+    return HostState(links=host_links, netns=ns_ifaces, qdiscs=root_qdiscs, forwarding=ns_forwarding)

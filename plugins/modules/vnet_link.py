@@ -18,12 +18,101 @@ description:
   - Reads the current state with C(ip -json) and C(tc -json), plans the
     difference and runs only the commands needed (argv lists); returns them in
     RV(commands). A VXLAN device whose parameters differ is recreated.
+  - Manages one segment (O(bridge)) or, in one run, every segment of a host
+    (O(links)). The role C(vnet.infra.vnet_deploy) uses O(links).
 author: vnet developers (@vnet)
 options:
   bridge:
-    description: Name of the Linux bridge of this segment (at most 15 characters).
+    description:
+      - Name of the Linux bridge of this segment (at most 15 characters).
+      - Exactly one of O(bridge) and O(links) is required.
     type: str
-    required: true
+  links:
+    description:
+      - Every link segment of the host, as a list (the C(links) of a vnet
+        deployment plan's host). Mutually exclusive with O(bridge), O(ports),
+        O(tunnel) and O(bandwidth_mbps), which are per segment here.
+      - The host is read once (C(ip netns list), C(ip -json -details address
+        show), C(tc -json qdisc show), C(ip -json address show) per namespace
+        of a port), every segment is planned before any command runs, and
+        planning errors of all segments are reported together. Segments may
+        not share interface names.
+      - The commands run grouped by stage (deletions, host, each namespace,
+        C(tc)) as few C(ip -batch) / C(tc -batch) processes; a failure names
+        the exact command.
+    type: list
+    elements: dict
+    suboptions:
+      link:
+        description: Name of the virtual link in the plan, used in messages only.
+        type: str
+      bridge:
+        description: Name of the Linux bridge of this segment (at most 15 characters).
+        type: str
+        required: true
+      ports:
+        description: The veth pairs that join virtual nodes on this host to the bridge.
+        type: list
+        elements: dict
+        default: []
+        suboptions:
+          netns:
+            description: Namespace of the virtual node (see M(vnet.infra.vnet_node)).
+            type: str
+            required: true
+          ifname:
+            description: Name of the interface inside the virtual node.
+            type: str
+            required: true
+          peer:
+            description: Name of the host end of the veth pair, enslaved to the bridge.
+            type: str
+            required: true
+          addresses:
+            description:
+              - Addresses (CIDR) of the node interface; exactly these global addresses
+                are kept, others are removed.
+            type: list
+            elements: str
+            default: []
+          mtu:
+            description: MTU of both ends of the veth pair.
+            type: int
+            default: 1500
+      tunnel:
+        description: The encapsulated part of a link that crosses substrate hosts.
+        type: dict
+        suboptions:
+          kind:
+            description: Encapsulation. Only V(vxlan) is implemented.
+            type: str
+            choices: [vxlan]
+            default: vxlan
+          device:
+            description: Name of the tunnel device.
+            type: str
+            required: true
+          vni:
+            description: VXLAN network identifier.
+            type: int
+            required: true
+          local:
+            description: Local substrate address of the tunnel.
+            type: str
+            required: true
+          remote:
+            description: Substrate address of the other host (point-to-point, no learning).
+            type: str
+            required: true
+          dstport:
+            description: UDP destination port.
+            type: int
+            default: 4789
+      bandwidth_mbps:
+        description:
+          - Rate limit in Mbit/s, enforced with a C(tbf) root qdisc on each host-side
+            veth end. Left alone when not given.
+        type: float
   ports:
     description: The veth pairs that join virtual nodes on this host to the bridge.
     type: list
@@ -145,6 +234,17 @@ EXAMPLES = r"""
       local: 198.18.0.1
       remote: 198.18.0.2
     state: absent
+
+- name: Every link segment of this host in one run
+  vnet.infra.vnet_link:
+    links:
+      - link: l1
+        bridge: vb1a2b3c4d
+        ports:
+          - {netns: vn-lab-v1-r1, ifname: eth0, peer: vp5e6f7a8b, addresses: [198.19.0.1/30], mtu: 1500}
+          - {netns: vn-lab-v1-r2, ifname: eth0, peer: vp9c8d7e6f, addresses: [198.19.0.2/30], mtu: 1500}
+        bandwidth_mbps: 100
+    state: present
 """
 
 RETURN = r"""
@@ -158,16 +258,21 @@ commands:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vnet.infra.plugins.module_utils._iproute import (
+    HostState,
+    LinkWant,
     VnetError,
     link_view_have,
     link_view_want,
     link_want,
+    links_before_after,
+    links_left,
+    links_want,
     plan_link,
+    plan_links,
 )
-from ansible_collections.vnet.infra.plugins.module_utils._runner import Runner, read_host
+from ansible_collections.vnet.infra.plugins.module_utils._runner import Runner, read_state
 
-ARGUMENT_SPEC = dict(
-    bridge=dict(type="str", required=True),
+SEGMENT_OPTIONS = dict(
     ports=dict(
         type="list",
         elements="dict",
@@ -192,29 +297,58 @@ ARGUMENT_SPEC = dict(
         ),
     ),
     bandwidth_mbps=dict(type="float"),
-    state=dict(type="str", choices=["present", "absent"], default="present"),
 )
+ARGUMENT_SPEC = dict(
+    bridge=dict(type="str"),
+    links=dict(
+        type="list",
+        elements="dict",
+        options=dict(link=dict(type="str"), bridge=dict(type="str", required=True), **SEGMENT_OPTIONS),
+    ),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    **SEGMENT_OPTIONS,
+)
+MUTUALLY_EXCLUSIVE = [("bridge", "links"), ("links", "ports"), ("links", "tunnel"), ("links", "bandwidth_mbps")]
+REQUIRED_ONE_OF = [("bridge", "links")]
+
+
+def _read(runner: Runner, wants: tuple[LinkWant, ...]) -> HostState:
+    return read_state(
+        runner,
+        [name for want in wants for name in want.netns_names()],
+        links=True,
+        qdiscs=any(want.bandwidth_mbps is not None for want in wants),
+    )
 
 
 def run_module(module: AnsibleModule, runner: Runner) -> dict:
-    want = link_want(module.params)
-    have = read_host(runner, want)
-    commands = plan_link(want, have, check_missing_netns=not module.check_mode)
-    result = dict(
-        changed=bool(commands),
-        commands=commands,
-        diff=dict(before=link_view_have(want, have), after=link_view_want(want)),
-    )
+    params = module.params
+    single = params["links"] is None
+    wants = (link_want(params),) if single else links_want(params["links"], params["state"])
+    have = _read(runner, wants)
+    if single:
+        commands = plan_link(wants[0], have, check_missing_netns=not module.check_mode)
+        before, after = link_view_have(wants[0], have), link_view_want(wants[0])
+    else:
+        commands = plan_links(wants, have, check_missing_netns=not module.check_mode)
+        before, after = links_before_after(wants, have)
+    result = dict(changed=bool(commands), commands=commands, diff=dict(before=before, after=after))
     if commands and not module.check_mode:
         runner.apply(commands)
-        left = plan_link(want, read_host(runner, want))
+        left = links_left(wants, _read(runner, wants))
         if left:
-            raise VnetError("bridge %s did not converge; still to do: %s" % (want.bridge, left))
+            raise VnetError("%s did not converge; still to do: %s" % (
+                wants[0].what() if single else "link segments", "; ".join(left)), left=left)
     return result
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=ARGUMENT_SPEC,
+        mutually_exclusive=MUTUALLY_EXCLUSIVE,
+        required_one_of=REQUIRED_ONE_OF,
+        supports_check_mode=True,
+    )
     runner = Runner(module)
     try:
         result = run_module(module, runner)

@@ -300,3 +300,66 @@ def test_conflicting_object_fails_naming_it(substrate: Substrate, collections_pa
     assert not {sub.node(n) for n in "abc"} & netns_list()
     assert links_in(sub.hosts["h1"]) == {"lo", "sub0", "vbab", "vbabx"}
     assert links_in(sub.hosts["h2"]) == {"lo", "sub0"}
+
+
+SINGLE_OBJECT_PLAY = """
+- name: The single-object forms of the modules
+  hosts: h1
+  gather_facts: false
+  tasks:
+    - name: One node
+      vnet.infra.vnet_node:
+        name: "{{ node }}"
+        forwarding: false
+        state: "{{ state }}"
+      when: state == 'present'
+    - name: One link segment
+      vnet.infra.vnet_link:
+        bridge: vbsingle
+        ports:
+          - {netns: "{{ node }}", ifname: eth0, peer: vpsingle, addresses: [198.19.3.1/24]}
+        bandwidth_mbps: 20
+        state: "{{ state }}"
+    - name: The node again
+      vnet.infra.vnet_node:
+        name: "{{ node }}"
+        state: "{{ state }}"
+      when: state == 'absent'
+"""
+
+
+def test_single_object_forms(substrate: Substrate, collections_path: Path) -> None:
+    sub = substrate
+    play = sub.inventory.parent / "single.yml"
+    play.write_text(SINGLE_OBJECT_PLAY)
+    node = sub.node("s")
+
+    def run(state: str) -> int:
+        env = {
+            "PATH": f"{BINDIR}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "HOME": os.environ.get("HOME", "/root"),
+            "ANSIBLE_COLLECTIONS_PATH": str(collections_path),
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_LOCAL_TEMP": str(sub.inventory.parent / "tmp"),
+        }
+        argv = [str(BINDIR / "ansible-playbook"), "-i", str(sub.inventory), str(play)]
+        argv += ["-e", json.dumps({"node": node, "state": state})]
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, env=env, cwd=play.parent, timeout=120
+        )
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+        return int(RECAP.findall(proc.stdout)[0][2])
+
+    assert run("present") == 2
+    forwarding = sh("ip", "netns", "exec", node, "sysctl", "-n", "net.ipv4.ip_forward").stdout
+    assert forwarding.strip() == "0"
+    assert sh("ip", "-n", node, "-br", "address", "show", "eth0").stdout.split()[2] == (
+        "198.19.3.1/24"
+    )
+    assert "tbf" in sh("tc", "-n", sub.hosts["h1"], "qdisc", "show", "dev", "vpsingle").stdout
+    assert run("present") == 0
+    assert run("absent") == 2
+    assert node not in netns_list()
+    assert links_in(sub.hosts["h1"]) == {"lo", "sub0"}
+    assert run("absent") == 0

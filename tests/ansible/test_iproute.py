@@ -16,13 +16,23 @@ from ansible_collections.vnet.infra.plugins.module_utils._iproute import (
     link_view_have,
     link_view_want,
     link_want,
+    links_before_after,
+    links_left,
+    links_want,
     node_want,
+    nodes_before_after,
+    nodes_left,
+    nodes_want,
     parse_ifaces,
     parse_netns_list,
     parse_root_qdisc,
+    parse_root_qdiscs,
     plan_link,
+    plan_links,
     plan_node,
+    plan_nodes,
 )
+from ansible_collections.vnet.infra.plugins.module_utils._runner import Runner, batches
 
 # ---------------------------------------------------------------- nodes
 
@@ -441,3 +451,237 @@ def test_parse_netns_list_and_qdisc() -> None:
         "noqueue", None
     )
     assert parse_root_qdisc("") is None
+
+
+# ---------------------------------------------------------------- aggregates
+
+
+def test_nodes_aggregate_scheduled_and_idempotent() -> None:
+    wants = nodes_want(
+        [
+            {"vnode": "r1", "netns": "n1", "forwarding": True, "driver": "netns"},
+            {"vnode": "e1", "name": "n2", "forwarding": False},
+        ],
+        "present",
+    )
+    assert [w.label for w in wants] == ["r1", "e1"]
+    assert plan_nodes(wants, HostState()) == [
+        ["ip", "netns", "add", "n1"],
+        ["ip", "netns", "exec", "n1", "sysctl", "-w", "net.ipv4.ip_forward=1"],
+        ["ip", "netns", "add", "n2"],
+        ["ip", "netns", "exec", "n2", "sysctl", "-w", "net.ipv4.ip_forward=0"],
+        ["ip", "-n", "n1", "link", "set", "lo", "up"],
+        ["ip", "-n", "n2", "link", "set", "lo", "up"],
+    ]
+    lo = {"lo": Iface("lo", up=True)}
+    converged = HostState(netns={"n1": lo, "n2": lo}, forwarding={"n1": True, "n2": False})
+    assert plan_nodes(wants, converged) == []
+    assert nodes_left(wants, converged) == []
+    assert nodes_left(wants, HostState())[0].startswith("virtual node r1 (n1): ")
+    before, after = nodes_before_after(wants, HostState(netns={"n1": lo}, forwarding={"n1": True}))
+    assert before == {"n1": {"netns": True, "lo_up": True, "forwarding": True}}
+    assert after["n2"] == {"netns": True, "lo_up": True, "forwarding": False}
+
+
+def test_nodes_aggregate_absent() -> None:
+    wants = nodes_want([{"netns": "n1"}, {"netns": "n2"}], "absent")
+    have = HostState(netns={"n2": {}})
+    assert plan_nodes(wants, have) == [["ip", "netns", "delete", "n2"]]
+    assert nodes_before_after(wants, have) == ({"n2": {"netns": True}}, {})
+
+
+def test_nodes_aggregate_reports_every_error() -> None:
+    with pytest.raises(VnetError) as info:
+        nodes_want([{"netns": "n1", "driver": "qemu"}, {"netns": "n2"}, {"netns": "n2"}], "present")
+    assert info.value.details["errors"] == [
+        "virtual node n1: driver qemu is not supported",
+        "virtual node n2: namespace n2 is listed twice",
+    ]
+
+
+LOCAL = {
+    "link": "l2",
+    "bridge": "vb2",
+    "ports": [{"netns": "n1", "ifname": "eth1", "peer": "vp2", "addresses": [], "mtu": 1500}],
+    "tunnel": None,
+    "bandwidth_mbps": 10.0,
+}
+
+
+def test_links_aggregate_one_read_scheduled() -> None:
+    wants = links_want([{**PARAMS, "link": "l1"}, LOCAL], "present")
+    have = HostState(netns={"n1": {}})
+    assert plan_links(wants, have) == [
+        *[c for c in CREATE if c[1] != "-n"],
+        ["ip", "link", "add", "vb2", "type", "bridge"],
+        ["ip", "link", "set", "dev", "vb2", "up"],
+        [
+            "ip",
+            "link",
+            "add",
+            "vp2",
+            "mtu",
+            "1500",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth1",
+            "mtu",
+            "1500",
+            "netns",
+            "n1",
+        ],
+        ["ip", "link", "set", "dev", "vp2", "master", "vb2"],
+        ["ip", "link", "set", "dev", "vp2", "up"],
+        *[c for c in CREATE if c[1] == "-n"],
+        ["ip", "-n", "n1", "link", "set", "dev", "eth1", "up"],
+        [
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            "vp2",
+            "root",
+            "tbf",
+            "rate",
+            "10000kbit",
+            "burst",
+            "15000",
+            "latency",
+            "50ms",
+        ],
+    ]
+    assert plan_links(wants[:1], CONVERGED) == []
+    assert links_left(wants[:1], CONVERGED) == []
+    before, after = links_before_after(wants[:1], CONVERGED)
+    assert before == after == {"vb1": link_view_want(wants[0])}
+
+
+def test_links_aggregate_deletes_before_creating() -> None:
+    """A half pair is deleted in the first stage, before the host creates the pair."""
+    wants = links_want([{**PARAMS, "tunnel": None}], "present")
+    have = HostState(netns={"n1": {"eth0": Iface("eth0", kind="veth", ifindex=2, link_index=99)}})
+    commands = plan_links(wants, have)
+    assert commands[0] == ["ip", "-n", "n1", "link", "delete", "eth0"]
+    assert commands.index(["ip", "-n", "n1", "link", "delete", "eth0"]) < [
+        c[:4] for c in commands
+    ].index(["ip", "link", "add", "vp1"])
+
+
+def test_links_aggregate_reports_every_error_naming_the_link() -> None:
+    wants = links_want([{**PARAMS, "link": "l1"}, LOCAL], "present")
+    have = HostState(
+        links={"vb1": Iface("vb1", kind="veth"), "vp2": Iface("vp2", kind="dummy")},
+        netns={"n1": {}},
+    )
+    with pytest.raises(VnetError) as info:
+        plan_links(wants, have)
+    assert info.value.details["errors"] == [
+        "link l1 (bridge vb1): vb1 exists and is a veth, not a bridge: remove it",
+        "link l2 (bridge vb2): vp2 exists and is a dummy, not a veth: remove it",
+    ]
+
+
+def test_links_aggregate_names_must_not_be_shared() -> None:
+    clash = {**LOCAL, "ports": [{**LOCAL["ports"][0], "ifname": "eth0", "peer": "vx1"}]}
+    with pytest.raises(VnetError) as info:
+        links_want([{**PARAMS, "link": "l1"}, clash], "present")
+    assert info.value.details["errors"] == [
+        "link l1 (bridge vb1) and link l2 (bridge vb2) both use interface vx1",
+        "link l1 (bridge vb1) and link l2 (bridge vb2) both use interface eth0 in namespace n1",
+    ]
+
+
+def test_links_aggregate_absent() -> None:
+    wants = links_want([{**PARAMS, "link": "l1"}, LOCAL], "absent")
+    assert plan_links(wants, CONVERGED) == [
+        ["ip", "link", "delete", "vp1"],
+        ["ip", "link", "delete", "vx1"],
+        ["ip", "link", "delete", "vb1"],
+    ]
+    assert links_before_after(wants, HostState()) == ({}, {})
+
+
+def test_parse_root_qdiscs() -> None:
+    text = json.dumps(
+        [
+            {"kind": "noqueue", "handle": "0:", "dev": "lo", "root": True, "options": {}},
+            {"kind": "tbf", "dev": "vp1", "root": True, "options": {"rate": 1250000}},
+            {"kind": "pfifo", "dev": "vp1", "parent": "1:1", "options": {}},
+        ]
+    )
+    assert parse_root_qdiscs(text) == {"lo": Qdisc("noqueue"), "vp1": Qdisc("tbf", 1250000)}
+
+
+# ---------------------------------------------------------------- batching
+
+
+def test_batches_group_by_program_and_namespace() -> None:
+    commands = [
+        ["ip", "link", "add", "vb1", "type", "bridge"],
+        ["ip", "link", "set", "dev", "vb1", "up"],
+        ["ip", "-n", "n1", "address", "add", "198.18.10.1/24", "dev", "eth0"],
+        ["ip", "-n", "n1", "link", "set", "dev", "eth0", "up"],
+        ["ip", "-n", "n2", "link", "set", "dev", "eth0", "up"],
+        ["tc", "qdisc", "replace", "dev", "vp1", "root", "tbf"],
+        ["tc", "qdisc", "replace", "dev", "vp2", "root", "tbf"],
+        ["ip", "link", "set", "dev", "has space", "up"],
+    ]
+    assert batches(commands) == [
+        (["ip", "-batch", "-"], [c[1:] for c in commands[:2]], commands[:2]),
+        (["ip", "-n", "n1", "-batch", "-"], [c[3:] for c in commands[2:4]], commands[2:4]),
+        (commands[4], [], [commands[4]]),
+        (["tc", "-batch", "-"], [c[1:] for c in commands[5:7]], commands[5:7]),
+        (commands[7], [], [commands[7]]),
+    ]
+
+
+class FakeModule:
+    """run_command of an AnsibleModule: records argv and stdin, fails as told."""
+
+    def __init__(self, results: list[tuple[int, str, str]]) -> None:
+        self.results = results
+        self.calls: list[tuple[list[str], str | None]] = []
+
+    def get_bin_path(self, name: str, required: bool = False) -> str:
+        return name
+
+    def run_command(
+        self, argv: list[str], data: str | None = None, binary_data: bool = False
+    ) -> tuple:
+        self.calls.append((argv, data))
+        return self.results.pop(0)
+
+
+def test_runner_batch_failure_names_the_command() -> None:
+    commands = [
+        ["ip", "link", "add", "a", "type", "bridge"],
+        ["ip", "link", "add", "b", "type", "bridge"],
+    ]
+    module = FakeModule([(1, "", "RTNETLINK answers: File exists\nCommand failed -:2\n")])
+    runner = Runner(module)
+    with pytest.raises(VnetError) as info:
+        runner.apply(commands)
+    assert module.calls == [
+        (["ip", "-batch", "-"], "link add a type bridge\nlink add b type bridge\n")
+    ]
+    assert (
+        info.value.msg
+        == "command failed: ip link add b type bridge: RTNETLINK answers: File exists"
+    )
+    assert info.value.details["failed_command"] == commands[1]
+    assert runner.executed == commands[:1]
+
+
+def test_runner_batch_failure_without_line_names_the_batch() -> None:
+    commands = [
+        ["ip", "link", "add", "a", "type", "bridge"],
+        ["ip", "link", "set", "dev", "a", "up"],
+    ]
+    runner = Runner(FakeModule([(255, "", 'Error: argument "x" is wrong\n')]))
+    with pytest.raises(
+        VnetError, match="somewhere in: ip link add a type bridge; ip link set dev a up"
+    ):
+        runner.apply(commands)
+    assert runner.executed == []
