@@ -2,9 +2,9 @@
 
 The plan is produced by pure code (``vnetlib.plan.build``) from a spec and an
 embedding, and consumed by the Ansible collection: ``to_dict`` gives the exact
-structure that ``playbooks/deploy_vnet.yml`` receives as ``vnet_plan`` and loops
-over, one ``vnet.infra.vnet_node`` task per node and one ``vnet.infra.vnet_link``
-task per link segment. Field names here are the module parameters.
+structure that ``playbooks/deploy_vnet.yml`` receives as ``vnet_plan``; each host
+hands its ``nodes`` to one ``vnet.infra.vnet_node`` run and its ``links`` to one
+``vnet.infra.vnet_link`` run. Field names here are the module parameters.
 """
 
 from __future__ import annotations
