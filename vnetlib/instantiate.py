@@ -130,8 +130,10 @@ def instantiate(
             except DeployError as err:
                 if not check:
                     progress("deployment failed: rolling back")
-                    _rollback(plan, lab, err, progress)
-                    store.remove_vnet(vnet_id)
+                    if _rollback(plan, lab, err, progress):
+                        store.remove_vnet(vnet_id)
+                    else:  # kept, with its plan and tunnel ids, for `vnet down` to retry
+                        store.update_vnet(vnet_id, status="failed")
                 raise
         if not check:
             store.update_vnet(vnet_id, status="active", timings=timings.phases)
@@ -152,15 +154,21 @@ def _remove(
     )
 
 
-def _rollback(plan: DeploymentPlan, lab: str, cause: DeployError, progress: Progress) -> None:
-    """Remove what a failed deployment created; hosts that failed the
-    deployment may fail the removal too, which must not hide the cause."""
+def _rollback(plan: DeploymentPlan, lab: str, cause: DeployError, progress: Progress) -> bool:
+    """Remove what a failed deployment created; True when that worked
+    everywhere. Hosts that failed the deployment may fail the removal too,
+    which must not hide the cause."""
     try:
         _remove(plan, lab, progress)
     except DeployError as err:
         unreached = sorted({f.host for f in err.failures})
         progress(f"rollback could not reach {', '.join(unreached) or 'some hosts'}")
-        cause.add_note(f"rollback incomplete on: {', '.join(unreached)}")
+        cause.add_note(
+            f"rollback incomplete on: {', '.join(unreached)}; "
+            "the VNet is kept as failed: `vnet down` retries the removal"
+        )
+        return False
+    return True
 
 
 def destroy(ref: str, *, check: bool = False, progress: Progress = _quiet) -> VNetRecord:

@@ -14,6 +14,16 @@ def vnet_home() -> Path:
     return Path(os.environ.get("VNET_HOME", DEFAULT_HOME))
 
 
+def ensure_home() -> Path:
+    """Create the state directory, readable by root only: it holds the lab's
+    keys, the players' stores and the substrates' host names, none of which a
+    customer's command in a virtual node may read."""
+    home = vnet_home()
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
+    return home
+
+
 def lab_dir(lab: str) -> Path:
     """A lab's files: configuration, PKI, player configurations, logs, pids."""
     return vnet_home() / "labs" / lab

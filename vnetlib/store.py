@@ -32,6 +32,10 @@ from sqlalchemy import (
 from vnetlib.players import db
 
 VNI_MIN = 4096
+
+
+class VNetNotFound(LookupError):
+    """No VNet has that id or name (as opposed to several having the name)."""
 VNI_MAX = 2**24 - 1
 
 _metadata = MetaData()
@@ -154,7 +158,7 @@ class Store:
                 rows = list(conn.execute(select(vnets_table).where(vnets_table.c.name == ref)
                                          .order_by(vnets_table.c.created)))
         if not rows:
-            raise LookupError(f"no VNet with id or name {ref!r}")
+            raise VNetNotFound(f"no VNet with id or name {ref!r}")
         if len(rows) > 1:
             ids = ", ".join(r.id for r in rows)
             raise LookupError(f"several VNets are named {ref!r} ({ids}): give the id")

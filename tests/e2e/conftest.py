@@ -112,7 +112,11 @@ class Lab:
 def new_lab(vnet: Vnet, *args: str) -> Lab:
     """A lab with a unique name and management networks of its own."""
     name = "t" + secrets.token_hex(1) + secrets.choice("abcdefghij")
-    offset = 4 * (1 + secrets.randbelow(24))
+    root = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True,
+                          check=True).stdout
+    free = [k for k in range(4, 97, 4)
+            if not any(f" 198.18.{129 + k + i}." in root for i in range(4))]
+    offset = secrets.choice(free)  # management networks no other lab here uses
     vnet.run("lab", "up", "--name", name, "--mgmt-offset", str(offset), *args)
     return Lab(name)
 

@@ -98,7 +98,7 @@ def run_status(args: argparse.Namespace) -> int:
         for name, player in st.players.items():
             state = "running" if player["running"] else "STOPPED"
             print(f"  {player['role']:4s} {name:6s} {player['url']} {state}")
-    return 0 if st.running else 3
+    return 0 if st.running else 1
 
 
 def run_down(args: argparse.Namespace) -> int:

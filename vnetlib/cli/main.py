@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +24,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
     (PermissionError, 6, "permission"),
     (RemoteError, 7, "remote-error"),
     (ClientError, 8, "unreachable"),
+    (Exception, 9, "failed"),  # anything else: one line, not a traceback (VNET_DEBUG=1 for it)
 )
 
 
@@ -43,12 +45,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except tuple(e for e, _, _ in EXIT_CODES) as err:
+        if os.environ.get("VNET_DEBUG"):
+            raise
         code, kind = next((c, k) for e, c, k in EXIT_CODES if isinstance(err, e))
         if isinstance(err, RemoteError) and err.status == 404:
             code, kind = 5, "not-found"
+        message = "\n".join([str(err), *getattr(err, "__notes__", ())])
         if getattr(args, "json", False):
-            emit_json({"error": {"kind": kind, "message": str(err)}})
-        print(f"vnet: error: {err}", file=sys.stderr)
+            emit_json({"error": {"kind": kind, "message": message}})
+        print(f"vnet: error: {message}", file=sys.stderr)
         return code
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
+import sys
 from typing import Any
 
 from vnetlib import paths
 from vnetlib.cli import target
 from vnetlib.cli.output import emit_json, table
 from vnetlib.lab.players import service_provider
+from vnetlib.players.client import ClientError
 from vnetlib.players.messages import VNetView
 from vnetlib.store import Store, VNetRecord
 
@@ -54,8 +55,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     with Store(paths.state_db()) as store:
         found = [_local(r) for r in store.vnets()]
-    with contextlib.suppress(LookupError):  # a lab without players: local VNets only
+    try:
         found += [_remote(v, args.lab) for v in service_provider(args.lab).list()]
+    except LookupError:
+        pass  # a lab without players: local VNets only
+    except ClientError as err:
+        print(f"vnet: warning: the VNO of lab {args.lab} did not answer: {err}", file=sys.stderr)
     if args.json:
         emit_json(found)
     else:

@@ -7,14 +7,14 @@ from __future__ import annotations
 from vnetlib import paths
 from vnetlib.lab.players import service_provider
 from vnetlib.players.sp import ServiceProvider
-from vnetlib.store import Store, VNetRecord
+from vnetlib.store import Store, VNetNotFound, VNetRecord
 
 
 def local(ref: str) -> VNetRecord | None:
     with Store(paths.state_db()) as store:
         try:
             return store.find_vnet(ref)
-        except LookupError:
+        except VNetNotFound:
             return None
 
 

@@ -72,6 +72,7 @@ def load_substrate(lab: str) -> Substrate:
 
 def up(config: LabConfig) -> kernel.Changes:
     """Bring the lab up; a lab of the same name with another shape must go down first."""
+    paths.ensure_home()
     directory = paths.substrate_dir(config.name)
     existing = directory / CONFIG_FILE
     if existing.exists() and LabConfig.from_dict(json.loads(existing.read_text())) != config:

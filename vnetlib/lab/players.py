@@ -102,6 +102,23 @@ def _start(
     return f"process {cfg.name} ({cfg.role.value}) at {url}"
 
 
+def hand_out(ca: LabCA, target: Path, name: str, role: Role) -> Path:
+    """Give a player only its own key and certificate and the CA certificate,
+    not the CA's key: a player cannot issue certificates."""
+    creds = ca.issue(name, role)
+    target.mkdir(parents=True, exist_ok=True)
+    target.chmod(0o700)
+    for source, dest, mode in ((creds.cert_path, f"{name}.pem", 0o644),
+                               (creds.key_path, f"{name}.key", 0o600),
+                               (creds.ca_path, "ca.pem", 0o644)):
+        path = target / dest
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(source.read_bytes())
+        tmp.chmod(mode)
+        tmp.replace(path)
+    return target
+
+
 def start_players(spec: LabSpec, directory: Path) -> list[str]:
     for folder in ("players", "run", "log", "stores"):
         (directory / folder).mkdir(parents=True, exist_ok=True)
@@ -110,12 +127,11 @@ def start_players(spec: LabSpec, directory: Path) -> list[str]:
     created: list[str] = []
 
     def config(name: str, role: Role, **section: object) -> PlayerConfig:
-        ca.issue(name, role)
         return PlayerConfig(
             name=name,
             role=role,
             store=f"sqlite:///{directory / 'stores' / f'{name}.db'}",
-            pki=pki_dir(directory),
+            pki=hand_out(ca, directory / "credentials" / name, name, role),
             **section,  # type: ignore[arg-type]
         )
 

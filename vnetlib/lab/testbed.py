@@ -41,10 +41,10 @@ class LabSpec:
     players: bool = True
 
     def __post_init__(self) -> None:
-        if not LAB_NAME_RE.match(self.name):
+        if not LAB_NAME_RE.match(self.name) or re.search(r"p[0-9]+$", self.name):
             raise ValueError(
                 f"lab name {self.name!r} is invalid: use 1 to 4 lower-case letters or digits, "
-                "starting with a letter"
+                "starting with a letter and not ending in p and digits (substrate names)"
             )
         if not 1 <= self.pips <= len(PIP_LOCATIONS):
             raise ValueError(f"a lab has 1 to {len(PIP_LOCATIONS)} PIPs, not {self.pips}")
@@ -97,6 +97,7 @@ def load_spec(name: str) -> LabSpec:
 def up(spec: LabSpec) -> kernel.Changes:
     """Bring the lab up; idempotent. A lab of the same name with another shape
     must go down first."""
+    paths.ensure_home()
     directory = lab_dir(spec.name)
     saved = directory / LAB_FILE
     if saved.exists() and LabSpec(**json.loads(saved.read_text())) != spec:
@@ -119,8 +120,7 @@ def up(spec: LabSpec) -> kernel.Changes:
 
 def down(name: str) -> kernel.Changes:
     """Stop the lab's players, remove its substrates, exchange and files."""
-    if not LAB_NAME_RE.match(name):
-        raise ValueError(f"lab name {name!r} is invalid")
+    LabSpec(name=name)  # validates the name
     changes = kernel.Changes()
     directory = lab_dir(name)
     changes.removed += stop_players(directory)

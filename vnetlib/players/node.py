@@ -21,7 +21,14 @@ class PlayerService(Protocol):
 
 
 def credentials_for(config: PlayerConfig) -> Credentials:
-    """The player's certificate from the lab CA (issued if missing; reused if valid)."""
+    """The player's credentials: `pki` is either a directory holding only this
+    player's certificate, key and the CA certificate (`NAME.pem`, `NAME.key`,
+    `ca.pem`, as `vnet lab up` hands them out), or the lab CA itself, which
+    then issues them (if missing; reused if valid)."""
+    own = Credentials(config.pki / f"{config.name}.pem", config.pki / f"{config.name}.key",
+                      config.pki / "ca.pem")
+    if own.cert_path.exists() and own.key_path.exists() and own.ca_path.exists():
+        return own
     return LabCA.load(config.pki).issue(config.name, config.role)
 
 

@@ -16,7 +16,7 @@ import secrets
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -259,15 +259,23 @@ class PipService(Service):
         rec.data["expires"] = None
         self.store.save(rec.id, rec.data)
         self.store.allocate_vnis(rec.id, crossing_links(spec, rec.data["embedding"]["node_map"]))
-        plan = self._plan(rec)
+        try:
+            plan = self._plan(rec)
+        except PlanError as exc:
+            rec.data["status"] = "failed"
+            self.store.save(rec.id, rec.data)
+            raise UpstreamFailed(_failed(f"planning of sliver {rec.name}", exc)) from exc
+        # Recorded before deploying: whatever happens during the run (a crash, an
+        # unexpected error), Delete removes what may be on the hosts.
+        rec.data["deployed"] = True
+        self.store.save(rec.id, rec.data)
         try:
             self.deploy(plan, "present")
-        except (DeployError, PlanError) as exc:
+        except Exception as exc:
             self._undeploy(plan)
             rec.data["status"] = "failed"
             self.store.save(rec.id, rec.data)
             raise UpstreamFailed(_failed(f"deployment of sliver {rec.name}", exc)) from exc
-        rec.data["deployed"] = True
         if not refs:
             rec.data["status"] = "ready"
         self.store.save(rec.id, rec.data)
@@ -314,7 +322,7 @@ class PipService(Service):
         if not act.argv:
             raise Conflict("exec needs a command")
         timeout = min(act.timeout or EXEC_TIMEOUT, EXEC_TIMEOUT_MAX)
-        argv = ["ip", "netns", "exec", naming.vnode_netns(self.lab, rec.id, act.node), *act.argv]
+        argv = exec_argv(naming.vnode_netns(self.lab, rec.id, act.node), act.argv)
         try:
             done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired as exc:
@@ -417,3 +425,23 @@ class PipService(Service):
                 raise UpstreamFailed(_failed(f"deployment of link {link}", exc)) from exc
         return 200, m.stitch_xml(answer)
 
+
+# The nobody user of Debian; the command keeps the node's network namespace.
+UNPRIVILEGED = "65534"
+
+
+def exec_argv(netns: str, argv: Sequence[str]) -> list[str]:
+    """The command line of an out-of-VNet `exec` in a virtual node.
+
+    A netns node shares the PIP's file system and process table, so the
+    customer's command runs as an unprivileged user, without capabilities and
+    unable to gain any (no_new_privs: set-uid and file capabilities are
+    ignored): it sees the node's network, not the PIP's files, keys or hosts.
+    Unprivileged ICMP sockets are allowed in the node so that ping works.
+    """
+    return [
+        "ip", "netns", "exec", netns, "sh", "-c",
+        'sysctl -qw net.ipv4.ping_group_range="0 2147483647" && exec "$@"', "sh",
+        "setpriv", f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}", "--clear-groups",
+        "--no-new-privs", "--inh-caps=-all", "--", *argv,
+    ]

@@ -144,8 +144,10 @@ class VnpService(Service):
                       for s in a.sites}
             split = split_across_pips(spec, pip_adverts(candidates, spec))
             if isinstance(split, Rejection):
+                # The engine's reason names sites, i.e. providers: logged, not told.
+                log.info("%s: no split for %s: %s", self.name, order_id, split)
                 raise Failed("no provider can take the VNet: " + "; ".join(
-                    [*reasons, f"{split.reason} ({split.resource} at {split.where})"]))
+                    [*reasons, f"not enough {split.resource} where the VNet needs it"]))
             parts = partition(spec, split, order_id, prices)
             quotes: list[m.Quote] = []
             for part in parts:
@@ -296,6 +298,7 @@ class VnpService(Service):
             self.store.remove(rec.id)
             raise Conflict(f"VNet {spec.name} cannot be provided: {exc}") from exc
         except BaseException:
+            self.release(rec.data["parts"])  # an unexpected error must not leak slivers
             self.store.remove(rec.id)
             raise
         rec.data["status"] = "ready"
