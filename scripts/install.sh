@@ -47,6 +47,7 @@ fi
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
 .venv/bin/ansible-galaxy collection build --force --output-path "$build" . >/dev/null
-.venv/bin/ansible-galaxy collection install --force -p .venv/share/ansible/collections \
+ANSIBLE_COLLECTIONS_PATH=.venv/share/ansible/collections \
+    .venv/bin/ansible-galaxy collection install --force -p .venv/share/ansible/collections \
     "$build"/vnet-infra-*.tar.gz >/dev/null
 echo "vnet installed: $(.venv/bin/vnet --version); collection vnet.infra in .venv/share/ansible/collections"
