@@ -100,7 +100,7 @@ def instantiate(
         substrate = manage.load_substrate(lab)
     vnet_id = f"{spec.name}-{secrets.token_hex(3)}"
 
-    with Store(paths.state_db()) as store:
+    with Store(paths.state_db()) as store, manage.substrate_lock(lab):
         with timings.phase("embed"):
             progress(f"embedding {len(spec.nodes)} nodes and {len(spec.links)} links")
             embedding = embed_on_substrate(substrate, spec, vnet_id, _existing(store, lab))

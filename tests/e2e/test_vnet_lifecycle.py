@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import EXAMPLES, Lab, Vnet, links_in, netns_list, ping
+from tests.e2e.conftest import EXAMPLES, Lab, Vnet, links_in, netns_list, new_lab, ping
 from vnetlib.spec import load_vnet
 
 FIGURE6 = EXAMPLES / "figure6.xml"
@@ -150,3 +151,23 @@ def test_unknown_vnet_is_a_clear_error(vnet: Vnet, verb: list[str]) -> None:
     done = vnet.run(*verb, check=False)
     assert done.returncode == 5
     assert "no VNet with id or name 'nope'" in done.stderr
+
+
+def test_concurrent_ups_never_overcommit_the_substrate(vnet: Vnet) -> None:
+    """Three hosts of 2 CPUs hold one Figure 6 VNet (6 x 1 CPU), not two:
+    of two `vnet up` started together, exactly one is refused."""
+    lab = new_lab(vnet, "--pips", "1", "--no-players", "--cpu", "2")
+    try:
+        argv = [sys.executable, "-m", "vnetlib.cli.main", "up", str(FIGURE6),
+                "--substrate", lab.substrate]
+        runs = [subprocess.Popen(argv, env=vnet.env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        codes = sorted(run.wait(timeout=300) for run in runs)
+        for run in runs:
+            assert run.stdout is not None and run.stderr is not None
+            run.stdout.close()
+            run.stderr.close()
+        assert codes == [0, 3]
+        assert len([v for v in vnet.json("status") if v["lab"] == lab.substrate]) == 1
+    finally:
+        vnet.run("lab", "down", "--name", lab.name, check=False)

@@ -3,8 +3,11 @@ describe it (configuration, substrate description, Ansible inventory)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,6 +56,20 @@ def load_config(lab: str) -> LabConfig:
     if not path.exists():
         raise LabNotFound(f"lab {lab!r} is not up (no {path}); run `vnet lab up --name {lab}`")
     return LabConfig.from_dict(json.loads(path.read_text()))
+
+
+@contextmanager
+def substrate_lock(substrate: str) -> Iterator[None]:
+    """Held while a VNet is placed on `substrate`, so that two concurrent
+    instantiations never both take the same free capacity."""
+    path = paths.substrate_dir(substrate) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def set_manager(substrate: str, manager: str) -> None:

@@ -372,24 +372,37 @@ class PipService(Service):
             raise UpstreamFailed(_failed("deployment of the stitched links", exc)) from exc
 
     def _join(self, rec: Record, stitches: list[tuple[str, str, int, str]]) -> None:
-        """Record stitched links (ref, link, VNI, remote address) and deploy their
-        local segments on the hosts that hold them."""
-        with self._lock:
-            fresh = self.store.get(rec.id)
-            data = (fresh or rec).data
-            for ref, link, vni, remote in stitches:
-                data["stitches"][ref] = {"link": link, "vni": vni, "remote": remote}
-            if len(data["stitches"]) == len(data["peers"]):
-                data["status"] = "ready"
-            self.store.save(rec.id, data)
-            rec.data.update(data)
+        """Record stitched links (ref, link, VNI, remote address), deploy their
+        local segments on the hosts that hold them, then mark them joined.
+
+        Recorded before deploying, so that Delete removes a segment whose
+        deployment failed half-way; joined (and the sliver ready) only after
+        the deployment succeeded, so a repeated proposal deploys again."""
+        self._record_stitches(rec, stitches, joined=False)
         if not stitches:
             return
+        data = rec.data
         nodes = {b.id: b.endpoint.node for b in parse_vnet(data["spec"].encode()).boundary}
         hosts = {data["embedding"]["node_map"][nodes[link]] for _, link, _, _ in stitches}
         plan = self._plan(rec)
         plan["hosts"] = {h: p for h, p in plan["hosts"].items() if h in hosts}
         self.deploy(plan, "present")
+        self._record_stitches(rec, stitches, joined=True)
+
+    def _record_stitches(
+        self, rec: Record, stitches: list[tuple[str, str, int, str]], *, joined: bool
+    ) -> None:
+        with self._lock:
+            fresh = self.store.get(rec.id)
+            data = (fresh or rec).data
+            for ref, link, vni, remote in stitches:
+                data["stitches"][ref] = {"link": link, "vni": vni, "remote": remote,
+                                         "joined": joined}
+            all_joined = all(s.get("joined", True) for s in data["stitches"].values())
+            if len(data["stitches"]) == len(data["peers"]) and all_joined:
+                data["status"] = "ready"
+            self.store.save(rec.id, data)
+            rec.data.update(data)
 
     def stitch(self, caller: Identity, params: Mapping[str, str],
                body: bytes) -> tuple[int, bytes]:
@@ -408,6 +421,13 @@ class PipService(Service):
         link, local = self._endpoint(rec, proposal.ref, "responder")
         done = rec.data["stitches"].get(proposal.ref)
         if done is not None and done["vni"] == proposal.vni:
+            if not done.get("joined", True):  # agreed before, but its deployment failed
+                initiator = proposal.endpoint("initiator")
+                assert initiator is not None
+                try:
+                    self._join(rec, [(proposal.ref, link, proposal.vni, initiator.address)])
+                except (DeployError, PlanError) as exc:
+                    raise UpstreamFailed(_failed(f"deployment of link {link}", exc)) from exc
             return 200, m.stitch_xml(respond(proposal, True, proposal.vni, local))
         free = self.store.claim_vni(rec.id, link, proposal.vni)
         alternative = proposal.vni
