@@ -429,11 +429,16 @@ class VnpService(Service):
 
     def renew(self, caller: Identity, params: Mapping[str, str],
               body: bytes) -> tuple[int, bytes]:
-        seconds = m.renew_from(m.read(body, "renew"))
+        # Capped like a PIP caps it, so this VNP never believes in a reservation
+        # that has already expired upstream.
+        seconds = min(m.renew_from(m.read(body, "renew")), self.config.vnp.reservation_seconds)
         rec = self._sliver(caller, params["name"])
         for entry in rec.data["parts"]:
-            self._client(self.upstreams[entry["provider"]]).post(
-                f"/v1/slivers/{entry['sliver']}/renew", m.renew_xml(seconds))
+            try:
+                self._client(self.upstreams[entry["provider"]]).post(
+                    f"/v1/slivers/{entry['sliver']}/renew", m.renew_xml(seconds))
+            except ClientError as exc:
+                raise UpstreamFailed(f"renewal failed at a provider: {_why(exc)}") from exc
         rec.data["expires"] = time.time() + seconds
         self.store.save(rec.id, rec.data)
         return 200, m.manifest_xml(self._manifest(rec))
