@@ -32,11 +32,12 @@ from sqlalchemy import (
 from vnetlib.players import db
 
 VNI_MIN = 4096
+VNI_MAX = 2**24 - 1
 
 
 class VNetNotFound(LookupError):
     """No VNet has that id or name (as opposed to several having the name)."""
-VNI_MAX = 2**24 - 1
+
 
 _metadata = MetaData()
 vnets_table = Table(
