@@ -26,10 +26,11 @@ from vnetlib.lab import manage
 from vnetlib.placement import EmbeddingRejected, embed_on_substrate, residual_substrate
 from vnetlib.plan.build import PlanError, build_plan, crossing_links
 from vnetlib.players import messages as m
+from vnetlib.players.aggregate import add_aggregate_routes
 from vnetlib.players.client import ClientError, PlayerClient
 from vnetlib.players.config import PlayerConfig
 from vnetlib.players.negotiation import advertise, decide_quote, price_of
-from vnetlib.players.pki import Credentials, Identity, Role
+from vnetlib.players.pki import Credentials, Identity
 from vnetlib.players.server import (
     Conflict,
     Forbidden,
@@ -105,19 +106,12 @@ class PipService(Service):
                              config.faults.stall_seconds)
         self.closing = threading.Event()
         self._lock = threading.RLock()
-        vnp = {Role.VNP}
         self.add_route("GET", "/v1/version", self.version)
-        self.add_route("GET", "/v1/advertisement", self.advertisement, roles=vnp)
-        self.add_route("POST", "/v1/quotes", self.quote, roles=vnp)
-        self.add_route("GET", "/v1/slivers", self.list_slivers, roles=vnp)
-        self.add_route("PUT", "/v1/slivers/{name}", self.allocate, roles=vnp)
-        self.add_route("GET", "/v1/slivers/{name}", self.describe, roles=vnp)
-        self.add_route("GET", "/v1/slivers/{name}/status", self.describe, roles=vnp)
-        self.add_route("POST", "/v1/slivers/{name}/provision", self.provision, roles=vnp)
-        self.add_route("POST", "/v1/slivers/{name}/renew", self.renew, roles=vnp)
-        self.add_route("POST", "/v1/slivers/{name}/action", self.action, roles=vnp)
-        self.add_route("DELETE", "/v1/slivers/{name}", self.delete, roles=vnp)
-        self.add_route("POST", "/v1/stitch", self.stitch, roles={Role.PIP, Role.VNP})
+        add_aggregate_routes(
+            self, advertisement=self.advertisement, quote=self.quote,
+            list_slivers=self.list_slivers, allocate=self.allocate, describe=self.describe,
+            provision=self.provision, renew=self.renew, action=self.action,
+            delete=self.delete, stitch=self.stitch)
 
     def close(self) -> None:
         self.closing.set()

@@ -24,6 +24,7 @@ from vnetlib.embedding.multipip import split_across_pips
 from vnetlib.embedding.result import Rejection
 from vnetlib.naming import short_hash
 from vnetlib.players import messages as m
+from vnetlib.players.aggregate import add_aggregate_routes
 from vnetlib.players.client import ClientError, PlayerClient, RemoteError, TransportError
 from vnetlib.players.config import PlayerConfig, Upstream
 from vnetlib.players.negotiation import (
@@ -79,7 +80,7 @@ class VnpService(Service):
         self.upstreams = {u.name: u for u in config.vnp.upstreams}
         self.url = ""  # this node's own URL, set once it listens (peers relay through it)
         self._lock = threading.Lock()
-        vno, vnp = {Role.VNO}, {Role.VNP}
+        vno = {Role.VNO}
         self.add_route("GET", "/v1/version", self.version)
         # Interface 1: VNOs
         self.add_route("POST", "/v1/vnets", self.create_vnet, roles=vno)
@@ -88,17 +89,11 @@ class VnpService(Service):
         self.add_route("DELETE", "/v1/vnets/{id}", self.delete_vnet, roles=vno)
         self.add_route("POST", "/v1/vnets/{id}/action", self.vnet_action, roles=vno)
         # Interfaces 2-4 as a PIP towards another VNP
-        self.add_route("GET", "/v1/advertisement", self.advertisement, roles=vnp)
-        self.add_route("POST", "/v1/quotes", self.quote, roles=vnp)
-        self.add_route("GET", "/v1/slivers", self.list_slivers, roles=vnp)
-        self.add_route("PUT", "/v1/slivers/{name}", self.allocate, roles=vnp)
-        self.add_route("GET", "/v1/slivers/{name}", self.describe, roles=vnp)
-        self.add_route("GET", "/v1/slivers/{name}/status", self.describe, roles=vnp)
-        self.add_route("POST", "/v1/slivers/{name}/provision", self.provision, roles=vnp)
-        self.add_route("POST", "/v1/slivers/{name}/renew", self.renew, roles=vnp)
-        self.add_route("POST", "/v1/slivers/{name}/action", self.sliver_action, roles=vnp)
-        self.add_route("DELETE", "/v1/slivers/{name}", self.delete_sliver, roles=vnp)
-        self.add_route("POST", "/v1/stitch", self.stitch, roles={Role.PIP, Role.VNP})
+        add_aggregate_routes(
+            self, advertisement=self.advertisement, quote=self.quote,
+            list_slivers=self.list_slivers, allocate=self.allocate, describe=self.describe,
+            provision=self.provision, renew=self.renew, action=self.sliver_action,
+            delete=self.delete_sliver, stitch=self.stitch)
 
     def close(self) -> None:
         self.store.close()
