@@ -87,6 +87,12 @@ class Credentials:
         ctx.load_cert_chain(str(self.cert_path), str(self.key_path))
         return ctx
 
+    def peer_identity(self, der: bytes) -> Identity:
+        """The identity of a peer whose certificate passed the TLS handshake;
+        PkiError if it does not name a player (servers call this on every
+        connection, so revocation checks belong here too)."""
+        return identity_of(der)
+
     def client_context(self) -> ssl.SSLContext:
         """TLS context for calling a management node: presents this player's
         certificate and checks the server's against the lab CA and host name."""
