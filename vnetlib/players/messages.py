@@ -21,12 +21,14 @@ from lxml import etree
 from vnetlib.players.server import BadRequest, Unprocessable, parse_xml, validate
 from vnetlib.spec.build import vnet_from
 from vnetlib.spec.checks import check_vnet
+from vnetlib.spec.errors import more_errors
 from vnetlib.spec.model import RDL_NAMESPACE, VNetSpec
 from vnetlib.spec.serialize import dump_vnet, number
 
 NS = RDL_NAMESPACE
 API_SCHEMA_FILE = "vnet-api-1.xsd"
 STITCH_VERSION = "1"
+MAX_LISTED = 10  # errors described in one refusal; the others are counted
 # Characters XML 1.0 cannot carry; command output is sanitized before it travels.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
@@ -109,10 +111,12 @@ def vnet_of(el: Element, source: str = "request") -> VNetSpec:
     vnet = el if etree.QName(el).localname == "vnet" else el.find(_q("vnet"))
     if vnet is None:
         raise Unprocessable(f"line {el.sourceline}: a <vnet> description is required")
-    errors = check_vnet(vnet, source)
-    if errors:
-        raise Unprocessable("invalid VNet description: " + "; ".join(
-            f"line {e.line}, element {e.element}: {e.message}" for e in errors[:10]))
+    found = check_vnet(vnet, source, limit=MAX_LISTED)
+    if found.errors:
+        listed = [f"line {e.line}, element {e.element}: {e.message}" for e in found.errors]
+        if found.omitted:
+            listed.append(more_errors(found.omitted))
+        raise Unprocessable("invalid VNet description: " + "; ".join(listed))
     return vnet_from(vnet, source)
 
 

@@ -3,17 +3,24 @@
 The checks run on the schema-valid element tree rather than on the model, so
 every error can name the exact element and line (an address, an endpoint, a
 console) that the model does not keep.
+
+Every rule is linear in the size of the document (sets and dicts, no scans
+of all elements per element), because documents come from other players:
+a 1 MiB body (the servers' limit) is judged in well under a second. Errors
+beyond :data:`~vnetlib.spec.errors.MAX_REPORTED` are counted, not described,
+and "did you mean" hints share a bounded budget of comparisons.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
 
 import netaddr
 from lxml import etree
 
-from vnetlib.spec.errors import SpecError
+from vnetlib.spec.errors import MAX_REPORTED, SpecError
 from vnetlib.spec.model import RDL_NAMESPACE, ConsoleKind, NodeKind
 
 Element = etree._Element
@@ -59,20 +66,70 @@ def element_path(el: Element) -> str:
     return "/" + "/".join(reversed(steps))
 
 
+Text = str | Callable[[], str]
+"""A message or hint, or a function that makes it: only called for errors
+that are reported in full."""
+
+SUGGESTION_BUDGET = 50_000
+"""Name comparisons that "did you mean" hints may make per document (about
+0.2 s); past it an unknown name gets the generic hint."""
+
+
+@dataclass(frozen=True, slots=True)
+class Findings:
+    """The errors of the semantic phase: the first ones in full, the rest counted."""
+
+    errors: tuple[SpecError, ...]
+    omitted: int = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.errors) + self.omitted
+
+
 class Collector:
-    """Accumulates the errors of one document."""
+    """Accumulates the errors of one document: the first `limit` in full (their
+    element paths and lazy texts computed), the rest only counted."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, limit: int = MAX_REPORTED) -> None:
         self.file = file
+        self.limit = limit
         self.errors: list[SpecError] = []
+        self.omitted = 0
+        self._budget = SUGGESTION_BUDGET
 
-    def add(self, el: Element, message: str, hint: str | None = None) -> None:
-        self.errors.append(SpecError(self.file, line_of(el), element_path(el), message, hint))
+    def add(self, el: Element, message: Text, hint: Text | None = None) -> None:
+        if len(self.errors) >= self.limit:
+            self.omitted += 1
+            return
+        self.errors.append(
+            SpecError(self.file, line_of(el), element_path(el), _text(message),
+                      None if hint is None else _text(hint))
+        )
+
+    def findings(self) -> Findings:
+        return Findings(tuple(self.errors), self.omitted)
+
+    def did_you_mean(self, word: str, known: Collection[str]) -> str | None:
+        """The closest known name, while the document's comparison budget lasts."""
+        if len(known) > self._budget:
+            return None
+        self._budget -= len(known)
+        return _did_you_mean(word, known)
+
+
+def _text(text: Text) -> str:
+    return text if isinstance(text, str) else text()
 
 
 def _did_you_mean(word: str, known: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(word, list(known), n=1)
     return f"did you mean {close[0]!r}?" if close else None
+
+
+def _suggest(out: Collector, word: str, known: Collection[str], otherwise: str) -> Text:
+    """A hint for an unknown name, made only if the error is reported in full."""
+    return lambda: out.did_you_mean(word, known) or otherwise
 
 
 def _unique(out: Collector, elements: Iterable[Element], attr: str, what: str) -> None:
@@ -89,11 +146,34 @@ def _unique(out: Collector, elements: Iterable[Element], attr: str, what: str) -
             seen[value] = el
 
 
+# ------------------------------------------------------------------ structure
+
+MAX_CHILDREN = 10_000
+"""Child elements one element may have. libxml2 names each schema error by a
+path whose sibling positions it counts from the first sibling, so schema
+errors among n siblings cost O(n) each: 36,000 invalid nodes take 2.5 s. No
+VNet or substrate comes near this many nodes or links."""
+
+
+def check_structure(root: Element, file: str, limit: int = MAX_REPORTED) -> Findings:
+    """Elements with more than :data:`MAX_CHILDREN` children (run before the schema)."""
+    out = Collector(file, limit)
+    for el in root.iter():
+        count = len(el)
+        if count > MAX_CHILDREN:
+            out.add(
+                el,
+                f"<{local(el)}> has {count:,} child elements, more than {MAX_CHILDREN:,}",
+                "split the description; no VNet or substrate needs this many elements",
+            )
+    return out.findings()
+
+
 # ----------------------------------------------------------------- VNet rules
 
 
-def check_vnet(root: Element, file: str) -> list[SpecError]:
-    out = Collector(file)
+def check_vnet(root: Element, file: str, limit: int = MAX_REPORTED) -> Findings:
+    out = Collector(file, limit)
     nodes = children(root, "node")
     links = children(root, "link")
     boundary = children(root, "boundary-link")
@@ -119,7 +199,7 @@ def check_vnet(root: Element, file: str) -> list[SpecError]:
         for end in children(link, "endpoint"):
             _check_endpoint(out, end, kinds, used_ifaces)
     _check_addresses(out, links)
-    return out.errors
+    return out.findings()
 
 
 def _check_consoles(out: Collector, node: Element, kind: NodeKind) -> None:
@@ -141,17 +221,20 @@ def _check_consoles(out: Collector, node: Element, kind: NodeKind) -> None:
 
 def _check_locations(out: Collector, root: Element, nodes: list[Element]) -> None:
     allowed = [
-        loc.text or "" for c in children(root, "constraints") for loc in children(c, "location")
+        (loc.text or "").strip()
+        for c in children(root, "constraints")
+        for loc in children(c, "location")
     ]
     if not allowed:
         return
+    known = set(allowed)
     for node in nodes:
         where = node.get("location")
-        if where is not None and where not in allowed:
+        if where is not None and where not in known:
             out.add(
                 node,
                 f"location {where!r} is not among the allowed locations",
-                f"use one of: {', '.join(allowed)}; or extend <constraints>",
+                lambda: f"use one of: {', '.join(allowed)}; or extend <constraints>",
             )
 
 
@@ -166,14 +249,14 @@ def _check_endpoint(
         out.add(
             end,
             f"endpoint refers to unknown node {node!r}",
-            _did_you_mean(node, kinds) or "declare the node with <node id=...>",
+            _suggest(out, node, kinds, "declare the node with <node id=...>"),
         )
         return
     first = used.get((node, iface))
     if first is not None:
         out.add(
             end,
-            f"interface {iface!r} of node {node!r} is already used at line "
+            lambda: f"interface {iface!r} of node {node!r} is already used at line "
             f"{line_of(first)} ({element_path(first)})",
             "give each of a node's links its own interface name",
         )
@@ -210,11 +293,13 @@ def _check_addresses(out: Collector, links: list[Element]) -> None:
     for link in links:
         first, second = (list(_interfaces(out, end)) for end in children(link, "endpoint"))
         _check_same_subnet(out, first, second)
+        in_first = {id(e) for e, _ in first}
+        in_second = {id(e) for e, _ in second}
         for el, net in first + second:
             earlier = seen.setdefault(net.ip, el)
             if earlier is el:
                 continue
-            if any(e is earlier for e, _ in first) and any(e is el for e, _ in second):
+            if id(earlier) in in_first and id(el) in in_second:
                 out.add(
                     el,
                     f"both ends of the link have address {net.ip}",
@@ -223,10 +308,15 @@ def _check_addresses(out: Collector, links: list[Element]) -> None:
             else:
                 out.add(
                     el,
-                    f"address {net.ip} is already used at line {line_of(earlier)} "
-                    f"({element_path(earlier)})",
+                    _already_used(net.ip, earlier),
                     "every address of a VNet must be unique",
                 )
+
+
+def _already_used(ip: netaddr.IPAddress, earlier: Element) -> Callable[[], str]:
+    return lambda: (
+        f"address {ip} is already used at line {line_of(earlier)} ({element_path(earlier)})"
+    )
 
 
 def _check_same_subnet(
@@ -238,26 +328,42 @@ def _check_same_subnet(
     other end; a one-to-one mismatch is reported once, at the second end."""
     reported: set[int] = set()
     for this, other in ((second, first), (first, second)):
+        subnets: dict[int, set[netaddr.IPNetwork]] = {}
+        for _, n in other:
+            subnets.setdefault(n.version, set()).add(n.cidr)
         for el, net in this:
-            peers = [n for _, n in other if n.version == net.version]
-            if not peers or (net.version in reported and this is first):
+            if net.version not in subnets or (net.version in reported and this is first):
                 continue
-            if all(p.cidr != net.cidr for p in peers):
-                listed = ", ".join(f"{p} (in {p.cidr})" for p in peers)
+            if net.cidr not in subnets[net.version]:
                 out.add(
                     el,
-                    f"{net} is in {net.cidr}, not in the subnet of the other end: {listed}",
+                    _not_in_subnet(net, other),
                     "both ends of a link need addresses in the same subnet",
                 )
                 if this is second:
                     reported.add(net.version)
 
 
+LISTED_PEERS = 4  # addresses of the other end named in a subnet mismatch
+
+
+def _not_in_subnet(
+    net: netaddr.IPNetwork, other: list[tuple[Element, netaddr.IPNetwork]]
+) -> Callable[[], str]:
+    def message() -> str:
+        peers = [p for _, p in other if p.version == net.version]
+        listed = ", ".join(f"{p} (in {p.cidr})" for p in peers[:LISTED_PEERS])
+        if len(peers) > LISTED_PEERS:
+            listed += f" and {len(peers) - LISTED_PEERS:,} more"
+        return f"{net} is in {net.cidr}, not in the subnet of the other end: {listed}"
+    return message
+
+
 # ------------------------------------------------------------ substrate rules
 
 
-def check_substrate(root: Element, file: str) -> list[SpecError]:
-    out = Collector(file)
+def check_substrate(root: Element, file: str, limit: int = MAX_REPORTED) -> Findings:
+    out = Collector(file, limit)
     hosts = children(root, "host")
     switches = children(root, "switch")
     named = [c for c in root if isinstance(c.tag, str) and local(c) in ("host", "switch")]
@@ -272,7 +378,7 @@ def check_substrate(root: Element, file: str) -> list[SpecError]:
                 out.add(
                     port,
                     f"switch port refers to unknown host {target!r}",
-                    _did_you_mean(target, host_names) or "declare it with <host name=...>",
+                    _suggest(out, target, host_names, "declare it with <host name=...>"),
                 )
     for link in children(root, "link"):
         a, b = link.get("a", ""), link.get("b", "")
@@ -281,7 +387,7 @@ def check_substrate(root: Element, file: str) -> list[SpecError]:
                 out.add(
                     link,
                     f"link end {end!r} is neither a host nor the switch",
-                    _did_you_mean(end, ends) or "declare it with <host> or <switch>",
+                    _suggest(out, end, ends, "declare it with <host> or <switch>"),
                 )
         if a == b:
             out.add(link, f"link connects {a!r} to itself", "a link joins two different ends")
@@ -295,7 +401,7 @@ def check_substrate(root: Element, file: str) -> list[SpecError]:
     }
     _check_overlap(out, root, networks)
     _check_host_addresses(out, hosts, networks)
-    return out.errors
+    return out.findings()
 
 
 def _unique_text(out: Collector, elements: list[Element], what: str) -> None:

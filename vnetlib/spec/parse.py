@@ -4,7 +4,8 @@ Reading runs three phases and stops at the first that finds errors, reporting
 all of that phase's errors together (:class:`SpecErrors`):
 
 1. XML syntax: lxml without network access, DTDs or entity expansion;
-2. the XML schema ``schema/vnet-rdl-1.xsd`` (loaded once);
+2. the document's shape (at most ``MAX_CHILDREN`` children per element), then
+   the XML schema ``schema/vnet-rdl-1.xsd`` (loaded once);
 3. the semantic rules of :mod:`vnetlib.spec.checks`.
 """
 
@@ -22,19 +23,21 @@ from lxml import etree
 from vnetlib.spec.build import substrate_from, vnet_from
 from vnetlib.spec.checks import (
     Element,
+    Findings,
+    check_structure,
     check_substrate,
     check_vnet,
     element_path,
     line_of,
     local,
 )
-from vnetlib.spec.errors import SpecError, SpecErrors
+from vnetlib.spec.errors import MAX_REPORTED, SpecError, SpecErrors
 from vnetlib.spec.model import RDL_NAMESPACE, Substrate, VNetSpec
 
 SCHEMA_FILE = "vnet-rdl-1.xsd"
 ROOTS = ("vnet", "substrate")
 
-_Checker = Callable[[Element, str], list[SpecError]]
+_Checker = Callable[[Element, str], Findings]
 _CHECKS: dict[str, _Checker] = {"vnet": check_vnet, "substrate": check_substrate}
 
 
@@ -103,10 +106,13 @@ def _read(path: str | os.PathLike[str]) -> bytes:
 def _document(data: str | bytes, source: str, expected: str | None) -> Element:
     root = _syntax(data, source)
     _root_kind(root, source, expected)
+    shape = check_structure(root, source)
+    if shape.errors:
+        raise SpecErrors(shape.errors, shape.omitted)
     _schema_valid(root, source)
-    errors = _CHECKS[local(root)](root, source)
-    if errors:
-        raise SpecErrors(errors)
+    found = _CHECKS[local(root)](root, source)
+    if found.errors:
+        raise SpecErrors(found.errors, found.omitted)
     return root
 
 
@@ -203,7 +209,13 @@ def _schema_valid(root: Element, source: str) -> None:
     validator = schema()
     if validator.validate(root.getroottree()):
         return
-    raise SpecErrors(_schema_error(root, source, e) for e in _entries(validator.error_log))
+    # A document can break the schema hundreds of thousands of times; each
+    # described error costs an XPath lookup, so only the first ones are described.
+    entries = list(_entries(validator.error_log))
+    raise SpecErrors(
+        (_schema_error(root, source, e) for e in entries[:MAX_REPORTED]),
+        max(0, len(entries) - MAX_REPORTED),
+    )
 
 
 def _schema_error(root: Element, source: str, entry: etree._LogEntry) -> SpecError:
