@@ -2,13 +2,14 @@
 
 `Service` is the pure part: a route table and `dispatch`, which turns
 (method, path, caller, body) into a response and every failure into an XML
-error document. `ServiceServer` is the transport: a ThreadingHTTPServer on
-127.0.0.1 whose sockets are TLS with a client certificate required, which
-reads the caller's identity off the certificate, bounds request bodies and
-every wait, and hands the rest to the service.
-
-The TLS handshake runs in the connection's own thread, under its timeout, so
-a client that connects and says nothing cannot stall the accept loop.
+error document. `ServiceServer` (in `vnetlib.players.transport`, re-exported
+here) is the transport: an asyncio loop in one background thread with
+aiohttp's HTTP/1.1 parser, TLS with a client certificate required, the
+caller's identity from `Credentials.peer_identity` on every request, and
+handlers run in a bounded thread pool. It bounds the number of connections
+(idle ones are evicted first), the TLS handshake, the time to send headers
+and body, the body's size, and the wait for a free worker (503); an open
+connection costs no thread, and stop() does not wait for idle ones.
 """
 
 from __future__ import annotations
@@ -16,22 +17,13 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import signal
-import socket
-import socketserver
-import ssl
-import sys
-import threading
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
 from typing import Any, ClassVar, cast
-from urllib.parse import urlsplit
 
 from lxml import etree
 
-from vnetlib.players.pki import Credentials, Identity, PkiError, Role, identity_of
+from vnetlib.players.pki import Identity, Role
 
 log = logging.getLogger(__name__)
 
@@ -299,235 +291,6 @@ class Service:
 
 # -- transport ------------------------------------------------------------------------
 
-
-class _RequestHandler(BaseHTTPRequestHandler):
-    server: _TLSServer
-    protocol_version = "HTTP/1.1"
-    server_version = "vnet"
-    sys_version = ""
-    _unread: int = 0  # bytes of the request body not read yet
-
-    def setup(self) -> None:
-        # StreamRequestHandler.timeout stays None, so this bound holds throughout.
-        self.request.settimeout(self.server.request_timeout)
-        self.request.do_handshake()
-        super().setup()
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
-
-    def send_error(self, code: int, message: str | None = None,
-                   explain: str | None = None) -> None:
-        """http.server's own errors (bad request line, 501...) as XML too."""
-        self.close_connection = True
-        text = message or self.responses.get(code, ("error",))[0]
-        self._respond(Outcome(code, error_document(f"http-{code}", text)))
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s: " + format, self.client_address[0], *args)
-
-    def _serve(self, method: str) -> None:
-        self.close_connection = True  # one request per connection keeps the bounds simple
-        self._unread = 0
-        try:
-            identity = self._identity()
-            path = self._path()
-            body = self._body()
-        except ApiError as exc:
-            self._drain()
-            self._respond(Outcome(exc.status, error_document(exc.code, exc.message)))
-            return
-        outcome = self.server.service.dispatch(method, path, identity, body)
-        log.info("%s %s %s -> %d", identity, method, path, outcome.status)
-        self._respond(outcome)
-
-    def _identity(self) -> Identity:
-        der = self.connection.getpeercert(binary_form=True)
-        if not der:
-            raise Unauthenticated("a client certificate from the lab CA is required")
-        try:
-            return identity_of(der)
-        except PkiError as exc:
-            raise Unauthenticated(f"client certificate does not name a player: {exc}") from exc
-
-    def _path(self) -> str:
-        parts = urlsplit(self.path)
-        if parts.query or parts.fragment:
-            raise BadRequest("query strings are not part of this API")
-        if not parts.path.startswith("/"):
-            raise BadRequest(f"bad request target {self.path!r}")
-        return parts.path
-
-    def _body(self) -> bytes:
-        if "Transfer-Encoding" in self.headers:
-            raise LengthRequired("chunked bodies are not accepted; send Content-Length")
-        raw = self.headers.get("Content-Length", "0")
-        if not raw.isdigit():
-            raise BadRequest(f"bad Content-Length {raw!r}")
-        length = self._unread = int(raw)
-        limit = self.server.max_body
-        if length > limit:
-            raise PayloadTooLarge(f"body of {length} bytes exceeds the limit of {limit}")
-        if length == 0:
-            return b""
-        ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if ctype not in XML_MEDIA_TYPES:
-            raise UnsupportedMediaType(f"Content-Type {ctype or 'none'!r}: send application/xml")
-        body = self.rfile.read(length)
-        self._unread = 0
-        if len(body) != length:
-            raise BadRequest(f"body ended after {len(body)} of {length} bytes")
-        return body
-
-    def _drain(self) -> None:
-        if not 0 < self._unread <= DRAIN_LIMIT:
-            return
-        try:
-            while self._unread > 0:
-                chunk = self.rfile.read(min(self._unread, 1 << 16))
-                if not chunk:
-                    break
-                self._unread -= len(chunk)
-        except OSError:
-            pass
-
-    def _respond(self, outcome: Outcome) -> None:
-        try:
-            self.send_response(outcome.status)
-            for name, value in outcome.headers.items():
-                self.send_header(name, value)
-            if outcome.body:
-                self.send_header("Content-Type", XML_CONTENT_TYPE)
-            self.send_header("Content-Length", str(len(outcome.body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            if outcome.body:
-                self.wfile.write(outcome.body)
-        except OSError as exc:
-            log.info("could not answer %s: %s", self.client_address[0], exc)
-
-
-class _TLSServer(ThreadingHTTPServer):
-    # Non-daemon request threads, joined on close: shutdown waits for requests
-    # in flight, each bounded by the request timeout.
-    daemon_threads = False
-    block_on_close = True
-
-    def __init__(self, address: tuple[str, int], context: ssl.SSLContext, service: Service,
-                 max_body: int, request_timeout: float) -> None:
-        self.context = context
-        self.service = service
-        self.max_body = max_body
-        self.request_timeout = request_timeout
-        super().__init__(address, _RequestHandler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a reverse DNS lookup; not needed here.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = self.socket.accept()
-        return self.context.wrap_socket(sock, server_side=True,
-                                        do_handshake_on_connect=False), addr
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Failed handshakes (no certificate, foreign CA) land here: log, no traceback.
-        exc = sys.exc_info()[1]
-        if isinstance(exc, ssl.SSLError | OSError):
-            log.info("connection from %s refused: %s", client_address[0], exc)
-        else:
-            log.error("connection from %s failed", client_address[0], exc_info=exc)
-
-
-class ServiceServer:
-    """A Service listening with mutual TLS; bound (and its port known) on creation."""
-
-    def __init__(self, service: Service, credentials: Credentials, *,
-                 host: str = "127.0.0.1", port: int = 0, max_body: int = DEFAULT_MAX_BODY,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.service = service
-        self._server = _TLSServer((host, port), credentials.server_context(), service,
-                                  max_body, timeout)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def host(self) -> str:
-        return str(self._server.server_address[0])
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"https://{self.host}:{self.port}"
-
-    def start(self) -> ServiceServer:
-        """Serve in a background thread; returns at once."""
-        if self._thread is not None:
-            raise RuntimeError("server already started")
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.2},
-                                        name=f"vnet-{self.service.name}", daemon=True)
-        self._thread.start()
-        log.info("%s listening on %s", self.service.name, self.url)
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop accepting, finish requests in flight, close the socket."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout)
-            self._thread = None
-        self._server.server_close()
-        log.info("%s stopped", self.service.name)
-
-    def run_until_signal(self, signals: Collection[int] = (signal.SIGINT, signal.SIGTERM),
-                         ready: Callable[[ServiceServer], None] | None = None,
-                         stopping: Callable[[], None] | None = None) -> int:
-        """Serve until one of `signals` arrives, then stop cleanly; for `vnet serve`.
-
-        Must run in the main thread (signal handlers live there). `stopping` runs
-        once a signal came, before the server waits for requests in flight (so
-        long handlers can be told to give up). Returns the signal number that
-        ended it.
-        """
-        got: list[int] = []
-        done = threading.Event()
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            got.append(signum)
-            done.set()
-
-        previous = {s: signal.signal(s, on_signal) for s in signals}
-        try:
-            self.start()
-            if ready is not None:
-                ready(self)
-            while not done.wait(1.0):
-                pass
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-            if stopping is not None:
-                stopping()
-            self.stop()
-        return got[0]
-
-    def __enter__(self) -> ServiceServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+# Last, because the transport builds on everything above.
+from vnetlib.players.transport import Limits as Limits  # noqa: E402
+from vnetlib.players.transport import ServiceServer as ServiceServer  # noqa: E402
