@@ -41,12 +41,12 @@ SPEC = parse_vnet(b"""<vnet xmlns="urn:vnet:rdl:1" version="1" name="t">
     (m.action_xml(m.Action("exec", "a", ("ping", "-c", "1"), 5.0)), "action", m.action_from),
     (m.action_result_xml(m.ActionResult("exec", 1, "out", "err")), "action-result",
      m.action_result_from),
-    (m.stitch_xml(m.Stitch("x1", 5000, "accept", (m.StitchEndpoint("initiator", "198.18.1.11"),
+    (m.stitch_xml(m.Stitch("x1", 20000, "accept", (m.StitchEndpoint("initiator", "198.18.1.11"),
                                                   m.StitchEndpoint("responder", "198.18.2.12")),
                            key="")), "stitch", m.stitch_from),
     (m.vnet_view_xml(m.VNetView("v1", "t", "ready", ("a", "b"), 2.0, (("a", "p"),))),
      "vnet-status", m.vnet_view_from),
-    (m.slivers_xml([m.Manifest("s1", "ready", 2.5, ("a",), (m.BoundaryState("x", "l", True, 7),)),
+    (m.slivers_xml([m.Manifest("s1", "ready", 2.5, ("a",), (m.BoundaryState("x", "l", True, 20007),)),
                     m.Manifest("s2", "allocated", 1.0, ("b",), (), 1_800_000_000.0)]),
      "slivers", m.slivers_from),
 ])
@@ -157,3 +157,85 @@ def test_config_round_trip_and_refusals(tmp_path: Path) -> None:
     path.write_text(dump(config) + "\n[pip]\nbogus = 1\n")
     with pytest.raises(ConfigError):
         load(path)
+
+
+def stitch_doc(vni: str = "20000", address: str = "198.18.1.11", port: str = "4789") -> bytes:
+    return (b'<stitch xmlns="urn:vnet:rdl:1" version="1" ref="x" encapsulation="vxlan"\n'
+            + f' vni="{vni}" state="propose"><endpoint role="initiator" address="{address}"'
+              f' port="{port}"/></stitch>'.encode())
+
+
+@pytest.mark.parametrize("vni", ["0", "-1", str(2**24), str(2**24 + 5), str(2**70), "1e3", " "])
+def test_a_vni_outside_24_bits_is_refused_by_the_schema(vni: str) -> None:
+    with pytest.raises(Unprocessable, match=r"line 2, element .*stitch.*vni"):
+        m.stitch_from(m.read(stitch_doc(vni=vni), "stitch"))
+
+
+@pytest.mark.parametrize("vni", ["1", "7", "16383"])
+def test_a_vni_of_the_direct_path_range_is_refused_as_422_and_as_a_bad_reply(vni: str) -> None:
+    with pytest.raises(Unprocessable, match=f"VNI {vni} is outside the stitching range "
+                                            "16384..16777215") as caught:
+        m.stitch_from(m.read(stitch_doc(vni=vni), "stitch"))
+    assert caught.value.status == 422
+    assert isinstance(caught.value, ValueError)  # from a peer's reply: a bad answer
+    assert m.stitch_from(m.read(stitch_doc(vni="16777215"), "stitch")).vni == 16777215
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "255.255.255.255", "127.0.0.1", "224.0.0.5",
+                                     "169.254.1.1", "::", "::1", "ff02::1", "fe80::1",
+                                     "::ffff:198.18.1.1", "240.1.2.3", "1.2.3", "1.2.3.4.5",
+                                     "01.2.3.4", "1:2:3"])
+def test_a_tunnel_endpoint_must_be_a_unicast_address(address: str) -> None:
+    with pytest.raises(Unprocessable, match="attribute 'address'"):
+        m.stitch_from(m.read(stitch_doc(address=address), "stitch"))
+
+
+@pytest.mark.parametrize("address", [" 198.18.1.11", "198.18.1.11&#10;", "198.18.1.11 "])
+def test_a_tunnel_endpoint_with_whitespace_is_refused_by_the_schema(address: str) -> None:
+    with pytest.raises(Unprocessable, match="schema-invalid"):
+        m.read(stitch_doc(address=address), "stitch")
+
+
+@pytest.mark.parametrize("address", ["198.18.1.11", "10.1.2.3", "8.8.8.8", "2001:db8::1",
+                                     "fd00::7"])
+def test_unicast_tunnel_endpoints_are_read(address: str) -> None:
+    stitch = m.stitch_from(m.read(stitch_doc(address=address), "stitch"))
+    assert stitch.endpoints[0].address == address
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "-1", "99999999999999999999"])
+def test_ports_outside_1_to_65535_are_refused(port: str) -> None:
+    with pytest.raises(Unprocessable, match="port"):
+        m.read(stitch_doc(port=port), "stitch")
+
+
+HUGE = "9" * 400  # a valid xs:decimal that reads as float infinity
+
+
+@pytest.mark.parametrize("doc, reader", [
+    (f'<quote xmlns="urn:vnet:rdl:1" status="offer" price="{HUGE}"/>', m.quote_from),
+    (f'<renew xmlns="urn:vnet:rdl:1" expires-in="{HUGE}"/>', m.renew_from),
+    (f'<advertisement xmlns="urn:vnet:rdl:1" provider="p"><site location="x" cpu="{HUGE}"'
+     ' memory="1" price-per-cpu="1"/></advertisement>', m.advertisement_from),
+    (f'<sliver xmlns="urn:vnet:rdl:1" id="s" status="ready" price="{HUGE}"/>', m.manifest_from),
+    (f'<action xmlns="urn:vnet:rdl:1" name="exec" timeout="{HUGE}"/>', m.action_from),
+])
+def test_numbers_that_read_as_infinity_are_refused(doc: str, reader: object) -> None:
+    tag = doc.split()[0][1:]
+    with pytest.raises(Unprocessable):
+        reader(m.read(doc.encode(), tag))  # type: ignore[operator]
+
+
+def test_a_vnet_with_amounts_that_read_as_infinity_is_refused() -> None:
+    doc = (f'<allocate xmlns="urn:vnet:rdl:1"><vnet version="1" name="x"><node id="a" '
+           f'cpu="{HUGE}"/></vnet></allocate>').encode()
+    with pytest.raises(Unprocessable, match="attribute 'cpu'.* is larger than 1e"):
+        m.allocate_from(m.read(doc, "allocate"))
+
+
+def test_a_request_with_too_many_children_is_refused_before_the_schema() -> None:
+    doc = ('<provision xmlns="urn:vnet:rdl:1">'
+           + '<peer ref="r" name="p" url="https://x" role="initiator"/>' * 10_001
+           + "</provision>").encode()
+    with pytest.raises(Unprocessable, match="has 10,001 child elements"):
+        m.read(doc, "provision")

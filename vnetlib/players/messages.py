@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import math
 import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Literal, cast
 
+import netaddr
 from lxml import etree
 
 from vnetlib.players.server import BadRequest, Unprocessable, parse_xml, validate
+from vnetlib.players.stores import VNI_MAX, VNI_MIN
 from vnetlib.spec.build import vnet_from
-from vnetlib.spec.checks import check_vnet
+from vnetlib.spec.checks import MAX_CHILDREN, check_structure, check_vnet
 from vnetlib.spec.errors import more_errors
 from vnetlib.spec.model import RDL_NAMESPACE, VNetSpec
 from vnetlib.spec.serialize import dump_vnet, number
@@ -33,7 +36,8 @@ MAX_LISTED = 10  # errors described in one refusal; the others are counted
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 Element = etree._Element
-SliverStatus = Literal["allocated", "provisioned", "ready", "failed"]
+SliverStatus = Literal["allocated", "provisioning", "provisioned", "ready", "deleting",
+                       "failed"]
 QuoteStatus = Literal["offer", "counter", "declined"]
 StitchState = Literal["propose", "accept", "counter", "reject"]
 StitchRole = Literal["initiator", "responder"]
@@ -79,9 +83,56 @@ def _children(el: Element, tag: str) -> list[Element]:
     return el.findall(_q(tag))
 
 
+class BadValue(Unprocessable, ValueError):
+    """A schema-valid value out of range: 422 to a caller that sent it in a
+    request, a ValueError (a bad answer) where it came in a reply."""
+
+
+def _where(el: Element, attr: str) -> str:
+    return f"line {el.sourceline}, element /{etree.QName(el).localname}, attribute '{attr}'"
+
+
 def _float(el: Element, attr: str) -> float | None:
     value = el.get(attr)
-    return None if value is None else float(value)
+    return None if value is None else _finite(el, attr, value)
+
+
+def _finite(el: Element, attr: str, value: str) -> float:
+    """`value` as a float; the schema's xs:decimal has no upper bound, so a long
+    enough number reads as infinity, which is refused here."""
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise BadValue(f"{_where(el, attr)}: {value[:40]!r} is not a finite number of at "
+                       "least 0")
+    return number
+
+
+def _vni(el: Element, attr: str = "vni") -> int:
+    value = int(el.get(attr, "0"))
+    if not VNI_MIN <= value <= VNI_MAX:
+        raise BadValue(f"{_where(el, attr)}: VNI {value} is outside the stitching range "
+                       f"{VNI_MIN}..{VNI_MAX}")
+    return value
+
+
+def _tunnel_address(el: Element, attr: str = "address") -> str:
+    """A unicast IPv4 or IPv6 address a VXLAN tunnel can point at."""
+    text = el.get(attr, "")
+    try:
+        ip = netaddr.IPAddress(text, flags=netaddr.INET_PTON)
+    except (netaddr.AddrFormatError, ValueError):
+        raise BadValue(f"{_where(el, attr)}: {text!r} is not an IP address") from None
+    if ip.is_multicast() or ip.is_loopback() or ip.is_link_local() or any(
+            ip in net for net in _NOT_UNICAST[ip.version]):
+        raise BadValue(f"{_where(el, attr)}: {ip} is not a unicast address a tunnel can "
+                       "reach")
+    return str(ip)
+
+
+_NOT_UNICAST = {
+    4: tuple(netaddr.IPNetwork(n) for n in ("0.0.0.0/8", "240.0.0.0/4")),  # incl. broadcast
+    6: tuple(netaddr.IPNetwork(n) for n in ("::/128", "::ffff:0:0/96")),
+}
 
 
 def xml_text(text: str) -> str:
@@ -101,6 +152,11 @@ def read(body: bytes, expected: str) -> Element:
             f"line {doc.sourceline}, element /{qname.localname}: expected <{expected}> "
             f'in namespace {NS}, found <{qname.localname}>'
         )
+    shape = check_structure(doc, "request", limit=1)
+    if shape.errors:
+        e = shape.errors[0]
+        raise Unprocessable(f"line {e.line}, element {e.element}: {e.message} "
+                            f"(at most {MAX_CHILDREN:,} children per element)")
     validate(doc, api_schema())
     return doc
 
@@ -175,10 +231,10 @@ def advertisement_from(el: Element) -> Advertisement:
         sites=tuple(
             Site(
                 location=s.get("location", ""),
-                cpu=float(s.get("cpu", "0")),
-                memory_mb=float(s.get("memory", "0")),
-                price_per_cpu=float(s.get("price-per-cpu", "0")),
-                price_per_mbps=float(s.get("price-per-mbps", "0")),
+                cpu=_float(s, "cpu") or 0.0,
+                memory_mb=_float(s, "memory") or 0.0,
+                price_per_cpu=_float(s, "price-per-cpu") or 0.0,
+                price_per_mbps=_float(s, "price-per-mbps") or 0.0,
                 kinds=tuple(k.text or "" for k in _children(s, "kind")) or ("netns",),
             )
             for s in _children(el, "site")
@@ -274,7 +330,7 @@ def renew_xml(expires_in: float) -> bytes:
 
 
 def renew_from(el: Element) -> float:
-    return float(el.get("expires-in", "0"))
+    return _float(el, "expires-in") or 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,11 +389,11 @@ def manifest_from(el: Element) -> Manifest:
     return Manifest(
         id=el.get("id", ""),
         status=cast(SliverStatus, status),
-        price=float(el.get("price", "0")),
+        price=_float(el, "price") or 0.0,
         nodes=tuple(n.get("id", "") for n in _children(el, "node")),
         boundary=tuple(
-            BoundaryState(b.get("ref", ""), b.get("link", ""), b.get("stitched") == "true",
-                          None if b.get("vni") is None else int(b.get("vni", "0")))
+            BoundaryState(b.get("ref", ""), b.get("link", ""), b.get("stitched") in ("true", "1"),
+                          None if b.get("vni") is None else _vni(b))
             for b in _children(el, "boundary")
         ),
         expires=None if expires is None else dt.datetime.fromisoformat(expires).timestamp(),
@@ -432,10 +488,10 @@ def stitch_from(el: Element) -> Stitch:
     endpoints = []
     for e in _children(el, "endpoint"):
         role = e.get("role", "initiator")
-        endpoints.append(StitchEndpoint(cast(StitchRole, role), e.get("address", ""),
+        endpoints.append(StitchEndpoint(cast(StitchRole, role), _tunnel_address(e),
                                         int(e.get("port", "4789"))))
     key = el.find(_q("key"))
-    return Stitch(el.get("ref", ""), int(el.get("vni", "0")), cast(StitchState, state),
+    return Stitch(el.get("ref", ""), _vni(el), cast(StitchState, state),
                   tuple(endpoints),
                   el.get("encapsulation", "vxlan"), None if key is None else key.text or "",
                   el.get("reason"))
@@ -494,7 +550,7 @@ def vnet_view_from(el: Element) -> VNetView:
         price=_float(el, "price"),
         providers=tuple((n.get("id", ""), n.get("provider", "")) for n in nodes
                         if n.get("provider")),
-        timings=tuple((t.get("phase", ""), float(t.get("seconds", "0")))
+        timings=tuple((t.get("phase", ""), _float(t, "seconds") or 0.0)
                       for t in _children(el, "timing")),
     )
 

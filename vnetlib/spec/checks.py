@@ -169,6 +169,24 @@ def check_structure(root: Element, file: str, limit: int = MAX_REPORTED) -> Find
     return out.findings()
 
 
+MAX_AMOUNT = 1e15
+"""Largest capacity, demand or price: xs:decimal is unbounded, and a long enough
+number reads as infinity (or a value no store or embedding can hold)."""
+AMOUNTS = frozenset({"cpu", "memory", "disk", "bandwidth", "latency", "max-price"})
+
+
+def _check_amounts(out: Collector, root: Element) -> None:
+    for el in root.iter():
+        for attr in AMOUNTS.intersection(el.attrib):
+            value = el.get(attr, "")
+            if not float(value) <= MAX_AMOUNT:
+                out.add(
+                    el,
+                    f"attribute '{attr}': {value[:40]!r} is larger than {MAX_AMOUNT:.0e}",
+                    "use a realistic amount (numbers carry no units)",
+                )
+
+
 # ----------------------------------------------------------------- VNet rules
 
 
@@ -199,6 +217,7 @@ def check_vnet(root: Element, file: str, limit: int = MAX_REPORTED) -> Findings:
         for end in children(link, "endpoint"):
             _check_endpoint(out, end, kinds, used_ifaces)
     _check_addresses(out, links)
+    _check_amounts(out, root)
     return out.findings()
 
 
@@ -401,6 +420,7 @@ def check_substrate(root: Element, file: str, limit: int = MAX_REPORTED) -> Find
     }
     _check_overlap(out, root, networks)
     _check_host_addresses(out, hosts, networks)
+    _check_amounts(out, root)
     return out.findings()
 
 
