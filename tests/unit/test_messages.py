@@ -46,7 +46,8 @@ SPEC = parse_vnet(b"""<vnet xmlns="urn:vnet:rdl:1" version="1" name="t">
                            key="")), "stitch", m.stitch_from),
     (m.vnet_view_xml(m.VNetView("v1", "t", "ready", ("a", "b"), 2.0, (("a", "p"),))),
      "vnet-status", m.vnet_view_from),
-    (m.slivers_xml([m.Manifest("s1", "ready", 2.5, ("a",), (m.BoundaryState("x", "l", True, 20007),)),
+    (m.slivers_xml([m.Manifest("s1", "ready", 2.5, ("a",),
+                               (m.BoundaryState("x", "l", True, 20007),)),
                     m.Manifest("s2", "allocated", 1.0, ("b",), (), 1_800_000_000.0)]),
      "slivers", m.slivers_from),
 ])
@@ -229,7 +230,7 @@ def test_numbers_that_read_as_infinity_are_refused(doc: str, reader: object) -> 
 def test_a_vnet_with_amounts_that_read_as_infinity_is_refused() -> None:
     doc = (f'<allocate xmlns="urn:vnet:rdl:1"><vnet version="1" name="x"><node id="a" '
            f'cpu="{HUGE}"/></vnet></allocate>').encode()
-    with pytest.raises(Unprocessable, match="attribute 'cpu'.* is larger than 1e"):
+    with pytest.raises(Unprocessable, match=r"attribute 'cpu'.* is larger than 1e"):
         m.allocate_from(m.read(doc, "allocate"))
 
 
