@@ -1,8 +1,17 @@
 """Running the collection's playbooks through ansible-runner.
 
 One wrapper: a private data directory per run, JSON events turned into typed
-failures that name the host and the virtual resource, a timeout, and a
-filtered environment that points Ansible at the vnet.infra collection.
+failures that name the host and the virtual resource, a timeout, and an
+environment that points Ansible at the vnet.infra collection.
+
+Where the collection is looked for, first match wins (`search_order`):
+$VNET_COLLECTIONS_PATH, $ANSIBLE_COLLECTIONS_PATH, `ansible_collections`
+directories on the Python path (the wheel installs the collection there, in
+site-packages), the source checkout vnetlib runs from (an editable install:
+its root is the collection, linked into each run's private directory as
+ansible_collections/vnet/infra), then <prefix>/share/ansible/collections
+(where scripts/install.sh used to install it) and Ansible's default paths.
+When none holds it, `run_playbook` fails before running anything.
 """
 
 from __future__ import annotations
@@ -18,10 +27,15 @@ from typing import Any
 
 import ansible_runner
 
-from vnetlib.paths import collections_path
+import vnetlib
 
+COLLECTION = "vnet.infra"
 DEPLOY_PLAYBOOK = "vnet.infra.deploy_vnet"
 KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
+PLAYBOOK_BINARY = "ansible-playbook"
+# What Ansible needs of the collection's directory; a checkout's root holds more.
+COLLECTION_PARTS = ("galaxy.yml", "MANIFEST.json", "meta", "plugins", "roles", "playbooks")
+_MARKER = Path("playbooks") / "deploy_vnet.yml"
 
 Progress = Callable[[str], None]
 
@@ -45,6 +59,115 @@ class DeployError(RuntimeError):
         self.stdout_tail = stdout_tail
         lines = [str(f) for f in failures] or [stdout_tail.strip() or "no output"]
         super().__init__(f"ansible run {status}:\n  " + "\n  ".join(lines))
+
+
+class AnsibleNotInstalled(DeployError):
+    """Ansible or the vnet.infra collection is missing: raised before anything ran."""
+
+    def __init__(self, message: str) -> None:
+        self.status = "not-installed"
+        self.failures = []
+        self.stdout_tail = ""
+        RuntimeError.__init__(self, message)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionLocation:
+    """Where vnet.infra was found. `collection` is its directory; `root` the
+    directory that holds ansible_collections/vnet/infra (what goes on
+    ANSIBLE_COLLECTIONS_PATH), None for a source checkout, whose collection
+    is laid out under ansible_collections/ in each run's private directory."""
+
+    collection: Path
+    root: Path | None
+    source: str
+
+
+def _env_roots(variable: str) -> list[Path]:
+    """The directories of a colon-separated collections path; Ansible accepts
+    an entry naming the `ansible_collections` directory itself too."""
+    roots = []
+    for entry in os.environ.get(variable, "").split(os.pathsep):
+        if entry:
+            path = Path(entry).expanduser()
+            roots.append(path.parent if path.name == "ansible_collections" else path)
+    return roots
+
+
+def source_checkout() -> Path | None:
+    """The repository vnetlib runs from (editable install or PYTHONPATH): its
+    root is the collection. None for an installed vnetlib."""
+    root = Path(vnetlib.__file__).resolve().parent.parent
+    if (root / "galaxy.yml").is_file() and (root / _MARKER).is_file():
+        return root
+    return None
+
+
+def search_order() -> list[CollectionLocation]:
+    """Every place that may hold vnet.infra, in the order they are tried."""
+
+    def under(source: str, roots: list[Path]) -> list[CollectionLocation]:
+        return [CollectionLocation(r / "ansible_collections" / "vnet" / "infra", r, source)
+                for r in roots]
+
+    order = under("$VNET_COLLECTIONS_PATH", _env_roots("VNET_COLLECTIONS_PATH"))
+    for variable in ("ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_COLLECTIONS_PATHS"):
+        order += under(f"${variable}", _env_roots(variable))
+    order += under("the Python path", [Path(p) for p in sys.path if p])
+    if (checkout := source_checkout()) is not None:
+        order.append(CollectionLocation(checkout, None, "the source checkout"))
+    order += under("the environment", [Path(sys.prefix) / "share" / "ansible" / "collections"])
+    order += under("Ansible's defaults", [
+        Path.home() / ".ansible" / "collections", Path("/usr/share/ansible/collections"),
+    ])
+    return order
+
+
+def find_collection() -> CollectionLocation:
+    """The vnet.infra collection that deployments use; AnsibleNotInstalled,
+    naming what to install, when there is none."""
+    order = search_order()
+    for location in order:
+        if (location.collection / _MARKER).is_file():
+            return location
+    looked = dict.fromkeys(str(o.root) for o in order if o.source != "the Python path")
+    raise AnsibleNotInstalled(
+        f"the Ansible collection {COLLECTION} is not installed: pip install vnetlib "
+        "(it ships the collection), or `ansible-galaxy collection install` the "
+        "collection built from vnet's repository (`ansible-galaxy collection build`), "
+        "or set ANSIBLE_COLLECTIONS_PATH to a directory holding "
+        f"ansible_collections/vnet/infra (looked on the Python path of {sys.executable} "
+        f"and in {', '.join(looked)})"
+    )
+
+
+def playbook_binary() -> str:
+    """ansible-playbook next to the running interpreter (a venv's `vnet` called
+    by absolute path, the venv not activated), else the one on PATH."""
+    beside = Path(sys.executable).parent / PLAYBOOK_BINARY
+    if os.access(beside, os.X_OK):
+        return str(beside)
+    if found := shutil.which(PLAYBOOK_BINARY):
+        return found
+    raise AnsibleNotInstalled(
+        f"{PLAYBOOK_BINARY} was found neither next to {sys.executable} nor on PATH: "
+        "install ansible-core (a dependency of vnetlib: pip install vnetlib) in this environment"
+    )
+
+
+def _collection_root(location: CollectionLocation, workdir: Path) -> Path:
+    """The directory for ANSIBLE_COLLECTIONS_PATH; for a checkout, links to
+    its collection parts under workdir/collections/ansible_collections/vnet/infra
+    (links to the parts, not the root, so no directory loop)."""
+    if location.root is not None:
+        return location.root
+    root = workdir / "collections"
+    target = root / "ansible_collections" / "vnet" / "infra"
+    target.mkdir(parents=True)
+    for part in COLLECTION_PARTS:
+        if (location.collection / part).exists():
+            (target / part).symlink_to(location.collection / part)
+    return root
 
 
 @dataclass(slots=True)
@@ -73,11 +196,12 @@ def _message(result: Mapping[str, Any]) -> str:
     return ": ".join(p for p in parts if p) or "failed"
 
 
-def _environment() -> dict[str, str]:
+def _environment(collections_root: Path, binary: str) -> dict[str, str]:
     env = {k: os.environ[k] for k in KEPT_ENV if k in os.environ}
-    bindir = str(Path(sys.executable).parent)
+    bindir = str(Path(binary).parent)
     env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
-    env["ANSIBLE_COLLECTIONS_PATH"] = collections_path()
+    roots = [collections_root, *(o.root for o in search_order() if o.root is not None)]
+    env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join(dict.fromkeys(str(r) for r in roots))
     env["ANSIBLE_HOST_KEY_CHECKING"] = "False"
     env["ANSIBLE_PIPELINING"] = "True"
     env["ANSIBLE_FORKS"] = "20"
@@ -95,7 +219,11 @@ def run_playbook(
     progress: Progress | None = None,
     timeout: int = 600,
 ) -> RunResult:
-    """Run `playbook` (a file or a collection FQCN) and raise DeployError on failure."""
+    """Run `playbook` (a file or a collection FQCN) and raise DeployError on
+    failure; AnsibleNotInstalled, before anything ran, when ansible-playbook
+    or the vnet.infra collection cannot be found."""
+    location = find_collection()
+    binary = playbook_binary()
     failures: list[TaskFailure] = []
     announced: set[str] = set()
 
@@ -130,12 +258,13 @@ def run_playbook(
         cmdline += ["--limit", ",".join(limit)]
     workdir = Path(tempfile.mkdtemp(prefix="vnet-runner-"))
     try:
+        envvars = _environment(_collection_root(location, workdir), binary)
         runner = ansible_runner.run(
             private_data_dir=str(workdir),
             playbook=playbook,
             inventory=str(inventory),
             extravars=dict(extravars),
-            envvars=_environment(),
+            envvars=envvars,
             cmdline=" ".join(cmdline),
             event_handler=on_event,
             quiet=True,
