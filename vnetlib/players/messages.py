@@ -21,7 +21,6 @@ import netaddr
 from lxml import etree
 
 from vnetlib.players.server import BadRequest, Unprocessable, parse_xml, validate
-from vnetlib.players.stores import VNI_MAX, VNI_MIN
 from vnetlib.spec.build import vnet_from
 from vnetlib.spec.checks import MAX_CHILDREN, check_structure, check_vnet
 from vnetlib.spec.errors import more_errors
@@ -32,6 +31,10 @@ NS = RDL_NAMESPACE
 API_SCHEMA_FILE = "vnet-api-1.xsd"
 STITCH_VERSION = "1"
 MAX_LISTED = 10  # errors described in one refusal; the others are counted
+STITCH_VNI_MIN = 4096
+"""The lowest VNI any PIP stitches with (``vnetlib.core.ledger.VNI_MIN``; the
+old ``stores.VNI_MIN`` was higher): lower ones belong to the direct path."""
+STITCH_VNI_MAX = 2**24 - 1
 # Characters XML 1.0 cannot carry; command output is sanitized before it travels.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
@@ -109,9 +112,9 @@ def _finite(el: Element, attr: str, value: str) -> float:
 
 def _vni(el: Element, attr: str = "vni") -> int:
     value = int(el.get(attr, "0"))
-    if not VNI_MIN <= value <= VNI_MAX:
+    if not STITCH_VNI_MIN <= value <= STITCH_VNI_MAX:
         raise BadValue(f"{_where(el, attr)}: VNI {value} is outside the stitching range "
-                       f"{VNI_MIN}..{VNI_MAX}")
+                       f"{STITCH_VNI_MIN}..{STITCH_VNI_MAX}")
     return value
 
 
