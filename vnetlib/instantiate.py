@@ -1,8 +1,11 @@
-"""The PIP path on a local substrate: parse -> embed -> plan -> deploy.
+"""The operator's direct path on a local substrate: the PIP core, run by the command.
 
-Each phase is timed. Deployment runs the collection's playbook through
-ansible-runner; if it fails, the same plan is applied with state=absent, which
-removes whatever the failed run created, and the VNet's records are dropped.
+`vnet up SPEC --substrate NAME` is a PIP operator instantiating a VNet on its
+own substrate without the players: the same core as the PIP service
+(`vnetlib.core.pip`), with the operator as the sliver's owner, allocation and
+provisioning in one go, and the substrate's ledger in `$VNET_HOME/state.db`.
+Each phase is timed. A failed deployment is rolled back by the core; a VNet
+whose rollback could not reach a host is kept as failed for `vnet down`.
 """
 
 from __future__ import annotations
@@ -16,20 +19,28 @@ from pathlib import Path
 from typing import Any
 
 from vnetlib import paths
-from vnetlib.deploy.ansible import DEPLOY_PLAYBOOK, DeployError, run_playbook
-from vnetlib.lab import manage
-from vnetlib.placement import EmbeddingRejected, embed_on_substrate
-from vnetlib.plan.build import build_plan, crossing_links
-from vnetlib.plan.model import DeploymentPlan
-from vnetlib.spec import dump_vnet, load_vnet, parse_vnet
-from vnetlib.spec.model import VNetSpec
-from vnetlib.store import Store, VNetRecord
+from vnetlib.core.deployer import AnsibleDeployer, Deployer
+from vnetlib.core.ledger import Ledger
+from vnetlib.core.pip import DeployFailed, NotFound, PipCore, Rejected, spec_of
+from vnetlib.core.records import Sliver
+from vnetlib.deploy.ansible import DEPLOY_PLAYBOOK, DeployError
+from vnetlib.placement import EmbeddingRejected
+from vnetlib.players.db import sqlite_url
+from vnetlib.spec import load_substrate, load_vnet
 
 Progress = Callable[[str], None]
+OPERATOR = "operator"  # the owner of every sliver made on the direct path
+SUBSTRATE_FILE = "substrate.xml"
+INVENTORY_FILE = "inventory.yml"
+MANAGER_FILE = "managed-by"
 
 
 def _quiet(_: str) -> None:
     return None
+
+
+class VNetNotFound(LookupError):
+    """No VNet of the direct path has that id or name."""
 
 
 @dataclass(slots=True)
@@ -44,9 +55,24 @@ class Timings:
         finally:
             self.phases[name] = round(time.perf_counter() - start, 4)
 
-    @property
-    def total(self) -> float:
-        return round(sum(self.phases.values()), 4)
+
+@dataclass(frozen=True, slots=True)
+class LocalVNet:
+    """A VNet of the direct path as the CLI shows it (a sliver of the operator)."""
+
+    id: str
+    name: str
+    lab: str
+    status: str
+    embedding: dict[str, Any]
+    plan: dict[str, Any] | None
+    timings: dict[str, float]
+
+    @classmethod
+    def of(cls, core: PipCore, s: Sliver) -> LocalVNet:
+        return cls(s.id, spec_of(s.spec_xml).name, core.name, s.state.value,
+                   s.embedding.to_dict(), core.plan(s) if s.deployed else None,
+                   dict(s.timings))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,132 +81,162 @@ class Instantiation:
     name: str
     lab: str
     node_map: dict[str, str]
-    plan: DeploymentPlan
+    plan: dict[str, Any]
     timings: dict[str, float]
     check: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "vnet": self.vnet_id,
-            "name": self.name,
-            "lab": self.lab,
-            "check": self.check,
-            "node_map": self.node_map,
-            "timings": self.timings,
-            "total": round(sum(self.timings.values()), 4),
-        }
+        return {"vnet": self.vnet_id, "name": self.name, "lab": self.lab, "check": self.check,
+                "node_map": self.node_map, "timings": self.timings,
+                "total": round(sum(self.timings.values()), 4)}
 
 
-def _existing(store: Store, lab: str) -> list[tuple[VNetSpec, dict[str, Any]]]:
-    return [
-        (parse_vnet(r.spec_xml.encode(), source=f"vnet {r.id}"), r.embedding)
-        for r in store.vnets(lab)
-        if r.embedding is not None
-    ]
+def manager(substrate: str) -> str | None:
+    """The PIP management node that owns `substrate`, if one does."""
+    path = paths.substrate_dir(substrate) / MANAGER_FILE
+    return path.read_text().strip() if path.exists() else None
 
 
-def instantiate(
-    spec_path: Path,
-    substrate_name: str,
-    *,
-    check: bool = False,
-    progress: Progress = _quiet,
-) -> Instantiation:
+def local_core(substrate: str, deployer: Deployer | None = None) -> PipCore:
+    """The core of a substrate worked on directly: its files under
+    `$VNET_HOME/substrates/NAME/` and its ledger in `$VNET_HOME/state.db`."""
+    files = paths.substrate_dir(substrate)
+    if not (files / SUBSTRATE_FILE).exists():
+        raise LookupError(f"no substrate {substrate!r} (no {files / SUBSTRATE_FILE}); "
+                          f"bring it up with `vnet lab up`")
+    return PipCore(load_substrate(files / SUBSTRATE_FILE),
+                   Ledger(sqlite_url(paths.state_db()), substrate),
+                   deployer or AnsibleDeployer(files / INVENTORY_FILE))
+
+
+def substrates() -> list[str]:
+    """The substrates that have a ledger in the direct path's state file."""
+    if not paths.state_db().exists():
+        return []
+    return Ledger.substrates(sqlite_url(paths.state_db()))
+
+
+def instantiate(spec_path: Path, substrate_name: str, *, check: bool = False,
+                progress: Progress = _quiet) -> Instantiation:
     """Instantiate the VNet described in `spec_path` on a substrate of the local lab."""
-    lab = substrate_name
-    if (owner := manage.manager(lab)) is not None:
+    if (owner := manager(substrate_name)) is not None:
         raise ValueError(
-            f"substrate {lab} is managed by {owner}: request VNets through its players "
-            "(`vnet up SPEC --lab LAB`), or use a lab without players for direct work"
-        )
+            f"substrate {substrate_name} is managed by {owner}: request VNets through its "
+            "players (`vnet up SPEC --lab LAB`), or use a lab without players for direct work")
     timings = Timings()
     with timings.phase("parse"):
         progress(f"parsing {spec_path}")
         spec = load_vnet(spec_path)
-        substrate = manage.load_substrate(lab)
+        core = local_core(substrate_name)
     vnet_id = f"{spec.name}-{secrets.token_hex(3)}"
-
-    with Store(paths.state_db()) as store, manage.substrate_lock(lab):
+    try:
+        core.reap()  # finish what a crashed command left on this substrate
+        if check:
+            with timings.phase("embed"):
+                embedding, plan = core.dry_run(spec, vnet_id, progress=progress)
+            return Instantiation(vnet_id, spec.name, core.name, dict(embedding.node_map),
+                                 plan, timings.phases, True)
         with timings.phase("embed"):
             progress(f"embedding {len(spec.nodes)} nodes and {len(spec.links)} links")
-            embedding = embed_on_substrate(substrate, spec, vnet_id, _existing(store, lab))
-        node_map = embedding["node_map"]
-        with timings.phase("plan"):
-            tunnels = crossing_links(spec, node_map)
-            if check:
-                vnis = store.allocate_vnis(lab, vnet_id, tunnels, dry_run=True)
-            else:
-                store.add_vnet(vnet_id, spec.name, lab, dump_vnet(spec).decode())
-                store.update_vnet(vnet_id, embedding=embedding)
-                vnis = store.allocate_vnis(lab, vnet_id, tunnels)
-            plan = build_plan(spec, node_map, substrate, vnet_id=vnet_id, lab=lab, vnis=vnis)
-            if not check:  # recorded before deploying, so `vnet down` can clean up a crash
-                store.update_vnet(vnet_id, status="deploying", plan=plan.to_dict())
-        with timings.phase("deploy"):
-            progress(f"deploying on {len(plan.hosts)} hosts through {DEPLOY_PLAYBOOK}")
             try:
-                run_playbook(
-                    DEPLOY_PLAYBOOK,
-                    manage.inventory_path(lab),
-                    {"vnet_plan": plan.to_dict(), "vnet_state": "present"},
-                    check=check,
-                    limit=[h.host for h in plan.hosts],
-                    progress=progress,
-                )
-            except DeployError as err:
-                if not check:
-                    progress("deployment failed: rolling back")
-                    if _rollback(plan, lab, err, progress):
-                        store.remove_vnet(vnet_id)
-                    else:  # kept, with its plan and tunnel ids, for `vnet down` to retry
-                        store.update_vnet(vnet_id, status="failed")
-                raise
-        if not check:
-            store.update_vnet(vnet_id, status="active", timings=timings.phases)
-    return Instantiation(vnet_id, spec.name, lab, node_map, plan, timings.phases, check)
+                s = core.allocate(OPERATOR, vnet_id, spec, sliver_id=vnet_id)
+            except Rejected as exc:
+                assert isinstance(exc.__cause__, EmbeddingRejected)
+                raise exc.__cause__ from None
+        progress(f"deploying through {DEPLOY_PLAYBOOK}")
+        try:
+            s = core.provision(OPERATOR, vnet_id, progress=progress)
+        except DeployFailed as exc:
+            if exc.rolled_back:
+                core.ledger.purge(vnet_id)
+            elif isinstance(exc.cause, DeployError):
+                exc.cause.add_note("the VNet is kept as failed: `vnet down` retries the removal")
+            raise exc.cause from None
+        timings.phases.update(s.timings)
+        core.record_timings(s, timings.phases)
+        return Instantiation(vnet_id, spec.name, core.name, dict(s.embedding.node_map),
+                             core.plan(s), timings.phases, False)
+    finally:
+        core.ledger.close()
 
 
-def _remove(
-    plan: DeploymentPlan | dict[str, Any], lab: str, progress: Progress, check: bool = False
-) -> None:
-    data = plan.to_dict() if isinstance(plan, DeploymentPlan) else plan
-    run_playbook(
-        DEPLOY_PLAYBOOK,
-        manage.inventory_path(lab),
-        {"vnet_plan": data, "vnet_state": "absent"},
-        check=check,
-        limit=sorted(data["hosts"]),
-        progress=progress,
-    )
+def find(ref: str) -> tuple[str, Sliver]:
+    """The substrate and sliver of a direct VNet by id, or by name when only one
+    VNet has that name."""
+    found: list[tuple[str, Sliver]] = []
+    for name in substrates():
+        ledger = Ledger(sqlite_url(paths.state_db()), name)
+        try:
+            for s in ledger.slivers(OPERATOR):
+                if ref in (s.id, spec_of(s.spec_xml).name):
+                    found.append((name, s))
+        finally:
+            ledger.close()
+    exact = [f for f in found if f[1].id == ref]
+    if exact:
+        return exact[0]
+    if not found:
+        raise VNetNotFound(f"no VNet with id or name {ref!r}")
+    if len(found) > 1:
+        ids = ", ".join(s.id for _, s in found)
+        raise LookupError(f"several VNets are named {ref!r} ({ids}): give the id")
+    return found[0]
 
 
-def _rollback(plan: DeploymentPlan, lab: str, cause: DeployError, progress: Progress) -> bool:
-    """Remove what a failed deployment created; True when that worked
-    everywhere. Hosts that failed the deployment may fail the removal too,
-    which must not hide the cause."""
+def local_vnets() -> list[LocalVNet]:
+    out = []
+    for name in substrates():
+        if not (paths.substrate_dir(name) / SUBSTRATE_FILE).exists():
+            continue
+        core = local_core(name)
+        try:
+            out += [LocalVNet.of(core, s) for s in core.ledger.slivers(OPERATOR)]
+        finally:
+            core.ledger.close()
+    return out
+
+
+def describe(ref: str) -> LocalVNet:
+    substrate, s = find(ref)
+    core = local_core(substrate)
     try:
-        _remove(plan, lab, progress)
-    except DeployError as err:
-        unreached = sorted({f.host for f in err.failures})
-        progress(f"rollback could not reach {', '.join(unreached) or 'some hosts'}")
-        cause.add_note(
-            f"rollback incomplete on: {', '.join(unreached)}; "
-            "the VNet is kept as failed: `vnet down` retries the removal"
-        )
-        return False
-    return True
+        return LocalVNet.of(core, s)
+    finally:
+        core.ledger.close()
 
 
-def destroy(ref: str, *, check: bool = False, progress: Progress = _quiet) -> VNetRecord:
+def destroy(ref: str, *, check: bool = False, progress: Progress = _quiet) -> LocalVNet:
     """Remove a VNet's nodes and links from its hosts and forget it."""
-    with Store(paths.state_db()) as store:
-        record = store.find_vnet(ref)
-        if record.plan is not None:
-            progress(f"removing {record.id} from {len(record.plan['hosts'])} hosts")
-            _remove(record.plan, record.lab, progress, check=check)
-        if not check:
-            store.remove_vnet(record.id)
-    return record
+    substrate, s = find(ref)
+    core = local_core(substrate)
+    try:
+        view = LocalVNet.of(core, s)
+        if check:
+            if view.plan is not None:
+                core.deployer.apply(view.plan, "absent", check=True, progress=progress)
+            return view
+        progress(f"removing {s.id}")
+        try:
+            core.delete(OPERATOR, s.name, progress=progress)
+        except DeployFailed as exc:
+            raise exc.cause from None
+        except NotFound:
+            pass
+        core.ledger.purge(s.id)
+        return view
+    finally:
+        core.ledger.close()
 
 
-__all__ = ["EmbeddingRejected", "Instantiation", "destroy", "instantiate"]
+def forget_substrate(substrate: str) -> None:
+    """Drop a substrate's ledger (its lab is gone, and every VNet with it)."""
+    if paths.state_db().exists():
+        ledger = Ledger(sqlite_url(paths.state_db()), substrate)
+        try:
+            ledger.forget()
+        finally:
+            ledger.close()
+
+
+__all__ = ["EmbeddingRejected", "Instantiation", "LocalVNet", "VNetNotFound", "describe",
+           "destroy", "find", "instantiate", "local_vnets"]

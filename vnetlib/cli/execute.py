@@ -9,7 +9,7 @@ import sys
 from vnetlib import naming
 from vnetlib.cli import target
 from vnetlib.cli.output import emit_json
-from vnetlib.store import VNetRecord
+from vnetlib.instantiate import LocalVNet
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def node_command(record: VNetRecord, node: str, command: list[str]) -> list[str]:
+def node_command(record: LocalVNet, node: str, command: list[str]) -> list[str]:
     """The argv that runs `command` inside virtual node `node` of a local VNet."""
     node_map = (record.embedding or {}).get("node_map", {})
     if node not in node_map:

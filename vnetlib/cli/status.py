@@ -6,13 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-from vnetlib import paths
 from vnetlib.cli import target
 from vnetlib.cli.output import emit_json, table
+from vnetlib.instantiate import LocalVNet, local_vnets
 from vnetlib.lab.players import service_provider
 from vnetlib.players.client import ClientError
 from vnetlib.players.messages import VNetView
-from vnetlib.store import Store, VNetRecord
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _local(r: VNetRecord) -> dict[str, Any]:
+def _local(r: LocalVNet) -> dict[str, Any]:
     node_map = (r.embedding or {}).get("node_map", {})
     return {"vnet": r.id, "name": r.name, "via": f"substrate {r.lab}", "lab": r.lab,
             "status": r.status, "nodes": sorted(node_map), "timings": r.timings}
@@ -53,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{detail['status']}")
             print(table([list(r) for r in rows], header))
         return 0
-    with Store(paths.state_db()) as store:
-        found = [_local(r) for r in store.vnets()]
+    found = [_local(r) for r in local_vnets()]
     try:
         found += [_remote(v, args.lab) for v in service_provider(args.lab).list()]
     except LookupError:

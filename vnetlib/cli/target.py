@@ -4,18 +4,16 @@ requested through the VNO)."""
 
 from __future__ import annotations
 
-from vnetlib import paths
+from vnetlib.instantiate import LocalVNet, VNetNotFound, describe
 from vnetlib.lab.players import service_provider
 from vnetlib.players.sp import ServiceProvider
-from vnetlib.store import Store, VNetNotFound, VNetRecord
 
 
-def local(ref: str) -> VNetRecord | None:
-    with Store(paths.state_db()) as store:
-        try:
-            return store.find_vnet(ref)
-        except VNetNotFound:
-            return None
+def local(ref: str) -> LocalVNet | None:
+    try:
+        return describe(ref)
+    except VNetNotFound:
+        return None
 
 
 def remote(ref: str, lab: str) -> ServiceProvider:

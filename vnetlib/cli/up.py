@@ -63,7 +63,7 @@ def _direct(args: argparse.Namespace) -> int:
     result = instantiate(args.spec, args.substrate, check=args.check, progress=Progress(True))
     if args.json:
         data = result.to_dict()
-        data["plan"] = result.plan.to_dict()
+        data["plan"] = result.plan
         emit_json(data)
         return 0
     print(f"VNet {result.vnet_id}{' (check mode: nothing changed)' if result.check else ''}")

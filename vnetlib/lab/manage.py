@@ -3,27 +3,23 @@ describe it (configuration, substrate description, Ansible inventory)."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
 from vnetlib import paths
+from vnetlib.instantiate import INVENTORY_FILE, MANAGER_FILE, SUBSTRATE_FILE, forget_substrate
+from vnetlib.instantiate import local_vnets as _local_vnets
 from vnetlib.lab import kernel
 from vnetlib.lab.layout import LabConfig, inventory_of, substrate_of
 from vnetlib.spec import dump_substrate
 from vnetlib.spec.model import Substrate
-from vnetlib.store import Store
 
 CONFIG_FILE = "lab.json"
-MANAGER_FILE = "managed-by"
-SUBSTRATE_FILE = "substrate.xml"
-INVENTORY_FILE = "inventory.yml"
+__all__ = ["INVENTORY_FILE", "MANAGER_FILE", "SUBSTRATE_FILE"]
 
 
 class LabNotFound(LookupError):
@@ -58,29 +54,9 @@ def load_config(lab: str) -> LabConfig:
     return LabConfig.from_dict(json.loads(path.read_text()))
 
 
-@contextmanager
-def substrate_lock(substrate: str) -> Iterator[None]:
-    """Held while a VNet is placed on `substrate`, so that two concurrent
-    instantiations never both take the same free capacity."""
-    path = paths.substrate_dir(substrate) / ".lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def set_manager(substrate: str, manager: str) -> None:
     """Record that a PIP management node owns `substrate`."""
     (paths.substrate_dir(substrate) / MANAGER_FILE).write_text(manager + "\n")
-
-
-def manager(substrate: str) -> str | None:
-    """The PIP management node that owns `substrate`, if one does."""
-    path = paths.substrate_dir(substrate) / MANAGER_FILE
-    return path.read_text().strip() if path.exists() else None
 
 
 def load_substrate(lab: str) -> Substrate:
@@ -108,8 +84,7 @@ def up(config: LabConfig) -> kernel.Changes:
 def down(lab: str) -> kernel.Changes:
     """Remove the lab, every VNet deployed on it, and its files."""
     changes = kernel.down(lab)
-    with Store(paths.state_db()) as store:
-        store.remove_lab(lab)
+    forget_substrate(lab)
     directory = paths.substrate_dir(lab)
     if directory.exists():
         shutil.rmtree(directory)
@@ -123,6 +98,5 @@ def status(lab: str) -> LabStatus:
     except LabNotFound:
         config = None
     state = kernel.state(lab)
-    with Store(paths.state_db()) as store:
-        vnets = tuple(r.id for r in store.vnets(lab))
+    vnets = tuple(v.id for v in _local_vnets() if v.lab == lab)
     return LabStatus(lab, config, state.namespaces, state.root_links, vnets)

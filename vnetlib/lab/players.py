@@ -13,7 +13,7 @@ from vnetlib import paths
 from vnetlib.lab import manage, processes
 from vnetlib.players import config as player_config
 from vnetlib.players.config import PipSection, PlayerConfig, Upstream, VnoSection, VnpSection
-from vnetlib.players.pki import Credentials, LabCA, Role
+from vnetlib.players.pki import Credentials, LabCA, Role, identity_of_file
 from vnetlib.players.sp import ServiceProvider
 
 if TYPE_CHECKING:
@@ -102,21 +102,45 @@ def _start(
     return f"process {cfg.name} ({cfg.role.value}) at {url}"
 
 
+def credentials_dir(directory: Path, name: str) -> Path:
+    """The one directory a player of the lab reads its credentials from."""
+    return directory / "credentials" / name
+
+
 def hand_out(ca: LabCA, target: Path, name: str, role: Role) -> Path:
-    """Give a player only its own key and certificate and the CA certificate,
-    not the CA's key: a player cannot issue certificates."""
-    creds = ca.issue(name, role)
-    target.mkdir(parents=True, exist_ok=True)
-    target.chmod(0o700)
-    for source, dest, mode in ((creds.cert_path, f"{name}.pem", 0o644),
-                               (creds.key_path, f"{name}.key", 0o600),
-                               (creds.ca_path, "ca.pem", 0o644)):
-        path = target / dest
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(source.read_bytes())
-        tmp.chmod(mode)
-        tmp.replace(path)
+    """Give a player only its own key and certificate, the CA certificate and
+    the CA's CRL, not the CA's key: a player cannot issue certificates."""
+    ca.export(name, role, target)
     return target
+
+
+def publish_crl(ca: LabCA, directory: Path) -> list[Path]:
+    """Copy the CA's current CRL into every player's credential directory;
+    running players read it before their next connection."""
+    root = directory / "credentials"
+    dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    return [ca.copy_crl(d) for d in dirs]
+
+
+def revoke(directory: Path, who: str | int, reason: str = "unspecified") -> list[int]:
+    """Revoke a player's certificates (or one serial) in the lab at
+    `directory` and hand the new CRL to every player; returns the serials."""
+    ca = LabCA.load(pki_dir(directory))
+    serials = ca.revoke(who, reason)
+    publish_crl(ca, directory)
+    return serials
+
+
+def renew(directory: Path, name: str) -> Credentials:
+    """A new key and certificate for a player of the lab at `directory`,
+    handed to it at once (a running management node serves it from its next
+    connection on; what it presents as a client changes on restart)."""
+    ca = LabCA.load(pki_dir(directory))
+    creds = ca.renew(name)
+    target = credentials_dir(directory, name)
+    if target.is_dir():
+        ca.export(name, identity_of_file(creds.cert_path).role, target)
+    return creds
 
 
 def start_players(spec: LabSpec, directory: Path) -> list[str]:
@@ -131,7 +155,7 @@ def start_players(spec: LabSpec, directory: Path) -> list[str]:
             name=name,
             role=role,
             store=f"sqlite:///{directory / 'stores' / f'{name}.db'}",
-            pki=hand_out(ca, directory / "credentials" / name, name, role),
+            pki=hand_out(ca, credentials_dir(directory, name), name, role),
             **section,  # type: ignore[arg-type]
         )
 
@@ -140,7 +164,9 @@ def start_players(spec: LabSpec, directory: Path) -> list[str]:
 
     try:
         for i, substrate in enumerate(spec.substrates(), start=1):
-            pip = PipSection(substrate=substrate.name, price_per_cpu=float(i))
+            files = paths.substrate_dir(substrate.name)
+            pip = PipSection(substrate=str(files / manage.SUBSTRATE_FILE),
+                             inventory=str(files / manage.INVENTORY_FILE), price_per_cpu=float(i))
             manage.set_manager(substrate.name, f"{pip_name(i)} of lab {spec.name}")
             if note := _start(
                 directory, config(pip_name(i), Role.PIP, pip=pip), players, substrate.name
@@ -154,6 +180,7 @@ def start_players(spec: LabSpec, directory: Path) -> list[str]:
         if note := _start(directory, vno, players, None):
             created.append(note)
         ca.issue(SP_NAME, Role.SP)
+        publish_crl(ca, directory)
     finally:
         save_players(directory, players)
     return created

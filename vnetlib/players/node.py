@@ -8,9 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
+from vnetlib.core.deployer import Deployer
 from vnetlib.players.config import PlayerConfig
-from vnetlib.players.pip import Deploy, PipService
-from vnetlib.players.pki import Credentials, LabCA, Role
+from vnetlib.players.pip import PipService
+from vnetlib.players.pki import Credentials, Role, player_credentials
 from vnetlib.players.server import Service, ServiceServer
 from vnetlib.players.vno import VnoService
 from vnetlib.players.vnp import VnpService
@@ -21,21 +22,17 @@ class PlayerService(Protocol):
 
 
 def credentials_for(config: PlayerConfig) -> Credentials:
-    """The player's credentials: `pki` is either a directory holding only this
-    player's certificate, key and the CA certificate (`NAME.pem`, `NAME.key`,
-    `ca.pem`, as `vnet lab up` hands them out), or the lab CA itself, which
-    then issues them (if missing; reused if valid)."""
-    own = Credentials(config.pki / f"{config.name}.pem", config.pki / f"{config.name}.key",
-                      config.pki / "ca.pem")
-    if own.cert_path.exists() and own.key_path.exists() and own.ca_path.exists():
-        return own
-    return LabCA.load(config.pki).issue(config.name, config.role)
+    """The player's credentials from `pki`, a directory of its own holding
+    `NAME.pem`, `NAME.key`, `ca.pem` and `crl.pem` (as `vnet lab up` and
+    `LabCA.export` hand them out). A directory holding the CA key, or any
+    other private key, is refused with an error naming the file."""
+    return player_credentials(config.pki, config.name, config.role)
 
 
 def build_service(config: PlayerConfig, credentials: Credentials, *,
-                  deploy: Deploy | None = None) -> PipService | VnpService | VnoService:
+                  deployer: Deployer | None = None) -> PipService | VnpService | VnoService:
     if config.role is Role.PIP:
-        return PipService(config, credentials, deploy=deploy)
+        return PipService(config, credentials, deployer=deployer)
     if config.role is Role.VNP:
         return VnpService(config, credentials)
     return VnoService(config, credentials)
@@ -45,11 +42,11 @@ class ManagementNode:
     """A player's service listening with mutual TLS; `with` or start()/stop()."""
 
     def __init__(self, config: PlayerConfig, credentials: Credentials | None = None, *,
-                 deploy: Deploy | None = None) -> None:
+                 deployer: Deployer | None = None) -> None:
         self.config = config
         self.credentials = credentials or credentials_for(config)
         self.service: PipService | VnpService | VnoService = build_service(
-            config, self.credentials, deploy=deploy)
+            config, self.credentials, deployer=deployer)
         try:
             self.server = ServiceServer(self._as_service(), self.credentials,
                                         host=config.host, port=config.port, timeout=600.0)

@@ -1,0 +1,51 @@
+"""The sliver state machine: which state may follow which.
+
+```
+            allocate
+               │
+               ▼
+   ┌────── allocated ──────────────┐ expiry (reaper)
+   │           │ provision         ▼
+   │           ▼                 expired
+   │      provisioning ──fail──► failed ◄──┐
+   │           │ deployed          │       │
+   │           ▼                   │ delete│ removal failed
+   │ provisioned ──joined──► ready │       │
+   │     │                    │    │       │
+   └─────┴──── delete ────────┴────┴──► deleting ──► deleted
+```
+
+`provisioning` and `deleting` are held by one operation at a time (the
+sliver's lock, a lease in the ledger); the other states are at rest. A write
+that loses a race to another writer fails (compare-and-swap on the row's
+version) and is re-decided on what is now there, never replayed.
+"""
+
+from __future__ import annotations
+
+from vnetlib.core.records import State
+
+S = State
+ALLOWED: dict[State, frozenset[State]] = {
+    S.ALLOCATED: frozenset({S.ALLOCATED, S.PROVISIONING, S.EXPIRED, S.DELETING}),
+    S.PROVISIONING: frozenset({S.PROVISIONED, S.READY, S.FAILED, S.PROVISIONING}),
+    S.PROVISIONED: frozenset({S.PROVISIONED, S.READY, S.DELETING}),
+    S.READY: frozenset({S.READY, S.DELETING}),
+    S.FAILED: frozenset({S.FAILED, S.DELETING}),
+    S.DELETING: frozenset({S.DELETING, S.DELETED, S.FAILED}),
+    S.DELETED: frozenset(),
+    S.EXPIRED: frozenset(),
+}
+
+BUSY = frozenset({S.PROVISIONING, S.DELETING})
+
+
+class IllegalTransition(RuntimeError):
+    def __init__(self, sliver: str, old: State, new: State) -> None:
+        super().__init__(f"sliver {sliver}: {old.value} cannot become {new.value}")
+        self.old, self.new = old, new
+
+
+def check(sliver: str, old: State, new: State) -> None:
+    if new not in ALLOWED[old]:
+        raise IllegalTransition(sliver, old, new)

@@ -1,0 +1,525 @@
+"""The PIP core: slivers on one substrate, from allocation to deletion.
+
+Every operation reads the sliver, decides on what it finds, and writes the
+result as a compare-and-swap (`Ledger.update`); losing a race means reading
+again and deciding again. Operations that touch the hosts (provision,
+stitching, delete) hold the sliver's lock, a lease in the ledger: a
+concurrent Provision is refused (409), a concurrent Delete or stitching waits
+for the lock (bounded by `timeouts.SLIVER_WAIT`), so what the ledger says is
+always what the hosts hold once an operation answers. A lock whose holder died
+(SIGKILL) or whose lease ran out is taken over by `reap`, which finishes the
+dead operation's work: a half-done Provision is rolled back, a half-done
+Delete completed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from vnetlib import naming
+from vnetlib.core.deployer import Deployer
+from vnetlib.core.ledger import Exists, Ledger, NoVni, Stale
+from vnetlib.core.machine import BUSY
+from vnetlib.core.records import ENDED, Embedding, Lock, Peer, Sliver, State, Stitch
+from vnetlib.deploy.ansible import DeployError, Progress
+from vnetlib.placement import EmbeddingRejected, embed_on_substrate, residual_substrate
+from vnetlib.plan.build import PlanError, build_plan, crossing_links
+from vnetlib.players import timeouts
+from vnetlib.spec import dump_vnet, parse_vnet
+from vnetlib.spec.model import Substrate, VNetSpec
+
+log = logging.getLogger(__name__)
+
+TOMBSTONE_SECONDS = 3600.0
+POLL = 0.05
+
+
+class CoreError(Exception):
+    """An operation that cannot be done; `kind` says how a service answers it."""
+
+    kind = "conflict"
+
+
+class NotFound(CoreError):
+    kind = "not-found"
+
+
+class Conflict(CoreError):
+    kind = "conflict"
+
+
+class Busy(Conflict):
+    """Another operation holds the sliver; retry later."""
+
+
+class Gone(CoreError):
+    kind = "gone"
+
+
+class Rejected(Conflict):
+    """The substrate cannot hold the request; `public` says what ran out without
+    naming hosts (information hiding)."""
+
+    def __init__(self, message: str, public: str) -> None:
+        super().__init__(message)
+        self.public = public
+
+
+class DeployFailed(CoreError):
+    """The hosts refused a plan; what was deployed has been rolled back
+    (`rolled_back`), or the sliver is kept as failed for Delete to retry."""
+
+    kind = "failed"
+
+    def __init__(self, message: str, cause: DeployError | PlanError | NoVni,
+                 rolled_back: bool) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.rolled_back = rolled_back
+
+
+@functools.lru_cache(maxsize=512)
+def spec_of(xml: str) -> VNetSpec:
+    """A sliver's description, parsed once however often it is read."""
+    return parse_vnet(xml.encode())
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def this_holder() -> str:
+    """Who holds a lock: host, pid and the pid's start time (pids are reused)."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def holder_alive(holder: str) -> bool:
+    """False only when the holder surely died: same host, and its pid is gone
+    or is another process now. Holders on other hosts run out their lease."""
+    host, _, rest = holder.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    return _start_time(int(pid)) == started
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    per_cpu: float = 1.0
+    per_mbps: float = 0.0
+    reservation_seconds: float = 60.0
+
+
+@dataclass
+class PipCore:
+    """Slivers on `substrate`, kept in `ledger`, deployed by `deployer`."""
+
+    substrate: Substrate
+    ledger: Ledger
+    deployer: Deployer
+    pricing: Pricing = field(default_factory=Pricing)
+    on_removed: Callable[[Sliver], None] | None = None  # e.g. kill the tenant's processes
+    holder: str = field(default_factory=this_holder)
+
+    @property
+    def name(self) -> str:
+        return self.substrate.name
+
+    # -- reading -------------------------------------------------------------------
+
+    def residual(self, slivers: Sequence[Sliver] | None = None) -> Substrate:
+        """The substrate minus what live slivers hold (expired reservations free)."""
+        now = time.time()
+        if slivers is None:
+            slivers = [s for s in self.ledger.slivers()
+                       if not (s.state is State.ALLOCATED and (s.expires or 0) <= now)]
+        return residual_substrate(self.substrate, [(spec_of(s.spec_xml), s.embedding.to_dict())
+                                                   for s in slivers])
+
+    def sliver(self, owner: str, name: str) -> Sliver:
+        """The caller's sliver; NotFound for another owner's or an unknown one."""
+        s = self.ledger.find(owner, name)
+        if s is None:
+            raise NotFound(f"no sliver {name}")
+        if s.state is State.EXPIRED or (s.state is State.ALLOCATED
+                                        and (s.expires or 0) <= time.time()):
+            raise Gone(f"the reservation of sliver {name} expired")
+        if s.state is State.DELETED:
+            raise Gone(f"sliver {name} was deleted")
+        return s
+
+    def slivers(self, owner: str) -> list[Sliver]:
+        now = time.time()
+        return [s for s in self.ledger.slivers(owner)
+                if not (s.state is State.ALLOCATED and (s.expires or 0) <= now)]
+
+    def price(self, spec: VNetSpec) -> float:
+        cpu = sum(n.cpu for n in spec.nodes)
+        mbps = sum(k.bandwidth_mbps for k in spec.links) + sum(
+            b.bandwidth_mbps for b in spec.boundary)
+        return round(cpu * self.pricing.per_cpu + mbps * self.pricing.per_mbps, 6)
+
+    def plan(self, s: Sliver) -> dict[str, Any]:
+        """The deployment plan of a sliver as it stands (plain data)."""
+        boundary = {st.link: (st.remote, st.vni) for st in s.stitches}
+        return build_plan(spec_of(s.spec_xml), s.embedding.node_map, self.substrate,
+                          vnet_id=s.id, lab=self.name, vnis=self.ledger.vnis_of(s.id),
+                          boundary=boundary).to_dict()
+
+    # -- negotiation ---------------------------------------------------------------
+
+    def check_fits(self, spec: VNetSpec) -> None:
+        """Rejected if the substrate cannot hold `spec` now; reserves nothing."""
+        self._embed(spec, "quote", self.residual())
+
+    def _embed(self, spec: VNetSpec, sliver_id: str, residual: Substrate) -> Embedding:
+        try:
+            return Embedding.from_dict(embed_on_substrate(residual, spec, sliver_id))
+        except EmbeddingRejected as exc:
+            r = exc.rejection
+            raise Rejected(str(exc), f"{r.request_id}: not enough {r.resource} "
+                                     "on this substrate") from exc
+
+    def allocate(self, owner: str, name: str, spec: VNetSpec, *,
+                 expires_in: float | None = None, sliver_id: str | None = None,
+                 price_limit: float | None = None) -> Sliver:
+        """Reserve capacity for `spec` until an expiry (capped by the pricing's)."""
+        price = self.price(spec)
+        if price_limit is not None and price > price_limit + 1e-9:
+            raise Conflict(f"the price is {price:g}, not {price_limit:g}: ask for a new quote")
+        cap = self.pricing.reservation_seconds
+        seconds = min(expires_in or cap, cap)
+        sid = sliver_id or f"s{naming.short_hash(owner, name)}"
+        xml = dump_vnet(spec).decode()
+
+        def build(holding: list[Sliver]) -> Sliver:
+            embedding = self._embed(spec, sid, self.residual(holding))
+            return Sliver(id=sid, substrate=self.name, owner=owner, name=name,
+                          state=State.ALLOCATED, spec_xml=xml, embedding=embedding,
+                          price=price, expires=time.time() + seconds)
+
+        try:
+            return self.ledger.allocate(build)
+        except Exists as exc:
+            raise Conflict(str(exc)) from exc
+
+    def renew(self, owner: str, name: str, seconds: float) -> Sliver:
+        seconds = min(seconds, self.pricing.reservation_seconds)
+        while True:
+            s = self.sliver(owner, name)
+            if s.state is not State.ALLOCATED:
+                return s  # provisioned slivers do not expire
+            try:
+                return self.ledger.update(s, replace(s, expires=time.time() + seconds))
+            except Stale:
+                continue
+
+    # -- the sliver's lock ---------------------------------------------------------
+
+    @contextmanager
+    def _operation(self, owner: str, name: str, op: str, *,
+                   wait: float = timeouts.SLIVER_WAIT,
+                   accept: Callable[[Sliver], State | None]) -> Iterator[_Op]:
+        """Take the sliver's lock for `op`, moving it to the state `accept`
+        chooses (None: nothing to do, the block gets `op.idle` set).
+
+        Waits up to `wait` for another operation's lock; Busy after that."""
+        deadline = time.monotonic() + wait
+        while True:
+            s = self.sliver(owner, name) if op != "delete" else self._for_delete(owner, name)
+            if s.lock is not None and not self._dead(s.lock):
+                if time.monotonic() >= deadline:
+                    raise Busy(f"sliver {name} is busy ({s.lock.op}); retry later")
+                time.sleep(POLL)
+                continue
+            target = accept(s)
+            if target is None:
+                yield _Op(self, s, idle=True)
+                return
+            lock = Lock(op, self.holder, time.time() + timeouts.SLIVER_WAIT)
+            try:
+                s = self.ledger.update(s, replace(s, state=target, lock=lock))
+            except Stale:
+                continue
+            break
+        handle = _Op(self, s)
+        try:
+            yield handle
+        finally:
+            handle.unlock()
+
+    def _for_delete(self, owner: str, name: str) -> Sliver:
+        s = self.ledger.find(owner, name)
+        if s is None:
+            raise NotFound(f"no sliver {name}")
+        return s
+
+    def _dead(self, lock: Lock) -> bool:
+        return lock.until <= time.time() or not holder_alive(lock.holder)
+
+    # -- provisioning --------------------------------------------------------------
+
+    def provision(self, owner: str, name: str, peers: Sequence[Peer] = (), *,
+                  progress: Progress | None = None) -> Sliver:
+        """Deploy an allocated sliver; a repeated Provision returns it as it is."""
+        s = self.sliver(owner, name)
+        refs = {b.peer_ref for b in spec_of(s.spec_xml).boundary}
+        if s.state is State.ALLOCATED and (missing := sorted(refs - {p.ref for p in peers})):
+            raise Conflict(f"boundary links without a peer: {', '.join(missing)}")
+        self._check_peer_refs(s, peers)
+
+        def accept(s: Sliver) -> State | None:
+            if s.state in (State.PROVISIONED, State.READY):
+                return None
+            if s.state is State.PROVISIONING:
+                raise Busy(f"sliver {name} is being provisioned")
+            if s.state is not State.ALLOCATED:
+                raise Conflict(f"sliver {name} is {s.state.value}")
+            return State.PROVISIONING
+
+        with self._operation(owner, name, "provision", wait=0.0, accept=accept) as op:
+            if op.idle:
+                return op.sliver
+            spec = spec_of(op.sliver.spec_xml)
+            links = crossing_links(spec, op.sliver.embedding.node_map)
+            try:
+                # Peers, "deployed" and tunnel ids in one write, before any host is
+                # touched: whatever happens next, Delete removes what may be there.
+                op.save(replace(op.sliver, peers=tuple(peers), expires=None, deployed=True),
+                        also=lambda conn: self.ledger.take_vnis(conn, op.sliver.id, links))
+                started = time.perf_counter()
+                plan = self.plan(op.sliver)
+                planned = time.perf_counter()
+                self.deployer.apply(plan, "present", progress=progress)
+                timings = {"plan": round(planned - started, 4),
+                           "deploy": round(time.perf_counter() - planned, 4)}
+            except (DeployError, PlanError, NoVni) as exc:
+                rolled_back = self._rollback(op, exc, progress)
+                raise DeployFailed(f"deployment of sliver {name} failed: {exc}", exc,
+                                   rolled_back) from exc
+            except BaseException as exc:
+                self._rollback(op, exc, progress)
+                raise
+            done = State.READY if not refs else State.PROVISIONED
+            op.save(replace(op.sliver, state=done, timings=timings, lock=None))
+            return op.sliver
+
+    def record_timings(self, s: Sliver, timings: dict[str, float]) -> Sliver:
+        """Keep how long each phase of a sliver's instantiation took."""
+        while True:
+            try:
+                return self.ledger.update(s, replace(s, timings=dict(timings)))
+            except Stale:
+                cur = self.ledger.get(s.id)
+                if cur is None:
+                    return s
+                s = cur
+
+    def _rollback(self, op: _Op, cause: BaseException, progress: Progress | None) -> bool:
+        """Remove what a failed Provision may have created; the sliver ends failed
+        (with nothing on the hosts when the removal worked)."""
+        s = op.sliver
+        removed = not s.deployed
+        if s.deployed:
+            try:
+                self.deployer.apply(self.plan(s), "absent", progress=progress)
+                removed = True
+            except (DeployError, PlanError) as exc:
+                log.error("%s: rollback of %s incomplete: %s", self.name, s.name, exc)
+                if isinstance(cause, DeployError):
+                    cause.add_note(f"rollback incomplete: {exc}; Delete retries the removal")
+        op.save(replace(s, state=State.FAILED, deployed=not removed, error=str(cause)[:500],
+                        lock=None))
+        return removed
+
+    def _check_peer_refs(self, s: Sliver, peers: Sequence[Peer]) -> None:
+        """A (ref, peer) pair names one boundary link on this substrate: two live
+        slivers naming the same pair would let one customer answer for another."""
+        pairs = {(p.ref, p.name) for p in peers}
+        if not pairs:
+            return
+        for other in self.ledger.slivers():
+            if other.id != s.id and pairs & {(p.ref, p.name) for p in other.peers}:
+                raise Conflict(f"sliver {s.name}: a boundary link ref is already in use")
+
+    # -- stitching (Interface 4) ---------------------------------------------------
+
+    def stitched_sliver(self, peer: str, ref: str) -> Sliver:
+        """The live sliver whose boundary link `ref` names `peer` as its peer."""
+        for s in self.ledger.slivers():
+            p = s.peer(ref)
+            if p is not None and p.name == peer and s.state not in ENDED:
+                return s
+        raise NotFound(f"no link {ref}")
+
+    def join(self, s: Sliver, stitches: Sequence[Stitch], *,
+             progress: Progress | None = None) -> Sliver:
+        """Record agreed boundary links, deploy their local segments, mark them joined.
+
+        Recorded before deploying (so Delete removes a half-deployed segment),
+        joined only after (so a repeated proposal deploys again)."""
+
+        def accept(cur: Sliver) -> State | None:
+            if cur.state not in (State.PROVISIONED, State.READY):
+                raise Conflict(f"sliver {cur.name} is {cur.state.value}: provision it first")
+            return cur.state
+
+        with self._operation(s.owner, s.name, "join", accept=accept) as op:
+            pending = [replace(st, joined=False) for st in stitches
+                       if op.sliver.stitch(st.ref) != replace(st, joined=True)]
+            if not pending:
+                return op.sliver
+            op.save(op.sliver.with_stitches(pending))
+            nodes = {b.id: b.endpoint.node for b in spec_of(op.sliver.spec_xml).boundary}
+            hosts = {op.sliver.embedding.node_map[nodes[st.link]] for st in pending}
+            plan = self.plan(op.sliver)
+            plan["hosts"] = {h: p for h, p in plan["hosts"].items() if h in hosts}
+            self.deployer.apply(plan, "present", progress=progress)
+            joined = op.sliver.with_stitches([replace(st, joined=True) for st in pending])
+            op.save(replace(joined, state=State.READY if joined.all_joined else joined.state,
+                            lock=None))
+            return op.sliver
+
+    # -- deletion ------------------------------------------------------------------
+
+    def delete(self, owner: str, name: str, *, progress: Progress | None = None) -> Sliver:
+        """Remove what the sliver has on the hosts and end it; idempotent.
+
+        Waits for an operation in progress on it (bounded); a removal that fails
+        leaves it failed, still deployed, for a later Delete."""
+
+        def accept(s: Sliver) -> State | None:
+            return None if s.state in ENDED else State.DELETING
+
+        with self._operation(owner, name, "delete", accept=accept) as op:
+            if op.idle:
+                return op.sliver
+            return self._remove(op, progress)
+
+    def _remove(self, op: _Op, progress: Progress | None) -> Sliver:
+        s = op.sliver
+        if self.on_removed is not None:
+            self.on_removed(s)
+        if s.deployed:
+            try:
+                self.deployer.apply(self.plan(s), "absent", progress=progress)
+            except (DeployError, PlanError) as exc:
+                op.save(replace(s, state=State.FAILED, error=str(exc)[:500], lock=None))
+                raise DeployFailed(f"removal of sliver {s.name} failed: {exc}", exc,
+                                   False) from exc
+        op.save(replace(s, state=State.DELETED, deployed=False, lock=None),
+                also=lambda conn: self.ledger.drop_vnis(conn, s.id))
+        return op.sliver
+
+    # -- the reaper ----------------------------------------------------------------
+
+    def reap(self) -> list[str]:
+        """Expire reservations whose time is up, finish operations whose holder
+        died, drop old tombstones. Runs in the background, never inside a
+        customer's request; returns what it did, for logs and tests."""
+        done: list[str] = []
+        now = time.time()
+        for s in self.ledger.slivers():
+            try:
+                if s.state is State.ALLOCATED and (s.expires or 0) <= now and s.lock is None:
+                    self.ledger.update(s, replace(s, state=State.EXPIRED))
+                    done.append(f"expired {s.owner}/{s.name}")
+                elif s.lock is not None and self._dead(s.lock):
+                    done.append(self._take_over(s))
+            except Stale:
+                continue  # someone else moved it: the next round sees the new state
+            except (DeployFailed, DeployError, PlanError) as exc:
+                log.error("%s: recovery of %s failed: %s", self.name, s.name, exc)
+        self.ledger.purge_ended(now - TOMBSTONE_SECONDS)
+        return done
+
+    def _take_over(self, s: Sliver) -> str:
+        """Finish the operation of a holder that died, with its lock taken over."""
+        lock = Lock(f"recover-{s.lock.op if s.lock else ''}", self.holder,
+                    time.time() + timeouts.SLIVER_WAIT)
+        s = self.ledger.update(s, replace(s, lock=lock))
+        op = _Op(self, s)
+        try:
+            if s.state is State.PROVISIONING:
+                self._rollback(op, RuntimeError("the PIP stopped during provisioning"), None)
+                return f"rolled back {s.owner}/{s.name}"
+            if s.state is State.DELETING:
+                self._remove(op, None)
+                return f"deleted {s.owner}/{s.name}"
+            return f"unlocked {s.owner}/{s.name}"
+        finally:
+            op.unlock()
+
+    # -- check mode ----------------------------------------------------------------
+
+    def dry_run(self, spec: VNetSpec, sliver_id: str, *,
+                progress: Progress | None = None) -> tuple[Embedding, dict[str, Any]]:
+        """What an instantiation would do: embedding and plan, checked against the
+        hosts in check mode; nothing recorded, nothing changed."""
+        embedding = self._embed(spec, sliver_id, self.residual())
+        used = self.ledger.used_vnis()
+        vnis: dict[str, int] = {}
+        candidate = 4096
+        for link in crossing_links(spec, embedding.node_map):
+            while candidate in used:
+                candidate += 1
+            vnis[link] = candidate
+            used.add(candidate)
+        plan = build_plan(spec, embedding.node_map, self.substrate, vnet_id=sliver_id,
+                          lab=self.name, vnis=vnis).to_dict()
+        self.deployer.apply(plan, "present", check=True, progress=progress)
+        return embedding, plan
+
+
+@dataclass
+class _Op:
+    """An operation holding a sliver's lock: saves go through the ledger's CAS;
+    the last save of an operation clears the lock (`lock=None`) with its result."""
+
+    core: PipCore
+    sliver: Sliver
+    idle: bool = False
+
+    def save(self, new: Sliver, also: Callable[[Any], Any] | None = None) -> Sliver:
+        self.sliver = self.core.ledger.update(self.sliver, new, also=also)
+        return self.sliver
+
+    def unlock(self) -> None:
+        if self.idle or self.sliver.lock is None:
+            return
+        for _ in range(20):
+            try:
+                self.save(replace(self.sliver, lock=None))
+                return
+            except Stale:  # only a takeover can move a locked row: ours no more
+                cur = self.core.ledger.get(self.sliver.id)
+                if cur is None or cur.lock is None or cur.lock.holder != self.core.holder:
+                    return
+                self.sliver = cur
+
+
+__all__ = [
+    "BUSY",
+    "Busy",
+    "Conflict",
+    "CoreError",
+    "DeployFailed",
+    "Gone",
+    "NotFound",
+    "PipCore",
+    "Pricing",
+    "Rejected",
+]

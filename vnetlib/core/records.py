@@ -1,0 +1,166 @@
+"""The ledger's typed records: slivers and what they hold, with a JSON round trip.
+
+A sliver is the PIP's unit of sale (GENI AM v3 terms): a part of a VNet,
+embedded on the substrate, allocated until an expiry, then provisioned
+(deployed) and joined with its peers at its boundary links.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+
+class State(StrEnum):
+    ALLOCATED = "allocated"
+    PROVISIONING = "provisioning"
+    PROVISIONED = "provisioned"  # deployed; some boundary links not joined yet
+    READY = "ready"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+# States whose sliver may have objects on the hosts, or hold substrate capacity.
+LIVE = frozenset({State.ALLOCATED, State.PROVISIONING, State.PROVISIONED, State.READY,
+                  State.DELETING, State.FAILED})
+ENDED = frozenset({State.DELETED, State.EXPIRED})
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    path: tuple[str, ...]
+    bandwidth: float
+
+
+@dataclass(frozen=True, slots=True)
+class Embedding:
+    """Where a sliver's nodes and links sit: host per node, substrate paths per link."""
+
+    node_map: Mapping[str, str]
+    link_map: Mapping[str, tuple[Flow, ...]]
+    algorithm: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node_map": dict(self.node_map),
+            "link_map": {k: [{"path": list(f.path), "bandwidth": f.bandwidth} for f in flows]
+                         for k, flows in self.link_map.items()},
+            "algorithm": self.algorithm,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Embedding:
+        return cls(
+            {str(k): str(v) for k, v in d["node_map"].items()},
+            {str(k): tuple(Flow(tuple(str(n) for n in f["path"]), float(f["bandwidth"]))
+                           for f in flows) for k, flows in d["link_map"].items()},
+            str(d.get("algorithm", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The provider at the other end of a boundary link, as the customer named it."""
+
+    ref: str
+    name: str
+    url: str
+    role: str  # initiator | responder
+
+
+@dataclass(frozen=True, slots=True)
+class Stitch:
+    """A boundary link agreed with its peer: tunnel id and remote endpoint.
+    `joined` once the local segment is deployed."""
+
+    ref: str
+    link: str
+    vni: int
+    remote: str
+    joined: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Lock:
+    """An operation in progress on a sliver: who runs it and until when it may."""
+
+    op: str
+    holder: str
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Sliver:
+    id: str
+    substrate: str
+    owner: str
+    name: str
+    state: State
+    spec_xml: str
+    embedding: Embedding
+    price: float = 0.0
+    expires: float | None = None
+    peers: tuple[Peer, ...] = ()
+    stitches: tuple[Stitch, ...] = ()
+    deployed: bool = False  # something may be on the hosts: Delete must remove it
+    lock: Lock | None = None
+    error: str = ""
+    timings: Mapping[str, float] = field(default_factory=dict)
+    created: float = 0.0
+    updated: float = 0.0
+    version: int = 0
+
+    def peer(self, ref: str) -> Peer | None:
+        return next((p for p in self.peers if p.ref == ref), None)
+
+    def stitch(self, ref: str) -> Stitch | None:
+        return next((s for s in self.stitches if s.ref == ref), None)
+
+    def with_stitches(self, stitches: list[Stitch]) -> Sliver:
+        """This sliver with `stitches` added or replacing those of the same ref."""
+        refs = {s.ref for s in stitches}
+        return replace(self, stitches=(*[s for s in self.stitches if s.ref not in refs],
+                                       *stitches))
+
+    @property
+    def all_joined(self) -> bool:
+        return (len(self.stitches) == len(self.peers)
+                and all(s.joined for s in self.stitches))
+
+    def data_json(self) -> str:
+        """What the ledger keeps beside its indexed columns."""
+        return json.dumps({
+            "spec": self.spec_xml,
+            "embedding": self.embedding.to_dict(),
+            "price": self.price,
+            "peers": [[p.ref, p.name, p.url, p.role] for p in self.peers],
+            "stitches": [[s.ref, s.link, s.vni, s.remote, s.joined] for s in self.stitches],
+            "deployed": self.deployed,
+            "lock": None if self.lock is None else [self.lock.op, self.lock.holder,
+                                                    self.lock.until],
+            "error": self.error,
+            "timings": dict(self.timings),
+        })
+
+    @classmethod
+    def from_row(cls, *, id: str, substrate: str, owner: str, name: str, state: str,
+                 expires: float | None, created: float, updated: float, version: int,
+                 data: str) -> Sliver:
+        d = json.loads(data)
+        lock = d.get("lock")
+        return cls(
+            id=id, substrate=substrate, owner=owner, name=name, state=State(state),
+            spec_xml=d["spec"], embedding=Embedding.from_dict(d["embedding"]),
+            price=float(d["price"]), expires=expires,
+            peers=tuple(Peer(*p) for p in d["peers"]),
+            stitches=tuple(Stitch(r, k, int(v), a, bool(j)) for r, k, v, a, j in d["stitches"]),
+            deployed=bool(d["deployed"]),
+            lock=None if lock is None else Lock(lock[0], lock[1], float(lock[2])),
+            error=d.get("error", ""), timings=d.get("timings", {}),
+            created=created, updated=updated, version=version,
+        )
