@@ -6,7 +6,7 @@ name = "pip-a"                 # player name = certificate CN
 role = "pip"                   # pip | vnp | vno
 listen = "127.0.0.1:0"         # port 0: pick a free port
 store = "sqlite:////var/lib/vnet/players/pip-a/state.db"   # or postgresql+psycopg://...
-pki = "/var/lib/vnet/pki"      # the lab CA directory; credentials issued there for `name`
+pki = "/var/lib/vnet/creds/pip-a"  # its own: pip-a.pem/.key, ca.pem, crl.pem; never ca.key
 [pip]
 substrate = "labp1"
 price_per_cpu = 1.0

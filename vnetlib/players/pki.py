@@ -8,31 +8,49 @@ server can tell which player is calling. The role is read from the SAN URI,
 which is the one place a name constraint-aware verifier would look; the OU is
 there for humans reading ``openssl x509 -text``.
 
-Layout of a CA directory::
+Layout of a CA directory (only the lab's operator reads it)::
 
     ca.pem, ca.key             the authority (key 0600)
-    players/<name>.pem, .key   one pair per player (key 0600)
+    crl.pem                    the CRL: revoked serials, nextUpdate CRL_DAYS on
+    index.json                 every certificate issued: serial, name, role,
+                               end of validity, revocation
+    players/<name>.pem, .key   the current pair of each player (key 0600)
+    .lock                      flock(2)ed around every change
 
-Keys are EC P-256. Files are written to a temporary name and renamed, so a
-crash never leaves half a key behind.
+A player never sees that directory: `LabCA.export` gives it a directory of
+its own with ``<name>.pem``, ``<name>.key``, ``ca.pem`` and ``crl.pem``, and
+`check_player_dir` refuses one that holds any other private key.
+
+Keys are EC P-256. Every file is written to a unique temporary name in its
+directory and renamed, and every change of the CA's state happens under the
+lock, so neither a crash nor issuing from several threads or processes at
+once leaves a key beside a certificate that is not its own.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import ipaddress
+import json
 import os
 import re
 import ssl
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from vnetlib.players.revocation import CrlError, WatchedContext, revoked_serials
 
 ROLE_URI_PREFIX = "urn:vnet:role:"
 PLAYER_URI_PREFIX = "urn:vnet:player:"
@@ -43,8 +61,19 @@ CA_DAYS = 3650
 PLAYER_DAYS = 365
 # A certificate closer than this to its end is re-issued rather than reused.
 RENEW_BEFORE = dt.timedelta(days=7)
+# A CRL's nextUpdate; a CRL with less than half of it left is published anew
+# whenever the CA issues or hands out credentials.
+CRL_DAYS = 30
+# lastUpdate of a CRL lies this far back, then one second after the previous
+# CRL's: OpenSSL holds every CRL it loaded and trusts the latest lastUpdate,
+# so a running player must see each new CRL as strictly later.
+CRL_BACKDATE = dt.timedelta(seconds=60)
+
+CA_CERT, CA_KEY, CRL_FILE, INDEX_FILE, LOCK_FILE = (
+    "ca.pem", "ca.key", "crl.pem", "index.json", ".lock")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_PRIVATE_KEY_MARK = b"PRIVATE KEY-----"
 
 
 class PkiError(Exception):
@@ -71,38 +100,101 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """Paths of a player's certificate, its key, and the CA that vouches for peers."""
+    """Paths of a player's certificate, its key, the CA that vouches for peers
+    and the CA's CRL (by default ``crl.pem`` beside the CA certificate)."""
 
     cert_path: Path
     key_path: Path
     ca_path: Path
+    crl_path: Path | None = None
+
+    @property
+    def crl(self) -> Path:
+        return self.crl_path if self.crl_path is not None else self.ca_path.with_name(CRL_FILE)
 
     def server_context(self) -> ssl.SSLContext:
         """TLS context for a management node: demands a client certificate
-        issued by the lab CA."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        issued by the lab CA and not revoked. The CRL is read again, and a
+        renewed certificate of this player picked up, before each connection
+        after the files changed."""
+        ctx = WatchedContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(cafile=str(self.ca_path))
         ctx.load_cert_chain(str(self.cert_path), str(self.key_path))
+        self._trust(ctx, watch_own=True)
         return ctx
-
-    def peer_identity(self, der: bytes) -> Identity:
-        """The identity of a peer whose certificate passed the TLS handshake;
-        PkiError if it does not name a player (servers call this on every
-        connection, so revocation checks belong here too)."""
-        return identity_of(der)
 
     def client_context(self) -> ssl.SSLContext:
         """TLS context for calling a management node: presents this player's
-        certificate and checks the server's against the lab CA and host name."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        certificate and checks the server's against the lab CA, its CRL (read
+        again when it changed) and the host name."""
+        ctx = WatchedContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.check_hostname = True
         ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(cafile=str(self.ca_path))
         ctx.load_cert_chain(str(self.cert_path), str(self.key_path))
+        self._trust(ctx, watch_own=False)
         return ctx
+
+    def _trust(self, ctx: WatchedContext, *, watch_own: bool) -> None:
+        ctx.load_verify_locations(cafile=str(self.ca_path))
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        try:
+            if watch_own:
+                ctx.watch(self.crl, self.cert_path, self.key_path)
+            else:
+                ctx.watch(self.crl)
+        except (CrlError, ssl.SSLError) as exc:
+            raise PkiError(f"cannot load CRL {self.crl}: {exc}") from exc
+
+    def peer_identity(self, der: bytes) -> Identity:
+        """The identity of a peer whose certificate passed the TLS handshake;
+        PkiError if it does not name a player or the CRL revokes it. Servers
+        call this on every request: the CRL file is read again only when it
+        changed, so a revocation reaches a running server at once."""
+        cert = x509.load_der_x509_certificate(der)
+        identity = identity_of(cert)
+        try:
+            revoked = revoked_serials(self.crl, self.ca_path)
+        except CrlError as exc:
+            raise PkiError(str(exc)) from exc
+        if cert.serial_number in revoked:
+            raise PkiError(f"certificate of {identity} (serial {cert.serial_number:x}) "
+                           "is revoked")
+        return identity
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCert:
+    """One line of the CA's index."""
+
+    serial: int
+    name: str
+    role: Role
+    not_after: dt.datetime
+    revoked_at: dt.datetime | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"serial": f"{self.serial:x}", "name": self.name, "role": self.role.value,
+                "not_after": self.not_after.isoformat(),
+                "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+                "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> IssuedCert:
+        revoked = data.get("revoked_at")
+        return cls(int(data["serial"], 16), str(data["name"]), Role(data["role"]),
+                   dt.datetime.fromisoformat(data["not_after"]),
+                   dt.datetime.fromisoformat(revoked) if revoked else None,
+                   data.get("reason"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    certs: tuple[IssuedCert, ...] = ()
+    crl_number: int = 0
+    crl_last_update: dt.datetime | None = None
 
 
 def check_player_name(name: str) -> str:
@@ -120,16 +212,21 @@ def _now() -> dt.datetime:
 
 
 def _write_private(path: Path, data: bytes, mode: int) -> None:
-    """Write atomically with the given mode from the first byte on."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    """Write atomically with the given mode from the first byte on, through a
+    temporary file of a name no other writer uses."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, mode)
         os.write(fd, data)
         os.fsync(fd)
-    finally:
         os.close(fd)
-    os.chmod(tmp, mode)  # O_CREAT's mode is filtered by the umask
-    os.replace(tmp, path)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -162,6 +259,16 @@ def _same_public_key(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) ->
     return cert.public_key().public_bytes(*fmt) == key.public_key().public_bytes(*fmt)
 
 
+def _reason(reason: x509.ReasonFlags | str) -> x509.ReasonFlags:
+    if isinstance(reason, x509.ReasonFlags):
+        return reason
+    for flag in x509.ReasonFlags:
+        if reason in (flag.name, flag.value, flag.name.replace("_", "-")):
+            return flag
+    names = ", ".join(f.name for f in x509.ReasonFlags if f is not x509.ReasonFlags.remove_from_crl)
+    raise PkiError(f"unknown revocation reason {reason!r}: one of {names}")
+
+
 class LabCA:
     """A certificate authority kept in one directory."""
 
@@ -173,7 +280,11 @@ class LabCA:
 
     @property
     def cert_path(self) -> Path:
-        return self.directory / "ca.pem"
+        return self.directory / CA_CERT
+
+    @property
+    def crl_path(self) -> Path:
+        return self.directory / CRL_FILE
 
     @property
     def name(self) -> str:
@@ -187,13 +298,21 @@ class LabCA:
         surprise: every certificate issued so far hangs on that CA.
         """
         directory = Path(directory)
-        if (directory / "ca.pem").exists():
-            ca = cls.load(directory)
-            if ca.name != name:
-                raise PkiError(f"{directory} already holds CA {ca.name!r}, not {name!r}")
-            return ca
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
+        with _flock(directory / LOCK_FILE):
+            if (directory / CA_CERT).exists():
+                ca = cls.load(directory)
+                if ca.name != name:
+                    raise PkiError(f"{directory} already holds CA {ca.name!r}, not {name!r}")
+                ca._ensure_crl()
+                return ca
+            ca = cls._new(directory, name)
+            ca._publish_crl(_Index())
+            return ca
+
+    @classmethod
+    def _new(cls, directory: Path, name: str) -> LabCA:
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
@@ -222,27 +341,33 @@ class LabCA:
                            critical=False)
             .sign(key, hashes.SHA256())
         )
-        _write_private(directory / "ca.key", _key_pem(key), 0o600)
-        _write_private(directory / "ca.pem", cert.public_bytes(serialization.Encoding.PEM),
+        _write_private(directory / CA_KEY, _key_pem(key), 0o600)
+        _write_private(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM),
                        0o644)
         return cls(directory, cert, key)
 
     @classmethod
     def load(cls, directory: Path | str) -> LabCA:
         directory = Path(directory)
-        if not (directory / "ca.pem").exists():
+        if not (directory / CA_CERT).exists():
             raise PkiError(f"no CA in {directory}: create one with LabCA.create")
-        cert = _load_cert(directory / "ca.pem")
-        key = _load_key(directory / "ca.key")
+        cert = _load_cert(directory / CA_CERT)
+        key = _load_key(directory / CA_KEY)
         if not _same_public_key(cert, key):
-            raise PkiError(f"{directory}: ca.key does not match ca.pem")
+            raise PkiError(f"{directory}: {CA_KEY} does not match {CA_CERT}")
         return cls(directory, cert, key)
 
     def credentials_paths(self, player_name: str) -> Credentials:
         check_player_name(player_name)
         players = self.directory / "players"
         return Credentials(players / f"{player_name}.pem", players / f"{player_name}.key",
-                           self.cert_path)
+                           self.cert_path, self.crl_path)
+
+    @contextmanager
+    def _locked(self) -> Iterator[_Index]:
+        """Hold the CA's lock; yields the index as it is now."""
+        with _flock(self.directory / LOCK_FILE):
+            yield self._read_index()
 
     def issue(self, player_name: str, role: Role | str, *,
               days: int = PLAYER_DAYS) -> Credentials:
@@ -251,10 +376,101 @@ class LabCA:
         A name belongs to one role: asking for another role for a name that
         already has a valid certificate is refused, since peers authorize by
         name and a silent change would hand one player's rights to another.
+        A revoked certificate is never reused: the player gets a new pair.
         """
-        role = Role(role)
+        with self._locked() as index:
+            creds = self._issue(index, player_name, Role(role), days)
+            self._ensure_crl()
+            return creds
+
+    def renew(self, player_name: str, *, days: int = PLAYER_DAYS) -> Credentials:
+        """A new key and certificate for a player that has one: same name and
+        role, new serial, a full `days` of validity. The old certificate stays
+        valid until it ends (revoke it to end it sooner), so a running player
+        keeps working until it loads the new pair."""
+        with self._locked() as index:
+            creds = self.credentials_paths(player_name)
+            if not creds.cert_path.exists():
+                raise PkiError(f"player {player_name!r} has no certificate to renew "
+                               f"({creds.cert_path}); issue one first")
+            role = identity_of(_load_cert(creds.cert_path)).role
+            self._new_pair(index, player_name, role, days)
+            self._ensure_crl()
+            return creds
+
+    def revoke(self, who: str | int,
+               reason: x509.ReasonFlags | str = x509.ReasonFlags.unspecified) -> list[int]:
+        """Revoke a player's certificates (`who` a name) or one certificate
+        (`who` a serial), publish the new CRL, return the serials revoked.
+
+        The player's files stay where they are; `issue` and `export` give it
+        a new pair the next time they are asked, `renew` does at once.
+        """
+        flag = _reason(reason)
+        with self._locked() as index:
+            index = self._with_current_pairs(index)
+            if isinstance(who, int):
+                hits = [c for c in index.certs if c.serial == who]
+                if not hits:
+                    raise PkiError(f"serial {who:x} was not issued by CA {self.name!r}")
+                hits = [c for c in hits if c.revoked_at is None]
+            else:
+                check_player_name(who)
+                hits = [c for c in index.certs if c.name == who and c.revoked_at is None
+                        and c.not_after > _now()]
+                if not hits:
+                    raise PkiError(f"player {who!r} has no valid certificate of CA "
+                                   f"{self.name!r} to revoke")
+            now = _now()
+            targets = {c.serial for c in hits}
+            certs = tuple(replace(c, revoked_at=now, reason=flag.value)
+                          if c.serial in targets else c for c in index.certs)
+            self._publish_crl(replace(index, certs=certs))
+            return sorted(targets)
+
+    def certificates(self) -> list[IssuedCert]:
+        """Every certificate in the index, oldest first."""
+        with self._locked() as index:
+            return list(index.certs)
+
+    def export(self, player_name: str, role: Role | str, target: Path | str) -> Credentials:
+        """Issue (or reuse) the player's credentials and copy them, with the
+        CA certificate and CRL but never the CA key, to `target`, the one
+        directory the player reads."""
+        target = Path(target)
+        check_player_name(player_name)
+        if target.resolve() == self.directory.resolve():
+            raise PkiError(f"{target} is the CA's own directory: export elsewhere")
+        target.mkdir(parents=True, exist_ok=True)
+        target.chmod(0o700)
+        with self._locked() as index:
+            creds = self._issue(index, player_name, Role(role), PLAYER_DAYS)
+            self._ensure_crl()
+            given = Credentials(target / f"{player_name}.pem", target / f"{player_name}.key",
+                                target / CA_CERT, target / CRL_FILE)
+            for source, dest, mode in ((creds.key_path, given.key_path, 0o600),
+                                       (creds.cert_path, given.cert_path, 0o644),
+                                       (self.cert_path, given.ca_path, 0o644),
+                                       (self.crl_path, given.crl, 0o644)):
+                _write_private(dest, source.read_bytes(), mode)
+        return given
+
+    def copy_crl(self, target: Path) -> Path:
+        """Put the current CRL into a player's directory, as `crl.pem`."""
+        dest = target / CRL_FILE
+        _write_private(dest, self.crl_path.read_bytes(), 0o644)
+        return dest
+
+    def publish_crl(self) -> Path:
+        """Write a new CRL now (it is written on every change anyway)."""
+        with self._locked() as index:
+            self._publish_crl(index)
+        return self.crl_path
+
+    def _issue(self, index: _Index, player_name: str, role: Role, days: int) -> Credentials:
         creds = self.credentials_paths(player_name)
-        existing = self._reusable(creds)
+        revoked = {c.serial for c in index.certs if c.revoked_at is not None}
+        existing = self._reusable(creds, revoked)
         if existing is not None:
             if existing.role is not role:
                 raise PkiError(
@@ -262,15 +478,29 @@ class LabCA:
                     f"({creds.cert_path}); remove it to re-issue as {role.value}"
                 )
             return creds
+        return self._new_pair(index, player_name, role, days)
+
+    def _new_pair(self, index: _Index, player_name: str, role: Role,
+                  days: int) -> Credentials:
+        """Sign a new pair, record it in the index, then write key and
+        certificate (the lock keeps readers of the pair out meanwhile)."""
+        creds = self.credentials_paths(player_name)
         creds.cert_path.parent.mkdir(mode=0o700, exist_ok=True)
+        taken = {c.serial for c in index.certs}
+        serial = x509.random_serial_number()
+        while serial in taken:
+            serial = x509.random_serial_number()
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = self._sign(player_name, role, key.public_key(), days)
+        cert = self._sign(player_name, role, key.public_key(), days, serial)
+        entry = IssuedCert(serial, player_name, role, cert.not_valid_after_utc)
+        self._write_index(replace(index, certs=(*index.certs, entry)))
         _write_private(creds.key_path, _key_pem(key), 0o600)
         _write_private(creds.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return creds
 
-    def _reusable(self, creds: Credentials) -> Identity | None:
-        """The identity in an existing pair if it is whole, ours and not about to end."""
+    def _reusable(self, creds: Credentials, revoked: set[int]) -> Identity | None:
+        """The identity in an existing pair if it is whole, ours, not revoked
+        and not about to end."""
         if not (creds.cert_path.exists() and creds.key_path.exists()):
             return None
         try:
@@ -280,7 +510,7 @@ class LabCA:
             identity = identity_of(cert)
         except (PkiError, ValueError, TypeError, InvalidSignature):
             return None
-        if not _same_public_key(cert, key):
+        if not _same_public_key(cert, key) or cert.serial_number in revoked:
             return None
         if cert.not_valid_after_utc - RENEW_BEFORE < _now():
             return None
@@ -288,8 +518,91 @@ class LabCA:
             os.chmod(creds.key_path, 0o600)
         return identity
 
+    def _with_current_pairs(self, index: _Index) -> _Index:
+        """The index plus the current certificates of players/ it lacks
+        (issued before the CA kept an index)."""
+        known = {c.serial for c in index.certs}
+        extra: list[IssuedCert] = []
+        for path in sorted((self.directory / "players").glob("*.pem")):
+            try:
+                cert = _load_cert(path)
+                cert.verify_directly_issued_by(self.cert)
+                who = identity_of(cert)
+            except (PkiError, ValueError, TypeError, InvalidSignature):
+                continue
+            if cert.serial_number not in known:
+                extra.append(IssuedCert(cert.serial_number, who.name, who.role,
+                                        cert.not_valid_after_utc))
+        return replace(index, certs=(*index.certs, *extra)) if extra else index
+
+    def _read_index(self) -> _Index:
+        path = self.directory / INDEX_FILE
+        if not path.exists():
+            return _Index()
+        try:
+            data = json.loads(path.read_text())
+            last = data.get("crl_last_update")
+            return _Index(tuple(IssuedCert.from_json(c) for c in data["certs"]),
+                          int(data.get("crl_number", 0)),
+                          dt.datetime.fromisoformat(last) if last else None)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PkiError(f"cannot read the CA index {path}: {exc}") from exc
+
+    def _write_index(self, index: _Index) -> None:
+        data = {"crl_number": index.crl_number,
+                "crl_last_update": (index.crl_last_update.isoformat()
+                                    if index.crl_last_update else None),
+                "certs": [c.to_json() for c in index.certs]}
+        _write_private(self.directory / INDEX_FILE,
+                       (json.dumps(data, indent=1) + "\n").encode(), 0o600)
+
+    def _ensure_crl(self) -> None:
+        """Publish a CRL if there is none or the current one is past half
+        its life. Call with the lock held."""
+        try:
+            crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+            next_update = crl.next_update_utc
+            if next_update is not None and \
+                    next_update - _now() > dt.timedelta(days=CRL_DAYS) / 2:
+                return
+        except (OSError, ValueError):
+            pass
+        self._publish_crl(self._read_index())
+
+    def _publish_crl(self, index: _Index) -> None:
+        """Sign the CRL of `index`, write it and the index. Call with the
+        lock held."""
+        now = _now()
+        last_update = now.replace(microsecond=0) - CRL_BACKDATE
+        if index.crl_last_update is not None and last_update <= index.crl_last_update:
+            last_update = index.crl_last_update + dt.timedelta(seconds=1)
+        number = index.crl_number + 1
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(last_update)
+            .next_update(now + dt.timedelta(days=CRL_DAYS))
+            .add_extension(x509.CRLNumber(number), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                critical=False,
+            )
+        )
+        for cert in index.certs:
+            if cert.revoked_at is None or cert.not_after < now:
+                continue
+            entry = x509.RevokedCertificateBuilder().serial_number(cert.serial) \
+                .revocation_date(cert.revoked_at)
+            reason = _reason(cert.reason or "unspecified")
+            if reason is not x509.ReasonFlags.unspecified:  # RFC 5280 5.3.1: omit it
+                entry = entry.add_extension(x509.CRLReason(reason), critical=False)
+            builder = builder.add_revoked_certificate(entry.build())
+        crl = builder.sign(self._key, hashes.SHA256())
+        self._write_index(replace(index, crl_number=number, crl_last_update=last_update))
+        _write_private(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+
     def _sign(self, player_name: str, role: Role, public_key: ec.EllipticCurvePublicKey,
-              days: int) -> x509.Certificate:
+              days: int, serial: int) -> x509.Certificate:
         subject = x509.Name([
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role.value),
@@ -310,7 +623,7 @@ class LabCA:
             .subject_name(subject)
             .issuer_name(self.cert.subject)
             .public_key(public_key)
-            .serial_number(x509.random_serial_number())
+            .serial_number(serial)
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(min(now + dt.timedelta(days=days), self.cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -369,3 +682,67 @@ def identity_of(peer_cert: x509.Certificate | bytes) -> Identity:
     except ValueError as exc:
         raise PkiError(f"certificate of {name!r} has unknown role {roles[0]!r}") from exc
     return Identity(name, role)
+
+
+def identity_of_file(path: Path | str) -> Identity:
+    """The player that the PEM certificate at `path` names."""
+    return identity_of(_load_cert(Path(path)))
+
+
+@contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    """An exclusive flock(2) on `path`: excludes other processes and, since
+    each call opens the file anew, other threads of this one."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def player_credentials(directory: Path | str, name: str, role: Role | str) -> Credentials:
+    """The credentials in a player's own directory, as `LabCA.export` writes
+    it: ``NAME.pem``, ``NAME.key``, ``ca.pem``, ``crl.pem``.
+
+    Refuses, naming the file, a directory that holds any other private key,
+    the CA's above all: a player that can read the CA key can issue itself
+    any identity. Also refuses missing files, a key that does not match the
+    certificate, and a certificate of another name or role.
+    """
+    directory = Path(directory)
+    role = Role(role)
+    check_player_name(name)
+    creds = Credentials(directory / f"{name}.pem", directory / f"{name}.key",
+                        directory / CA_CERT, directory / CRL_FILE)
+    if (directory / CA_KEY).exists():
+        raise PkiError(f"{directory / CA_KEY}: a player's credential directory must not "
+                       "hold the CA key; give the player its own directory "
+                       "(LabCA.export, as `vnet lab up` does)")
+    for path in sorted(directory.iterdir()) if directory.is_dir() else ():
+        if path != creds.key_path and path.is_file() and _holds_private_key(path):
+            raise PkiError(f"{path} holds a private key: a player's credential directory "
+                           f"holds only its own key, {creds.key_path.name}")
+    missing = [p.name for p in (creds.cert_path, creds.key_path, creds.ca_path, creds.crl)
+               if not p.is_file()]
+    if missing:
+        raise PkiError(f"{directory}: missing {', '.join(missing)} for player {name!r} "
+                       "(LabCA.export writes them, as `vnet lab up` does)")
+    cert, key, ca = (_load_cert(creds.cert_path), _load_key(creds.key_path),
+                     _load_cert(creds.ca_path))
+    if _same_public_key(ca, key):
+        raise PkiError(f"{creds.key_path} is the CA key: a player holds only its own key")
+    if not _same_public_key(cert, key):
+        raise PkiError(f"{creds.key_path} does not match {creds.cert_path}")
+    who = identity_of(cert)
+    if who != Identity(name, role):
+        raise PkiError(f"{creds.cert_path} names {who}, not {Identity(name, role)}")
+    return creds
+
+
+def _holds_private_key(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return _PRIVATE_KEY_MARK in f.read(1 << 20)
+    except OSError:
+        return False
