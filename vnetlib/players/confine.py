@@ -1,0 +1,337 @@
+"""Commands of customers confined per tenant (per VNet) on a PIP host.
+
+A command runs in a virtual node's network namespace and, for everything
+else, in a small sandbox of its own:
+
+- cgroups: the tenant's memory, pids and CPU limits (shared by its concurrent
+  execs), one leaf cgroup per exec; the first process of the exec joins them
+  before anything of the customer runs, so every descendant is counted;
+- a PID namespace whose init (a root `sh`) starts the command and exits with
+  it: the kernel then kills every other process of the namespace, so
+  backgrounded and daemonized processes die with their exec, never outlive
+  it; at a timeout, an output cap, `kill` or `remove`, the cgroup is killed
+  whole (cgroup.kill, or freeze + SIGKILL + thaw on a v1-only host);
+- a mount namespace: every writable mount of the host read-only, fresh
+  tmpfs on /tmp, /var/tmp, /dev/shm, /dev/mqueue and /run/lock, the PIP's
+  state ($VNET_HOME, /var/lib/vnet, /root, /home, /etc/ssl/private,
+  /run/netns, the confinement's own directory) covered by an empty mode-000
+  tmpfs, sysfs of the node's network, /proc of the new PID namespace showing
+  only the tenant's own processes (hidepid=2: not even the root init); plus
+  new IPC, UTS and cgroup namespaces;
+- an unprivileged uid/gid per tenant (200000 + hash % 100000, collisions
+  probed and recorded in `uids.json` under the confinement's directory), no
+  capabilities, no supplementary groups, no_new_privs (set-uid bits and file
+  capabilities are ignored; ping then uses an unprivileged ICMP socket, which
+  net.ipv4.ping_group_range of the node's namespace allows);
+- an empty environment but PATH, HOME=/tmp and LANG.
+
+Output is read as it comes; at `output_bytes` (stdout and stderr together)
+the exec is killed and its result marked truncated, so the caller's memory
+stays bounded whatever the command prints.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import selectors
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from vnetlib import paths
+from vnetlib.players import cgroups
+
+UID_BASE = 200_000
+UID_SPAN = 100_000
+TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+READ_CHUNK = 65536
+DRAIN_WAIT = 2.0
+TIMED_OUT_CODE = 124
+PING_RANGE = "0 2147483647"
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+       "HOME": "/tmp", "LANG": "C.UTF-8"}
+PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock")
+HIDDEN = (Path("/var/lib/vnet"), Path("/root"), Path("/home"), Path("/etc/ssl/private"),
+          Path("/run/netns"))
+PSEUDO_FS = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "devpts", "devtmpfs",
+                       "mqueue", "nsfs", "bpf", "tracefs", "debugfs", "securityfs",
+                       "pstore", "configfs", "fusectl", "hugetlbfs", "autofs",
+                       "binfmt_misc", "efivarfs"})
+KERNEL_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+# Run by the exec's first process in the node's network namespace: join the
+# exec's cgroups (arguments up to "--"), allow unprivileged ping, go on.
+JOIN = r"""
+for f; do shift; [ "$f" = -- ] && break; echo $$ > "$f"; done
+echo "$PING_RANGE" > /proc/sys/net/ipv4/ping_group_range
+exec "$@"
+"""
+
+# Pid 1 of the exec's PID namespace, root in a private mount namespace.
+# Arguments: tmpfs size, mounts to make read-only, "--", paths to hide, "--",
+# the command (setpriv ...). Its exit kills whatever the command left behind.
+INIT = r"""
+set -e
+size=$1; shift
+while [ "$1" != -- ]; do mount -o remount,bind,ro "$1"; shift; done; shift
+while [ "$1" != -- ]; do
+    if [ -d "$1" ]; then mount -t tmpfs -o ro,mode=000,size=4k tmpfs "$1"
+    elif [ -e "$1" ]; then mount --bind /dev/null "$1"; fi
+    shift
+done; shift
+mount -o remount,hidepid=2 /proc
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /sys
+for d in /tmp /var/tmp /dev/shm /dev/mqueue /run/lock; do
+    if [ -d "$d" ]; then mount -t tmpfs -o "mode=1777,size=$size,nosuid,nodev" tmpfs "$d"; fi
+done
+cd /tmp
+set +e
+"$@" &
+wait $!
+"""
+
+
+class ConfinementError(RuntimeError):
+    """A command could not be confined (bad tenant, no such namespace, no cgroups)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per tenant: memory (bytes, no swap), processes and threads, CPU (cores);
+    per exec: output (stdout and stderr together, bytes) and time (seconds)."""
+    memory_bytes: int = 256 * 2**20
+    pids: int = 128
+    cpu_quota: float = 1.0
+    output_bytes: int = 1 * 2**20
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """`exit_code` is the command's status (128+N when signal N killed it),
+    124 when it timed out. `killed_reason` says who ended it early: "timeout",
+    "output limit", "memory limit" (the kernel's OOM killer killed one of the
+    exec's processes), "killed" (`Confinement.kill` or `remove`)."""
+    exit_code: int
+    stdout: str
+    stderr: str
+    truncated: bool
+    timed_out: bool
+    killed_reason: str | None
+
+
+def check_tenant(tenant: str) -> str:
+    if not TENANT.fullmatch(tenant):
+        raise ConfinementError(f"bad tenant id {tenant!r}: letters, digits, '_.-', at most 64")
+    return tenant
+
+
+def netns_path(netns: str) -> Path:
+    """A network namespace by name (in /run/netns) or by path."""
+    return Path(netns) if netns.startswith("/") else Path("/run/netns") / netns
+
+
+def writable_mounts(mountinfo: str) -> list[str]:
+    """The read-write mounts of a mount table that a tenant must see read-only:
+    every file system but the kernel's pseudo ones and those under /proc,
+    /sys and /dev (replaced or harmless)."""
+    found = []
+    for line in mountinfo.splitlines():
+        head, _, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if len(fields) < 6 or not rest:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        path = Path(point)
+        if "rw" not in fields[5].split(",") or rest[0] in PSEUDO_FS:
+            continue
+        if any(path == t or t in path.parents for t in KERNEL_TREES):
+            continue
+        found.append(point)
+    return found
+
+
+def command(*, join: Sequence[Path], netns: Path, uid: int, tmp_bytes: int,
+            read_only: Sequence[str], hidden: Sequence[Path],
+            argv: Sequence[str]) -> list[str]:
+    """The command line of one confined exec (pure; see the module's doc)."""
+    return [
+        "nsenter", f"--net={netns}", "--",
+        "sh", "-c", JOIN, "sh", *map(str, join), "--",
+        "unshare", "--pid", "--fork", "--kill-child", "--mount", "--propagation",
+        "private", "--mount-proc", "--ipc", "--uts", "--cgroup", "--",
+        "sh", "-c", INIT, "sh", str(tmp_bytes), *read_only, "--", *map(str, hidden), "--",
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        "--no-new-privs", "--inh-caps=-all", "--", *argv,
+    ]
+
+
+class UidMap:
+    """Tenant -> uid in [UID_BASE, UID_BASE + UID_SPAN), deterministic from the
+    tenant's id unless taken, kept in `uids.json` (locked while changed)."""
+
+    def __init__(self, root: Path) -> None:
+        self.file = root / "uids.json"
+        self.lock = root / "uids.lock"
+
+    @contextmanager
+    def _locked(self) -> Iterator[dict[str, int]]:
+        with self.lock.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            table: dict[str, int] = (json.loads(self.file.read_text())
+                                     if self.file.exists() else {})
+            before = dict(table)
+            yield table
+            if table != before:
+                tmp = self.file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+                tmp.replace(self.file)
+
+    def get(self, tenant: str) -> int:
+        with self._locked() as table:
+            if tenant in table:
+                return table[tenant]
+            taken = set(table.values())
+            start = int.from_bytes(hashlib.sha256(tenant.encode()).digest()[:8], "big")
+            for probe in range(UID_SPAN):
+                uid = UID_BASE + (start + probe) % UID_SPAN
+                if uid not in taken:
+                    table[tenant] = uid
+                    return uid
+        raise ConfinementError("no free tenant uid left")
+
+    def release(self, tenant: str) -> None:
+        with self._locked() as table:
+            table.pop(tenant, None)
+
+    def tenants(self) -> list[str]:
+        with self._locked() as table:
+            return sorted(table)
+
+
+class Confinement:
+    """Runs, kills and removes the confined commands of tenants on this host.
+
+    `root` is a directory of the confinement's own (root-only; hidden from
+    tenants); `hidden` adds paths to the defaults covered for tenants;
+    `cgroup_parent` overrides where the tenants' cgroups go (see
+    `cgroups.detect`). Thread-safe: execs of one or several tenants may run
+    concurrently.
+    """
+
+    def __init__(self, root: Path, limits: Limits, *, hidden: Sequence[Path] = (),
+                 cgroup_parent: str = cgroups.PARENT) -> None:
+        self.root = root
+        self.limits = limits
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)
+        self.uids = UidMap(root)
+        self.layout = cgroups.detect(cgroup_parent)
+        self.hidden = tuple(dict.fromkeys([paths.vnet_home(), *HIDDEN, root, *hidden]))
+        self._kills: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def run(self, tenant: str, netns: str, argv: Sequence[str], *,
+            timeout: float | None = None) -> ExecResult:
+        """Run `argv` confined for `tenant` in network namespace `netns`;
+        return when it and every process it started have ended."""
+        check_tenant(tenant)
+        if not argv:
+            raise ConfinementError("empty command")
+        ns = netns_path(netns)
+        if not ns.exists():
+            raise ConfinementError(f"no network namespace {netns}")
+        uid = self.uids.get(tenant)
+        quota = cgroups.Quota(self.limits.memory_bytes, self.limits.pids, self.limits.cpu_quota)
+        cgroups.create_tenant(self.layout, tenant, quota)
+        leaf = f"x{secrets.token_hex(6)}"
+        join = [d / "cgroup.procs" for d in cgroups.exec_dirs(self.layout, tenant, leaf)]
+        line = command(join=join, netns=ns, uid=uid, tmp_bytes=self.limits.memory_bytes,
+                       read_only=writable_mounts(Path("/proc/self/mountinfo").read_text()),
+                       hidden=self.hidden, argv=argv)
+        with self._lock:
+            kills = self._kills.get(tenant, 0)
+        try:
+            code, out, err, reason = self._stream(
+                line, tenant, leaf, timeout if timeout is not None else self.limits.timeout)
+            if reason is None:
+                with self._lock:
+                    if self._kills.get(tenant, 0) != kills:
+                        reason = "killed"
+            if reason is None and cgroups.oom_kills(self.layout, tenant, leaf):
+                reason = "memory limit"
+        finally:
+            cgroups.kill(self.layout, tenant, leaf)
+            cgroups.remove(self.layout, tenant, leaf)
+        timed_out = reason == "timeout"
+        return ExecResult(TIMED_OUT_CODE if timed_out else code,
+                          out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
+                          reason == "output limit", timed_out, reason)
+
+    def _stream(self, line: list[str], tenant: str, leaf: str,
+                timeout: float) -> tuple[int, bytes, bytes, str | None]:
+        """Run the command line, keeping at most `output_bytes` of its output;
+        kill the exec's cgroup at the cap or the deadline."""
+        cap = self.limits.output_bytes
+        bufs = {"out": bytearray(), "err": bytearray()}
+        reason: str | None = None
+        proc = subprocess.Popen(line, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env={**ENV, "PING_RANGE": PING_RANGE},
+                                start_new_session=True, close_fds=True)
+        assert proc.stdout is not None and proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        drain_until: float | None = None
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ, "out")
+            sel.register(proc.stderr, selectors.EVENT_READ, "err")
+            while sel.get_map():
+                now = time.monotonic()
+                if reason is None and now >= deadline:
+                    reason = "timeout"
+                    cgroups.kill(self.layout, tenant, leaf)
+                if drain_until is None and (reason is not None or proc.poll() is not None):
+                    drain_until = now + DRAIN_WAIT
+                if drain_until is not None and now >= drain_until:
+                    cgroups.kill(self.layout, tenant, leaf)
+                    break
+                wait = min(deadline, drain_until or deadline) - now
+                for key, _ in sel.select(max(0.0, min(wait, 0.5))):
+                    chunk = os.read(key.fd, READ_CHUNK)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        continue
+                    room = cap - len(bufs["out"]) - len(bufs["err"])
+                    bufs[key.data] += chunk[:max(0, room)]
+                    if reason is None and len(chunk) > room:
+                        reason = "output limit"
+                        cgroups.kill(self.layout, tenant, leaf)
+        proc.stdout.close()
+        proc.stderr.close()
+        code = proc.wait()
+        return (128 - code if code < 0 else code), bytes(bufs["out"]), bytes(bufs["err"]), reason
+
+    def kill(self, tenant: str) -> int:
+        """SIGKILL every process of the tenant; how many there were."""
+        check_tenant(tenant)
+        with self._lock:
+            self._kills[tenant] = self._kills.get(tenant, 0) + 1
+        return cgroups.kill(self.layout, tenant)
+
+    def remove(self, tenant: str) -> None:
+        """Kill the tenant's processes, remove its cgroups and its uid; idempotent."""
+        self.kill(tenant)
+        cgroups.remove(self.layout, tenant)
+        self.uids.release(tenant)
+
+    def tenants(self) -> list[str]:
+        """Tenants with cgroups or a uid on this host (for reconciliation)."""
+        return sorted(set(cgroups.tenants(self.layout)) | set(self.uids.tenants()))
