@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from vnetlib import paths
+from vnetlib.core.deployer import Deployer
 from vnetlib.lab import exchange, kernel, manage
 from vnetlib.lab.layout import LabConfig
 from vnetlib.players.config import (
@@ -23,7 +25,6 @@ from vnetlib.players.config import (
     VnpSection,
 )
 from vnetlib.players.node import ManagementNode
-from vnetlib.players.pip import Deploy
 from vnetlib.players.pki import Credentials, LabCA, Role
 from vnetlib.players.sp import ServiceProvider
 
@@ -101,18 +102,21 @@ class Players:
         base = PlayerConfig(name=name, role=role, store=self._store(name), pki=self.ca.directory)
         return replace(base, **sections)  # type: ignore[arg-type]
 
-    def start(self, config: PlayerConfig, deploy: Deploy | None = None) -> ManagementNode:
+    def start(self, config: PlayerConfig, deployer: Deployer | None = None) -> ManagementNode:
         node = ManagementNode(config, self.creds(config.name, config.role),
-                              deploy=deploy).start()
+                              deployer=deployer).start()
         self.nodes[config.name] = node
         return node
 
     def pip(self, name: str, substrate: str, price: float = 1.0, mbps: float = 0.0,
             seconds: float = 60.0, faults: Faults | None = None,
-            deploy: Deploy | None = None) -> ManagementNode:
-        return self.start(self.config(name, Role.PIP, pip=PipSection(substrate, price, mbps,
-                                                                      seconds),
-                                      faults=faults or Faults()), deploy)
+            deployer: Deployer | None = None) -> ManagementNode:
+        section = PipSection(substrate=str(paths.substrate_dir(substrate) / "substrate.xml"),
+                             inventory=str(manage.inventory_path(substrate)),
+                             price_per_cpu=price, price_per_mbps=mbps,
+                             reservation_seconds=seconds)
+        return self.start(self.config(name, Role.PIP, pip=section, faults=faults or Faults()),
+                          deployer)
 
     def vnp(self, name: str, upstreams: list[str], timeout: float = 10.0,
             disclose: bool = False) -> ManagementNode:

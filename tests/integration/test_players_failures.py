@@ -4,17 +4,20 @@ and counter-offers."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from tests.integration.players_fixtures import Players, Substrates, namespaces
 from tests.integration.test_players_negotiation import spanning
-from vnetlib.deploy.ansible import DeployError, TaskFailure
+from vnetlib.core.deployer import AnsibleDeployer
+from vnetlib.deploy.ansible import DeployError, Progress, TaskFailure
+from vnetlib.lab import manage
 from vnetlib.players import messages as m
 from vnetlib.players.client import PlayerClient, RemoteError
 from vnetlib.players.config import Faults
-from vnetlib.players.pip import PipService, ansible_deployer
+from vnetlib.players.pip import PipService
 from vnetlib.players.pki import Role
 from vnetlib.players.vnp import VnpService
 from vnetlib.spec import parse_vnet
@@ -23,10 +26,11 @@ from vnetlib.spec import parse_vnet
 def _nothing_left(players: Players, substrates: Substrates) -> None:
     for name, node in players.nodes.items():
         service = node.service
-        if isinstance(service, PipService | VnpService):
+        if isinstance(service, VnpService):
             assert service.store.all() == [], f"{name} keeps a record"
         if isinstance(service, PipService):
-            assert service.store.used_vnis() == set(), f"{name} keeps VNIs"
+            assert service.core.ledger.slivers() == [], f"{name} keeps a sliver"
+            assert service.core.ledger.used_vnis() == set(), f"{name} keeps VNIs"
     assert namespaces(f"vn-{substrates.a}-") == [] and namespaces(f"vn-{substrates.b}-") == []
 
 
@@ -153,7 +157,8 @@ def test_pip_failing_at_quote_is_left_out_and_another_takes_the_vnet(
       <node id="x"/></vnet>"""))
     assert view.status == "ready" and view.price == 5.0
     b = players.nodes["pip-b"].service
-    assert isinstance(b, PipService) and [r.data["status"] for r in b.store.all()] == ["ready"]
+    assert isinstance(b, PipService)
+    assert [s.state.value for s in b.core.ledger.slivers()] == ["ready"]
     rc, out, _ = sp.exec(view.id, "x", ["ip", "-o", "link", "show", "lo"])
     assert rc == 0 and "lo" in out
     sp.delete(view.id)
@@ -162,17 +167,19 @@ def test_pip_failing_at_quote_is_left_out_and_another_takes_the_vnet(
 
 def test_failed_deployment_is_rolled_back_and_hidden(players: Players,
                                                      substrates: Substrates) -> None:
-    real = ansible_deployer(substrates.b)
+    real = AnsibleDeployer(manage.inventory_path(substrates.b))
     calls: list[str] = []
 
-    def breaks_after_present(plan: dict[str, Any], state: str) -> None:
-        real(plan, state)  # the nodes really exist when the "failure" strikes
-        calls.append(state)
-        if state == "present":
-            raise DeployError("failed", [TaskFailure("h1", "link", "bridge x", "boom")], "")
+    class BreaksAfterPresent:
+        def apply(self, plan: Mapping[str, Any], state: str, *, check: bool = False,
+                  progress: Progress | None = None) -> None:
+            real.apply(plan, state)  # the nodes really exist when the "failure" strikes
+            calls.append(state)
+            if state == "present":
+                raise DeployError("failed", [TaskFailure("h1", "link", "bridge x", "boom")], "")
 
     players.pip("pip-a", substrates.a)
-    players.pip("pip-b", substrates.b, deploy=breaks_after_present)
+    players.pip("pip-b", substrates.b, deployer=BreaksAfterPresent())
     players.vnp("vnp", ["pip-a", "pip-b"])
     players.vno("vno", "vnp")
     with pytest.raises(RemoteError) as err:

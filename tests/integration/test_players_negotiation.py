@@ -45,9 +45,9 @@ def test_vnet_across_two_pips_is_negotiated_stitched_and_removed(
 
     # location constraints: a and b at A (berlin), c at B (paris)
     a, b = _pip(players, "pip-a"), _pip(players, "pip-b")
-    (sa,), (sb,) = a.store.all(), b.store.all()
-    assert sorted(n.id for n in parse_vnet(sa.data["spec"].encode()).nodes) == ["a", "b"]
-    assert [n.id for n in parse_vnet(sb.data["spec"].encode()).nodes] == ["c"]
+    (sa,), (sb,) = a.core.ledger.slivers(), b.core.ledger.slivers()
+    assert sorted(n.id for n in parse_vnet(sa.spec_xml.encode()).nodes) == ["a", "b"]
+    assert [n.id for n in parse_vnet(sb.spec_xml.encode()).nodes] == ["c"]
     # Interface 4: one VNI agreed, each side's tunnel points at the other's data address
     (ref, stitch_a), = sa.data["stitches"].items()
     stitch_b = sb.data["stitches"][ref]
@@ -71,8 +71,8 @@ def test_vnet_across_two_pips_is_negotiated_stitched_and_removed(
     assert [v.id for v in sp.list()] == [view.id]
     sp.delete(view.id)
     assert sp.list() == []
-    assert a.store.all() == [] and b.store.all() == []
-    assert a.store.used_vnis() == set() and b.store.used_vnis() == set()
+    assert a.core.ledger.slivers() == [] and b.core.ledger.slivers() == []
+    assert a.core.ledger.used_vnis() == set() and b.core.ledger.used_vnis() == set()
     vnp = players.nodes["vnp"].service
     assert isinstance(vnp, VnpService) and vnp.store.all() == []
     assert namespaces(f"vn-{substrates.a}-") == [] and namespaces(f"vn-{substrates.b}-") == []
