@@ -234,3 +234,14 @@ def test_substrate_names_with_whitespace_are_refused() -> None:
     doc = (SUB_HEAD + '\n<host name="h1 " cpu="1" memory="1"/></substrate>').encode()
     _, errors = refused(doc, parse_substrate)
     assert errors.errors[0].line == 2 and "attribute 'name'" in errors.errors[0].message
+
+
+@pytest.mark.parametrize("attrs, message", [
+    (f'id="a" cpu="{"9" * 400}"', "attribute 'cpu': '9999"),
+    (f'id="a" memory="{"9" * 30}"', "is larger than 1e+15"),
+    (f'id="a" cpu="0.{"0" * 400}1"', "too small to be told from 0"),
+])
+def test_amounts_that_read_as_infinity_or_zero_are_refused(attrs: str, message: str) -> None:
+    _, errors = refused(one_node(attrs))
+    (error,) = errors.errors
+    assert message in error.message and error.line == 2

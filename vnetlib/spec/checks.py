@@ -173,17 +173,25 @@ MAX_AMOUNT = 1e15
 """Largest capacity, demand or price: xs:decimal is unbounded, and a long enough
 number reads as infinity (or a value no store or embedding can hold)."""
 AMOUNTS = frozenset({"cpu", "memory", "disk", "bandwidth", "latency", "max-price"})
+POSITIVE = frozenset({"cpu", "bandwidth"})  # xs:decimal > 0 that may read as 0.0
 
 
 def _check_amounts(out: Collector, root: Element) -> None:
     for el in root.iter():
         for attr in AMOUNTS.intersection(el.attrib):
             value = el.get(attr, "")
-            if not float(value) <= MAX_AMOUNT:
+            number = float(value)
+            if not number <= MAX_AMOUNT:
                 out.add(
                     el,
                     f"attribute '{attr}': {value[:40]!r} is larger than {MAX_AMOUNT:.0e}",
                     "use a realistic amount (numbers carry no units)",
+                )
+            elif attr in POSITIVE and number <= 0:
+                out.add(
+                    el,
+                    f"attribute '{attr}': {value[:40]!r} is too small to be told from 0",
+                    "use a number greater than 0 (no units)",
                 )
 
 
