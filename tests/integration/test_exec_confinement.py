@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -274,6 +275,25 @@ def test_kill_and_remove_end_every_process_and_leave_nothing(
     for parent in confinement.layout.parents():
         assert not (parent / "vnet-a").exists()
     confinement.remove("vnet-a")
+
+
+def test_without_cgroup2_the_v1_freezer_kills_everything(
+        confinement: Confinement, netns: Callable[[], str]) -> None:
+    """The layout of a host without any cgroup2: freeze, SIGKILL, thaw."""
+    own = cgroups.own_paths(Path("/proc/self/cgroup").read_text())["freezer"]
+    freezer = Path("/sys/fs/cgroup/freezer") / own.strip("/") / f"vt-{secrets.token_hex(4)}"
+    confinement.layout = replace(confinement.layout, killer=None, v2_root=None, freezer=freezer)
+    ns, tag = netns(), sleep_tag()
+    result = confinement.run("vnet-a", ns, ["sh", "-c", f"setsid sleep {tag} & sleep 60"],
+                             timeout=1.0)
+    assert result.timed_out and tagged(tag) == []
+    with ThreadPoolExecutor(1) as pool:
+        later = pool.submit(confinement.run, "vnet-a", ns,
+                            ["sh", "-c", f"setsid sleep {tag} & sleep {tag}"], timeout=30.0)
+        wait_for(lambda: len(tagged(tag)) == 2)
+        confinement.remove("vnet-a")
+        assert later.result(timeout=10).killed_reason == "killed"
+    assert tagged(tag) == [] and not (freezer / "vnet-a").exists()
 
 
 def test_tenants_are_separated_and_the_pips_files_hidden(

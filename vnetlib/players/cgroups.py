@@ -172,10 +172,15 @@ def create_tenant(layout: Layout, tenant: str, quota: Quota) -> None:
                 if (directory / "memory.swap.max").exists():
                     _write(directory / "memory.swap.max", "0")
             else:
-                _write(directory / "memory.limit_in_bytes", str(quota.memory_bytes))
-                memsw = directory / "memory.memsw.limit_in_bytes"
-                if memsw.exists():
-                    _write(memsw, str(quota.memory_bytes))
+                files = [directory / "memory.limit_in_bytes"]
+                if (directory / "memory.memsw.limit_in_bytes").exists():
+                    files.append(directory / "memory.memsw.limit_in_bytes")
+                try:
+                    for file in files:
+                        _write(file, str(quota.memory_bytes))
+                except OSError:
+                    for file in reversed(files):
+                        _write(file, str(quota.memory_bytes))
         elif name == "pids":
             _write(directory / "pids.max", str(quota.pids))
         elif name == "cpu":
@@ -197,9 +202,11 @@ def exec_dirs(layout: Layout, tenant: str, leaf: str) -> list[Path]:
 
 
 def _walk(directory: Path) -> Iterator[Path]:
-    if not directory.is_dir():
+    try:
+        subs = sorted(p for p in directory.iterdir() if p.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
         return
-    for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
+    for sub in subs:
         yield from _walk(sub)
     yield directory
 
@@ -242,10 +249,13 @@ def kill(layout: Layout, tenant: str, leaf: str | None = None) -> int:
     victims = pids(target)
     if not victims:
         return 0
-    if layout.killer is not None:
-        _write(target / "cgroup.kill", "1")
-    else:
-        _freeze_kill(target)
+    try:
+        if layout.killer is not None:
+            _write(target / "cgroup.kill", "1")
+        else:
+            _freeze_kill(target)
+    except FileNotFoundError:
+        return len(victims)
     _wait_empty(target)
     return len(victims)
 

@@ -56,6 +56,7 @@ TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 READ_CHUNK = 65536
 DRAIN_WAIT = 2.0
 TIMED_OUT_CODE = 124
+REMOVE_ATTEMPTS = 3
 PING_RANGE = "0 2147483647"
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
        "HOME": "/tmp", "LANG": "C.UTF-8"}
@@ -70,7 +71,9 @@ KERNEL_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 # Run by the exec's first process in the node's network namespace: join the
 # exec's cgroups (arguments up to "--"), allow unprivileged ping, go on.
+# Any failure stops the exec: a command never runs outside its cgroups.
 JOIN = r"""
+set -e
 for f; do shift; [ "$f" = -- ] && break; echo $$ > "$f"; done
 echo "$PING_RANGE" > /proc/sys/net/ipv4/ping_group_range
 exec "$@"
@@ -238,6 +241,7 @@ class Confinement:
         self.layout = cgroups.detect(cgroup_parent)
         self.hidden = tuple(dict.fromkeys([paths.vnet_home(), *HIDDEN, root, *hidden]))
         self._kills: dict[str, int] = {}
+        self._removing: set[str] = set()
         self._lock = threading.Lock()
 
     def run(self, tenant: str, netns: str, argv: Sequence[str], *,
@@ -260,7 +264,10 @@ class Confinement:
                        hidden=self.hidden, argv=argv)
         with self._lock:
             kills = self._kills.get(tenant, 0)
+            removing = tenant in self._removing
         try:
+            if removing:
+                raise ConfinementError(f"tenant {tenant} is being removed")
             code, out, err, reason = self._stream(
                 line, tenant, leaf, timeout if timeout is not None else self.limits.timeout)
             if reason is None:
@@ -327,10 +334,24 @@ class Confinement:
         return cgroups.kill(self.layout, tenant)
 
     def remove(self, tenant: str) -> None:
-        """Kill the tenant's processes, remove its cgroups and its uid; idempotent."""
-        self.kill(tenant)
-        cgroups.remove(self.layout, tenant)
-        self.uids.release(tenant)
+        """Kill the tenant's processes, remove its cgroups and its uid; idempotent.
+        Execs of the tenant starting meanwhile are refused or killed."""
+        check_tenant(tenant)
+        with self._lock:
+            self._removing.add(tenant)
+        try:
+            for attempt in range(REMOVE_ATTEMPTS):
+                self.kill(tenant)
+                try:
+                    cgroups.remove(self.layout, tenant)
+                    break
+                except cgroups.CgroupError:
+                    if attempt == REMOVE_ATTEMPTS - 1:
+                        raise
+            self.uids.release(tenant)
+        finally:
+            with self._lock:
+                self._removing.discard(tenant)
 
     def tenants(self) -> list[str]:
         """Tenants with cgroups or a uid on this host (for reconciliation)."""
