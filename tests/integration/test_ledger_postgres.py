@@ -55,7 +55,7 @@ print(json.dumps(got))
 
 
 def test_two_processes_on_one_postgres_never_double_book(postgres_url: str) -> None:
-    name = f"pg{secrets.token_hex(3)}"
+    name = f"pg{secrets.token_hex(2)}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, postgres_url, name, f"w{i}", "6"],
                               stdout=subprocess.PIPE, text=True, env=env) for i in range(2)]

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, MetaData, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SCHEMA_LOCK = 0x766E6574  # "vnet": the advisory lock held while tables are created
 
 
 class StoreError(Exception):
@@ -82,6 +83,8 @@ class Store:
             _configure_sqlite(self.engine)
         try:
             with self.transaction() as conn:
+                if backend == "postgresql":  # processes starting together: one creates
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
                 metadata.create_all(conn)
         except exc.OperationalError as e:
             self.engine.dispose()
