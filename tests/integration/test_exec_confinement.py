@@ -364,3 +364,20 @@ def test_only_writable_real_file_systems_are_made_read_only() -> None:
         "27 22 0:9 / /run/netns/x rw - nsfs nsfs rw",
     ])
     assert writable_mounts(table) == ["/", "/mnt/my disk"]
+
+
+def test_cgroup_mounts_and_own_paths_are_read_for_v1_v2_and_hybrid() -> None:
+    table = "\n".join([
+        "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate",
+        "31 25 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory",
+        "32 25 0:28 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct",
+        "33 25 0:29 / /proc rw - proc proc rw",
+    ])
+    assert cgroups.mounts(table) == [
+        cgroups.Mount(Path("/sys/fs/cgroup"), 2, frozenset()),
+        cgroups.Mount(Path("/sys/fs/cgroup/memory"), 1, frozenset({"memory"})),
+        cgroups.Mount(Path("/sys/fs/cgroup/cpu,cpuacct"), 1, frozenset({"cpu", "cpuacct"})),
+    ]
+    own = cgroups.own_paths("4:memory:/svc\n1:cpu,cpuacct:/a\n0::/system.slice/vnet.service\n")
+    assert own == {"memory": "/svc", "cpu": "/a", "cpuacct": "/a",
+                   "": "/system.slice/vnet.service"}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CONTROLLERS = ("memory", "pids", "cpu")
+NOT_CONTROLLERS = frozenset({"rw", "ro", "noprefix", "clone_children", "xattr", "cpuset_v2_mode"})
 PARENT = "vnet-exec"
 CPU_PERIOD_US = 100_000
 EMPTY_WAIT = 5.0
@@ -75,7 +76,8 @@ def mounts(mountinfo: str) -> list[Mount]:
         if rest[0] == "cgroup2":
             found.append(Mount(point, 2, frozenset()))
         else:
-            found.append(Mount(point, 1, frozenset(rest[2].split(","))))
+            options = set(rest[2].split(","))
+            found.append(Mount(point, 1, frozenset(options - NOT_CONTROLLERS)))
     return found
 
 
@@ -130,10 +132,10 @@ def _write(path: Path, value: str) -> None:
     path.write_text(value)
 
 
-def _enable_v2(root: Path, parent: Path, names: list[str]) -> None:
-    """Enable the v2 controllers from the hierarchy's root down to `parent`,
-    so that `parent`'s children (the tenants) can carry limits."""
-    chain = [parent, *parent.parents]
+def _enable_v2(root: Path, tenant: Path, names: list[str]) -> None:
+    """Enable the v2 controllers from the hierarchy's root down to a tenant,
+    so that the tenant carries limits and its execs' leaves count events."""
+    chain = [tenant, *tenant.parents]
     for directory in reversed(chain[: chain.index(root) + 1]):
         present = set((directory / "cgroup.subtree_control").read_text().split())
         missing = [n for n in names if n not in present]
@@ -160,10 +162,10 @@ def create_tenant(layout: Layout, tenant: str, quota: Quota) -> None:
     v2_names = [n for n, (_, v2) in layout.limits.items() if v2]
     for directory in layout.parents():
         directory.mkdir(parents=True, exist_ok=True)
-    if v2_names and layout.killer is not None and layout.v2_root is not None:
-        _enable_v2(layout.v2_root, layout.killer, v2_names)
     for directory in layout.parents():
         (directory / tenant).mkdir(parents=True, exist_ok=True)
+    if v2_names and layout.killer is not None and layout.v2_root is not None:
+        _enable_v2(layout.v2_root, layout.killer / tenant, v2_names)
     for name, (parent, v2) in layout.limits.items():
         directory = parent / tenant
         if name == "memory":

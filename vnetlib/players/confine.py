@@ -57,7 +57,6 @@ READ_CHUNK = 65536
 DRAIN_WAIT = 2.0
 TIMED_OUT_CODE = 124
 REMOVE_ATTEMPTS = 3
-PING_RANGE = "0 2147483647"
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
        "HOME": "/tmp", "LANG": "C.UTF-8"}
 PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock")
@@ -75,7 +74,7 @@ KERNEL_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
 JOIN = r"""
 set -e
 for f; do shift; [ "$f" = -- ] && break; echo $$ > "$f"; done
-echo "$PING_RANGE" > /proc/sys/net/ipv4/ping_group_range
+echo "0 2147483647" > /proc/sys/net/ipv4/ping_group_range
 exec "$@"
 """
 
@@ -292,7 +291,7 @@ class Confinement:
         bufs = {"out": bytearray(), "err": bytearray()}
         reason: str | None = None
         proc = subprocess.Popen(line, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env={**ENV, "PING_RANGE": PING_RANGE},
+                                stderr=subprocess.PIPE, env=ENV,
                                 start_new_session=True, close_fds=True)
         assert proc.stdout is not None and proc.stderr is not None
         deadline = time.monotonic() + timeout
