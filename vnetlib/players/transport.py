@@ -36,10 +36,10 @@ import os
 import resource
 import signal
 import socket
-import ssl
 import threading
 import time
-from collections.abc import Callable, Collection, Coroutine
+from asyncio.sslproto import SSLProtocol
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -75,7 +75,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 METHODS = frozenset({"GET", "POST", "PUT", "DELETE"})
-BACKLOG = 511
+BACKLOG = 128
+"""The listen queue, and how many connections asyncio accepts in one go (each
+takes a descriptor before the cap is checked: the cap leaves room for them)."""
 FD_RESERVE = 64
 """Descriptors kept free of connections for the handlers (database, playbook pipes)."""
 SSL_SHUTDOWN_TIMEOUT = 5.0
@@ -106,7 +108,7 @@ def connection_cap(wanted: int, reserve: int = FD_RESERVE) -> int:
         in_use = len(os.listdir("/proc/self/fd"))
     except OSError:
         in_use = 0
-    return max(1, min(wanted, soft - in_use - reserve))
+    return max(1, min(wanted, soft - in_use - reserve - BACKLOG))
 
 
 def _xml_response(outcome: Outcome) -> web.Response:
@@ -140,78 +142,97 @@ class _Http(RequestHandler):
         return _xml_response(Outcome(status, error_document(f"http-{status}", text)))
 
 
+class _TLS(SSLProtocol):
+    """asyncio's TLS protocol (what loop.start_tls uses), with a 32 KiB read
+    buffer instead of 256 KiB: a TLS record is at most 16 KiB + overhead, and
+    every connection in its handshake holds one."""
+
+    max_size = 32 * 1024
+
+
 class _Conn(asyncio.Protocol):
-    """One client connection: plain TCP until `_handshake` puts TLS over it,
-    then the TLS protocol's application side, passing data to aiohttp."""
+    """One client connection. Plain TCP until the client's first bytes (so an
+    idle connection costs no TLS state); then `_TLS` over it, with this object
+    as the application protocol, passing the plaintext to aiohttp."""
 
     def __init__(self, hub: ServiceServer) -> None:
         self.hub = hub
         self.peer = "?"
         self.raw: asyncio.Transport | None = None
+        self.ssl: _TLS | None = None
         self.tls: asyncio.Transport | None = None
         self.http: _Http | None = None
-        self.early: list[bytes] = []  # plaintext that came with the handshake's end
-        self.eof = False
         self.busy = False
         self.closed = False
         self.deadline: asyncio.TimerHandle | None = None
         self.read_by = hub.loop.time() + hub.read_bound  # loop time: the whole request in
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.raw is not None:  # TLS's application side: see _handshake
-            return
         assert isinstance(transport, asyncio.Transport)
+        if self.raw is None:
+            self._accepted(transport)
+        else:
+            self._secured(transport)
+
+    def _accepted(self, transport: asyncio.Transport) -> None:
         self.raw = transport
-        transport.pause_reading()  # the ClientHello is for start_tls, not for us
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "?"
         if not self.hub.admit(self):
             self.closed = True
             transport.abort()
             return
-        loop = self.hub.loop
-        self.deadline = loop.call_later(self.hub.header_bound, self.expire,
-                                        "no complete request header")
-        self.hub.spawn(self._handshake())
+        self.deadline = self.hub.loop.call_later(self.hub.header_bound, self.expire)
 
-    async def _handshake(self) -> None:
+    def _start_tls(self, first: bytes) -> None:
+        """What loop.start_tls does, but fed with the bytes already read."""
         assert self.raw is not None
-        hub = self.hub
-        try:
-            tls = await hub.loop.start_tls(
-                self.raw, self, hub.context, server_side=True,
-                ssl_handshake_timeout=hub.limits.handshake_timeout,
-                ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT)
-        except (OSError, ssl.SSLError, RuntimeError) as exc:
-            log.info("connection from %s refused: %s", self.peer, exc or type(exc).__name__)
+        hub, raw = self.hub, self.raw
+        raw.pause_reading()
+        waiter: asyncio.Future[None] = hub.loop.create_future()
+        waiter.add_done_callback(self._handshake_done)
+        self.ssl = _TLS(hub.loop, self, hub.context, waiter, server_side=True,
+                        ssl_handshake_timeout=hub.limits.handshake_timeout,  # type: ignore[arg-type]
+                        ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT)
+        raw.set_protocol(self.ssl)
+        self.ssl.connection_made(raw)
+        view = memoryview(first)
+        while view and not self.closed:
+            buf = self.ssl.get_buffer(len(view))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            self.ssl.buffer_updated(n)
+            view = view[n:]
+        if not raw.is_closing():
+            raw.resume_reading()
+
+    def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
+        exc = None if waiter.cancelled() else waiter.exception()
+        if exc is not None or waiter.cancelled():
+            log.info("connection from %s refused: %s", self.peer,
+                     exc or "handshake cancelled")
             self.abort()
+
+    def _secured(self, transport: asyncio.Transport) -> None:
+        """The handshake is done: from here on aiohttp reads the plaintext."""
+        self.tls = transport
+        if self.closed:
+            transport.abort()
             return
-        if tls is None or self.closed:
-            if tls is not None:
-                tls.abort()
-            return
-        self.tls = tls
-        http = hub.new_http()
+        http = self.hub.new_http()
         http.conn = self
         self.http = http
-        http.connection_made(tls)
-        if self.early:
-            http.data_received(b"".join(self.early))
-            self.early.clear()
-        if self.eof:
-            http.eof_received()
+        http.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if self.http is not None:
             self.http.data_received(data)
-        else:
-            self.early.append(data)
+        elif self.ssl is None and not self.closed:
+            self._start_tls(data)
 
     def eof_received(self) -> bool | None:
         if self.http is not None:
             self.http.eof_received()
-        else:
-            self.eof = True
         return None
 
     def pause_writing(self) -> None:
@@ -241,10 +262,10 @@ class _Conn(asyncio.Protocol):
         self.hub.mark_busy(self)
         return True
 
-    def expire(self, why: str) -> None:
+    def expire(self) -> None:
         if not self.busy and not self.closed:
-            log.info("closing connection from %s: %s within %g s", self.peer, why,
-                     self.hub.header_bound)
+            log.info("closing connection from %s: no complete request header within %g s",
+                     self.peer, self.hub.header_bound)
             self.abort()
 
     def abort(self) -> None:
@@ -298,7 +319,6 @@ class ServiceServer:
         self._slots: asyncio.Semaphore | None = None
         self._idle: dict[_Conn, None] = {}  # oldest first: eviction order
         self._busy: set[_Conn] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._inflight = 0
         self._drained: asyncio.Event | None = None
 
@@ -464,11 +484,6 @@ class ServiceServer:
     def forget(self, conn: _Conn) -> None:
         self._idle.pop(conn, None)
         self._busy.discard(conn)
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def new_http(self) -> _Http:
         assert self._web is not None
