@@ -126,9 +126,9 @@ def test_reservation_expires_and_frees_capacity(
     assert err.value.status == 404
     time.sleep(1.2)
     assert berlin_cpu() == before
-    with pytest.raises(RemoteError) as err:
+    with pytest.raises(RemoteError) as err:  # the reaper's tombstone: gone, not unknown
         client.get("/v1/slivers/r1")
-    assert err.value.status == 404
+    assert err.value.status == 410
 
 
 def test_pip_restart_recovers_its_reservations(players: Players, substrates: Substrates) -> None:

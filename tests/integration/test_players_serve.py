@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from tests.integration.players_fixtures import Substrates
+from vnetlib import paths
+from vnetlib.lab import manage
 from vnetlib.players import messages as m
 from vnetlib.players.client import ClientError, PlayerClient, RemoteError
 from vnetlib.players.config import Faults, PipSection, PlayerConfig, dump
@@ -25,8 +27,12 @@ SERVE = ("import argparse, sys\n"
 def test_serve_writes_ready_file_answers_and_stops_on_sigterm(
         lab_ca: LabCA, tmp_path: Path, substrates: Substrates) -> None:
     config = PlayerConfig(name="pip-serve", role=Role.PIP,
-                          store=f"sqlite:///{tmp_path / 'pip.db'}", pki=lab_ca.directory,
-                          pip=PipSection(substrates.a),
+                          store=f"sqlite:///{tmp_path / 'pip.db'}",
+                          pki=lab_ca.export("pip-serve", Role.PIP,
+                                            tmp_path / "creds").cert_path.parent,
+                          pip=PipSection(
+                              substrate=str(paths.substrate_dir(substrates.a) / "substrate.xml"),
+                              inventory=str(manage.inventory_path(substrates.a))),
                           faults=Faults(stall_at="quote", stall_seconds=300))
     path, ready = tmp_path / "pip.toml", tmp_path / "ready"
     path.write_text(dump(config))
