@@ -59,7 +59,6 @@ TIMED_OUT_CODE = 124
 REMOVE_ATTEMPTS = 3
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
        "HOME": "/tmp", "LANG": "C.UTF-8"}
-PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock")
 HIDDEN = (Path("/var/lib/vnet"), Path("/root"), Path("/home"), Path("/etc/ssl/private"),
           Path("/run/netns"))
 PSEUDO_FS = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "devpts", "devtmpfs",
@@ -284,7 +283,7 @@ class Confinement:
                           reason == "output limit", timed_out, reason)
 
     def _stream(self, line: list[str], tenant: str, leaf: str,
-                timeout: float) -> tuple[int, bytes, bytes, str | None]:
+                timeout: float) -> tuple[int, bytearray, bytearray, str | None]:
         """Run the command line, keeping at most `output_bytes` of its output;
         kill the exec's cgroup at the cap or the deadline."""
         cap = self.limits.output_bytes
@@ -323,7 +322,7 @@ class Confinement:
         proc.stdout.close()
         proc.stderr.close()
         code = proc.wait()
-        return (128 - code if code < 0 else code), bytes(bufs["out"]), bytes(bufs["err"]), reason
+        return (128 - code if code < 0 else code), bufs["out"], bufs["err"], reason
 
     def kill(self, tenant: str) -> int:
         """SIGKILL every process of the tenant; how many there were."""
