@@ -1,0 +1,290 @@
+"""The built wheel and sdist, installed into fresh virtual environments.
+
+The sources are this work tree's (git ls-files, untracked files included),
+copied out so the build writes nothing here. The wheels of the dependencies
+come from a cache built once per pyproject.toml (under $VNET_TEST_CACHE, else
+$XDG_CACHE_HOME/vnet/packaging, else ~/.cache/vnet/packaging), so a warm run
+installs offline. Every command of the installed environment is called by
+absolute path with a PATH that lacks the environment's bin directory and no
+ANSIBLE_* variable: what a user gets from `pip install vnetlib`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tarfile
+import tomllib
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FIGURE6 = ROOT / "examples" / "figure6.xml"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NOT_INSTALLED = "the Ansible collection vnet.infra is not installed"
+COLLECTION_FILES = (
+    "galaxy.yml",
+    "meta/runtime.yml",
+    "playbooks/deploy_vnet.yml",
+    "playbooks/ping_vnet.yml",
+    "plugins/modules/vnet_node.py",
+    "plugins/modules/vnet_link.py",
+    "plugins/module_utils/_iproute.py",
+    "plugins/connection/netns.py",
+    "roles/vnet_deploy/tasks/main.yml",
+    "roles/vnet_deploy/meta/argument_specs.yml",
+)
+SOURCE_ONLY = ("tests/", ".venv/", ".git/", "bench/", "scripts/", "examples/", ".ci/")
+
+
+def run(*argv: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None,
+        check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([str(a) for a in argv], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, argv))} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        )
+    return done
+
+
+def cache_dir() -> Path:
+    if explicit := os.environ.get("VNET_TEST_CACHE"):
+        return Path(explicit)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "vnet" / "packaging"
+
+
+@dataclass(frozen=True, slots=True)
+class Cache:
+    wheels: Path  # the dependencies' wheels, and setuptools and build
+    tools: Path  # a virtual environment with `build`
+
+    def pip_install(self, python: Path, *what: str | Path) -> None:
+        """Offline, with this pip (the new environment has none of its own),
+        and without compiling to bytecode, which takes most of the time."""
+        run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet",
+            "--no-compile", "--no-index", "--find-links", self.wheels, *what)
+
+
+def new_venv(where: Path) -> Path:
+    """A virtual environment without system site-packages; its python."""
+    run(sys.executable, "-m", "venv", "--without-pip", where)
+    return where / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def cache() -> Cache:
+    """Wheels of every dependency (keyed by pyproject.toml) and a build tool,
+    made once; a lock keeps two sessions from making them together."""
+    pyproject = (ROOT / "pyproject.toml").read_bytes()
+    project = tomllib.loads(pyproject.decode())
+    requires = [*project["build-system"]["requires"], *project["project"]["dependencies"]]
+    where = cache_dir() / hashlib.sha256(pyproject).hexdigest()[:16]
+    where.mkdir(parents=True, exist_ok=True)
+    made = Cache(where / "wheels", where / "tools")
+    with (where / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (where / ".complete").exists():
+            shutil.rmtree(made.wheels, ignore_errors=True)
+            shutil.rmtree(made.tools, ignore_errors=True)
+            run(sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", made.wheels,
+                "build", "wheel", *requires)
+            made.pip_install(new_venv(made.tools), "build", *project["build-system"]["requires"])
+            (where / ".complete").touch()
+    return made
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the work tree's files (tracked and untracked, not ignored)."""
+    dest = tmp_path_factory.mktemp("src") / "vnet"
+    listed = run("git", "-C", ROOT, "ls-files", "-z", "--cached", "--others",
+                 "--exclude-standard").stdout
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file() and not source.is_symlink():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+@dataclass(frozen=True, slots=True)
+class Dists:
+    sdist: Path
+    wheel: Path
+
+
+@pytest.fixture(scope="module")
+def dists(sources: Path, cache: Cache, tmp_path_factory: pytest.TempPathFactory) -> Dists:
+    """sdist, then the wheel built from the sdist (python -m build's way), with
+    the build requirements of the tools' environment (the editable install
+    below builds in isolation)."""
+    out = tmp_path_factory.mktemp("dist")
+    run(cache.tools / "bin" / "python", "-m", "build", "--no-isolation", "--outdir", out, sources)
+    return Dists(next(out.glob("vnetlib-*.tar.gz")), next(out.glob("vnetlib-*.whl")))
+
+
+def user_env(home: Path, **extra: str) -> dict[str, str]:
+    """A login's environment: no venv on PATH, no ANSIBLE_* or VNET_COLLECTIONS_PATH."""
+    home.mkdir(parents=True, exist_ok=True)
+    return {"PATH": SYSTEM_PATH, "HOME": str(home), "LANG": "C.UTF-8", **extra}
+
+
+@pytest.fixture(scope="module")
+def venv(dists: Dists, cache: Cache, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtual environment (no system site-packages) with the wheel."""
+    where = tmp_path_factory.mktemp("venv") / "venv"
+    cache.pip_install(new_venv(where), dists.wheel)
+    return where
+
+
+def site_packages(venv: Path) -> Path:
+    return next((venv / "lib").glob("python3*/site-packages"))
+
+
+def test_wheel_holds_vnetlib_and_the_collection_only(dists: Dists, sources: Path) -> None:
+    names = zipfile.ZipFile(dists.wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"vnetlib", "ansible_collections", dists.wheel.name.split("-py")[0] +
+                    ".dist-info"}, tops
+    collection = {n.removeprefix("ansible_collections/vnet/infra/") for n in names
+                  if n.startswith("ansible_collections/")}
+    assert all(n.startswith("ansible_collections/vnet/infra/") for n in names
+               if n.startswith("ansible_collections/"))
+    assert set(COLLECTION_FILES) <= collection
+    assert not {n for n in collection if n.split("/")[0] not in
+                {"galaxy.yml", "docs", "meta", "plugins", "roles", "playbooks"}}, collection
+    packages = {str(p.parent.relative_to(sources)) for p in sources.glob("vnetlib/**/__init__.py")}
+    assert packages <= {n.rsplit("/", 1)[0] for n in names if n.endswith("/__init__.py")}
+    assert "vnetlib/spec/schema/vnet-rdl-1.xsd" in names
+
+
+def test_sdist_holds_the_sources_without_tests(dists: Dists) -> None:
+    with tarfile.open(dists.sdist) as sdist:
+        names = {m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name}
+    assert {"pyproject.toml", "setup.py", "README.md", "vnetlib/__init__.py",
+            *COLLECTION_FILES} <= names
+    assert not {n for n in names if n.startswith(SOURCE_ONLY)}
+
+
+@pytest.mark.e2e
+def test_installed_environment_finds_the_collection(venv: Path, tmp_path: Path) -> None:
+    env = user_env(tmp_path / "home")
+    bindir = venv / "bin"
+    where = run(bindir / "python", "-c", "import json, vnetlib.deploy.ansible as a; "
+                "c = a.find_collection(); print(json.dumps([str(c.collection), c.source]))",
+                env=env, cwd=tmp_path).stdout
+    collection = site_packages(venv) / "ansible_collections" / "vnet" / "infra"
+    assert json.loads(where) == [str(collection), "the Python path"]
+
+    doc = run(bindir / "ansible-doc", "vnet.infra.vnet_node", env=env, cwd=tmp_path).stdout
+    assert str(collection / "plugins" / "modules" / "vnet_node.py") in doc
+    check = run(bindir / "ansible-playbook", "--syntax-check", "vnet.infra.deploy_vnet",
+                env=env, cwd=tmp_path)
+    assert f"playbook: {collection / 'playbooks' / 'deploy_vnet.yml'}" in check.stdout
+
+
+def free_mgmt_offset() -> int:
+    """Management networks (198.18.129+offset.0/24 and up) no other lab here uses."""
+    addrs = run("ip", "-o", "-4", "addr", "show").stdout
+    free = [k for k in range(4, 97, 4)
+            if not any(f" 198.18.{129 + k + i}." in addrs for i in range(2))]
+    return secrets.choice(free)
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    """`vnet` of the fresh environment, called by absolute path."""
+
+    vnet: Path
+    env: dict[str, str]
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run(self.vnet, *args, env=self.env, cwd=ROOT, check=check)
+
+
+@pytest.fixture(scope="module")
+def lab(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Installed, str]]:
+    """A lab of one PIP with two hosts, no players, made and removed by the
+    installed `vnet`; yields it and the substrate's name."""
+    if os.geteuid() != 0:
+        pytest.skip("a lab needs root")
+    base = tmp_path_factory.mktemp("lab")
+    vnet = Installed(venv / "bin" / "vnet", user_env(base / "home", VNET_HOME=str(base / "vh")))
+    name = "k" + secrets.token_hex(1) + secrets.choice("abcdefghij")
+    try:
+        vnet("lab", "up", "--name", name, "--pips", "1", "--hosts", "2", "--no-players",
+             "--mgmt-offset", str(free_mgmt_offset()))
+        yield vnet, f"{name}p1"
+    finally:
+        vnet("lab", "down", "--name", name, check=False)
+
+
+def netns_with(prefix: str) -> list[str]:
+    return [n for n in run("ip", "netns", "list").stdout.split() if n.startswith(prefix)]
+
+
+@pytest.mark.e2e
+def test_installed_vnet_deploys_without_its_bin_on_path(lab: tuple[Installed, str]) -> None:
+    vnet, substrate = lab
+    assert shutil.which("ansible-playbook", path=vnet.env["PATH"]) is None
+    up = json.loads(vnet("up", str(FIGURE6), "--substrate", substrate, "--json").stdout)
+    try:
+        assert set(up["node_map"]) == {"e1", "r1", "r2", "r3", "r4", "e2"}
+        assert len(netns_with(f"vn-{substrate}-{up['vnet']}-")) == 6
+        ping = vnet("exec", "--json", up["vnet"], "e1", "--", "ping", "-c", "1", "-W", "2",
+                    "198.19.0.2")
+        assert json.loads(ping.stdout)["rc"] == 0
+    finally:
+        vnet("down", up["vnet"])
+    assert netns_with(f"vn-{substrate}-{up['vnet']}-") == []
+
+
+@pytest.mark.e2e
+def test_missing_collection_fails_before_running(venv: Path, lab: tuple[Installed, str]) -> None:
+    vnet, substrate = lab
+    shipped = site_packages(venv) / "ansible_collections"
+    aside = venv / "ansible_collections.aside"
+    shipped.rename(aside)
+    try:
+        failed = vnet("up", str(FIGURE6), "--substrate", substrate, check=False)
+    finally:
+        aside.rename(shipped)
+    assert failed.returncode == 4, failed.stderr
+    assert NOT_INSTALLED in failed.stderr
+    assert "pip install vnetlib" in failed.stderr
+    assert "could not be found" not in failed.stderr
+    assert "task:" not in failed.stderr  # no playbook started
+    assert netns_with(f"vn-{substrate}-") == []
+    for record in json.loads(vnet("status", "--json").stdout):
+        vnet("down", record["vnet"], check=False)  # what instantiate kept of the refusal
+
+
+@pytest.mark.e2e
+def test_editable_install_deploys_from_its_checkout(
+    sources: Path, cache: Cache, lab: tuple[Installed, str], tmp_path: Path
+) -> None:
+    """`pip install -e`: Ansible cannot see the checkout on the Python path,
+    so vnetlib links the checkout's collection into each run's directory."""
+    installed, substrate = lab
+    venv = tmp_path / "venv"
+    cache.pip_install(new_venv(venv), "-e", sources)
+    where = run(venv / "bin" / "python", "-c", "import json, vnetlib.deploy.ansible as a; "
+                "c = a.find_collection(); print(json.dumps([str(c.collection), c.source]))",
+                env=installed.env, cwd=tmp_path).stdout
+    assert json.loads(where) == [str(sources), "the source checkout"]
+    vnet = Installed(venv / "bin" / "vnet", installed.env)
+    up = json.loads(vnet("up", str(FIGURE6), "--substrate", substrate, "--check", "--json").stdout)
+    assert up["check"] is True and len(up["plan"]["hosts"]) == 2
+    assert netns_with(f"vn-{substrate}-") == []
