@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what vnet needs on a Debian machine, as root: system packages, a
-# virtual environment in .venv with vnetlib, and the vnet.infra collection
-# next to it. Safe to run again: it only installs what is missing.
+# virtual environment in .venv with vnetlib installed editable, and this
+# checkout's vnet.infra collection visible to that environment's Ansible.
+# Safe to run again: it only installs what is missing.
 #   scripts/install.sh          # what `vnet` needs
 #   scripts/install.sh --test   # plus what the tests need
 set -euo pipefail
@@ -30,9 +31,9 @@ if [ ! -x .venv/bin/python ]; then
         "$python" -m venv .venv
     fi
 fi
-# pip runs only when pyproject.toml changed since the last install.
+# pip runs only when pyproject.toml or setup.py changed since the last install.
 stamp=".venv/.vnet-installed-$with_tests"
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     extras=""
     [ "$with_tests" = 1 ] && extras="[test]"
@@ -43,11 +44,21 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 .venv/bin/python -c "import vnetlib, ansible_runner, lxml, pyroute2" # fail loudly if pip did
 
-# The collection goes where vnetlib looks for it: <venv>/share/ansible/collections.
-build=$(mktemp -d)
-trap 'rm -rf "$build"' EXIT
-.venv/bin/ansible-galaxy collection build --force --output-path "$build" . >/dev/null
-ANSIBLE_COLLECTIONS_PATH=.venv/share/ansible/collections \
-    .venv/bin/ansible-galaxy collection install --force -p .venv/share/ansible/collections \
-    "$build"/vnet-infra-*.tar.gz >/dev/null
-echo "vnet installed: $(.venv/bin/vnet --version); collection vnet.infra in .venv/share/ansible/collections"
+# vnetlib is installed editable, so the collection is this checkout's root,
+# which `vnet` finds by itself (vnetlib/deploy/ansible.py). For a plain
+# `ansible-playbook vnet.infra.deploy_vnet` with
+# ANSIBLE_COLLECTIONS_PATH=.venv/share/ansible/collections, link the
+# collection's parts (not the root: no directory loop) there, where earlier
+# versions of this script put a built copy. (Not on the Python path: the
+# collection tests import vnet.infra through a tree of their own.)
+share=.venv/share/ansible/collections
+infra="$share/ansible_collections/vnet/infra"
+rm -rf "$infra"
+mkdir -p "$infra"
+for part in galaxy.yml meta plugins roles playbooks; do
+    ln -s "$PWD/$part" "$infra/$part"
+done
+where=$(.venv/bin/python -c 'from vnetlib.deploy.ansible import check_installed as c; print(c().collection)')
+ANSIBLE_COLLECTIONS_PATH="$PWD/$share" .venv/bin/ansible-doc vnet.infra.vnet_node >/dev/null \
+    || { echo "ansible-doc does not find vnet.infra in $share"; exit 1; }
+echo "vnet installed: $(.venv/bin/vnet --version); collection vnet.infra: $where"

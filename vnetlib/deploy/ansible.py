@@ -133,11 +133,10 @@ def find_collection() -> CollectionLocation:
     looked = dict.fromkeys(str(o.root) for o in order if o.source != "the Python path")
     raise AnsibleNotInstalled(
         f"the Ansible collection {COLLECTION} is not installed: pip install vnetlib "
-        "(it ships the collection), or `ansible-galaxy collection install` the "
-        "collection built from vnet's repository (`ansible-galaxy collection build`), "
-        "or set ANSIBLE_COLLECTIONS_PATH to a directory holding "
-        f"ansible_collections/vnet/infra (looked on the Python path of {sys.executable} "
-        f"and in {', '.join(looked)})"
+        "(it ships the collection), or in vnet's repository `ansible-galaxy collection build` "
+        "and `ansible-galaxy collection install vnet-infra-*.tar.gz`, or set "
+        "ANSIBLE_COLLECTIONS_PATH to a directory that holds ansible_collections/vnet/infra\n"
+        f"(looked on the Python path of {sys.executable} and in {', '.join(looked)})"
     )
 
 
@@ -153,6 +152,13 @@ def playbook_binary() -> str:
         f"{PLAYBOOK_BINARY} was found neither next to {sys.executable} nor on PATH: "
         "install ansible-core (a dependency of vnetlib: pip install vnetlib) in this environment"
     )
+
+
+def check_installed() -> CollectionLocation:
+    """Fail as run_playbook would, before anything is recorded or changed:
+    ansible-playbook and the collection must be there. Returns the collection."""
+    playbook_binary()
+    return find_collection()
 
 
 def _collection_root(location: CollectionLocation, workdir: Path) -> Path:
