@@ -38,7 +38,7 @@ def test_up_figure6_every_adjacent_pair_pings(vnet: Vnet, lab: Lab) -> None:
     _assert_adjacent_nodes_reach_each_other(vnet, result["vnet"], FIGURE6)
 
     status = vnet.json("status", result["vnet"])
-    assert status["status"] == "active"
+    assert status["status"] == "ready"
     assert status["embedding"]["node_map"] == result["node_map"]
     assert [v["vnet"] for v in vnet.json("status")].count(result["vnet"]) == 1
 

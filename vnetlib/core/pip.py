@@ -340,7 +340,8 @@ class PipCore:
             except (DeployError, PlanError) as exc:
                 log.error("%s: rollback of %s incomplete: %s", self.name, s.name, exc)
                 if isinstance(cause, DeployError):
-                    cause.add_note(f"rollback incomplete: {exc}; Delete retries the removal")
+                    hosts = sorted({f.host for f in getattr(exc, "failures", [])})
+                    cause.add_note(f"rollback incomplete on: {', '.join(hosts) or '?'}")
         op.save(replace(s, state=State.FAILED, deployed=not removed, error=str(cause)[:500],
                         lock=None))
         return removed

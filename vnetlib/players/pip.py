@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
-from vnetlib import naming
+from vnetlib import naming, paths
 from vnetlib.core.deployer import AnsibleDeployer, Deployer
 from vnetlib.core.ledger import VNI_MIN, Ledger, vni_in_range
 from vnetlib.core.pip import (
@@ -42,6 +41,7 @@ from vnetlib.players import timeouts
 from vnetlib.players.aggregate import add_aggregate_routes
 from vnetlib.players.client import ClientError, PlayerClient
 from vnetlib.players.config import PlayerConfig
+from vnetlib.players.confine import Confinement, ConfinementError, Limits
 from vnetlib.players.negotiation import advertise, decide_quote
 from vnetlib.players.pki import Credentials, Identity
 from vnetlib.players.server import (
@@ -116,6 +116,10 @@ class PipService(Service):
         self.config = config
         self.credentials = credentials
         self.core = build_core(config, deployer)
+        self.confinement = Confinement(
+            paths.vnet_home() / "confine" / config.name,
+            Limits(output_bytes=EXEC_OUTPUT_MAX, timeout=timeouts.EXEC_MAX))
+        self.core.on_removed = lambda s: self.confinement.remove(s.id)
         self.faults = Faults(config.faults.fail_at, config.faults.stall_at,
                              config.faults.stall_seconds)
         self.closing = threading.Event()
@@ -128,6 +132,7 @@ class PipService(Service):
             delete=self.delete, stitch=self.stitch)
         if reaper:
             self.reap()  # a restart first finishes what a crash left
+            self._forget_tenants()
             self._reaper = threading.Thread(target=self._reap_loop, daemon=True,
                                             name=f"reaper-{config.name}")
             self._reaper.start()
@@ -137,6 +142,13 @@ class PipService(Service):
         if self._reaper is not None:
             self._reaper.join(timeouts.SLIVER_WAIT)
         self.core.ledger.close()
+
+    def _forget_tenants(self) -> None:
+        """Remove the confined processes of VNets this PIP no longer has."""
+        live = {s.id for s in self.core.ledger.slivers()}
+        for tenant in self.confinement.tenants():
+            if tenant not in live:
+                self.confinement.remove(tenant)
 
     def reap(self) -> list[str]:
         try:
@@ -264,15 +276,13 @@ class PipService(Service):
         if not act.argv:
             raise Conflict("exec needs a command")
         timeout = min(act.timeout or timeouts.EXEC_DEFAULT, timeouts.EXEC_MAX)
-        argv = exec_argv(naming.vnode_netns(self.core.name, s.id, act.node), act.argv)
+        netns = naming.vnode_netns(self.core.name, s.id, act.node)
         try:
-            done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired as exc:
-            out = (exc.stdout or b"")[:EXEC_OUTPUT_MAX].decode("utf-8", "replace")
-            return m.ActionResult("exec", 124, out, f"timed out after {timeout:g}s")
-        return m.ActionResult("exec", done.returncode,
-                              done.stdout[:EXEC_OUTPUT_MAX].decode("utf-8", "replace"),
-                              done.stderr[:EXEC_OUTPUT_MAX].decode("utf-8", "replace"))
+            r = self.confinement.run(s.id, netns, act.argv, timeout=timeout)
+        except ConfinementError as exc:
+            raise Conflict(f"exec refused: {exc}") from exc
+        why = f"\n[{r.killed_reason}]" if r.killed_reason else ""
+        return m.ActionResult("exec", r.exit_code, r.stdout, r.stderr + why)
 
     def _endpoint(self, s: Sliver, ref: str, role: m.StitchRole) -> tuple[str, m.StitchEndpoint]:
         link = next(b for b in spec_of(s.spec_xml).boundary if b.peer_ref == ref)
@@ -362,22 +372,3 @@ class PipService(Service):
 
 
 EXEC_OUTPUT_MAX = 64 << 10
-# The nobody user of Debian; the command keeps the node's network namespace.
-UNPRIVILEGED = "65534"
-
-
-def exec_argv(netns: str, argv: Sequence[str]) -> list[str]:
-    """The command line of an out-of-VNet `exec` in a virtual node.
-
-    A netns node shares the PIP's file system and process table, so the
-    customer's command runs as an unprivileged user, without capabilities and
-    unable to gain any (no_new_privs: set-uid and file capabilities are
-    ignored): it sees the node's network, not the PIP's files, keys or hosts.
-    Unprivileged ICMP sockets are allowed in the node so that ping works.
-    """
-    return [
-        "ip", "netns", "exec", netns, "sh", "-c",
-        'sysctl -qw net.ipv4.ping_group_range="0 2147483647" && exec "$@"', "sh",
-        "setpriv", f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}", "--clear-groups",
-        "--no-new-privs", "--inh-caps=-all", "--", *argv,
-    ]
