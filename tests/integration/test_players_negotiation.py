@@ -49,13 +49,14 @@ def test_vnet_across_two_pips_is_negotiated_stitched_and_removed(
     assert sorted(n.id for n in parse_vnet(sa.spec_xml.encode()).nodes) == ["a", "b"]
     assert [n.id for n in parse_vnet(sb.spec_xml.encode()).nodes] == ["c"]
     # Interface 4: one VNI agreed, each side's tunnel points at the other's data address
-    (ref, stitch_a), = sa.data["stitches"].items()
-    stitch_b = sb.data["stitches"][ref]
-    assert stitch_a["vni"] == stitch_b["vni"]
-    sub_a, sub_b = a.substrate(), b.substrate()
-    host_a = sub_a.host(sa.data["embedding"]["node_map"]["b"]).data_address
-    host_b = sub_b.host(sb.data["embedding"]["node_map"]["c"]).data_address
-    assert stitch_a["remote"] == host_b and stitch_b["remote"] == host_a
+    (stitch_a,) = sa.stitches
+    stitch_b = sb.stitch(stitch_a.ref)
+    assert stitch_b is not None and stitch_a.vni == stitch_b.vni
+    assert stitch_a.joined and stitch_b.joined
+    sub_a, sub_b = a.core.substrate, b.core.substrate
+    host_a = sub_a.host(sa.embedding.node_map["b"]).data_address
+    host_b = sub_b.host(sb.embedding.node_map["c"]).data_address
+    assert stitch_a.remote == host_b and stitch_b.remote == host_a
     assert namespaces(f"vn-{substrates.a}-{sa.id}-") == [
         f"vn-{substrates.a}-{sa.id}-a", f"vn-{substrates.a}-{sa.id}-b"]
 
