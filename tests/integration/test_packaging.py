@@ -11,6 +11,7 @@ ANSIBLE_* variable: what a user gets from `pip install vnetlib`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -153,6 +154,24 @@ def site_packages(venv: Path) -> Path:
     return next((venv / "lib").glob("python3*/site-packages"))
 
 
+@contextlib.contextmanager
+def moved(path: Path, aside: Path) -> Iterator[Path]:
+    """`path` moved to `aside` for the block; moved back whatever happens."""
+    path.rename(aside)
+    try:
+        yield aside
+    finally:
+        aside.rename(path)
+
+
+def located(venv: Path, env: dict[str, str], cwd: Path) -> list[str]:
+    """[collection directory, source] as the environment's vnetlib finds it."""
+    out = run(venv / "bin" / "python", "-c", "import json, vnetlib.deploy.ansible as a; "
+              "c = a.check_installed(); print(json.dumps([str(c.collection), c.source]))",
+              env=env, cwd=cwd)
+    return list(json.loads(out.stdout))
+
+
 def test_wheel_holds_vnetlib_and_the_collection_only(dists: Dists, sources: Path) -> None:
     names = zipfile.ZipFile(dists.wheel).namelist()
     tops = {n.split("/")[0] for n in names}
@@ -182,11 +201,8 @@ def test_sdist_holds_the_sources_without_tests(dists: Dists) -> None:
 def test_installed_environment_finds_the_collection(venv: Path, tmp_path: Path) -> None:
     env = user_env(tmp_path / "home")
     bindir = venv / "bin"
-    where = run(bindir / "python", "-c", "import json, vnetlib.deploy.ansible as a; "
-                "c = a.find_collection(); print(json.dumps([str(c.collection), c.source]))",
-                env=env, cwd=tmp_path).stdout
     collection = site_packages(venv) / "ansible_collections" / "vnet" / "infra"
-    assert json.loads(where) == [str(collection), "the Python path"]
+    assert located(venv, env, tmp_path) == [str(collection), "the Python path"]
 
     doc = run(bindir / "ansible-doc", "vnet.infra.vnet_node", env=env, cwd=tmp_path).stdout
     assert str(collection / "plugins" / "modules" / "vnet_node.py") in doc
@@ -252,15 +268,40 @@ def test_installed_vnet_deploys_without_its_bin_on_path(lab: tuple[Installed, st
 
 
 @pytest.mark.e2e
+def test_search_order_and_what_is_missing(venv: Path, tmp_path: Path) -> None:
+    env = user_env(tmp_path / "home")
+    shipped = site_packages(venv) / "ansible_collections"
+    mine = tmp_path / "mine"
+    shutil.copytree(shipped, mine / "ansible_collections")
+    user_set = {**env, "ANSIBLE_COLLECTIONS_PATH": f"/nonexistent:{mine}"}
+    assert located(venv, user_set, tmp_path) == [
+        str(mine / "ansible_collections" / "vnet" / "infra"), "$ANSIBLE_COLLECTIONS_PATH"]
+
+    old = venv / "share" / "ansible" / "collections"  # where install.sh used to put it
+    with moved(shipped, venv / "aside"):
+        try:
+            shutil.copytree(mine, old)
+            assert located(venv, env, tmp_path) == [
+                str(old / "ansible_collections" / "vnet" / "infra"), "the environment"]
+        finally:
+            shutil.rmtree(old.parent)
+        missing = run(venv / "bin" / "python", "-c", "import vnetlib.deploy.ansible as a; "
+                      "a.check_installed()", env=env, cwd=tmp_path, check=False)
+    assert missing.returncode != 0 and NOT_INSTALLED in missing.stderr
+    assert "pip install vnetlib" in missing.stderr and str(old) in missing.stderr
+
+    binary = venv / "bin" / "ansible-playbook"
+    with moved(binary, tmp_path / "ansible-playbook"):
+        missing = run(venv / "bin" / "python", "-c", "import vnetlib.deploy.ansible as a; "
+                      "a.check_installed()", env=env, cwd=tmp_path, check=False)
+    assert "ansible-playbook was found neither next to" in missing.stderr
+
+
+@pytest.mark.e2e
 def test_missing_collection_fails_before_running(venv: Path, lab: tuple[Installed, str]) -> None:
     vnet, substrate = lab
-    shipped = site_packages(venv) / "ansible_collections"
-    aside = venv / "ansible_collections.aside"
-    shipped.rename(aside)
-    try:
+    with moved(site_packages(venv) / "ansible_collections", venv / "aside"):
         failed = vnet("up", str(FIGURE6), "--substrate", substrate, check=False)
-    finally:
-        aside.rename(shipped)
     assert failed.returncode == 4, failed.stderr
     assert NOT_INSTALLED in failed.stderr
     assert "pip install vnetlib" in failed.stderr
@@ -280,10 +321,7 @@ def test_editable_install_deploys_from_its_checkout(
     installed, substrate = lab
     venv = tmp_path / "venv"
     cache.pip_install(new_venv(venv), "-e", sources)
-    where = run(venv / "bin" / "python", "-c", "import json, vnetlib.deploy.ansible as a; "
-                "c = a.find_collection(); print(json.dumps([str(c.collection), c.source]))",
-                env=installed.env, cwd=tmp_path).stdout
-    assert json.loads(where) == [str(sources), "the source checkout"]
+    assert located(venv, installed.env, tmp_path) == [str(sources), "the source checkout"]
     vnet = Installed(venv / "bin" / "vnet", installed.env)
     up = json.loads(vnet("up", str(FIGURE6), "--substrate", substrate, "--check", "--json").stdout)
     assert up["check"] is True and len(up["plan"]["hosts"]) == 2
