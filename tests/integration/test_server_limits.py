@@ -388,3 +388,22 @@ def test_measure_a_thousand_idle_connections(
         assert int(during["Threads"]) <= int(before["Threads"]) + 1
         assert open_fds > FLOOD  # they were all held, not refused
         assert max(took) < 1.0
+
+
+def test_errors_of_the_http_parser_are_xml_documents(
+        limited: ServiceServer, creds: dict[str, Credentials]) -> None:
+    for request, fragment in [(b"GARBAGE\r\n\r\n", b"Invalid method"),
+                              (b"GET /v1/whoami HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n",
+                               b"8190 bytes")]:
+        with creds["vno1"].client_context().wrap_socket(
+                socket.create_connection((limited.host, limited.port), timeout=5),
+                server_hostname=limited.host) as s:
+            s.sendall(request)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.split()[1] == b"400"
+        assert b"application/xml" in head
+        assert etree.fromstring(body).get("code") == "http-400"
+        assert fragment in body
