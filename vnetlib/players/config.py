@@ -14,13 +14,20 @@ price_per_mbps = 0.01
 reservation_seconds = 60
 [vnp]
 upstreams = [ { name = "pip-a", url = "https://127.0.0.1:40001" } ]
-timeout = 10.0
+timeout = 30.0                 # a provider's short calls (timeouts.VNP_SHORT_CALL)
 disclose_pips = false
+retry_seconds = 2.0            # reconciler: first retry of a failed release, then doubling
+retry_max_seconds = 120.0      # ... up to this
 [vno]
 vnp = { name = "vnp", url = "https://127.0.0.1:40003" }
 max_price = 1000.0
+timeout = 840.0                # a whole instantiation at the VNP (timeouts.VNO_TO_VNP)
+retry_seconds = 2.0            # reconciler: first retry (unknown VNets, deletions)
+retry_max_seconds = 120.0
 [faults]                       # fault injection, for tests only
-fail_at = ""                   # "" | "quote" | "allocate" | "provision"
+fail_at = ""                   # "" | "quote" | "allocate" | "provision" (the PIP) |
+                               # "vno-before-vnp" | "vno-after-vnp" | "vnp-after-allocate" |
+                               # "vnp-after-provision" | "vnp-before-release"
 stall_at = ""                  # same set: wait stall_seconds, then fail, instead of answering
 stall_seconds = 30.0
 ```
@@ -34,9 +41,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from vnetlib.players import timeouts
 from vnetlib.players.pki import Role
 
-FAULT_POINTS = ("", "quote", "allocate", "provision")
+FAULT_POINTS = ("", "quote", "allocate", "provision",
+                # VNO and VNP points, for crash tests (see vnetlib/players/faultpoints.py)
+                "vno-before-vnp", "vno-after-vnp", "vnp-after-allocate", "vnp-after-provision",
+                "vnp-before-release")
 
 
 class ConfigError(ValueError):
@@ -62,17 +73,23 @@ class PipSection:
 @dataclass(frozen=True, slots=True)
 class VnpSection:
     upstreams: tuple[Upstream, ...] = ()
-    timeout: float = 10.0
+    timeout: float = timeouts.VNP_SHORT_CALL
     disclose_pips: bool = False
     reservation_seconds: float = 60.0
     price_per_cpu: float = 0.0  # the VNP's own margin, added when it acts as a PIP
+    # The reconciler: first retry of a failed release after retry_seconds, then
+    # doubling up to retry_max_seconds; the same period for its other rounds.
+    retry_seconds: float = 2.0
+    retry_max_seconds: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
 class VnoSection:
     vnp: Upstream | None = None
     max_price: float | None = None
-    timeout: float = 600.0  # bounds a whole instantiation through the VNP
+    timeout: float = timeouts.VNO_TO_VNP  # bounds a whole instantiation through the VNP
+    retry_seconds: float = 2.0  # the reconciler's first retry; doubling up to the max
+    retry_max_seconds: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from vnetlib.players import messages as m
+from vnetlib.players import timeouts
 from vnetlib.players.client import PlayerClient
 from vnetlib.players.pki import Credentials, Role
 from vnetlib.spec import parse_vnet
@@ -16,13 +17,17 @@ VNetView = m.VNetView
 class ServiceProvider:
     """An SP talking to its VNO over mutual TLS (its certificate has role sp)."""
 
-    def __init__(self, vno_url: str, credentials: Credentials, timeout: float = 300.0,
+    def __init__(self, vno_url: str, credentials: Credentials,
+                 timeout: float = timeouts.SP_REQUEST,
                  *, vno_name: str | None = None) -> None:
         self.client = PlayerClient(vno_url, credentials, timeout, expect_role=Role.VNO,
                                    expect_name=vno_name)
 
     def request_vnet(self, spec: VNetSpec | bytes) -> VNetView:
-        """Interface 1: ask for a VNet; returns once it is ready (or raises RemoteError)."""
+        """Interface 1: ask for a VNet; returns once it is ready (or raises RemoteError).
+
+        A 504 `upstream-timeout` means the VNO keeps the VNet as "unknown" until
+        its VNP's outcome is known: `list()` then shows it ready, or not at all."""
         model = parse_vnet(spec, source="request") if isinstance(spec, bytes) else spec
         reply = self.client.post("/v1/vnets", m.service_request_xml(model))
         return m.vnet_view_from(m.parse_reply(reply.body, "vnet-status"))
@@ -34,8 +39,10 @@ class ServiceProvider:
     def list(self) -> list[VNetView]:
         return m.vnet_list_from(m.parse_reply(self.client.get("/v1/vnets").body, "vnet-list"))
 
-    def delete(self, vnet_id: str) -> None:
-        self.client.delete(f"/v1/vnets/{vnet_id}")
+    def delete(self, vnet_id: str) -> bool:
+        """True once the VNet is gone; False when the VNO accepted the deletion
+        and finishes it in the background (the VNet shows as "deleting")."""
+        return self.client.delete(f"/v1/vnets/{vnet_id}").status == 204
 
     def exec(self, vnet_id: str, node: str, argv: Sequence[str],
              timeout: float | None = None) -> tuple[int, str, str]:

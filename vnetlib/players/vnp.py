@@ -7,11 +7,19 @@ API of a PIP (`/v1/advertisement`, `/v1/quotes`, `/v1/slivers/...`,
 `/v1/stitch`), so a VNP can be an upstream of another VNP (recursion). An
 "order" is what it sells either way: a VNet or a sliver, made of parts, one
 per upstream provider.
+
+Nothing is orphaned: an order is recorded before any upstream call, with the
+names of its parts' slivers before they are allocated; an order whose parts
+cannot all be released is kept as "releasing" (with the parts left) and
+retried by the reconciler thread with backoff until every part is gone. At
+startup the VNP releases the orders a crash interrupted, and deletes the
+slivers its upstreams hold for it that no order of its store owns.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import threading
 import time
@@ -23,6 +31,7 @@ from typing import Any, TypeVar
 from vnetlib.embedding.multipip import split_across_pips
 from vnetlib.embedding.result import Rejection
 from vnetlib.naming import short_hash
+from vnetlib.players import faultpoints, timeouts
 from vnetlib.players import messages as m
 from vnetlib.players.aggregate import add_aggregate_routes
 from vnetlib.players.client import ClientError, PlayerClient, RemoteError, TransportError
@@ -37,9 +46,12 @@ from vnetlib.players.negotiation import (
     within_budget,
 )
 from vnetlib.players.pki import Credentials, Identity, Role
+from vnetlib.players.reconcile import Backoff, Reconciler, Retries
 from vnetlib.players.server import (
+    BadRequest,
     Conflict,
     Forbidden,
+    Gone,
     NotFound,
     Service,
     UpstreamFailed,
@@ -53,7 +65,15 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
-DEPLOY_TIMEOUT = 300.0
+RELEASING = "releasing"
+# States an order leaves only while a request thread works on it: a restart
+# found them unfinished. A sliver sold to another VNP rests in "allocated".
+UNFINISHED = {"vnet": {"negotiating", "allocating", "allocated", "provisioning"},
+              "sliver": {"negotiating", "allocating", "provisioning"}}
+SLIVER_STATES = {"allocated", "provisioned", "ready", "failed"}
+KEY = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")  # a VNO's idempotency key (an RDL name)
+# The names this VNP gives its parts' slivers (`_sliver_name`): `<order id>.<index>`.
+PART_NAME = re.compile(r"^(?P<order>[nr][0-9a-f]+)\.(?P<index>[0-9]+)$")
 
 
 def _why(exc: Exception) -> str:
@@ -79,11 +99,16 @@ class VnpService(Service):
         self.store = PlayerStore(config.store, config.name)
         self.upstreams = {u.name: u for u in config.vnp.upstreams}
         self.url = ""  # this node's own URL, set once it listens (peers relay through it)
+        self.closing = threading.Event()
         self._lock = threading.Lock()
+        self._busy: set[str] = set()  # orders a request thread works on right now
+        self._retries = Retries(Backoff(config.vnp.retry_seconds, config.vnp.retry_max_seconds))
+        self._unreconciled = set(self.upstreams)  # upstreams not yet swept since startup
         vno = {Role.VNO}
         self.add_route("GET", "/v1/version", self.version)
         # Interface 1: VNOs
         self.add_route("POST", "/v1/vnets", self.create_vnet, roles=vno)
+        self.add_route("PUT", "/v1/vnets/{id}", self.put_vnet, roles=vno)
         self.add_route("GET", "/v1/vnets", self.list_vnets, roles=vno)
         self.add_route("GET", "/v1/vnets/{id}", self.get_vnet, roles=vno)
         self.add_route("DELETE", "/v1/vnets/{id}", self.delete_vnet, roles=vno)
@@ -94,9 +119,29 @@ class VnpService(Service):
             list_slivers=self.list_slivers, allocate=self.allocate, describe=self.describe,
             provision=self.provision, renew=self.renew, action=self.sliver_action,
             delete=self.delete_sliver, stitch=self.stitch)
+        self._recover()
+        self.reconciler = Reconciler(self.name, self.reconcile,
+                                     most=config.vnp.retry_max_seconds).start()
 
     def close(self) -> None:
+        self.closing.set()
+        self.reconciler.stop()
         self.store.close()
+
+    def _fault(self, point: str) -> None:
+        faultpoints.check(self.config.faults, point, self.closing, self.name)
+
+    def _claim(self, order_id: str) -> bool:
+        """Take an order for one thread (a request or the reconciler); False if taken."""
+        with self._lock:
+            if order_id in self._busy:
+                return False
+            self._busy.add(order_id)
+            return True
+
+    def _unclaim(self, order_id: str) -> None:
+        with self._lock:
+            self._busy.discard(order_id)
 
     def _client(self, upstream: Upstream, timeout: float | None = None) -> PlayerClient:
         return PlayerClient(upstream.url, self.credentials, timeout or self.config.vnp.timeout,
@@ -165,9 +210,10 @@ class VnpService(Service):
     def _sliver_name(self, order_id: str, part: Part) -> str:
         return f"{order_id}.{part.index}"
 
-    def allocate_parts(self, order_id: str, parts: list[Part],
-                       quotes: list[m.Quote]) -> list[dict[str, Any]]:
-        """Allocate every part; on any failure release all of them (nothing leaks)."""
+    def plan_parts(self, order_id: str, parts: list[Part],
+                   quotes: list[m.Quote]) -> list[dict[str, Any]]:
+        """The parts as the order records them, each with its sliver's name, before
+        any is allocated (so a release knows every sliver that may exist)."""
         stored = []
         for part, quote in zip(parts, quotes, strict=True):
             name = self._sliver_name(order_id, part)
@@ -178,32 +224,65 @@ class VnpService(Service):
                 "links": [{"ref": k.ref, "link": k.link, "role": k.role,
                            "peer_part": k.peer_part, "upper_ref": k.upper_ref}
                           for k in part.links]})
-        for part, quote, entry in zip(parts, quotes, stored, strict=True):
-            req = m.Allocate(part.spec, quote.price, self.config.vnp.reservation_seconds)
-            try:
-                self._client(self.upstreams[part.provider]).put(
-                    f"/v1/slivers/{entry['sliver']}", m.allocate_xml(req))
-            except ClientError as exc:
-                self.release(stored)
-                raise Failed(f"allocation failed at a provider: {_why(exc)}") from exc
         return stored
 
-    def release(self, parts: list[dict[str, Any]]) -> list[str]:
-        """Delete every part's sliver (also ones whose allocation never answered);
-        returns the errors of the deletions that failed."""
-        errors = []
+    def allocate_parts(self, parts: list[dict[str, Any]]) -> None:
+        """Allocate every planned part; Failed at the first failure (the caller
+        then releases the order, so nothing leaks)."""
         for entry in parts:
-            up = self.upstreams[entry["provider"]]
+            req = m.Allocate(parse_vnet(entry["spec"].encode()), entry["price"],
+                             self.config.vnp.reservation_seconds)
             try:
-                self._client(up, DEPLOY_TIMEOUT).delete(f"/v1/slivers/{entry['sliver']}")
-            except RemoteError as exc:
-                if exc.status not in (404, 410):
-                    errors.append(f"{up.name}: {exc}")
+                self._client(self.upstreams[entry["provider"]]).put(
+                    f"/v1/slivers/{entry['sliver']}", m.allocate_xml(req))
             except ClientError as exc:
-                errors.append(f"{up.name}: {exc}")
-        for e in errors:
-            log.error("%s: release failed: %s", self.name, e)
-        return errors
+                raise Failed(f"allocation failed at a provider: {_why(exc)}") from exc
+
+    def release(self, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Delete every part's sliver (also ones whose allocation never answered),
+        in parallel; returns the parts whose deletion failed (404 and 410 count
+        as deleted)."""
+
+        def delete(entry: dict[str, Any]) -> dict[str, Any] | None:
+            up = self.upstreams.get(entry["provider"])
+            if up is None:
+                log.error("%s: cannot release %s: provider %s is no longer configured",
+                          self.name, entry["sliver"], entry["provider"])
+                return entry
+            try:
+                self._client(up, timeouts.VNP_DEPLOY_CALL).delete(
+                    f"/v1/slivers/{entry['sliver']}")
+            except RemoteError as exc:
+                if exc.status in (404, 410):
+                    return None
+                log.error("%s: release of %s failed: %s", self.name, entry["sliver"], exc)
+                return entry
+            except ClientError as exc:
+                log.error("%s: release of %s failed: %s", self.name, entry["sliver"], exc)
+                return entry
+            return None
+
+        return [e for e in _in_parallel(delete, parts) if e is not None]
+
+    def release_order(self, rec: Record) -> bool:
+        """Release an order the caller has claimed: recorded as releasing first
+        (a crash in the middle resumes), forgotten once every part is gone,
+        else kept with the parts left for the reconciler. True if forgotten."""
+        rec.data["status"] = RELEASING
+        self.store.save(rec.id, rec.data)
+        self._fault("vnp-before-release")
+        left = self.release(rec.data["parts"])
+        if not left:
+            self.store.remove(rec.id)
+            self._retries.done(rec.id)
+            return True
+        rec.data["parts"] = left
+        self.store.save(rec.id, rec.data)
+        delay = self._retries.failed(rec.id)
+        log.warning("%s: %d part(s) of order %s not released; retrying in %gs",
+                    self.name, len(left), rec.id, delay)
+        self.reconciler.wake()
+        return False
 
     def provision_parts(self, parts: list[dict[str, Any]],
                         upper: Mapping[str, Mapping[str, str]]) -> None:
@@ -219,7 +298,7 @@ class VnpService(Service):
                 else:  # relayed to our customer's peer through this node
                     role = upper[k["upper_ref"]]["role"]
                     peers.append(m.Peer(k["ref"], self.name, self.url, role))  # type: ignore[arg-type]
-            self._client(self.upstreams[entry["provider"]], DEPLOY_TIMEOUT).post(
+            self._client(self.upstreams[entry["provider"]], timeouts.VNP_DEPLOY_CALL).post(
                 f"/v1/slivers/{entry['sliver']}/provision", m.provision_xml(m.Provision(
                     tuple(peers))))
 
@@ -227,7 +306,7 @@ class VnpService(Service):
 
     def start_parts(self, parts: list[dict[str, Any]]) -> None:
         for entry in parts:
-            self._client(self.upstreams[entry["provider"]], DEPLOY_TIMEOUT).post(
+            self._client(self.upstreams[entry["provider"]], timeouts.VNP_DEPLOY_CALL).post(
                 f"/v1/slivers/{entry['sliver']}/action", m.action_xml(m.Action("start")))
 
     def _exec(self, parts: list[dict[str, Any]], act: m.Action) -> bytes:
@@ -235,7 +314,7 @@ class VnpService(Service):
         if entry is None:
             raise NotFound(f"no node {act.node}")
         try:
-            reply = self._client(self.upstreams[entry["provider"]], 90.0).post(
+            reply = self._client(self.upstreams[entry["provider"]], timeouts.VNP_EXEC_CALL).post(
                 f"/v1/slivers/{entry['sliver']}/action", m.action_xml(act))
         except ClientError as exc:
             raise UpstreamFailed(f"exec failed at the provider: {_why(exc)}") from exc
@@ -258,12 +337,54 @@ class VnpService(Service):
 
     def create_vnet(self, caller: Identity, params: Mapping[str, str],
                     body: bytes) -> tuple[int, bytes]:
+        """POST /v1/vnets: a new order each time (kept for older VNOs; a retry
+        after a timeout makes a second VNet, which PUT with a key avoids)."""
         spec = m.vnet_of(m.read(body, "vnet"), "vnet request")
         order_id = f"n{secrets.token_hex(5)}"
         rec = Record(order_id, caller.name, order_id, time.time(), {
             "kind": "vnet", "status": "negotiating", "spec": dump_vnet(spec).decode(),
             "parts": [], "price": None})
-        self.store.insert(rec)
+        self._claim(order_id)
+        try:
+            self.store.insert(rec)
+        except BaseException:
+            self._unclaim(order_id)
+            raise
+        return self._instantiate(rec, spec)
+
+    def put_vnet(self, caller: Identity, params: Mapping[str, str],
+                 body: bytes) -> tuple[int, bytes]:
+        """PUT /v1/vnets/{key}: the VNet under the VNO's idempotency key; a repeated
+        request with the same key gets the same order, never a second one."""
+        key = params["id"]
+        if not KEY.match(key):
+            raise BadRequest(f"key {key!r}: lower case letters, digits, '_' and '-', "
+                             "starting with a letter, at most 32 characters")
+        spec = m.vnet_of(m.read(body, "vnet"), "vnet request")
+        text = dump_vnet(spec).decode()
+        order_id = f"n{short_hash(caller.name, key, length=10)}"
+        with self._lock:
+            existing = self.store.find(caller.name, key)
+            if existing is None:
+                rec = Record(order_id, caller.name, key, time.time(), {
+                    "kind": "vnet", "key": key, "status": "negotiating", "spec": text,
+                    "parts": [], "price": None})
+                self.store.insert(rec)
+                self._busy.add(order_id)
+        if existing is None:
+            return self._instantiate(rec, spec)
+        if existing.data["kind"] != "vnet" or existing.data["spec"] != text:
+            raise Conflict(f"key {key} was used for another VNet: choose a new key")
+        status = existing.data["status"]
+        if status == RELEASING:
+            raise Conflict(f"the order under key {key} failed and its parts are being "
+                           "released; request again with a new key")
+        return (200 if status == "ready" else 202), m.vnet_view_xml(self._view(existing))
+
+    def _instantiate(self, rec: Record, spec: VNetSpec) -> tuple[int, bytes]:
+        """Negotiate, allocate, provision and start a VNet order the caller has
+        claimed and recorded; on any failure the order is released (and kept as
+        releasing while parts remain)."""
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -273,39 +394,49 @@ class VnpService(Service):
             timings[name] = round(now - clock, 4)
             clock = now
 
-        try:
-            parts, quotes = self.negotiate(spec, order_id)
-            phase("negotiate")
-            rec.data["parts"] = self.allocate_parts(order_id, parts, quotes)
-            rec.data["price"] = round(sum(q.price or 0.0 for q in quotes), 6)
-            rec.data["status"] = "allocated"
+        def status(value: str) -> None:
+            rec.data["status"] = value
             self.store.save(rec.id, rec.data)
+
+        try:
+            parts, quotes = self.negotiate(spec, rec.id)
+            phase("negotiate")
+            rec.data["parts"] = self.plan_parts(rec.id, parts, quotes)
+            rec.data["price"] = round(sum(q.price or 0.0 for q in quotes), 6)
+            status("allocating")
+            self.allocate_parts(rec.data["parts"])
+            status("allocated")
             phase("allocate")
+            self._fault("vnp-after-allocate")
+            status("provisioning")
             try:
                 self.provision_parts(rec.data["parts"], {})
                 phase("provision")
+                self._fault("vnp-after-provision")
                 self.start_parts(rec.data["parts"])
                 phase("stitch")
             except ClientError as exc:
-                self.release(rec.data["parts"])
                 raise Failed(f"instantiation failed at a provider: {_why(exc)}") from exc
+            rec.data["timings"] = timings
+            status("ready")
         except Failed as exc:
-            self.store.remove(rec.id)
+            self.release_order(rec)
             raise Conflict(f"VNet {spec.name} cannot be provided: {exc}") from exc
         except BaseException:
-            self.release(rec.data["parts"])  # an unexpected error must not leak slivers
-            self.store.remove(rec.id)
+            self.release_order(rec)  # an unexpected error must not leak slivers
             raise
-        rec.data["status"] = "ready"
-        rec.data["timings"] = timings
-        self.store.save(rec.id, rec.data)
+        finally:
+            self._unclaim(rec.id)
         return 201, m.vnet_view_xml(self._view(rec))
 
-    def _order(self, caller: Identity, order_id: str, kind: str) -> Record:
-        rec = self.store.get(order_id)
+    def _order(self, caller: Identity, ref: str, kind: str) -> Record:
+        """The caller's order by id, or by the key (name) it chose."""
+        rec = self.store.get(ref)
+        if rec is None or rec.owner != caller.name:
+            rec = self.store.find(caller.name, ref) or rec
         if rec is None or rec.data["kind"] != kind:
-            raise NotFound(f"no VNet {order_id}")
-        require_owner(caller, rec.owner, f"VNet {order_id}")
+            raise NotFound(f"no VNet {ref}")
+        require_owner(caller, rec.owner, f"VNet {ref}")
         return rec
 
     def list_vnets(self, caller: Identity, params: Mapping[str, str],
@@ -322,13 +453,21 @@ class VnpService(Service):
         return self._delete(self._order(caller, params["id"], "vnet"))
 
     def _delete(self, rec: Record) -> tuple[int, bytes]:
-        errors = self.release(rec.data["parts"])
-        if errors:
-            rec.data["status"] = "failed"
-            self.store.save(rec.id, rec.data)
-            raise UpstreamFailed(f"could not delete {len(errors)} of its parts; retry the deletion")
-        self.store.remove(rec.id)
-        return 204, b""
+        """204 once every part is gone; 202 when parts are left to the reconciler
+        (the order then stays, releasing, until they are); 409 while a request
+        still works on the order."""
+        if rec.data["status"] == RELEASING:
+            self.reconciler.wake()
+            return 202, b""
+        if not self._claim(rec.id):
+            raise Conflict(f"{rec.name} is being worked on; retry the deletion later")
+        try:
+            fresh = self.store.get(rec.id)
+            if fresh is None:
+                return 204, b""
+            return (204, b"") if self.release_order(fresh) else (202, b"")
+        finally:
+            self._unclaim(rec.id)
 
     def vnet_action(self, caller: Identity, params: Mapping[str, str],
                     body: bytes) -> tuple[int, bytes]:
@@ -336,6 +475,8 @@ class VnpService(Service):
         rec = self._order(caller, params["id"], "vnet")
         if act.name != "exec":
             raise Conflict("only exec is offered on VNets")
+        if rec.data["status"] != "ready":
+            raise Conflict(f"VNet {params['id']} is {rec.data['status']}, not ready")
         return 200, self._exec(rec.data["parts"], act)
 
     # -- Interfaces 2-4: acting as a PIP for another VNP -------------------------------
@@ -357,36 +498,56 @@ class VnpService(Service):
         return 200, m.quote_xml(decide_quote(round(total, 6), req.bid))
 
     def _sliver(self, caller: Identity, name: str) -> Record:
-        self._expire()
+        """The caller's sliver order; 410 once its reservation expired (the
+        reconciler releases it), 404 once it is being released."""
         rec = self.store.find(caller.name, name)
-        if rec is None or rec.data["kind"] != "sliver":
+        if rec is None or rec.data["kind"] != "sliver" or rec.data["status"] == RELEASING:
             raise NotFound(f"no sliver {name}")
+        if rec.data["status"] == "allocated" and rec.data["expires"] <= time.time():
+            self.reconciler.wake()
+            raise Gone(f"the reservation of sliver {name} expired")
         return rec
 
     def _manifest(self, rec: Record) -> m.Manifest:
         d = rec.data
         spec = parse_vnet(d["spec"].encode())
-        return m.Manifest(rec.name, d["status"], d.get("price") or 0.0,
+        status = d["status"] if d["status"] in SLIVER_STATES else "allocated"
+        return m.Manifest(rec.name, status, d.get("price") or 0.0,  # type: ignore[arg-type]
                           tuple(n.id for n in spec.nodes),
-                          tuple(m.BoundaryState(b.peer_ref, b.id, d["status"] == "ready")
+                          tuple(m.BoundaryState(b.peer_ref, b.id, status == "ready")
                                 for b in spec.boundary),
-                          d.get("expires") if d["status"] == "allocated" else None)
+                          d.get("expires") if status == "allocated" else None)
 
     def list_slivers(self, caller: Identity, params: Mapping[str, str],
                      body: bytes) -> tuple[int, bytes]:
-        self._expire()
-        return 200, m.slivers_xml([self._manifest(r) for r in self.store.all(caller.name)
-                                   if r.data["kind"] == "sliver"])
-
-    def _expire(self) -> None:
-        """Release the parts of reservations our customers let expire."""
         now = time.time()
+        return 200, m.slivers_xml([
+            self._manifest(r) for r in self.store.all(caller.name)
+            if r.data["kind"] == "sliver" and r.data["status"] in SLIVER_STATES
+            and not (r.data["status"] == "allocated" and r.data["expires"] <= now)])
+
+    def expire(self) -> float:
+        """Release the parts of reservations our customers let expire (run by the
+        reconciler, never inside a request); returns the seconds until the next
+        expiry."""
+        now = time.time()
+        soonest = float("inf")
         for rec in self.store.all():
             d = rec.data
-            if d["kind"] == "sliver" and d["status"] == "allocated" and d["expires"] <= now:
-                log.info("%s: reservation %s/%s expired", self.name, rec.owner, rec.name)
-                if not self.release(d["parts"]):
-                    self.store.remove(rec.id)
+            if d["kind"] != "sliver" or d["status"] != "allocated":
+                continue
+            if d["expires"] > now:
+                soonest = min(soonest, d["expires"] - now)
+            elif self._claim(rec.id):
+                try:
+                    fresh = self.store.get(rec.id)
+                    if fresh is not None and fresh.data["status"] == "allocated":
+                        log.info("%s: reservation %s/%s expired", self.name, rec.owner,
+                                 rec.name)
+                        self.release_order(fresh)
+                finally:
+                    self._unclaim(rec.id)
+        return soonest
 
     def allocate(self, caller: Identity, params: Mapping[str, str],
                  body: bytes) -> tuple[int, bytes]:
@@ -399,23 +560,30 @@ class VnpService(Service):
             "expires": time.time() + min(req.expires_in or self.config.vnp.reservation_seconds,
                                          self.config.vnp.reservation_seconds)})
         with self._lock:
-            if self.store.find(caller.name, name) is not None:
+            if self.store.find(caller.name, name) is not None or order_id in self._busy:
                 raise Conflict(f"sliver {name} exists")
             self.store.insert(rec)
+            self._busy.add(order_id)
         try:
             parts, quotes = self.negotiate(req.spec, order_id)
             total = sum(q.price or 0.0 for q in quotes)
             if req.price is not None and total > req.price + 1e-9:
                 raise Failed(f"the upstream offers total {total:g}, above {req.price:g}")
-            rec.data["parts"] = self.allocate_parts(order_id, parts, quotes)
+            rec.data["parts"] = self.plan_parts(order_id, parts, quotes)
+            rec.data["status"] = "allocating"
+            self.store.save(rec.id, rec.data)
+            self.allocate_parts(rec.data["parts"])
+            rec.data["status"] = "allocated"
+            self.store.save(rec.id, rec.data)
         except Failed as exc:
-            self.store.remove(rec.id)
+            self.release_order(rec)
             raise Conflict(f"cannot allocate: {exc}") from exc
         except BaseException:
-            self.store.remove(rec.id)
+            self.release_order(rec)
             raise
-        rec.data["status"] = "allocated"
-        self.store.save(rec.id, rec.data)
+        finally:
+            self._unclaim(order_id)
+        self.reconciler.wake()  # its expiry may come before the reconciler's next round
         return 201, m.manifest_xml(self._manifest(rec))
 
     def describe(self, caller: Identity, params: Mapping[str, str],
@@ -442,16 +610,29 @@ class VnpService(Service):
                   body: bytes) -> tuple[int, bytes]:
         req = m.provision_from(m.read(body, "provision"))
         rec = self._sliver(caller, params["name"])
-        if rec.data["status"] == "allocated":
-            rec.data["peers"] = {p.ref: {"name": p.name, "url": p.url, "role": p.role}
-                                 for p in req.peers}
-            self.store.save(rec.id, rec.data)
-            try:
-                self.provision_parts(rec.data["parts"], rec.data["peers"])
-            except ClientError as exc:
-                raise UpstreamFailed(f"provisioning failed at a provider: {_why(exc)}") from exc
-            rec.data["status"] = "provisioned"
-            self.store.save(rec.id, rec.data)
+        if rec.data["status"] != "allocated":
+            return 200, m.manifest_xml(self._manifest(rec))
+        if not self._claim(rec.id):
+            raise Conflict(f"sliver {rec.name} is being worked on; retry later")
+        try:
+            rec = self._sliver(caller, params["name"])
+            if rec.data["status"] == "allocated":
+                rec.data["peers"] = {p.ref: {"name": p.name, "url": p.url, "role": p.role}
+                                     for p in req.peers}
+                rec.data["status"] = "provisioning"  # no longer expires
+                self.store.save(rec.id, rec.data)
+                done = False
+                try:
+                    self.provision_parts(rec.data["parts"], rec.data["peers"])
+                    done = True
+                except ClientError as exc:
+                    raise UpstreamFailed(
+                        f"provisioning failed at a provider: {_why(exc)}") from exc
+                finally:  # on failure as before: allocated, for the customer to delete
+                    rec.data["status"] = "provisioned" if done else "allocated"
+                    self.store.save(rec.id, rec.data)
+        finally:
+            self._unclaim(rec.id)
         return 200, m.manifest_xml(self._manifest(rec))
 
     def sliver_action(self, caller: Identity, params: Mapping[str, str],
@@ -470,7 +651,10 @@ class VnpService(Service):
 
     def delete_sliver(self, caller: Identity, params: Mapping[str, str],
                       body: bytes) -> tuple[int, bytes]:
-        return self._delete(self._sliver(caller, params["name"]))
+        rec = self.store.find(caller.name, params["name"])
+        if rec is None or rec.data["kind"] != "sliver":
+            raise NotFound(f"no sliver {params['name']}")
+        return self._delete(rec)
 
     def stitch(self, caller: Identity, params: Mapping[str, str],
                body: bytes) -> tuple[int, bytes]:
@@ -495,13 +679,78 @@ class VnpService(Service):
                     else:
                         continue
                     try:
-                        reply = self._client(target, DEPLOY_TIMEOUT).post(
+                        reply = self._client(target, timeouts.VNP_DEPLOY_CALL).post(
                             "/v1/stitch", m.stitch_xml(replace(proposal, ref=ref_out)))
                         answer = m.stitch_from(m.parse_reply(reply.body, "stitch"))
                     except (ClientError, ValueError) as exc:
                         raise UpstreamFailed(f"relaying link {proposal.ref}: {_why(exc)}") from exc
                     return 200, m.stitch_xml(replace(answer, ref=ref_back))
         raise NotFound(f"no link {proposal.ref}")
+
+    # -- reconciliation --------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """At startup: an order a crash left unfinished has no thread working on it
+        any more, so it is released (its VNO learns so: GET answers releasing and
+        a PUT with its key 409, until it is gone; then the key is free again)."""
+        for rec in self.store.all():
+            d = rec.data
+            if d["status"] in UNFINISHED.get(d["kind"], set()):
+                log.warning("%s: order %s was %s when this VNP stopped: releasing it",
+                            self.name, rec.id, d["status"])
+                d["status"] = RELEASING
+                self.store.save(rec.id, d)
+
+    def reconcile(self) -> float:
+        """One round of the reconciler: expire reservations, retry the releases
+        that are due, and (until each upstream answered once since startup)
+        delete the slivers upstreams hold for this VNP that no order owns.
+        Returns the seconds until the next round is needed."""
+        wait = min(self.expire(), self.config.vnp.retry_max_seconds)
+        for rec in self.store.all():
+            if self.reconciler.stopping.is_set():
+                return wait
+            if rec.data["status"] != RELEASING or not self._retries.due(rec.id):
+                continue
+            if not self._claim(rec.id):
+                continue
+            try:
+                fresh = self.store.get(rec.id)
+                if (fresh is not None and fresh.data["status"] == RELEASING
+                        and self.release_order(fresh)):
+                    log.info("%s: order %s released", self.name, rec.id)
+            finally:
+                self._unclaim(rec.id)
+        if self._unreconciled:
+            self._sweep_upstreams()
+            if self._unreconciled:
+                wait = min(wait, self.config.vnp.retry_seconds)
+        return self._retries.next_in(wait)
+
+    def _sweep_upstreams(self) -> None:
+        """Delete every sliver an upstream lists for this VNP whose order is not in
+        the store (a crash between the upstream's answer and our record of it, or
+        an order forgotten by an older version). The listing is read before the
+        store: an order is recorded before its slivers are allocated, so a sliver
+        listed for a live order always finds its order."""
+        for name in sorted(self._unreconciled):
+            up = self.upstreams[name]
+            try:
+                reply = self._client(up).get("/v1/slivers")
+                listed = m.slivers_from(m.parse_reply(reply.body, "slivers"))
+            except (ClientError, ValueError) as exc:
+                log.warning("%s: cannot list the slivers at %s: %s", self.name, name, exc)
+                continue
+            owned = {r.id for r in self.store.all()}
+            orphans = [s.id for s in listed
+                       if (part := PART_NAME.match(s.id)) and part["order"] not in owned]
+            left = self.release([{"provider": name, "sliver": o} for o in orphans])
+            for o in orphans:
+                log.warning("%s: sliver %s at %s belongs to no order: %s", self.name, o, name,
+                            "deletion failed" if any(e["sliver"] == o for e in left)
+                            else "deleted")
+            if not left:
+                self._unreconciled.discard(name)
 
 
 def _in_parallel(work: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
