@@ -1,0 +1,1 @@
+"""Load benchmark: concurrent SPs creating and deleting small VNets on a lab."""
