@@ -11,8 +11,9 @@ gets 503.
 aiohttp has no bound on the TLS handshake or on reading a request (its
 keep-alive timer only covers connections that send nothing at all, and only
 in recent versions), and asyncio none on the number of connections; so the
-TLS handshake is started here, by hand, on a plain TCP connection (`_Conn`),
-which also keeps the bookkeeping:
+TLS handshake is started here, by hand, on a plain TCP connection (`_Conn`)
+once the client sends its first bytes (a silent connection costs no TLS
+state), and `_Conn` keeps the bookkeeping:
 
 - at most `Limits.max_connections` open connections (fewer if the descriptor
   limit is lower); one more evicts the oldest connection that has not sent a
