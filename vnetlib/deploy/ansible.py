@@ -206,8 +206,11 @@ def _environment(collections_root: Path, binary: str) -> dict[str, str]:
     env = {k: os.environ[k] for k in KEPT_ENV if k in os.environ}
     bindir = str(Path(binary).parent)
     env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
-    roots = [collections_root, *(o.root for o in search_order() if o.root is not None)]
-    env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join(dict.fromkeys(str(r) for r in roots))
+    # Ansible scans the Python path itself; the other places stay after ours.
+    others = [o.root for o in search_order() if o.root is not None and o.root.is_dir()
+              and o.source != "the Python path"]
+    env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join(
+        dict.fromkeys(str(r) for r in [collections_root, *others]))
     env["ANSIBLE_HOST_KEY_CHECKING"] = "False"
     env["ANSIBLE_PIPELINING"] = "True"
     env["ANSIBLE_FORKS"] = "20"
