@@ -21,6 +21,7 @@ import argparse
 import functools
 import os
 import secrets
+import shutil
 import statistics
 import string
 import subprocess
@@ -360,6 +361,7 @@ def main() -> int:
         checks = leak_checks(name, args.pips, pids)
     finally:
         testbed.down(name)
+        shutil.rmtree(os.environ["VNET_HOME"])  # kept when down fails, to look into
 
     shapes = ", ".join(f"{len(w)} nodes/{len(p)} links{' (2 PIPs)' if len(set(w)) > 1 else ''}"
                        for w, p in SHAPES)
