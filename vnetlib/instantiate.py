@@ -23,7 +23,7 @@ from vnetlib.core.deployer import AnsibleDeployer, Deployer
 from vnetlib.core.ledger import Ledger
 from vnetlib.core.pip import DeployFailed, NotFound, PipCore, Rejected, spec_of
 from vnetlib.core.records import Sliver
-from vnetlib.deploy.ansible import DEPLOY_PLAYBOOK, DeployError
+from vnetlib.deploy.ansible import DEPLOY_PLAYBOOK, DeployError, check_installed
 from vnetlib.placement import EmbeddingRejected
 from vnetlib.players.db import sqlite_url
 from vnetlib.spec import load_substrate, load_vnet
@@ -127,6 +127,7 @@ def instantiate(spec_path: Path, substrate_name: str, *, check: bool = False,
     with timings.phase("parse"):
         progress(f"parsing {spec_path}")
         spec = load_vnet(spec_path)
+        check_installed()  # before anything is recorded: say what to install
         core = local_core(substrate_name)
     vnet_id = f"{spec.name}-{secrets.token_hex(3)}"
     try:

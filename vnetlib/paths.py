@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 DEFAULT_HOME = Path("/var/lib/vnet")
@@ -36,15 +35,3 @@ def substrate_dir(name: str) -> Path:
 
 def state_db() -> Path:
     return vnet_home() / "state.db"
-
-
-def collections_path() -> str:
-    """Where ansible looks for the vnet.infra collection: $VNET_COLLECTIONS_PATH
-    first, then the collection installed next to vnetlib in its environment,
-    then Ansible's defaults."""
-    paths = []
-    if extra := os.environ.get("VNET_COLLECTIONS_PATH"):
-        paths.append(extra)
-    paths.append(str(Path(sys.prefix) / "share" / "ansible" / "collections"))
-    paths += [str(Path.home() / ".ansible" / "collections"), "/usr/share/ansible/collections"]
-    return os.pathsep.join(paths)

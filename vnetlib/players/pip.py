@@ -35,7 +35,7 @@ from vnetlib.core.pip import (
     spec_of,
 )
 from vnetlib.core.records import Peer, Sliver, State, Stitch
-from vnetlib.deploy.ansible import DeployError
+from vnetlib.deploy.ansible import DeployError, check_installed
 from vnetlib.players import messages as m
 from vnetlib.players import timeouts
 from vnetlib.players.aggregate import add_aggregate_routes
@@ -100,6 +100,8 @@ def _api_error(exc: CoreError, what: str) -> ApiError:
 def build_core(config: PlayerConfig, deployer: Deployer | None = None) -> PipCore:
     """The PIP core of a configuration: its substrate file, inventory and ledger."""
     substrate = load_substrate(Path(config.pip.substrate))
+    if deployer is None:
+        check_installed()  # a PIP that cannot deploy says so at start, not at Provision
     return PipCore(
         substrate, Ledger(config.store, substrate.name),
         deployer or AnsibleDeployer(Path(config.pip.inventory)),
