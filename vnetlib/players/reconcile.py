@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
+FAILED_ROUND_WAIT = 5.0  # after an unexpected error in a round (a store outage...)
+
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
@@ -90,7 +92,7 @@ class Reconciler:
                 wait = self._work()
             except Exception:
                 log.exception("%s: reconciliation round failed", self.name)
-                wait = self.most
+                wait = min(self.most, FAILED_ROUND_WAIT)
             self.rounds += 1
             self._wake.wait(min(max(wait, self.least), self.most))
 

@@ -101,7 +101,8 @@ class VnoService(Service):
         self.add_route("POST", "/v1/vnets/{id}/action", self.action, roles=sp)
         self._recover()
         self.reconciler = Reconciler(self.name, self.reconcile,
-                                     most=config.vno.retry_max_seconds).start()
+                                     most=config.vno.retry_max_seconds)
+        self.reconciler.start()  # once assigned: its rounds use it
 
     def close(self) -> None:
         self.closing.set()

@@ -121,7 +121,8 @@ class VnpService(Service):
             delete=self.delete_sliver, stitch=self.stitch)
         self._recover()
         self.reconciler = Reconciler(self.name, self.reconcile,
-                                     most=config.vnp.retry_max_seconds).start()
+                                     most=config.vnp.retry_max_seconds)
+        self.reconciler.start()  # once assigned: its rounds use it
 
     def close(self) -> None:
         self.closing.set()
