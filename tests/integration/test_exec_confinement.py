@@ -224,7 +224,7 @@ def test_cpu_is_throttled_at_the_quota(confinement: Confinement,
             "while time.monotonic() < end: pass\nt = os.times()\nprint(t.user + t.system)")
     result = confinement.run("vnet-a", ns, ["python3", "-c", spin])
     used = float(result.stdout)
-    assert 0.4 < used < 1.0, f"{used:.2f} s of CPU in 1.5 s at {LIMITS.cpu_quota} cores"
+    assert 0.05 < used < 1.0, f"{used:.2f} s of CPU in 1.5 s at {LIMITS.cpu_quota} cores"
 
 
 @pytest.mark.parametrize("script", [

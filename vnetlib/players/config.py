@@ -8,7 +8,8 @@ listen = "127.0.0.1:0"         # port 0: pick a free port
 store = "sqlite:////var/lib/vnet/players/pip-a/state.db"   # or postgresql+psycopg://...
 pki = "/var/lib/vnet/creds/pip-a"  # its own: pip-a.pem/.key, ca.pem, crl.pem; never ca.key
 [pip]
-substrate = "labp1"
+substrate = "/var/lib/vnet/substrates/labp1/substrate.xml"
+inventory = "/var/lib/vnet/substrates/labp1/inventory.yml"
 price_per_cpu = 1.0
 price_per_mbps = 0.01
 reservation_seconds = 60
@@ -64,7 +65,8 @@ class Upstream:
 
 @dataclass(frozen=True, slots=True)
 class PipSection:
-    substrate: str = ""
+    substrate: str = ""  # the substrate's description (RDL file)
+    inventory: str = ""  # the Ansible inventory of its hosts
     price_per_cpu: float = 1.0
     price_per_mbps: float = 0.0
     reservation_seconds: float = 60.0
@@ -173,8 +175,9 @@ def from_dict(data: dict[str, Any], source: str = "<config>") -> PlayerConfig:
         listen=listen, pip=PipSection(**pip), vnp=VnpSection(**vnp), vno=VnoSection(**vno),
         faults=Faults(**faults),
     )
-    if role is Role.PIP and not config.pip.substrate:
-        raise ConfigError(f"{source} [pip] substrate is required for a PIP")
+    if role is Role.PIP and not (config.pip.substrate and config.pip.inventory):
+        raise ConfigError(f"{source} [pip] substrate (an RDL substrate file) and inventory "
+                          "(an Ansible inventory) are required for a PIP")
     if role is Role.VNP and not config.vnp.upstreams:
         raise ConfigError(f"{source} [vnp] upstreams: a VNP needs at least one")
     if role is Role.VNO and config.vno.vnp is None:

@@ -4,6 +4,7 @@ its credentials from the lab CA, and the HTTPS server it listens on."""
 from __future__ import annotations
 
 import os
+import threading
 import tempfile
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +19,8 @@ from vnetlib.players.vnp import VnpService
 
 
 class PlayerService(Protocol):
+    closing: threading.Event
+
     def close(self) -> None: ...
 
 
@@ -69,8 +72,7 @@ class ManagementNode:
 
     def interrupt(self) -> None:
         """Tell long handlers (injected stalls) to give up, so the server can stop."""
-        if isinstance(self.service, PipService):
-            self.service.closing.set()
+        self.service.closing.set()
 
     def stop(self) -> None:
         self.interrupt()
