@@ -4,8 +4,8 @@ its credentials from the lab CA, and the HTTPS server it listens on."""
 from __future__ import annotations
 
 import os
-import threading
 import tempfile
+import threading
 from pathlib import Path
 from typing import Protocol
 
