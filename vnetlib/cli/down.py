@@ -26,7 +26,9 @@ def run(args: argparse.Namespace) -> int:
         if args.check:
             raise ValueError("--check works on VNets instantiated with --substrate only")
         Progress(True)(f"asking the VNO of lab {args.lab} to remove {args.vnet}")
-        target.remote(args.vnet, args.lab).delete(args.vnet)
+        if not target.remote(args.vnet, args.lab).delete(args.vnet):
+            Progress(True)(f"deletion of {args.vnet} accepted: `vnet status` shows it "
+                           "deleting until it is gone")
         vnet_id = args.vnet
     if args.json:
         emit_json({"vnet": vnet_id, "removed": not args.check, "check": args.check})

@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, kind = next((c, k) for e, c, k in EXIT_CODES if isinstance(err, e))
         if isinstance(err, RemoteError) and err.status == 404:
             code, kind = 5, "not-found"
+        if isinstance(err, RemoteError) and err.code == "upstream-timeout":
+            err.add_note("the VNO keeps the VNet as unknown until its outcome is known: "
+                         "`vnet status` shows it ready, or not at all")
         message = "\n".join([str(err), *getattr(err, "__notes__", ())])
         if getattr(args, "json", False):
             emit_json({"error": {"kind": kind, "message": message}})

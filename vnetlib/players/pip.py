@@ -36,8 +36,8 @@ from vnetlib.core.pip import (
 )
 from vnetlib.core.records import Peer, Sliver, State, Stitch
 from vnetlib.deploy.ansible import DeployError, check_installed
+from vnetlib.players import faultpoints, timeouts
 from vnetlib.players import messages as m
-from vnetlib.players import timeouts
 from vnetlib.players.aggregate import add_aggregate_routes
 from vnetlib.players.client import ClientError, PlayerClient
 from vnetlib.players.config import PlayerConfig
@@ -51,7 +51,6 @@ from vnetlib.players.server import (
     Gone,
     NotFound,
     Service,
-    Unavailable,
     UpstreamFailed,
 )
 from vnetlib.players.stitching import StitchFailed, initiate, respond
@@ -60,20 +59,6 @@ from vnetlib.spec import load_substrate
 log = logging.getLogger(__name__)
 
 REAP_INTERVAL = 1.0
-
-
-class Faults:
-    """Fault injection for tests ([faults] in the configuration)."""
-
-    def __init__(self, fail_at: str, stall_at: str, stall_seconds: float) -> None:
-        self.fail_at, self.stall_at, self.stall_seconds = fail_at, stall_at, stall_seconds
-
-    def check(self, point: str, closing: threading.Event) -> None:
-        if self.stall_at == point:
-            closing.wait(self.stall_seconds)
-            raise Unavailable(f"injected stall at {point}")
-        if self.fail_at == point:
-            raise Unavailable(f"injected failure at {point}")
 
 
 def _failed(what: str, exc: Exception) -> str:
@@ -122,8 +107,6 @@ class PipService(Service):
             paths.vnet_home() / "confine" / config.name,
             Limits(output_bytes=EXEC_OUTPUT_MAX, timeout=timeouts.EXEC_MAX))
         self.core.on_removed = lambda s: self.confinement.remove(s.id)
-        self.faults = Faults(config.faults.fail_at, config.faults.stall_at,
-                             config.faults.stall_seconds)
         self.closing = threading.Event()
         self._reaper: threading.Thread | None = None
         self.add_route("GET", "/v1/version", self.version)
@@ -200,7 +183,7 @@ class PipService(Service):
     def quote(self, caller: Identity, params: Mapping[str, str],
               body: bytes) -> tuple[int, bytes]:
         req = m.quote_request_from(m.read(body, "quote-request"))
-        self.faults.check("quote", self.closing)
+        faultpoints.check(self.config.faults, "quote", self.closing, self.name)
         try:
             self.core.check_fits(req.spec)
         except Rejected as exc:
@@ -215,7 +198,7 @@ class PipService(Service):
                  body: bytes) -> tuple[int, bytes]:
         name = params["name"]
         req = m.allocate_from(m.read(body, "allocate"))
-        self.faults.check("allocate", self.closing)
+        faultpoints.check(self.config.faults, "allocate", self.closing, self.name)
         try:
             s = self.core.allocate(caller.name, name, req.spec, expires_in=req.expires_in,
                                    price_limit=req.price)
@@ -241,7 +224,7 @@ class PipService(Service):
                   body: bytes) -> tuple[int, bytes]:
         req = m.provision_from(m.read(body, "provision"))
         self._sliver(caller, params["name"])
-        self.faults.check("provision", self.closing)
+        faultpoints.check(self.config.faults, "provision", self.closing, self.name)
         peers = [Peer(p.ref, p.name, p.url, p.role) for p in req.peers]
         try:
             s = self.core.provision(caller.name, params["name"], peers)
