@@ -12,6 +12,9 @@ in docs/architecture.md is this module.
 | VNP | a provider's Provision, start (stitching) or Delete | VNP_DEPLOY_CALL |
 | VNP | a provider's quote, allocate, renew, describe, list | VNP_SHORT_CALL |
 | VNP | a relayed exec | VNP_EXEC_CALL |
+| VNP | a release or orphan sweep: one Delete at a provider | VNP_DEPLOY_CALL |
+| VNO | a look-up of an order at the VNP (reconciler) | VNP_SHORT_CALL |
+| VNO, VNP | a reconciler's retry of a failed step | config retry_seconds, doubling to retry_max_seconds |
 | PIP | one playbook run (deploy or removal) | PLAYBOOK |
 | PIP | a Provision: deploy, then roll back on failure | 2 x PLAYBOOK |
 | PIP | a peer's answer to one stitching proposal | STITCH_CALL |
