@@ -14,7 +14,7 @@ in docs/architecture.md is this module.
 | VNP | a relayed exec | VNP_EXEC_CALL |
 | VNP | a release or orphan sweep: one Delete at a provider | VNP_DEPLOY_CALL |
 | VNO | a look-up of an order at the VNP (reconciler) | VNP_SHORT_CALL |
-| VNO, VNP | a reconciler's retry of a failed step | config retry_seconds, doubling to retry_max_seconds |
+| VNO, VNP | a reconciler's retry of a failed step | retry_seconds, doubled to retry_max_seconds |
 | PIP | one playbook run (deploy or removal) | PLAYBOOK |
 | PIP | a Provision: deploy, then roll back on failure | 2 x PLAYBOOK |
 | PIP | a peer's answer to one stitching proposal | STITCH_CALL |
