@@ -67,12 +67,14 @@ class LocalVNet:
     embedding: dict[str, Any]
     plan: dict[str, Any] | None
     timings: dict[str, float]
+    node_states: dict[str, str]
 
     @classmethod
     def of(cls, core: PipCore, s: Sliver) -> LocalVNet:
         return cls(s.id, spec_of(s.spec_xml).name, core.name, s.state.value,
                    s.embedding.to_dict(), core.plan(s) if s.deployed else None,
-                   dict(s.timings))
+                   dict(s.timings),
+                   {n: s.node_state(n) for n in s.embedding.node_map})
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +227,20 @@ def destroy(ref: str, *, check: bool = False, progress: Progress = _quiet) -> Lo
             pass
         core.ledger.purge(s.id)
         return view
+    finally:
+        core.ledger.close()
+
+
+def control(ref: str, node: str, action: str, *, progress: Progress = _quiet) -> str:
+    """Start, stop, restart, suspend or resume one node of a direct VNet."""
+    substrate, s = find(ref)
+    core = local_core(substrate)
+    try:
+        try:
+            done = core.control(OPERATOR, s.name, node, action, progress=progress)
+        except DeployFailed as exc:
+            raise exc.cause from None
+        return f"{node}: {done.node_state(node)}"
     finally:
         core.ledger.close()
 

@@ -306,6 +306,7 @@ class PortWant:
     peer: str
     addresses: tuple[str, ...] = ()
     mtu: int = 1500
+    up: bool = True  # False: the node is stopped, its end of the pair is down
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +357,7 @@ def link_want(params: dict) -> LinkWant:
             peer=p["peer"],
             addresses=tuple(_normalize_address(a) for a in p.get("addresses") or ()),
             mtu=int(p.get("mtu") or 1500),
+            up=bool(p.get("up", True)),
         )
         for p in params.get("ports") or ()
     )
@@ -462,8 +464,10 @@ def _plan_port(want: LinkWant, port: PortWant, have: HostState, check_missing_ne
     for address in port.addresses:
         if address not in current:
             commands.append([IP, "-n", port.netns, "address", "add", address, "dev", port.ifname])
-    if not node.up:
+    if port.up and not node.up:
         commands.append([IP, "-n", port.netns, "link", "set", "dev", port.ifname, "up"])
+    elif not port.up and node.up:
+        commands.append([IP, "-n", port.netns, "link", "set", "dev", port.ifname, "down"])
     if want.bandwidth_mbps is not None and not _rate_matches(have.qdiscs.get(port.peer), want.bandwidth_mbps):
         commands.append(tbf_command(port.peer, want.bandwidth_mbps))
     return commands
@@ -582,7 +586,7 @@ def link_view_want(want: LinkWant) -> dict:
             host["rate_kbit"] = rate_kbit(want.bandwidth_mbps)
         ports[port.peer] = {
             "host": host,
-            "node": {"netns": port.netns, "ifname": port.ifname, "mtu": port.mtu, "up": True,
+            "node": {"netns": port.netns, "ifname": port.ifname, "mtu": port.mtu, "up": port.up,
                      "addresses": sorted(port.addresses)},
         }
     if ports:

@@ -79,6 +79,12 @@ options:
             description: MTU of both ends of the veth pair.
             type: int
             default: 1500
+          up:
+            description:
+              - Whether the node's end of the pair is up; false while the node is
+                stopped (C(vnet ctl VNET NODE stop)), so it neither answers nor forwards.
+            type: bool
+            default: true
       tunnel:
         description: The encapsulated part of a link that crosses substrate hosts.
         type: dict
@@ -142,6 +148,12 @@ options:
         description: MTU of both ends of the veth pair.
         type: int
         default: 1500
+      up:
+        description:
+          - Whether the node's end of the pair is up; false while the node is
+            stopped (C(vnet ctl VNET NODE stop)), so it neither answers nor forwards.
+        type: bool
+        default: true
   tunnel:
     description: The encapsulated part of a link that crosses substrate hosts.
     type: dict
@@ -283,6 +295,7 @@ SEGMENT_OPTIONS = dict(
             peer=dict(type="str", required=True),
             addresses=dict(type="list", elements="str", default=[]),
             mtu=dict(type="int", default=1500),
+            up=dict(type="bool", default=True),
         ),
     ),
     tunnel=dict(

@@ -37,9 +37,11 @@ def run(args: argparse.Namespace) -> int:
     if args.vnet:
         record = target.local(args.vnet)
         if record is not None:
-            detail = _local(record) | {"embedding": record.embedding, "plan": record.plan}
-            rows = sorted((record.embedding or {}).get("node_map", {}).items())
-            header = ["node", "host"]
+            detail = _local(record) | {"embedding": record.embedding, "plan": record.plan,
+                                       "node_states": record.node_states}
+            rows = [(n, h, record.node_states.get(n, "running"))
+                    for n, h in sorted(record.embedding.get("node_map", {}).items())]
+            header = ["node", "host", "state"]
         else:
             view = target.remote(args.vnet, args.lab).status(args.vnet)
             detail = _remote(view, args.lab)

@@ -28,7 +28,18 @@ from vnetlib import naming
 from vnetlib.core.deployer import Deployer
 from vnetlib.core.ledger import Exists, Ledger, NoVni, Stale
 from vnetlib.core.machine import BUSY
-from vnetlib.core.records import ENDED, Embedding, Lock, Peer, Sliver, State, Stitch
+from vnetlib.core.records import (
+    ENDED,
+    PAUSED,
+    RUNNING,
+    STOPPED,
+    Embedding,
+    Lock,
+    Peer,
+    Sliver,
+    State,
+    Stitch,
+)
 from vnetlib.deploy.ansible import DeployError, Progress
 from vnetlib.placement import EmbeddingRejected, embed_on_substrate, residual_substrate
 from vnetlib.plan.build import PlanError, build_plan, crossing_links
@@ -39,6 +50,10 @@ from vnetlib.spec.model import Substrate, VNetSpec
 log = logging.getLogger(__name__)
 
 TOMBSTONE_SECONDS = 3600.0
+CONTROL_ACTIONS = {"start": RUNNING, "stop": STOPPED, "restart": RUNNING,
+                   "suspend": PAUSED, "resume": RUNNING}
+PAUSING = frozenset({"suspend", "resume"})
+PAUSABLE_KINDS = frozenset({"qemu", "xen"})
 POLL = 0.05
 
 
@@ -177,7 +192,7 @@ class PipCore:
         boundary = {st.link: (st.remote, st.vni) for st in s.stitches}
         return build_plan(spec_of(s.spec_xml), s.embedding.node_map, self.substrate,
                           vnet_id=s.id, lab=self.name, vnis=self.ledger.vnis_of(s.id),
-                          boundary=boundary).to_dict()
+                          boundary=boundary, stopped=s.stopped).to_dict()
 
     # -- negotiation ---------------------------------------------------------------
 
@@ -392,6 +407,44 @@ class PipCore:
             joined = op.sliver.with_stitches([replace(st, joined=True) for st in pending])
             op.save(replace(joined, state=State.READY if joined.all_joined else joined.state,
                             lock=None))
+            return op.sliver
+
+    # -- control actions (Interface 5) ---------------------------------------------
+
+    def control(self, owner: str, name: str, node: str, action: str, *,
+                progress: Progress | None = None) -> Sliver:
+        """Start, stop, restart, suspend or resume one virtual node, as the hosts
+        apply it: the node's wanted run state goes into the plan, and its host
+        converges to it. Serialized with every other operation on the sliver."""
+        s = self.sliver(owner, name)
+        vnode = next((n for n in spec_of(s.spec_xml).nodes if n.id == node), None)
+        if vnode is None:
+            raise NotFound(f"sliver {name} has no node {node}")
+        if action not in CONTROL_ACTIONS:
+            raise Conflict(f"unknown action {action}: one of {', '.join(CONTROL_ACTIONS)}")
+        kind = vnode.kind.value
+        if action in PAUSING and kind not in PAUSABLE_KINDS:
+            raise Conflict(f"{action} is not offered for {kind} nodes ({node}): "
+                           "use stop and start")
+
+        def accept(cur: Sliver) -> State | None:
+            if cur.state not in (State.PROVISIONED, State.READY):
+                raise Conflict(f"sliver {name} is {cur.state.value}: provision it first")
+            return cur.state
+
+        with self._operation(owner, name, "control", accept=accept) as op:
+            host = op.sliver.embedding.node_map[node]
+            steps = (STOPPED, RUNNING) if action == "restart" else (CONTROL_ACTIONS[action],)
+            for target in steps:
+                states = {**op.sliver.node_states, node: target}
+                if target == RUNNING:
+                    del states[node]
+                new = replace(op.sliver, node_states=states)
+                plan = self.plan(new)
+                plan["hosts"] = {h: p for h, p in plan["hosts"].items() if h == host}
+                self.deployer.apply(plan, "present", progress=progress)
+                op.save(new)
+            op.save(replace(op.sliver, lock=None))
             return op.sliver
 
     # -- deletion ------------------------------------------------------------------

@@ -25,6 +25,9 @@ class State(StrEnum):
     EXPIRED = "expired"
 
 
+RUNNING, STOPPED, PAUSED = "running", "stopped", "paused"
+NODE_STATES = (RUNNING, STOPPED, PAUSED)
+
 # States whose sliver may have objects on the hosts, or hold substrate capacity.
 LIVE = frozenset({State.ALLOCATED, State.PROVISIONING, State.PROVISIONED, State.READY,
                   State.DELETING, State.FAILED})
@@ -111,6 +114,7 @@ class Sliver:
     lock: Lock | None = None
     error: str = ""
     timings: Mapping[str, float] = field(default_factory=dict)
+    node_states: Mapping[str, str] = field(default_factory=dict)  # absent: running
     created: float = 0.0
     updated: float = 0.0
     version: int = 0
@@ -126,6 +130,14 @@ class Sliver:
         refs = {s.ref for s in stitches}
         return replace(self, stitches=(*[s for s in self.stitches if s.ref not in refs],
                                        *stitches))
+
+    def node_state(self, node: str) -> str:
+        return self.node_states.get(node, RUNNING)
+
+    @property
+    def stopped(self) -> tuple[str, ...]:
+        """The nodes that are not running (their links are down)."""
+        return tuple(sorted(n for n, st in self.node_states.items() if st != RUNNING))
 
     @property
     def all_joined(self) -> bool:
@@ -145,6 +157,7 @@ class Sliver:
                                                     self.lock.until],
             "error": self.error,
             "timings": dict(self.timings),
+            "node_states": dict(self.node_states),
         })
 
     @classmethod
@@ -162,5 +175,6 @@ class Sliver:
             deployed=bool(d["deployed"]),
             lock=None if lock is None else Lock(lock[0], lock[1], float(lock[2])),
             error=d.get("error", ""), timings=d.get("timings", {}),
+            node_states=d.get("node_states", {}),
             created=created, updated=updated, version=version,
         )

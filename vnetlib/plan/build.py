@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from vnetlib import naming
 from vnetlib.plan.model import DeploymentPlan, HostPlan, LinkTask, NodeTask, PortTask, TunnelTask
@@ -44,6 +45,7 @@ def build_plan(
     lab: str,
     vnis: Mapping[str, int],
     boundary: Mapping[str, tuple[str, int]] | None = None,
+    stopped: Collection[str] = (),
 ) -> DeploymentPlan:
     """Lay out every virtual node and link segment on the hosts of `node_map`.
 
@@ -56,6 +58,8 @@ def build_plan(
     its segment is a bridge with the local port and a VXLAN tunnel to the
     remote address. Boundary links not in `boundary` (not stitched yet) are
     left out.
+
+    The virtual nodes in `stopped` (by id) are down: their ends of every link.
     """
     hosts = {h.name for h in substrate.hosts}
     for node in spec.nodes:
@@ -127,6 +131,11 @@ def build_plan(
                      blink.bandwidth_mbps)
         )
 
+    if stopped:
+        down = {naming.vnode_netns(lab, vnet_id, n) for n in stopped}
+        for host, tasks in links.items():
+            links[host] = [dataclasses.replace(t, ports=tuple(
+                dataclasses.replace(p, up=p.netns not in down) for p in t.ports)) for t in tasks]
     used = sorted(set(nodes) | set(links))
     return DeploymentPlan(
         vnet=vnet_id,

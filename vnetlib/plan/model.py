@@ -32,6 +32,7 @@ class PortTask:
     peer: str
     addresses: tuple[str, ...] = ()
     mtu: int = 1500
+    up: bool = True  # False while the node is stopped
 
 
 @dataclass(frozen=True, slots=True)

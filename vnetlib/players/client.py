@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from lxml import etree
 
 from vnetlib.players.pki import Credentials, Identity, PkiError, Role, identity_of
-from vnetlib.players.server import RDL_NS, XML_CONTENT_TYPE
+from vnetlib.players.server import RDL_NS, XML_CONTENT_TYPE, ApiError
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_RESPONSE = 16 << 20
@@ -50,6 +50,16 @@ class RemoteError(ClientError):
         self.code = code
         self.message = message
         self.document = document
+
+
+class Relayed(ApiError):
+    """An error another player answered, passed on with its status and code
+    (a refusal the customer may see as it is: 4xx, never a provider's name)."""
+
+    def __init__(self, exc: RemoteError) -> None:
+        super().__init__(exc.message)
+        self.status = exc.status  # type: ignore[misc]
+        self.code = exc.code  # type: ignore[misc]
 
 
 class Reply(NamedTuple):

@@ -403,11 +403,17 @@ def manifest_from(el: Element) -> Manifest:
     )
 
 
+ActionName = Literal["start", "stop", "restart", "suspend", "resume", "exec"]
+NODE_ACTIONS = ("start", "stop", "restart", "suspend", "resume")
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
-    """PerformOperationalAction: `start` (join the boundary links) or `exec`."""
+    """PerformOperationalAction: on a sliver, `start` joins its boundary links;
+    on a node (`node` set), `start`, `stop`, `restart`, `suspend`, `resume`
+    control it and `exec` runs a command in it."""
 
-    name: Literal["start", "exec"]
+    name: ActionName
     node: str | None = None
     argv: tuple[str, ...] = ()
     timeout: float | None = None
@@ -424,7 +430,7 @@ def action_xml(a: Action) -> bytes:
 def action_from(el: Element) -> Action:
     name = el.get("name", "")
     argv = tuple(a.text or "" for a in _children(el, "arg"))
-    return Action(cast(Literal["start", "exec"], name), el.get("node"), argv,
+    return Action(cast(ActionName, name), el.get("node"), argv,
                   _float(el, "timeout"))
 
 

@@ -18,9 +18,9 @@ import logging
 import secrets
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from vnetlib import naming, paths
 from vnetlib.core.deployer import AnsibleDeployer, Deployer
@@ -35,12 +35,12 @@ from vnetlib.core.pip import (
     spec_of,
 )
 from vnetlib.core.records import Peer, Sliver, State, Stitch
-from vnetlib.deploy.ansible import DeployError, check_installed
+from vnetlib.deploy.ansible import DeployError, Progress, check_installed
 from vnetlib.players import faultpoints, timeouts
 from vnetlib.players import messages as m
 from vnetlib.players.aggregate import add_aggregate_routes
 from vnetlib.players.client import ClientError, PlayerClient
-from vnetlib.players.config import PlayerConfig
+from vnetlib.players.config import Faults, PlayerConfig
 from vnetlib.players.confine import Confinement, ConfinementError, Limits
 from vnetlib.players.negotiation import advertise, decide_quote
 from vnetlib.players.pki import Credentials, Identity
@@ -94,6 +94,25 @@ def build_core(config: PlayerConfig, deployer: Deployer | None = None) -> PipCor
                 config.pip.reservation_seconds))
 
 
+@dataclass(slots=True)
+class FaultyDeployer:
+    """A deployer with the PIP's fault points once a plan was applied and before
+    the core records the result: `pip-during-deploy` after "present",
+    `pip-during-remove` after "absent" (crash tests kill the PIP there)."""
+
+    inner: Deployer
+    faults: Faults
+    closing: threading.Event
+    who: str
+
+    def apply(self, plan: Mapping[str, Any], state: str, *, check: bool = False,
+              progress: Progress | None = None) -> None:
+        self.inner.apply(plan, state, check=check, progress=progress)
+        if not check:
+            point = "pip-during-deploy" if state == "present" else "pip-during-remove"
+            faultpoints.check(self.faults, point, self.closing, self.who)
+
+
 class PipService(Service):
     """The PIP's API; `deployer` is the side effect on the substrate (Ansible by default)."""
 
@@ -108,6 +127,9 @@ class PipService(Service):
             Limits(output_bytes=EXEC_OUTPUT_MAX, timeout=timeouts.EXEC_MAX))
         self.core.on_removed = lambda s: self.confinement.remove(s.id)
         self.closing = threading.Event()
+        if config.faults != Faults():
+            self.core.deployer = FaultyDeployer(self.core.deployer, config.faults,
+                                                self.closing, self.name)
         self._reaper: threading.Thread | None = None
         self.add_route("GET", "/v1/version", self.version)
         add_aggregate_routes(
@@ -251,8 +273,23 @@ class PipService(Service):
             raise Conflict(f"sliver {s.name} is {s.state.value}: provision it first")
         if act.name == "exec":
             return 200, m.action_result_xml(self._exec(s, act))
+        if act.node is not None:
+            return 200, m.action_result_xml(self._control(caller, s, act.node, act.name))
+        if act.name != "start":
+            raise Conflict(f"{act.name} acts on a node: name one")
         self._start(s)
         return 200, m.action_result_xml(m.ActionResult("start", 0))
+
+    def _control(self, caller: Identity, s: Sliver, node: str, action: str) -> m.ActionResult:
+        try:
+            done = self.core.control(caller.name, s.name, node, action)
+        except Busy as exc:
+            raise Conflict(str(exc)) from exc
+        except CoreError as exc:
+            raise _api_error(exc, f"{action} of node {node}") from exc
+        except DeployError as exc:
+            raise UpstreamFailed(_failed(f"{action} of node {node}", exc)) from exc
+        return m.ActionResult(action, 0, f"{node}: {done.node_state(node)}\n")
 
     def _exec(self, s: Sliver, act: m.Action) -> m.ActionResult:
         spec = spec_of(s.spec_xml)
@@ -288,6 +325,7 @@ class PipService(Service):
     def _start(self, s: Sliver) -> None:
         """Stitch every boundary link this side initiates, then deploy their local
         segments in one run (the responders deployed theirs before accepting)."""
+        faultpoints.check(self.config.faults, "pip-before-stitch", self.closing, self.name)
         agreed: list[Stitch] = []
         for peer in sorted(s.peers, key=lambda p: p.ref):
             done_before = s.stitch(peer.ref)

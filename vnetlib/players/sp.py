@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from vnetlib.players import messages as m
 from vnetlib.players import timeouts
@@ -43,6 +44,13 @@ class ServiceProvider:
         """True once the VNet is gone; False when the VNO accepted the deletion
         and finishes it in the background (the VNet shows as "deleting")."""
         return self.client.delete(f"/v1/vnets/{vnet_id}").status == 204
+
+    def control(self, vnet_id: str, node: str, action: str) -> str:
+        """Start, stop, restart, suspend or resume one node (relayed VNO -> VNP
+        -> PIP); returns what the PIP says of the node's run state."""
+        act = m.Action(cast(m.ActionName, action), node)
+        reply = self.client.post(f"/v1/vnets/{vnet_id}/action", m.action_xml(act))
+        return m.action_result_from(m.parse_reply(reply.body, "action-result")).stdout.strip()
 
     def exec(self, vnet_id: str, node: str, argv: Sequence[str],
              timeout: float | None = None) -> tuple[int, str, str]:

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 
 from vnetlib.players import faultpoints, timeouts
 from vnetlib.players import messages as m
-from vnetlib.players.client import ClientError, PlayerClient, RemoteError
+from vnetlib.players.client import ClientError, PlayerClient, Relayed, RemoteError
 from vnetlib.players.config import PlayerConfig
 from vnetlib.players.pki import Credentials, Identity, Role
 from vnetlib.players.reconcile import Backoff, Reconciler, Retries
@@ -53,15 +53,6 @@ class Pending(ApiError):
     in the background (the SP sees it, and its outcome, in its list)."""
 
     status, code = 504, "upstream-timeout"
-
-
-class Relayed(ApiError):
-    """An error the VNP answered, passed on with its status and code."""
-
-    def __init__(self, exc: RemoteError) -> None:
-        super().__init__(exc.message)
-        self.status = exc.status  # type: ignore[misc]
-        self.code = exc.code  # type: ignore[misc]
 
 
 def with_constraints(spec: VNetSpec, max_price: float | None) -> VNetSpec:

@@ -34,7 +34,13 @@ from vnetlib.naming import short_hash
 from vnetlib.players import faultpoints, timeouts
 from vnetlib.players import messages as m
 from vnetlib.players.aggregate import add_aggregate_routes
-from vnetlib.players.client import ClientError, PlayerClient, RemoteError, TransportError
+from vnetlib.players.client import (
+    ClientError,
+    PlayerClient,
+    Relayed,
+    RemoteError,
+    TransportError,
+)
 from vnetlib.players.config import PlayerConfig, Upstream
 from vnetlib.players.negotiation import (
     Part,
@@ -310,15 +316,22 @@ class VnpService(Service):
             self._client(self.upstreams[entry["provider"]], timeouts.VNP_DEPLOY_CALL).post(
                 f"/v1/slivers/{entry['sliver']}/action", m.action_xml(m.Action("start")))
 
-    def _exec(self, parts: list[dict[str, Any]], act: m.Action) -> bytes:
+    def _node_action(self, parts: list[dict[str, Any]], act: m.Action) -> bytes:
+        """Relay an action on one node (exec, start, stop, ...) to the provider
+        that holds it; its refusals reach the customer as they are."""
         entry = next((p for p in parts if act.node in p["nodes"]), None)
         if entry is None:
             raise NotFound(f"no node {act.node}")
+        budget = timeouts.VNP_EXEC_CALL if act.name == "exec" else timeouts.VNP_DEPLOY_CALL
         try:
-            reply = self._client(self.upstreams[entry["provider"]], timeouts.VNP_EXEC_CALL).post(
+            reply = self._client(self.upstreams[entry["provider"]], budget).post(
                 f"/v1/slivers/{entry['sliver']}/action", m.action_xml(act))
+        except RemoteError as exc:
+            if exc.status < 500:
+                raise Relayed(exc) from exc
+            raise UpstreamFailed(f"{act.name} failed at the provider: {_why(exc)}") from exc
         except ClientError as exc:
-            raise UpstreamFailed(f"exec failed at the provider: {_why(exc)}") from exc
+            raise UpstreamFailed(f"{act.name} failed at the provider: {_why(exc)}") from exc
         return reply.body
 
     # -- Interface 1: VNets for VNOs ---------------------------------------------------
@@ -474,11 +487,11 @@ class VnpService(Service):
                     body: bytes) -> tuple[int, bytes]:
         act = m.action_from(m.read(body, "action"))
         rec = self._order(caller, params["id"], "vnet")
-        if act.name != "exec":
-            raise Conflict("only exec is offered on VNets")
+        if act.node is None:
+            raise Conflict(f"{act.name} acts on a node of the VNet: name one")
         if rec.data["status"] != "ready":
             raise Conflict(f"VNet {params['id']} is {rec.data['status']}, not ready")
-        return 200, self._exec(rec.data["parts"], act)
+        return 200, self._node_action(rec.data["parts"], act)
 
     # -- Interfaces 2-4: acting as a PIP for another VNP -------------------------------
 
@@ -640,8 +653,10 @@ class VnpService(Service):
                       body: bytes) -> tuple[int, bytes]:
         act = m.action_from(m.read(body, "action"))
         rec = self._sliver(caller, params["name"])
-        if act.name == "exec":
-            return 200, self._exec(rec.data["parts"], act)
+        if act.node is not None:
+            return 200, self._node_action(rec.data["parts"], act)
+        if act.name != "start":
+            raise Conflict(f"{act.name} acts on a node: name one")
         try:
             self.start_parts(rec.data["parts"])
         except ClientError as exc:
