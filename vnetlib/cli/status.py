@@ -45,8 +45,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             view = target.remote(args.vnet, args.lab).status(args.vnet)
             detail = _remote(view, args.lab)
-            rows = [(n, "") for n in view.nodes]
-            header = ["node", ""]
+            states = dict(view.node_states)
+            detail["node_states"] = {n: states.get(n, "running") for n in view.nodes}
+            rows = [(n, "", states.get(n, "running")) for n in view.nodes]
+            header = ["node", "", "state"]
         if args.json:
             emit_json(detail)
         else:
@@ -64,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(found)
     else:
-        rows = [[v["vnet"], v["name"], v["via"], v["status"]] for v in found]
-        print(table(rows, ["vnet", "name", "via", "status"]) if rows else "no VNets")
+        listing = [[v["vnet"], v["name"], v["via"], v["status"]] for v in found]
+        print(table(listing, ["vnet", "name", "via", "status"]) if listing else "no VNets")
     return 0

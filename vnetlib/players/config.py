@@ -28,7 +28,8 @@ retry_max_seconds = 120.0
 [faults]                       # fault injection, for tests only
 fail_at = ""                   # "" | "quote" | "allocate" | "provision" (the PIP) |
                                # "vno-before-vnp" | "vno-after-vnp" | "vnp-after-allocate" |
-                               # "vnp-after-provision" | "vnp-before-release"
+                               # "vnp-after-provision" | "vnp-before-release" |
+                               # "pip-during-deploy" | "pip-during-remove" | "pip-before-stitch"
 stall_at = ""                  # same set: wait stall_seconds, then fail, instead of answering
 stall_seconds = 30.0
 ```
@@ -48,7 +49,10 @@ from vnetlib.players.pki import Role
 FAULT_POINTS = ("", "quote", "allocate", "provision",
                 # VNO and VNP points, for crash tests (see vnetlib/players/faultpoints.py)
                 "vno-before-vnp", "vno-after-vnp", "vnp-after-allocate", "vnp-after-provision",
-                "vnp-before-release")
+                "vnp-before-release",
+                # PIP points: after a plan was applied, before the core records it;
+                # before the stitching of a sliver's boundary links starts
+                "pip-during-deploy", "pip-during-remove", "pip-before-stitch")
 
 
 class ConfigError(ValueError):

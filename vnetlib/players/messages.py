@@ -524,14 +524,15 @@ class VNetView:
     price: float | None = None
     providers: tuple[tuple[str, str], ...] = ()  # (node, provider) when disclosed
     timings: tuple[tuple[str, float], ...] = ()  # (phase, seconds) of the instantiation
+    node_states: tuple[tuple[str, str], ...] = ()  # (node, run state) other than running
 
 
 def _view_into(el: Element, v: VNetView) -> None:
     _set(el, {"id": v.id, "name": v.name, "status": v.status,
               "price": None if v.price is None else number(v.price)})
-    where = dict(v.providers)
+    where, states = dict(v.providers), dict(v.node_states)
     for node in v.nodes:
-        _sub(el, "node", id=node, provider=where.get(node))
+        _sub(el, "node", id=node, provider=where.get(node), state=states.get(node))
     for phase, seconds in v.timings:
         _sub(el, "timing", phase=phase, seconds=number(seconds))
 
@@ -561,6 +562,8 @@ def vnet_view_from(el: Element) -> VNetView:
                         if n.get("provider")),
         timings=tuple((t.get("phase", ""), _float(t, "seconds") or 0.0)
                       for t in _children(el, "timing")),
+        node_states=tuple((n.get("id", ""), n.get("state", "")) for n in nodes
+                          if n.get("state") not in (None, "running")),
     )
 
 

@@ -113,11 +113,12 @@ class VnoService(Service):
         except ClientError as exc:
             raise UpstreamFailed(f"the VNP cannot be reached: {exc}") from exc
 
-    def _view(self, rec: Record) -> m.VNetView:
+    def _view(self, rec: Record,
+              node_states: tuple[tuple[str, str], ...] = ()) -> m.VNetView:
         d = rec.data
         return m.VNetView(rec.id, d["name"], d["status"], tuple(d["nodes"]), d.get("price"),
                           tuple((n, p) for n, p in d.get("providers", [])),
-                          tuple((k, v) for k, v in d.get("timings", [])))
+                          tuple((k, v) for k, v in d.get("timings", [])), node_states)
 
     def _own(self, caller: Identity, vnet_id: str) -> Record:
         rec = self.store.get(vnet_id)
@@ -213,7 +214,7 @@ class VnoService(Service):
                 fresh.data["status"] = got.status
                 self.store.save(rec.id, fresh.data)
                 rec = fresh
-        return 200, m.vnet_view_xml(self._view(rec))
+        return 200, m.vnet_view_xml(self._view(rec, got.node_states))
 
     def delete(self, caller: Identity, params: Mapping[str, str],
                body: bytes) -> tuple[int, bytes]:

@@ -347,7 +347,8 @@ class VnpService(Service):
         if self.config.vnp.disclose_pips:
             providers = tuple((n, p["provider"]) for p in d["parts"] for n in p["nodes"])
         return m.VNetView(rec.id, rec.name, d["status"], nodes, d.get("price"), providers,
-                          tuple(d.get("timings", {}).items()))
+                          tuple(d.get("timings", {}).items()),
+                          tuple(sorted(d.get("node_states", {}).items())))
 
     def create_vnet(self, caller: Identity, params: Mapping[str, str],
                     body: bytes) -> tuple[int, bytes]:
@@ -491,7 +492,25 @@ class VnpService(Service):
             raise Conflict(f"{act.name} acts on a node of the VNet: name one")
         if rec.data["status"] != "ready":
             raise Conflict(f"VNet {params['id']} is {rec.data['status']}, not ready")
-        return 200, self._node_action(rec.data["parts"], act)
+        reply = self._node_action(rec.data["parts"], act)
+        if act.name != "exec":
+            self._note_state(rec.id, reply)
+        return 200, reply
+
+    def _note_state(self, order_id: str, reply: bytes) -> None:
+        """Remember a node's run state as its provider reported it ("node: state")."""
+        node, _, state = m.action_result_from(
+            m.parse_reply(reply, "action-result")).stdout.strip().partition(": ")
+        with self._lock:
+            rec = self.store.get(order_id)
+            if rec is None or state not in ("running", "stopped", "paused"):
+                return
+            states = rec.data.setdefault("node_states", {})
+            if state == "running":
+                states.pop(node, None)
+            else:
+                states[node] = state
+            self.store.save(rec.id, rec.data)
 
     # -- Interfaces 2-4: acting as a PIP for another VNP -------------------------------
 
