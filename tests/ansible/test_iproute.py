@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -216,6 +217,19 @@ def test_link_create_from_nothing() -> None:
 
 def test_link_idempotent() -> None:
     assert plan_link(link_want(PARAMS), CONVERGED) == []
+
+
+def test_link_stopped_node_end_goes_down_and_back() -> None:
+    stopped = {**PARAMS, "ports": [{**PARAMS["ports"][0], "up": False}]}
+    assert plan_link(link_want(stopped), CONVERGED) == [
+        ["ip", "-n", "n1", "link", "set", "dev", "eth0", "down"]]
+    down = HostState(links=CONVERGED.links, netns={"n1": {
+        **CONVERGED.netns["n1"], "eth0": dataclasses.replace(CONVERGED.netns["n1"]["eth0"],
+                                                             up=False)}})
+    assert plan_link(link_want(stopped), down) == []  # idempotent while stopped
+    assert link_view_have(link_want(stopped), down) == link_view_want(link_want(stopped))
+    assert plan_link(link_want(PARAMS), down) == [
+        ["ip", "-n", "n1", "link", "set", "dev", "eth0", "up"]]
 
 
 def test_link_view_matches_when_converged() -> None:

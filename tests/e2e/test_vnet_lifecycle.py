@@ -171,3 +171,31 @@ def test_concurrent_ups_never_overcommit_the_substrate(vnet: Vnet) -> None:
         assert len([v for v in vnet.json("status") if v["lab"] == lab.substrate]) == 1
     finally:
         vnet.run("lab", "down", "--name", lab.name, check=False)
+
+
+def test_ctl_stop_and_start_a_node(vnet: Vnet, lab: Lab) -> None:
+    """A stopped node stops answering on every link; started, it answers again;
+    netns nodes have no suspend, and say so."""
+    vnet_id = vnet.json("up", str(FIGURE6), "--substrate", lab.substrate)["vnet"]
+    spec = load_vnet(FIGURE6)
+    link = next(k for k in spec.links if "r1" in (k.a.node, k.b.node))
+    near, far = (link.a, link.b) if link.b.node == "r1" else (link.b, link.a)
+    r1 = _addr(far.interface.addresses[0])
+
+    def reaches() -> bool:
+        return vnet.run("exec", vnet_id, near.node, "--", "ping", "-c", "1", "-W", "1", r1,
+                        check=False).returncode == 0
+
+    assert reaches()
+    stopped = vnet.json("ctl", vnet_id, "r1", "stop")
+    assert stopped["state"] == "stopped"
+    assert not reaches()
+    assert vnet.json("status", vnet_id)["node_states"]["r1"] == "stopped"
+    assert vnet.json("ctl", vnet_id, "r1", "stop")["state"] == "stopped"  # idempotent
+    refused = vnet.run("ctl", vnet_id, "r1", "suspend", check=False)
+    assert refused.returncode != 0 and "not offered for netns" in refused.stderr
+    assert vnet.json("ctl", vnet_id, "r1", "start")["state"] == "running"
+    assert reaches()
+    assert vnet.json("ctl", vnet_id, "r1", "reboot")["state"] == "running"
+    _assert_adjacent_nodes_reach_each_other(vnet, vnet_id, FIGURE6)
+    vnet.run("down", vnet_id)

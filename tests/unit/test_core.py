@@ -380,3 +380,47 @@ def test_vni_range(core: PipCore) -> None:
         assert not core.ledger.claim_vni(s.id, "l", bad)
     assert core.ledger.claim_vni(s.id, "l", VNI_MIN)
     assert not core.ledger.claim_vni(s.id, "l2", VNI_MIN)
+
+
+# -- control actions ----------------------------------------------------------------------
+
+
+def test_control_stops_a_nodes_links_and_is_serialized(url: str) -> None:
+    rec = RecordingDeployer()
+    core = make_core(url, rec)
+    core.allocate("vnp", "a", FIG6)
+    s = core.provision("vnp", "a")
+    host = s.embedding.node_map["r1"]
+    netns = f"vn-{SUBSTRATE.name}-{s.id}-r1"
+
+    def r1_ports(sl: Sliver) -> list[bool]:
+        return [p["up"] for links in (h["links"] for h in core.plan(sl)["hosts"].values())
+                for k in links for p in k["ports"] if p["netns"] == netns]
+
+    s = core.control("vnp", "a", "r1", "stop")
+    assert s.node_state("r1") == "stopped" and s.lock is None
+    assert r1_ports(s) and not any(r1_ports(s))
+    assert rec.runs[-1] == (s.id, "present")
+    runs = len(rec.runs)
+    s = core.control("vnp", "a", "r1", "restart")
+    assert s.node_state("r1") == "running" and all(r1_ports(s))
+    assert len(rec.runs) == runs + 2  # stopped, then started
+    with pytest.raises(Conflict, match="not offered for netns"):
+        core.control("vnp", "a", "r1", "suspend")
+    with pytest.raises(NotFound):
+        core.control("vnp", "a", "nope", "stop")
+    with pytest.raises(NotFound):
+        core.control("other", "a", "r1", "stop")
+    assert {h for h, _, _ in rec.of(s.id)} >= {host}
+
+
+def test_control_waits_for_a_running_operation(url: str) -> None:
+    rec = RecordingDeployer(delay=0.3)
+    core = make_core(url, rec)
+    core.allocate("vnp", "a", FIG6)
+    core.provision("vnp", "a")
+    results = race(lambda: core.control("vnp", "a", "r1", "stop"),
+                   lambda: core.control("vnp", "a", "r2", "stop"))
+    assert all(isinstance(r, Sliver) for r in results), results
+    s = core.sliver("vnp", "a")
+    assert s.stopped == ("r1", "r2")  # neither write lost the other's
