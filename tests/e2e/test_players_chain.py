@@ -87,6 +87,24 @@ def test_vnet_across_two_pips_pings_over_inter_pip_links(vnet: Vnet, chain: Lab)
                         check=False)
         assert json.loads(done.stdout)["rc"] != 0, f"{probe} should be refused: {done.stdout}"
 
+    # Control through the chain (Interface 5): a stopped node stops answering
+    # across the inter-PIP link l3, started it answers again.
+    l3 = next(k for k in spec.links if k.id == "l3")
+    far = l3.b.interface.addresses[0].split("/")[0]
+
+    def l3_answers() -> bool:
+        done = vnet.run("exec", "--json", "--lab", chain.name, vnet_id, l3.a.node, "--",
+                        "ping", "-c", "1", "-W", "1", far, check=False)
+        return json.loads(done.stdout)["rc"] == 0
+
+    ctl = vnet.json("ctl", "--lab", chain.name, vnet_id, l3.b.node, "stop")
+    assert ctl["state"] == "stopped"
+    assert not l3_answers()
+    states = vnet.json("status", "--lab", chain.name, vnet_id)["node_states"]
+    assert states[l3.b.node] == "stopped" and states[l3.a.node] == "running"
+    assert vnet.json("ctl", "--lab", chain.name, vnet_id, l3.b.node, "start")["state"] == "running"
+    assert l3_answers()
+
     # The VNO's view names no PIP, substrate or host.
     view = json.dumps(vnet.json("status", "--lab", chain.name, vnet_id))
     for secret in (f"{chain.name}p1", f"{chain.name}p2", "pip1", "pip2", '"h1"', '"h2"',
