@@ -243,9 +243,10 @@ def _resolve_remembered(root: Path) -> list[Package]:
         pass
     packages = resolve_packages()
     root.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_name(f"{memo.name}.{os.getpid()}")
-    tmp.write_text(json.dumps({"fingerprint": fingerprint, "packages": [
-        {"name": p.name, "filename": p.filename, "sha256": p.sha256} for p in packages]}))
+    fd, tmp = tempfile.mkstemp(prefix=memo.name, dir=root)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"fingerprint": fingerprint, "packages": [
+            {"name": p.name, "filename": p.filename, "sha256": p.sha256} for p in packages]}, f)
     os.replace(tmp, memo)
     return packages
 
