@@ -12,6 +12,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -256,25 +257,73 @@ def _wait_for(log: Path, proc: subprocess.Popen[bytes], timeout: float) -> str:
     raise AssertionError(f"guest not ready (qemu rc {proc.poll()}); console:\n{text[-3000:]}")
 
 
-@pytest.mark.e2e
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-@pytest.mark.skipif(shutil.which(QEMU) is None, reason=f"{QEMU} missing: scripts/install-vm.sh")
-def test_guest_boots_configures_its_interface_and_pings_through_moved_tap(
-        image: GuestImage, net: Net, tmp_path: Path) -> None:
-    mac = mac_for("test-vnet", "r1", "eth0")
-    cmdline = kernel_cmdline(image, "r1", [(mac, [f"{net.guest}/24"])], forwarding=True,
-                             routes=[("198.19.0.0/16", net.host)])
-    log, sock = tmp_path / "console.log", tmp_path / "console.sock"
-    started = time.monotonic()
-    proc = subprocess.Popen(
+def _qemu(image: GuestImage, cmdline: str, log: Path, sock: Path,
+          devices: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [QEMU, "-machine", f"accel={qemu_accel()}", "-m", "128", "-nodefaults",
          "-no-user-config", "-display", "none", "-no-reboot", "-monitor", "none",
          "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", cmdline,
-         "-netdev", f"tap,id=n0,ifname={net.tap},script=no,downscript=no",
-         "-device", f"virtio-net-pci,netdev=n0,mac={mac}",
+         *devices,
          "-chardev", f"socket,id=s0,path={sock},server=on,wait=off,logfile={log}",
          "-serial", "chardev:s0"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A directory whose unix socket paths stay under 108 bytes."""
+    d = Path(tempfile.mkdtemp(prefix="vntg-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+needs_qemu = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which(QEMU) is None,
+    reason=f"needs root and {QEMU} (scripts/install-vm.sh)")
+
+
+@pytest.mark.e2e
+@needs_qemu
+def test_guest_reports_an_interface_it_cannot_find(image: GuestImage, short_tmp: Path) -> None:
+    missing = mac_for("test-vnet", "r9", "eth7")
+    cmdline = kernel_cmdline(image, "r9", [(missing, ["198.18.0.2/24"])], forwarding=False)
+    proc = _qemu(image, cmdline, short_tmp / "log", short_tmp / "sock", [])
+    try:
+        text = _wait_for(short_tmp / "log", proc, timeout=40)
+        assert f"{FAILED_MARKER} r9; no interface with MAC {missing}" in text, text[-2000:]
+        assert f"{READY_MARKER} r9" not in text
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.e2e
+@needs_qemu
+def test_a_guest_whose_init_dies_makes_qemu_exit(image: GuestImage, short_tmp: Path) -> None:
+    cmdline = image.cmdline_base + " rdinit=/no-such-init"
+    proc = _qemu(image, cmdline, short_tmp / "log", short_tmp / "sock", [])
+    try:
+        assert proc.wait(timeout=40) == 0
+        assert "panic" in (short_tmp / "log").read_text(errors="replace").lower()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.e2e
+@needs_qemu
+def test_guest_boots_configures_its_interface_and_pings_through_moved_tap(
+        image: GuestImage, net: Net, short_tmp: Path) -> None:
+    mac = mac_for("test-vnet", "r1", "eth0")
+    cmdline = kernel_cmdline(image, "r1", [(mac, [f"{net.guest}/24"])], forwarding=True,
+                             routes=[("198.19.0.0/16", net.host)])
+    log, sock = short_tmp / "console.log", short_tmp / "console.sock"
+    started = time.monotonic()
+    proc = _qemu(image, cmdline, log, sock,
+                 ["-netdev", f"tap,id=n0,ifname={net.tap},script=no,downscript=no",
+                  "-device", f"virtio-net-pci,netdev=n0,mac={mac}"])
     console: Console | None = None
     try:
         text = _wait_for(log, proc, timeout=40)
