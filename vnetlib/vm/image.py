@@ -287,6 +287,7 @@ def build_image(cache: Path | None = None) -> GuestImage:
         work = Path(tempfile.mkdtemp(prefix=f".build-{key[:12]}-", dir=root))
         try:
             _build_into(work, key, packages)
+            work.chmod(0o755)  # mkdtemp's 0700 would shut out qemu run as another user
             os.rename(work, final)
         finally:
             shutil.rmtree(work, ignore_errors=True)
