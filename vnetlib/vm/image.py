@@ -282,8 +282,8 @@ def build_image(cache: Path | None = None) -> GuestImage:
     with _locked(root / f".{key}.lock"):
         if _complete(final):
             return _image(final, key)
-        for stale in root.glob(f".build-{key[:12]}-*"):
-            shutil.rmtree(stale, ignore_errors=True)  # a build killed midway
+        for stale in [*root.glob(f".build-{key[:12]}-*"), final]:
+            shutil.rmtree(stale, ignore_errors=True)  # a killed build, a damaged image
         work = Path(tempfile.mkdtemp(prefix=f".build-{key[:12]}-", dir=root))
         try:
             _build_into(work, key, packages)
