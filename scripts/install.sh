@@ -61,4 +61,9 @@ done
 where=$(.venv/bin/python -c 'from vnetlib.deploy.ansible import check_installed as c; print(c().collection)')
 ANSIBLE_COLLECTIONS_PATH="$PWD/$share" .venv/bin/ansible-doc vnet.infra.vnet_node >/dev/null \
     || { echo "ansible-doc does not find vnet.infra in $share"; exit 1; }
+# What VM nodes and their tests need (QEMU; the guest image is built and
+# cached on first use, outside the work tree).
+if [ "$with_tests" = 1 ]; then
+    scripts/install-vm.sh
+fi
 echo "vnet installed: $(.venv/bin/vnet --version); collection vnet.infra: $where"
