@@ -116,7 +116,7 @@ def _node(el: Element) -> VirtualNode:
         memory_mb=_req_int(el, "memory", 128),
         disk_gb=_req_float(el, "disk", 0.0),
         image=el.get("image"),
-        kind=NodeKind(el.get("kind", "netns")),
+        kind=NodeKind.of(el.get("kind", "netns"), el.get("hypervisor")),
         location=el.get("location"),
         consoles=_consoles(el),
         forwarding=_bool(el, "forwarding", True),

@@ -205,7 +205,8 @@ def check_vnet(root: Element, file: str, limit: int = MAX_REPORTED) -> Findings:
     boundary = children(root, "boundary-link")
     _unique(out, nodes, "id", "node id")
     _unique(out, links + boundary, "id", "link id")
-    kinds = {n.get("id", ""): NodeKind(n.get("kind", "netns")) for n in nodes}
+    kinds = {n.get("id", ""): NodeKind.of(n.get("kind", "netns"), n.get("hypervisor"))
+             for n in nodes}
     for node in nodes:
         _check_consoles(out, node, kinds[node.get("id", "")])
     _check_locations(out, root, nodes)

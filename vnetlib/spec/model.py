@@ -23,6 +23,18 @@ class NodeKind(str, Enum):  # noqa: UP042 (str() must stay as is)
     QEMU = "qemu"
     XEN = "xen"
 
+    @classmethod
+    def of(cls, kind: str, hypervisor: str | None = None) -> NodeKind:
+        """The kind an RDL node names: `vm` is a VM of its hypervisor (QEMU unless
+        it says xen)."""
+        if kind == "vm":
+            return cls(hypervisor or "qemu")
+        return cls(kind)
+
+    @property
+    def is_vm(self) -> bool:
+        return self is not NodeKind.NETNS
+
 
 class ConsoleKind(str, Enum):  # noqa: UP042
     SERIAL = "serial"
