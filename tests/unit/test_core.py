@@ -424,3 +424,14 @@ def test_control_waits_for_a_running_operation(url: str) -> None:
     assert all(isinstance(r, Sliver) for r in results), results
     s = core.sliver("vnp", "a")
     assert s.stopped == ("r1", "r2")  # neither write lost the other's
+
+
+def test_a_kind_the_substrate_does_not_offer_is_refused_at_quote_time(core: PipCore) -> None:
+    xen = parse_vnet(b"""<vnet xmlns="urn:vnet:rdl:1" version="1" name="x">
+      <node id="a" kind="vm" hypervisor="xen"/></vnet>""")
+    with pytest.raises(Conflict, match="a is a xen node, which this substrate does not offer"):
+        core.check_fits(xen)
+    vm = parse_vnet(b"""<vnet xmlns="urn:vnet:rdl:1" version="1" name="q">
+      <node id="a" kind="vm"/></vnet>""")
+    assert vm.nodes[0].kind.value == "qemu"
+    core.check_fits(vm)  # the lab's hosts offer QEMU

@@ -201,6 +201,12 @@ class PipCore:
         self._embed(spec, "quote", self.residual())
 
     def _embed(self, spec: VNetSpec, sliver_id: str, residual: Substrate) -> Embedding:
+        offered = {k for h in self.substrate.hosts for k in h.node_kinds}
+        for node in spec.nodes:
+            if node.kind not in offered:
+                why = (f"virtual node {node.id} is a {node.kind.value} node, which this "
+                       "substrate does not offer")
+                raise Rejected(why, why)
         try:
             return Embedding.from_dict(embed_on_substrate(residual, spec, sliver_id))
         except EmbeddingRejected as exc:

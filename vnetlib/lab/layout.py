@@ -85,7 +85,7 @@ def substrate_of(config: LabConfig) -> Substrate:
             location=config.location(i),
             data_address=config.data_address(i),
             mgmt_address=config.mgmt_address(i),
-            node_kinds=(NodeKind.NETNS,),
+            node_kinds=(NodeKind.NETNS, NodeKind.QEMU),
         )
         for i, name in enumerate(config.host_names, start=1)
     )
