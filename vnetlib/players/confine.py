@@ -117,6 +117,16 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Spawned:
+    """An interactive confined process on a pseudo-terminal (`Confinement.spawn`):
+    read and write `master_fd` (non-blocking); end it with `Confinement.end`."""
+    proc: subprocess.Popen[bytes]
+    master_fd: int
+    tenant: str
+    leaf: str
+
+
+@dataclass(frozen=True, slots=True)
 class ExecResult:
     """`exit_code` is the command's status (128+N when signal N killed it),
     124 when it timed out. `killed_reason` says who ended it early: "timeout",
@@ -281,6 +291,57 @@ class Confinement:
         return ExecResult(TIMED_OUT_CODE if timed_out else code,
                           out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
                           reason == "output limit", timed_out, reason)
+
+    def spawn(self, tenant: str, netns: str, argv: Sequence[str]) -> Spawned:
+        """Start `argv` confined as `run` does, on a new pseudo-terminal: its
+        stdin, stdout, stderr and controlling terminal. The confinement's init
+        starts the command in the background, which gives it /dev/null as
+        stdin; the wrapper takes the terminal back from stderr."""
+        check_tenant(tenant)
+        if not argv:
+            raise ConfinementError("empty command")
+        ns = netns_path(netns)
+        if not ns.exists():
+            raise ConfinementError(f"no network namespace {netns}")
+        with self._lock:
+            if tenant in self._removing:
+                raise ConfinementError(f"tenant {tenant} is being removed")
+        uid = self.uids.get(tenant)
+        quota = cgroups.Quota(self.limits.memory_bytes, self.limits.pids, self.limits.cpu_quota)
+        cgroups.create_tenant(self.layout, tenant, quota)
+        leaf = f"t{secrets.token_hex(6)}"
+        join = [d / "cgroup.procs" for d in cgroups.exec_dirs(self.layout, tenant, leaf)]
+        wrapped = ["sh", "-c", 'exec "$@" <&2', "sh", *argv]
+        line = command(join=join, netns=ns, uid=uid, tmp_bytes=self.limits.memory_bytes,
+                       read_only=writable_mounts(Path("/proc/self/mountinfo").read_text()),
+                       hidden=self.hidden, argv=wrapped)
+        master, slave = os.openpty()
+        try:
+            proc = subprocess.Popen(["setsid", "--ctty", *line], stdin=slave, stdout=slave,
+                                    stderr=slave, env={**ENV, "TERM": "vt100"},
+                                    close_fds=True)
+        except BaseException:
+            os.close(master)
+            cgroups.kill(self.layout, tenant, leaf)
+            cgroups.remove(self.layout, tenant, leaf)
+            raise
+        finally:
+            os.close(slave)
+        os.set_blocking(master, False)
+        return Spawned(proc, master, tenant, leaf)
+
+    def end(self, spawned: Spawned) -> None:
+        """Kill what `spawn` started (its whole cgroup), reap it, close the terminal."""
+        cgroups.kill(self.layout, spawned.tenant, spawned.leaf)
+        try:
+            spawned.proc.wait(DRAIN_WAIT)
+        except subprocess.TimeoutExpired:
+            spawned.proc.kill()
+            spawned.proc.wait()
+        try:
+            cgroups.remove(self.layout, spawned.tenant, spawned.leaf)
+        finally:
+            os.close(spawned.master_fd)
 
     def _stream(self, line: list[str], tenant: str, leaf: str,
                 timeout: float) -> tuple[int, bytearray, bytearray, str | None]:

@@ -454,6 +454,45 @@ def action_result_from(el: Element) -> ActionResult:
                         el.findtext(_q("stdout")) or "", el.findtext(_q("stderr")) or "")
 
 
+ConsoleKindName = Literal["shell", "serial"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleRequest:
+    """Interface 5: a console on one node (`shell`: a login shell in a netns
+    node; `serial`: a VM's serial line)."""
+
+    node: str
+    kind: ConsoleKindName = "shell"
+
+
+def console_request_xml(r: ConsoleRequest) -> bytes:
+    return _bytes(_root("console-request", node=r.node, kind=r.kind))
+
+
+def console_request_from(el: Element) -> ConsoleRequest:
+    return ConsoleRequest(el.get("node", ""), cast(ConsoleKindName, el.get("kind", "shell")))
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    """The next hop of a console session: `tls://host:port` and a single-use
+    token that expires (epoch seconds) unless used before."""
+
+    url: str
+    token: str
+    expires: float
+
+
+def console_session_xml(s: ConsoleSession) -> bytes:
+    return _bytes(_root("console-session", url=s.url, token=s.token, expires=_iso(s.expires)))
+
+
+def console_session_from(el: Element) -> ConsoleSession:
+    return ConsoleSession(el.get("url", ""), el.get("token", ""),
+                          dt.datetime.fromisoformat(el.get("expires", "")).timestamp())
+
+
 @dataclass(frozen=True, slots=True)
 class StitchEndpoint:
     role: StitchRole

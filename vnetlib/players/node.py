@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
+from vnetlib.console.broker import ConsoleHub, attach_console
 from vnetlib.core.deployer import Deployer
 from vnetlib.players.config import PlayerConfig
 from vnetlib.players.pip import PipService
@@ -53,6 +54,10 @@ class ManagementNode:
         try:
             self.server = ServiceServer(self._as_service(), self.credentials,
                                         host=config.host, port=config.port, timeout=600.0)
+            # Started here, since `vnet serve` runs the server without start();
+            # stopped by interrupt() (which `vnet serve` calls at a signal) or stop().
+            self.console: ConsoleHub = attach_console(self.service, self.credentials,
+                                                      config).start()
         except BaseException:
             self.service.close()
             raise
@@ -71,8 +76,10 @@ class ManagementNode:
         return self
 
     def interrupt(self) -> None:
-        """Tell long handlers (injected stalls) to give up, so the server can stop."""
+        """Tell long handlers (injected stalls) to give up, so the server can stop;
+        end the console sessions (each gets a notice)."""
         self.service.closing.set()
+        self.console.stop()
 
     def stop(self) -> None:
         self.interrupt()

@@ -23,6 +23,8 @@ class ServiceProvider:
                  *, vno_name: str | None = None) -> None:
         self.client = PlayerClient(vno_url, credentials, timeout, expect_role=Role.VNO,
                                    expect_name=vno_name)
+        self.credentials = credentials
+        self.vno_name = vno_name
 
     def request_vnet(self, spec: VNetSpec | bytes) -> VNetView:
         """Interface 1: ask for a VNet; returns once it is ready (or raises RemoteError).
@@ -51,6 +53,13 @@ class ServiceProvider:
         act = m.Action(cast(m.ActionName, action), node)
         reply = self.client.post(f"/v1/vnets/{vnet_id}/action", m.action_xml(act))
         return m.action_result_from(m.parse_reply(reply.body, "action-result")).stdout.strip()
+
+    def console(self, vnet_id: str, node: str, kind: str = "shell") -> m.ConsoleSession:
+        """Interface 5: a console session on `node`, set up through the chain; connect
+        with `vnetlib.console.client.open_console` (which calls this)."""
+        req = m.ConsoleRequest(node, cast(m.ConsoleKindName, kind))
+        reply = self.client.post(f"/v1/vnets/{vnet_id}/console", m.console_request_xml(req))
+        return m.console_session_from(m.parse_reply(reply.body, "console-session"))
 
     def exec(self, vnet_id: str, node: str, argv: Sequence[str],
              timeout: float | None = None) -> tuple[int, str, str]:

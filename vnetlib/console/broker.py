@@ -1,0 +1,200 @@
+"""The console routes of each player (Interface 5, setup over HTTPS) and the
+hub that holds its mapping table and listener.
+
+Each player answers a console request with its own listener's URL and a
+token it minted; it keeps (its token -> the next hop's URL and token) in
+memory and records the session in `console_sessions`. So the VNO learns the
+VNP's listener only, the VNP its provider's, and the PIP its customer VNP.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from vnetlib.console.endpoints import ConsoleEndpoint, NetnsShell
+from vnetlib.console.relay import DEFAULT_LIMITS, ConsoleLimits, ConsoleServer
+from vnetlib.console.sessions import Opener, SessionTable
+from vnetlib.console.wire import ByteReader, ByteWriter, dial
+from vnetlib.core.pip import spec_of
+from vnetlib.core.records import State
+from vnetlib.players import messages as m
+from vnetlib.players.client import ClientError, PlayerClient, Relayed, RemoteError
+from vnetlib.players.config import PlayerConfig
+from vnetlib.players.pki import Credentials, Identity, Role
+from vnetlib.players.server import Conflict, NotFound, UpstreamFailed
+
+if TYPE_CHECKING:
+    from vnetlib.players.pip import PipService
+    from vnetlib.players.vno import VnoService
+    from vnetlib.players.vnp import VnpService
+
+CONSOLE_CALL = 30.0
+
+
+class ConsoleHub:
+    """A player's console side: its session table and its listener."""
+
+    def __init__(self, name: str, credentials: Credentials, store: str, host: str,
+                 limits: ConsoleLimits = DEFAULT_LIMITS) -> None:
+        self.credentials = credentials
+        self.sessions = SessionTable(store, name)
+        try:
+            self.server = ConsoleServer(name, credentials, self.sessions, host=host,
+                                        limits=limits)
+        except BaseException:
+            self.sessions.close()
+            raise
+        self.endpoints: dict[tuple[str, str], ConsoleEndpoint] = {}
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> ConsoleHub:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the listener (sessions get a notice) and close the table; idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self.server.stop()
+        self.sessions.close()
+
+    def register(self, node_kind: str, console_kind: str, endpoint: ConsoleEndpoint) -> None:
+        self.endpoints[(node_kind, console_kind)] = endpoint
+
+    def relay(self, caller: Identity, vnet: str, req: m.ConsoleRequest,
+              upstream: m.ConsoleSession, upstream_name: str) -> m.ConsoleSession:
+        """Mint a token for `caller` that opens `upstream` (presenting its token)."""
+        context, creds = self.server.client_context, self.credentials
+
+        async def opener() -> tuple[ByteReader, ByteWriter]:
+            return await dial(upstream.url, upstream.token, context, creds,
+                              expect_name=upstream_name)
+
+        return self._mint(caller, vnet, req, upstream.url, opener)
+
+    def _mint(self, caller: Identity, vnet: str, req: m.ConsoleRequest, next_hop: str,
+              opener: Opener) -> m.ConsoleSession:
+        token, expires = self.sessions.mint(caller, vnet, req.node, req.kind, next_hop, opener)
+        return m.ConsoleSession(self.url, token, expires)
+
+
+def _session_from(call: Any, what: str) -> m.ConsoleSession:
+    """Call the next player; its refusals reach the customer as they are."""
+    try:
+        body: bytes = call().body
+    except RemoteError as exc:
+        if exc.status < 500:
+            raise Relayed(exc) from exc
+        raise UpstreamFailed(f"{what} failed: {exc.message}") from exc
+    except ClientError as exc:
+        raise UpstreamFailed(f"{what} cannot be reached: {exc}") from exc
+    try:
+        return m.console_session_from(m.parse_reply(body, "console-session"))
+    except ValueError as exc:
+        raise UpstreamFailed(f"{what} answered badly: {exc}") from exc
+
+
+# -- the routes of each role ------------------------------------------------------------
+
+
+def _vno_routes(svc: VnoService, hub: ConsoleHub) -> None:
+    from vnetlib.players.vno import READY
+
+    vnp = svc.config.vno.vnp
+    assert vnp is not None
+
+    def console(caller: Identity, params: Mapping[str, str],
+                body: bytes) -> tuple[int, bytes]:
+        req = m.console_request_from(m.read(body, "console-request"))
+        rec = svc._own(caller, params["id"])
+        if rec.data["status"] != READY:
+            raise Conflict(f"VNet {rec.id} is {rec.data['status']}, not ready")
+        up = _session_from(lambda: svc.vnp.post(f"/v1/vnets/{svc._vnp_ref(rec)}/console",
+                                                m.console_request_xml(req)), "the VNP")
+        return 200, m.console_session_xml(hub.relay(caller, rec.id, req, up, vnp.name))
+
+    svc.add_route("POST", "/v1/vnets/{id}/console", console, roles={Role.SP})
+
+
+def _vnp_routes(svc: VnpService, hub: ConsoleHub) -> None:
+    def via_part(caller: Identity, ref: str, parts: list[dict[str, Any]],
+                 req: m.ConsoleRequest) -> m.ConsoleSession:
+        entry = next((p for p in parts if req.node in p["nodes"]), None)
+        if entry is None:
+            raise NotFound(f"no node {req.node}")
+        up = svc.upstreams[entry["provider"]]
+        client = PlayerClient(up.url, svc.credentials, CONSOLE_CALL, expect_name=up.name)
+        session = _session_from(lambda: client.post(f"/v1/slivers/{entry['sliver']}/console",
+                                                    m.console_request_xml(req)),
+                                "the provider")
+        return hub.relay(caller, ref, req, session, up.name)
+
+    def vnet_console(caller: Identity, params: Mapping[str, str],
+                     body: bytes) -> tuple[int, bytes]:
+        req = m.console_request_from(m.read(body, "console-request"))
+        rec = svc._order(caller, params["id"], "vnet")
+        if rec.data["status"] != "ready":
+            raise Conflict(f"VNet {params['id']} is {rec.data['status']}, not ready")
+        return 200, m.console_session_xml(via_part(caller, rec.id, rec.data["parts"], req))
+
+    def sliver_console(caller: Identity, params: Mapping[str, str],
+                       body: bytes) -> tuple[int, bytes]:
+        req = m.console_request_from(m.read(body, "console-request"))
+        rec = svc._sliver(caller, params["name"])
+        if rec.data["status"] not in ("provisioned", "ready"):
+            raise Conflict(f"sliver {params['name']} is {rec.data['status']}: provision it")
+        return 200, m.console_session_xml(via_part(caller, rec.name, rec.data["parts"], req))
+
+    svc.add_route("POST", "/v1/vnets/{id}/console", vnet_console, roles={Role.VNO})
+    svc.add_route("POST", "/v1/slivers/{name}/console", sliver_console, roles={Role.VNP})
+
+
+def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
+    hub.register("netns", "shell", NetnsShell(svc.confinement, svc.core.name))
+
+    def console(caller: Identity, params: Mapping[str, str],
+                body: bytes) -> tuple[int, bytes]:
+        req = m.console_request_from(m.read(body, "console-request"))
+        s = svc._sliver(caller, params["name"])
+        if s.state not in (State.PROVISIONED, State.READY):
+            raise Conflict(f"sliver {s.name} is {s.state.value}: provision it first")
+        node = next((n for n in spec_of(s.spec_xml).nodes if n.id == req.node), None)
+        if node is None:
+            raise NotFound(f"sliver {s.name} has no node {req.node}")
+        endpoint = hub.endpoints.get((node.kind.value, req.kind))
+        if endpoint is None:
+            raise Conflict(f"no {req.kind} console for {node.kind.value} nodes here")
+
+        async def opener() -> tuple[ByteReader, ByteWriter]:
+            return await endpoint.open(s, req.node)
+
+        return 200, m.console_session_xml(
+            hub._mint(caller, s.name, req, f"{req.kind}:{req.node}", opener))
+
+    svc.add_route("POST", "/v1/slivers/{name}/console", console, roles={Role.VNP})
+
+
+def attach_console(service: PipService | VnpService | VnoService, credentials: Credentials,
+                   config: PlayerConfig, limits: ConsoleLimits = DEFAULT_LIMITS) -> ConsoleHub:
+    """The hub of a player's service, its routes added (not started)."""
+    from vnetlib.players.pip import PipService
+    from vnetlib.players.vno import VnoService
+
+    hub = ConsoleHub(config.name, credentials, config.store, config.host, limits)
+    if isinstance(service, PipService):
+        _pip_routes(service, hub)
+    elif isinstance(service, VnoService):
+        _vno_routes(service, hub)
+    else:
+        _vnp_routes(service, hub)
+    return hub
+

@@ -1,0 +1,162 @@
+"""The SP's end of a console: set the session up through its VNO, connect,
+and relay a terminal (raw mode, escape sequence) or a pipe."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import termios
+import time
+import tty
+from typing import Any
+
+from vnetlib.console.wire import ByteReader, ByteWriter, dial
+from vnetlib.players.sp import ServiceProvider
+
+ESCAPE = 0x1D  # Ctrl-]
+LINGER = 2.0  # seconds of silence after stdin's end before a piped session leaves
+CHUNK = 16 << 10
+
+
+async def open_console(sp: ServiceProvider, vnet: str, node: str,
+                       kind: str = "shell") -> tuple[ByteReader, ByteWriter]:
+    """A console on `node` of `vnet`: (reader, writer) once every hop said OK;
+    HopError with the refusing hop's reason otherwise."""
+    session = await asyncio.to_thread(sp.console, vnet, node, kind)
+    context = sp.credentials.client_context()
+    return await dial(session.url, session.token, context, sp.credentials,
+                      expect_name=sp.vno_name)
+
+
+class Escape:
+    """Finds `Ctrl-] q`, or `~.` at the start of a line, in typed input."""
+
+    def __init__(self) -> None:
+        self.state = "line-start"
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        """(bytes to send, whether the user asked to leave)."""
+        out = bytearray()
+        for b in data:
+            if self.state == "ctrl":
+                if b == ord("q"):
+                    return bytes(out), True
+                out += bytes([ESCAPE, b])
+                self.state = "mid"
+            elif self.state == "tilde":
+                if b == ord("."):
+                    return bytes(out), True
+                out += bytes([ord("~"), b])
+                self.state = "mid"
+            elif b == ESCAPE:
+                self.state = "ctrl"
+            elif b == ord("~") and self.state == "line-start":
+                self.state = "tilde"
+            else:
+                out.append(b)
+                self.state = "line-start" if b in (10, 13) else "mid"
+        return bytes(out), False
+
+
+async def _stdin_chunks(fd: int, queue: asyncio.Queue[bytes]) -> None:
+    """Everything read from `fd` into `queue`, then b"" at its end."""
+    loop = asyncio.get_running_loop()
+    try:
+        readable: asyncio.Event = asyncio.Event()
+        loop.add_reader(fd, readable.set)
+    except PermissionError:  # a regular file: read it all, it ends
+        while chunk := os.read(fd, CHUNK):
+            await queue.put(chunk)
+        await queue.put(b"")
+        return
+    try:
+        os.set_blocking(fd, False)
+        while True:
+            await readable.wait()
+            readable.clear()
+            try:
+                chunk = os.read(fd, CHUNK)
+            except BlockingIOError:
+                continue
+            await queue.put(chunk)
+            if not chunk:
+                return
+    finally:
+        loop.remove_reader(fd)
+        os.set_blocking(fd, True)
+
+
+async def relay_stdio(reader: ByteReader, writer: ByteWriter, stdin: int = 0,
+                      stdout: int = 1, *, linger: float = LINGER) -> str:
+    """Relay until the remote side closes, the user escapes (terminal), or stdin
+    ends and the remote stays silent for `linger` seconds (pipe). Restores the
+    terminal always. Returns why it ended."""
+    is_tty = os.isatty(stdin)
+    saved = termios.tcgetattr(stdin) if is_tty else None
+    if is_tty:
+        tty.setraw(stdin)
+    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+    feeder = asyncio.create_task(_stdin_chunks(stdin, queue))
+    escape = Escape()
+    last_output = time.monotonic()
+    stdin_done = False
+
+    async def down() -> None:
+        nonlocal last_output
+        while data := await reader.read(CHUNK):
+            last_output = time.monotonic()
+            await asyncio.to_thread(_write_all, stdout, data)
+
+    out_task = asyncio.create_task(down())
+    try:
+        while True:
+            if stdin_done:
+                left = linger - (time.monotonic() - last_output)
+                if left <= 0:
+                    return "input ended"
+                done, _ = await asyncio.wait({out_task}, timeout=left)
+                if done:
+                    return "closed by the remote side"
+                continue
+            get = asyncio.create_task(queue.get())
+            waiting: set[asyncio.Future[Any]] = {get, out_task}
+            ready, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if out_task in ready:
+                get.cancel()
+                await asyncio.gather(get, return_exceptions=True)
+                return "closed by the remote side"
+            chunk = get.result()
+            if not chunk:
+                stdin_done = True
+                last_output = max(last_output, time.monotonic())
+                continue
+            if is_tty:
+                chunk, leave = escape.feed(chunk)
+                if leave:
+                    if chunk:
+                        writer.write(chunk)
+                    return "left by the user"
+            writer.write(chunk)
+            await writer.drain()
+    finally:
+        for t in (feeder, out_task):
+            t.cancel()
+        await asyncio.gather(feeder, out_task, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), 2)
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+async def run_console(sp: ServiceProvider, vnet: str, node: str, kind: str = "shell",
+                      stdin: int = 0, stdout: int = 1, *, linger: float = LINGER) -> str:
+    reader, writer = await open_console(sp, vnet, node, kind)
+    return await relay_stdio(reader, writer, stdin, stdout, linger=linger)

@@ -1,0 +1,223 @@
+"""A player's console listener: one asyncio loop in a thread of its own,
+mutual TLS, every connection a task (no thread per connection).
+
+Per connection: the TLS handshake and the greeting within a deadline, the
+token checked against the player's `SessionTable` (unused, unexpired, and
+presented by the identity it was minted for), the next hop opened, `OK`,
+then bytes relayed both ways with bounded buffers (a pump reads only after
+the other side's writer drained below its high-water mark), until either
+side closes, the session is idle too long, or the listener stops (the
+client then gets a notice before the connection closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from vnetlib.console.sessions import Pending, SessionTable, TokenRefused
+from vnetlib.console.wire import (
+    STREAM_LIMIT,
+    ByteReader,
+    ByteWriter,
+    HopError,
+    close_quietly,
+    peer_of,
+    read_line,
+    token_of,
+)
+from vnetlib.players.pki import Credentials, PkiError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 16 << 10
+WRITE_HIGH_WATER = 64 << 10
+STOP_NOTICE = b"\r\n[vnet console: the session was stopped by a player on its path]\r\n"
+IDLE_NOTICE = b"\r\n[vnet console: idle for too long, session closed]\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleLimits:
+    handshake_timeout: float = 10.0
+    greeting_timeout: float = 10.0
+    open_timeout: float = 20.0  # the next hop (and the ones after it) to answer OK
+    idle_timeout: float = 1800.0
+    max_sessions: int = 64  # relaying sessions; connections still greeting count too
+
+
+DEFAULT_LIMITS = ConsoleLimits()
+
+
+class ConsoleServer:
+    """Listens at `url` (tls://host:port, bound at construction); start()/stop()."""
+
+    def __init__(self, name: str, credentials: Credentials, sessions: SessionTable, *,
+                 host: str = "127.0.0.1", port: int = 0,
+                 limits: ConsoleLimits = DEFAULT_LIMITS) -> None:
+        self.name = name
+        self.credentials = credentials
+        self.sessions = sessions
+        self.limits = limits
+        self.sock = socket.create_server((host, port))
+        self.url = f"tls://{host}:{self.sock.getsockname()[1]}"
+        self.client_context = credentials.client_context()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def start(self) -> ConsoleServer:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, daemon=True,
+                                        name=f"console-{self.name}")
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._listen(), loop).result(10)
+        return self
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, sock=self.sock, ssl=self.credentials.server_context(),
+            ssl_handshake_timeout=self.limits.handshake_timeout, limit=STREAM_LIMIT)
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            self.sock.close()
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(15)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        loop.close()
+        self._loop = None
+        self.sock.close()
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        if self._conns:
+            await asyncio.wait(list(self._conns), timeout=10)
+        current = asyncio.current_task()
+        rest = [t for t in asyncio.all_tasks() if t is not current]
+        for t in rest:
+            t.cancel()
+        if rest:
+            await asyncio.wait(rest, timeout=5)
+
+    def stats(self) -> tuple[int, int]:
+        """(connections being served, asyncio tasks of the loop), for tests."""
+        loop = self._loop
+        if loop is None:
+            return 0, 0
+
+        async def count() -> tuple[int, int]:
+            return len(self._conns), len(asyncio.all_tasks()) - 1
+
+        return asyncio.run_coroutine_threadsafe(count(), loop).result(5)
+
+    # -- one connection ---------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        transport = writer.transport
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        pending: Pending | None = None
+        outcome = "refused"
+        nxt: tuple[ByteReader, ByteWriter] | None = None
+        peer = str(writer.get_extra_info("peername"))
+        try:
+            if len(self._conns) > self.limits.max_sessions:
+                raise TokenRefused("too many console sessions; try later")
+            try:
+                who = peer_of(writer, self.credentials)
+                token = token_of(await read_line(reader, self.limits.greeting_timeout))
+            except (TimeoutError, PkiError, ValueError, OSError) as exc:
+                log.info("%s: console connection from %s refused: %s", self.name, peer,
+                         exc or "no greeting in time")
+                raise TokenRefused("bad greeting") from exc
+            pending = await asyncio.to_thread(self.sessions.consume, token, who, peer)
+            try:
+                opened = await asyncio.wait_for(pending.open(), self.limits.open_timeout)
+                nxt = opened
+            except (TimeoutError, HopError) as exc:
+                outcome = f"next hop failed: {exc or 'timeout'}"
+                raise TokenRefused(str(exc) or "the next hop did not answer") from exc
+            writer.write(b"OK\n")
+            await writer.drain()
+            log.info("%s: console session of %s on %s/%s (%s) from %s opened", self.name,
+                     who, pending.vnet, pending.node, pending.kind, peer)
+            outcome = await self._relay(reader, writer, *opened)
+        except TokenRefused as exc:
+            with contextlib.suppress(Exception):
+                writer.write(f"ERR {exc}\n".encode())
+                await asyncio.wait_for(writer.drain(), 2)
+        except asyncio.CancelledError:
+            outcome = "stopped"
+            with contextlib.suppress(Exception):
+                writer.write(STOP_NOTICE)
+        except Exception as exc:
+            log.exception("%s: console session failed", self.name)
+            outcome = f"failed: {exc}"
+        finally:
+            if nxt is not None:
+                await close_quietly(nxt[1])
+            await close_quietly(writer)
+            if pending is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.sessions.finish, pending.hash, outcome)
+                log.info("%s: console session on %s/%s closed: %s", self.name,
+                         pending.vnet, pending.node, outcome)
+            self._conns.discard(task)
+
+    async def _relay(self, a_reader: ByteReader, a_writer: ByteWriter,
+                     b_reader: ByteReader, b_writer: ByteWriter) -> str:
+        """Bytes both ways until one side ends; the outcome in words."""
+        last = time.monotonic()
+
+        async def pump(src: ByteReader, dst: ByteWriter) -> None:
+            nonlocal last
+            while True:
+                data = await src.read(CHUNK)
+                if not data:
+                    return
+                last = time.monotonic()
+                dst.write(data)
+                await dst.drain()
+
+        up = asyncio.create_task(pump(a_reader, b_writer))
+        down = asyncio.create_task(pump(b_reader, a_writer))
+        try:
+            while True:
+                left = self.limits.idle_timeout - (time.monotonic() - last)
+                done, _ = await asyncio.wait({up, down}, timeout=max(left, 0.01),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if done:
+                    first = up if up in done else down
+                    side = "client" if first is up else "next hop"
+                    exc = first.exception()
+                    return f"closed by the {side}" + (f" ({exc})" if exc else "")
+                if time.monotonic() - last >= self.limits.idle_timeout:
+                    with contextlib.suppress(Exception):
+                        a_writer.write(IDLE_NOTICE)
+                    return "idle timeout"
+        finally:
+            for t in (up, down):
+                t.cancel()
+            await asyncio.gather(up, down, return_exceptions=True)

@@ -1,0 +1,127 @@
+"""The console wire protocol, both ends.
+
+A client connects with mutual TLS and sends one line, `VNET-CONSOLE 1
+<token>\\n`. The hop answers `OK\\n` once its own next hop answered OK (so an
+`ERR <reason>\\n` anywhere on the path reaches the client), then relays raw
+bytes both ways until either side closes. TLS in asyncio cannot half-close,
+so an end of stream from either side ends the whole session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from vnetlib.players.pki import Credentials, Identity, PkiError
+
+MAGIC = b"VNET-CONSOLE 1 "
+MAX_LINE = 128
+STREAM_LIMIT = 64 << 10
+DIAL_TIMEOUT = 10.0
+
+
+class HopError(Exception):
+    """The next hop could not be reached or refused the session."""
+
+
+class ByteReader(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class ByteWriter(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+def greeting(token: str) -> bytes:
+    return MAGIC + token.encode() + b"\n"
+
+
+def token_of(line: bytes) -> str:
+    """The token of a greeting line; ValueError for anything else."""
+    if not line.startswith(MAGIC) or not line.endswith(b"\n") or len(line) > MAX_LINE:
+        raise ValueError("bad greeting")
+    token = line[len(MAGIC):-1].decode("ascii", "replace").strip()
+    if not token or not all(c.isalnum() or c in "-_" for c in token):
+        raise ValueError("bad greeting")
+    return token
+
+
+def address_of(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme != "tls" or not parts.hostname or not parts.port:
+        raise HopError(f"bad console url {url!r}: expected tls://host:port")
+    return parts.hostname, parts.port
+
+
+def peer_of(writer: asyncio.StreamWriter, credentials: Credentials) -> Identity:
+    obj = writer.get_extra_info("ssl_object")
+    der = obj.getpeercert(binary_form=True) if obj is not None else None
+    if not der:
+        raise PkiError("no peer certificate")
+    return credentials.peer_identity(der)
+
+
+async def read_line(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """One line of at most MAX_LINE bytes (ValueError if longer or cut)."""
+    try:
+        line = await asyncio.wait_for(reader.readuntil(b"\n"), timeout)
+    except asyncio.IncompleteReadError as exc:
+        raise ValueError("connection closed before the end of the line") from exc
+    except asyncio.LimitOverrunError as exc:
+        raise ValueError("line too long") from exc
+    if len(line) > MAX_LINE:
+        raise ValueError("line too long")
+    return line
+
+
+async def close_quietly(writer: ByteWriter, timeout: float = 2.0) -> None:
+    """Close, waiting a little for buffered data to leave; abort if it does not."""
+    with contextlib.suppress(Exception):
+        writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), timeout)
+    except (TimeoutError, Exception):
+        transport = getattr(writer, "transport", None)
+        if transport is not None:
+            transport.abort()
+
+
+async def dial(url: str, token: str, context: ssl.SSLContext, credentials: Credentials,
+               *, expect_name: str | None = None, timeout: float = DIAL_TIMEOUT
+               ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to a console listener, check who answers, present `token`; the
+    streams once the far end said OK. HopError otherwise."""
+    host, port = address_of(url)
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            host, port, ssl=context, server_hostname=host, limit=STREAM_LIMIT), timeout)
+    except (TimeoutError, OSError) as exc:
+        raise HopError(f"cannot reach the next hop: {exc or 'timeout'}") from exc
+    try:
+        who = peer_of(writer, credentials)
+        if expect_name is not None and who.name != expect_name:
+            raise HopError(f"the next hop is {who}, not {expect_name}")
+        writer.write(greeting(token))
+        await writer.drain()
+        line = await read_line(reader, timeout)
+    except BaseException as exc:
+        await close_quietly(writer)
+        if isinstance(exc, HopError):
+            raise
+        if isinstance(exc, (OSError, ValueError, PkiError, asyncio.TimeoutError)):
+            raise HopError(f"the next hop failed: {exc or 'timeout'}") from exc
+        raise
+    if line != b"OK\n":
+        await close_quietly(writer)
+        reason = line.decode("utf-8", "replace").strip()
+        raise HopError(reason[4:] if reason.startswith("ERR ") else "refused")
+    return reader, writer
