@@ -246,10 +246,7 @@ CASES = (
     Crash("pip2", "pip-during-remove", removal=True),
     Crash("vnp", "vnp-after-allocate"),
     Crash("vnp", "vnp-after-provision"),
-    pytest.param(Crash("vnp", "vnp-before-release", removal=True), marks=pytest.mark.xfail(
-        strict=True, reason="VNO bug: a deletion that failed inside the SP's request is "
-        "retried only after the reconciler's idle sleep (retry_max_seconds, 120 s): "
-        "VnoService.delete does not wake the reconciler when _delete_at_vnp fails")),
+    Crash("vnp", "vnp-before-release", removal=True),
     Crash("vno", "vno-before-vnp"),
     Crash("vno", "vno-after-vnp", kept=True),
 )

@@ -1,4 +1,4 @@
-"""Fault injection at named points of the VNO and the VNP ([faults] in the
+"""Fault injection at named points of the players ([faults] in the
 configuration), for tests: fail at once, or stall (so that a test can kill the
 process there) and then fail.
 

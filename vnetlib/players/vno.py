@@ -230,9 +230,12 @@ class VnoService(Service):
         if not self._set_status(rec, DELETING, {status}, claim=True):
             raise Conflict(f"VNet {rec.id} changed meanwhile; retry")
         try:
-            return (204, b"") if self._delete_at_vnp(rec) else (202, b"")
+            done = self._delete_at_vnp(rec)
         finally:
             self._unclaim(rec.id)
+        if not done:  # the retry recorded above is due soon: the reconciler must see it
+            self.reconciler.wake()
+        return (204, b"") if done else (202, b"")
 
     def _delete_at_vnp(self, rec: Record) -> bool:
         """Delete a VNet recorded as deleting at the VNP; forgotten once the VNP
