@@ -66,6 +66,10 @@ class PtyStream:
     def write(self, data: bytes) -> None:
         self._out += data
 
+    @property
+    def pending(self) -> bytes:
+        return bytes(self._out)
+
     async def drain(self) -> None:
         while self._out and not self._closed:
             try:

@@ -70,6 +70,7 @@ class ConsoleServer:
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._writers: set[ByteWriter] = set()  # of live sessions, both sides
         self._stopping = False
 
     # -- life cycle ----------------------------------------------------------------
@@ -128,6 +129,24 @@ class ConsoleServer:
 
         return asyncio.run_coroutine_threadsafe(count(), loop).result(5)
 
+    def buffered(self) -> int:
+        """Bytes waiting in the write buffers of live sessions (both sides), for tests."""
+        loop = self._loop
+        if loop is None:
+            return 0
+
+        async def total() -> int:
+            n = 0
+            for w in list(self._writers):
+                transport = getattr(w, "transport", None)
+                if transport is not None:
+                    n += transport.get_write_buffer_size()
+                else:
+                    n += len(getattr(w, "pending", b""))
+            return n
+
+        return asyncio.run_coroutine_threadsafe(total(), loop).result(5)
+
     # -- one connection ---------------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader,
@@ -156,6 +175,7 @@ class ConsoleServer:
             try:
                 opened = await asyncio.wait_for(pending.open(), self.limits.open_timeout)
                 nxt = opened
+                self._writers.update((writer, opened[1]))
             except (TimeoutError, HopError) as exc:
                 outcome = f"next hop failed: {exc or 'timeout'}"
                 raise TokenRefused(str(exc) or "the next hop did not answer") from exc
@@ -177,6 +197,7 @@ class ConsoleServer:
             outcome = f"failed: {exc}"
         finally:
             if nxt is not None:
+                self._writers.difference_update((writer, nxt[1]))
                 await close_quietly(nxt[1])
             await close_quietly(writer)
             if pending is not None:

@@ -1,0 +1,290 @@
+"""Consoles through the chain SP -> VNO -> VNP -> PIP -> a netns node, on real
+substrates, real mutual TLS and a real confined shell (vnetlib.console)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.integration.players_fixtures import Players, Substrates, namespaces
+from vnetlib.console.broker import ConsoleHub
+from vnetlib.console.client import open_console
+from vnetlib.console.relay import STOP_NOTICE
+from vnetlib.console.wire import HopError, dial
+from vnetlib.players import messages as m
+from vnetlib.players.client import PlayerClient
+from vnetlib.players.pki import Credentials, LabCA, Role
+from vnetlib.players.sp import ServiceProvider
+from vnetlib.spec import parse_vnet
+
+SMALL = b"""<vnet xmlns="urn:vnet:rdl:1" version="1" name="cons">
+  <node id="n1" location="berlin"/><node id="n2" location="berlin"/>
+  <link id="l1"><endpoint node="n1" interface="e0"><address>198.19.252.1/30</address></endpoint>
+    <endpoint node="n2" interface="e0"><address>198.19.252.2/30</address></endpoint></link>
+</vnet>"""
+
+ROOT = Path(__file__).resolve().parents[2]
+# A separate process reading its stdin from a pipe, as `vnet console` does.
+CLIENT = """
+import asyncio, sys
+from vnetlib.console.client import run_console
+from vnetlib.players.pki import Credentials
+from vnetlib.players.sp import ServiceProvider
+url, cert, key, ca, vnet, node = sys.argv[1:7]
+sp = ServiceProvider(url, Credentials(*map(__import__("pathlib").Path, (cert, key, ca))),
+                     vno_name="vno")
+asyncio.run(run_console(sp, vnet, node, linger=3.0))
+"""
+
+
+class Chain:
+    def __init__(self, players: Players, vnet: str, sp: ServiceProvider, sp_creds: Credentials):
+        self.players, self.vnet, self.sp, self.sp_creds = players, vnet, sp, sp_creds
+
+    def hub(self, name: str) -> ConsoleHub:
+        return self.players.nodes[name].console
+
+
+@pytest.fixture(scope="module")
+def chain(lab_ca: LabCA, substrates: Substrates,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    players = Players(lab_ca, tmp_path_factory.mktemp("console"))
+    try:
+        players.pip("pip-a", substrates.a)
+        players.vnp("vnp", ["pip-a"])
+        players.vno("vno", "vnp")
+        players.vno("vno2", "vnp")
+        sp_creds = players.creds("sp", Role.SP)
+        sp = ServiceProvider(players.nodes["vno"].url, sp_creds, 300.0, vno_name="vno")
+        view = sp.request_vnet(parse_vnet(SMALL))
+        assert view.status == "ready"
+        yield Chain(players, view.id, sp, sp_creds)
+        sp.delete(view.id)
+    finally:
+        players.stop_all()
+        for ns in namespaces(f"vn-{substrates.a}-"):
+            subprocess.run(["ip", "netns", "delete", ns], check=False)
+
+
+def fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def settled(chain: Chain, fd_before: int, timeout: float = 10.0) -> None:
+    """Wait until every listener serves no connection and the fds are back."""
+    deadline = time.monotonic() + timeout
+    while True:
+        conns = {n: chain.hub(n).server.stats() for n in ("vno", "vnp", "pip-a")}
+        if all(c == (0, 0) for c in conns.values()) and fds() <= fd_before:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"leak: {conns}, fds {fds()} > {fd_before}")
+        time.sleep(0.1)
+
+
+async def read_until(reader: asyncio.StreamReader | object, marker: bytes,
+                     timeout: float = 10.0) -> bytes:
+    got = b""
+    deadline = time.monotonic() + timeout
+    while marker not in got:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {marker!r} in {got[-500:]!r}"
+        chunk = await asyncio.wait_for(reader.read(65536), left)  # type: ignore[attr-defined]
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def test_scripted_session_in_a_separate_process(chain: Chain) -> None:
+    c = chain.sp_creds
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", CLIENT, chain.players.nodes["vno"].url, str(c.cert_path),
+         str(c.key_path), str(c.ca_path), chain.vnet, "n1"],
+        input=b"id -u; ip -o link show\nexit\n", capture_output=True, timeout=60, cwd=ROOT)
+    took = time.perf_counter() - start
+    text = out.stdout.decode("utf-8", "replace")
+    assert out.returncode == 0, out.stderr.decode()
+    uids = [int(w) for w in text.split() if w.isdigit() and 200000 <= int(w) < 300000]
+    assert uids, text
+    assert "e0" in text and "lo:" in text, text
+    assert took < 30, took
+
+
+def test_mapping_tables_hide_the_other_players(chain: Chain) -> None:
+    async def session() -> None:
+        reader, writer = await open_console(chain.sp, chain.vnet, "n2")
+        writer.write(b"echo hi-$((40+2))\n")
+        await writer.drain()
+        assert b"hi-42" in await read_until(reader, b"hi-42")
+        writer.close()
+
+    asyncio.run(session())
+    pip_url = chain.hub("pip-a").url
+    vnp_url = chain.hub("vnp").url
+    vno_rows = str(chain.hub("vno").sessions.rows())
+    vnp_rows = str(chain.hub("vnp").sessions.rows())
+    pip_rows = str(chain.hub("pip-a").sessions.rows())
+    assert "pip-a" not in vno_rows and pip_url not in vno_rows and vnp_url in vno_rows
+    assert "sp:sp" in vno_rows
+    assert "sp:" not in vnp_rows and "vno:vno" in vnp_rows and pip_url in vnp_rows
+    assert "sp:" not in pip_rows and "vno" not in pip_rows and "vnp:vnp" in pip_rows
+    for rows in (chain.hub(n).sessions.rows() for n in ("vno", "vnp", "pip-a")):
+        assert all(len(r["token_hash"]) == 64 for r in rows)
+
+
+def test_setup_and_round_trip_times(chain: Chain, capsys: pytest.CaptureFixture[str]) -> None:
+    async def measure() -> tuple[float, float, float]:
+        t0 = time.perf_counter()
+        session = await asyncio.to_thread(chain.sp.console, chain.vnet, "n1")
+        t1 = time.perf_counter()
+        reader, writer = await dial(session.url, session.token,
+                                    chain.sp_creds.client_context(), chain.sp_creds)
+        t2 = time.perf_counter()
+        await read_until(reader, b"$ ")
+        rtts = []
+        for _i in range(20):
+            s = time.perf_counter()
+            writer.write(b"x")
+            await writer.drain()
+            await read_until(reader, b"x")
+            rtts.append(time.perf_counter() - s)
+        writer.close()
+        return t1 - t0, t2 - t1, sorted(rtts)[len(rtts) // 2]
+
+    setup, connect, rtt = asyncio.run(measure())
+    with capsys.disabled():
+        print(f"\nconsole: setup over HTTPS {setup:.3f}s, connect {connect:.3f}s "
+              f"(3 hops + shell), keystroke round trip {rtt * 1000:.1f} ms")
+    assert rtt < 0.5
+
+
+def test_hostile_clients_are_refused_without_leaks(chain: Chain, lab_ca: LabCA) -> None:
+    vno_hub = chain.hub("vno")
+    ctx = chain.sp_creds.client_context()
+    fd_before = fds()
+
+    async def attempt(url: str, token: str, creds: Credentials) -> str:
+        try:
+            _reader, writer = await dial(url, token, creds.client_context(), creds)
+        except HopError as exc:
+            return str(exc)
+        writer.close()
+        return "OK"
+
+    async def scenarios() -> None:
+        # replayed token: the second use is refused
+        s = chain.sp.console(chain.vnet, "n1")
+        assert await attempt(s.url, s.token, chain.sp_creds) == "OK"
+        assert "unknown or used" in await attempt(s.url, s.token, chain.sp_creds)
+        # expired token
+        vno_hub.sessions.ttl = 0.3
+        try:
+            s = chain.sp.console(chain.vnet, "n1")
+        finally:
+            vno_hub.sessions.ttl = 30.0
+        await asyncio.sleep(0.5)
+        assert "expired" in await attempt(s.url, s.token, chain.sp_creds)
+        # another VNO's listener does not know this VNO's token
+        s = chain.sp.console(chain.vnet, "n1")
+        assert "unknown" in await attempt(chain.hub("vno2").url, s.token, chain.sp_creds)
+        # presented by the wrong identity: another SP at the VNO, another VNO at the VNP
+        other_sp = lab_ca.issue("sp-other", Role.SP)
+        assert "not issued to you" in await attempt(s.url, s.token, other_sp)
+        vnp_session = m.console_session_from(m.parse_reply(PlayerClient(
+            chain.players.nodes["vnp"].url, lab_ca.issue("vno", Role.VNO), 30.0).post(
+                f"/v1/vnets/{vno_order(chain)}/console",
+                m.console_request_xml(m.ConsoleRequest("n1"))).body, "console-session"))
+        assert "not issued to you" in await attempt(vnp_session.url, vnp_session.token,
+                                                    lab_ca.issue("vno2", Role.VNO))
+        # garbage instead of the greeting; a greeting without end
+        for junk in (b"GET / HTTP/1.1\r\n\r\n", b"x" * 100_000):
+            reader, writer = await open_tls(vno_hub.url, ctx)
+            writer.write(junk)
+            answer = await asyncio.wait_for(reader.read(), 10)
+            assert answer in (b"", b"ERR bad greeting\n"), answer
+            writer.close()
+        # half-open: connected, never greets; cut at the greeting deadline
+        vno_hub.server.limits = replace(vno_hub.server.limits, greeting_timeout=1.0)
+        try:
+            reader, writer = await open_tls(vno_hub.url, ctx)
+            start = time.monotonic()
+            assert await asyncio.wait_for(reader.read(), 10) == b"ERR bad greeting\n"
+            assert time.monotonic() - start < 5
+            writer.close()
+        finally:
+            vno_hub.server.limits = replace(vno_hub.server.limits, greeting_timeout=10.0)
+
+    asyncio.run(scenarios())
+    settled(chain, fd_before)
+
+
+def vno_order(chain: Chain) -> str:
+    """How the VNP knows the SP's VNet (the VNO's key for it)."""
+    service = chain.players.nodes["vno"].service
+    return str(service.store.get(chain.vnet).data["key"])  # type: ignore[union-attr]
+
+
+async def open_tls(url: str, ctx: ssl.SSLContext) -> tuple[asyncio.StreamReader,
+                                                           asyncio.StreamWriter]:
+    host, port = url.removeprefix("tls://").rsplit(":", 1)
+    return await asyncio.open_connection(host, int(port), ssl=ctx, server_hostname=host)
+
+
+def test_slow_reader_with_a_large_paste_stays_bounded(chain: Chain) -> None:
+    """10 MB pasted while nobody reads the echo: every hop's buffers stay small
+    (its reads wait for its writes to drain); then the session goes on."""
+    fd_before = fds()
+    paste = (b"y" * 1023 + b"\n") * (10 * 1024)
+    hubs = [chain.hub(n) for n in ("vno", "vnp", "pip-a")]
+    peak = 0
+
+    async def session() -> bytes:
+        nonlocal peak
+        reader, writer = await open_console(chain.sp, chain.vnet, "n1")
+        await read_until(reader, b"$ ")
+
+        async def push() -> None:
+            for i in range(0, len(paste), 65536):
+                writer.write(paste[i:i + 65536])
+                await writer.drain()
+
+        pusher = asyncio.create_task(push())
+        for _ in range(20):  # nobody reads the echo meanwhile
+            await asyncio.sleep(0.2)
+            peak = max(peak, *(await asyncio.to_thread(lambda: [h.server.buffered()
+                                                               for h in hubs])))
+        await asyncio.wait_for(pusher, 60)
+        writer.write(b"echo ali''ve\n")
+        await writer.drain()
+        got = await read_until(reader, b"alive", timeout=90)
+        writer.close()
+        return got
+
+    got = asyncio.run(session())
+    assert b"alive" in got
+    assert peak < 1 << 20, peak
+    settled(chain, fd_before)
+
+
+def test_session_ends_with_a_notice_when_a_player_stops(chain: Chain) -> None:
+    async def session() -> bytes:
+        reader, writer = await open_console(chain.sp, chain.vnet, "n1")
+        await read_until(reader, b"$ ")
+        await asyncio.to_thread(chain.players.stop, "vnp")
+        rest = await read_until(reader, b"on its path", timeout=20)
+        writer.close()
+        return rest
+
+    got = asyncio.run(session())
+    assert STOP_NOTICE.strip() in got
