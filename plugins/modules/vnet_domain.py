@@ -1,0 +1,420 @@
+#!/usr/bin/python
+# Copyright (c) 2026, vnet developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vnet_domain
+short_description: Manage a libvirt domain that realizes a VM virtual node of vnet
+version_added: 0.2.0
+description:
+  - Defines, starts, pauses, shuts down or removes a libvirt domain (QEMU, or Xen
+    PV) for a virtual node of kind qemu or xen, booting a kernel and initramfs
+    directly, or the network when no O(kernel) is given.
+  - Reads the domain's inactive XML into the same record the parameters make,
+    compares the two, and runs only the steps needed; returns them in
+    RV(commands). A changed definition of a running domain restarts it with
+    O(state=running) or O(state=paused); O(state=present) only redefines it.
+  - With O(netns), the module also owns the domain's taps. libvirt opens each
+    tap (C(<interface type='ethernet'>), C(<target managed='no'>)) by name in
+    its own network namespace, so the module creates it there before a start,
+    then moves it into O(netns) (the substrate host) and attaches it to its
+    bridge; QEMU keeps using the tap across the move. It moves the taps back
+    before the next start and deletes them with the domain.
+author: vnet developers (@vnet)
+options:
+  name:
+    description: Name of the domain.
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) defines the domain and leaves it as it is; V(running),
+        V(paused) and V(shutdown) also bring it into that state; V(absent)
+        stops it, undefines it and deletes its taps.
+    type: str
+    choices: [present, absent, running, shutdown, paused]
+    default: present
+  uri:
+    description:
+      - libvirt connection URI, for example V(qemu:///system), V(xen:///system),
+        or libvirt's test driver through libvirtd, V(test+unix:///default).
+    type: str
+    default: qemu:///system
+  hypervisor:
+    description: V(qemu) for a QEMU/KVM guest, V(xen) for a Xen PV guest.
+    type: str
+    choices: [qemu, xen]
+    default: qemu
+  accel:
+    description:
+      - QEMU only. V(kvm) asks for a domain of type kvm, V(tcg) for type qemu
+        (emulation). V(auto) picks kvm when the URI reaches QEMU and
+        C(/dev/kvm) is readable and writable by the user QEMU runs as.
+    type: str
+    choices: [auto, kvm, tcg]
+    default: auto
+  vcpus:
+    description: Number of virtual CPUs.
+    type: int
+    default: 1
+  memory_mb:
+    description: Memory of the guest in MiB.
+    type: int
+    default: 256
+  kernel:
+    description:
+      - Path of the guest kernel on the host (direct kernel boot). Without it a
+        QEMU guest boots from the network (its first NIC's option ROM).
+    type: path
+  initrd:
+    description: Path of the initramfs on the host. Needs O(kernel).
+    type: path
+  cmdline:
+    description:
+      - Kernel command line. Needs O(kernel). vnet's guest image reads its
+        hostname and interface addresses (matched by MAC) from it.
+    type: str
+  serial:
+    description: V(pty) gives the guest a serial console on a pseudo terminal (C(virsh console)).
+    type: str
+    choices: [pty, none]
+    default: pty
+  vnc:
+    description: Whether the guest has a VNC display (on 127.0.0.1, port chosen by libvirt).
+    type: bool
+    default: false
+  interfaces:
+    description:
+      - The guest's network interfaces, in order.
+      - With O(state=absent), the taps to delete; when omitted, those of the
+        domain's definition.
+    type: list
+    elements: dict
+    suboptions:
+      tap:
+        description: Name of the tap device on the host (at most 15 characters).
+        type: str
+        required: true
+      mac:
+        description: MAC address of the guest's interface.
+        type: str
+        required: true
+      bridge:
+        description: Bridge in O(netns) the tap is attached to. Needs O(netns).
+        type: str
+  netns:
+    description:
+      - Network namespace (under C(/run/netns)) the taps are moved into: the
+        substrate host that carries the virtual node. It must exist, and so
+        must each O(interfaces[].bridge) in it.
+      - Without it the module does not touch taps; they must exist where
+        libvirt runs before the domain starts.
+    type: str
+  shutdown_timeout:
+    description: Seconds to wait for the guest to power off after an ACPI shutdown before forcing it off.
+    type: int
+    default: 10
+attributes:
+  check_mode:
+    support: full
+    description: Reports the steps it would take and takes none.
+  diff_mode:
+    support: full
+    description: Returns the domain's definition, state and taps before and after.
+  idempotent:
+    support: full
+    description: A second run with the same parameters changes nothing.
+requirements:
+  - libvirt Python bindings (C(libvirt-python)) for the Python that runs the module.
+  - iproute2 (C(ip)) and root privileges when O(netns) is given.
+notes:
+  - The module must run in libvirtd's network namespace (in the vnet lab, the
+    root namespace: delegate the task to localhost), since that is where libvirt
+    opens the taps; O(netns) names the substrate host's namespace.
+  - Xen domains are generated and validated against libvirt's schema, but vnet
+    has not run them on a Xen host.
+seealso:
+  - module: vnet.infra.vnet_node
+  - module: vnet.infra.vnet_link
+"""
+
+EXAMPLES = r"""
+- name: A running QEMU virtual node on substrate host vl-lab-h1, one NIC on bridge vbab
+  vnet.infra.vnet_domain:
+    name: vn-lab-v1-r1
+    state: running
+    memory_mb: 256
+    kernel: /var/lib/vnet/images/abc/vmlinuz
+    initrd: /var/lib/vnet/images/abc/initrd.gz
+    cmdline: "console=ttyS0 vnet.hostname=r1 vnet.if=52:54:00:12:34:56,198.18.10.1/24"
+    interfaces:
+      - {tap: vtr1e0, mac: "52:54:00:12:34:56", bridge: vbab}
+    netns: vl-lab-h1
+  delegate_to: localhost
+
+- name: Remove it, with its taps
+  vnet.infra.vnet_domain:
+    name: vn-lab-v1-r1
+    state: absent
+    netns: vl-lab-h1
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+commands:
+  description:
+    - The steps taken (or, in check mode, that would be taken), as argv lists.
+      C(["libvirt", VERB, NAME]) is a call on the libvirt connection (define,
+      start, destroy, shutdown, suspend, resume, undefine); the others are programs.
+  returned: always
+  type: list
+  elements: list
+  sample: [["libvirt", "define", "vn1"], ["ip", "tuntap", "add", "dev", "vt1", "mode", "tap"],
+           ["libvirt", "start", "vn1"], ["ip", "link", "set", "dev", "vt1", "netns", "vl-lab-h1"]]
+xml:
+  description: The domain XML the module defines (absent with O(state=absent)).
+  returned: when state is not absent
+  type: str
+"""
+
+import grp
+import os
+import pwd
+import stat
+import time
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.vnet.infra.plugins.module_utils._domain import (
+    IP,
+    LIBVIRT,
+    Command,
+    DomainError,
+    Have,
+    PlanError,
+    Want,
+    before_after,
+    domain_state,
+    domain_xml,
+    parse_bridges,
+    parse_domain,
+    parse_taps,
+    plan,
+    want_from_params,
+)
+
+LIBVIRT_IMPORT_ERROR = None
+try:
+    import libvirt
+except ImportError:
+    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+
+ARGUMENT_SPEC = dict(
+    name=dict(type="str", required=True),
+    state=dict(
+        type="str", choices=["present", "absent", "running", "shutdown", "paused"], default="present"
+    ),
+    uri=dict(type="str", default="qemu:///system"),
+    hypervisor=dict(type="str", choices=["qemu", "xen"], default="qemu"),
+    accel=dict(type="str", choices=["auto", "kvm", "tcg"], default="auto"),
+    vcpus=dict(type="int", default=1),
+    memory_mb=dict(type="int", default=256),
+    kernel=dict(type="path"),
+    initrd=dict(type="path"),
+    cmdline=dict(type="str"),
+    serial=dict(type="str", choices=["pty", "none"], default="pty"),
+    vnc=dict(type="bool", default=False),
+    interfaces=dict(
+        type="list",
+        elements="dict",
+        options=dict(
+            tap=dict(type="str", required=True),
+            mac=dict(type="str", required=True),
+            bridge=dict(type="str"),
+        ),
+    ),
+    netns=dict(type="str"),
+    shutdown_timeout=dict(type="int", default=10),
+)
+QEMU_CONF = "/etc/libvirt/qemu.conf"
+QEMU_USER = "libvirt-qemu"
+NETNS_DIR = "/run/netns"
+
+
+def qemu_user() -> str:
+    """The user libvirt runs QEMU as: qemu.conf's C(user), else Debian's default."""
+    try:
+        with open(QEMU_CONF) as conf:
+            for line in conf:
+                key, _, value = line.partition("=")
+                if key.strip() == "user":
+                    return value.strip().strip('"')
+    except OSError:
+        pass
+    return QEMU_USER
+
+
+def kvm_usable(user: str) -> bool:
+    """Whether /dev/kvm exists and ``user`` may read and write it (by its mode bits).
+
+    Without udev (containers, minimal hosts) /dev/kvm is often root's alone,
+    and a domain of type kvm would fail to start.
+    """
+    try:
+        st = os.stat("/dev/kvm")
+        account = pwd.getpwuid(int(user[1:])) if user.startswith("+") else pwd.getpwnam(user)
+    except (OSError, KeyError, ValueError):
+        return False
+    if not stat.S_ISCHR(st.st_mode):
+        return False
+    if account.pw_uid == 0:
+        return True
+    if st.st_uid == account.pw_uid:
+        shift = 6
+    elif st.st_gid == account.pw_gid or account.pw_name in grp.getgrgid(st.st_gid).gr_mem:
+        shift = 3
+    else:
+        shift = 0
+    return (st.st_mode >> shift) & 0o6 == 0o6
+
+
+class Host:
+    """libvirt and ``ip`` on the host: reads ``have`` and carries out commands."""
+
+    def __init__(self, module: AnsibleModule, conn: libvirt.virConnect) -> None:
+        self.module = module
+        self.conn = conn
+        self.executed: list[Command] = []
+
+    def lookup(self, name: str) -> libvirt.virDomain | None:
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def ip_json(self, netns: str | None, *args: str) -> str:
+        argv = [IP, *(["-n", netns] if netns else []), "-json", *args]
+        rc, out, err = self.module.run_command(argv)
+        if rc != 0:
+            raise PlanError("%s failed: %s" % (" ".join(argv), err.strip()))
+        return out
+
+    def have(self, want: Want) -> Have:
+        dom = self.lookup(want.name)
+        spec, kvm, uuid, state = None, False, None, "shutoff"
+        if dom is not None:
+            spec, kvm = parse_domain(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            uuid = dom.UUIDString()
+            state = domain_state(dom.state()[0])
+        taps: dict = {}
+        bridges: frozenset[str] = frozenset()
+        netns_exists = False
+        if want.netns is not None:
+            taps.update(parse_taps(self.ip_json(None, "-details", "link", "show"), None))
+            netns_exists = os.path.exists(os.path.join(NETNS_DIR, want.netns))
+            if netns_exists:
+                text = self.ip_json(want.netns, "-details", "link", "show")
+                taps.update(parse_taps(text, want.netns))
+                bridges = parse_bridges(text)
+        return Have(
+            exists=dom is not None,
+            spec=spec,
+            kvm=kvm,
+            uuid=uuid,
+            state=state,
+            taps=taps,
+            netns_exists=netns_exists,
+            bridges=bridges,
+        )
+
+    def apply(self, commands: list[Command], xml: str | None, timeout: int) -> None:
+        for argv in commands:
+            if argv[0] == LIBVIRT:
+                self.libvirt(argv[1], argv[2], xml, timeout)
+            else:
+                rc, _out, err = self.module.run_command(argv)
+                if rc != 0:
+                    raise PlanError(
+                        "%s failed: %s" % (" ".join(argv), err.strip()), failed_command=argv
+                    )
+            self.executed.append(argv)
+
+    def libvirt(self, verb: str, name: str, xml: str | None, timeout: int) -> None:
+        if verb == "define":
+            self.conn.defineXML(xml)
+            return
+        dom = self.conn.lookupByName(name)
+        if verb == "shutdown":
+            dom.shutdown()
+            deadline = time.monotonic() + timeout
+            while dom.isActive() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if dom.isActive():
+                dom.destroy()
+            return
+        {
+            "start": dom.create,
+            "destroy": dom.destroy,
+            "suspend": dom.suspend,
+            "resume": dom.resume,
+            "undefine": dom.undefine,
+        }[verb]()
+
+
+def run_module(module: AnsibleModule, host: Host) -> dict:
+    params = module.params
+    accel = params["accel"]
+    if accel == "auto":
+        kvm = host.conn.getType() == "QEMU" and kvm_usable(qemu_user())
+    else:
+        kvm = accel == "kvm"
+    want = want_from_params(params, kvm=kvm)
+    have = host.have(want)
+    commands = plan(want, have, os.getpid())
+    before, after = before_after(want, have)
+    xml = None
+    if want.spec is not None and want.state != "absent":
+        xml = domain_xml(want.spec, kvm=want.kvm, uuid=have.uuid)
+    result = dict(changed=bool(commands), commands=commands, diff=dict(before=before, after=after))
+    if xml is not None:
+        result["xml"] = xml
+    if commands and not module.check_mode:
+        host.apply(commands, xml, params["shutdown_timeout"])
+        left = plan(want, host.have(want), os.getpid())
+        if left:
+            raise PlanError(
+                "domain %s did not converge; still to do: %s" % (want.name, left), left=left
+            )
+    return result
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    if LIBVIRT_IMPORT_ERROR is not None:
+        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
+    try:
+        conn = libvirt.open(module.params["uri"])
+    except libvirt.libvirtError as exc:
+        module.fail_json(msg="cannot connect to %s: %s" % (module.params["uri"], exc))
+    host = Host(module, conn)
+    try:
+        result = run_module(module, host)
+    except PlanError as exc:
+        module.fail_json(msg=exc.msg, commands=host.executed, **exc.details)
+    except DomainError as exc:
+        module.fail_json(msg=str(exc), commands=host.executed)
+    except libvirt.libvirtError as exc:
+        module.fail_json(
+            msg="domain %s: libvirt: %s" % (module.params["name"], exc), commands=host.executed
+        )
+    finally:
+        conn.close()
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

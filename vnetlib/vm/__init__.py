@@ -1,0 +1,1 @@
+"""Virtual machines as virtual nodes: guest images, libvirt domains, the libvirt daemons."""
