@@ -19,9 +19,9 @@ from tests.integration.players_fixtures import Players, Substrates, namespaces
 from vnetlib.console.broker import ConsoleHub
 from vnetlib.console.client import open_console
 from vnetlib.console.relay import STOP_NOTICE
-from vnetlib.console.wire import HopError, dial
+from vnetlib.console.wire import ByteReader, HopError, dial
 from vnetlib.players import messages as m
-from vnetlib.players.client import PlayerClient
+from vnetlib.players.client import PlayerClient, RemoteError
 from vnetlib.players.pki import Credentials, LabCA, Role
 from vnetlib.players.sp import ServiceProvider
 from vnetlib.spec import parse_vnet
@@ -91,14 +91,14 @@ def settled(chain: Chain, fd_before: int, timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
-async def read_until(reader: asyncio.StreamReader | object, marker: bytes,
+async def read_until(reader: ByteReader, marker: bytes,
                      timeout: float = 10.0) -> bytes:
     got = b""
     deadline = time.monotonic() + timeout
     while marker not in got:
         left = deadline - time.monotonic()
         assert left > 0, f"no {marker!r} in {got[-500:]!r}"
-        chunk = await asyncio.wait_for(reader.read(65536), left)  # type: ignore[attr-defined]
+        chunk = await asyncio.wait_for(reader.read(65536), left)
         if not chunk:
             break
         got += chunk
@@ -141,6 +141,36 @@ def test_mapping_tables_hide_the_other_players(chain: Chain) -> None:
     assert "sp:" not in pip_rows and "vno" not in pip_rows and "vnp:vnp" in pip_rows
     for rows in (chain.hub(n).sessions.rows() for n in ("vno", "vnp", "pip-a")):
         assert all(len(r["token_hash"]) == 64 for r in rows)
+
+
+def tenant_processes(chain: Chain) -> list[str]:
+    pip = chain.players.nodes["pip-a"].service
+    (sliver,) = pip.core.ledger.slivers()  # type: ignore[union-attr]
+    uid = pip.confinement.uids.get(sliver.id)  # type: ignore[union-attr]
+    out = subprocess.run(["pgrep", "-u", str(uid)], capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def test_shell_is_killed_when_the_client_leaves_and_serial_is_refused(chain: Chain) -> None:
+    async def session() -> None:
+        reader, writer = await open_console(chain.sp, chain.vnet, "n1")
+        writer.write(b"sleep 300 &\necho started\n")
+        await writer.drain()
+        await read_until(reader, b"started\r\n")
+        assert len(tenant_processes(chain)) >= 2
+        writer.close()
+
+    asyncio.run(session())
+    deadline = time.monotonic() + 10
+    while tenant_processes(chain) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert tenant_processes(chain) == []
+    with pytest.raises(RemoteError) as refused:
+        chain.sp.console(chain.vnet, "n1", "serial")
+    assert refused.value.status == 409 and "no serial console for netns" in refused.value.message
+    with pytest.raises(RemoteError) as missing:
+        chain.sp.console(chain.vnet, "nope")
+    assert missing.value.status in (404, 422)
 
 
 def test_setup_and_round_trip_times(chain: Chain, capsys: pytest.CaptureFixture[str]) -> None:
