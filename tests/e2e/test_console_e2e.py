@@ -1,0 +1,62 @@
+"""`vnet console` against players running as separate processes (`vnet
+serve`): a piped session reaches a netns node through SP -> VNO -> VNP ->
+PIP, and a player stopped by a signal ends the session with a notice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import EXAMPLES, Lab, Vnet, new_lab
+
+
+@pytest.fixture(scope="module")
+def lab1(vnet: Vnet) -> Iterator[Lab]:
+    made = new_lab(vnet, "--pips", "1", "--hosts", "2")
+    try:
+        yield made
+    finally:
+        vnet.run("lab", "down", "--name", made.name, check=False)
+
+
+def console(vnet: Vnet, lab: Lab, vnet_id: str, node: str, script: bytes,
+            linger: float = 3.0) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vnetlib.cli.console", vnet_id, node, "--lab", lab.name,
+         "--linger", str(linger)],
+        env=vnet.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(script)
+    proc.stdin.close()
+    proc.stdin = None  # communicate() only reads
+    return proc
+
+
+def test_piped_console_session_and_a_stopped_player(vnet: Vnet, lab1: Lab) -> None:
+    vnet_id = vnet.json("up", str(EXAMPLES / "figure6.xml"), "--lab", lab1.name)["vnet"]
+    start = time.perf_counter()
+    proc = console(vnet, lab1, vnet_id, "r1", b"id -u; hostname; ip -o link show\nexit\n")
+    out, err = proc.communicate(timeout=60)
+    took = time.perf_counter() - start
+    assert proc.returncode == 0, err.decode()
+    text = out.decode("utf-8", "replace")
+    assert any(w.isdigit() and 200000 <= int(w) < 300000 for w in text.split()), text
+    assert "lo:" in text and text.count(": <") >= 3, text  # lo and r1's link ends
+    assert took < 30
+
+    # a session left open while its VNP stops (SIGTERM): the client gets a notice
+    proc = console(vnet, lab1, vnet_id, "r1", b"echo ready\n", linger=30.0)
+    time.sleep(3)
+    home = Path(vnet.env["VNET_HOME"])
+    vnp = next((home / "labs" / lab1.name / "run").glob("vnp*.pid"))
+    os.kill(int(vnp.read_text()), signal.SIGTERM)
+    out, err = proc.communicate(timeout=40)
+    assert b"ready" in out
+    assert b"stopped by a player on its path" in out, out[-300:]
