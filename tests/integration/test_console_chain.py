@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import ssl
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -255,6 +257,16 @@ def test_hostile_clients_are_refused_without_leaks(chain: Chain, lab_ca: LabCA) 
         finally:
             vno_hub.server.limits = replace(vno_hub.server.limits, greeting_timeout=10.0)
 
+        # over the session limit: refused while another session is open
+        vno_hub.server.limits = replace(vno_hub.server.limits, max_sessions=1)
+        try:
+            reader, writer = await open_console(chain.sp, chain.vnet, "n1")
+            s = chain.sp.console(chain.vnet, "n1")
+            assert "too many" in await attempt(s.url, s.token, chain.sp_creds)
+            writer.close()
+        finally:
+            vno_hub.server.limits = replace(vno_hub.server.limits, max_sessions=64)
+
     asyncio.run(scenarios())
     settled(chain, fd_before)
 
@@ -305,6 +317,41 @@ def test_slow_reader_with_a_large_paste_stays_bounded(chain: Chain) -> None:
     assert b"alive" in got
     assert peak < 1 << 20, peak
     settled(chain, fd_before)
+
+
+def test_terminal_mode_escape_restores_the_terminal(chain: Chain) -> None:
+    """On a terminal: raw mode while connected, Ctrl-] q leaves, the terminal's
+    settings are back afterwards."""
+    c = chain.sp_creds
+    master, slave = os.openpty()
+    try:
+        before = termios.tcgetattr(slave)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CLIENT, chain.players.nodes["vno"].url, str(c.cert_path),
+             str(c.key_path), str(c.ca_path), chain.vnet, "n1"],
+            stdin=slave, stdout=slave, stderr=slave, cwd=ROOT)
+        try:
+            got = b""
+            deadline = time.monotonic() + 20
+            sent = False
+            while b"ttyok" not in got and time.monotonic() < deadline:
+                if b"$ " in got and not sent:
+                    os.write(master, b"echo tty-$((1))-ok | tr -d 1-\r")
+                    sent = True
+                r, _, _ = select.select([master], [], [], 0.5)
+                if r:
+                    got += os.read(master, 65536)
+            assert b"ttyok" in got, got
+            os.write(master, b"\x1dq")
+            assert proc.wait(10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def test_session_ends_with_a_notice_when_a_player_stops(chain: Chain) -> None:
