@@ -260,10 +260,10 @@ def test_hostile_clients_are_refused_without_leaks(chain: Chain, lab_ca: LabCA) 
         # over the session limit: refused while another session is open
         vno_hub.server.limits = replace(vno_hub.server.limits, max_sessions=1)
         try:
-            reader, writer = await open_console(chain.sp, chain.vnet, "n1")
+            _, holder = await open_console(chain.sp, chain.vnet, "n1")
             s = chain.sp.console(chain.vnet, "n1")
             assert "too many" in await attempt(s.url, s.token, chain.sp_creds)
-            writer.close()
+            holder.close()
         finally:
             vno_hub.server.limits = replace(vno_hub.server.limits, max_sessions=64)
 
