@@ -8,8 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from vnetlib import __version__
-from vnetlib.cli import ctl, down, execute, lab, pki, serve, status, up
+from vnetlib.cli import console, ctl, down, execute, lab, pki, serve, status, up
 from vnetlib.cli.output import emit_json
+from vnetlib.console.wire import HopError
 from vnetlib.deploy.ansible import DeployError
 from vnetlib.placement import EmbeddingRejected
 from vnetlib.players.client import ClientError, RemoteError
@@ -24,6 +25,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
     (PermissionError, 6, "permission"),
     (RemoteError, 7, "remote-error"),
     (ClientError, 8, "unreachable"),
+    (HopError, 8, "unreachable"),
     (Exception, 9, "failed"),  # anything else: one line, not a traceback (VNET_DEBUG=1 for it)
 )
 
@@ -35,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vnet {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True)
-    for verb in (lab, up, status, execute, ctl, down, serve, pki):
+    for verb in (lab, up, status, execute, ctl, console, down, serve, pki):
         verb.add_parser(sub)
     return parser
 
