@@ -74,3 +74,8 @@ def link_tunnel(vnet_id: str, link: str) -> str:
 
 def link_port(vnet_id: str, link: str, node: str) -> str:
     return f"vp{short_hash(vnet_id, link, node)}"
+
+
+def vm_tap(vnet_id: str, link: str, node: str) -> str:
+    """The tap of a VM node's end of a link (on the substrate host)."""
+    return f"vt{short_hash(vnet_id, link, node)}"

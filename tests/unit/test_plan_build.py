@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vnetlib import naming
 from vnetlib.lab.layout import LabConfig, substrate_of
 from vnetlib.plan.build import PlanError, build_plan, crossing_links
 from vnetlib.plan.model import LinkTask, NodeTask, PortTask, TunnelTask
+from vnetlib.spec import load_vnet
 from vnetlib.spec.model import Interface, LinkEndpoint, VirtualLink, VirtualNode, VNetSpec
+from vnetlib.vm.image import GuestImage
 
 SUBSTRATE = substrate_of(LabConfig(name="lab", hosts=2))
 
@@ -204,3 +208,50 @@ def test_boundary_link_not_stitched_yet_is_left_out() -> None:
         vnis={"l2": 5000},
     )
     assert [seg.link for seg in plan.host("h2").links] == ["l2"]
+
+
+# -- VM nodes ---------------------------------------------------------------------------
+
+VM_SPEC = load_vnet(Path(__file__).resolve().parents[2] / "examples" / "figure6-vm.xml")
+IMAGE = GuestImage(Path("/cache/k/vmlinuz"), Path("/cache/k/initrd.gz"), "k", "console=ttyS0")
+
+
+def _vm_plan(node_states: dict[str, str] | None = None) -> dict:
+    node_map = {n.id: "h1" if n.id in ("e1", "r1", "r2") else "h2" for n in VM_SPEC.nodes}
+    links = crossing_links(VM_SPEC, node_map)
+    return build_plan(VM_SPEC, node_map, SUBSTRATE, vnet_id="v1", lab="lab",
+                      vnis={k: 5000 + i for i, k in enumerate(links)},
+                      node_states=node_states, image=IMAGE).to_dict()
+
+
+def test_vm_nodes_are_domains_with_taps_on_the_link_bridges() -> None:
+    plan = _vm_plan()
+    h1 = plan["hosts"]["h1"]
+    assert [n["vnode"] for n in h1["nodes"]] == ["e1"]  # VMs are no namespaces
+    domains = {d["vnode"]: d for d in h1["domains"]}
+    assert set(domains) == {"r1", "r2"}
+    r1 = domains["r1"]
+    assert r1["hypervisor"] == "qemu" and r1["memory_mb"] == 128 and r1["vcpus"] == 1
+    assert r1["kernel"] == "/cache/k/vmlinuz" and r1["state"] == "running"
+    bridges = {k["bridge"] for k in h1["links"]}
+    for nic in r1["interfaces"]:
+        assert nic["bridge"] in bridges and len(nic["tap"]) <= 15
+        assert f"vnet.if={nic['mac']}," in r1["cmdline"]
+    assert "vnet.hostname=r1" in r1["cmdline"] and "vnet.forward=1" in r1["cmdline"]
+    # no veth port of any link goes into a VM
+    ports = [p["netns"] for k in h1["links"] for p in k["ports"]]
+    assert all(not p.endswith(("-r1", "-r2")) for p in ports)
+    spec_ifaces = sum(1 for k in VM_SPEC.links for e in (k.a, k.b) if e.node == "r1")
+    assert len(r1["interfaces"]) == spec_ifaces
+
+
+def test_stopped_and_paused_vms() -> None:
+    plan = _vm_plan({"r1": "stopped", "r3": "paused"})
+    states = {d["vnode"]: d["state"] for h in plan["hosts"].values() for d in h["domains"]}
+    assert states == {"r1": "shutdown", "r2": "running", "r3": "paused", "r4": "running"}
+
+
+def test_vm_nodes_need_the_image() -> None:
+    with pytest.raises(PlanError, match="needs the guest image"):
+        build_plan(VM_SPEC, {n.id: "h1" for n in VM_SPEC.nodes}, SUBSTRATE, vnet_id="v1",
+                   lab="lab", vnis={})

@@ -46,6 +46,7 @@ from vnetlib.plan.build import PlanError, build_plan, crossing_links
 from vnetlib.players import timeouts
 from vnetlib.spec import dump_vnet, parse_vnet
 from vnetlib.spec.model import Substrate, VNetSpec
+from vnetlib.vm.image import GuestImage, build_image
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ class PipCore:
     deployer: Deployer
     pricing: Pricing = field(default_factory=Pricing)
     on_removed: Callable[[Sliver], None] | None = None  # e.g. kill the tenant's processes
+    images: Callable[[], GuestImage] = build_image  # the VM guest image, built on first use
     holder: str = field(default_factory=this_holder)
 
     @property
@@ -187,12 +189,17 @@ class PipCore:
             b.bandwidth_mbps for b in spec.boundary)
         return round(cpu * self.pricing.per_cpu + mbps * self.pricing.per_mbps, 6)
 
+    def _image(self, s: Sliver | VNetSpec) -> GuestImage | None:
+        spec = spec_of(s.spec_xml) if isinstance(s, Sliver) else s
+        return self.images() if any(n.kind.is_vm for n in spec.nodes) else None
+
     def plan(self, s: Sliver) -> dict[str, Any]:
         """The deployment plan of a sliver as it stands (plain data)."""
         boundary = {st.link: (st.remote, st.vni) for st in s.stitches}
         return build_plan(spec_of(s.spec_xml), s.embedding.node_map, self.substrate,
                           vnet_id=s.id, lab=self.name, vnis=self.ledger.vnis_of(s.id),
-                          boundary=boundary, stopped=s.stopped).to_dict()
+                          boundary=boundary, node_states=s.node_states,
+                          image=self._image(s)).to_dict()
 
     # -- negotiation ---------------------------------------------------------------
 
@@ -539,7 +546,7 @@ class PipCore:
             vnis[link] = candidate
             used.add(candidate)
         plan = build_plan(spec, embedding.node_map, self.substrate, vnet_id=sliver_id,
-                          lab=self.name, vnis=vnis).to_dict()
+                          lab=self.name, vnis=vnis, image=self._image(spec)).to_dict()
         self.deployer.apply(plan, "present", check=True, progress=progress)
         return embedding, plan
 

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 
 from vnetlib import naming
-from vnetlib.plan.model import DeploymentPlan, HostPlan, LinkTask, NodeTask, PortTask, TunnelTask
-from vnetlib.spec.model import LinkEndpoint, Substrate, VirtualLink, VNetSpec
+from vnetlib.plan.model import (
+    DeploymentPlan,
+    DomainNic,
+    DomainTask,
+    HostPlan,
+    LinkTask,
+    NodeTask,
+    PortTask,
+    TunnelTask,
+)
+from vnetlib.spec.model import LinkEndpoint, Substrate, VNetSpec
+from vnetlib.vm.image import GuestImage, kernel_cmdline, mac_for
+
+RUNNING = "running"
+DOMAIN_STATES = {"running": "running", "stopped": "shutdown", "paused": "paused"}
 
 VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50
@@ -17,16 +31,6 @@ SUBSTRATE_MTU = 1500
 
 class PlanError(ValueError):
     """The embedding does not fit the spec or the substrate."""
-
-
-def _port(lab: str, vnet_id: str, link: VirtualLink, end: LinkEndpoint, mtu: int) -> PortTask:
-    return PortTask(
-        netns=naming.vnode_netns(lab, vnet_id, end.node),
-        ifname=end.interface.name,
-        peer=naming.link_port(vnet_id, link.id, end.node),
-        addresses=end.interface.addresses,
-        mtu=mtu,
-    )
 
 
 def _data_address(substrate: Substrate, host: str) -> str:
@@ -45,7 +49,8 @@ def build_plan(
     lab: str,
     vnis: Mapping[str, int],
     boundary: Mapping[str, tuple[str, int]] | None = None,
-    stopped: Collection[str] = (),
+    node_states: Mapping[str, str] | None = None,
+    image: GuestImage | None = None,
 ) -> DeploymentPlan:
     """Lay out every virtual node and link segment on the hosts of `node_map`.
 
@@ -59,8 +64,33 @@ def build_plan(
     remote address. Boundary links not in `boundary` (not stitched yet) are
     left out.
 
-    The virtual nodes in `stopped` (by id) are down: their ends of every link.
+    `node_states` maps nodes that are not running to `stopped` or `paused`:
+    their ends of every link are down (a VM is also shut down or paused).
+
+    VM nodes (kind qemu or xen) are libvirt domains booting `image`; their
+    ends of links are taps on the link's bridge, configured by the guest from
+    its kernel command line.
     """
+    states = dict(node_states or {})
+    vms = {n.id: n for n in spec.nodes if n.kind.is_vm}
+    if vms and image is None:
+        raise PlanError(f"VM node {min(vms)} needs the guest image, and none was given")
+    nics: dict[str, list[tuple[str, LinkEndpoint, str]]] = defaultdict(list)
+
+    def ends(link_id: str, bridge: str, *pairs: tuple[LinkEndpoint, int]) -> tuple[PortTask, ...]:
+        """The veth ports of the netns ends; VM ends are noted as the domain's NICs."""
+        out = []
+        for end, mtu in pairs:
+            if end.node in vms:
+                nics[end.node].append((link_id, end, bridge))
+            else:
+                out.append(PortTask(
+                    netns=naming.vnode_netns(lab, vnet_id, end.node),
+                    ifname=end.interface.name,
+                    peer=naming.link_port(vnet_id, link_id, end.node),
+                    addresses=end.interface.addresses, mtu=mtu))
+        return tuple(out)
+
     hosts = {h.name for h in substrate.hosts}
     for node in spec.nodes:
         host = node_map.get(node.id)
@@ -72,6 +102,8 @@ def build_plan(
     nodes: dict[str, list[NodeTask]] = defaultdict(list)
     links: dict[str, list[LinkTask]] = defaultdict(list)
     for node in spec.nodes:
+        if node.id in vms:
+            continue
         nodes[node_map[node.id]].append(
             NodeTask(
                 vnode=node.id,
@@ -84,10 +116,7 @@ def build_plan(
         host_a, host_b = node_map[link.a.node], node_map[link.b.node]
         bridge = naming.link_bridge(vnet_id, link.id)
         if host_a == host_b:
-            ports = (
-                _port(lab, vnet_id, link, link.a, SUBSTRATE_MTU),
-                _port(lab, vnet_id, link, link.b, SUBSTRATE_MTU),
-            )
+            ports = ends(link.id, bridge, (link.a, SUBSTRATE_MTU), (link.b, SUBSTRATE_MTU))
             links[host_a].append(LinkTask(link.id, bridge, ports, None, link.bandwidth_mbps))
             continue
         if link.id not in vnis:
@@ -102,8 +131,8 @@ def build_plan(
                 remote=_data_address(substrate, there),
                 dstport=VXLAN_PORT,
             )
-            port = _port(lab, vnet_id, link, end, mtu)
-            links[here].append(LinkTask(link.id, bridge, (port,), tunnel, link.bandwidth_mbps))
+            links[here].append(LinkTask(link.id, bridge, ends(link.id, bridge, (end, mtu)),
+                                        tunnel, link.bandwidth_mbps))
 
     mtu = SUBSTRATE_MTU - VXLAN_OVERHEAD
     for blink in spec.boundary:
@@ -119,27 +148,41 @@ def build_plan(
             remote=remote,
             dstport=VXLAN_PORT,
         )
-        port = PortTask(
-            netns=naming.vnode_netns(lab, vnet_id, blink.endpoint.node),
-            ifname=blink.endpoint.interface.name,
-            peer=naming.link_port(vnet_id, blink.id, blink.endpoint.node),
-            addresses=blink.endpoint.interface.addresses,
-            mtu=mtu,
-        )
-        links[here].append(
-            LinkTask(blink.id, naming.link_bridge(vnet_id, blink.id), (port,), tunnel,
-                     blink.bandwidth_mbps)
-        )
+        bridge = naming.link_bridge(vnet_id, blink.id)
+        links[here].append(LinkTask(blink.id, bridge, ends(blink.id, bridge,
+                                                           (blink.endpoint, mtu)),
+                                    tunnel, blink.bandwidth_mbps))
 
-    if stopped:
-        down = {naming.vnode_netns(lab, vnet_id, n) for n in stopped}
+    if states:
+        down = {naming.vnode_netns(lab, vnet_id, n) for n, st in states.items() if st != RUNNING}
         for host, tasks in links.items():
             links[host] = [dataclasses.replace(t, ports=tuple(
                 dataclasses.replace(p, up=p.netns not in down) for p in t.ports)) for t in tasks]
-    used = sorted(set(nodes) | set(links))
+    domains: dict[str, list[DomainTask]] = defaultdict(list)
+    for node_id, node in sorted(vms.items()):
+        assert image is not None
+        mine = nics[node_id]
+        try:
+            cmdline = kernel_cmdline(
+                image, node_id,
+                [(mac_for(vnet_id, node_id, end.interface.name), end.interface.addresses)
+                 for _, end, _ in mine], node.forwarding)
+        except ValueError as exc:
+            raise PlanError(f"virtual node {node_id}: {exc}") from exc
+        domains[node_map[node_id]].append(DomainTask(
+            vnode=node_id, name=naming.vnode_netns(lab, vnet_id, node_id),
+            hypervisor=node.kind.value, vcpus=max(1, math.ceil(node.cpu)),
+            memory_mb=node.memory_mb, kernel=str(image.kernel), initrd=str(image.initrd),
+            cmdline=cmdline,
+            interfaces=tuple(DomainNic(naming.vm_tap(vnet_id, link_id, node_id),
+                                       mac_for(vnet_id, node_id, end.interface.name), bridge)
+                             for link_id, end, bridge in mine),
+            state=DOMAIN_STATES[states.get(node_id, RUNNING)]))
+    used = sorted(set(nodes) | set(links) | set(domains))
     return DeploymentPlan(
         vnet=vnet_id,
-        hosts=tuple(HostPlan(host=h, nodes=tuple(nodes[h]), links=tuple(links[h])) for h in used),
+        hosts=tuple(HostPlan(host=h, nodes=tuple(nodes[h]), links=tuple(links[h]),
+                             domains=tuple(domains[h])) for h in used),
     )
 
 

@@ -59,10 +59,38 @@ class LinkTask:
 
 
 @dataclass(frozen=True, slots=True)
+class DomainNic:
+    """A VM's interface: a tap on the host, joined to a link's bridge."""
+
+    tap: str
+    mac: str
+    bridge: str
+
+
+@dataclass(frozen=True, slots=True)
+class DomainTask:
+    """A virtual node realized as a VM (a libvirt domain) on one host; the
+    module is ``vnet.infra.vnet_domain``. The guest configures its addresses
+    from ``cmdline`` (matched by MAC)."""
+
+    vnode: str
+    name: str
+    hypervisor: str
+    vcpus: int
+    memory_mb: int
+    kernel: str
+    initrd: str
+    cmdline: str
+    interfaces: tuple[DomainNic, ...] = ()
+    state: str = "running"  # running | shutdown | paused
+
+
+@dataclass(frozen=True, slots=True)
 class HostPlan:
     host: str
     nodes: tuple[NodeTask, ...] = ()
     links: tuple[LinkTask, ...] = ()
+    domains: tuple[DomainTask, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
