@@ -31,6 +31,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
     [ "$made_policy" = 1 ] && rm -f "$policy"
 fi
 
+# Debian's udev rules give /dev/kvm to group kvm with mode 0660, and libvirt's
+# QEMU user (libvirt-qemu) is in that group. Without udev (containers) it
+# stays root's 0600: QEMU cannot use KVM, and libvirt 9.0 then probes QEMU's
+# capabilities again (about 40 s here) on every define and start, as its
+# cached probe disagrees with what the QEMU user may open.
+if [ -c /dev/kvm ] && getent group kvm >/dev/null \
+   && [ "$(stat -c %G:%a /dev/kvm)" != "kvm:660" ]; then
+    chgrp kvm /dev/kvm
+    chmod 0660 /dev/kvm
+fi
+
 if [ ! -x .venv/bin/python ]; then
     echo "no .venv: run scripts/install.sh first" >&2
     exit 1

@@ -294,9 +294,10 @@ def test_qemu_domain_with_tap_in_a_netns(
         assert lookup(conn, prefix) is None
         assert link(netns, tap) is None and link(None, tap) is None
         assert link(netns, bridge) is not None
-        assert run({"name": prefix, "uri": QEMU_URI, "state": "absent", "netns": netns})[
-            "changed"
-        ] is False
+        assert (
+            run({"name": prefix, "uri": QEMU_URI, "state": "absent", "netns": netns})["changed"]
+            is False
+        )
     finally:
         dom = lookup(conn, prefix)
         if dom is not None:
