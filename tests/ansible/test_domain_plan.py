@@ -1,0 +1,212 @@
+"""Unit tests of vnet_domain's pure want/have/plan (no root, no libvirt)."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.vnet.infra.plugins.module_utils import _domain as mu
+
+from vnetlib.vm import domain as vm
+
+PID = 4242
+NS = "vl-lab-h1"
+SPEC = mu.DomainSpec(
+    "vn1",
+    memory_mb=128,
+    kernel="/k",
+    initrd="/i",
+    cmdline="console=ttyS0",
+    interfaces=(mu.Nic("vt0", "52:54:00:00:00:01"), mu.Nic("vt1", "52:54:00:00:00:02")),
+)
+BRIDGES = {"vt0": "vb0", "vt1": "vb1"}
+OTHER = mu.DomainSpec("vn1", memory_mb=64)
+
+
+def want(state: str = "running", spec: mu.DomainSpec | None = SPEC, **kw: object) -> mu.Want:
+    args: dict = {"netns": NS, "bridges": BRIDGES, **kw}
+    return mu.Want("vn1", state, spec, **args)
+
+
+def have(state: str = "running", **kw: object) -> mu.Have:
+    taps = {
+        "vt0": mu.Tap("vt0", NS, "vb0", True, True),
+        "vt1": mu.Tap("vt1", NS, "vb1", True, True),
+    }
+    args: dict = {
+        "exists": True,
+        "spec": SPEC,
+        "uuid": "u1",
+        "state": state,
+        "taps": taps,
+        "netns_exists": True,
+        "bridges": frozenset({"vb0", "vb1"}),
+        **kw,
+    }
+    return mu.Have(**args)
+
+
+START = [
+    ["libvirt", "start", "vn1"],
+    ["ip", "link", "set", "dev", "vt0", "netns", NS],
+    ["ip", "-n", NS, "link", "set", "dev", "vt0", "master", "vb0"],
+    ["ip", "-n", NS, "link", "set", "dev", "vt0", "up"],
+    ["ip", "link", "set", "dev", "vt1", "netns", NS],
+    ["ip", "-n", NS, "link", "set", "dev", "vt1", "master", "vb1"],
+    ["ip", "-n", NS, "link", "set", "dev", "vt1", "up"],
+]
+BACK = [
+    ["ip", "-n", NS, "link", "set", "dev", "vt0", "netns", str(PID)],
+    ["ip", "-n", NS, "link", "set", "dev", "vt1", "netns", str(PID)],
+]
+
+
+@pytest.mark.parametrize(
+    ("w", "h", "expected"),
+    [
+        pytest.param(
+            want(),
+            have(exists=False, spec=None, uuid=None, state="shutoff", taps={}),
+            [
+                ["libvirt", "define", "vn1"],
+                ["ip", "tuntap", "add", "dev", "vt0", "mode", "tap"],
+                ["ip", "tuntap", "add", "dev", "vt1", "mode", "tap"],
+                *START,
+            ],
+            id="create-and-start",
+        ),
+        pytest.param(want(), have(), [], id="idempotent"),
+        pytest.param(want(), have(state="shutoff"), [*BACK, *START], id="start-moves-taps-back"),
+        pytest.param(
+            want(),
+            have(taps={"vt0": mu.Tap("vt0", NS, None, False), "vt1": have().taps["vt1"]}),
+            [
+                ["ip", "-n", NS, "link", "set", "dev", "vt0", "master", "vb0"],
+                ["ip", "-n", NS, "link", "set", "dev", "vt0", "up"],
+            ],
+            id="reattach",
+        ),
+        pytest.param(
+            want(),
+            have(spec=OTHER),
+            [
+                ["libvirt", "define", "vn1"],
+                ["libvirt", "destroy", "vn1"],
+                *BACK,
+                *START,
+            ],
+            id="changed-definition-restarts",
+        ),
+        pytest.param(
+            want(state="present"),
+            have(spec=OTHER),
+            [["libvirt", "define", "vn1"]],
+            id="present-only-redefines",
+        ),
+        pytest.param(
+            want(kvm=True),
+            have(),
+            [["libvirt", "define", "vn1"], ["libvirt", "destroy", "vn1"], *BACK, *START],
+            id="accel-change",
+        ),
+        pytest.param(want(), have(state="paused"), [["libvirt", "resume", "vn1"]], id="resume"),
+        pytest.param(want("paused"), have(), [["libvirt", "suspend", "vn1"]], id="suspend"),
+        pytest.param(want("shutdown"), have(), [["libvirt", "shutdown", "vn1"]], id="shutdown"),
+        pytest.param(want("shutdown"), have(state="shutoff"), [], id="shutdown-idempotent"),
+        pytest.param(
+            want("absent", None),
+            have(),
+            [
+                ["libvirt", "destroy", "vn1"],
+                ["libvirt", "undefine", "vn1"],
+                ["ip", "-n", NS, "link", "del", "dev", "vt0"],
+                ["ip", "-n", NS, "link", "del", "dev", "vt1"],
+            ],
+            id="absent",
+        ),
+        pytest.param(
+            want("absent", None),
+            have(exists=False, spec=None, taps={"vt0": mu.Tap("vt0", None)}),
+            [],
+            id="absent-leaves-taps-it-cannot-name",
+        ),
+        pytest.param(
+            want("absent", None), have(exists=False, spec=None, taps={}), [], id="absent-idempotent"
+        ),
+        pytest.param(
+            want(netns=None, bridges={}),
+            have(exists=False, spec=None, state="shutoff", taps={}),
+            [["libvirt", "define", "vn1"], ["libvirt", "start", "vn1"]],
+            id="no-netns-no-taps",
+        ),
+    ],
+)
+def test_plan(w: mu.Want, h: mu.Have, expected: list[list[str]]) -> None:
+    assert mu.plan(w, h, PID) == expected
+
+
+def test_missing_bridge_and_netns_named() -> None:
+    with pytest.raises(mu.PlanError, match="bridge vb1 for tap vt1 is not in netns vl-lab-h1"):
+        mu.plan(want(), have(state="shutoff", bridges=frozenset({"vb0"})), PID)
+    with pytest.raises(mu.PlanError, match="netns vl-lab-h1 does not exist"):
+        mu.plan(want(), have(netns_exists=False), PID)
+
+
+def test_want_from_params() -> None:
+    params = {
+        "name": "vn1",
+        "state": "running",
+        "hypervisor": "qemu",
+        "vcpus": 1,
+        "memory_mb": 128,
+        "kernel": "/k",
+        "initrd": "/i",
+        "cmdline": "console=ttyS0",
+        "serial": "pty",
+        "vnc": False,
+        "interfaces": [
+            {"tap": "vt0", "mac": "52:54:00:00:00:01", "bridge": "vb0"},
+            {"tap": "vt1", "mac": "52:54:00:00:00:02", "bridge": "vb1"},
+        ],
+        "netns": NS,
+    }
+    assert mu.want_from_params(params, kvm=True) == want(kvm=True)
+    with pytest.raises(mu.PlanError, match="no netns"):
+        mu.want_from_params({**params, "netns": None}, kvm=False)
+    xen = mu.want_from_params({**params, "hypervisor": "xen"}, kvm=True)
+    assert xen.spec is not None and xen.spec.hypervisor == "xen" and xen.kvm is False
+
+
+def test_parse_taps_and_bridges() -> None:
+    text = """[
+      {"ifname": "lo", "flags": ["LOOPBACK", "UP"]},
+      {"ifname": "vb0", "flags": ["UP"], "linkinfo": {"info_kind": "bridge"}},
+      {"ifname": "vt0", "flags": ["BROADCAST", "UP", "LOWER_UP"], "master": "vb0",
+       "linkinfo": {"info_kind": "tun", "info_data": {"type": "tap"}}},
+      {"ifname": "vt1", "flags": ["BROADCAST", "NO-CARRIER"],
+       "linkinfo": {"info_kind": "tun"}}
+    ]"""
+    assert mu.parse_taps(text, NS) == {
+        "vt0": mu.Tap("vt0", NS, "vb0", True, True),
+        "vt1": mu.Tap("vt1", NS, None, False, False),
+    }
+    assert mu.parse_bridges(text) == frozenset({"vb0"})
+
+
+@pytest.mark.parametrize("kvm", [False, True])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"name": "q1", "memory_mb": 64},
+        {"name": "q2", "kernel": "/k", "initrd": "/i", "cmdline": "a b", "vnc": True},
+        {"name": "x1", "hypervisor": "xen", "kernel": "/k", "serial": None},
+    ],
+)
+def test_module_copy_of_the_domain_model_matches_vnetlib(fields: dict, kvm: bool) -> None:
+    """module_utils/_domain.py carries a copy of vnetlib/vm/domain.py: same XML, same parse."""
+    nics = (("vt0", "52:54:00:00:00:01"),)
+    ours = vm.DomainSpec(**fields, interfaces=tuple(vm.Nic(*n) for n in nics))
+    theirs = mu.DomainSpec(**fields, interfaces=tuple(mu.Nic(*n) for n in nics))
+    xml = vm.domain_xml(ours, kvm=kvm, uuid="u")
+    assert mu.domain_xml(theirs, kvm=kvm, uuid="u") == xml
+    assert mu.parse_domain(xml) == (theirs, kvm and theirs.hypervisor == "qemu")
+    assert vm.parse_domain(xml) == (ours, kvm and ours.hypervisor == "qemu")
+    assert mu.DomainSpec.__slots__ == vm.DomainSpec.__slots__
