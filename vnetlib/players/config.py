@@ -25,6 +25,7 @@ max_price = 1000.0
 timeout = 840.0                # a whole instantiation at the VNP (timeouts.VNO_TO_VNP)
 retry_seconds = 2.0            # reconciler: first retry (unknown VNets, deletions)
 retry_max_seconds = 120.0
+ssh_listen = "127.0.0.1:0"     # optional: SSH front door to consoles (vnetlib/console/sshd.py)
 [faults]                       # fault injection, for tests only
 fail_at = ""                   # "" | "quote" | "allocate" | "provision" (the PIP) |
                                # "vno-before-vnp" | "vno-after-vnp" | "vnp-after-allocate" |
@@ -96,6 +97,7 @@ class VnoSection:
     timeout: float = timeouts.VNO_TO_VNP  # bounds a whole instantiation through the VNP
     retry_seconds: float = 2.0  # the reconciler's first retry; doubling up to the max
     retry_max_seconds: float = 120.0
+    ssh_listen: str = ""  # "HOST:PORT": an SSH front door to consoles; "": none
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@ its credentials from the lab CA, and the HTTPS server it listens on."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from vnetlib.console.broker import ConsoleHub, attach_console
+from vnetlib.console.sshd import SshFrontDoor, front_door
 from vnetlib.core.deployer import Deployer
 from vnetlib.players.config import PlayerConfig
 from vnetlib.players.pip import PipService
@@ -58,7 +60,12 @@ class ManagementNode:
             # stopped by interrupt() (which `vnet serve` calls at a signal) or stop().
             self.console: ConsoleHub = attach_console(self.service, self.credentials,
                                                       config).start()
+            self.ssh: SshFrontDoor | None = None
+            if isinstance(self.service, VnoService) and config.vno.ssh_listen:
+                self.ssh = front_door(self.service, self.console, config).start()
         except BaseException:
+            with contextlib.suppress(AttributeError):
+                self.console.stop()
             self.service.close()
             raise
         if isinstance(self.service, VnpService):
@@ -79,6 +86,8 @@ class ManagementNode:
         """Tell long handlers (injected stalls) to give up, so the server can stop;
         end the console sessions (each gets a notice)."""
         self.service.closing.set()
+        if self.ssh is not None:
+            self.ssh.stop()
         self.console.stop()
 
     def stop(self) -> None:

@@ -38,6 +38,7 @@ from vnetlib.players.server import (
     UpstreamFailed,
     require_owner,
 )
+from vnetlib.players.sshkeys import KeyStore, add_key_routes
 from vnetlib.players.stores import PlayerStore, Record
 from vnetlib.spec import dump_vnet
 from vnetlib.spec.model import VNetSpec
@@ -90,6 +91,8 @@ class VnoService(Service):
         self.add_route("GET", "/v1/vnets/{id}", self.get, roles=sp)
         self.add_route("DELETE", "/v1/vnets/{id}", self.delete, roles=sp)
         self.add_route("POST", "/v1/vnets/{id}/action", self.action, roles=sp)
+        self.keys = KeyStore(config.store, config.name)  # SPs' SSH keys
+        add_key_routes(self, self.keys)
         self._recover()
         self.reconciler = Reconciler(self.name, self.reconcile,
                                      most=config.vno.retry_max_seconds)
@@ -98,6 +101,7 @@ class VnoService(Service):
     def close(self) -> None:
         self.closing.set()
         self.reconciler.stop()
+        self.keys.close()
         self.store.close()
 
     def _fault(self, point: str) -> None:
