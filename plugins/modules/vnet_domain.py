@@ -50,8 +50,13 @@ options:
   accel:
     description:
       - QEMU only. V(kvm) asks for a domain of type kvm, V(tcg) for type qemu
-        (emulation). V(auto) picks kvm when the URI reaches QEMU and
-        C(/dev/kvm) is readable and writable by the user QEMU runs as.
+        (emulation).
+      - V(auto) picks kvm only where KVM really works, when the URI reaches
+        QEMU, C(/dev/kvm) is readable and writable by the user QEMU runs as,
+        and QEMU with KVM gets O(kernel) to print its banner on the serial line
+        within 5 seconds (a nested KVM can take a VM and never run it). The
+        verdict is kept under C(/run/vnet) per kernel and QEMU binary.
+        Without O(kernel), V(auto) is V(tcg).
     type: str
     choices: [auto, kvm, tcg]
     default: auto
@@ -106,7 +111,7 @@ options:
         type: str
   netns:
     description:
-      - Network namespace (under C(/run/netns)) the taps are moved into: the
+      - Network namespace (under C(/run/netns)) the taps are moved into, the
         substrate host that carries the virtual node. It must exist, and so
         must each O(interfaces[].bridge) in it.
       - Without it the module does not touch taps; they must exist where
@@ -131,7 +136,7 @@ requirements:
   - iproute2 (C(ip)) and root privileges when O(netns) is given.
 notes:
   - The module must run in libvirtd's network namespace (in the vnet lab, the
-    root namespace: delegate the task to localhost), since that is where libvirt
+    root namespace, so delegate the task to localhost), since that is where libvirt
     opens the taps; O(netns) names the substrate host's namespace.
   - Xen domains are generated and validated against libvirt's schema, but vnet
     has not run them on a Xen host.
@@ -177,12 +182,19 @@ xml:
   description: The domain XML the module defines (absent with O(state=absent)).
   returned: when state is not absent
   type: str
+accel:
+  description: The accelerator of a QEMU domain, V(kvm) or V(tcg).
+  returned: when state is not absent and hypervisor is qemu
+  type: str
+  sample: tcg
 """
 
 import grp
+import hashlib
 import os
 import pwd
 import stat
+import tempfile
 import time
 import traceback
 
@@ -241,6 +253,9 @@ ARGUMENT_SPEC = dict(
 QEMU_CONF = "/etc/libvirt/qemu.conf"
 QEMU_USER = "libvirt-qemu"
 NETNS_DIR = "/run/netns"
+PROBE_DIR = "/run/vnet"
+PROBE_SECONDS = 5
+QEMU = "qemu-system-x86_64"
 
 
 def qemu_user() -> str:
@@ -248,8 +263,8 @@ def qemu_user() -> str:
     try:
         with open(QEMU_CONF) as conf:
             for line in conf:
-                key, _, value = line.partition("=")
-                if key.strip() == "user":
+                key, sep, value = line.partition("=")
+                if sep and key.strip() == "user":
                     return value.strip().strip('"')
     except OSError:
         pass
@@ -278,6 +293,39 @@ def kvm_usable(user: str) -> bool:
     else:
         shift = 0
     return (st.st_mode >> shift) & 0o6 == 0o6
+
+
+def kvm_boots(module: AnsibleModule, kernel: str) -> bool:
+    """Whether QEMU with KVM gets ``kernel`` to print its banner on ttyS0 in time.
+
+    Opening /dev/kvm and creating a VM can succeed on a host where a guest
+    then never runs (nested KVM here); only running one tells. The verdict
+    is cached per kernel and QEMU binary (by path, size and mtime).
+    """
+    qemu = module.get_bin_path(QEMU)
+    if qemu is None or not os.path.exists(kernel):
+        return False
+    facts = []
+    for path in (kernel, qemu):
+        st = os.stat(path)
+        facts.append("%s:%d:%d" % (path, st.st_size, st.st_mtime_ns))
+    key = hashlib.sha256("\0".join(facts).encode()).hexdigest()[:16]
+    verdict = os.path.join(PROBE_DIR, "kvm-%s" % key)
+    if os.path.exists(verdict):
+        with open(verdict) as f:
+            return f.read().strip() == "1"
+    with tempfile.TemporaryDirectory(prefix="vnet-kvm-probe-") as tmp:
+        log = os.path.join(tmp, "serial")
+        argv = ["timeout", str(PROBE_SECONDS), qemu, "-accel", "kvm", "-display", "none"]
+        argv += ["-nodefaults", "-no-reboot", "-m", "128", "-serial", "file:" + log]
+        argv += ["-kernel", kernel, "-append", "console=ttyS0 panic=-1"]
+        module.run_command(argv)
+        with open(log, "rb") if os.path.exists(log) else open(os.devnull, "rb") as f:
+            ok = b"Linux version" in f.read()
+    os.makedirs(PROBE_DIR, exist_ok=True)
+    with open(verdict, "w") as f:
+        f.write("1\n" if ok else "0\n")
+    return ok
 
 
 class Host:
@@ -369,7 +417,14 @@ def run_module(module: AnsibleModule, host: Host) -> dict:
     params = module.params
     accel = params["accel"]
     if accel == "auto":
-        kvm = host.conn.getType() == "QEMU" and kvm_usable(qemu_user())
+        kernel = params["kernel"]
+        kvm = bool(
+            params["hypervisor"] == "qemu"
+            and kernel
+            and host.conn.getType() == "QEMU"
+            and kvm_usable(qemu_user())
+            and kvm_boots(module, kernel)
+        )
     else:
         kvm = accel == "kvm"
     want = want_from_params(params, kvm=kvm)
@@ -382,6 +437,8 @@ def run_module(module: AnsibleModule, host: Host) -> dict:
     result = dict(changed=bool(commands), commands=commands, diff=dict(before=before, after=after))
     if xml is not None:
         result["xml"] = xml
+        if want.spec is not None and want.spec.hypervisor == "qemu":
+            result["accel"] = "kvm" if want.kvm else "tcg"
     if commands and not module.check_mode:
         host.apply(commands, xml, params["shutdown_timeout"])
         left = plan(want, host.have(want), os.getpid())

@@ -307,3 +307,65 @@ def test_qemu_domain_with_tap_in_a_netns(
         conn.close()
         sh("ip", "netns", "delete", netns, check=False)
         sh("ip", "link", "delete", tap, check=False)
+
+
+def cached_image() -> tuple[Path, Path] | None:
+    """vmlinuz and initrd.gz of a guest image built by vnetlib.vm.image, if any."""
+    cache = Path(os.environ.get("VNET_IMAGE_CACHE", "/var/cache/vnet/images"))
+    for kernel in sorted(cache.glob("*/vmlinuz")):
+        if (kernel.parent / "initrd.gz").exists():
+            return kernel, kernel.parent / "initrd.gz"
+    return None
+
+
+def test_guest_image_answers_ping_over_the_moved_tap(
+    run: Runner, daemons: libvirtd.Daemons
+) -> None:
+    image = cached_image()
+    if image is None:
+        pytest.skip("no guest image under /var/cache/vnet/images (vnetlib.vm.image.build_image)")
+    from vnetlib.vm.image import CMDLINE_BASE, GuestImage, kernel_cmdline, mac_for
+
+    prefix = "vt" + secrets.token_hex(3)
+    netns, tap, bridge = f"{prefix}-h1", f"{prefix}t0", "vbr0"
+    octet = secrets.randbelow(250) + 1
+    mac = mac_for(prefix, "r1", "eth0")
+    guest = GuestImage(kernel=image[0], initrd=image[1], key="", cmdline_base=CMDLINE_BASE)
+    args = {
+        "name": prefix,
+        "uri": QEMU_URI,
+        "state": "running",
+        "memory_mb": 128,
+        "kernel": str(image[0]),
+        "initrd": str(image[1]),
+        "cmdline": kernel_cmdline(guest, "r1", [(mac, [f"198.18.{octet}.1/24"])], False),
+        "interfaces": [{"tap": tap, "mac": mac, "bridge": bridge}],
+        "netns": netns,
+    }
+    conn = libvirt.open(QEMU_URI)
+    try:
+        sh("ip", "netns", "add", netns)
+        sh("ip", "-n", netns, "link", "add", bridge, "type", "bridge")
+        sh("ip", "-n", netns, "address", "add", f"198.18.{octet}.2/24", "dev", bridge)
+        sh("ip", "-n", netns, "link", "set", bridge, "up")
+        started = time.monotonic()
+        result = run(args)
+        assert result["accel"] in ("kvm", "tcg")
+        ping = ["ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "1", f"198.18.{octet}.1"]
+        deadline = time.monotonic() + 45
+        while sh(*ping, check=False).returncode != 0:
+            assert time.monotonic() < deadline, "the guest did not answer ping in 45 s"
+            time.sleep(0.2)
+        print(f"accel {result['accel']}: guest answers ping {time.monotonic() - started:.1f} s")
+        assert run(args)["changed"] is False
+        run({"name": prefix, "uri": QEMU_URI, "state": "absent", "netns": netns})
+        assert lookup(conn, prefix) is None and link(netns, tap) is None
+    finally:
+        dom = lookup(conn, prefix)
+        if dom is not None:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        conn.close()
+        sh("ip", "netns", "delete", netns, check=False)
+        sh("ip", "link", "delete", tap, check=False)
