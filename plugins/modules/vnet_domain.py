@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: vnet_domain
 short_description: Manage a libvirt domain that realizes a VM virtual node of vnet
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Defines, starts, pauses, shuts down or removes a libvirt domain (QEMU, or Xen
     PV) for a virtual node of kind qemu or xen, booting a kernel and initramfs
