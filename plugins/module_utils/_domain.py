@@ -416,7 +416,7 @@ def plan(want: Want, have: Have, here_pid: int) -> list[Command]:
     ``ip link set ... netns``.
     """
     name = want.name
-    if want.netns is not None and not have.netns_exists:
+    if want.netns is not None and not have.netns_exists and want.state != "absent":
         raise PlanError(f"domain {name}: netns {want.netns} does not exist", netns=want.netns)
     if want.state == "absent":
         commands: list[Command] = []

@@ -132,6 +132,12 @@ BACK = [
             want("absent", None), have(exists=False, spec=None, taps={}), [], id="absent-idempotent"
         ),
         pytest.param(
+            want("absent", None),
+            have(state="shutoff", netns_exists=False, taps={"vt1": mu.Tap("vt1", None)}),
+            [["libvirt", "undefine", "vn1"], ["ip", "link", "del", "dev", "vt1"]],
+            id="absent-after-the-netns-went",
+        ),
+        pytest.param(
             want(netns=None, bridges={}),
             have(exists=False, spec=None, state="shutoff", taps={}),
             [["libvirt", "define", "vn1"], ["libvirt", "start", "vn1"]],
