@@ -438,7 +438,10 @@ def plan(want: Want, have: Have, here_pid: int) -> list[Command]:
         if active:
             commands.append([LIBVIRT, "shutdown", name])
         return commands
-    restart = active and redefine
+    # A running domain whose tap is gone (its netns was deleted) has lost
+    # that NIC for good: only a new start gives QEMU a new tap.
+    lost = want.netns is not None and any(t not in have.taps for t in _tap_names(want, have))
+    restart = active and (redefine or lost)
     if restart:
         commands.append([LIBVIRT, "destroy", name])
     if not active or restart:

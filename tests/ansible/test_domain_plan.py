@@ -107,6 +107,17 @@ BACK = [
             [["libvirt", "define", "vn1"], ["libvirt", "destroy", "vn1"], *BACK, *START],
             id="accel-change",
         ),
+        pytest.param(
+            want(),
+            have(taps={"vt1": have().taps["vt1"]}),
+            [
+                ["libvirt", "destroy", "vn1"],
+                ["ip", "tuntap", "add", "dev", "vt0", "mode", "tap"],
+                BACK[1],
+                *START,
+            ],
+            id="lost-tap-restarts",
+        ),
         pytest.param(want(), have(state="paused"), [["libvirt", "resume", "vn1"]], id="resume"),
         pytest.param(want("paused"), have(), [["libvirt", "suspend", "vn1"]], id="suspend"),
         pytest.param(want("shutdown"), have(), [["libvirt", "shutdown", "vn1"]], id="shutdown"),
