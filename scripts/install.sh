@@ -65,5 +65,6 @@ ANSIBLE_COLLECTIONS_PATH="$PWD/$share" .venv/bin/ansible-doc vnet.infra.vnet_nod
 # cached on first use, outside the work tree).
 if [ "$with_tests" = 1 ]; then
     scripts/install-vm.sh
+    scripts/install-libvirt.sh
 fi
 echo "vnet installed: $(.venv/bin/vnet --version); collection vnet.infra: $where"

@@ -121,6 +121,17 @@ options:
     description: Seconds to wait for the guest to power off after an ACPI shutdown before forcing it off.
     type: int
     default: 10
+  ready_marker:
+    description:
+      - With O(state=running), a line the guest prints on its serial console once
+        it is configured (vnet's guest image prints C(vnet-guest-ready NAME)).
+        The module waits for it in the serial log and fails, naming the domain,
+        if the guest prints C(vnet-guest-failed) or nothing within O(boot_timeout).
+    type: str
+  boot_timeout:
+    description: Seconds the guest has to print O(ready_marker).
+    type: int
+    default: 60
 attributes:
   check_mode:
     support: full
@@ -214,6 +225,7 @@ from ansible_collections.vnet.infra.plugins.module_utils._domain import (
     parse_domain,
     parse_taps,
     plan,
+    serial_log,
     want_from_params,
 )
 
@@ -249,7 +261,10 @@ ARGUMENT_SPEC = dict(
     ),
     netns=dict(type="str"),
     shutdown_timeout=dict(type="int", default=10),
+    ready_marker=dict(type="str"),
+    boot_timeout=dict(type="int", default=60),
 )
+FAILED_MARKER = "vnet-guest-failed"
 QEMU_CONF = "/etc/libvirt/qemu.conf"
 QEMU_USER = "libvirt-qemu"
 NETNS_DIR = "/run/netns"
@@ -446,7 +461,33 @@ def run_module(module: AnsibleModule, host: Host) -> dict:
             raise PlanError(
                 "domain %s did not converge; still to do: %s" % (want.name, left), left=left
             )
+    if params["ready_marker"] and want.state == "running" and not module.check_mode:
+        wait_ready(want.name, params["ready_marker"], params["boot_timeout"])
     return result
+
+
+def wait_ready(name: str, marker: str, timeout: int) -> None:
+    """Wait for the guest's ready line in its serial log (kept by virtlogd)."""
+    path = serial_log(name)
+    deadline = time.monotonic() + timeout
+    text = ""
+    while True:
+        try:
+            with open(path, errors="replace") as log:
+                text = log.read()
+        except OSError:
+            text = ""
+        if marker in text:
+            return
+        if FAILED_MARKER in text:
+            line = text[text.index(FAILED_MARKER):].splitlines()[0]
+            raise PlanError("guest of domain %s failed to configure itself: %s" % (name, line),
+                            serial_log=path)
+        if time.monotonic() >= deadline:
+            tail = " | ".join(text.strip().splitlines()[-3:])
+            raise PlanError("guest of domain %s did not come up within %d s (last console "
+                            "lines: %s)" % (name, timeout, tail or "none"), serial_log=path)
+        time.sleep(0.2)
 
 
 def main() -> None:

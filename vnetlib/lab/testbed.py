@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vnetlib import paths
-from vnetlib.lab import exchange, kernel, manage
+from vnetlib.lab import exchange, kernel, manage, vms
 from vnetlib.lab.layout import LabConfig
 from vnetlib.lab.players import load_players, start_players, stop_players
 
@@ -113,6 +113,7 @@ def up(spec: LabSpec) -> kernel.Changes:
         done = manage.up(sub)
         changes.created += done.created
     changes.created += exchange.up(spec.name, substrates).created
+    changes.created += vms.start(directory)
     if spec.players:
         changes.created += start_players(spec, directory)
     return changes
@@ -124,6 +125,7 @@ def down(name: str) -> kernel.Changes:
     changes = kernel.Changes()
     directory = lab_dir(name)
     changes.removed += stop_players(directory)
+    changes.removed += vms.stop(directory, _substrates_of(name))
     for sub in _substrates_of(name):
         changes.removed += manage.down(sub).removed
     changes.removed += kernel.down(name).removed

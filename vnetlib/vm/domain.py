@@ -92,6 +92,14 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
     return element
 
 
+SERIAL_LOG_DIR = "/var/log/libvirt/qemu"
+
+
+def serial_log(name: str) -> str:
+    """Where a domain's serial console output is logged on its host."""
+    return f"{SERIAL_LOG_DIR}/{name}-serial.log"
+
+
 def domain_xml(spec: DomainSpec, *, kvm: bool = False, uuid: str | None = None) -> str:
     """libvirt domain XML for ``spec``; ``kvm`` picks type kvm over TCG (QEMU only).
 
@@ -134,6 +142,9 @@ def domain_xml(spec: DomainSpec, *, kvm: bool = False, uuid: str | None = None) 
             _sub(console, "target", type="xen", port="0")
         else:
             serial = _sub(devices, "serial", type="pty")
+            # Kept by virtlogd whether or not a console is attached: the guest's
+            # boot messages, and its ready marker, are never lost.
+            _sub(serial, "log", file=serial_log(spec.name), append="off")
             _sub(serial, "target", port="0")
             console = _sub(devices, "console", type="pty")
             _sub(console, "target", type="serial", port="0")

@@ -141,6 +141,16 @@ class Daemons:
             f"{daemon.program} did not answer on {daemon.socket} within {self.timeout:.0f} s"
         )
 
+    def adopt(self) -> dict[str, int]:
+        """Take over the daemons an earlier process started with this pid
+        directory (`vnet lab up` starts them, `vnet lab down` stops them)."""
+        for daemon in DAEMONS:
+            pidfile = self.pidfile(daemon)
+            text = pidfile.read_text().strip() if pidfile.exists() else ""
+            if text.isdigit() and _alive(int(text), daemon.name):
+                self._started[daemon.name] = int(text)
+        return self.started
+
     def stop(self, *, timeout: float = STOP_TIMEOUT) -> None:
         """Stop the daemons this object started (SIGTERM, then SIGKILL), libvirtd first."""
         for daemon in reversed(DAEMONS):
