@@ -1,0 +1,1 @@
+"""Benchmark of VM virtual nodes (`python -m bench.vms`)."""
