@@ -9,7 +9,13 @@ import sys
 from vnetlib import naming
 from vnetlib.cli import target
 from vnetlib.cli.output import emit_json
-from vnetlib.instantiate import LocalVNet
+from vnetlib.core.pip import spec_of
+from vnetlib.instantiate import LocalVNet, find
+from vnetlib.spec.model import NodeKind
+from vnetlib.vm import serial
+
+VM_EXEC_TIMEOUT = 60.0
+VM_OUTPUT_MAX = 1 << 20
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +37,21 @@ def node_command(record: LocalVNet, node: str, command: list[str]) -> list[str]:
     return ["ip", "netns", "exec", naming.vnode_netns(record.lab, record.id, node), *command]
 
 
+def node_kind(record: LocalVNet, node: str) -> NodeKind:
+    """How virtual node `node` of a local VNet is realized (netns, qemu, xen)."""
+    _, sliver = find(record.id)
+    found = next((n for n in spec_of(sliver.spec_xml).nodes if n.id == node), None)
+    if found is None:
+        raise LookupError(f"VNet {record.id} has no node {node!r}")
+    return found.kind
+
+
+def vm_exec(record: LocalVNet, node: str, command: list[str]) -> tuple[int, str]:
+    """Run `command` in VM node `node` on its serial console (stderr merged into stdout)."""
+    domain = naming.vnode_netns(record.lab, record.id, node)
+    return serial.run(domain, command, VM_EXEC_TIMEOUT, VM_OUTPUT_MAX)
+
+
 def run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -39,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if record is None:
         # Out-of-VNet access through the chain: VNO -> VNP -> PIP.
         rc, out, err = target.remote(args.vnet, args.lab).exec(args.vnet, args.node, command)
+    elif node_kind(record, args.node) is not NodeKind.NETNS:
+        (rc, out), err = vm_exec(record, args.node, command), ""
     elif args.json:
         done = subprocess.run(node_command(record, args.node, command), capture_output=True,
                               text=True, check=False)
