@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from vnetlib.console.endpoints import ConsoleEndpoint, NetnsShell
+from vnetlib.console.endpoints import ConsoleEndpoint, NetnsShell, VmSerial
 from vnetlib.console.relay import DEFAULT_LIMITS, ConsoleLimits, ConsoleServer
 from vnetlib.console.sessions import Opener, SessionTable
 from vnetlib.console.wire import ByteReader, ByteWriter, dial
@@ -160,6 +160,8 @@ def _vnp_routes(svc: VnpService, hub: ConsoleHub) -> None:
 
 def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
     hub.register("netns", "shell", NetnsShell(svc.confinement, svc.core.name))
+    for hypervisor in ("qemu", "xen"):
+        hub.register(hypervisor, "serial", VmSerial(svc.core.name))
 
     def console(caller: Identity, params: Mapping[str, str],
                 body: bytes) -> tuple[int, bytes]:
@@ -173,6 +175,8 @@ def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
         endpoint = hub.endpoints.get((node.kind.value, req.kind))
         if endpoint is None:
             raise Conflict(f"no {req.kind} console for {node.kind.value} nodes here")
+        if isinstance(endpoint, VmSerial) and endpoint.busy(s, req.node):
+            raise Conflict(f"console in use: node {req.node}'s serial line is held")
 
         async def opener() -> tuple[ByteReader, ByteWriter]:
             return await endpoint.open(s, req.node)

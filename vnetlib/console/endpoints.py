@@ -1,6 +1,7 @@
 """What a PIP's console connects to at the end of the chain: an endpoint per
 (node kind, console kind). A netns node's `shell` is a login shell confined
-like exec, on a pseudo-terminal; a VM's `serial` line plugs in here later."""
+like exec, on a pseudo-terminal; a VM's `serial` is its serial line's pty
+(vnetlib.vm.serial), held exclusively for the session."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from vnetlib import naming
-from vnetlib.console.wire import ByteReader, ByteWriter
+from vnetlib.console.wire import ByteReader, ByteWriter, HopError
 from vnetlib.core.records import Sliver
 from vnetlib.players.confine import Confinement, Spawned
+from vnetlib.vm import serial
 
 SHELL = ("sh", "-i")
 
@@ -101,6 +103,52 @@ class NetnsShell:
         netns = naming.vnode_netns(self.substrate, sliver.id, node)
         spawned = await asyncio.to_thread(self.confinement.spawn, sliver.id, netns, SHELL)
         stream = PtyStream(self.confinement, spawned)
+        return stream, stream
+
+
+class SerialStream(PtyStream):
+    """A VM's serial pty (libvirt's host side) as a reader and a writer; holds
+    the domain's serial lock until close(), so exec waits or is refused."""
+
+    def __init__(self, fd: int, lock: int) -> None:
+        self.fd = fd
+        self.lock = lock
+        self._out = bytearray()
+        self._closed = False
+        self._ended = None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self.fd)
+            serial.release(self.lock)
+
+
+class VmSerial:
+    """The serial console of a VM node (qemu, xen): its root shell, unconfined
+    (the VM is the customer's own machine)."""
+
+    def __init__(self, substrate: str) -> None:
+        self.substrate = substrate
+
+    def busy(self, sliver: Sliver, node: str) -> bool:
+        return serial.busy(naming.vnode_netns(self.substrate, sliver.id, node))
+
+    async def open(self, sliver: Sliver, node: str) -> tuple[ByteReader, ByteWriter]:
+        domain = naming.vnode_netns(self.substrate, sliver.id, node)
+        try:
+            lock = serial.hold(domain)
+        except serial.SerialBusy:
+            raise HopError("console in use") from None
+        try:
+            path = await asyncio.to_thread(serial.pty_path, domain)
+            fd = serial.open_line(path)
+        except (serial.SerialError, OSError):
+            serial.release(lock)
+            raise HopError(f"node {node} has no serial console now (is it running?)") from None
+        with contextlib.suppress(OSError):
+            os.write(fd, b"\r")  # a fresh prompt for whoever just connected
+        stream = SerialStream(fd, lock)
         return stream, stream
 
 

@@ -74,24 +74,44 @@ def _lock_path(domain: str) -> Path:
     return LOCK_DIR / f"{domain}.lock"
 
 
-@contextlib.contextmanager
-def locked(domain: str, wait: float = 0.0) -> Iterator[None]:
-    """Hold the domain's serial line, waiting up to `wait` seconds for it."""
+def hold(domain: str, wait: float = 0.0) -> int:
+    """Take the domain's serial line, waiting up to `wait` seconds for it; the
+    lock's fd, which `release` gives back (closing it releases the lock)."""
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
     fd = os.open(_lock_path(domain), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise SerialBusy(f"the serial console of {domain} is in use") from None
+            time.sleep(0.1)
+
+
+def release(fd: int) -> None:
+    os.close(fd)
+
+
+def busy(domain: str) -> bool:
+    """Whether someone holds the domain's serial line right now."""
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise SerialBusy(f"the serial console of {domain} is in use") from None
-                time.sleep(0.1)
+        release(hold(domain))
+    except SerialBusy:
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def locked(domain: str, wait: float = 0.0) -> Iterator[None]:
+    """Hold the domain's serial line for a block, waiting up to `wait` seconds for it."""
+    fd = hold(domain, wait)
+    try:
         yield
     finally:
-        os.close(fd)
+        release(fd)
 
 
 def open_line(path: str) -> int:
