@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vnetlib import paths
+from vnetlib import naming, paths
 from vnetlib.core.deployer import AnsibleDeployer, Deployer
 from vnetlib.core.ledger import Ledger
 from vnetlib.core.pip import DeployFailed, NotFound, PipCore, Rejected, spec_of
@@ -27,6 +27,7 @@ from vnetlib.deploy.ansible import DEPLOY_PLAYBOOK, DeployError, check_installed
 from vnetlib.placement import EmbeddingRejected
 from vnetlib.players.db import sqlite_url
 from vnetlib.spec import load_substrate, load_vnet
+from vnetlib.vm.observe import domain_states
 
 Progress = Callable[[str], None]
 OPERATOR = "operator"  # the owner of every sliver made on the direct path
@@ -69,12 +70,19 @@ class LocalVNet:
     timings: dict[str, float]
     node_states: dict[str, str]
 
+    observed: dict[str, str]  # what libvirt reports of VM nodes
+
     @classmethod
     def of(cls, core: PipCore, s: Sliver) -> LocalVNet:
-        return cls(s.id, spec_of(s.spec_xml).name, core.name, s.state.value,
+        spec = spec_of(s.spec_xml)
+        vms = {n.id: naming.vnode_netns(core.name, s.id, n.id)
+               for n in spec.nodes if n.kind.is_vm}
+        seen = domain_states(list(vms.values())) if vms and s.deployed else {}
+        return cls(s.id, spec.name, core.name, s.state.value,
                    s.embedding.to_dict(), core.plan(s) if s.deployed else None,
                    dict(s.timings),
-                   {n: s.node_state(n) for n in s.embedding.node_map})
+                   {n: s.node_state(n) for n in s.embedding.node_map},
+                   {n: seen[d] for n, d in vms.items() if d in seen})
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,17 +38,18 @@ def run(args: argparse.Namespace) -> int:
         record = target.local(args.vnet)
         if record is not None:
             detail = _local(record) | {"embedding": record.embedding, "plan": record.plan,
-                                       "node_states": record.node_states}
-            rows = [(n, h, record.node_states.get(n, "running"))
+                                       "node_states": record.node_states,
+                                       "observed": record.observed}
+            rows = [(n, h, record.node_states.get(n, "running"), record.observed.get(n, ""))
                     for n, h in sorted(record.embedding.get("node_map", {}).items())]
-            header = ["node", "host", "state"]
+            header = ["node", "host", "state", "libvirt"]
         else:
             view = target.remote(args.vnet, args.lab).status(args.vnet)
             detail = _remote(view, args.lab)
             states = dict(view.node_states)
             detail["node_states"] = {n: states.get(n, "running") for n in view.nodes}
-            rows = [(n, "", states.get(n, "running")) for n in view.nodes]
-            header = ["node", "", "state"]
+            rows = [(n, "", states.get(n, "running"), "") for n in view.nodes]
+            header = ["node", "", "state", ""]
         if args.json:
             emit_json(detail)
         else:
