@@ -51,15 +51,21 @@ class SerialBusy(SerialError):
     """Another exec or a console session holds the domain's serial line."""
 
 
-def pty_path(domain: str, uri: str = URI) -> str:
-    """The host side of a running domain's serial console (``/dev/pts/N``)."""
-    done = subprocess.run(["virsh", "-c", uri, "dumpxml", domain], capture_output=True,
-                          text=True, check=False, timeout=30)
+def _virsh(uri: str, *args: str) -> str:
+    done = subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True,
+                          check=False, timeout=30)
     if done.returncode != 0:
-        raise SerialError(f"domain {domain}: {done.stderr.strip() or 'not found'}")
-    root = ET.fromstring(done.stdout)
-    if root.get("id") in (None, "-1"):
-        raise SerialError(f"domain {domain} is not running")
+        raise SerialError(f"virsh {args[0]} {args[-1]}: {done.stderr.strip() or 'failed'}")
+    return done.stdout
+
+
+def pty_path(domain: str, uri: str = URI) -> str:
+    """The host side of a running domain's serial console (``/dev/pts/N``); a
+    paused or stopped domain is refused at once (its shell cannot answer)."""
+    state = _virsh(uri, "domstate", domain).strip()
+    if state != "running":
+        raise SerialError(f"domain {domain} is {state}, not running")
+    root = ET.fromstring(_virsh(uri, "dumpxml", domain))
     for device in root.findall("devices/serial") + root.findall("devices/console"):
         source = device.find("source")
         path = source.get("path") if source is not None else device.get("tty")
