@@ -2,29 +2,52 @@
 libvirt is installed (this machine kind has no systemd: both run with `-d`),
 and stopped by `vnet lab down` with every domain of the lab's substrates.
 
-The daemons' pid files sit in the lab's directory, so `lab down` (another
-process) stops exactly what `lab up` started, and nothing that was running
-before.
+Several labs share one libvirtd: the daemons' pid files sit in one place
+(`/run/vnet/libvirt`), each lab that uses them leaves a mark there, and `lab
+down` stops the daemons only when it removes the last mark, and only if a lab
+started them (never a libvirtd that was running before).
 """
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from vnetlib import naming
 from vnetlib.vm import libvirtd
 
 URI = "qemu:///system"
-PIDS = "libvirt"
+SHARED = Path("/run/vnet/libvirt")
+
+
+def _mark(directory: Path) -> Path:
+    return SHARED / "users" / naming.short_hash(str(directory.resolve()), length=16)
+
+
+@contextmanager
+def _shared() -> Iterator[None]:
+    SHARED.mkdir(parents=True, exist_ok=True)
+    with open(SHARED / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def start(directory: Path) -> list[str]:
     """Start libvirtd and virtlogd unless they run already; what was started."""
     if not libvirtd.available():
         return []
-    started = libvirtd.Daemons(directory / PIDS).start()
+    with _shared():
+        mark = _mark(directory)
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.write_text(f"{directory}\n")
+        started = libvirtd.Daemons(SHARED).start()
     return [f"{name} (pid {pid})" for name, pid in sorted(started.items())]
 
 
@@ -50,9 +73,15 @@ def remove_domains(substrates: list[str]) -> list[str]:
 
 
 def stop(directory: Path, substrates: list[str]) -> list[str]:
-    """Remove the lab's domains, then stop the daemons this lab started."""
+    """Remove the lab's domains; stop the daemons a lab started once no lab
+    uses them any more."""
     removed = remove_domains(substrates)
-    daemons = libvirtd.Daemons(directory / PIDS)
-    stopped = daemons.adopt()
-    daemons.stop()
+    with _shared():
+        _mark(directory).unlink(missing_ok=True)
+        users = SHARED / "users"
+        if users.exists() and any(users.iterdir()):
+            return removed
+        daemons = libvirtd.Daemons(SHARED)
+        stopped = daemons.adopt()
+        daemons.stop()
     return removed + [f"{name} (pid {pid})" for name, pid in sorted(stopped.items())]
