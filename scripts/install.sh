@@ -66,5 +66,6 @@ ANSIBLE_COLLECTIONS_PATH="$PWD/$share" .venv/bin/ansible-doc vnet.infra.vnet_nod
 if [ "$with_tests" = 1 ]; then
     scripts/install-vm.sh
     scripts/install-libvirt.sh
+    scripts/install-webconsole.sh
 fi
 echo "vnet installed: $(.venv/bin/vnet --version); collection vnet.infra: $where"

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from vnetlib.console.endpoints import ConsoleEndpoint, NetnsShell, VmSerial
+from vnetlib.console.endpoints import ConsoleEndpoint, NetnsShell, VmSerial, VmVnc
 from vnetlib.console.relay import DEFAULT_LIMITS, ConsoleLimits, ConsoleServer
 from vnetlib.console.sessions import Opener, SessionTable
 from vnetlib.console.wire import ByteReader, ByteWriter, dial
@@ -162,6 +162,7 @@ def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
     hub.register("netns", "shell", NetnsShell(svc.confinement, svc.core.name))
     for hypervisor in ("qemu", "xen"):
         hub.register(hypervisor, "serial", VmSerial(svc.core.name))
+    hub.register("qemu", "vnc", VmVnc(svc.core.name))
 
     def console(caller: Identity, params: Mapping[str, str],
                 body: bytes) -> tuple[int, bytes]:

@@ -18,7 +18,7 @@ from vnetlib.plan.model import (
     PortTask,
     TunnelTask,
 )
-from vnetlib.spec.model import LinkEndpoint, Substrate, VNetSpec
+from vnetlib.spec.model import ConsoleKind, LinkEndpoint, Substrate, VNetSpec
 from vnetlib.vm.image import GuestImage, kernel_cmdline, mac_for
 
 RUNNING = "running"
@@ -177,7 +177,8 @@ def build_plan(
             interfaces=tuple(DomainNic(naming.vm_tap(vnet_id, link_id, node_id),
                                        mac_for(vnet_id, node_id, end.interface.name), bridge)
                              for link_id, end, bridge in mine),
-            state=DOMAIN_STATES[states.get(node_id, RUNNING)]))
+            state=DOMAIN_STATES[states.get(node_id, RUNNING)],
+            vnc=ConsoleKind.VNC in node.consoles))
     used = sorted(set(nodes) | set(links) | set(domains))
     return DeploymentPlan(
         vnet=vnet_id,

@@ -83,6 +83,7 @@ class DomainTask:
     cmdline: str
     interfaces: tuple[DomainNic, ...] = ()
     state: str = "running"  # running | shutdown | paused
+    vnc: bool = False  # the node asks for a VNC console: a VNC server on 127.0.0.1
 
 
 @dataclass(frozen=True, slots=True)

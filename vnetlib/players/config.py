@@ -26,6 +26,7 @@ timeout = 840.0                # a whole instantiation at the VNP (timeouts.VNO_
 retry_seconds = 2.0            # reconciler: first retry (unknown VNets, deletions)
 retry_max_seconds = 120.0
 ssh_listen = "127.0.0.1:0"     # optional: SSH front door to consoles (vnetlib/console/sshd.py)
+web_listen = "127.0.0.1:0"     # optional: web console, noVNC (vnetlib/console/webconsole.py)
 [faults]                       # fault injection, for tests only
 fail_at = ""                   # "" | "quote" | "allocate" | "provision" (the PIP) |
                                # "vno-before-vnp" | "vno-after-vnp" | "vnp-after-allocate" |
@@ -98,6 +99,7 @@ class VnoSection:
     retry_seconds: float = 2.0  # the reconciler's first retry; doubling up to the max
     retry_max_seconds: float = 120.0
     ssh_listen: str = ""  # "HOST:PORT": an SSH front door to consoles; "": none
+    web_listen: str = ""  # "HOST:PORT": the web console (noVNC over HTTPS); "": none
 
 
 @dataclass(frozen=True, slots=True)

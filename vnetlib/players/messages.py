@@ -454,7 +454,7 @@ def action_result_from(el: Element) -> ActionResult:
                         el.findtext(_q("stdout")) or "", el.findtext(_q("stderr")) or "")
 
 
-ConsoleKindName = Literal["shell", "serial"]
+ConsoleKindName = Literal["shell", "serial", "vnc"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from vnetlib.console.broker import ConsoleHub, attach_console
 from vnetlib.console.sshd import SshFrontDoor, front_door
+from vnetlib.console.webconsole import WebConsole, attach_web
 from vnetlib.core.deployer import Deployer
 from vnetlib.players.config import PlayerConfig
 from vnetlib.players.pip import PipService
@@ -63,7 +64,14 @@ class ManagementNode:
             self.ssh: SshFrontDoor | None = None
             if isinstance(self.service, VnoService) and config.vno.ssh_listen:
                 self.ssh = front_door(self.service, self.console, config).start()
+            self.web: WebConsole | None = None
+            if isinstance(self.service, VnoService) and config.vno.web_listen:
+                self.web = attach_web(self.service, self.console, config,
+                                      self.credentials).start()
         except BaseException:
+            with contextlib.suppress(AttributeError):
+                if self.ssh is not None:
+                    self.ssh.stop()
             with contextlib.suppress(AttributeError):
                 self.console.stop()
             self.service.close()
@@ -88,6 +96,8 @@ class ManagementNode:
         self.service.closing.set()
         if self.ssh is not None:
             self.ssh.stop()
+        if self.web is not None:
+            self.web.stop()
         self.console.stop()
 
     def stop(self) -> None:
