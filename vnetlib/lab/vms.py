@@ -79,6 +79,9 @@ def stop(directory: Path, substrates: list[str]) -> list[str]:
     with _shared():
         _mark(directory).unlink(missing_ok=True)
         users = SHARED / "users"
+        for other in users.iterdir() if users.exists() else ():
+            if not Path(other.read_text().strip()).exists():  # a lab gone without lab down
+                other.unlink(missing_ok=True)
         if users.exists() and any(users.iterdir()):
             return removed
         daemons = libvirtd.Daemons(SHARED)
