@@ -176,7 +176,8 @@ def start_players(spec: LabSpec, directory: Path) -> list[str]:
         vnp = config(VNP_NAME, Role.VNP, vnp=VnpSection(upstreams=upstreams))
         if note := _start(directory, vnp, players, None):
             created.append(note)
-        vno = config(VNO_NAME, Role.VNO, vno=VnoSection(vnp=Upstream(VNP_NAME, url(VNP_NAME))))
+        vno = config(VNO_NAME, Role.VNO, vno=VnoSection(vnp=Upstream(VNP_NAME, url(VNP_NAME)),
+                                                        web_listen="127.0.0.1:0"))
         if note := _start(directory, vno, players, None):
             created.append(note)
         ca.issue(SP_NAME, Role.SP)
