@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -202,3 +203,35 @@ def test_down_removes_every_domain_and_lab_down_leaves_nothing(vnet: Vnet,
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
                            check=True).stdout
     assert not any(t in links for t in taps)
+
+
+def test_vm_nodes_through_the_players_exec_console_and_control(vnet: Vnet) -> None:
+    """The chain SP -> VNO -> VNP -> PIP on VM nodes: exec runs on the VM's
+    serial line, the serial console answers a piped session, ctl stops and
+    starts the domain; down leaves no domain of the VNet."""
+    lab = new_lab(vnet, "--pips", "1", "--hosts", "2")
+    try:
+        vnet_id = vnet.json("up", str(FIGURE6_VM), "--lab", lab.name)["vnet"]
+        out = vnet.json("exec", "--lab", lab.name, vnet_id, "r1", "--", "cat",
+                        "/proc/sys/kernel/hostname")
+        assert out["rc"] == 0 and out["stdout"].strip() == "r1"
+        peer = _address("r2", "l2")
+        out = vnet.json("exec", "--lab", lab.name, vnet_id, "r1", "--", "ping", "-c", "1",
+                        "-W", "2", peer)
+        assert out["rc"] == 0, out  # VM to VM over their link
+        console = subprocess.run(
+            [sys.executable, "-m", "vnetlib.cli.main", "console", "--lab", lab.name, "--kind",
+             "serial", vnet_id, "r3"],
+            input="cat /proc/sys/kernel/hostname\n", capture_output=True, text=True,
+            timeout=60, env=vnet.env, check=False)
+        assert "r3" in console.stdout, console.stdout + console.stderr
+        assert vnet.json("ctl", "--lab", lab.name, vnet_id, "r2", "stop")["state"] == "stopped"
+        domains = _listed(f"vn-{lab.name}p1-")
+        assert any(_state(d) == "shut off" for d in domains if d.endswith("-r2"))
+        assert vnet.json("ctl", "--lab", lab.name, vnet_id, "r2", "start")["state"] == "running"
+        assert vnet.json("status", "--lab", lab.name, vnet_id)["node_states"]["r2"] == "running"
+        vnet.run("down", "--lab", lab.name, vnet_id)
+        assert _listed(f"vn-{lab.name}p1-") == set()
+    finally:
+        vnet.run("lab", "down", "--name", lab.name, check=False)
+    assert _qemus(f"vn-{lab.name}p1-") == set()
