@@ -81,12 +81,17 @@ def fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+# The players' database pools may open a connection of their own meanwhile;
+# a leak per hostile connection (each test makes a dozen) shows well above it.
+FD_SLACK = 2
+
+
 def settled(chain: Chain, fd_before: int, timeout: float = 10.0) -> None:
     """Wait until every listener serves no connection and the fds are back."""
     deadline = time.monotonic() + timeout
     while True:
         conns = {n: chain.hub(n).server.stats() for n in ("vno", "vnp", "pip-a")}
-        if all(c == (0, 0) for c in conns.values()) and fds() <= fd_before:
+        if all(c == (0, 0) for c in conns.values()) and fds() <= fd_before + FD_SLACK:
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"leak: {conns}, fds {fds()} > {fd_before}")
@@ -159,6 +164,9 @@ def test_shell_is_killed_when_the_client_leaves_and_serial_is_refused(chain: Cha
         writer.write(b"sleep 300 &\necho started\n")
         await writer.drain()
         await read_until(reader, b"started\r\n")
+        deadline = time.monotonic() + 5  # the shell and its background sleep
+        while len(tenant_processes(chain)) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
         assert len(tenant_processes(chain)) >= 2
         writer.close()
 
