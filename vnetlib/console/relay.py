@@ -16,10 +16,10 @@ import asyncio
 import contextlib
 import logging
 import socket
-import threading
 import time
 from dataclasses import dataclass
 
+from vnetlib.console.loop import LoopThread
 from vnetlib.console.sessions import Pending, SessionTable, TokenRefused
 from vnetlib.console.wire import (
     STREAM_LIMIT,
@@ -53,7 +53,7 @@ class ConsoleLimits:
 DEFAULT_LIMITS = ConsoleLimits()
 
 
-class ConsoleServer:
+class ConsoleServer(LoopThread):
     """Listens at `url` (tls://host:port, bound at construction); start()/stop()."""
 
     def __init__(self, name: str, credentials: Credentials, sessions: SessionTable, *,
@@ -66,8 +66,8 @@ class ConsoleServer:
         self.sock = socket.create_server((host, port))
         self.url = f"tls://{host}:{self.sock.getsockname()[1]}"
         self.client_context = credentials.client_context()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
+        self._thread_name = f"console-{name}"
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task[None]] = set()
         self._writers: set[ByteWriter] = set()  # of live sessions, both sides
@@ -76,12 +76,7 @@ class ConsoleServer:
     # -- life cycle ----------------------------------------------------------------
 
     def start(self) -> ConsoleServer:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, daemon=True,
-                                        name=f"console-{self.name}")
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._listen(), loop).result(10)
+        self._start_loop()
         return self
 
     async def _listen(self) -> None:
@@ -90,17 +85,7 @@ class ConsoleServer:
             ssl_handshake_timeout=self.limits.handshake_timeout, limit=STREAM_LIMIT)
 
     def stop(self) -> None:
-        loop = self._loop
-        if loop is None:
-            self.sock.close()
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(15)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        loop.close()
-        self._loop = None
+        super().stop()
         self.sock.close()
 
     async def _shutdown(self) -> None:

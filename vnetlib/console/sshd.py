@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 from lxml import etree
 
+from vnetlib.console.loop import LoopThread
 from vnetlib.console.sessions import Pending, SessionTable, TokenRefused
 from vnetlib.console.wire import ByteReader, ByteWriter, HopError, close_quietly
 from vnetlib.players import messages as m
@@ -171,8 +171,10 @@ class _Server(asyncssh.SSHServer):
         return False
 
 
-class SshFrontDoor:
+class SshFrontDoor(LoopThread):
     """Listens at (host, port) (bound at start); start()/stop()."""
+
+    _thread_name = "vno-ssh"
 
     def __init__(self, service: Service, sessions: SessionTable, keys: KeyStore, listen: str,
                  host_key: Path, limits: SshLimits = SshLimits()) -> None:
@@ -185,8 +187,7 @@ class SshFrontDoor:
         self.host, self.port = host or "127.0.0.1", int(port or 0)
         self.host_key = load_host_key(host_key)
         self.limits = limits
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._conns: set[asyncssh.SSHServerConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -202,16 +203,7 @@ class SshFrontDoor:
         return f"{host} {self.public_key}"
 
     def start(self) -> SshFrontDoor:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, daemon=True,
-                                        name="vno-ssh")
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._listen(), loop).result(10)
-        except BaseException:
-            self.stop()
-            raise
+        self._start_loop()
         return self
 
     async def _listen(self) -> None:
@@ -224,18 +216,6 @@ class SshFrontDoor:
             keepalive_count_max=3, password_auth=False, kbdint_auth=False,
             host_based_auth=False, gss_auth=False, gss_kex=False)
         self.port = self._acceptor.get_port()
-
-    def stop(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(15)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        loop.close()
-        self._loop = None
 
     async def _shutdown(self) -> None:
         if self._acceptor is not None:

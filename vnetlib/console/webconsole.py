@@ -32,6 +32,7 @@ from urllib.parse import quote
 from aiohttp import WSMsgType, web
 from lxml import etree
 
+from vnetlib.console.loop import LoopThread
 from vnetlib.console.sessions import TokenRefused
 from vnetlib.console.sshd import _error_message
 from vnetlib.console.wire import ByteReader, ByteWriter, HopError, close_quietly
@@ -121,8 +122,10 @@ def _page(status: int, title: str, text: str) -> web.Response:
                         headers={"Cache-Control": "no-store"})
 
 
-class WebConsole:
+class WebConsole(LoopThread):
     """The HTTPS listener at `listen` (bound at start, in its own thread)."""
+
+    _thread_name = "vno-web"
 
     def __init__(self, service: Service, hub: ConsoleHub, credentials: Credentials,
                  listen: str, novnc: Path = NOVNC, ttl: float = LINK_TTL) -> None:
@@ -133,8 +136,7 @@ class WebConsole:
         self.host, self.port = host or "127.0.0.1", int(port or 0)
         self.novnc = novnc
         self.grants = Grants(ttl)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
 
@@ -156,15 +158,7 @@ class WebConsole:
         if not (self.novnc / "vnc_lite.html").exists():
             raise FileNotFoundError(f"noVNC is not installed at {self.novnc} "
                                     "(scripts/install-webconsole.sh)")
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, daemon=True, name="vno-web")
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._listen(), loop).result(10)
-        except BaseException:
-            self.stop()
-            raise
+        self._start_loop()
         return self
 
     async def _listen(self) -> None:
@@ -179,18 +173,6 @@ class WebConsole:
         server = site._server
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-
-    def stop(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(15)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        loop.close()
-        self._loop = None
 
     async def _shutdown(self) -> None:
         for ws in list(self._sockets):
