@@ -37,8 +37,6 @@ ALLOWED: dict[State, frozenset[State]] = {
     S.EXPIRED: frozenset(),
 }
 
-BUSY = frozenset({S.PROVISIONING, S.DELETING})
-
 
 class IllegalTransition(RuntimeError):
     def __init__(self, sliver: str, old: State, new: State) -> None:

@@ -27,7 +27,6 @@ from typing import Any
 from vnetlib import naming
 from vnetlib.core.deployer import Deployer
 from vnetlib.core.ledger import Exists, Ledger, NoVni, Stale
-from vnetlib.core.machine import BUSY
 from vnetlib.core.records import (
     ENDED,
     PAUSED,
@@ -579,7 +578,6 @@ class _Op:
 
 
 __all__ = [
-    "BUSY",
     "Busy",
     "Conflict",
     "CoreError",
