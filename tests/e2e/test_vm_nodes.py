@@ -105,6 +105,20 @@ def test_every_link_pings_both_ways_from_namespaces_and_vms(vnet: Vnet,
                 f"{link.id}: {src.node} ({kinds[src.node]}) cannot reach {dst.node} ({peer})"
 
 
+def test_vm_interfaces_on_tunnelled_links_lose_the_vxlan_overhead(vnet: Vnet,
+                                                                   deployed: Deployed) -> None:
+    """A VM's end of a link between hosts has the namespaces' 1450, so full-size
+    frames fit the VXLAN encapsulation on the 1500-byte substrate."""
+    node_map = vnet.json("status", deployed.vnet_id)["embedding"]["node_map"]
+    assert any(node_map[k.a.node] != node_map[k.b.node] for k in SPEC.links
+               if {k.a.node, k.b.node} & {"r1", "r2", "r3", "r4"}), "no VM link crosses hosts"
+    for node in ("r1", "r2", "r3", "r4"):
+        crossing = sum(1 for k in SPEC.links if node in (k.a.node, k.b.node)
+                       and node_map[k.a.node] != node_map[k.b.node])
+        out = vnet.json("exec", deployed.vnet_id, node, "--", "ip", "-o", "link")
+        assert out["stdout"].count(" mtu 1450 ") == crossing, (node, out["stdout"])
+
+
 def test_exec_on_a_vm_reports_output_and_exit_status(vnet: Vnet, deployed: Deployed) -> None:
     started = time.monotonic()
     out = vnet.json("exec", deployed.vnet_id, "r1", "--", "ip", "-o", "addr", "show")

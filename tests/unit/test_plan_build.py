@@ -238,6 +238,11 @@ def test_vm_nodes_are_domains_with_taps_on_the_link_bridges() -> None:
         assert nic["bridge"] in bridges and len(nic["tap"]) <= 15
         assert f"vnet.if={nic['mac']}," in r1["cmdline"]
     assert "vnet.hostname=r1" in r1["cmdline"] and "vnet.forward=1" in r1["cmdline"]
+    # r1 (h1) to r3 (h2) is tunnelled: that interface loses the VXLAN overhead
+    tunnelled = {k.id for k in VM_SPEC.links} & set(crossing_links(
+        VM_SPEC, {n.id: "h1" if n.id in ("e1", "r1", "r2") else "h2" for n in VM_SPEC.nodes}))
+    r1_crossing = [k for k in VM_SPEC.links if k.id in tunnelled and "r1" in (k.a.node, k.b.node)]
+    assert r1_crossing and r1["cmdline"].count(",mtu=1450") == len(r1_crossing)
     # no veth port of any link goes into a VM
     ports = [p["netns"] for k in h1["links"] for p in k["ports"]]
     assert all(not p.endswith(("-r1", "-r2")) for p in ports)

@@ -75,14 +75,14 @@ def build_plan(
     vms = {n.id: n for n in spec.nodes if n.kind.is_vm}
     if vms and image is None:
         raise PlanError(f"VM node {min(vms)} needs the guest image, and none was given")
-    nics: dict[str, list[tuple[str, LinkEndpoint, str]]] = defaultdict(list)
+    nics: dict[str, list[tuple[str, LinkEndpoint, str, int]]] = defaultdict(list)
 
     def ends(link_id: str, bridge: str, *pairs: tuple[LinkEndpoint, int]) -> tuple[PortTask, ...]:
         """The veth ports of the netns ends; VM ends are noted as the domain's NICs."""
         out = []
         for end, mtu in pairs:
             if end.node in vms:
-                nics[end.node].append((link_id, end, bridge))
+                nics[end.node].append((link_id, end, bridge, mtu))
             else:
                 out.append(PortTask(
                     netns=naming.vnode_netns(lab, vnet_id, end.node),
@@ -163,10 +163,14 @@ def build_plan(
         assert image is not None
         mine = nics[node_id]
         try:
+            macs = [mac_for(vnet_id, node_id, end.interface.name) for _, end, _, _ in mine]
             cmdline = kernel_cmdline(
                 image, node_id,
-                [(mac_for(vnet_id, node_id, end.interface.name), end.interface.addresses)
-                 for _, end, _ in mine], node.forwarding)
+                [(mac, end.interface.addresses) for mac, (_, end, _, _) in zip(macs, mine,
+                                                                               strict=True)],
+                node.forwarding,
+                mtus={mac: mtu for mac, (_, _, _, mtu) in zip(macs, mine, strict=True)
+                      if mtu != SUBSTRATE_MTU})
         except ValueError as exc:
             raise PlanError(f"virtual node {node_id}: {exc}") from exc
         domains[node_map[node_id]].append(DomainTask(
@@ -176,7 +180,7 @@ def build_plan(
             cmdline=cmdline,
             interfaces=tuple(DomainNic(naming.vm_tap(vnet_id, link_id, node_id),
                                        mac_for(vnet_id, node_id, end.interface.name), bridge)
-                             for link_id, end, bridge in mine),
+                             for link_id, end, bridge, _ in mine),
             state=DOMAIN_STATES[states.get(node_id, RUNNING)],
             vnc=ConsoleKind.VNC in node.consoles))
     used = sorted(set(nodes) | set(links) | set(domains))

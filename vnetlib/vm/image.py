@@ -88,11 +88,14 @@ def mac_for(vnet_id: str, node: str, ifname: str) -> str:
 def kernel_cmdline(image: GuestImage, hostname: str,
                    interfaces: Sequence[tuple[str, Sequence[str]]],
                    forwarding: bool,
-                   routes: Sequence[tuple[str, str]] = ()) -> str:
+                   routes: Sequence[tuple[str, str]] = (),
+                   mtus: Mapping[str, int] | None = None) -> str:
     """The kernel command line that makes the guest configure itself.
 
     interfaces: (MAC, addresses with prefix) per interface; routes: (destination
-    prefix or "default", gateway). Raises ValueError naming the bad value."""
+    prefix or "default", gateway); mtus: the MTU of an interface, by MAC, where
+    it is not 1500 (links tunnelled between hosts). Raises ValueError naming
+    the bad value."""
     if not _HOSTNAME.match(hostname):
         raise ValueError(f"bad hostname {hostname!r}")
     parts = [image.cmdline_base, f"vnet.hostname={hostname}"]
@@ -102,7 +105,12 @@ def kernel_cmdline(image: GuestImage, hostname: str,
         if norm in seen:
             raise ValueError(f"MAC {mac!r} given twice")
         seen.add(norm)
-        parts.append("vnet.if=" + ",".join([norm, *(_check_addr(a, mac) for a in addrs)]))
+        mtu = (mtus or {}).get(mac)
+        if mtu is not None and not 576 <= mtu <= 9000:
+            raise ValueError(f"MTU {mtu} of {mac} is out of 576..9000")
+        extra = [] if mtu is None else [f"mtu={mtu}"]
+        parts.append("vnet.if=" + ",".join([norm, *extra,
+                                             *(_check_addr(a, mac) for a in addrs)]))
     parts.append(f"vnet.forward={int(forwarding)}")
     for dst, via in routes:
         parts.append(f"vnet.route={_check_route(dst, via)}")
