@@ -29,7 +29,7 @@ def lab1(vnet: Vnet) -> Iterator[Lab]:
 def console(vnet: Vnet, lab: Lab, vnet_id: str, node: str, script: bytes,
             linger: float = 3.0) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vnetlib.cli.console", vnet_id, node, "--lab", lab.name,
+        [sys.executable, "-m", "vnetlib.cli.main", "console", vnet_id, node, "--lab", lab.name,
          "--linger", str(linger)],
         env=vnet.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdin is not None

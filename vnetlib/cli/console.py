@@ -49,22 +49,3 @@ def run(args: argparse.Namespace) -> int:
     if sys.stdin.isatty():
         print(f"\r\n[vnet console: {why}]", file=sys.stderr, flush=True)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m vnetlib.cli.console ...`, until `vnet console` is registered."""
-    from vnetlib.cli.main import EXIT_CODES
-
-    parser = argparse.ArgumentParser(prog="vnet")
-    add_parser(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(["console", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run(args)
-    except tuple(e for e, _, _ in EXIT_CODES) as err:
-        code = next(c for e, c, _ in EXIT_CODES if isinstance(err, e))
-        print(f"vnet: error: {err}", file=sys.stderr)
-        return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

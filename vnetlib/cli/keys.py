@@ -5,7 +5,6 @@ console on a node of one of the SP's VNets (the VNO's SSH front door)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from vnetlib.lab.players import service_provider
@@ -55,22 +54,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         remove_key(sp, args.name)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m vnetlib.cli.keys ...`, until `vnet keys` is registered."""
-    from vnetlib.cli.main import EXIT_CODES
-
-    parser = argparse.ArgumentParser(prog="vnet")
-    add_parser(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(["keys", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run(args)
-    except tuple(e for e, _, _ in EXIT_CODES) as err:
-        code = next(c for e, c, _ in EXIT_CODES if isinstance(err, e))
-        print(f"vnet: error: {err}", file=sys.stderr)
-        return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
