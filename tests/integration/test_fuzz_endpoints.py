@@ -65,7 +65,7 @@ class Players:
 def _store_state(store: PlayerStore) -> Callable[[], object]:
     def state() -> object:
         return (sorted((r.id, r.owner, r.name, json.dumps(r.data, sort_keys=True))
-                       for r in store.all()), sorted(store.used_vnis()))
+                       for r in store.all()))
     return state
 
 

@@ -88,6 +88,21 @@ def vni_in_range(vni: int) -> bool:
     return VNI_MIN <= vni <= VNI_MAX
 
 
+def pick_vnis(used: Iterable[int], links: Iterable[str], where: str = "") -> dict[str, int]:
+    """The lowest tunnel ids not in `used`, one per link (pure: reserves nothing)."""
+    taken = set(used)
+    result: dict[str, int] = {}
+    candidate = VNI_MIN
+    for link in links:
+        while candidate in taken:
+            candidate += 1
+        if candidate > VNI_MAX:
+            raise NoVni(f"substrate {where} has no free tunnel id left")
+        result[link] = candidate
+        taken.add(candidate)
+    return result
+
+
 class Ledger:
     def __init__(self, url: str, substrate: str) -> None:
         self.substrate = substrate
@@ -248,16 +263,9 @@ class Ledger:
         """One free tunnel id per link, inside the caller's transaction."""
         used = {int(r[0]) for r in conn.execute(select(vnis_table.c.vni).where(
             vnis_table.c.substrate == self.substrate))} | set(avoid)
-        result: dict[str, int] = {}
-        candidate = VNI_MIN
-        for link in links:
-            while candidate in used:
-                candidate += 1
-            if candidate > VNI_MAX:
-                raise NoVni(f"substrate {self.substrate} has no free tunnel id left")
-            result[link] = candidate
-            used.add(candidate)
-            conn.execute(vnis_table.insert().values(substrate=self.substrate, vni=candidate,
+        result = pick_vnis(used, links, self.substrate)
+        for link, vni in result.items():
+            conn.execute(vnis_table.insert().values(substrate=self.substrate, vni=vni,
                                                     sliver=sliver_id, link=link))
         return result
 

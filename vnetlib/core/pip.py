@@ -26,7 +26,7 @@ from typing import Any
 
 from vnetlib import naming
 from vnetlib.core.deployer import Deployer
-from vnetlib.core.ledger import Exists, Ledger, NoVni, Stale
+from vnetlib.core.ledger import Exists, Ledger, NoVni, Stale, pick_vnis
 from vnetlib.core.records import (
     ENDED,
     PAUSED,
@@ -536,14 +536,8 @@ class PipCore:
         """What an instantiation would do: embedding and plan, checked against the
         hosts in check mode; nothing recorded, nothing changed."""
         embedding = self._embed(spec, sliver_id, self.residual())
-        used = self.ledger.used_vnis()
-        vnis: dict[str, int] = {}
-        candidate = 4096
-        for link in crossing_links(spec, embedding.node_map):
-            while candidate in used:
-                candidate += 1
-            vnis[link] = candidate
-            used.add(candidate)
+        vnis = pick_vnis(self.ledger.used_vnis(), crossing_links(spec, embedding.node_map),
+                         self.name)
         plan = build_plan(spec, embedding.node_map, self.substrate, vnet_id=sliver_id,
                           lab=self.name, vnis=vnis, image=self._image(spec)).to_dict()
         self.deployer.apply(plan, "present", check=True, progress=progress)

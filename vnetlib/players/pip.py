@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from vnetlib import naming, paths
 from vnetlib.core.deployer import AnsibleDeployer, Deployer
-from vnetlib.core.ledger import VNI_MIN, Ledger, vni_in_range
+from vnetlib.core.ledger import Ledger, pick_vnis, vni_in_range
 from vnetlib.core.pip import (
     Busy,
     CoreError,
@@ -399,7 +399,7 @@ class PipService(Service):
         alternative = proposal.vni
         if not free:
             used = self.core.ledger.used_vnis() | {proposal.vni}
-            alternative = next(v for v in range(VNI_MIN, 2**24) if v not in used)
+            alternative = pick_vnis(used, [link], self.core.name)[link]  # offered, not taken
         answer = respond(proposal, free, alternative, local)
         if answer.state == "accept":
             self._join(s, [Stitch(proposal.ref, link, proposal.vni, initiator.address)], what)
