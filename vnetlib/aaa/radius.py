@@ -1,0 +1,324 @@
+"""FreeRADIUS configurations of end-user attachment, each in its own directory.
+
+Two roles: the VNO's *server* (EAP against the VNO's users file; on accept it
+answers only with the attachment handle, in the standard VLAN-assignment
+attributes, and a session timeout) and the PIP's *proxy* (routes by realm,
+`user@vno`, to the VNO's server; an unknown realm is rejected locally; every
+outcome it sends back to the access port's authenticator is logged with the
+port's NAS-Identifier, which is what the PIP's access controller acts on).
+
+Between the proxy and the server the channel is RADIUS over TLS (RadSec,
+RFC 6614) with the lab's PKI: each side presents its player certificate and
+checks the other's against the lab CA. The PIP never sees the user's password:
+the EAP method runs end to end between the device and the VNO's server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DICTDIR = "/usr/share/freeradius"
+LIBDIR = "/usr/lib/freeradius"
+DECISIONS_LOG = "decisions.log"
+ACCOUNTING_LOG = "accounting.log"
+AUTH_LOG = "auth.log"
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """Paths of a player's key, certificate and the CA that signed its peers."""
+
+    key: str
+    cert: str
+    ca: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The VNO's RADIUS server: listens for RadSec from PIP proxies."""
+
+    directory: Path
+    address: str
+    port: int
+    tls: Tls
+    session_timeout: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class HomeServer:
+    realm: str
+    address: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """A PIP's RADIUS proxy: authenticators send to 127.0.0.1:`port` of its
+    namespace with `secret`; realms go to their home servers over RadSec."""
+
+    directory: Path
+    port: int
+    secret: str
+    homes: tuple[HomeServer, ...]
+    tls: Tls
+    response_window: int = 3
+
+
+RADSEC_SECRET = "radsec"  # RFC 6614: the secret is fixed, TLS protects the channel
+
+
+ALWAYS = """    always ok {
+        rcode = ok
+    }
+    always reject {
+        rcode = reject
+    }"""
+
+
+def _main(d: Path, name: str) -> str:
+    return f"""prefix = /usr
+exec_prefix = /usr
+sysconfdir = /etc
+localstatedir = /var
+sbindir = /usr/sbin
+logdir = {d}/log
+raddbdir = {d}
+radacctdir = {d}/log
+name = {name}
+confdir = {d}
+modconfdir = {d}
+certdir = {d}
+cadir = {d}
+run_dir = {d}/run
+db_dir = {d}
+libdir = {LIBDIR}
+dictdir = {DICTDIR}
+pidfile = {d}/run/{name}.pid
+max_request_time = 10
+cleanup_delay = 1
+max_requests = 65536
+hostname_lookups = no
+correct_escapes = true
+log {{
+    destination = files
+    file = {d}/log/radius.log
+    auth = yes
+    auth_badpass = no
+    auth_goodpass = no
+}}
+security {{
+    allow_core_dumps = no
+    max_attributes = 200
+    reject_delay = 0
+    status_server = yes
+}}
+thread pool {{
+    start_servers = 2
+    max_servers = 16
+    min_spare_servers = 1
+    max_spare_servers = 8
+    max_requests_per_server = 0
+}}
+"""
+
+
+def _tls_block(tls: Tls, indent: str) -> str:
+    lines = [
+        "tls {",
+        f"    private_key_file = {tls.key}",
+        f"    certificate_file = {tls.cert}",
+        f"    ca_file = {tls.ca}",
+        "    tls_min_version = \"1.2\"",
+        "    tls_max_version = \"1.2\"",
+        "    fragment_size = 8192",
+        "}",
+    ]
+    return "\n".join(indent + line for line in lines)
+
+
+def server_conf(cfg: ServerConfig) -> str:
+    d = cfg.directory
+    return _main(d, "vno-radius") + f"""
+clients radsec {{
+    client pips {{
+        ipaddr = 0.0.0.0/0
+        proto = tls
+        secret = {RADSEC_SECRET}
+    }}
+}}
+modules {{
+{ALWAYS}
+    eap {{
+        default_eap_type = md5
+        timer_expire = 60
+        ignore_unknown_eap_types = no
+        max_sessions = 65536
+        md5 {{
+        }}
+    }}
+    files {{
+        filename = {d}/users
+    }}
+    linelog auth_log {{
+        filename = {d}/{AUTH_LOG}
+        format = "%{{%{{reply:Packet-Type}}:-unknown}} %{{User-Name}} %{{NAS-Identifier}} %{{Calling-Station-Id}} %{{reply:Tunnel-Private-Group-Id}}"
+    }}
+    linelog acct_log {{
+        filename = {d}/{ACCOUNTING_LOG}
+        format = "%{{Acct-Status-Type}} %{{User-Name}} %{{NAS-Identifier}} %{{Calling-Station-Id}} %{{Acct-Session-Id}} %{{%{{Acct-Session-Time}}:-0}} %{{%{{Event-Timestamp}}:-0}}"
+    }}
+}}
+server vno {{
+    listen {{
+        type = auth+acct
+        ipaddr = {cfg.address}
+        port = {cfg.port}
+        proto = tcp
+        clients = radsec
+{_tls_block(cfg.tls, "        ")}
+        limit {{
+            max_connections = 64
+            lifetime = 0
+            idle_timeout = 600
+        }}
+    }}
+    authorize {{
+        files
+        eap
+    }}
+    authenticate {{
+        eap
+    }}
+    post-auth {{
+        update reply {{
+            Session-Timeout := {cfg.session_timeout}
+        }}
+        auth_log
+        Post-Auth-Type REJECT {{
+            update reply {{
+                Tunnel-Type !* ANY
+                Tunnel-Medium-Type !* ANY
+                Tunnel-Private-Group-Id !* ANY
+            }}
+            auth_log
+        }}
+    }}
+    accounting {{
+        acct_log
+        ok
+    }}
+}}
+"""
+
+
+def proxy_conf(cfg: ProxyConfig) -> str:
+    d = cfg.directory
+    homes = []
+    for h in cfg.homes:
+        homes.append(f"""home_server {h.realm}_home {{
+    type = auth+acct
+    ipaddr = {h.address}
+    port = {h.port}
+    proto = tcp
+    secret = {RADSEC_SECRET}
+    response_window = {cfg.response_window}
+    zombie_period = {cfg.response_window + 1}
+    revive_interval = 1
+    status_check = none
+{_tls_block(cfg.tls, "    ")}
+}}
+home_server_pool {h.realm}_pool {{
+    type = fail-over
+    home_server = {h.realm}_home
+}}
+realm {h.realm} {{
+    auth_pool = {h.realm}_pool
+    acct_pool = {h.realm}_pool
+    nostrip
+}}
+""")
+    return _main(d, "pip-radius") + "\n".join(homes) + f"""
+proxy server {{
+    default_fallback = no
+}}
+client authenticators {{
+    ipaddr = 127.0.0.1
+    secret = {cfg.secret}
+}}
+modules {{
+{ALWAYS}
+    realm suffix {{
+        format = suffix
+        delimiter = "@"
+    }}
+    linelog decisions {{
+        filename = {d}/{DECISIONS_LOG}
+        format = "%{{%{{reply:Packet-Type}}:-unknown}} %{{NAS-Identifier}} %{{Calling-Station-Id}} %{{Realm}} %{{reply:Tunnel-Private-Group-Id}} %{{%{{reply:Session-Timeout}}:-0}}"
+    }}
+}}
+server pip {{
+    listen {{
+        type = auth
+        ipaddr = 127.0.0.1
+        port = {cfg.port}
+    }}
+    listen {{
+        type = acct
+        ipaddr = 127.0.0.1
+        port = {cfg.port + 1}
+    }}
+    authorize {{
+        suffix
+        if (!&control:Proxy-To-Realm) {{
+            update reply {{
+                Reply-Message := "unknown realm"
+            }}
+            reject
+        }}
+    }}
+    authenticate {{
+    }}
+    post-proxy {{
+    }}
+    post-auth {{
+        decisions
+        Post-Auth-Type REJECT {{
+            decisions
+        }}
+    }}
+    preacct {{
+        suffix
+    }}
+    accounting {{
+        ok
+    }}
+}}
+"""
+
+
+def users_file(entries: list[tuple[str, str, str]]) -> str:
+    """The server's users file from (identity, password, handle)."""
+    out = []
+    for identity, password, handle in entries:
+        out.append(
+            f'"{_quote(identity)}" Cleartext-Password := "{_quote(password)}"\n'
+            "    Tunnel-Type = VLAN,\n"
+            "    Tunnel-Medium-Type = IEEE-802,\n"
+            f'    Tunnel-Private-Group-Id = "{_quote(handle)}"\n'
+        )
+    return "\n".join(out)
+
+
+def _quote(text: str) -> str:
+    if any(c in text for c in '"\\\n\r\0'):
+        raise ValueError(f"{text!r}: quotes, backslashes and line breaks are not allowed")
+    return text
+
+
+def write(directory: Path, conf: str, name: str) -> Path:
+    for sub in ("log", "run"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.conf"
+    path.write_text(conf)
+    return path
