@@ -65,6 +65,20 @@ class ProxyConfig:
     response_window: int = 3
 
 
+# One line per event, fields separated by blanks, "-" where a value is absent.
+AUTH_FORMAT = (
+    "%{%{reply:Packet-Type}:--} %{User-Name} %{%{NAS-Identifier}:--} "
+    "%{%{Calling-Station-Id}:--} %{%{reply:Tunnel-Private-Group-Id}:--}"
+)
+ACCT_FORMAT = (
+    "%{Acct-Status-Type} %{User-Name} %{%{NAS-Identifier}:--} %{%{Calling-Station-Id}:--} "
+    "%{%{Acct-Session-Id}:--} %{%{Acct-Session-Time}:-0} %{%{integer:Event-Timestamp}:-0}"
+)
+DECISION_FORMAT = (
+    "%{%{reply:Packet-Type}:--} %{%{NAS-Identifier}:--} %{%{Calling-Station-Id}:--} "
+    "%{%{Realm}:--} %{%{reply:Tunnel-Private-Group-Id}:--} %{%{reply:Framed-Pool}:--} "
+    "%{%{reply:Session-Timeout}:-0}"
+)
 RADSEC_SECRET = "radsec"  # RFC 6614: the secret is fixed, TLS protects the channel
 
 
@@ -162,11 +176,11 @@ modules {{
     }}
     linelog auth_log {{
         filename = {d}/{AUTH_LOG}
-        format = "%{{%{{reply:Packet-Type}}:-unknown}} %{{User-Name}} %{{NAS-Identifier}} %{{Calling-Station-Id}} %{{reply:Tunnel-Private-Group-Id}}"
+        format = "{AUTH_FORMAT}"
     }}
     linelog acct_log {{
         filename = {d}/{ACCOUNTING_LOG}
-        format = "%{{Acct-Status-Type}} %{{User-Name}} %{{NAS-Identifier}} %{{Calling-Station-Id}} %{{Acct-Session-Id}} %{{%{{Acct-Session-Time}}:-0}} %{{%{{Event-Timestamp}}:-0}}"
+        format = "{ACCT_FORMAT}"
     }}
 }}
 server vno {{
@@ -200,6 +214,7 @@ server vno {{
                 Tunnel-Type !* ANY
                 Tunnel-Medium-Type !* ANY
                 Tunnel-Private-Group-Id !* ANY
+                Framed-Pool !* ANY
             }}
             auth_log
         }}
@@ -254,7 +269,7 @@ modules {{
     }}
     linelog decisions {{
         filename = {d}/{DECISIONS_LOG}
-        format = "%{{%{{reply:Packet-Type}}:-unknown}} %{{NAS-Identifier}} %{{Calling-Station-Id}} %{{Realm}} %{{reply:Tunnel-Private-Group-Id}} %{{%{{reply:Session-Timeout}}:-0}}"
+        format = "{DECISION_FORMAT}"
     }}
 }}
 server pip {{
@@ -297,15 +312,16 @@ server pip {{
 """
 
 
-def users_file(entries: list[tuple[str, str, str]]) -> str:
-    """The server's users file from (identity, password, handle)."""
+def users_file(entries: list[tuple[str, str, str, str]]) -> str:
+    """The server's users file from (identity, password, handle, pool)."""
     out = []
-    for identity, password, handle in entries:
+    for identity, password, handle, pool in entries:
         out.append(
             f'"{_quote(identity)}" Cleartext-Password := "{_quote(password)}"\n'
             "    Tunnel-Type = VLAN,\n"
             "    Tunnel-Medium-Type = IEEE-802,\n"
-            f'    Tunnel-Private-Group-Id = "{_quote(handle)}"\n'
+            f'    Tunnel-Private-Group-Id = "{_quote(handle)}",\n'
+            f'    Framed-Pool = "{_quote(pool)}"\n'
         )
     return "\n".join(out)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from vnetlib.spec.checks import Element, children, line_of
 from vnetlib.spec.model import (
+    Attachment,
     BoundaryLink,
     ConsoleKind,
     Constraints,
@@ -73,6 +74,10 @@ def vnet_from(root: Element, source: str) -> VNetSpec:
         service=ServiceRequirements() if service is None else _service(service),
         source=source,
         boundary=tuple(_boundary(b) for b in children(root, "boundary-link")),
+        attachments=tuple(
+            Attachment(a.get("node", ""), a.get("pool", ""), a.get("realm", ""), line_of(a))
+            for a in children(root, "attach")
+        ),
     )
 
 

@@ -226,8 +226,37 @@ def check_vnet(root: Element, file: str, limit: int = MAX_REPORTED) -> Findings:
         for end in children(link, "endpoint"):
             _check_endpoint(out, end, kinds, used_ifaces)
     _check_addresses(out, links)
+    _check_attachments(out, children(root, "attach"), kinds)
     _check_amounts(out, root)
     return out.findings()
+
+
+def _check_attachments(out: Collector, attachments: list[Element],
+                       kinds: dict[str, NodeKind]) -> None:
+    """An attachment point names a namespace node, once, with an IPv4 pool of
+    at least four addresses (the node's, the devices', network, broadcast)."""
+    seen: set[str] = set()
+    for att in attachments:
+        node = att.get("node", "")
+        if node not in kinds:
+            out.add(att, f"attachment point at unknown node {node!r}",
+                    _suggest(out, node, kinds, "declare the node with <node id=...>"))
+            continue
+        if kinds[node] is not NodeKind.NETNS:
+            out.add(att, f"attachment point at node {node!r} of kind {kinds[node].value}",
+                    "end users attach to namespace nodes only")
+        if node in seen:
+            out.add(att, f"node {node!r} has a second attachment point",
+                    "declare one <attach> per node")
+        seen.add(node)
+        try:
+            pool = netaddr.IPNetwork(att.get("pool", ""))
+        except (netaddr.AddrFormatError, ValueError):
+            out.add(att, f"pool {att.get('pool')!r} is not a network", "write it as 198.19.1.0/24")
+            continue
+        if pool.version != 4 or pool.size < 4 or pool.ip != pool.network:
+            out.add(att, f"pool {att.get('pool')} is not an IPv4 network of 4 addresses or more",
+                    "write a network such as 198.19.1.0/24")
 
 
 def _check_consoles(out: Collector, node: Element, kind: NodeKind) -> None:

@@ -120,6 +120,17 @@ class ServiceRequirements:
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """Where end users join the VNet (Interface 6): at `node`, addresses from
+    `pool`, authenticated by `realm`."""
+
+    node: str
+    pool: str
+    realm: str
+    line: int | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class VNetSpec:
     name: str
     nodes: tuple[VirtualNode, ...]
@@ -128,6 +139,7 @@ class VNetSpec:
     service: ServiceRequirements = ServiceRequirements()
     source: str | None = field(default=None, compare=False)
     boundary: tuple[BoundaryLink, ...] = ()
+    attachments: tuple[Attachment, ...] = ()
 
     def node(self, node_id: str) -> VirtualNode:
         for node in self.nodes:

@@ -95,6 +95,8 @@ def dump_vnet(spec: VNetSpec) -> bytes:
         _link(root, link)
     for boundary in spec.boundary:
         _boundary(root, boundary)
+    for att in spec.attachments:
+        _el(root, "attach", node=att.node, pool=att.pool, realm=att.realm)
     return _document(root)
 
 
