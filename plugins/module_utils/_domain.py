@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Hypervisor = Literal["qemu", "xen"]
@@ -64,6 +64,7 @@ class DomainSpec:
     interfaces: tuple[Nic, ...] = ()
     serial: Literal["pty"] | None = "pty"
     vnc: bool = False
+    acpi: bool = False  # QEMU: ACPI PCI hotplug, for pool VMs that get their NICs when taken
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -129,6 +130,8 @@ def domain_xml(spec: DomainSpec, *, kvm: bool = False, uuid: str | None = None) 
             _sub(os_, "cmdline", spec.cmdline)
     elif not xen:
         _sub(os_, "boot", dev="network")
+    if spec.acpi and not xen:
+        _sub(_sub(root, "features"), "acpi")
     _sub(root, "on_poweroff", "destroy")
     _sub(root, "on_reboot", "restart")
     _sub(root, "on_crash", "destroy")
@@ -223,6 +226,7 @@ def parse_domain(xml: str) -> tuple[DomainSpec, bool]:
         interfaces=tuple(nics),
         serial="pty" if any(e.get("type") == "pty" for e in ptys) else None,
         vnc=root.find("devices/graphics[@type='vnc']") is not None,
+        acpi=not xen and root.find("features/acpi") is not None,
     )
     return spec, kind == "kvm"
 
@@ -233,6 +237,7 @@ def parse_domain(xml: str) -> tuple[DomainSpec, bool]:
 
 Command = list[str]
 LIBVIRT = "libvirt"
+GUEST = "guest"
 IP = "ip"
 STATES = ("present", "absent", "running", "shutdown", "paused")
 ACTIVE = ("running", "paused")
@@ -257,6 +262,7 @@ class Want:
     kvm: bool = False
     netns: str | None = None
     bridges: dict[str, str | None] = field(default_factory=dict)
+    pool: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,10 +317,12 @@ def want_from_params(params: dict, *, kvm: bool) -> Want:
             interfaces=tuple(Nic(i["tap"], str(i["mac"]).lower()) for i in ifaces or []),
             serial="pty" if params.get("serial", "pty") == "pty" else None,
             vnc=bool(params.get("vnc")),
+            acpi=bool(params.get("pool")) and (params.get("hypervisor") or "qemu") == "qemu",
         )
     except DomainError as exc:
         raise PlanError(str(exc)) from None
-    return Want(name, state, spec, kvm=kvm and spec.hypervisor == "qemu", netns=netns, bridges=bridges)
+    return Want(name, state, spec, kvm=kvm and spec.hypervisor == "qemu", netns=netns,
+                bridges=bridges, pool=bool(params.get("pool")))
 
 
 def domain_state(code: int) -> str:
@@ -417,6 +425,42 @@ def _delete_taps(want: Want, have: Have) -> list[Command]:
     return commands
 
 
+def nic_xml(nic: Nic) -> str:
+    """The <interface> of one NIC, as ``domain_xml`` writes it (for a hot-plug)."""
+    iface = ET.Element("interface", type="ethernet")
+    _sub(iface, "mac", address=nic.mac)
+    _sub(iface, "target", dev=nic.tap, managed="no")
+    _sub(iface, "model", type="virtio")
+    return ET.tostring(iface, encoding="unicode")
+
+
+def adoptable(want: Want, have: Have) -> bool:
+    """Whether a running pool VM can become ``want`` without a restart: it has
+    no NICs yet, and the two differ only in command line and interfaces."""
+    if not (want.pool and want.spec is not None and have.spec is not None):
+        return False
+    if want.state != "running" or not have.exists or have.state != "running":
+        return False
+    if have.spec.interfaces or have.kvm != want.kvm or want.spec.hypervisor != "qemu":
+        return False
+    same = replace(have.spec, cmdline=want.spec.cmdline, interfaces=want.spec.interfaces)
+    return same == want.spec and have.spec != want.spec
+
+
+def _adopt(want: Want, have: Have, here_pid: int) -> list[Command]:
+    """Take a pool VM: the new definition (for its next boot), its NICs
+    hot-plugged on fresh taps, the taps onto their bridges, then the guest
+    reconfigured over its serial console from the new command line."""
+    assert want.spec is not None
+    name = want.name
+    commands: list[Command] = [[LIBVIRT, "define", name]]
+    commands += _prepare_taps(want, have, here_pid)
+    commands += [[LIBVIRT, "attach", name, nic.tap] for nic in want.spec.interfaces]
+    commands += _attach_taps(want, have, fresh=True)
+    commands.append([GUEST, "configure", name])
+    return commands
+
+
 def plan(want: Want, have: Have, here_pid: int) -> list[Command]:
     """The commands that turn ``have`` into ``want`` (empty when they match).
 
@@ -438,6 +482,8 @@ def plan(want: Want, have: Have, here_pid: int) -> list[Command]:
         return commands + _delete_taps(want, have)
     if want.spec is None:
         raise PlanError(f"domain {name}: state {want.state} needs the domain's fields")
+    if adoptable(want, have):
+        return _adopt(want, have, here_pid)
     commands = []
     redefine = not have.exists or have.spec != want.spec or have.kvm != want.kvm
     if redefine:
@@ -484,6 +530,7 @@ def view(spec: DomainSpec | None, state: str | None, kvm: bool, taps: dict[str, 
         "cmdline": spec.cmdline,
         "serial": spec.serial,
         "vnc": spec.vnc,
+        "acpi": spec.acpi,
         "interfaces": [
             {
                 "tap": n.tap,

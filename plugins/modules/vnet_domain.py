@@ -25,9 +25,31 @@ description:
 author: vnet developers (@vnet)
 options:
   name:
-    description: Name of the domain.
+    description: Name of the domain. Required unless O(domains) is given.
     type: str
-    required: true
+  domains:
+    description:
+      - Several domains in one run, each a dict of this module's per-domain
+        options (O(name), O(state), O(hypervisor), O(vcpus), O(memory_mb),
+        O(kernel), O(initrd), O(cmdline), O(serial), O(vnc), O(interfaces),
+        O(netns), O(ready_marker), O(pool)); options an item leaves out come
+        from the module's own. They are converged in parallel (one thread
+        each), and the run fails naming every domain that failed.
+    type: list
+    elements: dict
+  pool:
+    description:
+      - A pool VM of vnet (QEMU only), booted before it is needed: its
+        domain has ACPI, so that NICs can be hot-plugged.
+      - When such a domain runs with no NICs and differs from the request only
+        in O(cmdline) and O(interfaces), the module takes it over instead of
+        restarting it. It defines the requested domain (for its next boot),
+        creates the taps, hot-plugs each NIC (live), moves the taps onto their
+        bridges, and types C(vnet-config) with the command line's C(vnet.*)
+        arguments on the guest's serial console (hostname, addresses by MAC,
+        MTU, forwarding, routes).
+    type: bool
+    default: false
   state:
     description:
       - V(present) defines the domain and leaves it as it is; V(running),
@@ -183,7 +205,10 @@ commands:
   description:
     - The steps taken (or, in check mode, that would be taken), as argv lists.
       C(["libvirt", VERB, NAME]) is a call on the libvirt connection (define,
-      start, destroy, shutdown, suspend, resume, undefine); the others are programs.
+      start, destroy, shutdown, suspend, resume, undefine, and C(attach) with
+      a tap name: a live hot-plug); C(["guest", "configure", NAME]) types
+      C(vnet-config) on the guest's serial console; the others are programs.
+      With O(domains), a dict of such lists by domain name.
   returned: always
   type: list
   elements: list
@@ -193,6 +218,10 @@ xml:
   description: The domain XML the module defines (absent with O(state=absent)).
   returned: when state is not absent
   type: str
+domains:
+  description: With O(domains), each domain's own result (commands, xml, accel) by name.
+  returned: when domains is given
+  type: dict
 accel:
   description: The accelerator of a QEMU domain, V(kvm) or V(tcg).
   returned: when state is not absent and hypervisor is qemu
@@ -206,11 +235,14 @@ import os
 import pwd
 import stat
 import tempfile
+import threading
 import time
 import traceback
+import xml.etree.ElementTree as ET
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.vnet.infra.plugins.module_utils._domain import (
+    GUEST,
     IP,
     LIBVIRT,
     Command,
@@ -221,6 +253,7 @@ from ansible_collections.vnet.infra.plugins.module_utils._domain import (
     before_after,
     domain_state,
     domain_xml,
+    nic_xml,
     parse_bridges,
     parse_domain,
     parse_taps,
@@ -228,6 +261,7 @@ from ansible_collections.vnet.infra.plugins.module_utils._domain import (
     serial_log,
     want_from_params,
 )
+from ansible_collections.vnet.infra.plugins.module_utils._serial import SerialError, run_line
 
 LIBVIRT_IMPORT_ERROR = None
 try:
@@ -236,7 +270,7 @@ except ImportError:
     LIBVIRT_IMPORT_ERROR = traceback.format_exc()
 
 ARGUMENT_SPEC = dict(
-    name=dict(type="str", required=True),
+    name=dict(type="str"),
     state=dict(
         type="str", choices=["present", "absent", "running", "shutdown", "paused"], default="present"
     ),
@@ -263,7 +297,11 @@ ARGUMENT_SPEC = dict(
     shutdown_timeout=dict(type="int", default=10),
     ready_marker=dict(type="str"),
     boot_timeout=dict(type="int", default=60),
+    pool=dict(type="bool", default=False),
+    domains=dict(type="list", elements="dict"),
 )
+PER_DOMAIN = ("name", "state", "hypervisor", "vcpus", "memory_mb", "kernel", "initrd",
+              "cmdline", "serial", "vnc", "interfaces", "netns", "ready_marker", "pool")
 FAILED_MARKER = "vnet-guest-failed"
 QEMU_CONF = "/etc/libvirt/qemu.conf"
 QEMU_USER = "libvirt-qemu"
@@ -394,10 +432,15 @@ class Host:
             bridges=bridges,
         )
 
-    def apply(self, commands: list[Command], xml: str | None, timeout: int) -> None:
+    def apply(self, commands: list[Command], xml: str | None, timeout: int,
+              boot_timeout: int = 60) -> None:
         for argv in commands:
-            if argv[0] == LIBVIRT:
+            if argv[0] == LIBVIRT and argv[1] == "attach":
+                self.attach(argv[2], argv[3], xml)
+            elif argv[0] == LIBVIRT:
                 self.libvirt(argv[1], argv[2], xml, timeout)
+            elif argv[0] == GUEST:
+                self.configure(argv[2], xml, boot_timeout)
             else:
                 rc, _out, err = self.module.run_command(argv)
                 if rc != 0:
@@ -405,6 +448,36 @@ class Host:
                         "%s failed: %s" % (" ".join(argv), err.strip()), failed_command=argv
                     )
             self.executed.append(argv)
+
+    def attach(self, name: str, tap: str, xml: str | None) -> None:
+        """Hot-plug the NIC of ``tap`` (as the definition ``xml`` has it) live."""
+        spec, _kvm = parse_domain(xml or "")
+        nic = next(n for n in spec.interfaces if n.tap == tap)
+        self.conn.lookupByName(name).attachDeviceFlags(nic_xml(nic),
+                                                       libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def configure(self, name: str, xml: str | None, timeout: int) -> None:
+        """Type vnet-config with the definition's vnet.* arguments on the guest's
+        serial console; its own ready line goes to the serial log as at boot."""
+        spec, _kvm = parse_domain(xml or "")
+        args = [a for a in (spec.cmdline or "").split() if a.startswith("vnet.")]
+        live = ET.fromstring(self.conn.lookupByName(name).XMLDesc(0))
+        pty = None
+        for device in live.findall("devices/serial") + live.findall("devices/console"):
+            source = device.find("source")
+            path = source.get("path") if source is not None else device.get("tty")
+            if device.get("type") == "pty" and path:
+                pty = path
+                break
+        if pty is None:
+            raise PlanError("domain %s has no serial console to configure it on" % name)
+        try:
+            rc, out = run_line(name, pty, " ".join(["vnet-config", *args]), timeout)
+        except SerialError as exc:
+            raise PlanError("domain %s: reconfiguring the guest: %s" % (name, exc)) from None
+        if rc != 0:
+            raise PlanError("guest of domain %s failed to reconfigure itself: %s"
+                            % (name, " | ".join(out.strip().splitlines()[-3:])))
 
     def libvirt(self, verb: str, name: str, xml: str | None, timeout: int) -> None:
         if verb == "define":
@@ -428,8 +501,8 @@ class Host:
         }[verb]()
 
 
-def run_module(module: AnsibleModule, host: Host) -> dict:
-    params = module.params
+def run_module(module: AnsibleModule, host: Host, params: dict | None = None) -> dict:
+    params = module.params if params is None else params
     accel = params["accel"]
     if accel == "auto":
         kernel = params["kernel"]
@@ -455,7 +528,7 @@ def run_module(module: AnsibleModule, host: Host) -> dict:
         if want.spec is not None and want.spec.hypervisor == "qemu":
             result["accel"] = "kvm" if want.kvm else "tcg"
     if commands and not module.check_mode:
-        host.apply(commands, xml, params["shutdown_timeout"])
+        host.apply(commands, xml, params["shutdown_timeout"], params["boot_timeout"])
         left = plan(want, host.have(want), os.getpid())
         if left:
             raise PlanError(
@@ -490,10 +563,77 @@ def wait_ready(name: str, marker: str, timeout: int) -> None:
         time.sleep(0.2)
 
 
+def item_params(module: AnsibleModule, item: dict) -> dict:
+    """One item of O(domains) with the module's options filled in."""
+    unknown = sorted(set(item) - set(PER_DOMAIN))
+    if unknown:
+        raise PlanError("domains: unknown option(s) %s" % ", ".join(unknown))
+    params = dict(module.params)
+    params.update({k: v for k, v in item.items() if v is not None})
+    params.pop("domains", None)
+    if not params.get("name"):
+        raise PlanError("domains: an item has no name")
+    return params
+
+
+def run_many(module: AnsibleModule) -> dict:
+    """Every item of O(domains), each in its own thread with its own connection."""
+    items = [item_params(module, item) for item in module.params["domains"]]
+    names = [p["name"] for p in items]
+    if len(set(names)) != len(names):
+        raise PlanError("domains: names repeat: %s" % names)
+    results: dict = {}
+    errors: dict = {}
+    executed: dict = {}
+
+    def one(params: dict) -> None:
+        name = params["name"]
+        try:
+            conn = libvirt.open(params["uri"])
+        except libvirt.libvirtError as exc:
+            errors[name] = "cannot connect to %s: %s" % (params["uri"], exc)
+            return
+        host = Host(module, conn)
+        try:
+            results[name] = run_module(module, host, params)
+        except PlanError as exc:
+            errors[name] = exc.msg
+        except (DomainError, libvirt.libvirtError) as exc:
+            errors[name] = "domain %s: %s" % (name, exc)
+        except Exception as exc:  # a thread must report, never vanish
+            errors[name] = "domain %s: %s: %s" % (name, type(exc).__name__, exc)
+        finally:
+            executed[name] = host.executed
+            conn.close()
+
+    threads = [threading.Thread(target=one, args=(p,)) for p in items]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise PlanError("; ".join(errors[n] for n in names if n in errors),
+                        failed_domains=sorted(errors), commands=executed)
+    return dict(
+        changed=any(results[n]["changed"] for n in names),
+        commands={n: results[n]["commands"] for n in names},
+        diff=dict(before={n: results[n]["diff"]["before"] for n in names},
+                  after={n: results[n]["diff"]["after"] for n in names}),
+        domains={n: {k: v for k, v in results[n].items() if k != "diff"} for n in names},
+    )
+
+
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
+                           required_one_of=[("name", "domains")],
+                           mutually_exclusive=[("name", "domains")])
     if LIBVIRT_IMPORT_ERROR is not None:
         module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
+    if module.params["domains"] is not None:
+        try:
+            module.exit_json(**run_many(module))
+        except PlanError as exc:
+            module.fail_json(msg=exc.msg, **exc.details)
     try:
         conn = libvirt.open(module.params["uri"])
     except libvirt.libvirtError as exc:

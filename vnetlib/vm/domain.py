@@ -61,6 +61,7 @@ class DomainSpec:
     interfaces: tuple[Nic, ...] = ()
     serial: Literal["pty"] | None = "pty"
     vnc: bool = False
+    acpi: bool = False  # QEMU: ACPI PCI hotplug, for pool VMs that get their NICs when taken
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -126,6 +127,8 @@ def domain_xml(spec: DomainSpec, *, kvm: bool = False, uuid: str | None = None) 
             _sub(os_, "cmdline", spec.cmdline)
     elif not xen:
         _sub(os_, "boot", dev="network")
+    if spec.acpi and not xen:
+        _sub(_sub(root, "features"), "acpi")
     _sub(root, "on_poweroff", "destroy")
     _sub(root, "on_reboot", "restart")
     _sub(root, "on_crash", "destroy")
@@ -220,5 +223,6 @@ def parse_domain(xml: str) -> tuple[DomainSpec, bool]:
         interfaces=tuple(nics),
         serial="pty" if any(e.get("type") == "pty" for e in ptys) else None,
         vnc=root.find("devices/graphics[@type='vnc']") is not None,
+        acpi=not xen and root.find("features/acpi") is not None,
     )
     return spec, kind == "kvm"
