@@ -7,7 +7,8 @@ import argparse
 import time
 from pathlib import Path
 
-from vnetlib.cli.output import Progress, emit_json, table
+from vnetlib.cli.output import emit_json, table
+from vnetlib.cli.progress import Live
 from vnetlib.instantiate import instantiate
 from vnetlib.lab.players import service_provider
 from vnetlib.spec import load_vnet
@@ -37,12 +38,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _through_players(args: argparse.Namespace) -> int:
     """SP -> VNO -> VNP -> PIPs (Interfaces 1 to 4)."""
-    progress = Progress(True)
     start = time.perf_counter()
     spec = load_vnet(args.spec)
     parsed = time.perf_counter()
-    progress(f"requesting {spec.name} from the VNO of lab {args.lab}")
-    view = service_provider(args.lab).request_vnet(spec)
+    with Live(args.json) as progress:
+        progress(f"requesting {spec.name} from the VNO of lab {args.lab}")
+        view = service_provider(args.lab).request_vnet(spec)
     done = time.perf_counter()
     # The VNP's phases (negotiate, allocate, provision, stitch), and what the
     # chain cost on top of them (TLS, the VNO, the SP's own call).
@@ -60,7 +61,8 @@ def _through_players(args: argparse.Namespace) -> int:
 
 
 def _direct(args: argparse.Namespace) -> int:
-    result = instantiate(args.spec, args.substrate, check=args.check, progress=Progress(True))
+    with Live(args.json) as progress:
+        result = instantiate(args.spec, args.substrate, check=args.check, progress=progress)
     if args.json:
         data = result.to_dict()
         data["plan"] = result.plan
