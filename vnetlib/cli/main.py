@@ -8,7 +8,22 @@ import sys
 from collections.abc import Sequence
 
 from vnetlib import __version__
-from vnetlib.cli import console, ctl, down, execute, keys, lab, pki, serve, status, up, users
+from vnetlib.cli import (
+    adopt,
+    console,
+    ctl,
+    down,
+    execute,
+    keys,
+    lab,
+    pki,
+    plan,
+    serve,
+    show,
+    status,
+    up,
+    users,
+)
 from vnetlib.cli.output import emit_json
 from vnetlib.console.wire import HopError
 from vnetlib.deploy.ansible import DeployError
@@ -37,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vnet {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True)
-    for verb in (lab, up, status, execute, ctl, console, keys, users, down, serve, pki):
+    for verb in (lab, up, plan, adopt, status, show, execute, ctl, console, keys, users,
+                 down, serve, pki):
         verb.add_parser(sub)
     return parser
 
