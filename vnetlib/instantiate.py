@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vnetlib import naming, paths
+from vnetlib import paths
 from vnetlib.core.deployer import AnsibleDeployer, Deployer
 from vnetlib.core.ledger import Ledger
 from vnetlib.core.pip import DeployFailed, NotFound, PipCore, Rejected, spec_of
@@ -75,8 +75,7 @@ class LocalVNet:
     @classmethod
     def of(cls, core: PipCore, s: Sliver) -> LocalVNet:
         spec = spec_of(s.spec_xml)
-        vms = {n.id: naming.vnode_netns(core.name, s.id, n.id)
-               for n in spec.nodes if n.kind.is_vm}
+        vms = {n.id: s.domain(n.id) for n in spec.nodes if n.kind.is_vm}
         seen = domain_states(list(vms.values())) if vms and s.deployed else {}
         return cls(s.id, spec.name, core.name, s.state.value,
                    s.embedding.to_dict(), core.plan(s) if s.deployed else None,
@@ -116,7 +115,8 @@ def local_core(substrate: str, deployer: Deployer | None = None) -> PipCore:
                           f"bring it up with `vnet lab up`")
     return PipCore(load_substrate(files / SUBSTRATE_FILE),
                    Ledger(sqlite_url(paths.state_db()), substrate),
-                   deployer or AnsibleDeployer(files / INVENTORY_FILE))
+                   deployer or AnsibleDeployer(files / INVENTORY_FILE),
+                   pool_settings=None, pool_background=False)
 
 
 def substrates() -> list[str]:
@@ -234,6 +234,9 @@ def destroy(ref: str, *, check: bool = False, progress: Progress = _quiet) -> Lo
         except NotFound:
             pass
         core.ledger.purge(s.id)
+        if core.pool.settings().on:
+            progress("refilling the pool of booted VMs")
+            core.pool.tend(boot=True)  # what the VNet took is gone: boot replacements
         return view
     finally:
         core.ledger.close()

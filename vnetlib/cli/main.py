@@ -18,6 +18,7 @@ from vnetlib.cli import (
     lab,
     pki,
     plan,
+    pool,
     serve,
     show,
     status,
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vnet {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True)
     for verb in (lab, up, plan, adopt, status, show, execute, ctl, console, keys, users,
-                 down, serve, pki):
+                 down, serve, pki, pool):
         verb.add_parser(sub)
     return parser
 

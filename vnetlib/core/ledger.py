@@ -70,6 +70,29 @@ substrates_table = Table(
     "ledger_substrates", _md,
     Column("name", String(80), primary_key=True),
 )
+# The substrate's pool of booted VMs (vnetlib.core.pool): one row per domain,
+# changed by compare-and-swap on `version` like the slivers.
+pool_table = Table(
+    "ledger_pool", _md,
+    Column("substrate", String(80), nullable=False),
+    Column("domain", String(80), nullable=False),
+    Column("host", String(80), nullable=False),
+    Column("image", String(80), nullable=False),
+    Column("vcpus", Integer, nullable=False),
+    Column("memory_mb", Integer, nullable=False),
+    Column("state", String(16), nullable=False),  # booting | ready | taken | destroying
+    Column("sliver", String(80)),
+    Column("vnode", String(80)),
+    Column("holder", String(200), nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("version", Integer, nullable=False),
+    PrimaryKeyConstraint("substrate", "domain"),
+)
+pool_settings_table = Table(
+    "ledger_pool_settings", _md,
+    Column("substrate", String(80), primary_key=True),
+    Column("data", Text, nullable=False),
+)
 
 
 class Stale(RuntimeError):
@@ -133,6 +156,9 @@ class Ledger:
         with self.db.transaction() as conn:
             conn.execute(delete(vnis_table).where(vnis_table.c.substrate == self.substrate))
             conn.execute(delete(slivers_table).where(*self._where()))
+            conn.execute(delete(pool_table).where(pool_table.c.substrate == self.substrate))
+            conn.execute(delete(pool_settings_table).where(
+                pool_settings_table.c.substrate == self.substrate))
             conn.execute(delete(substrates_table).where(
                 substrates_table.c.name == self.substrate))
 

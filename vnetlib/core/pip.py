@@ -27,6 +27,7 @@ from typing import Any
 from vnetlib import naming
 from vnetlib.core.deployer import Deployer
 from vnetlib.core.ledger import Exists, Ledger, NoVni, Stale, pick_vnis
+from vnetlib.core.pool import PoolSettings, VmPool, takers
 from vnetlib.core.records import (
     ENDED,
     PAUSED,
@@ -149,10 +150,23 @@ class PipCore:
     on_removed: Callable[[Sliver], None] | None = None  # e.g. kill the tenant's processes
     images: Callable[[], GuestImage] = build_image  # the VM guest image, built on first use
     holder: str = field(default_factory=this_holder)
+    # The pool of booted VMs: its settings ($VNET_POOL_SIZE for a PIP, else the
+    # ledger's: `vnet pool fill`); `pool_background` refills it from `reap` in a
+    # thread (the PIP), else only `vnet pool fill` and `vnet down` boot (direct path).
+    pool_settings: PoolSettings | None = field(default_factory=PoolSettings.from_env)
+    pool_background: bool = True
+    _pool: VmPool | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
         return self.substrate.name
+
+    @property
+    def pool(self) -> VmPool:
+        if self._pool is None:
+            self._pool = VmPool(self.substrate, self.ledger, self.deployer, self.images,
+                                self.holder, holder_alive, self.pool_settings)
+        return self._pool
 
     # -- reading -------------------------------------------------------------------
 
@@ -198,7 +212,7 @@ class PipCore:
         return build_plan(spec_of(s.spec_xml), s.embedding.node_map, self.substrate,
                           vnet_id=s.id, lab=self.name, vnis=self.ledger.vnis_of(s.id),
                           boundary=boundary, node_states=s.node_states,
-                          image=self._image(s)).to_dict()
+                          image=self._image(s), pool_domains=s.domains).to_dict()
 
     # -- negotiation ---------------------------------------------------------------
 
@@ -328,10 +342,13 @@ class PipCore:
                 op.save(replace(op.sliver, peers=tuple(peers), expires=None, deployed=True),
                         also=lambda conn: self.ledger.take_vnis(conn, op.sliver.id, links))
                 started = time.perf_counter()
+                self._take_pool_vms(op, spec)
+                took = time.perf_counter()
                 plan = self.plan(op.sliver)
                 planned = time.perf_counter()
                 self.deployer.apply(plan, "present", progress=progress)
-                timings = {"plan": round(planned - started, 4),
+                timings = {"pool": round(took - started, 4),
+                           "plan": round(planned - took, 4),
                            "deploy": round(time.perf_counter() - planned, 4)}
             except (DeployError, PlanError, NoVni) as exc:
                 rolled_back = self._rollback(op, exc, progress)
@@ -343,6 +360,18 @@ class PipCore:
             done = State.READY if not refs else State.PROVISIONED
             op.save(replace(op.sliver, state=done, timings=timings, lock=None))
             return op.sliver
+
+    def _take_pool_vms(self, op: _Op, spec: VNetSpec) -> None:
+        """Take ready pool VMs for the sliver's QEMU nodes (the others boot on
+        demand) and record node -> domain before anything is deployed."""
+        wanted = takers(spec, op.sliver.embedding.node_map)
+        if not wanted or not any(vm.state == "ready" for vm in self.pool.vms()):
+            return
+        image = self._image(spec)
+        assert image is not None
+        domains = self.pool.take(op.sliver.id, wanted, image.key)
+        if domains:
+            op.save(replace(op.sliver, domains={**op.sliver.domains, **domains}))
 
     def record_timings(self, s: Sliver, timings: dict[str, float]) -> Sliver:
         """Keep how long each phase of a sliver's instantiation took."""
@@ -364,6 +393,7 @@ class PipCore:
             try:
                 self.deployer.apply(self.plan(s), "absent", progress=progress)
                 removed = True
+                self.pool.release(s.id)
             except (DeployError, PlanError) as exc:
                 log.error("%s: rollback of %s incomplete: %s", self.name, s.name, exc)
                 if isinstance(cause, DeployError):
@@ -486,6 +516,7 @@ class PipCore:
                 op.save(replace(s, state=State.FAILED, error=str(exc)[:500], lock=None))
                 raise DeployFailed(f"removal of sliver {s.name} failed: {exc}", exc,
                                    False) from exc
+            self.pool.release(s.id)
         op.save(replace(s, state=State.DELETED, deployed=False, lock=None),
                 also=lambda conn: self.ledger.drop_vnis(conn, s.id))
         return op.sliver
@@ -510,7 +541,23 @@ class PipCore:
             except (DeployFailed, DeployError, PlanError) as exc:
                 log.error("%s: recovery of %s failed: %s", self.name, s.name, exc)
         self.ledger.purge_ended(now - TOMBSTONE_SECONDS)
+        done += self.tend_pool()
         return done
+
+    def tend_pool(self) -> list[str]:
+        """The pool's round: in a background thread (the PIP), or, on the direct
+        path, only the quick part (what died or is no longer used is destroyed)."""
+        if self.pool_background:
+            if self.pool.settings().on or self.pool.vms():
+                self.pool.tend_in_background()
+            return []
+        if not self.pool.vms():
+            return []
+        try:
+            return self.pool.tend(boot=False)
+        except Exception:
+            log.exception("%s: pool round failed", self.name)
+            return []
 
     def _take_over(self, s: Sliver) -> str:
         """Finish the operation of a holder that died, with its lock taken over."""

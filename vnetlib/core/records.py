@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from vnetlib import naming
+
 
 class State(StrEnum):
     ALLOCATED = "allocated"
@@ -115,6 +117,8 @@ class Sliver:
     error: str = ""
     timings: Mapping[str, float] = field(default_factory=dict)
     node_states: Mapping[str, str] = field(default_factory=dict)  # absent: running
+    # VM nodes that took a pool VM -> its domain (libvirt cannot rename a running one)
+    domains: Mapping[str, str] = field(default_factory=dict)
     created: float = 0.0
     updated: float = 0.0
     version: int = 0
@@ -130,6 +134,10 @@ class Sliver:
         refs = {s.ref for s in stitches}
         return replace(self, stitches=(*[s for s in self.stitches if s.ref not in refs],
                                        *stitches))
+
+    def domain(self, node: str) -> str:
+        """The libvirt domain of VM node `node`: the pool VM it took, or its own."""
+        return self.domains.get(node) or naming.vnode_netns(self.substrate, self.id, node)
 
     def node_state(self, node: str) -> str:
         return self.node_states.get(node, RUNNING)
@@ -158,6 +166,7 @@ class Sliver:
             "error": self.error,
             "timings": dict(self.timings),
             "node_states": dict(self.node_states),
+            "domains": dict(self.domains),
         })
 
     @classmethod
@@ -176,5 +185,6 @@ class Sliver:
             lock=None if lock is None else Lock(lock[0], lock[1], float(lock[2])),
             error=d.get("error", ""), timings=d.get("timings", {}),
             node_states=d.get("node_states", {}),
+            domains=d.get("domains", {}),
             created=created, updated=updated, version=version,
         )

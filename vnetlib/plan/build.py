@@ -51,6 +51,7 @@ def build_plan(
     boundary: Mapping[str, tuple[str, int]] | None = None,
     node_states: Mapping[str, str] | None = None,
     image: GuestImage | None = None,
+    pool_domains: Mapping[str, str] | None = None,
 ) -> DeploymentPlan:
     """Lay out every virtual node and link segment on the hosts of `node_map`.
 
@@ -69,7 +70,9 @@ def build_plan(
 
     VM nodes (kind qemu or xen) are libvirt domains booting `image`; their
     ends of links are taps on the link's bridge, configured by the guest from
-    its kernel command line.
+    its kernel command line. `pool_domains` maps VM nodes that took a pool VM to
+    that VM's domain (libvirt cannot rename a running domain); their tasks
+    say `pool`, so the module takes the VM over instead of booting one.
     """
     states = dict(node_states or {})
     vms = {n.id: n for n in spec.nodes if n.kind.is_vm}
@@ -174,7 +177,8 @@ def build_plan(
         except ValueError as exc:
             raise PlanError(f"virtual node {node_id}: {exc}") from exc
         domains[node_map[node_id]].append(DomainTask(
-            vnode=node_id, name=naming.vnode_netns(lab, vnet_id, node_id),
+            vnode=node_id,
+            name=(pool_domains or {}).get(node_id) or naming.vnode_netns(lab, vnet_id, node_id),
             hypervisor=node.kind.value, vcpus=max(1, math.ceil(node.cpu)),
             memory_mb=node.memory_mb, kernel=str(image.kernel), initrd=str(image.initrd),
             cmdline=cmdline,
@@ -182,7 +186,8 @@ def build_plan(
                                        mac_for(vnet_id, node_id, end.interface.name), bridge)
                              for link_id, end, bridge, _ in mine),
             state=DOMAIN_STATES[states.get(node_id, RUNNING)],
-            vnc=ConsoleKind.VNC in node.consoles))
+            vnc=ConsoleKind.VNC in node.consoles,
+            pool=node_id in (pool_domains or {})))
     used = sorted(set(nodes) | set(links) | set(domains))
     return DeploymentPlan(
         vnet=vnet_id,

@@ -84,6 +84,7 @@ class DomainTask:
     interfaces: tuple[DomainNic, ...] = ()
     state: str = "running"  # running | shutdown | paused
     vnc: bool = False  # the node asks for a VNC console: a VNC server on 127.0.0.1
+    pool: bool = False  # a pool VM (ACPI for NIC hot-plug), or a node that took one
 
 
 @dataclass(frozen=True, slots=True)
