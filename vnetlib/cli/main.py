@@ -14,6 +14,7 @@ from vnetlib.cli import (
     ctl,
     down,
     execute,
+    geni,
     keys,
     lab,
     pki,
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vnet {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True)
     for verb in (lab, up, plan, adopt, status, show, execute, ctl, console, keys, users,
-                 down, serve, pki, pool):
+                 down, serve, pki, pool, geni):
         verb.add_parser(sub)
     return parser
 

@@ -43,7 +43,7 @@ from lxml import etree
 from vnetlib.core.pip import Busy, CoreError, DeployFailed, NotFound, Rejected, spec_of
 from vnetlib.core.records import Sliver, State
 from vnetlib.geni import urns
-from vnetlib.geni.documents import advertisement_rspec, iso, manifest_rspec
+from vnetlib.geni.documents import advertisement_rspec, iso, sliver_manifest
 from vnetlib.geni.rspec import parse_request
 from vnetlib.geni.schema import GENI_NS, VNET_NS, safe_parser
 from vnetlib.players.negotiation import advertise
@@ -282,12 +282,7 @@ class GeniAggregate:
         return out
 
     def _manifest(self, s: Sliver) -> str:
-        stitches = {st.ref: (st.joined, st.vni) for st in s.stitches}
-        return manifest_rspec(
-            self.pip, s.id, s.name, spec_of(s.spec_xml), status=s.state.value, price=s.price,
-            expires=s.expires if s.state is State.ALLOCATED else None,
-            node_states={n: st for n, st in s.node_states.items() if st != "running"},
-            stitches=stitches).decode()
+        return sliver_manifest(self.pip, s).decode()
 
     def _described(self, slivers: Sequence[Sliver]) -> dict[str, Any]:
         return {"geni_rspec": "".join(self._manifest(s) for s in slivers[:1]),

@@ -17,6 +17,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
+from vnetlib.core.pip import spec_of
+from vnetlib.core.records import Sliver, State
 from vnetlib.geni import urns
 from vnetlib.geni.rspec import (
     document,
@@ -76,6 +78,15 @@ def manifest_rspec(pip: str, sliver_id: str, name: str, spec: VNetSpec, *, statu
             peer.set("vni", str(vni))
     validate(root, "manifest")
     return document(root)
+
+
+def sliver_manifest(pip: str, s: Sliver) -> bytes:
+    """The manifest of a sliver of the PIP (or substrate) `pip`, as its ledger has it."""
+    return manifest_rspec(
+        pip, s.id, s.name, spec_of(s.spec_xml), status=s.state.value, price=s.price,
+        expires=s.expires if s.state is State.ALLOCATED else None,
+        node_states={n: st for n, st in s.node_states.items() if st != "running"},
+        stitches={st.ref: (st.joined, st.vni) for st in s.stitches})
 
 
 def advertisement_rspec(ad: Advertisement) -> bytes:
