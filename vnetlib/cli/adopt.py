@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vnetlib.cli import plan as planfile
 from vnetlib.cli.output import emit_json
@@ -69,6 +71,11 @@ def _room(core: PipCore, holding: Sequence[Sliver], sliver: Sliver) -> list[str]
     return short
 
 
+def _plain(data: Mapping[str, Any]) -> Any:
+    """As the file holds it: lists, not tuples."""
+    return json.loads(json.dumps(data))
+
+
 def adopt(path: Path) -> Adopted:
     made = planfile.load(path)
     core = local_core(made.substrate)
@@ -107,7 +114,7 @@ def adopt(path: Path) -> Adopted:
             for link, vni in vnis.items():
                 if not core.ledger.claim_vni(recorded.id, link, vni):
                     raise AdoptRefused(f"tunnel id {vni} of link {link} was taken meanwhile")
-            if core.plan(recorded) != made.plan:
+            if _plain(core.plan(recorded)) != _plain(made.plan):
                 raise AdoptRefused(f"{path}: vnet_plan is not the plan of its vnet_record "
                                    "(edited?); the ledger would not remove what it placed")
         except BaseException:
