@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 with_tests=0
 [ "${1:-}" = "--test" ] && with_tests=1
 
-packages=(iproute2 iputils-ping procps openssh-client)
+packages=(iproute2 iputils-ping procps openssh-client graphviz)  # graphviz: vnet show
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
