@@ -63,7 +63,7 @@ substrate: /var/lib/vnet/substrates/labp1/substrate.xml
 """
 
 import re
-import xml.etree.ElementTree as ElementTree
+from xml.etree import ElementTree
 
 from ansible.errors import AnsibleParserError
 from ansible.module_utils.common.text.converters import to_native
