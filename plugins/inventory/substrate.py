@@ -90,7 +90,7 @@ RDL = "{urn:vnet:rdl:1}"
 
 def _netns(substrate, host):
     """The namespace of a lab host: vnetlib.naming.host_netns."""
-    return "vl-%s-%s" % (substrate, host)
+    return f"vl-{substrate}-{host}"
 
 
 def _group_name(text):
@@ -111,7 +111,7 @@ def _read_xml(path):
     else:
         root = ElementTree.parse(path).getroot()
     if root.tag != RDL + "substrate":
-        raise ValueError("the root element is %s, not substrate of urn:vnet:rdl:1" % root.tag)
+        raise ValueError(f"the root element is {root.tag}, not substrate of urn:vnet:rdl:1")
     hosts = [dict(name=h.get("name"), location=h.get("location"),
                   data_address=h.get("data-address"), mgmt_address=h.get("mgmt-address"))
              for h in root.findall(RDL + "host")]
@@ -123,11 +123,11 @@ class InventoryModule(BaseInventoryPlugin):
     NAME = "vnet.infra.substrate"
 
     def verify_file(self, path):
-        return super(InventoryModule, self).verify_file(path) and path.endswith(
+        return super().verify_file(path) and path.endswith(
             (".vnet.yml", ".vnet.yaml"))
 
     def parse(self, inventory, loader, path, cache=True):
-        super(InventoryModule, self).parse(inventory, loader, path, cache)
+        super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
         description = self.get_option("substrate")
         try:
@@ -136,8 +136,8 @@ class InventoryModule(BaseInventoryPlugin):
             else:
                 name, hosts = _read_xml(description)
         except Exception as exc:
-            raise AnsibleParserError("%s: cannot read the substrate description %s: %s"
-                                     % (path, description, to_native(exc)))
+            raise AnsibleParserError(f"{path}: cannot read the substrate description "
+                                     f"{description}: {to_native(exc)}") from exc
         group = self.inventory.add_group(self.get_option("group"))
         connection = self.get_option("connection")
         for host in hosts:
