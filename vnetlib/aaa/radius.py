@@ -206,7 +206,7 @@ server vno {{
     }}
     post-auth {{
         update reply {{
-            Session-Timeout := {cfg.session_timeout}
+            Session-Timeout = {cfg.session_timeout}
         }}
         auth_log
         Post-Auth-Type REJECT {{
@@ -312,17 +312,27 @@ server pip {{
 """
 
 
-def users_file(entries: list[tuple[str, str, str, str]]) -> str:
-    """The server's users file from (identity, password, handle, pool)."""
+@dataclass(frozen=True, slots=True)
+class UserEntry:
+    identity: str
+    password: str
+    handle: str
+    pool: str
+    session_timeout: int | None = None
+
+
+def users_file(entries: list[UserEntry]) -> str:
+    """The server's users file: on accept, the handle and the pool (what the
+    PIP needs to connect the port), and the user's session timeout if set."""
     out = []
-    for identity, password, handle, pool in entries:
-        out.append(
-            f'"{_quote(identity)}" Cleartext-Password := "{_quote(password)}"\n'
-            "    Tunnel-Type = VLAN,\n"
-            "    Tunnel-Medium-Type = IEEE-802,\n"
-            f'    Tunnel-Private-Group-Id = "{_quote(handle)}",\n'
-            f'    Framed-Pool = "{_quote(pool)}"\n'
-        )
+    for e in entries:
+        reply = ["Tunnel-Type = VLAN", "Tunnel-Medium-Type = IEEE-802",
+                 f'Tunnel-Private-Group-Id = "{_quote(e.handle)}"',
+                 f'Framed-Pool = "{_quote(e.pool)}"']
+        if e.session_timeout is not None:
+            reply.append(f"Session-Timeout = {int(e.session_timeout)}")
+        out.append(f'"{_quote(e.identity)}" Cleartext-Password := "{_quote(e.password)}"\n'
+                   + ",\n".join(f"    {r}" for r in reply) + "\n")
     return "\n".join(out)
 
 

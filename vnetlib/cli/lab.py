@@ -6,7 +6,7 @@ import argparse
 from dataclasses import asdict
 
 from vnetlib.cli.output import Progress, emit_json
-from vnetlib.lab import testbed
+from vnetlib.lab import attach, testbed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +29,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="substrates only: no management nodes (PIP, VNP, VNO)",
     )
+    up.add_argument(
+        "--attach",
+        action="store_true",
+        help="end-user attachment: the VNO's RADIUS server, each PIP's access switch",
+    )
     up.add_argument("--json", action="store_true", help="machine-readable output")
     up.set_defaults(func=run_up)
+    add_device_parser(verbs)
     for verb, func, text in (
         ("status", run_status, "show the lab"),
         ("down", run_down, "remove the lab, its players and every VNet on it"),
@@ -50,6 +56,7 @@ def run_up(args: argparse.Namespace) -> int:
         memory_mb=args.memory,
         mgmt_offset=args.mgmt_offset,
         players=not args.no_players,
+        attach=args.attach,
     )
     Progress(not args.json)(
         f"bringing up lab {spec.name}: {spec.pips} PIPs of {spec.hosts} hosts"
@@ -108,3 +115,63 @@ def run_down(args: argparse.Namespace) -> int:
     else:
         print(f"lab {args.name}: {len(changes.removed)} objects removed")
     return 0
+
+
+def add_device_parser(verbs: argparse._SubParsersAction) -> None:
+    dev = verbs.add_parser("device", help="end-user devices plugged into PIPs' access ports")
+    dverbs = dev.add_subparsers(dest="device_verb", required=True)
+    add = dverbs.add_parser("add", help="a device namespace on a new access port")
+    add.add_argument("name", help="1-8 lower-case letters or digits")
+    add.add_argument("--pip", type=int, default=1, help="the PIP whose access switch (default 1)")
+    att = dverbs.add_parser("attach", help="802.1X authentication, then DHCP")
+    att.add_argument("name")
+    att.add_argument("--identity", required=True, help="user@realm (the realm is the VNO's)")
+    att.add_argument("--password", required=True)
+    att.add_argument("--timeout", type=float, default=20.0)
+    det = dverbs.add_parser("detach", help="log off: the PIP takes the port out of the VNet")
+    det.add_argument("name")
+    rm = dverbs.add_parser("remove", help="unplug and remove the device")
+    rm.add_argument("name")
+    ls = dverbs.add_parser("list", help="devices and the ports in a VNet now")
+    for p in (add, att, det, rm, ls):
+        p.add_argument("--lab", default="lab")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=run_device)
+
+
+def run_device(args: argparse.Namespace) -> int:
+    spec = testbed.load_spec(args.lab)
+    if not spec.attach:
+        raise ValueError(f"lab {args.lab} has no end-user attachment; bring it up with --attach")
+    directory = testbed.lab_dir(args.lab)
+    substrates = spec.substrates()
+    verb = args.device_verb
+    if verb == "add":
+        record = attach.add_device(directory, substrates, args.name, args.pip)
+        result: dict[str, object] = asdict(record)
+        text = f"device {record.name} on port {record.port} of pip{record.pip} ({record.mac})"
+    elif verb == "attach":
+        done = attach.attach(directory, args.name, args.identity, args.password, args.timeout)
+        result = asdict(done)
+        text = (f"device {done.device}: {done.outcome} in {done.seconds:.2f} s"
+                + (f", address {done.address}" if done.address else "")
+                + (f" ({done.detail})" if done.detail else ""))
+    elif verb == "detach":
+        was = attach.detach(directory, args.name)
+        result = {"device": args.name, "was_attached": was}
+        text = f"device {args.name}: detached" if was else f"device {args.name}: was not attached"
+    elif verb == "remove":
+        attach.remove_device(directory, substrates, args.name)
+        result = {"device": args.name, "removed": True}
+        text = f"device {args.name}: removed"
+    else:
+        devs = {n: asdict(d) for n, d in attach.devices(directory).items()}
+        result = {"devices": devs, "attached": attach.attached(directory)}
+        text = "\n".join([f"{n}\tpip{d['pip']}\t{d['port']}\t{d['mac']}" for n, d in devs.items()]
+                         + [f"attached: {a['device']} at {a['pip']} realm {a['realm']}"
+                            for a in result["attached"]])  # type: ignore[attr-defined]
+    if args.json:
+        emit_json(result)
+    else:
+        print(text)
+    return 0 if verb != "attach" or result["outcome"] == "connected" else 1

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vnetlib import paths
-from vnetlib.lab import exchange, kernel, manage, vms
+from vnetlib.lab import attach, exchange, kernel, manage, vms
 from vnetlib.lab.layout import LabConfig
 from vnetlib.lab.players import load_players, start_players, stop_players
 
@@ -39,6 +39,7 @@ class LabSpec:
     memory_mb: int = 4096
     mgmt_offset: int = 0
     players: bool = True
+    attach: bool = False  # end-user attachment: RADIUS server, proxies, access switches
 
     def __post_init__(self) -> None:
         if not LAB_NAME_RE.match(self.name) or re.search(r"p[0-9]+$", self.name):
@@ -50,6 +51,8 @@ class LabSpec:
             raise ValueError(f"a lab has 1 to {len(PIP_LOCATIONS)} PIPs, not {self.pips}")
         if not 0 <= self.mgmt_offset <= 100:
             raise ValueError("the management offset is 0 to 100")
+        if self.attach and not self.players:
+            raise ValueError("end-user attachment needs the players (the VNO decides)")
 
     def substrates(self) -> list[LabConfig]:
         """One substrate per PIP: data network 198.18.i.0/24, its own location."""
@@ -116,6 +119,8 @@ def up(spec: LabSpec) -> kernel.Changes:
     changes.created += vms.start(directory)
     if spec.players:
         changes.created += start_players(spec, directory)
+    if spec.attach:
+        changes.created += attach.up(directory, substrates)
     return changes
 
 
@@ -124,6 +129,7 @@ def down(name: str) -> kernel.Changes:
     LabSpec(name=name)  # validates the name
     changes = kernel.Changes()
     directory = lab_dir(name)
+    changes.removed += attach.down(directory)
     changes.removed += stop_players(directory)
     changes.removed += vms.stop(directory, _substrates_of(name))
     for sub in _substrates_of(name):

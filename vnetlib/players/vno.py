@@ -24,6 +24,8 @@ import threading
 import time
 from collections.abc import Mapping
 
+from vnetlib.aaa.api import VNetAttachments, aaa_dir, add_user_routes
+from vnetlib.aaa.users import UserStore
 from vnetlib.players import faultpoints, timeouts
 from vnetlib.players import messages as m
 from vnetlib.players.client import ClientError, PlayerClient, Relayed, RemoteError
@@ -93,6 +95,9 @@ class VnoService(Service):
         self.add_route("POST", "/v1/vnets/{id}/action", self.action, roles=sp)
         self.keys = KeyStore(config.store, config.name)  # SPs' SSH keys
         add_key_routes(self, self.keys)
+        # end users of the SPs' VNets (Interface 6), for the VNO's RADIUS server
+        self.users = UserStore(aaa_dir(config.pki, config.name), realm=config.name)
+        add_user_routes(self, self.users, self._attachments)
         self._recover()
         self.reconciler = Reconciler(self.name, self.reconcile,
                                      most=config.vno.retry_max_seconds)
@@ -167,7 +172,8 @@ class VnoService(Service):
         vnet_id = f"v{secrets.token_hex(5)}"
         rec = Record(vnet_id, caller.name, vnet_id, time.time(), {
             "key": f"k{secrets.token_hex(8)}", "vnp_id": None, "name": spec.name,
-            "status": REQUESTING, "nodes": [], "price": None, "providers": [], "timings": []})
+            "status": REQUESTING, "nodes": [], "price": None, "providers": [], "timings": [],
+            "attach": [[a.node, a.pool, a.realm] for a in spec.attachments]})
         self.store.insert(rec)  # before the VNP hears of it
         kept = (f"VNet {vnet_id} is kept as unknown until the VNP's outcome is known "
                 "(GET /v1/vnets shows it)")
@@ -259,6 +265,7 @@ class VnoService(Service):
                         self.name, rec.id, exc, delay)
             return False
         self.store.remove(rec.id)
+        self.users.remove_vnet(rec.id)
         self._retries.done(rec.id)
         return True
 
@@ -270,6 +277,14 @@ class VnoService(Service):
             raise Conflict(f"VNet {rec.id} is {rec.data['status']}, not ready")
         return 200, self._call("POST", f"/v1/vnets/{self._vnp_ref(rec)}/action",
                                m.action_xml(act))
+
+    def _attachments(self, vnet_id: str) -> VNetAttachments | None:
+        rec = self.store.get(vnet_id)
+        if rec is None:
+            return None
+        d = rec.data
+        return VNetAttachments(rec.owner, d["status"] == READY, d.get("vnp_id"),
+                               {n: (pool, realm) for n, pool, realm in d.get("attach", [])})
 
     # -- reconciliation --------------------------------------------------------------
 

@@ -1,0 +1,494 @@
+"""The PIP's side of end-user attachment (Interface 6).
+
+In the PIP's access namespace (its access switch) run: the PIP's RADIUS proxy
+(FreeRADIUS, routing by realm to the VNOs' servers over RadSec), one hostapd per
+access port (wired driver, 802.1X, RADIUS to the proxy) and the access
+controller (`python -m vnetlib.aaa.access`). The controller listens to every
+hostapd's control socket: on AP-STA-CONNECTED it reads the proxy's decision for
+that port (the accept's handle `<sliver name>/<node>` and pool), finds the
+sliver in the PIP's ledger and puts the port into the VNet; on
+AP-STA-DISCONNECTED (logoff, failed re-authentication, session timeout) or when
+the port goes down it takes it out again.
+
+Putting a port into the VNet: the node gets a segment of its own for end users
+(a bridge on its substrate host, a veth whose inner end `att0` in the node's
+namespace has the pool's first address, dnsmasq on it handing out the rest);
+the port joins that bridge through a per-port bridge in the access namespace and
+a veth to the host. The last port to leave removes the segment, so nothing of
+an attachment stays in the VNet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import netaddr
+from pyroute2 import IPRoute, NetlinkError, NetNS
+
+from vnetlib import naming
+from vnetlib.aaa import daemons, radius
+from vnetlib.core.ledger import Ledger
+
+log = logging.getLogger("vnetlib.aaa.access")
+
+PROXY_CONF = "pip-radius"
+PROXY_PORT = 1812
+ATT_IF = "att0"
+SESSIONS = "sessions.json"
+
+
+# -- names ------------------------------------------------------------------------------
+
+
+def segment_key(sliver_id: str, node: str) -> str:
+    return naming.short_hash(sliver_id, node)
+
+
+def port_key(netns: str, port: str) -> str:
+    return naming.short_hash(netns, port)
+
+
+# -- the proxy and the authenticators ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """One PIP's access switch: where its files are, its namespace, its ledger."""
+
+    directory: Path
+    netns: str
+    substrate: str
+    store: str
+    secret: str
+
+    def pidfile(self, what: str) -> Path:
+        return self.directory / "run" / f"{what}.pid"
+
+
+def start_proxy(acc: Access, homes: tuple[radius.HomeServer, ...], tls: radius.Tls,
+                response_window: int = 3) -> None:
+    cfg = radius.ProxyConfig(acc.directory, PROXY_PORT, acc.secret, homes, tls, response_window)
+    radius.write(acc.directory, radius.proxy_conf(cfg), PROXY_CONF)
+    d = acc.directory
+    daemons.start(["freeradius", "-f", "-d", str(d), "-n", PROXY_CONF,
+                   "-l", str(d / "log" / "radius.log")],
+                  pidfile=acc.pidfile("proxy"), log=d / "log" / "proxy.out", marker=str(d),
+                  netns=acc.netns, settle=0.3)
+
+
+def stop_proxy(acc: Access) -> bool:
+    return daemons.stop(acc.pidfile("proxy"), str(acc.directory))
+
+
+def hostapd_conf(acc: Access, port: str) -> str:
+    return "\n".join([
+        f"interface={port}",
+        "driver=wired",
+        "ieee8021x=1",
+        "eapol_version=2",
+        "eap_reauth_period=0",
+        "use_pae_group_addr=1",
+        "own_ip_addr=127.0.0.1",
+        f"nas_identifier={port}",
+        "auth_server_addr=127.0.0.1",
+        f"auth_server_port={PROXY_PORT}",
+        f"auth_server_shared_secret={acc.secret}",
+        "acct_server_addr=127.0.0.1",
+        f"acct_server_port={PROXY_PORT + 1}",
+        f"acct_server_shared_secret={acc.secret}",
+        "radius_retry_primary_interval=1",
+        f"ctrl_interface={acc.directory / 'ctrl'}",
+        "logger_stdout=-1",
+        "logger_stdout_level=2",
+        "",
+    ])
+
+
+def start_port(acc: Access, port: str) -> None:
+    """The 802.1X authenticator of access port `port` (an interface of the
+    access namespace)."""
+    conf = acc.directory / "ports" / f"{port}.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(hostapd_conf(acc, port))
+    daemons.start(["hostapd", str(conf)], pidfile=acc.pidfile(f"hostapd-{port}"),
+                  log=acc.directory / "log" / f"hostapd-{port}.log", marker=str(conf),
+                  netns=acc.netns, settle=0.2)
+
+
+def stop_port(acc: Access, port: str) -> bool:
+    conf = acc.directory / "ports" / f"{port}.conf"
+    stopped = daemons.stop(acc.pidfile(f"hostapd-{port}"), str(conf))
+    (acc.directory / "ctrl" / port).unlink(missing_ok=True)
+    return stopped
+
+
+def start_controller(acc: Access) -> None:
+    d = acc.directory
+    daemons.start([sys.executable, "-m", "vnetlib.aaa.access", "--dir", str(d),
+                   "--netns", acc.netns, "--substrate", acc.substrate, "--store", acc.store],
+                  pidfile=acc.pidfile("controller"), log=d / "log" / "controller.log",
+                  marker=str(d), settle=0.3)
+
+
+def stop_controller(acc: Access) -> bool:
+    return daemons.stop(acc.pidfile("controller"), str(acc.directory))
+
+
+def sessions(directory: Path) -> dict[str, dict[str, object]]:
+    """The ports in a VNet now: port -> session (device, realm, handle, since)."""
+    try:
+        data: dict[str, dict[str, object]] = json.loads((directory / SESSIONS).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data
+
+
+# -- decisions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    accepted: bool
+    port: str
+    device: str
+    realm: str
+    handle: str
+    pool: str
+    session_timeout: int
+
+
+def mac_of(text: str) -> str:
+    return text.replace("-", ":").lower()
+
+
+def last_decision(directory: Path, port: str, device: str) -> Decision | None:
+    try:
+        lines = (directory / radius.DECISIONS_LOG).read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        fields = line.split()
+        if len(fields) != 7 or fields[1] != port or mac_of(fields[2]) != mac_of(device):
+            continue
+        kind, _, mac, realm, handle, pool, timeout = fields
+        return Decision(kind == "Access-Accept", port, mac_of(mac), realm, handle, pool,
+                        int(timeout) if timeout.isdigit() else 0)
+    return None
+
+
+# -- the data plane -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def netns(name: str) -> Iterator[IPRoute]:
+    handle = NetNS(name)
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def _delete(ipr: IPRoute, name: str) -> bool:
+    idx = _index(ipr, name)
+    if idx is None:
+        return False
+    with contextlib.suppress(NetlinkError):
+        ipr.link("del", index=idx)
+    return True
+
+
+def _bridge(ipr: IPRoute, name: str) -> int:
+    idx = _index(ipr, name)
+    if idx is None:
+        ipr.link("add", ifname=name, kind="bridge")
+        idx = _index(ipr, name)
+        assert idx is not None
+    ipr.link("set", index=idx, state="up")
+    return idx
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Where a handle leads at this PIP."""
+
+    sliver: str
+    node: str
+    host_ns: str
+    node_ns: str
+
+    @property
+    def key(self) -> str:
+        return segment_key(self.sliver, self.node)
+
+    @property
+    def bridge(self) -> str:
+        return f"va{self.key}"
+
+
+class UnknownHandle(LookupError):
+    pass
+
+
+def resolve(substrate: str, store: str, handle: str) -> Segment:
+    """The segment an accept's handle names: `<sliver name or its VNP order>/<node>`."""
+    name, _, node = handle.partition("/")
+    if not name or not node:
+        raise UnknownHandle(f"handle {handle!r} is not <vnet>/<node>")
+    ledger = Ledger(store, substrate)
+    try:
+        for s in ledger.slivers():
+            if (s.name == name or s.name.startswith(f"{name}.")) and node in s.embedding.node_map:
+                host = s.embedding.node_map[node]
+                return Segment(s.id, node, naming.host_netns(substrate, host),
+                               naming.vnode_netns(substrate, s.id, node))
+    finally:
+        ledger.close()
+    raise UnknownHandle(f"no VNet at this PIP has a node for handle {handle!r}")
+
+
+def ensure_segment(directory: Path, seg: Segment, pool: str) -> None:
+    """The node's end-user segment: bridge, `att0` with the pool's first
+    address, dnsmasq handing out the others."""
+    net = netaddr.IPNetwork(pool)
+    inner = f"vn{seg.key}"
+    with netns(seg.host_ns) as host:
+        bridge = _bridge(host, seg.bridge)
+        if _index(host, inner) is None:
+            with netns(seg.node_ns) as node:
+                _delete(node, ATT_IF)
+            host.link("add", ifname=inner, kind="veth",
+                      peer={"ifname": ATT_IF, "net_ns_fd": seg.node_ns})
+        idx = _index(host, inner)
+        assert idx is not None
+        host.link("set", index=idx, master=bridge, state="up")
+    with netns(seg.node_ns) as node:
+        att = _index(node, ATT_IF)
+        assert att is not None
+        node.link("set", index=att, state="up")
+        have = {a.get_attr("IFA_ADDRESS") for a in node.get_addr(index=att, family=2)}
+        if str(net.network + 1) not in have:
+            node.addr("add", index=att, address=str(net.network + 1), prefixlen=net.prefixlen)
+    leases = directory / "run" / f"dnsmasq-{seg.key}.leases"
+    daemons.start(["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
+                   f"--interface={ATT_IF}", "--bind-interfaces", "--except-interface=lo",
+                   f"--dhcp-range={net.network + 2},{net.broadcast - 1},{net.netmask},1h",
+                   f"--dhcp-option=3,{net.network + 1}", f"--dhcp-leasefile={leases}",
+                   "--dhcp-authoritative", "--no-ping", "--log-dhcp", "--log-facility=-"],
+                  pidfile=directory / "run" / f"dnsmasq-{seg.key}.pid",
+                  log=directory / "log" / f"dnsmasq-{seg.key}.log", marker=str(leases),
+                  netns=seg.node_ns, settle=0.1)
+
+
+def remove_segment(directory: Path, seg: Segment) -> None:
+    leases = directory / "run" / f"dnsmasq-{seg.key}.leases"
+    daemons.stop(directory / "run" / f"dnsmasq-{seg.key}.pid", str(leases))
+    leases.unlink(missing_ok=True)
+    with contextlib.suppress(OSError, NetlinkError), netns(seg.host_ns) as host:
+        _delete(host, f"vn{seg.key}")
+        _delete(host, seg.bridge)
+
+
+def _members(host_ns: str, bridge: str) -> list[str]:
+    with netns(host_ns) as host:
+        idx = _index(host, bridge)
+        if idx is None:
+            return []
+        return [link.get_attr("IFLA_IFNAME") for link in host.get_links()
+                if link.get_attr("IFLA_MASTER") == idx]
+
+
+def connect_port(acc: Access, port: str, seg: Segment, pool: str) -> None:
+    ensure_segment(acc.directory, seg, pool)
+    key = port_key(acc.netns, port)
+    up, down = f"vu{key}", f"vd{key}"
+    with netns(acc.netns) as sw:
+        bridge = _bridge(sw, f"vc{key}")
+        if _index(sw, up) is None:
+            with netns(seg.host_ns) as host:
+                _delete(host, down)
+            sw.link("add", ifname=up, kind="veth",
+                    peer={"ifname": down, "net_ns_fd": seg.host_ns})
+        for name in (up, port):
+            idx = _index(sw, name)
+            if idx is None:
+                raise RuntimeError(f"port {name} vanished")
+            sw.link("set", index=idx, master=bridge, state="up")
+    with netns(seg.host_ns) as host:
+        idx = _index(host, down)
+        seg_bridge = _index(host, seg.bridge)
+        assert idx is not None and seg_bridge is not None
+        host.link("set", index=idx, master=seg_bridge, state="up")
+
+
+def disconnect_port(acc: Access, port: str, seg: Segment | None) -> None:
+    key = port_key(acc.netns, port)
+    with netns(acc.netns) as sw:
+        _delete(sw, f"vu{key}")
+        _delete(sw, f"vc{key}")
+    if seg is not None:
+        with contextlib.suppress(OSError, NetlinkError):
+            left = [m for m in _members(seg.host_ns, seg.bridge) if m.startswith("vd")]
+            if left:
+                return
+        remove_segment(acc.directory, seg)
+
+
+# -- the controller -------------------------------------------------------------------------
+
+
+class Controller:
+    """Reacts to the authenticators' events; the only writer of the sessions file."""
+
+    def __init__(self, acc: Access) -> None:
+        self.acc = acc
+        self.ctrl = acc.directory / "ctrl"
+        self.socks: dict[str, socket.socket] = {}
+        self.sessions: dict[str, dict[str, object]] = sessions(acc.directory)
+        self.stopping = False
+
+    def _save(self) -> None:
+        path = self.acc.directory / SESSIONS
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.sessions, indent=1, sort_keys=True))
+        tmp.replace(path)
+
+    def _attach(self) -> None:
+        present = {p.name for p in self.ctrl.iterdir()} if self.ctrl.is_dir() else set()
+        for port in list(self.socks):
+            if port not in present:
+                self.socks.pop(port).close()
+        for port in sorted(present - set(self.socks)):
+            local = self.acc.directory / "run" / f"c-{port}"
+            local.unlink(missing_ok=True)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                s.bind(str(local))
+                s.connect(str(self.ctrl / port))
+                s.send(b"ATTACH")
+                s.settimeout(1.0)
+                if not s.recv(64).startswith(b"OK"):
+                    raise OSError("hostapd refused ATTACH")
+                s.setblocking(False)
+            except OSError as exc:
+                log.info("port %s: no control socket yet (%s)", port, exc)
+                s.close()
+                continue
+            self.socks[port] = s
+            log.info("port %s: listening to its authenticator", port)
+
+    def _event(self, port: str, text: str) -> None:
+        words = text.split()
+        if len(words) < 2:
+            return
+        event, mac = words[0], words[1]
+        if event == "AP-STA-CONNECTED":
+            self.connected(port, mac)
+        elif event == "AP-STA-DISCONNECTED":
+            self.disconnected(port, "logoff or end of session")
+
+    def connected(self, port: str, mac: str) -> None:
+        decision = last_decision(self.acc.directory, port, mac)
+        if decision is None or not decision.accepted:
+            log.warning("port %s: %s authorized without an accept on record: left out", port, mac)
+            return
+        try:
+            seg = resolve(self.acc.substrate, self.acc.store, decision.handle)
+            connect_port(self.acc, port, seg, decision.pool)
+        except (UnknownHandle, OSError, NetlinkError, RuntimeError, ValueError) as exc:
+            log.warning("port %s: %s accepted by %s but not connected: %s", port, mac,
+                        decision.realm, exc)
+            with contextlib.suppress(OSError, NetlinkError):
+                disconnect_port(self.acc, port, None)
+            return
+        self.sessions[port] = {"device": mac_of(mac), "realm": decision.realm,
+                               "handle": decision.handle, "since": time.time(),
+                               "segment": asdict(seg), "pool": decision.pool}
+        self._save()
+        log.info("port %s: %s of realm %s connected to %s", port, mac, decision.realm,
+                 decision.handle)
+
+    def disconnected(self, port: str, why: str) -> None:
+        session = self.sessions.pop(port, None)
+        seg_data = session.get("segment") if session else None
+        seg = Segment(**seg_data) if isinstance(seg_data, dict) else None
+        with contextlib.suppress(OSError, NetlinkError):
+            disconnect_port(self.acc, port, seg)
+        if session is not None:
+            self._save()
+            log.info("port %s: disconnected (%s)", port, why)
+
+    def _check_ports(self) -> None:
+        """A port whose link went down (device unplugged) leaves its VNet."""
+        if not self.sessions:
+            return
+        with netns(self.acc.netns) as sw:
+            for port in list(self.sessions):
+                idx = _index(sw, port)
+                state = None
+                if idx is not None:
+                    state = sw.get_links(idx)[0].get_attr("IFLA_OPERSTATE")
+                if state != "UP":
+                    self.disconnected(port, "port down")
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        last_check = 0.0
+        while not self.stopping:
+            self._attach()
+            ready, _, _ = select.select(list(self.socks.values()), [], [], 0.2)
+            for s in ready:
+                port = next(p for p, sock in self.socks.items() if sock is s)
+                try:
+                    data = s.recv(4096).decode(errors="replace")
+                except OSError:
+                    self.socks.pop(port).close()
+                    continue
+                text = data.split(">", 1)[-1] if data.startswith("<") else data
+                self._event(port, text)
+            if time.monotonic() - last_check > 0.3:
+                last_check = time.monotonic()
+                try:
+                    self._check_ports()
+                except (OSError, NetlinkError) as exc:
+                    log.warning("checking ports: %s", exc)
+        for s in self.socks.values():
+            s.close()
+
+    def _stop(self, *_: object) -> None:
+        self.stopping = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vnetlib.aaa.access")
+    parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--netns", required=True)
+    parser.add_argument("--substrate", required=True)
+    parser.add_argument("--store", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    acc = Access(args.dir, args.netns, args.substrate, args.store, secret="")
+    os.chdir(args.dir)
+    Controller(acc).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The daemons of end-user attachment (FreeRADIUS, hostapd, wpa_supplicant,
+dnsmasq, the access controller): started in the foreground in a session of
+their own, optionally inside a network namespace, their pid in a file.
+
+Stopping checks that the pid still runs a command line naming `marker` (a path
+only that instance uses) before signalling it, so a recycled pid is never hit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class DaemonError(RuntimeError):
+    pass
+
+
+def in_netns(netns: str | None, argv: Sequence[str]) -> list[str]:
+    return list(argv) if netns is None else ["ip", "netns", "exec", netns, *argv]
+
+
+def start(argv: Sequence[str], *, pidfile: Path, log: Path, marker: str,
+          netns: str | None = None, settle: float = 0.0) -> int:
+    """Start `argv` unless the instance of `pidfile` runs; returns its pid.
+    With `settle`, fail if it exits within that many seconds."""
+    if (pid := running(pidfile, marker)) is not None:
+        return pid
+    log.parent.mkdir(parents=True, exist_ok=True)
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(in_netns(netns, argv), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    pidfile.write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pidfile.unlink(missing_ok=True)
+            tail = log.read_text(errors="replace")[-1500:]
+            raise DaemonError(f"{argv[0]} exited with {proc.returncode}:\n{tail}")
+        time.sleep(0.05)
+    return proc.pid
+
+
+def _ours(pid: int, marker: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
+    return not zombie and marker.encode() in cmdline
+
+
+def running(pidfile: Path, marker: str) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _ours(pid, marker) else None
+
+
+def signal_daemon(pidfile: Path, marker: str, sig: signal.Signals) -> bool:
+    pid = running(pidfile, marker)
+    if pid is None:
+        return False
+    os.kill(pid, sig)
+    return True
+
+
+def stop(pidfile: Path, marker: str, timeout: float = 5.0) -> bool:
+    """SIGTERM, then SIGKILL after `timeout`; True if it ran."""
+    pid = running(pidfile, marker)
+    pidfile.unlink(missing_ok=True)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not _ours(pid, marker):
+            return True
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    _reap(pid)
+    return True
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
