@@ -4,7 +4,11 @@ with its namespaces and links checked on the substrate."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 import subprocess
+import sys
 import xmlrpc.client
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -217,3 +221,32 @@ def test_geni_lib_without_content_type(players: Players, substrates: Substrates)
     result = amapi3.getversion(node.url + am.ROUTE, str(creds.ca_path), str(creds.cert_path),
                                str(creds.key_path), ({},))
     assert result["code"]["geni_code"] == 0
+
+
+def test_manifest_and_advertisement_of_the_direct_path(substrates: Substrates) -> None:
+    """`vnet geni rspec VNET --kind manifest` and `SUBSTRATE --kind advertisement`
+    on a VNet made with the direct path (`vnet up --substrate`)."""
+    from vnetlib import instantiate
+
+    vnet = shutil.which("vnet", path=str(Path(sys.executable).parent)) or "vnet"
+
+    def geni(*args: str) -> dict[str, Any]:
+        out = subprocess.run([vnet, "geni", "rspec", *args, "--json"], capture_output=True,
+                             text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+        return dict(json.loads(out.stdout))
+
+    made = instantiate.instantiate(FIGURE6, substrates.b)
+    try:
+        manifest = geni(made.vnet_id, "--kind", "manifest")
+        assert manifest["substrate"] == substrates.b
+        doc = manifest["document"].encode()
+        schema.validate_bytes(doc, "manifest")
+        assert spec_from_root(schema.parse(doc)) == load_vnet(FIGURE6)
+        assert 'status="ready"' in manifest["document"]
+        ad = geni(substrates.b, "--kind", "advertisement")["document"]
+        schema.validate_bytes(ad.encode(), "advertisement")
+        assert sum(float(c) for c in re.findall(r'<vnet:site [^>]*cpu="([0-9.]+)"', ad)) == 2.0
+    finally:
+        instantiate.destroy(made.vnet_id)
+    assert namespaces(f"vn-{substrates.b}-") == []
