@@ -71,6 +71,11 @@ class LocalVNet:
     node_states: dict[str, str]
 
     observed: dict[str, str]  # what libvirt reports of VM nodes
+    domains: dict[str, str]  # VM node -> its libvirt domain
+
+    def domain(self, node: str) -> str:
+        """The libvirt domain of VM node `node` (a pool VM it took keeps its name)."""
+        return self.domains[node]
 
     @classmethod
     def of(cls, core: PipCore, s: Sliver) -> LocalVNet:
@@ -81,7 +86,7 @@ class LocalVNet:
                    s.embedding.to_dict(), core.plan(s) if s.deployed else None,
                    dict(s.timings),
                    {n: s.node_state(n) for n in s.embedding.node_map},
-                   {n: seen[d] for n, d in vms.items() if d in seen})
+                   {n: seen[d] for n, d in vms.items() if d in seen}, vms)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,9 +32,13 @@ options:
       - Several domains in one run, each a dict of this module's per-domain
         options (O(name), O(state), O(hypervisor), O(vcpus), O(memory_mb),
         O(kernel), O(initrd), O(cmdline), O(serial), O(vnc), O(interfaces),
-        O(netns), O(ready_marker), O(pool)); options an item leaves out come
-        from the module's own. They are converged in parallel (one thread
-        each), and the run fails naming every domain that failed.
+        O(netns), O(ready_marker), O(pool)), and C(vnode), the virtual node
+        it realizes (its ready marker is then C(vnet-guest-ready VNODE)
+        unless O(ready_marker) is given): a host's C(domains) of vnet's
+        deployment plan as they are. Options an item leaves out come from the
+        module's own; O(state=absent) removes every listed domain whatever
+        its item says. They are converged in parallel (one thread each), and
+        the run fails naming every domain that failed.
     type: list
     elements: dict
   pool:
@@ -222,6 +226,10 @@ domains:
   description: With O(domains), each domain's own result (commands, xml, accel) by name.
   returned: when domains is given
   type: dict
+timings:
+  description: Seconds spent per kind of step (define, start, attach, configure, ip, ready...).
+  returned: always (with domains, in each domain's result)
+  type: dict
 accel:
   description: The accelerator of a QEMU domain, V(kvm) or V(tcg).
   returned: when state is not absent and hypervisor is qemu
@@ -301,7 +309,8 @@ ARGUMENT_SPEC = dict(
     domains=dict(type="list", elements="dict"),
 )
 PER_DOMAIN = ("name", "state", "hypervisor", "vcpus", "memory_mb", "kernel", "initrd",
-              "cmdline", "serial", "vnc", "interfaces", "netns", "ready_marker", "pool")
+              "cmdline", "serial", "vnc", "interfaces", "netns", "ready_marker", "pool",
+              "vnode")
 FAILED_MARKER = "vnet-guest-failed"
 QEMU_CONF = "/etc/libvirt/qemu.conf"
 QEMU_USER = "libvirt-qemu"
@@ -388,6 +397,7 @@ class Host:
         self.module = module
         self.conn = conn
         self.executed: list[Command] = []
+        self.timings: dict = {}
 
     def lookup(self, name: str) -> libvirt.virDomain | None:
         try:
@@ -435,19 +445,27 @@ class Host:
     def apply(self, commands: list[Command], xml: str | None, timeout: int,
               boot_timeout: int = 60) -> None:
         for argv in commands:
-            if argv[0] == LIBVIRT and argv[1] == "attach":
-                self.attach(argv[2], argv[3], xml)
-            elif argv[0] == LIBVIRT:
-                self.libvirt(argv[1], argv[2], xml, timeout)
-            elif argv[0] == GUEST:
-                self.configure(argv[2], xml, boot_timeout)
-            else:
-                rc, _out, err = self.module.run_command(argv)
-                if rc != 0:
-                    raise PlanError(
-                        "%s failed: %s" % (" ".join(argv), err.strip()), failed_command=argv
-                    )
-            self.executed.append(argv)
+            started = time.monotonic()
+            self._apply_one(argv, xml, timeout, boot_timeout)
+            step = argv[1] if argv[0] in (LIBVIRT, GUEST) else argv[0]
+            self.timings[step] = round(self.timings.get(step, 0.0)
+                                       + time.monotonic() - started, 4)
+
+    def _apply_one(self, argv: Command, xml: str | None, timeout: int,
+                   boot_timeout: int) -> None:
+        if argv[0] == LIBVIRT and argv[1] == "attach":
+            self.attach(argv[2], argv[3], xml)
+        elif argv[0] == LIBVIRT:
+            self.libvirt(argv[1], argv[2], xml, timeout)
+        elif argv[0] == GUEST:
+            self.configure(argv[2], xml, boot_timeout)
+        else:
+            rc, _out, err = self.module.run_command(argv)
+            if rc != 0:
+                raise PlanError(
+                    "%s failed: %s" % (" ".join(argv), err.strip()), failed_command=argv
+                )
+        self.executed.append(argv)
 
     def attach(self, name: str, tap: str, xml: str | None) -> None:
         """Hot-plug the NIC of ``tap`` (as the definition ``xml`` has it) live."""
@@ -535,7 +553,10 @@ def run_module(module: AnsibleModule, host: Host, params: dict | None = None) ->
                 "domain %s did not converge; still to do: %s" % (want.name, left), left=left
             )
     if params["ready_marker"] and want.state == "running" and not module.check_mode:
+        started = time.monotonic()
         wait_ready(want.name, params["ready_marker"], params["boot_timeout"])
+        host.timings["ready"] = round(time.monotonic() - started, 4)
+    result["timings"] = host.timings
     return result
 
 
@@ -571,6 +592,11 @@ def item_params(module: AnsibleModule, item: dict) -> dict:
     params = dict(module.params)
     params.update({k: v for k, v in item.items() if v is not None})
     params.pop("domains", None)
+    vnode = params.pop("vnode", None)
+    if module.params["state"] == "absent":
+        params["state"] = "absent"
+    if vnode and not item.get("ready_marker"):
+        params["ready_marker"] = "vnet-guest-ready %s" % vnode
     if not params.get("name"):
         raise PlanError("domains: an item has no name")
     return params
