@@ -192,7 +192,8 @@ def test_identity_and_credentials(aggregate: tuple[PipService, Client, am.GeniAg
     assert pip.call("ListResources", c.creds_arg(), V3)["code"]["geni_code"] == am.FORBIDDEN
     # the same slice twice
     again = c.call("Allocate", SLICE, c.creds_arg(), request, {})
-    assert again["code"]["geni_code"] != 0
+    assert again["code"]["geni_code"] == am.ALREADYEXISTS
+    assert c.call("Status", SLICE)["code"]["geni_code"] == am.BADARGS  # arguments missing
     # Shutdown of a reservation releases it
     assert ok(c.call("Shutdown", SLICE, c.creds_arg(), {})) is True
     assert [s.state.value for s in service.core.ledger.slivers()] in ([], ["deleted"])

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import inspect
 import logging
 import secrets
 import time
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
+from vnetlib.core.ledger import Exists
 from vnetlib.core.pip import Busy, CoreError, DeployFailed, NotFound, Rejected, spec_of
 from vnetlib.core.records import Sliver, State
 from vnetlib.geni import urns
@@ -171,11 +173,13 @@ class GeniAggregate:
         try:
             if caller.role not in self.roles and method != "GetVersion":
                 raise AmError(FORBIDDEN, f"{caller} may not use this aggregate")
+            try:
+                inspect.signature(fn).bind(caller, *args)
+            except TypeError as exc:
+                raise AmError(BADARGS, f"{method}: wrong arguments ({exc})") from exc
             value = fn(caller, *args)
             result = {"code": {"geni_code": SUCCESS, "am_type": AM_TYPE}, "value": value,
                       "output": ""}
-        except TypeError as exc:
-            result = _result(BADARGS, f"{method}: wrong arguments ({exc})")
         except AmError as exc:
             result = _result(exc.code, str(exc))
         except SpecErrors as exc:
@@ -214,7 +218,7 @@ class GeniAggregate:
             return SEARCHFAILED, str(exc)
         if exc.kind == "gone":
             return EXPIRED, str(exc)
-        if "taken" in str(exc) or "exists" in str(exc):
+        if isinstance(exc.__cause__, Exists):
             return ALREADYEXISTS, str(exc)
         return ERROR, str(exc)
 
@@ -329,6 +333,12 @@ class GeniAggregate:
         if spec.boundary:
             raise AmError(UNSUPPORTED, "links to other aggregates (stitching) are not taken "
                                        "through the AM API; use a VNP")
+        try:
+            self.service.core.sliver(caller.name, name)
+        except CoreError:
+            pass  # unknown, expired or deleted: the name is free
+        else:
+            raise AmError(ALREADYEXISTS, f"slice {name} has a sliver here already")
         end = options.get("geni_end_time")
         expires_in = None if end is None else _end_time(end)
         s = self.service.core.allocate(caller.name, name, spec, expires_in=expires_in)
