@@ -137,6 +137,7 @@ class VmPool:
     holder: str
     alive: Callable[[str], bool]  # whether a holder still runs
     override: PoolSettings | None = None  # the PIP's configuration, over the ledger's
+    observe: Callable[[list[str]], dict[str, str]] = domain_states  # what libvirt reports
     _tending: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
 
@@ -296,7 +297,7 @@ class VmPool:
             log.warning("%s: pool: no guest image: %s", self.substrate.name, exc)
             image = None
         ready = [vm.domain for vm in vms if vm.state == READY]
-        seen = domain_states(ready) if ready else {}
+        seen = self.observe(ready) if ready else {}
         if "unknown" in seen.values():
             seen = {}  # libvirt cannot be asked now: judge nothing by it
             ready = []
