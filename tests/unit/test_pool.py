@@ -87,7 +87,8 @@ def test_concurrent_provisionings_take_each_pool_vm_once(url: str) -> None:
             assert rows[s.domains["v"]].state == TAKEN and rows[s.domains["v"]].sliver == s.id
             assert task["name"] == s.domains["v"] and task["pool"] is True
         else:  # booted on demand, under its own name
-            assert task["name"] == s.domain("v") == f"vn-{SUBSTRATE.name}-{s.id}-v" and task["pool"] is False
+            assert task["name"] == s.domain("v") == f"vn-{SUBSTRATE.name}-{s.id}-v"
+            assert task["pool"] is False
     for c in cores:
         c.ledger.close()
 
