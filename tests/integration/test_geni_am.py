@@ -208,6 +208,7 @@ def test_bad_calls_are_answered_in_geni_terms(
     wrong = c.call("ListResources", c.creds_arg(),
                    {"geni_rspec_version": {"type": "ProtoGENI", "version": "2"}})
     assert wrong["code"]["geni_code"] == am.BADVERSION
+    assert c.call("Describe", [SLICE], c.creds_arg(), "x")["code"]["geni_code"] == am.BADARGS
     with pytest.raises(xmlrpc.client.Fault):
         c.call("CreateSliver", SLICE, c.creds_arg(), "", [])
 

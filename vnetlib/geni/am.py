@@ -174,9 +174,11 @@ class GeniAggregate:
             if caller.role not in self.roles and method != "GetVersion":
                 raise AmError(FORBIDDEN, f"{caller} may not use this aggregate")
             try:
-                inspect.signature(fn).bind(caller, *args)
+                bound = inspect.signature(fn).bind(caller, *args)
             except TypeError as exc:
                 raise AmError(BADARGS, f"{method}: wrong arguments ({exc})") from exc
+            if not isinstance(bound.arguments.get("options", {}), dict):
+                raise AmError(BADARGS, f"{method}: options must be a struct")
             value = fn(caller, *args)
             result = {"code": {"geni_code": SUCCESS, "am_type": AM_TYPE}, "value": value,
                       "output": ""}

@@ -145,7 +145,7 @@ def write_link(root: Element, link_id: str, ends: Iterable[LinkEndpoint], bandwi
     if len(ids) == 2:
         for src, dst in (ids, ids[::-1]):
             sub(el, g("property"), source_id=src, dest_id=dst,
-                capacity=number(bandwidth * 1000), latency=_opt(latency))
+                capacity=number(round(bandwidth * 1000, 6)), latency=_opt(latency))
     sub(el, g("link_type"), name=ENCAPSULATION)
     ext = sub(el, v("link"), bandwidth=number(bandwidth), latency=_opt(latency))
     if peer_ref is not None:
