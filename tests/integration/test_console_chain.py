@@ -20,6 +20,7 @@ import pytest
 from tests.integration.players_fixtures import Players, Substrates, namespaces
 from vnetlib.console.broker import ConsoleHub
 from vnetlib.console.client import open_console
+from vnetlib.console.endpoints import NetnsShell
 from vnetlib.console.relay import STOP_NOTICE
 from vnetlib.console.wire import ByteReader, HopError, dial
 from vnetlib.players import messages as m
@@ -171,10 +172,21 @@ def test_shell_is_killed_when_the_client_leaves_and_serial_is_refused(chain: Cha
         writer.close()
 
     asyncio.run(session())
+    shell = chain.hub("pip-a").endpoints[("netns", "shell")]
+    assert isinstance(shell, NetnsShell)
+
+    def session_left() -> set[str]:  # tenant processes other than the node's spare shell
+        return set(tenant_processes(chain)) - {str(p) for p in shell.spare_pids()}
+
     deadline = time.monotonic() + 10
-    while tenant_processes(chain) and time.monotonic() < deadline:
+    while session_left() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert tenant_processes(chain) == []
+    assert session_left() == set()
+    pip = chain.players.nodes["pip-a"].service
+    (sliver,) = pip.core.ledger.slivers()  # type: ignore[union-attr]
+    uid = pip.confinement.uids.get(sliver.id)  # type: ignore[union-attr]
+    sleeping = subprocess.run(["pgrep", "-u", str(uid), "-x", "sleep"], capture_output=True)
+    assert sleeping.stdout == b""  # the spare is a fresh shell, not the session's
     with pytest.raises(RemoteError) as refused:
         chain.sp.console(chain.vnet, "n1", "serial")
     assert refused.value.status == 409 and "no serial console for netns" in refused.value.message
@@ -272,6 +284,11 @@ def test_hostile_clients_are_refused_without_leaks(chain: Chain, lab_ca: LabCA) 
             s = chain.sp.console(chain.vnet, "n1")
             assert "too many" in await attempt(s.url, s.token, chain.sp_creds)
             holder.close()
+            # the refused token is still good (and its prepared next hop used)
+            deadline = time.monotonic() + 5
+            while (result := await attempt(s.url, s.token, chain.sp_creds)) != "OK":
+                assert "too many" in result and time.monotonic() < deadline, result
+                await asyncio.sleep(0.1)
         finally:
             vno_hub.server.limits = replace(vno_hub.server.limits, max_sessions=64)
 

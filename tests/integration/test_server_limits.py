@@ -20,7 +20,12 @@ import pytest
 from lxml import etree
 
 from tests.integration.conftest import DemoService
-from vnetlib.players.client import PlayerClient, RemoteError, TransportError
+from vnetlib.players.client import (
+    PlayerClient,
+    RemoteError,
+    TransportError,
+    close_idle_connections,
+)
 from vnetlib.players.pki import Credentials
 from vnetlib.players.server import Limits, ServiceServer
 
@@ -229,6 +234,7 @@ def test_busy_workers_make_requests_wait_then_503(creds: dict[str, Credentials])
 
 def test_stop_does_not_wait_for_idle_connections_but_for_requests_in_flight(
         creds: dict[str, Credentials]) -> None:
+    close_idle_connections()  # kept-alive connections of earlier tests
     fds_before = fds()
     srv = ServiceServer(DemoService(), creds["pip1"]).start()
     answer: list[int] = []
@@ -254,8 +260,8 @@ def test_stop_does_not_wait_for_idle_connections_but_for_requests_in_flight(
     finally:
         srv.stop()
     assert wait_for(lambda: fds() == fds_before, 2.0), (fds(), fds_before)
-    with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", srv.port)) != 0
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", srv.port)) != 0
 
 
 def test_stop_with_only_idle_connections_is_immediate(creds: dict[str, Credentials]) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from vnetlib.console.endpoints import ConsoleEndpoint, NetnsShell, VmSerial, VmVnc
 from vnetlib.console.relay import DEFAULT_LIMITS, ConsoleLimits, ConsoleServer
-from vnetlib.console.sessions import Opener, SessionTable
+from vnetlib.console.sessions import Opener, SessionTable, in_process_setup, token_hash
 from vnetlib.console.wire import ByteReader, ByteWriter, dial
 from vnetlib.core.pip import spec_of
 from vnetlib.core.records import State
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from vnetlib.players.vnp import VnpService
 
 CONSOLE_CALL = 30.0
+PREPARED_KINDS = frozenset({"shell"})
+"""Kinds whose next hop is opened as soon as the token is minted. Not a VM's
+serial line (opening it takes the domain's serial lock, which an unused
+token must not hold) nor its VNC display (its server speaks first)."""
 
 
 class ConsoleHub:
@@ -65,6 +69,9 @@ class ConsoleHub:
                 return
             self._stopped = True
         self.server.stop()
+        for endpoint in self.endpoints.values():
+            if isinstance(endpoint, NetnsShell):
+                endpoint.close()
         self.sessions.close()
 
     def register(self, node_kind: str, console_kind: str, endpoint: ConsoleEndpoint) -> None:
@@ -79,7 +86,10 @@ class ConsoleHub:
             return await dial(upstream.url, upstream.token, context, creds,
                               expect_name=upstream_name)
 
-        return self._mint(caller, vnet, req, upstream.url, opener)
+        session = self._mint(caller, vnet, req, upstream.url, opener)
+        if req.kind in PREPARED_KINDS and not in_process_setup():
+            self.server.prepare(token_hash(session.token), opener, session.expires)
+        return session
 
     def _mint(self, caller: Identity, vnet: str, req: m.ConsoleRequest, next_hop: str,
               opener: Opener) -> m.ConsoleSession:

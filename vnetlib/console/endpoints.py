@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
+import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from vnetlib import naming
@@ -19,6 +22,10 @@ from vnetlib.players.confine import Confinement, Spawned
 from vnetlib.vm import serial, vnc
 
 SHELL = ("sh", "-i")
+SPARE_IDLE = 60.0
+MAX_SPARES = 16
+
+log = logging.getLogger(__name__)
 
 
 class ConsoleEndpoint(Protocol):
@@ -93,17 +100,145 @@ class PtyStream:
 
 
 class NetnsShell:
-    """`sh -i` in a netns node, confined for the sliver's tenant."""
+    """`sh -i` in a netns node, confined for the sliver's tenant.
 
-    def __init__(self, confinement: Confinement, substrate: str) -> None:
+    Starting a confined shell takes tens of milliseconds (a cgroup, then a
+    chain of execs into the namespace), more than the rest of a session's
+    setup; so once a node had a session, a spare shell is started for it in
+    the background, confined the same way, and the node's next session takes
+    it. A spare unused for `spare_idle` seconds is ended; spares of a sliver
+    die with its tenant's processes when it is removed (a dead spare is never
+    handed out); `close()` ends them all. Spares start at the lowest CPU
+    priority (from a thread of their own, whose nice value the exec chain
+    inherits), so starting one never slows a session being set up; the
+    session that takes it raises its processes back to normal."""
+
+    def __init__(self, confinement: Confinement, substrate: str, *,
+                 spare_idle: float = SPARE_IDLE, max_spares: int = MAX_SPARES) -> None:
         self.confinement = confinement
         self.substrate = substrate
+        self.spare_idle = spare_idle
+        self.max_spares = max_spares
+        self._spares: dict[tuple[str, str], tuple[Spawned, asyncio.TimerHandle]] = {}
+        self._starting: set[tuple[str, str]] = set()
+        self._limbo: set[Spawned] = set()  # spares started, not yet in _spares
+        self._lock = threading.Lock()
+        self._closed = False
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="vnet-spare-shells",
+                                            initializer=_lowest_priority)
 
     async def open(self, sliver: Sliver, node: str) -> tuple[ByteReader, ByteWriter]:
-        netns = naming.vnode_netns(self.substrate, sliver.id, node)
-        spawned = await asyncio.to_thread(self.confinement.spawn, sliver.id, netns, SHELL)
+        key = (sliver.id, node)
+        entry = self._spares.pop(key, None)
+        spawned = None
+        if entry is not None:
+            entry[1].cancel()
+            if entry[0].proc.poll() is None and _normal_priority(self.confinement,
+                                                                 entry[0]):
+                spawned = entry[0]
+            else:
+                self._end_later(entry[0])
+        if spawned is None:
+            spawned = await asyncio.to_thread(self.confinement.spawn, sliver.id,
+                                              self._netns(sliver, node), SHELL)
+        self._restock(sliver, node)
         stream = PtyStream(self.confinement, spawned)
         return stream, stream
+
+    def spares(self) -> int:
+        return len(self._spares)
+
+    def spare_pids(self) -> set[int]:
+        """The processes of every spare now (for tests: the ones a session left)."""
+        pids: set[int] = set()
+        for spawned, _ in list(self._spares.values()):
+            with contextlib.suppress(OSError, IndexError):
+                leaf = self.confinement.layout.parents()[0] / spawned.tenant / spawned.leaf
+                pids.update(int(p) for p in (leaf / "cgroup.procs").read_text().split())
+        return pids
+
+    def close(self) -> None:
+        """End every spare (from any thread, once the loop stopped)."""
+        with self._lock:
+            self._closed = True
+            limbo = list(self._limbo)
+            self._limbo.clear()
+        entries = list(self._spares.values())
+        self._spares.clear()
+        for timer in [t for _, t in entries]:
+            timer.cancel()
+        for spawned in [*limbo, *(s for s, _ in entries)]:
+            with contextlib.suppress(Exception):
+                self.confinement.end(spawned)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _netns(self, sliver: Sliver, node: str) -> str:
+        return naming.vnode_netns(self.substrate, sliver.id, node)
+
+    def _restock(self, sliver: Sliver, node: str) -> None:
+        key = (sliver.id, node)
+        if key in self._starting or len(self._spares) + len(self._starting) >= self.max_spares:
+            return
+        self._starting.add(key)
+        asyncio.get_running_loop().create_task(self._spawn_spare(sliver, node))
+
+    async def _spawn_spare(self, sliver: Sliver, node: str) -> None:
+        key = (sliver.id, node)
+        try:
+            spawned = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._spawn_spare_now, sliver, node)
+        except Exception as exc:  # the node or its tenant went away meanwhile
+            log.info("no spare shell for %s/%s: %s", sliver.id, node, exc)
+            return
+        finally:
+            self._starting.discard(key)
+        if spawned is None:
+            return
+        with self._lock:
+            self._limbo.discard(spawned)
+        if key in self._spares:
+            self._end_later(spawned)
+            return
+        timer = asyncio.get_running_loop().call_later(self.spare_idle, self._expire, key)
+        self._spares[key] = (spawned, timer)
+
+    def _spawn_spare_now(self, sliver: Sliver, node: str) -> Spawned | None:
+        """In a thread: a spare kept in limbo until the loop files it, so that
+        close() ends it even if the loop never gets to."""
+        spawned = self.confinement.spawn(sliver.id, self._netns(sliver, node), SHELL)
+        with self._lock:
+            if not self._closed:
+                self._limbo.add(spawned)
+                return spawned
+        self.confinement.end(spawned)
+        return None
+
+    def _expire(self, key: tuple[str, str]) -> None:
+        entry = self._spares.pop(key, None)
+        if entry is not None:
+            self._end_later(entry[0])
+
+    def _end_later(self, spawned: Spawned) -> None:
+        task = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(self.confinement.end, spawned))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+def _lowest_priority() -> None:
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+def _normal_priority(confinement: Confinement, spawned: Spawned) -> bool:
+    """Every process of a spare back to nice 0; False if that failed (it is
+    then not handed out)."""
+    try:
+        first = confinement.layout.parents()[0] / spawned.tenant / spawned.leaf
+        for pid in (first / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, int(pid), 0)
+    except (OSError, IndexError):
+        return False
+    return True
 
 
 class SerialStream(PtyStream):

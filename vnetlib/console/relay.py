@@ -8,6 +8,12 @@ then bytes relayed both ways with bounded buffers (a pump reads only after
 the other side's writer drained below its high-water mark), until either
 side closes, the session is idle too long, or the listener stops (the
 client then gets a notice before the connection closes).
+
+A shell session's next hop is opened ahead (`prepare`), as soon as this
+player has minted the token for it, so the data path down the chain is
+being built while the setup's answers travel back up: the token's holder
+then finds the next hop ready. A prepared next hop is used only by the
+session of its token, and closed when the token expires unused.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import time
 from dataclasses import dataclass
 
 from vnetlib.console.loop import LoopThread
-from vnetlib.console.sessions import Pending, SessionTable, TokenRefused
+from vnetlib.console.sessions import Opener, Pending, SessionTable, TokenRefused, token_hash
 from vnetlib.console.wire import (
     STREAM_LIMIT,
     ByteReader,
@@ -71,6 +77,8 @@ class ConsoleServer(LoopThread):
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task[None]] = set()
         self._writers: set[ByteWriter] = set()  # of live sessions, both sides
+        self._prepared: dict[str, tuple[asyncio.Task[tuple[ByteReader, ByteWriter]],
+                                        asyncio.TimerHandle]] = {}
         self._stopping = False
 
     # -- life cycle ----------------------------------------------------------------
@@ -88,10 +96,40 @@ class ConsoleServer(LoopThread):
         super().stop()
         self.sock.close()
 
+    def prepare(self, token_hash: str, opener: Opener, expires: float) -> None:
+        """Open the next hop of a just-minted token now (from any thread); its
+        session takes it. Skipped when stopped or at the session limit."""
+        loop = self._loop
+        if loop is None or self._stopping:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._prepare, token_hash, opener, expires)
+
+    def _prepare(self, h: str, opener: Opener, expires: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self._stopping or len(self._prepared) >= self.limits.max_sessions:
+            return
+        task = loop.create_task(asyncio.wait_for(opener(), self.limits.open_timeout))
+        task.add_done_callback(_observe)
+        timer = loop.call_later(max(0.0, expires - time.time()), self._unclaimed, h)
+        self._prepared[h] = (task, timer)
+
+    def _unclaimed(self, h: str) -> None:
+        """The token expired unused, or was burnt: close what was opened for it
+        (an expired token itself stays refused as expired)."""
+        entry = self._prepared.pop(h, None)
+        if entry is not None:
+            entry[1].cancel()
+            asyncio.get_running_loop().create_task(_discard(entry[0]))
+
     async def _shutdown(self) -> None:
         self._stopping = True
         if self._server is not None:
             self._server.close()
+        for prep, timer in self._prepared.values():
+            timer.cancel()
+            await _discard(prep)
+        self._prepared.clear()
         for task in list(self._conns):
             task.cancel()
         if self._conns:
@@ -156,9 +194,18 @@ class ConsoleServer(LoopThread):
                 log.info("%s: console connection from %s refused: %s", self.name, peer,
                          exc or "no greeting in time")
                 raise TokenRefused("bad greeting") from exc
-            pending = await asyncio.to_thread(self.sessions.consume, token, who, peer)
             try:
-                opened = await asyncio.wait_for(pending.open(), self.limits.open_timeout)
+                pending = self.sessions.consume(token, who, peer)
+            except TokenRefused:
+                self._unclaimed(token_hash(token))  # a burnt token's prepared hop
+                raise
+            prepared = self._prepared.pop(pending.hash, None)
+            try:
+                if prepared is not None:
+                    prepared[1].cancel()
+                    opened = await prepared[0]
+                else:
+                    opened = await asyncio.wait_for(pending.open(), self.limits.open_timeout)
                 nxt = opened
                 self._writers.update((writer, opened[1]))
             except (TimeoutError, HopError) as exc:
@@ -187,7 +234,7 @@ class ConsoleServer(LoopThread):
             await close_quietly(writer)
             if pending is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.sessions.finish, pending.hash, outcome)
+                    self.sessions.finish(pending.hash, outcome)
                 log.info("%s: console session on %s/%s closed: %s", self.name,
                          pending.vnet, pending.node, outcome)
             self._conns.discard(task)
@@ -227,3 +274,19 @@ class ConsoleServer(LoopThread):
             for t in (up, down):
                 t.cancel()
             await asyncio.gather(up, down, return_exceptions=True)
+
+
+def _observe(task: asyncio.Task[tuple[ByteReader, ByteWriter]]) -> None:
+    """A prepared next hop that failed is reported to its session, not to the loop."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _discard(task: asyncio.Task[tuple[ByteReader, ByteWriter]]) -> None:
+    """Close a prepared next hop, or stop opening it."""
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return
+    if not task.cancelled() and task.exception() is None:
+        await close_quietly(task.result()[1])

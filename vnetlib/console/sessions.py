@@ -1,10 +1,20 @@
 """The mapping table of a player's console sessions: single-use tokens in
-memory (the secrets), and a `console_sessions` table in the player's database
-(the record: token hash, who may present it, next hop, times)."""
+memory (the secrets, and the authority on whether a token may still be
+used), and a `console_sessions` table in the player's database (the record:
+token hash, who may present it, next hop, times).
+
+The record is written by a writer thread of the table, in the order the
+events happened, so that no database commit lies on a session's setup path;
+`rows()` and `close()` wait for what is queued. A crash loses at most the
+records of the last moments, never a token's single use (that is decided in
+memory, under a lock)."""
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
+import logging
+import queue
 import re
 import secrets
 import threading
@@ -14,16 +24,35 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Column, Float, MetaData, String, Table, select, update
+from sqlalchemy.sql import Executable
 
 from vnetlib.console.wire import ByteReader, ByteWriter
 from vnetlib.players.db import Store
 from vnetlib.players.pki import Identity
+
+log = logging.getLogger(__name__)
 
 TOKEN_BYTES = 32
 TOKEN_TTL = 30.0
 
 Opener = Callable[[], Awaitable[tuple[ByteReader, ByteWriter]]]
 """Opens the next hop: its (reader, writer)."""
+
+
+_in_process = contextvars.ContextVar("console_setup_in_process", default=False)
+
+
+def setup_in_process(dispatch: Callable[..., Any], *args: Any) -> Any:
+    """Call a player's console route from its own front door (SSH, web), in
+    a thread of `asyncio.to_thread` (which runs it in a copy of the caller's
+    context): the door opens the next hop itself, on its own loop, so the
+    route must not open it ahead for the door's token."""
+    _in_process.set(True)
+    return dispatch(*args)
+
+
+def in_process_setup() -> bool:
+    return _in_process.get()
 
 
 class TokenRefused(Exception):
@@ -71,9 +100,43 @@ class SessionTable:
         self.ttl = ttl
         self._pending: dict[str, Pending] = {}
         self._lock = threading.Lock()
+        self._records: queue.Queue[Executable | None] = queue.Queue()
+        self._writer = threading.Thread(target=self._write, daemon=True,
+                                        name=f"console-records-{player}")
+        self._writer.start()
 
     def close(self) -> None:
+        """Write what is queued, then close the database."""
+        self._records.put(None)
+        self._writer.join(30)
         self.db.close()
+
+    def _record(self, statement: Executable) -> None:
+        self._records.put(statement)
+
+    def _write(self) -> None:
+        while True:
+            first = self._records.get()
+            batch = [first]
+            while first is not None and not self._records.empty():
+                batch.append(self._records.get_nowait())
+            todo = [b for b in batch if b is not None]
+            try:
+                if todo:
+                    with self.db.transaction() as conn:
+                        for statement in todo:
+                            conn.execute(statement)
+            except Exception:
+                log.exception("console session records lost: %d", len(todo))
+            finally:
+                for _ in batch:
+                    self._records.task_done()
+            if len(todo) < len(batch):
+                return
+
+    def flush(self) -> None:
+        """Wait until every record queued so far is written."""
+        self._records.join()
 
     def mint(self, owner: Identity, vnet: str, node: str, kind: str, next_hop: str,
              opener: Opener) -> tuple[str, float]:
@@ -86,10 +149,9 @@ class SessionTable:
             for h in [h for h, q in self._pending.items() if q.expires <= now]:
                 del self._pending[h]
             self._pending[p.hash] = p
-        with self.db.transaction() as conn:
-            conn.execute(self.table.insert().values(
-                token_hash=p.hash, owner=str(owner), vnet=vnet, node=node, kind=kind,
-                next_hop=next_hop, created=now))
+        self._record(self.table.insert().values(
+            token_hash=p.hash, owner=str(owner), vnet=vnet, node=node, kind=kind,
+            next_hop=next_hop, created=now))
         return token, p.expires
 
     def consume(self, token: str, presenter: Identity, peer: str) -> Pending:
@@ -107,17 +169,16 @@ class SessionTable:
         if p.owner != presenter:
             self.finish(h, f"refused: presented by {presenter}", used=False)
             raise TokenRefused("token not issued to you")
-        with self.db.transaction() as conn:
-            conn.execute(update(self.table).where(self.table.c.token_hash == h)
-                         .values(used=now, peer=peer[:120]))
+        self._record(update(self.table).where(self.table.c.token_hash == h)
+                     .values(used=now, peer=peer[:120]))
         return p
 
     def finish(self, h: str, outcome: str, *, used: bool = True) -> None:
-        with self.db.transaction() as conn:
-            conn.execute(update(self.table).where(self.table.c.token_hash == h)
-                         .values(closed=time.time(), outcome=outcome[:200]))
+        self._record(update(self.table).where(self.table.c.token_hash == h)
+                     .values(closed=time.time(), outcome=outcome[:200]))
 
     def rows(self) -> list[dict[str, Any]]:
+        self.flush()
         with self.db.transaction(write=False) as conn:
             return [dict(r._mapping) for r in conn.execute(select(self.table))]
 

@@ -34,7 +34,7 @@ import asyncssh
 from lxml import etree
 
 from vnetlib.console.loop import LoopThread
-from vnetlib.console.sessions import Pending, SessionTable, TokenRefused
+from vnetlib.console.sessions import Pending, SessionTable, TokenRefused, setup_in_process
 from vnetlib.console.wire import ByteReader, ByteWriter, HopError, close_quietly
 from vnetlib.players import messages as m
 from vnetlib.players.pki import Identity, Role
@@ -284,7 +284,8 @@ class SshFrontDoor(LoopThread):
         sp = Identity(server.sp or "", Role.SP)
         body = m.console_request_xml(m.ConsoleRequest(target.node, target.kind))  # type: ignore[arg-type]
         outcome = await asyncio.to_thread(
-            self.service.dispatch, "POST", f"/v1/vnets/{target.vnet}/console", sp, body)
+            setup_in_process, self.service.dispatch, "POST",
+            f"/v1/vnets/{target.vnet}/console", sp, body)
         if outcome.status != 200:
             self._refuse(process, _error_message(outcome.body))
             return 1

@@ -33,7 +33,7 @@ from aiohttp import WSMsgType, web
 from lxml import etree
 
 from vnetlib.console.loop import LoopThread
-from vnetlib.console.sessions import TokenRefused
+from vnetlib.console.sessions import TokenRefused, setup_in_process
 from vnetlib.console.sshd import _error_message
 from vnetlib.console.wire import ByteReader, ByteWriter, HopError, close_quietly
 from vnetlib.players import messages as m
@@ -215,7 +215,8 @@ class WebConsole(LoopThread):
     async def _session(self, ws: web.WebSocketResponse, g: Grant, peer: str) -> None:
         body = m.console_request_xml(m.ConsoleRequest(g.node, "vnc"))
         outcome = await asyncio.to_thread(
-            self.service.dispatch, "POST", f"/v1/vnets/{g.vnet}/console", g.sp, body)
+            setup_in_process, self.service.dispatch, "POST",
+            f"/v1/vnets/{g.vnet}/console", g.sp, body)
         if outcome.status != 200:
             await ws.close(code=4403, message=_error_message(outcome.body).encode()[:120])
             return

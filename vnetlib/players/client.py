@@ -1,17 +1,29 @@
 """Calling another player's management node: mutual TLS, XML bodies, bounded waits.
 
-One connection per request, matching the server, so no state survives a
-failure. `timeout` bounds the whole call (connect, handshake, send, and
-reading the reply), not only each socket operation. Errors are typed: a
-`RemoteError` carries the other side's error document, a `TransportError`
-says the call never got an answer, and an `UnexpectedPeer` says the server's
-certificate, though from the lab CA, names another player or role.
+Connections are kept alive between calls (HTTP/1.1), in one pool per process
+keyed by (host, port, the credentials presented), so a burst of calls to a
+peer (a console set up down a chain, a negotiation) pays one mutual-TLS
+handshake instead of one per call. A connection idle for `POOL_IDLE` seconds
+is closed by a pruning thread (the servers close idle ones after their header
+bound anyway); a reused one is checked again (the expected peer, and the
+peer's certificate against the current CRL) before each call; a call on a
+reused connection that the server had closed before answering is sent once
+more on a fresh connection (the server closes only connections without a
+request in progress). `timeout` bounds the whole call (connect, handshake,
+send, and reading the reply), not only each socket operation. Errors are
+typed: a `RemoteError` carries the other side's error document, a
+`TransportError` says the call never got an answer, and an `UnexpectedPeer`
+says the server's certificate, though from the lab CA, names another player
+or role.
 """
 
 from __future__ import annotations
 
 import http.client
+import os
+import select
 import ssl
+import threading
 import time
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -23,6 +35,9 @@ from vnetlib.players.server import RDL_NS, XML_CONTENT_TYPE, ApiError
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_RESPONSE = 16 << 20
+POOL_IDLE = 2.0
+"""Seconds an idle kept-alive connection waits for the next call to its peer."""
+POOL_PER_PEER = 4
 
 
 class ClientError(Exception):
@@ -81,6 +96,123 @@ def parse_error_document(status: int, body: bytes) -> RemoteError:
     return RemoteError(status, "unknown", snippet or "(empty body)", body)
 
 
+_Key = tuple[str, int, Credentials]
+_contexts: dict[Credentials, ssl.SSLContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def client_context(credentials: Credentials) -> ssl.SSLContext:
+    """One client context per credentials and process (it reloads a changed CRL
+    before each connection by itself), so a call does not load the key again."""
+    with _contexts_lock:
+        ctx = _contexts.get(credentials)
+        if ctx is None:
+            ctx = _contexts[credentials] = credentials.client_context()
+        return ctx
+
+
+class _Pool:
+    """Idle kept-alive connections per peer; a daemon thread closes the ones
+    idle for POOL_IDLE seconds and ends when none is left."""
+
+    def __init__(self) -> None:
+        self._idle: dict[_Key, list[tuple[float, http.client.HTTPSConnection]]] = {}
+        self._cond = threading.Condition()
+        self._pruner: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def take(self, key: _Key) -> http.client.HTTPSConnection | None:
+        """The most recently used live connection to `key`, or None."""
+        stale: list[http.client.HTTPSConnection] = []
+        found = None
+        with self._cond:
+            self._forked()
+            conns = self._idle.get(key, [])
+            now = time.monotonic()
+            while conns:
+                since, conn = conns.pop()
+                if now - since < POOL_IDLE and not _closed_by_peer(conn):
+                    found = conn
+                    break
+                stale.append(conn)
+        for conn in stale:
+            conn.close()
+        return found
+
+    def give(self, key: _Key, conn: http.client.HTTPSConnection) -> None:
+        with self._cond:
+            self._forked()
+            conns = self._idle.setdefault(key, [])
+            if len(conns) >= POOL_PER_PEER:
+                extra = conn
+            else:
+                conns.append((time.monotonic(), conn))
+                extra = None
+                if self._pruner is None:
+                    self._pruner = threading.Thread(target=self._prune, daemon=True,
+                                                    name="vnet-client-pool")
+                    self._pruner.start()
+                self._cond.notify()
+        if extra is not None:
+            extra.close()
+
+    def clear(self) -> None:
+        """Close every idle connection (a test that counts descriptors, a fork)."""
+        with self._cond:
+            conns = [c for entries in self._idle.values() for _, c in entries]
+            self._idle.clear()
+            self._cond.notify()
+        for conn in conns:
+            conn.close()
+
+    def _forked(self) -> None:
+        if self._pid != os.getpid():  # a child must not share its parent's TLS sessions
+            self._pid = os.getpid()
+            self._idle.clear()
+            self._pruner = None
+
+    def _prune(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                old = [c for entries in self._idle.values() for t, c in entries
+                       if now - t >= POOL_IDLE]
+                for key in list(self._idle):
+                    kept = [(t, c) for t, c in self._idle[key] if now - t < POOL_IDLE]
+                    if kept:
+                        self._idle[key] = kept
+                    else:
+                        del self._idle[key]
+                if not self._idle and not old:
+                    self._pruner = None
+                    return
+                if not old:
+                    first = min(t for entries in self._idle.values() for t, _ in entries)
+                    self._cond.wait(max(0.01, first + POOL_IDLE - now))
+            for conn in old:
+                conn.close()
+
+
+def _closed_by_peer(conn: http.client.HTTPSConnection) -> bool:
+    """An idle connection with something to read has been closed by the server
+    (close_notify or end of stream): nothing else may arrive unasked."""
+    sock = conn.sock
+    if sock is None:
+        return True
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+_pool = _Pool()
+
+
+def close_idle_connections() -> None:
+    """Close the kept-alive connections of this process now."""
+    _pool.clear()
+
+
 class PlayerClient:
     """HTTPS client of one player's API, presenting this player's certificate."""
 
@@ -97,7 +229,8 @@ class PlayerClient:
         self._host = parts.hostname
         self._port = parts.port or 443
         self._prefix = parts.path.rstrip("/")
-        self._context = credentials.client_context()
+        self._credentials = credentials
+        self._context = client_context(credentials)
         self.timeout = timeout
         self.expect_role = expect_role
         self.expect_name = expect_name
@@ -120,26 +253,46 @@ class PlayerClient:
         if not path.startswith("/"):
             raise ValueError(f"path {path!r} must start with '/'")
         deadline = time.monotonic() + self.timeout
-        conn = http.client.HTTPSConnection(self._host, self._port, context=self._context,
-                                           timeout=self.timeout)
-        try:
-            status, data = self._exchange(conn, method, self._prefix + path, body, deadline)
-        except (OSError, http.client.HTTPException) as exc:
-            kind = "TLS" if isinstance(exc, ssl.SSLError) else "transport"
-            raise TransportError(
-                f"{method} {self.base_url}{path}: {kind} failure: {exc}") from exc
-        finally:
-            conn.close()
+        key = (self._host, self._port, self._credentials)
+        conn = _pool.take(key)
+        reused = conn is not None
+        while True:
+            if conn is None:
+                conn = http.client.HTTPSConnection(self._host, self._port,
+                                                   context=self._context, timeout=self.timeout)
+            keep = False
+            try:
+                status, data, keep = self._exchange(conn, reused, method,
+                                                    self._prefix + path, body, deadline)
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                if reused and _unanswered(exc):
+                    conn.close()
+                    conn, reused = None, False
+                    continue
+                kind = "TLS" if isinstance(exc, ssl.SSLError) else "transport"
+                raise TransportError(
+                    f"{method} {self.base_url}{path}: {kind} failure: {exc}") from exc
+            finally:
+                if not keep and conn is not None:
+                    conn.close()
+        if keep:
+            _pool.give(key, conn)
         if status >= 400:
             raise parse_error_document(status, data)
         return Reply(status, data)
 
-    def _exchange(self, conn: http.client.HTTPSConnection, method: str, target: str,
-                  body: bytes | None, deadline: float) -> tuple[int, bytes]:
-        conn.connect()
-        self._check_peer(conn)
+    def _exchange(self, conn: http.client.HTTPSConnection, reused: bool, method: str,
+                  target: str, body: bytes | None, deadline: float
+                  ) -> tuple[int, bytes, bool]:
+        """(status, body, whether the connection may be used again)."""
+        if reused:
+            self._check_reused(conn)
+        else:
+            conn.connect()
+            self._check_peer(conn)
         _bound(conn, deadline)
-        headers = {"Accept": "application/xml", "Connection": "close"}
+        headers = {"Accept": "application/xml"}
         if body is not None:
             headers["Content-Type"] = XML_CONTENT_TYPE
         conn.request(method, target, body=body, headers=headers)
@@ -156,7 +309,20 @@ class PlayerClient:
             if size > self.max_response:
                 raise TransportError(f"reply exceeds {self.max_response} bytes")
             chunks.append(chunk)
-        return response.status, b"".join(chunks)
+        return response.status, b"".join(chunks), not response.will_close
+
+    def _check_reused(self, conn: http.client.HTTPSConnection) -> None:
+        """A kept-alive connection's server must still be the expected peer,
+        and its certificate not revoked since the handshake."""
+        sock = conn.sock
+        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+        try:
+            if der is None:
+                raise PkiError("no server certificate")
+            self._credentials.peer_identity(der)
+        except PkiError as exc:
+            raise ssl.SSLError(f"kept-alive connection refused: {exc}") from exc
+        self._check_peer(conn)
 
     def _check_peer(self, conn: http.client.HTTPSConnection) -> None:
         if self.expect_role is None and self.expect_name is None:
@@ -174,6 +340,14 @@ class PlayerClient:
                 f"{self.base_url} is {peer}, expected a {self.expect_role.value}", peer)
         if self.expect_name is not None and peer.name != self.expect_name:
             raise UnexpectedPeer(f"{self.base_url} is {peer}, expected {self.expect_name}", peer)
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """The server closed a kept-alive connection before answering: it had not
+    read the request (it closes only connections without one in progress)."""
+    return isinstance(exc, (ConnectionError, http.client.BadStatusLine,
+                            http.client.CannotSendRequest, ssl.SSLEOFError,
+                            ssl.SSLZeroReturnError))
 
 
 def _bound(conn: http.client.HTTPSConnection, deadline: float) -> None:

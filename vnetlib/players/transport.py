@@ -21,8 +21,11 @@ state), and `_Conn` keeps the bookkeeping:
 - a request's headers must arrive within `Limits.header_timeout` of the
   connection, and its body within `read_timeout` (the TLS handshake, within
   `Limits.handshake_timeout`, counts against both);
-- one request per connection (`Connection: close`), so there is no idle
-  keep-alive;
+- connections are kept alive after a successful answer (HTTP/1.1), for at
+  most `Limits.requests_per_connection` requests; between requests a
+  connection is idle again: evictable, and closed unless the next request's
+  headers arrive within `Limits.header_timeout` of the previous answer (and
+  its body within `read_timeout`); an error answer closes the connection;
 - `stop()` closes the listening socket and every connection without a
   request at once, lets requests in flight finish within its timeout, then
   cuts the rest.
@@ -97,6 +100,7 @@ class Limits:
     read_timeout: float = timeouts.REQUEST_READ
     """A whole request, headers and body, from the moment it connected."""
     queue_wait: float = 30.0
+    requests_per_connection: int = 1000
 
 
 def connection_cap(wanted: int, reserve: int = FD_RESERVE) -> int:
@@ -112,13 +116,14 @@ def connection_cap(wanted: int, reserve: int = FD_RESERVE) -> int:
     return max(1, min(wanted, soft - in_use - reserve - BACKLOG))
 
 
-def _xml_response(outcome: Outcome) -> web.Response:
+def _xml_response(outcome: Outcome, keep_alive: bool = False) -> web.Response:
     resp = web.Response(status=outcome.status, body=outcome.body or None)
     resp.headers.update(outcome.headers)
     if outcome.body:
         resp.headers["Content-Type"] = XML_CONTENT_TYPE
     resp.headers["Server"] = "vnet"
-    resp.force_close()
+    if not keep_alive:
+        resp.force_close()
     return resp
 
 
@@ -165,6 +170,7 @@ class _Conn(asyncio.Protocol):
         self.http: _Http | None = None
         self.busy = False
         self.closed = False
+        self.requests = 0
         self.deadline: asyncio.TimerHandle | None = None
         self.read_by = hub.loop.time() + hub.read_bound  # loop time: the whole request in
 
@@ -260,8 +266,19 @@ class _Conn(asyncio.Protocol):
             self.deadline.cancel()
             self.deadline = None
         self.busy = True
+        self.requests += 1
         self.hub.mark_busy(self)
         return True
+
+    def end_request(self) -> None:
+        """Answered and kept alive: idle again, with the next request's bounds."""
+        if self.closed:
+            return
+        hub = self.hub
+        self.busy = False
+        self.read_by = hub.loop.time() + hub.read_bound
+        hub.mark_idle(self)
+        self.deadline = hub.loop.call_later(hub.header_bound, self.expire)
 
     def expire(self) -> None:
         if not self.busy and not self.closed:
@@ -482,6 +499,10 @@ class ServiceServer:
         self._idle.pop(conn, None)
         self._busy.add(conn)
 
+    def mark_idle(self, conn: _Conn) -> None:
+        self._busy.discard(conn)
+        self._idle[conn] = None
+
     def forget(self, conn: _Conn) -> None:
         self._idle.pop(conn, None)
         self._busy.discard(conn)
@@ -505,7 +526,9 @@ class ServiceServer:
         self._drained.clear()
         try:
             outcome = await self._outcome(request, conn)
-            resp = _xml_response(outcome)
+            keep = (outcome.status < 400 and not self._stopped and request.keep_alive
+                    and conn.requests < self.limits.requests_per_connection)
+            resp = _xml_response(outcome, keep)
             try:
                 async with asyncio.timeout(self.timeout):
                     await resp.prepare(request)
@@ -513,6 +536,9 @@ class ServiceServer:
             except (TimeoutError, OSError) as exc:
                 log.info("could not answer %s: %s", conn.peer, exc or "write timed out")
                 conn.abort()
+            else:
+                if keep:
+                    conn.end_request()
             return resp
         finally:
             self._inflight -= 1
