@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         if record is not None:
             detail = _local(record) | {"embedding": record.embedding, "plan": record.plan,
                                        "node_states": record.node_states,
-                                       "observed": record.observed}
+                                       "observed": record.observed,
+                                       "domains": record.domains}
             rows = [(n, h, record.node_states.get(n, "running"), record.observed.get(n, ""))
                     for n, h in sorted(record.embedding.get("node_map", {}).items())]
             header = ["node", "host", "state", "libvirt"]
