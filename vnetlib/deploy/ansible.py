@@ -16,10 +16,12 @@ When none holds it, `run_playbook` fails before running anything.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import Any
 import ansible_runner
 
 import vnetlib
+from vnetlib.deploy import warm
 
 COLLECTION = "vnet.infra"
 DEPLOY_PLAYBOOK = "vnet.infra.deploy_vnet"
@@ -161,19 +164,31 @@ def check_installed() -> CollectionLocation:
     return find_collection()
 
 
-def _collection_root(location: CollectionLocation, workdir: Path) -> Path:
+_roots: dict[Path, Path] = {}
+_roots_lock = threading.Lock()
+
+
+def _collection_root(location: CollectionLocation) -> Path:
     """The directory for ANSIBLE_COLLECTIONS_PATH; for a checkout, links to
-    its collection parts under workdir/collections/ansible_collections/vnet/infra
-    (links to the parts, not the root, so no directory loop)."""
+    its collection parts under <dir>/ansible_collections/vnet/infra (links to
+    the parts, not the root, so no directory loop), one directory per checkout
+    for the life of this process: the same Ansible configuration for every
+    run, which the warm controller needs."""
     if location.root is not None:
         return location.root
-    root = workdir / "collections"
-    target = root / "ansible_collections" / "vnet" / "infra"
-    target.mkdir(parents=True)
-    for part in COLLECTION_PARTS:
-        if (location.collection / part).exists():
-            (target / part).symlink_to(location.collection / part)
-    return root
+    with _roots_lock:
+        root = _roots.get(location.collection)
+        if root is not None and root.is_dir():
+            return root
+        root = Path(tempfile.mkdtemp(prefix="vnet-collections-"))
+        target = root / "ansible_collections" / "vnet" / "infra"
+        target.mkdir(parents=True)
+        for part in COLLECTION_PARTS:
+            if (location.collection / part).exists():
+                (target / part).symlink_to(location.collection / part)
+        _roots[location.collection] = root
+        atexit.register(shutil.rmtree, root, True)
+        return root
 
 
 @dataclass(slots=True)
@@ -202,10 +217,13 @@ def _message(result: Mapping[str, Any]) -> str:
     return ": ".join(p for p in parts if p) or "failed"
 
 
-def _environment(collections_root: Path, binary: str) -> dict[str, str]:
+def _environment(collections_root: Path, binary: str,
+                 shim_dir: str | None = None) -> dict[str, str]:
     env = {k: os.environ[k] for k in KEPT_ENV if k in os.environ}
-    bindir = str(Path(binary).parent)
-    env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
+    bindirs = [str(Path(binary).parent)]
+    if shim_dir is not None:
+        bindirs.insert(0, shim_dir)
+    env["PATH"] = os.pathsep.join([*bindirs, env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
     # Ansible scans the Python path itself; the other places stay after ours.
     others = [o.root for o in search_order() if o.root is not None and o.root.is_dir()
               and o.source != "the Python path"]
@@ -227,12 +245,18 @@ def run_playbook(
     limit: list[str] | None = None,
     progress: Progress | None = None,
     timeout: int = 600,
+    warm_controller: bool = True,
 ) -> RunResult:
     """Run `playbook` (a file or a collection FQCN) and raise DeployError on
     failure; AnsibleNotInstalled, before anything ran, when ansible-playbook
-    or the vnet.infra collection cannot be found."""
+    or the vnet.infra collection cannot be found.
+
+    With `warm_controller` (and $VNET_WARM_CONTROLLER not 0) ansible-runner's
+    ansible-playbook is forked from this process's warm controller
+    (`vnetlib.deploy.warm`) instead of started from scratch."""
     location = find_collection()
     binary = playbook_binary()
+    server = warm.controller(binary) if warm_controller else None
     failures: list[TaskFailure] = []
     announced: set[str] = set()
 
@@ -267,7 +291,8 @@ def run_playbook(
         cmdline += ["--limit", ",".join(limit)]
     workdir = Path(tempfile.mkdtemp(prefix="vnet-runner-"))
     try:
-        envvars = _environment(_collection_root(location, workdir), binary)
+        envvars = _environment(_collection_root(location), binary,
+                               server.bindir if server is not None else None)
         runner = ansible_runner.run(
             private_data_dir=str(workdir),
             playbook=playbook,
@@ -278,6 +303,7 @@ def run_playbook(
             event_handler=on_event,
             quiet=True,
             timeout=timeout,
+            fact_cache_type="memory",  # no per-run cache directory in Ansible's configuration
         )
         stats = runner.stats or {}
         result = RunResult(

@@ -1,0 +1,296 @@
+"""A warm Ansible controller: ansible-playbook runs forked from a process that
+has Ansible imported already.
+
+Every `run_playbook` used to pay for a new `ansible-playbook` process: about
+0.5 s of imports and start-up before the first task, and an AnsiballZ
+payload built anew for every module of every run. The warm controller is a
+server process (one per vnet process that deploys, e.g. a PIP's `vnet
+serve`) listening on a private Unix socket. ansible-runner still drives
+every run: it spawns `ansible-playbook` from PATH, and the first one on PATH
+is a shim (`python -IS`, a few milliseconds) that hands its argv, its
+environment, its working directory and its standard fds (SCM_RIGHTS) to the
+server. The server forks a child that adopts them and runs Ansible's
+`PlaybookCLI` in-process; the child's exit status goes back to the shim,
+which exits with it. So ansible-runner's events, stdout, artifacts, timeout
+and status are unchanged, and so is what a PIP operator's `ansible-playbook`
+does.
+
+Ansible reads its configuration from the environment at import time, so the
+server imports Ansible on its first request, with that request's
+environment, and later serves only requests whose Ansible configuration
+(every ANSIBLE_* variable but the per-run ones of `PER_RUN`) is the same;
+any other request is answered "cold" and the shim execs the real
+ansible-playbook. Children share the server's Ansible temporary directory,
+hence its AnsiballZ cache: a module edited while the server lives is not
+rebuilt (restart the process that deploys). The shim's end (a timeout
+killing it) kills the child's process group; the server ends when the
+process that started it does.
+"""
+
+from __future__ import annotations
+
+import array
+import atexit
+import contextlib
+import importlib
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SHIM_NAME = "ansible-playbook"
+# Variables ansible-runner sets per run; the rest of ANSIBLE_* must match.
+PER_RUN = frozenset({"ANSIBLE_CACHE_PLUGIN_CONNECTION"})
+_MAX_REQUEST = 1 << 20
+WARM_IMPORTS = (
+    "ansible.cli.playbook", "ansible.executor.module_common", "ansible.executor.playbook_executor",
+    "ansible.executor.task_executor", "ansible.plugins.action.normal",
+    "ansible.plugins.connection.local", "ansible.plugins.strategy.free",
+    "ansible.plugins.strategy.linear",
+)
+
+SHIM = '''#!{python} -IS
+import array, json, os, socket, sys
+real = {real!r}
+try:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect({socket!r})
+    body = json.dumps({{"argv": sys.argv, "env": dict(os.environ), "cwd": os.getcwd()}}).encode()
+    s.sendmsg([len(body).to_bytes(4, "big") + body],
+              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
+    answer = s.makefile("rb").readline().strip()
+except OSError:
+    answer = b"cold"
+if answer == b"cold":
+    os.execv(real, [real] + sys.argv[1:])
+sys.exit(int(answer) if answer.lstrip(b"-").isdigit() else 1)
+'''
+
+
+def ansible_config(env: dict[str, str]) -> dict[str, str]:
+    """The part of an environment that fixes Ansible's imported configuration."""
+    return {k: v for k, v in env.items()
+            if (k.startswith("ANSIBLE_") or k in ("HOME", "PATH")) and k not in PER_RUN}
+
+
+@dataclass(slots=True)
+class WarmController:
+    """A running warm server and the directory holding its shim."""
+
+    directory: Path
+    process: subprocess.Popen[bytes]
+    _parent_end: int
+
+    @property
+    def bindir(self) -> str:
+        """Put first on the PATH of a run to send it to this server."""
+        return str(self.directory / "bin")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        with contextlib.suppress(OSError):
+            os.close(self._parent_end)
+        _remove(self.directory)
+
+
+def start(real_binary: str) -> WarmController:
+    """Start a server for this process; `real_binary` is what cold runs exec."""
+    directory = Path(tempfile.mkdtemp(prefix="vnet-warm-"))
+    sock = directory / "sock"
+    (directory / "bin").mkdir()
+    shim = directory / "bin" / SHIM_NAME
+    shim.write_text(SHIM.format(python=sys.executable, real=real_binary, socket=str(sock)))
+    shim.chmod(0o700)
+    # Bound and listening before the server starts: a shim never finds no socket.
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    try:
+        listener.bind(str(sock))
+    finally:
+        os.umask(old)
+    listener.listen(16)
+    read_end, write_end = os.pipe()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vnetlib.deploy.warm", str(sock), str(listener.fileno()),
+             str(read_end)],
+            pass_fds=(read_end, listener.fileno()), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, start_new_session=True,
+        )
+    finally:
+        os.close(read_end)
+        listener.close()
+    os.set_inheritable(write_end, False)
+    return WarmController(directory, process, write_end)
+
+
+_lock = threading.Lock()
+_current: WarmController | None = None
+
+
+def controller(real_binary: str) -> WarmController | None:
+    """This process's warm controller, started on first use; None when
+    $VNET_WARM_CONTROLLER is 0 or it cannot start."""
+    global _current
+    if os.environ.get("VNET_WARM_CONTROLLER", "1") == "0":
+        return None
+    with _lock:
+        if _current is not None and _current.alive():
+            return _current
+        if _current is not None:
+            _current.stop()
+        try:
+            _current = start(real_binary)
+        except OSError:
+            _current = None
+            return None
+        atexit.register(_current.stop)
+        return _current
+
+
+# -- the server --------------------------------------------------------------
+
+
+def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    fds = array.array("i")
+    data, ancillary, _, _ = conn.recvmsg(_MAX_REQUEST, socket.CMSG_LEN(3 * fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    size = int.from_bytes(data[:4], "big")
+    body = data[4:]
+    while len(body) < size:
+        more = conn.recv(size - len(body))
+        if not more:
+            raise OSError("short request")
+        body += more
+    return json.loads(body), list(fds)
+
+
+def _warm_up(env: dict[str, str]) -> None:
+    """Import Ansible under the first request's configuration."""
+    os.environ.clear()
+    os.environ.update(env)
+    for module in WARM_IMPORTS:
+        importlib.import_module(module)
+    constants = importlib.import_module("ansible.constants")
+    getattr(constants, "DEFAULT_LOCAL_TMP")  # noqa: B009  created now, shared by the children
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+    """In the forked child: become the shim's ansible-playbook and run it."""
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+
+    def watch() -> None:
+        # The shim gone (ansible-runner's timeout): end the whole run.
+        with contextlib.suppress(OSError):
+            conn.recv(1)
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True).start()
+    code = 1
+    try:
+        cli = importlib.import_module("ansible.cli.playbook").PlaybookCLI
+        sys.argv = list(request["argv"])
+        cli.cli_executor(sys.argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException as exc:
+        print(f"ERROR! warm controller: {exc!r}", file=sys.stderr)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        with contextlib.suppress(OSError):
+            conn.sendall(f"{code}\n".encode())
+        os._exit(code)
+
+
+def _remove(directory: Path) -> None:
+    for path in (directory / "bin" / SHIM_NAME, directory / "sock"):
+        path.unlink(missing_ok=True)
+    for path in (directory / "bin", directory):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
+def serve(path: str, listen_fd: int, parent_fd: int) -> None:
+    """Accept shims on `listen_fd` until the parent's pipe closes, then remove
+    the server's directory (its parent may have died without stopping it)."""
+    try:
+        _serve(socket.socket(fileno=listen_fd), parent_fd)
+    finally:
+        _remove(Path(path).parent)
+
+
+def _serve(server: socket.socket, parent_fd: int) -> None:
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    selector = selectors.DefaultSelector()
+    selector.register(server, selectors.EVENT_READ)
+    selector.register(parent_fd, selectors.EVENT_READ)
+    config: dict[str, str] | None = None
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj == parent_fd:
+                return
+            conn, _ = server.accept()
+            fds: list[int] = []
+            try:
+                request, fds = _receive(conn)
+                env = dict(request["env"])
+                if config is None:
+                    try:
+                        _warm_up(env)
+                    except Exception as exc:
+                        print(f"vnet warm controller: no Ansible: {exc!r}", file=sys.stderr)
+                        config = {"": "cold"}
+                    else:
+                        config = ansible_config(env)
+                if ansible_config(env) != config or len(fds) != 3:
+                    conn.sendall(b"cold\n")
+                    continue
+                if os.fork() == 0:
+                    server.close()
+                    _child(conn, request, fds)
+            except (OSError, ValueError, KeyError) as exc:
+                print(f"vnet warm controller: {exc!r}", file=sys.stderr)
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"cold\n")
+            finally:
+                conn.close()
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
