@@ -4,12 +4,14 @@ with its namespaces and links checked on the substrate."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
 import subprocess
 import sys
 import xmlrpc.client
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +151,10 @@ def test_figure6_through_geni_lib(aggregate: tuple[PipService, Client, am.GeniAg
     schema.validate_bytes(manifest, "manifest")
     assert spec_from_root(schema.parse(manifest)) == spec
     assert "component_id" not in described["geni_rspec"]  # no host is named
+    packed = ok(c.call("Describe", [SLICE], c.creds_arg(), dict(V3, geni_compressed=True)))
+    unpacked = zlib.decompress(base64.b64decode(packed["geni_rspec"]))
+    stamp = re.compile(rb' generated="[^"]*"')  # the time it was written
+    assert stamp.sub(b"", unpacked) == stamp.sub(b"", manifest)
 
     r1_urn = urns.sliver_urn(service.name, sliver.id, "r1")
     stopped = ok(amapi3.poa(c.url, c.ca, *c.tls, [c.cred], [r1_urn], "geni_stop", {}))

@@ -315,15 +315,16 @@ class GeniAggregate:
         p = core.pricing
         text = advertisement_rspec(advertise(self.pip, core.residual(), p.per_cpu,
                                              p.per_mbps))
-        if options.get("geni_compressed"):
-            return base64.b64encode(zlib.compress(text)).decode()
-        return text.decode()
+        return _compressed(text) if options.get("geni_compressed") else text.decode()
 
     def describe(self, caller: Identity, urn_list: Any, credentials: Any,
                  options: Mapping[str, Any]) -> dict[str, Any]:
         check_credentials(credentials)
         _rspec_version(options)
-        return self._described([s for s, _ in self._slivers(caller, urn_list)])
+        described = self._described([s for s, _ in self._slivers(caller, urn_list)])
+        if options.get("geni_compressed"):
+            described["geni_rspec"] = _compressed(described["geni_rspec"].encode())
+        return described
 
     def allocate(self, caller: Identity, slice_urn: Any, credentials: Any, rspec: Any,
                  options: Mapping[str, Any]) -> dict[str, Any]:
@@ -410,6 +411,11 @@ class GeniAggregate:
             if s.node_state(node.id) != "stopped":
                 s = core.control(caller.name, s.name, node.id, "stop")
         return True
+
+
+def _compressed(text: bytes) -> str:
+    """GENI's `geni_compressed`: zlib, then base64."""
+    return base64.b64encode(zlib.compress(text)).decode()
 
 
 def _result(code: int, message: str) -> dict[str, Any]:
