@@ -40,6 +40,7 @@ from pyroute2 import IPRoute, NetlinkError, NetNS
 from vnetlib import naming
 from vnetlib.aaa import daemons, radius
 from vnetlib.core.ledger import Ledger
+from vnetlib.spec import SpecErrors, parse_vnet
 
 log = logging.getLogger("vnetlib.aaa.access")
 
@@ -246,8 +247,11 @@ class UnknownHandle(LookupError):
     pass
 
 
-def resolve(substrate: str, store: str, handle: str) -> Segment:
-    """The segment an accept's handle names: `<sliver name or its VNP order>/<node>`."""
+def resolve(substrate: str, store: str, handle: str, realm: str) -> Segment:
+    """The segment an accept's handle names: `<sliver name or its VNP order>/<node>`.
+    When the sliver's description carries its attachment points (`<attach>`),
+    the node must be one, of the realm that accepted: another VNO's server
+    cannot send its users into this VNet."""
     name, _, node = handle.partition("/")
     if not name or not node:
         raise UnknownHandle(f"handle {handle!r} is not <vnet>/<node>")
@@ -255,6 +259,10 @@ def resolve(substrate: str, store: str, handle: str) -> Segment:
     try:
         for s in ledger.slivers():
             if (s.name == name or s.name.startswith(f"{name}.")) and node in s.embedding.node_map:
+                points = {a.node: a.realm for a in parse_vnet(s.spec_xml.encode()).attachments}
+                if points and points.get(node) != realm:
+                    raise UnknownHandle(f"node {node} of {name} is no attachment point of "
+                                        f"realm {realm!r}")
                 host = s.embedding.node_map[node]
                 return Segment(s.id, node, naming.host_netns(substrate, host),
                                naming.vnode_netns(substrate, s.id, node))
@@ -350,6 +358,25 @@ def disconnect_port(acc: Access, port: str, seg: Segment | None) -> None:
         remove_segment(acc.directory, seg)
 
 
+def _ask(s: socket.socket, command: str, timeout: float = 1.0) -> str:
+    """A command on an attached control socket; events arriving meanwhile
+    (they start with `<`) are skipped."""
+    s.setblocking(True)
+    s.settimeout(timeout)
+    try:
+        s.send(command.encode())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = s.recv(8192).decode(errors="replace")
+            if not data.startswith("<"):
+                return data
+        return ""
+    except OSError:
+        return ""
+    finally:
+        s.setblocking(False)
+
+
 # -- the controller -------------------------------------------------------------------------
 
 
@@ -375,7 +402,7 @@ class Controller:
             if port not in present:
                 self.socks.pop(port).close()
         for port in sorted(present - set(self.socks)):
-            local = self.acc.directory / "run" / f"c-{port}"
+            local = self.acc.directory / "run" / f"c{os.getpid()}-{port}"
             local.unlink(missing_ok=True)
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             try:
@@ -392,6 +419,17 @@ class Controller:
                 continue
             self.socks[port] = s
             log.info("port %s: listening to its authenticator", port)
+            self._reconcile(port, s)
+
+    def _reconcile(self, port: str, s: socket.socket) -> None:
+        """After a restart: a recorded session whose device the authenticator
+        no longer holds authorized ended meanwhile."""
+        session = self.sessions.get(port)
+        if session is None:
+            return
+        reply = _ask(s, f"STA {session['device']}")
+        if "[AUTHORIZED]" not in reply:
+            self.disconnected(port, "ended while the controller was away")
 
     def _event(self, port: str, text: str) -> None:
         words = text.split()
@@ -409,9 +447,10 @@ class Controller:
             log.warning("port %s: %s authorized without an accept on record: left out", port, mac)
             return
         try:
-            seg = resolve(self.acc.substrate, self.acc.store, decision.handle)
+            seg = resolve(self.acc.substrate, self.acc.store, decision.handle, decision.realm)
             connect_port(self.acc, port, seg, decision.pool)
-        except (UnknownHandle, OSError, NetlinkError, RuntimeError, ValueError) as exc:
+        except (UnknownHandle, OSError, NetlinkError, RuntimeError, ValueError,
+                SpecErrors) as exc:
             log.warning("port %s: %s accepted by %s but not connected: %s", port, mac,
                         decision.realm, exc)
             with contextlib.suppress(OSError, NetlinkError):
@@ -448,6 +487,9 @@ class Controller:
                     self.disconnected(port, "port down")
 
     def run(self) -> None:
+        for stale in (self.acc.directory / "run").glob("c*-*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
         signal.signal(signal.SIGTERM, self._stop)
         last_check = 0.0
         while not self.stopping:

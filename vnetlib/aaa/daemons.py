@@ -37,6 +37,11 @@ def start(argv: Sequence[str], *, pidfile: Path, log: Path, marker: str,
         proc = subprocess.Popen(in_netns(netns, argv), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     pidfile.write_text(f"{proc.pid}\n")
+    exec_deadline = time.monotonic() + 5.0
+    while not _ours(proc.pid, marker) and proc.poll() is None:  # until it runs `argv`
+        if time.monotonic() > exec_deadline:
+            break
+        time.sleep(0.005)
     deadline = time.monotonic() + settle
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -10,7 +10,10 @@ port's NAS-Identifier, which is what the PIP's access controller acts on).
 Between the proxy and the server the channel is RADIUS over TLS (RadSec,
 RFC 6614) with the lab's PKI: each side presents its player certificate and
 checks the other's against the lab CA. The PIP never sees the user's password:
-the EAP method runs end to end between the device and the VNO's server.
+the EAP method runs end to end between the device and the VNO's server. A
+reject the proxy makes itself (unknown realm, the VNO's server silent for
+`response_window` seconds) carries an EAP-Failure from the proxy's own eap
+module, so the device learns at once instead of waiting for a reply forever.
 """
 
 from __future__ import annotations
@@ -239,7 +242,7 @@ def proxy_conf(cfg: ProxyConfig) -> str:
     secret = {RADSEC_SECRET}
     response_window = {cfg.response_window}
     zombie_period = {cfg.response_window + 1}
-    revive_interval = 1
+    revive_interval = 10
     status_check = none
 {_tls_block(cfg.tls, "    ")}
 }}
@@ -263,6 +266,11 @@ client authenticators {{
 }}
 modules {{
 {ALWAYS}
+    eap {{
+        default_eap_type = md5
+        md5 {{
+        }}
+    }}
     realm suffix {{
         format = suffix
         delimiter = "@"
@@ -293,12 +301,16 @@ server pip {{
         }}
     }}
     authenticate {{
+        Auth-Type EAP {{
+            eap
+        }}
     }}
     post-proxy {{
     }}
     post-auth {{
         decisions
         Post-Auth-Type REJECT {{
+            eap
             decisions
         }}
     }}

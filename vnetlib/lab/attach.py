@@ -373,5 +373,6 @@ def attached(directory: Path) -> list[dict[str, object]]:
     by_port = {d.port: d.name for d in devices(directory).values()}
     for d in sorted(root.glob("pip*")) if root.is_dir() else []:
         for port, s in access.sessions(d).items():
-            out.append({"pip": d.name, "port": port, "device": by_port.get(port), **s})
+            out.append({**s, "pip": d.name, "port": port, "device": by_port.get(port),
+                        "mac": s.get("device")})
     return out

@@ -1,0 +1,193 @@
+"""End-user attachment (Interface 6) on a real lab: a device namespace plugged
+into a PIP's access port authenticates with 802.1X (wpa_supplicant, hostapd's
+wired driver), the PIP's FreeRADIUS proxy relays by realm over RadSec to the
+VNO's FreeRADIUS, and on accept the PIP's access controller puts the port into
+the VNet, where dnsmasq on the attachment node gives the device an address."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Lab, Vnet, links_in, netns_list, new_lab, ping
+
+pytestmark = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("freeradius", "hostapd", "wpa_supplicant", "dnsmasq")),
+    reason="scripts/install-aaa.sh installs FreeRADIUS, hostapd, wpa_supplicant, dnsmasq",
+)
+
+SPEC = """<?xml version="1.0"?>
+<vnet xmlns="urn:vnet:rdl:1" version="1" name="users">
+  <node id="e1"/>
+  <node id="e2"/>
+  <link id="l1">
+    <endpoint node="e1" interface="eth1"><address>198.19.0.1/30</address></endpoint>
+    <endpoint node="e2" interface="eth1"><address>198.19.0.2/30</address></endpoint>
+  </link>
+  <attach node="e1" pool="198.19.8.0/24" realm="vno"/>
+</vnet>
+"""
+NODE_ADDRESS = "198.19.8.1"
+
+
+@dataclass(frozen=True)
+class World:
+    lab: Lab
+    vnet_id: str
+    home: Path
+
+    @property
+    def aaa(self) -> Path:
+        return self.home / "labs" / self.lab.name / "aaa"
+
+    @property
+    def access_ns(self) -> str:
+        return f"vl-{self.lab.substrate}-access"
+
+    def device_ns(self, name: str) -> str:
+        return f"vl-{self.lab.substrate}-dev-{name}"
+
+
+@pytest.fixture(scope="module")
+def world(vnet: Vnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    made = new_lab(vnet, "--pips", "1", "--hosts", "2", "--attach")
+    try:
+        spec = tmp_path_factory.mktemp("attach") / "users.xml"
+        spec.write_text(SPEC)
+        vnet_id = vnet.json("up", str(spec), "--lab", made.name)["vnet"]
+        for user, password in (("alice", "wonder1and"), ("carol", "s3cret")):
+            vnet.run("users", "add", f"{user}@vno", "--password", password, "--vnet", vnet_id,
+                     "--node", "e1", "--lab", made.name)
+        vnet.run("lab", "device", "add", "d1", "--lab", made.name)
+        yield World(made, vnet_id, Path(vnet.env["VNET_HOME"]))
+    finally:
+        vnet.run("lab", "down", "--name", made.name, check=False)
+    assert not [n for n in netns_list() if n.startswith(f"vl-{made.name}p1-")]
+
+
+def attach(vnet: Vnet, w: World, identity: str, password: str,
+           device: str = "d1") -> dict[str, Any]:
+    done = vnet.run("lab", "device", "attach", device, "--identity", identity, "--password",
+                    password, "--lab", w.lab.name, "--json", check=False)
+    result: dict[str, Any] = json.loads(done.stdout)
+    assert done.returncode == (0 if result["outcome"] == "connected" else 1)
+    return result
+
+
+def sessions(w: World) -> dict[str, Any]:
+    path = w.aaa / "pip1" / "sessions.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def segment_left(w: World) -> list[str]:
+    """What of an attachment is on the substrate: access bridges, end-user
+    segments on the hosts, dnsmasq processes of the lab."""
+    found = [n for n in links_in(w.access_ns) if n.startswith(("vc", "vu"))]
+    for host in ("h1", "h2"):
+        found += [n for n in links_in(f"vl-{w.lab.substrate}-{host}")
+                  if n.startswith(("va", "vn", "vd"))]
+    ps = subprocess.run(["pgrep", "-af", "dnsmasq"], capture_output=True, text=True).stdout
+    found += [line for line in ps.splitlines() if str(w.aaa) in line]
+    return found
+
+
+def wait_for(check: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return bool(check())
+
+
+def test_attach_ping_detach_and_accounting(vnet: Vnet, world: World) -> None:
+    got = attach(vnet, world, "alice@vno", "wonder1and")
+    assert got["outcome"] == "connected", got
+    assert got["address"].startswith("198.19.8.") and got["address"].endswith("/24")
+    assert ping(world.device_ns("d1"), NODE_ADDRESS, count=2)
+    listed = vnet.json("lab", "device", "list", "--lab", world.lab.name)
+    assert [(a["device"], a["realm"]) for a in listed["attached"]] == [("d1", "vno")]
+    # the PIP learned the realm and the handle, never the user name or password
+    decisions = (world.aaa / "pip1" / "decisions.log").read_text()
+    assert "alice" not in decisions and "wonder1and" not in decisions
+    assert "wonder1and" not in (world.aaa / "pip1" / "log" / "radius.log").read_text()
+
+    vnet.run("lab", "device", "detach", "d1", "--lab", world.lab.name)
+    assert sessions(world) == {}
+    assert not ping(world.device_ns("d1"), NODE_ADDRESS, wait=1)
+    assert segment_left(world) == []
+    e1 = [n for n in netns_list() if n.startswith(f"vn-{world.lab.substrate}-")
+          and n.endswith("-e1")]
+    assert len(e1) == 1 and "att0" not in links_in(e1[0])
+    records = vnet.json("users", "accounting", "--lab", world.lab.name)
+    mine = [(r["status"], r["identity"], r["port"]) for r in records]
+    assert ("Start", "alice@vno", "p-d1") in mine and ("Stop", "alice@vno", "p-d1") in mine
+
+
+@pytest.mark.parametrize(("identity", "password"), [
+    ("alice@vno", "wrong-password"),   # wrong password
+    ("mallory@vno", "wonder1and"),     # not a user of the VNO
+    ("alice@elsewhere", "wonder1and"),  # a realm no VNO of this PIP answers for
+])
+def test_rejected_devices_get_no_connectivity(vnet: Vnet, world: World, identity: str,
+                                              password: str) -> None:
+    got = attach(vnet, world, identity, password)
+    assert got["outcome"] == "rejected", got
+    assert got["address"] is None
+    assert sessions(world) == {}
+    assert segment_left(world) == []
+    assert not ping(world.device_ns("d1"), NODE_ADDRESS, wait=1)
+
+
+def test_session_end_after_the_user_is_removed_disconnects(vnet: Vnet, world: World) -> None:
+    vnet.run("users", "add", "dave@vno", "--password", "pw-of-dave", "--vnet", world.vnet_id,
+             "--node", "e1", "--session-timeout", "3", "--lab", world.lab.name)
+    got = attach(vnet, world, "dave@vno", "pw-of-dave")
+    assert got["outcome"] == "connected", got
+    vnet.run("users", "remove", "dave@vno", "--lab", world.lab.name)
+    assert "dave@vno" not in [u["identity"] for u in vnet.json("users", "list", "--lab",
+                                                                world.lab.name)]
+    # at the session's end hostapd re-authenticates; the VNO no longer knows dave
+    assert wait_for(lambda: sessions(world) == {}, 12)
+    assert not ping(world.device_ns("d1"), NODE_ADDRESS, wait=1)
+    assert segment_left(world) == []
+    vnet.run("lab", "device", "detach", "d1", "--lab", world.lab.name)
+
+
+def test_port_down_disconnects(vnet: Vnet, world: World) -> None:
+    assert attach(vnet, world, "carol@vno", "s3cret")["outcome"] == "connected"
+    subprocess.run(["ip", "-n", world.device_ns("d1"), "link", "set", "eth0", "down"],
+                   check=True)
+    try:
+        assert wait_for(lambda: sessions(world) == {}, 5)
+        assert segment_left(world) == []
+    finally:
+        subprocess.run(["ip", "-n", world.device_ns("d1"), "link", "set", "eth0", "up"],
+                       check=True)
+    vnet.run("lab", "device", "detach", "d1", "--lab", world.lab.name)
+
+
+def test_vno_radius_down_rejects_then_recovers(vnet: Vnet, world: World) -> None:
+    pidfile = world.aaa / "vno" / "run" / "server.pid"
+    pid = int(pidfile.read_text())
+    subprocess.run(["kill", str(pid)], check=True)
+    assert wait_for(lambda: not Path(f"/proc/{pid}").exists(), 5)
+    got = attach(vnet, world, "carol@vno", "s3cret")
+    assert got["outcome"] == "rejected", got
+    assert got["seconds"] < 15
+    assert sessions(world) == {} and segment_left(world) == []
+    # the lab brings the server back (same port); the proxy retries it within 10 s
+    vnet.run("lab", "up", "--name", world.lab.name, "--pips", "1", "--hosts", "2", "--attach",
+             "--mgmt-offset", str(vnet.json("lab", "status", "--name",
+                                            world.lab.name)["config"]["mgmt_offset"]))
+    assert wait_for(lambda: attach(vnet, world, "carol@vno", "s3cret")["outcome"]
+                    == "connected", 25)
+    vnet.run("lab", "device", "detach", "d1", "--lab", world.lab.name)
