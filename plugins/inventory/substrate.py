@@ -62,6 +62,7 @@ substrate: /var/lib/vnet/substrates/labp1/substrate.xml
 # connection: ssh
 """
 
+import os
 import re
 from xml.etree import ElementTree
 
@@ -129,7 +130,8 @@ class InventoryModule(BaseInventoryPlugin):
     def parse(self, inventory, loader, path, cache=True):
         super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
-        description = self.get_option("substrate")
+        description = os.path.join(os.path.dirname(os.path.abspath(path)),
+                                   self.get_option("substrate"))
         try:
             if load_substrate is not None:
                 name, hosts = _read_with_vnetlib(description)
