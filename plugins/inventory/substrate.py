@@ -32,8 +32,9 @@ options:
     choices: [vnet.infra.substrate]
   substrate:
     description:
-      - Path of the substrate description, relative to the configuration file's directory.
-    type: path
+      - Path of the substrate description; a relative path is relative to the
+        configuration file's directory. C(~) and environment variables are expanded.
+    type: str
     required: true
   connection:
     description:
@@ -130,8 +131,9 @@ class InventoryModule(BaseInventoryPlugin):
     def parse(self, inventory, loader, path, cache=True):
         super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
-        description = os.path.join(os.path.dirname(os.path.abspath(path)),
-                                   self.get_option("substrate"))
+        description = os.path.join(
+            os.path.dirname(os.path.abspath(path)),
+            os.path.expanduser(os.path.expandvars(self.get_option("substrate"))))
         try:
             if load_substrate is not None:
                 name, hosts = _read_with_vnetlib(description)
