@@ -188,6 +188,35 @@ options:
       - Rate limit in Mbit/s, enforced with a C(tbf) root qdisc on each host-side
         veth end. Left alone when not given.
     type: float
+  nodes:
+    description:
+      - The virtual nodes of the host too (the C(nodes) of a vnet deployment
+        plan's host, as O(vnet.infra.vnet_node#module:nodes)), only with
+        O(links): one module run per host and phase converges its nodes and
+        its link segments. The host is read once, the nodes' namespaces are
+        planned first and the segments against them, and every command runs
+        in the same few batches (V(present): namespaces before segments;
+        V(absent): segments before namespaces).
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Name of the namespace of the node.
+        type: str
+        required: true
+        aliases: [netns]
+      vnode:
+        description: Name of the virtual node in the plan, used in messages only.
+        type: str
+      forwarding:
+        description: Whether the node forwards IPv4.
+        type: bool
+        default: true
+      driver:
+        description: How the node is made. Only V(netns).
+        type: str
+        choices: [netns]
+        default: netns
   state:
     description:
       - V(present) builds the segment; V(absent) removes the veth pairs, the
@@ -268,6 +297,8 @@ commands:
   sample: [["ip", "link", "add", "vb1a2b3c4d", "type", "bridge"], ["ip", "link", "set", "dev", "vb1a2b3c4d", "up"]]
 """
 
+from dataclasses import replace
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vnet.infra.plugins.module_utils._iproute import (
     HostState,
@@ -279,8 +310,13 @@ from ansible_collections.vnet.infra.plugins.module_utils._iproute import (
     links_before_after,
     links_left,
     links_want,
+    nodes_before_after,
+    nodes_left,
+    nodes_want,
     plan_link,
     plan_links,
+    plan_nodes,
+    schedule,
 )
 from ansible_collections.vnet.infra.plugins.module_utils._runner import Runner, read_state
 
@@ -318,10 +354,21 @@ ARGUMENT_SPEC = dict(
         elements="dict",
         options=dict(link=dict(type="str"), bridge=dict(type="str", required=True), **SEGMENT_OPTIONS),
     ),
+    nodes=dict(
+        type="list",
+        elements="dict",
+        options=dict(
+            name=dict(type="str", required=True, aliases=["netns"]),
+            vnode=dict(type="str"),
+            forwarding=dict(type="bool", default=True),
+            driver=dict(type="str", choices=["netns"], default="netns"),
+        ),
+    ),
     state=dict(type="str", choices=["present", "absent"], default="present"),
     **SEGMENT_OPTIONS,
 )
-MUTUALLY_EXCLUSIVE = [("bridge", "links"), ("links", "ports"), ("links", "tunnel"), ("links", "bandwidth_mbps")]
+MUTUALLY_EXCLUSIVE = [("bridge", "links"), ("links", "ports"), ("links", "tunnel"),
+                      ("links", "bandwidth_mbps"), ("bridge", "nodes")]
 REQUIRED_ONE_OF = [("bridge", "links")]
 
 
@@ -334,8 +381,47 @@ def _read(runner: Runner, wants: tuple[LinkWant, ...]) -> HostState:
     )
 
 
+def run_host(module: AnsibleModule, runner: Runner) -> dict:
+    """Nodes and link segments of one host: one read, one plan, one apply, one check."""
+    params = module.params
+    present = params["state"] == "present"
+    nodes = nodes_want(params["nodes"], params["state"])
+    links = links_want(params["links"], params["state"])
+    names = [n.name for n in nodes] + [name for w in links for name in w.netns_names()]
+    qdiscs = any(w.bandwidth_mbps is not None for w in links)
+
+    def read() -> HostState:
+        return read_state(runner, names, links=True, qdiscs=qdiscs, forwarding=present)
+
+    have = read()
+    node_commands = plan_nodes(nodes, have)
+    # Segments are planned against the namespaces as the node commands leave
+    # them: a namespace about to be made exists, with no interfaces but lo.
+    made = {n.name: {} for n in nodes if present and n.name not in have.netns}
+    planned_on = replace(have, netns={**have.netns, **made}) if made else have
+    link_commands = plan_links(links, planned_on, check_missing_netns=not module.check_mode)
+    commands = schedule(node_commands + link_commands)
+    node_before, node_after = nodes_before_after(nodes, have)
+    link_before, link_after = links_before_after(links, have)
+    result = dict(changed=bool(commands), commands=commands,
+                  diff=dict(before=dict(nodes=node_before, links=link_before),
+                            after=dict(nodes=node_after, links=link_after)))
+    if commands and not module.check_mode:
+        runner.apply(commands)
+        after = read()
+        left = nodes_left(nodes, after) + links_left(links, after)
+        if left:
+            raise VnetError("virtual nodes and link segments did not converge; still to do: %s"
+                            % "; ".join(left), left=left)
+    return result
+
+
 def run_module(module: AnsibleModule, runner: Runner) -> dict:
     params = module.params
+    if params["nodes"] is not None:
+        if params["links"] is None:
+            raise VnetError("nodes needs links (give links: [] for nodes only)")
+        return run_host(module, runner)
     single = params["links"] is None
     wants = (link_want(params),) if single else links_want(params["links"], params["state"])
     have = _read(runner, wants)
