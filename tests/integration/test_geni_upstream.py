@@ -69,7 +69,13 @@ def test_vnp_uses_a_geni_aggregate_as_a_provider(players: Players,
     assert "r1: stopped" in sp.control(view.id, "r1", "stop")
     assert pip.core.ledger.slivers()[0].node_state("r1") == "stopped"
     assert "r1: running" in sp.control(view.id, "r1", "start")
-    # what GENI does not offer is refused with a status, not a crash
+    # what GENI does not offer is refused with a status, not a crash, and the
+    # refusal relayed to the SP does not name the provider
+    try:
+        sp.exec(view.id, "e1", ["true"])
+        raise AssertionError("exec through a GENI aggregate should be refused")
+    except RemoteError as exc:
+        assert exc.status == 409 and "pip-geni" not in exc.message
     try:
         adapter.post(f"/v1/slivers/{sliver.name}/action",
                      m.action_xml(m.Action("exec", "e1", ("true",))))

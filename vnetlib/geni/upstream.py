@@ -41,11 +41,13 @@ from lxml import etree
 
 from vnetlib.geni import am, urns
 from vnetlib.geni.rspec import g, request_rspec, v
-from vnetlib.geni.schema import parse, validate
+from vnetlib.geni.schema import Kind, parse, validate
 from vnetlib.players import messages as m
 from vnetlib.players.client import DEFAULT_TIMEOUT, PlayerClient, RemoteError, Reply
 from vnetlib.players.negotiation import decide_quote
 from vnetlib.players.pki import Credentials
+from vnetlib.players.server import error_document
+from vnetlib.spec import SpecErrors
 
 SCHEME = "geni+"
 V3 = {"geni_rspec_version": {"type": "GENI", "version": "3"}}
@@ -71,7 +73,9 @@ def placeholder_credential(holder: str) -> bytes:
 
 
 def _remote(status: int, code: str, message: str) -> RemoteError:
-    return RemoteError(status, code, message, b"")
+    """An aggregate's refusal as a player's would be; the VNP relays 4xx messages to
+    its customer, so they never name the aggregate."""
+    return RemoteError(status, code, message, error_document(code, message))
 
 
 class GeniUpstream:
@@ -149,10 +153,22 @@ class GeniUpstream:
 
     # -- translations -----------------------------------------------------------------------------
 
+    def _rspec(self, text: Any, kind: Kind) -> etree._Element:
+        """An RSpec the aggregate answered, validated; a bad one is a ValueError
+        (a bad answer, as a player's bad reply is)."""
+        source = f"{kind} RSpec from {self.name}"
+        if not isinstance(text, str):
+            raise ValueError(f"{source}: not a string")
+        try:
+            root = parse(text.encode(), source)
+            validate(root, kind, source)
+        except SpecErrors as exc:
+            raise ValueError(str(exc)) from exc
+        return root
+
     def advertisement(self) -> m.Advertisement:
         text = self.call("ListResources", self._creds(), dict(V3, geni_available=True))
-        root = parse(text.encode(), f"advertisement of {self.name}")
-        validate(root, "advertisement", f"advertisement of {self.name}")
+        root = self._rspec(text, "advertisement")
         sites = []
         for node in root.findall(g("node")):
             kinds = tuple(s.get("name", "") for s in node.findall(g("sliver_type")))
@@ -174,7 +190,7 @@ class GeniUpstream:
         ad = self.advertisement()
         cpu = sum(n.cpu for n in req.spec.nodes)
         if cpu > sum(s.cpu for s in ad.sites) + 1e-9:
-            return m.Quote("declined", reason=f"not enough cpu at {self.name}")
+            return m.Quote("declined", reason="not enough cpu at the aggregate")
         per_cpu = max((s.price_per_cpu for s in ad.sites), default=0.0)
         per_mbps = max((s.price_per_mbps for s in ad.sites), default=0.0)
         mbps = sum(k.bandwidth_mbps for k in req.spec.links)
@@ -182,7 +198,7 @@ class GeniUpstream:
 
     def _manifest(self, name: str) -> m.Manifest:
         value = self.call("Describe", [urns.slice_urn(name)], self._creds(), V3)
-        root = parse(value["geni_rspec"].encode(), f"manifest of {name} at {self.name}")
+        root = self._rspec(value["geni_rspec"], "manifest")
         sliver = root.find(v("sliver"))
         nodes = tuple(n.get("client_id", "") for n in root.findall(g("node")))
         if sliver is not None:
@@ -197,14 +213,13 @@ class GeniUpstream:
 
     def _node_urns(self, name: str) -> dict[str, str]:
         value = self.call("Describe", [urns.slice_urn(name)], self._creds(), V3)
-        root = parse(value["geni_rspec"].encode(), f"manifest of {name} at {self.name}")
+        root = self._rspec(value["geni_rspec"], "manifest")
         return {n.get("client_id", ""): n.get("sliver_id", "") for n in root.findall(g("node"))}
 
     def _allocate(self, name: str, body: bytes) -> Reply:
         req = m.allocate_from(m.parse_reply(body, "allocate"))
         if req.spec.boundary:
-            raise _remote(409, "conflict", f"{self.name} is a GENI aggregate: it takes no "
-                                           "links to other providers")
+            raise _remote(409, "conflict", "a GENI aggregate takes no links to other providers")
         options: dict[str, Any] = {}
         if req.expires_in is not None:
             end = dt.datetime.fromtimestamp(time.time() + req.expires_in, dt.UTC)
@@ -226,8 +241,7 @@ class GeniUpstream:
     def _provision(self, name: str, body: bytes) -> Reply:
         req = m.provision_from(m.parse_reply(body, "provision"))
         if req.peers:
-            raise _remote(409, "conflict", f"{self.name} is a GENI aggregate: it joins no "
-                                           "links to other providers")
+            raise _remote(409, "conflict", "a GENI aggregate joins no links to other providers")
         self.call("Provision", [urns.slice_urn(name)], self._creds(), {})
         return self._describe(name, b"")
 
