@@ -24,6 +24,7 @@ from vnetlib.vm import serial, vnc
 SHELL = ("sh", "-i")
 SPARE_IDLE = 60.0
 MAX_SPARES = 16
+SPARE_NICE = 19
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,12 @@ class NetnsShell:
     the background, confined the same way, and the node's next session takes
     it. A spare unused for `spare_idle` seconds is ended; spares of a sliver
     die with its tenant's processes when it is removed (a dead spare is never
-    handed out); `close()` ends them all. Spares start at the lowest CPU
-    priority (from a thread of their own, whose nice value the exec chain
-    inherits), so starting one never slows a session being set up; the
-    session that takes it raises its processes back to normal."""
+    handed out); `close()` ends them all. A spare's process is put at the
+    lowest CPU priority as soon as it exists (its exec chain and the shell
+    inherit it), so starting one hardly slows a session being set up; the
+    session that takes it raises its processes back to normal. (Not the
+    thread that starts it: it holds the interpreter's lock while forking, and
+    a starved holder would stall every session of the player.)"""
 
     def __init__(self, confinement: Confinement, substrate: str, *,
                  spare_idle: float = SPARE_IDLE, max_spares: int = MAX_SPARES) -> None:
@@ -124,8 +127,7 @@ class NetnsShell:
         self._limbo: set[Spawned] = set()  # spares started, not yet in _spares
         self._lock = threading.Lock()
         self._closed = False
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="vnet-spare-shells",
-                                            initializer=_lowest_priority)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="vnet-spare-shells")
 
     async def open(self, sliver: Sliver, node: str) -> tuple[ByteReader, ByteWriter]:
         key = (sliver.id, node)
@@ -206,6 +208,8 @@ class NetnsShell:
         """In a thread: a spare kept in limbo until the loop files it, so that
         close() ends it even if the loop never gets to."""
         spawned = self.confinement.spawn(sliver.id, self._netns(sliver, node), SHELL)
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, spawned.proc.pid, SPARE_NICE)
         with self._lock:
             if not self._closed:
                 self._limbo.add(spawned)
@@ -222,10 +226,6 @@ class NetnsShell:
         task = asyncio.get_running_loop().create_task(
             asyncio.to_thread(self.confinement.end, spawned))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-
-def _lowest_priority() -> None:
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _normal_priority(confinement: Confinement, spawned: Spawned) -> bool:

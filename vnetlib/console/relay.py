@@ -42,6 +42,7 @@ from vnetlib.players.pki import Credentials, PkiError
 log = logging.getLogger(__name__)
 
 CHUNK = 16 << 10
+PREPARE_WAIT = 5.0
 WRITE_HIGH_WATER = 64 << 10
 STOP_NOTICE = b"\r\n[vnet console: the session was stopped by a player on its path]\r\n"
 IDLE_NOTICE = b"\r\n[vnet console: idle for too long, session closed]\r\n"
@@ -97,13 +98,19 @@ class ConsoleServer(LoopThread):
         self.sock.close()
 
     def prepare(self, token_hash: str, opener: Opener, expires: float) -> None:
-        """Open the next hop of a just-minted token now (from any thread); its
-        session takes it. Skipped when stopped or at the session limit."""
+        """Start opening the next hop of a just-minted token (from a thread
+        other than the loop's, before the token is handed out: it returns once
+        the opening is registered, so the token's session finds it). Skipped
+        when stopped or at the session limit."""
         loop = self._loop
         if loop is None or self._stopping:
             return
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(self._prepare, token_hash, opener, expires)
+
+        async def register() -> None:
+            self._prepare(token_hash, opener, expires)
+
+        with contextlib.suppress(RuntimeError, TimeoutError):  # the loop stopped meanwhile
+            asyncio.run_coroutine_threadsafe(register(), loop).result(PREPARE_WAIT)
 
     def _prepare(self, h: str, opener: Opener, expires: float) -> None:
         loop = asyncio.get_running_loop()

@@ -77,6 +77,10 @@ class Relayed(ApiError):
         self.code = exc.code  # type: ignore[misc]
 
 
+class _StalePeer(Exception):
+    """A kept-alive connection's server certificate is revoked now."""
+
+
 class Reply(NamedTuple):
     status: int
     body: bytes
@@ -265,6 +269,10 @@ class PlayerClient:
                 status, data, keep = self._exchange(conn, reused, method,
                                                     self._prefix + path, body, deadline)
                 break
+            except _StalePeer:  # a fresh handshake decides (a renewed or revoked server)
+                conn.close()
+                conn, reused = None, False
+                continue
             except (OSError, http.client.HTTPException) as exc:
                 if reused and _unanswered(exc):
                     conn.close()
@@ -321,7 +329,7 @@ class PlayerClient:
                 raise PkiError("no server certificate")
             self._credentials.peer_identity(der)
         except PkiError as exc:
-            raise ssl.SSLError(f"kept-alive connection refused: {exc}") from exc
+            raise _StalePeer(str(exc)) from exc
         self._check_peer(conn)
 
     def _check_peer(self, conn: http.client.HTTPSConnection) -> None:

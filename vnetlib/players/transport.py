@@ -550,7 +550,6 @@ class ServiceServer:
         if method not in METHODS:
             return Outcome(501, error_document("http-501", f"Unsupported method ({method!r})"))
         try:
-            identity = await self._in_worker(self._identity, conn)
             path = _path(request.raw_path)
             body = await self._body(request)
         except ApiError as exc:
@@ -560,9 +559,19 @@ class ServiceServer:
             return Outcome(408, error_document(
                 "request-timeout", f"request not received within {self.read_bound:g} s"))
         try:
-            outcome = await self._in_worker(self.service.dispatch, method, path, identity, body)
+            return await self._in_worker(self._answer, conn, method, path, body)
+        except Unauthenticated as exc:
+            if conn.requests > 1:  # revoked while kept alive: cut, as a new handshake would
+                log.info("closing kept-alive connection from %s: %s", conn.peer, exc.message)
+                conn.abort()
+            return Outcome(exc.status, error_document(exc.code, exc.message))
         except ApiError as exc:
             return Outcome(exc.status, error_document(exc.code, exc.message))
+
+    def _answer(self, conn: _Conn, method: str, path: str, body: bytes) -> Outcome:
+        """In one worker: who is calling, then the service's answer."""
+        identity = self._identity(conn)
+        outcome = self.service.dispatch(method, path, identity, body)
         log.info("%s %s %s -> %d", identity, method, path, outcome.status)
         return outcome
 
