@@ -1,0 +1,180 @@
+"""The pool of booted VMs on a real lab (direct path, TCG guests).
+
+- figure6-vm from a pool sized to where its routers land: every router takes
+  a pool VM that was running before (same QEMU process, no boot), the VNet
+  pings across every link both ways; down destroys the taken VMs and refills
+  the pool; a pool VM killed from outside is replaced; drain and lab down
+  leave no domain.
+- concurrent `vnet up`s (separate processes) with fewer pool VMs than VM
+  nodes: each pool VM taken once, the rest booted on demand, all ping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import EXAMPLES, Lab, Vnet, new_lab
+from vnetlib import naming
+from vnetlib.spec import load_vnet
+from vnetlib.vm import serial
+
+FIGURE6_VM = EXAMPLES / "figure6-vm.xml"
+SPEC = load_vnet(FIGURE6_VM)
+QEMU = b"qemu-system-x86_64"
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("virsh") and shutil.which("qemu-system-x86_64") and shutil.which("libvirtd")),
+    reason="libvirt and QEMU are not installed (scripts/install.sh --test installs them)",
+)
+
+
+def qemu_pids(prefix: str) -> dict[str, int]:
+    """Domain name -> pid of each QEMU process running a domain named `prefix`*."""
+    found = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(QEMU):
+            for a in argv:
+                if a.startswith(b"guest=" + prefix.encode()):
+                    found[a.decode().removeprefix("guest=").split(",")[0]] = int(
+                        cmdline.parent.name)
+    return found
+
+
+def listed(prefix: str) -> set[str]:
+    done = subprocess.run(["virsh", "-c", serial.URI, "list", "--all", "--name"],
+                          capture_output=True, text=True, check=False)
+    return {d for d in done.stdout.split() if d.startswith(prefix)}
+
+
+def pool(vnet: Vnet, lab: Lab, *args: str) -> dict[str, Any]:
+    out: dict[str, Any] = vnet.json("pool", *args, "--substrate", lab.substrate)
+    return out
+
+
+def pings(vnet: Vnet, vnet_id: str, status: dict[str, Any], node: str, address: str) -> bool:
+    """`node` reaches `address`: namespaces through vnet exec, VMs on their
+    serial console under the domain the status names."""
+    if node in status["domains"]:
+        deadline = time.monotonic() + 10
+        while True:
+            rc, _ = serial.run(status["domains"][node], ["ping", "-c", "1", "-W", "2", address],
+                               10, 4096)
+            if rc == 0 or time.monotonic() > deadline:
+                return rc == 0
+    done = vnet.run("exec", vnet_id, node, "--", "ping", "-c", "1", "-W", "2", address,
+                    check=False)
+    return done.returncode == 0
+
+
+def every_link_pings(vnet: Vnet, vnet_id: str, spec: Any) -> None:
+    status = vnet.json("status", vnet_id)
+    for link in spec.links:
+        for src, dst in ((link.a, link.b), (link.b, link.a)):
+            address = dst.interface.addresses[0].split("/")[0]
+            assert pings(vnet, vnet_id, status, src.node, address), \
+                f"{link.id}: {src.node} cannot reach {dst.node} ({address})"
+
+
+@pytest.fixture
+def lab(vnet: Vnet) -> Any:
+    made = new_lab(vnet, "--pips", "1", "--hosts", "2", "--no-players")
+    try:
+        yield made
+    finally:
+        vnet.run("lab", "down", "--name", made.name, check=False)
+        prefix = naming.vnode_netns_prefix(made.substrate)
+        assert not listed(prefix) and not qemu_pids(prefix), "lab down left pool domains"
+
+
+def test_figure6_vm_from_the_pool_refills_and_replaces(vnet: Vnet, lab: Lab) -> None:
+    prefix = naming.vnode_netns(lab.substrate, "pool", "")
+    where = vnet.json("up", str(FIGURE6_VM), "--substrate", lab.substrate, "--check")
+    routers = Counter(where["node_map"][n.id] for n in SPEC.nodes if n.kind.is_vm)
+    sizes = ",".join(f"{h}={k}" for h, k in sorted(routers.items()))
+    filled = pool(vnet, lab, "fill", "--size", sizes)
+    assert Counter(vm["host"] for vm in filled["vms"] if vm["state"] == "ready") == routers
+    before = qemu_pids(prefix)
+    assert len(before) == 4
+
+    up = vnet.json("up", str(FIGURE6_VM), "--substrate", lab.substrate)
+    vnet_id = up["vnet"]
+    print(f"figure6-vm from the pool: {up['timings']}")
+    status = vnet.json("status", vnet_id)
+    assert set(status["domains"]) == {"r1", "r2", "r3", "r4"}
+    assert set(status["domains"].values()) == set(before), "every router took a pool VM"
+    assert {d: p for d, p in qemu_pids(prefix).items() if d in before} == before, \
+        "a taken pool VM was restarted"
+    rows = {vm["domain"]: vm for vm in pool(vnet, lab, "status")["vms"]}
+    for node, domain in status["domains"].items():
+        assert (rows[domain]["state"], rows[domain]["sliver"], rows[domain]["vnode"]) == (
+            "taken", vnet_id, node)
+    every_link_pings(vnet, vnet_id, SPEC)
+
+    vnet.run("down", vnet_id)
+    after = pool(vnet, lab, "status")["vms"]
+    assert not set(before) & listed(prefix), "taken pool VMs outlived their VNet"
+    assert Counter(vm["host"] for vm in after if vm["state"] == "ready") == routers, \
+        "teardown did not refill the pool"
+
+    victim = after[0]["domain"]
+    os.kill(qemu_pids(prefix)[victim], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while victim in qemu_pids(prefix) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    refilled = pool(vnet, lab, "fill")
+    assert any(line.startswith(f"destroyed {victim}") for line in refilled["done"]), refilled
+    assert victim not in listed(prefix)
+    ready = [vm["domain"] for vm in refilled["vms"] if vm["state"] == "ready"]
+    assert len(ready) == sum(routers.values()) and set(ready) <= set(qemu_pids(prefix))
+
+    drained = pool(vnet, lab, "drain")
+    assert drained["vms"] == [] and not listed(prefix)
+
+
+def one_vm_spec(tmp: Path, i: int) -> Path:
+    path = tmp / f"pair{i}.xml"
+    path.write_text(f"""<vnet xmlns="urn:vnet:rdl:1" version="1" name="pair{i}">
+  <node id="v" kind="vm" hypervisor="qemu" cpu="1" memory="128"/><node id="n"/>
+  <link id="vn"><endpoint node="v" interface="eth0"><address>198.19.0.1/30</address></endpoint>
+    <endpoint node="n" interface="eth0"><address>198.19.0.2/30</address></endpoint></link>
+</vnet>""")
+    return path
+
+
+def test_concurrent_ups_take_each_pool_vm_once(vnet: Vnet, lab: Lab, tmp_path: Path) -> None:
+    pool(vnet, lab, "fill", "--size", "1")  # one per host: 2 pool VMs for 3 VM nodes
+    made = {vm["domain"] for vm in pool(vnet, lab, "status")["vms"]}
+    assert len(made) == 2
+    specs = [one_vm_spec(tmp_path, i) for i in range(3)]
+    with ThreadPoolExecutor(len(specs)) as ex:  # each `vnet up` is its own process
+        ups = list(ex.map(lambda p: vnet.json("up", str(p), "--substrate", lab.substrate),
+                          specs))
+    domains = [vnet.json("status", up["vnet"])["domains"]["v"] for up in ups]
+    assert len(set(domains)) == 3, f"a domain serves two VNets: {domains}"
+    from_pool = [d for d in domains if d in made]
+    on_demand = [d for d in domains if d not in made]
+    assert from_pool and on_demand, (domains, made)
+    rows = pool(vnet, lab, "status")["vms"]
+    taken = [(vm["domain"], vm["sliver"]) for vm in rows if vm["state"] == "taken"]
+    assert sorted(d for d, _ in taken) == sorted(from_pool)
+    assert len({s for _, s in taken}) == len(taken), "one VNet took two pool VMs for one node"
+    for up, spec in zip(ups, specs, strict=True):
+        every_link_pings(vnet, up["vnet"], load_vnet(spec))
+    pool(vnet, lab, "drain")  # size 0 first: the downs then refill nothing
+    for up in ups:
+        vnet.run("down", up["vnet"])
+    assert not listed(naming.vnode_netns_prefix(lab.substrate))
