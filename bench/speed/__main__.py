@@ -1,0 +1,225 @@
+"""Instantiation and teardown speed (issue #11): our figures, Mininet's and the
+floor (the same kernel objects through one `ip -batch`) side by side.
+
+    .venv/bin/python -m bench.speed [--runs 3] [--big] [--no-mininet] [--only NAME ...]
+
+Rows: Figure 6 directly on a 3-host substrate; through the players on one
+PIP; across two PIPs (three inter-PIP links); a 100-node ring through the
+players on one PIP; with --big a 1000-node ring over 4 PIPs; a PIP's
+advertisement of a 1000-host substrate. Each VNet row is the median of
+--runs warm runs (the first run of a process, which starts its warm Ansible
+controller, is printed apart). Mininet: `mn --switch lxbr --controller none
+--topo linear,100 --test none` (Debian's mininet, installed here with
+apt-get when `mn` is missing). The floor: 100 namespaces and 99 veth pairs
+in one `ip -batch`, then their removal in another. Needs root; removes
+everything it made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.players.workload import ring_vnet
+from vnetlib.instantiate import destroy, instantiate
+from vnetlib.lab import manage, testbed
+from vnetlib.lab.layout import LabConfig
+from vnetlib.lab.players import service_provider
+from vnetlib.lab.testbed import PIP_LOCATIONS, LabSpec
+from vnetlib.players.messages import advertisement_xml
+from vnetlib.players.negotiation import advertise
+from vnetlib.spec import load_vnet
+from vnetlib.spec.model import VNetSpec
+
+from .substrate import big_substrate
+
+FIGURE6 = Path("examples/figure6.xml")
+FIGURE6_2PIP = Path("examples/figure6-2pip.xml")
+MININET = ["mn", "--switch", "lxbr", "--controller", "none", "--topo", "linear,100",
+           "--test", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    what: str
+    up: float | None
+    down: float | None
+    first_up: float | None = None
+    target: str = ""
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def direct(runs: int) -> Row:
+    lab = "bs" + secrets.token_hex(2)
+    manage.up(LabConfig(name=lab, hosts=3, data_network="198.18.250.0/24",
+                        mgmt_network="198.18.251.0/24"))
+    ups: list[float] = []
+    downs: list[float] = []
+    try:
+        for _ in range(runs + 1):
+            start = time.perf_counter()
+            result = instantiate(FIGURE6, lab)
+            ups.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            destroy(result.vnet_id)
+            downs.append(time.perf_counter() - start)
+    finally:
+        manage.down(lab)
+    return Row("Figure 6 directly (3 hosts)", _median(ups[1:]), _median(downs[1:]), ups[0],
+               "up < 1.5 s")
+
+
+def through_players(pips: int, offset: int, cases: list[tuple[str, VNetSpec, str]],
+                    runs: int) -> list[Row]:
+    """`cases`: (row title, VNet, target); one lab of `pips` PIPs for all."""
+    name = "s" + secrets.token_hex(1) + "x"
+    rows = []
+    try:
+        testbed.up(LabSpec(name=name, pips=pips, hosts=3, cpu=64.0, memory_mb=1 << 16,
+                           mgmt_offset=offset))
+        sp = service_provider(name)
+        for title, spec, target in cases:
+            ups: list[float] = []
+            downs: list[float] = []
+            for _ in range(runs + 1):
+                start = time.perf_counter()
+                view = sp.request_vnet(spec)
+                ups.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                sp.delete(view.id)
+                downs.append(time.perf_counter() - start)
+            rows.append(Row(title, _median(ups[1:]), _median(downs[1:]), ups[0], target))
+            print(f"  {title}: up {rows[-1].up:.2f} s, down {rows[-1].down:.2f} s", flush=True)
+    finally:
+        testbed.down(name)
+    return rows
+
+
+def _timed(command: list[str], stdin: str | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, input=stdin, text=True, check=True, capture_output=True, timeout=600)
+    return time.perf_counter() - start
+
+
+def floor(nodes: int = 100) -> tuple[float, float]:
+    """(up, down) of `nodes` namespaces in a line of veth pairs, one ip -batch each."""
+    prefix = "bf" + secrets.token_hex(2)
+    names = [f"{prefix}-{i}" for i in range(nodes)]
+    up = [f"netns add {n}" for n in names]
+    up += [f"link add {prefix}a{i} netns {names[i]} type veth "
+           f"peer {prefix}b{i} netns {names[i + 1]}" for i in range(nodes - 1)]
+    down = [f"netns delete {n}" for n in names]
+    try:
+        made = _timed(["ip", "-batch", "-"], "\n".join(up) + "\n")
+    finally:
+        removed = _timed(["ip", "-force", "-batch", "-"], "\n".join(down) + "\n")
+    return made, removed
+
+
+def mininet() -> tuple[float | None, str]:
+    """Wall time of Mininet's linear,100 up and down, or why it did not run."""
+    if shutil.which("mn") is None:
+        done = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "mininet"],
+                              capture_output=True, text=True,
+                              env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        if done.returncode != 0 or shutil.which("mn") is None:
+            return None, f"apt-get install mininet failed: {done.stderr.strip()[-200:]}"
+    start = time.perf_counter()
+    done = subprocess.run(MININET, capture_output=True, text=True, timeout=900)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        subprocess.run(["mn", "-c"], capture_output=True, timeout=300)
+        return None, f"mn failed: {(done.stderr or done.stdout).strip()[-300:]}"
+    found = re.search(r"completed in ([0-9.]+) seconds", done.stdout + done.stderr)
+    return wall, f"mn reports {found.group(1)} s" if found else ""
+
+
+def advertisement(hosts: int = 1000, repeat: int = 50) -> float:
+    residual = big_substrate(hosts)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        advertisement_xml(advertise("pip", residual, 1.0, 0.1))
+    return (time.perf_counter() - start) / repeat
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.speed")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--big", action="store_true", help="also a 1000-node VNet over 4 PIPs")
+    parser.add_argument("--no-mininet", action="store_true")
+    parser.add_argument("--only", nargs="+", default=None,
+                        choices=["direct", "one", "two", "big", "mininet", "floor", "advert"])
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        parser.error("needs root: labs are made of network namespaces")
+    os.environ.setdefault("VNET_HOME", tempfile.mkdtemp(prefix="vnet-bench-"))
+    want: Callable[[str], bool] = lambda part: args.only is None or part in args.only  # noqa: E731
+
+    rows: list[Row] = []
+    if want("direct"):
+        rows.append(direct(args.runs))
+        print(f"  {rows[-1].what}: up {rows[-1].up:.2f} s", flush=True)
+    if want("one"):
+        rows += through_players(1, 88, [
+            ("Figure 6 through the players, 1 PIP", load_vnet(FIGURE6), "up < 2.5 s"),
+            ("100-node ring through the players, 1 PIP", ring_vnet("ring100", 100, ["berlin"]),
+             "up < 2 s, down < 1 s"),
+        ], args.runs)
+    if want("two"):
+        rows += through_players(2, 80, [
+            ("Figure 6 across 2 PIPs (3 inter-PIP links)", load_vnet(FIGURE6_2PIP), "up < 4 s"),
+        ], args.runs)
+    if args.big and want("big"):
+        rows += through_players(4, 72, [
+            ("1000-node ring over 4 PIPs", ring_vnet("ring1000", 1000, list(PIP_LOCATIONS[:4])),
+             "works, timed"),
+        ], 1)
+    mn: tuple[float | None, str] = (None, "not run")
+    if want("mininet") and not args.no_mininet:
+        mn = mininet()
+    bottom = floor() if want("floor") else None
+    advert = advertisement() if want("advert") else None
+
+    print()
+    print(f"load average: {Path('/proc/loadavg').read_text().split()[:3]}")
+    print(f"{'':46s} {'up s':>7s} {'down s':>7s} {'first up':>9s}  target")
+    for r in rows:
+        print(f"{r.what:46s} {_fmt(r.up):>7s} {_fmt(r.down):>7s} {_fmt(r.first_up):>9s}  "
+              f"{r.target}")
+    ring = next((r for r in rows if r.what.startswith("100-node")), None)
+    if mn[0] is not None:
+        print(f"{'Mininet linear,100 (up and down)':46s} {mn[0]:7.2f} {'':>7s} {'':>9s}  {mn[1]}")
+        if ring is not None and ring.up is not None and ring.down is not None:
+            share = (ring.up + ring.down) / mn[0]
+            print(f"{'  ours 100 nodes up+down / Mininet':46s} {share:7.2f} {'':>7s} "
+                  f"{'':>9s}  <= 0.25")
+    else:
+        print(f"Mininet: {mn[1]}")
+    if bottom is not None:
+        print(f"{'floor: 100 netns + 99 veth, one ip -batch':46s} {bottom[0]:7.2f} "
+              f"{bottom[1]:7.2f}")
+    if advert is not None:
+        print(f"{'advertisement of a 1000-host substrate':46s} {advert * 1000:7.2f} ms {'':>8s}"
+              "  < 100 ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
