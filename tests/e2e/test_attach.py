@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Lab, Vnet, links_in, netns_list, new_lab, ping
+from vnetlib.lab import attach as lab_attach
+from vnetlib.lab import testbed
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("freeradius", "hostapd", "wpa_supplicant", "dnsmasq")),
@@ -75,6 +77,17 @@ def world(vnet: Vnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worl
 
 def attach(vnet: Vnet, w: World, identity: str, password: str,
            device: str = "d1") -> dict[str, Any]:
+    """In process (the command line's own test is the first one)."""
+    got = lab_attach.attach(w.home / "labs" / w.lab.name, device, identity, password)
+    return {"outcome": got.outcome, "address": got.address, "seconds": got.seconds}
+
+
+def detach(w: World, device: str = "d1") -> None:
+    lab_attach.detach(w.home / "labs" / w.lab.name, device)
+
+
+def attach_cli(vnet: Vnet, w: World, identity: str, password: str,
+               device: str = "d1") -> dict[str, Any]:
     done = vnet.run("lab", "device", "attach", device, "--identity", identity, "--password",
                     password, "--lab", w.lab.name, "--json", check=False)
     result: dict[str, Any] = json.loads(done.stdout)
@@ -109,7 +122,7 @@ def wait_for(check: Any, timeout: float) -> bool:
 
 
 def test_attach_ping_detach_and_accounting(vnet: Vnet, world: World) -> None:
-    got = attach(vnet, world, "alice@vno", "wonder1and")
+    got = attach_cli(vnet, world, "alice@vno", "wonder1and")
     assert got["outcome"] == "connected", got
     assert got["address"].startswith("198.19.8.") and got["address"].endswith("/24")
     assert ping(world.device_ns("d1"), NODE_ADDRESS, count=2)
@@ -159,7 +172,7 @@ def test_session_end_after_the_user_is_removed_disconnects(vnet: Vnet, world: Wo
     assert wait_for(lambda: sessions(world) == {}, 12)
     assert not ping(world.device_ns("d1"), NODE_ADDRESS, wait=1)
     assert segment_left(world) == []
-    vnet.run("lab", "device", "detach", "d1", "--lab", world.lab.name)
+    detach(world)
 
 
 def test_port_down_disconnects(vnet: Vnet, world: World) -> None:
@@ -172,7 +185,7 @@ def test_port_down_disconnects(vnet: Vnet, world: World) -> None:
     finally:
         subprocess.run(["ip", "-n", world.device_ns("d1"), "link", "set", "eth0", "up"],
                        check=True)
-    vnet.run("lab", "device", "detach", "d1", "--lab", world.lab.name)
+    detach(world)
 
 
 def test_vno_radius_down_rejects_then_recovers(vnet: Vnet, world: World) -> None:
@@ -185,9 +198,8 @@ def test_vno_radius_down_rejects_then_recovers(vnet: Vnet, world: World) -> None
     assert got["seconds"] < 15
     assert sessions(world) == {} and segment_left(world) == []
     # the lab brings the server back (same port); the proxy retries it within 10 s
-    vnet.run("lab", "up", "--name", world.lab.name, "--pips", "1", "--hosts", "2", "--attach",
-             "--mgmt-offset", str(vnet.json("lab", "status", "--name",
-                                            world.lab.name)["config"]["mgmt_offset"]))
+    lab_attach.up(world.home / "labs" / world.lab.name,
+                  testbed.load_spec(world.lab.name).substrates())
     assert wait_for(lambda: attach(vnet, world, "carol@vno", "s3cret")["outcome"]
                     == "connected", 25)
-    vnet.run("lab", "device", "detach", "d1", "--lab", world.lab.name)
+    detach(world)

@@ -174,8 +174,8 @@ modules {{
         md5 {{
         }}
     }}
-    files {{
-        filename = {d}/users
+    perl users {{
+        filename = {d}/users.pl
     }}
     linelog auth_log {{
         filename = {d}/{AUTH_LOG}
@@ -201,7 +201,7 @@ server vno {{
         }}
     }}
     authorize {{
-        files
+        users
         eap
     }}
     authenticate {{
@@ -228,6 +228,37 @@ server vno {{
     }}
 }}
 """
+
+
+USERS_PL = r"""# The VNO's users, read from the store's file on every request (no reload).
+use strict;
+use warnings;
+use JSON::PP;
+our (%RAD_REQUEST, %RAD_REPLY, %RAD_CHECK);
+use constant { RLM_MODULE_OK => 2, RLM_MODULE_NOTFOUND => 6, RLM_MODULE_NOOP => 7 };
+
+sub authorize {
+    my $name = $RAD_REQUEST{'User-Name'};
+    return RLM_MODULE_NOOP unless defined $name;
+    open(my $fh, '<', '@USERS@') or return RLM_MODULE_NOTFOUND;
+    local $/;
+    my $text = <$fh>;
+    close($fh);
+    my $users = eval { decode_json($text) } or return RLM_MODULE_NOTFOUND;
+    my $u = $users->{$name} or return RLM_MODULE_NOTFOUND;
+    $RAD_CHECK{'Cleartext-Password'} = $u->{password};
+    $RAD_REPLY{'Tunnel-Type'} = 'VLAN';
+    $RAD_REPLY{'Tunnel-Medium-Type'} = 'IEEE-802';
+    $RAD_REPLY{'Tunnel-Private-Group-Id'} = $u->{handle};
+    $RAD_REPLY{'Framed-Pool'} = $u->{pool};
+    $RAD_REPLY{'Session-Timeout'} = $u->{session_timeout} if defined $u->{session_timeout};
+    return RLM_MODULE_OK;
+}
+"""
+
+
+def users_pl(users_json: Path) -> str:
+    return USERS_PL.replace("@USERS@", _quote(str(users_json)).replace("'", ""))
 
 
 def proxy_conf(cfg: ProxyConfig) -> str:
@@ -322,30 +353,6 @@ server pip {{
     }}
 }}
 """
-
-
-@dataclass(frozen=True, slots=True)
-class UserEntry:
-    identity: str
-    password: str
-    handle: str
-    pool: str
-    session_timeout: int | None = None
-
-
-def users_file(entries: list[UserEntry]) -> str:
-    """The server's users file: on accept, the handle and the pool (what the
-    PIP needs to connect the port), and the user's session timeout if set."""
-    out = []
-    for e in entries:
-        reply = ["Tunnel-Type = VLAN", "Tunnel-Medium-Type = IEEE-802",
-                 f'Tunnel-Private-Group-Id = "{_quote(e.handle)}"',
-                 f'Framed-Pool = "{_quote(e.pool)}"']
-        if e.session_timeout is not None:
-            reply.append(f"Session-Timeout = {int(e.session_timeout)}")
-        out.append(f'"{_quote(e.identity)}" Cleartext-Password := "{_quote(e.password)}"\n'
-                   + ",\n".join(f"    {r}" for r in reply) + "\n")
-    return "\n".join(out)
 
 
 def _quote(text: str) -> str:

@@ -1,10 +1,9 @@
 """The VNO's end users and its RADIUS server (Interface 6, the VNO's side).
 
-The store is one JSON file (mode 0600) in the VNO's AAA directory; every change
-rewrites FreeRADIUS's users file from it and has the running server reload it
-(SIGHUP: rlm_files reads its file again). Passwords are kept in clear because
-EAP-MD5, the method the devices use, needs the clear secret at the server; the
-PIP never sees them (the EAP exchange passes through it as opaque bytes).
+The store is one JSON file (mode 0600) in the VNO's AAA directory, which the
+server's rlm_perl module reads on every Access-Request: a change is in force
+when it returns, without reloading the server (FreeRADIUS's HUP does not
+reliably reload rlm_files, and ignores HUPs less than 5 s apart).
 
 Each user is bound to one attachment point of one of the VNO's VNets; the
 accept names it by a handle, `<VNP order>/<node>`, which tells the PIP only
@@ -16,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import threading
 import time
@@ -91,23 +89,6 @@ class UserStore:
         with os.fdopen(fd, "w") as out:
             json.dump(data, out, indent=1, sort_keys=True)
         tmp.replace(self.path)
-        self._render(data)
-
-    def _render(self, data: dict[str, dict[str, object]]) -> None:
-        entries = [radius.UserEntry(i, str(d["password"]), str(d["handle"]), str(d["pool"]),
-                                    _int_or_none(d.get("session_timeout")))
-                   for i, d in sorted(data.items())]
-        target = self.directory / "users"
-        tmp = target.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(radius.users_file(entries))
-        tmp.replace(target)
-        reload_server(self.directory)
-
-    def render(self) -> None:
-        with self._lock:
-            self._render(self._load())
 
     def all(self) -> list[EndUser]:
         with self._lock:
@@ -120,18 +101,24 @@ class UserStore:
         return None if found is None else _user(identity, found)
 
     def add(self, user: EndUser, password: str) -> EndUser:
-        check_identity(user.identity, self.realm)
-        check_password(password)
-        if user.session_timeout is not None and not 1 <= user.session_timeout <= 86400:
-            raise UserError("the session timeout is 1 to 86400 seconds")
+        self.add_many([(user, password)])
+        return user
+
+    def add_many(self, users: list[tuple[EndUser, str]]) -> None:
+        """Add users at once (one reload of the server); none if one is invalid."""
+        for user, password in users:
+            check_identity(user.identity, self.realm)
+            check_password(password)
+            if user.session_timeout is not None and not 1 <= user.session_timeout <= 86400:
+                raise UserError("the session timeout is 1 to 86400 seconds")
         with self._lock:
             data = self._load()
-            if user.identity in data:
-                raise UserError(f"user {user.identity} exists")
-            data[user.identity] = {**asdict(user), "password": password}
-            del data[user.identity]["identity"]
+            for user, password in users:
+                if user.identity in data:
+                    raise UserError(f"user {user.identity} exists")
+                data[user.identity] = {**asdict(user), "password": password}
+                del data[user.identity]["identity"]
             self._save(data)
-        return user
 
     def passwd(self, identity: str, password: str) -> None:
         check_password(password)
@@ -178,10 +165,6 @@ def _pidfile(directory: Path) -> Path:
     return directory / "run" / "server.pid"
 
 
-def reload_server(directory: Path) -> bool:
-    return daemons.signal_daemon(_pidfile(directory), str(directory), signal.SIGHUP)
-
-
 def free_port(address: str = "0.0.0.0") -> int:
     with socket.socket() as s:
         s.bind((address, 0))
@@ -204,8 +187,11 @@ def start_server(directory: Path, tls: radius.Tls, *, address: str = "0.0.0.0",
     (directory / "port").write_text(f"{port}\n")
     cfg = radius.ServerConfig(directory, address, port, tls, session_timeout)
     radius.write(directory, radius.server_conf(cfg), SERVER_CONF)
-    if not (directory / "users").exists():
-        (directory / "users").write_text("")
+    (directory / "users.pl").write_text(radius.users_pl(directory / USERS_JSON))
+    if not (directory / USERS_JSON).exists():
+        fd = os.open(directory / USERS_JSON, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("{}")
     daemons.start(["freeradius", "-f", "-d", str(directory), "-n", SERVER_CONF,
                    "-l", str(directory / "log" / "radius.log")],
                   pidfile=_pidfile(directory), log=directory / "log" / "server.out",

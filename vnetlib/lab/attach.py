@@ -95,7 +95,6 @@ def up(directory: Path, substrates: list[LabConfig]) -> list[str]:
     vno_dir = aaa_root(directory) / VNO_NAME
     had = daemons.running(vno_dir / "run" / "server.pid", str(vno_dir)) is not None
     port = users.start_server(vno_dir, tls_of(directory, VNO_NAME))
-    users.UserStore(vno_dir, VNO_NAME).render()
     if not had:
         created.append(f"RADIUS server of {VNO_NAME} on port {port}")
     for i, sub in enumerate(substrates, start=1):
