@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -42,6 +43,8 @@ COLLECTION_FILES = (
     "plugins/modules/vnet_link.py",
     "plugins/module_utils/_iproute.py",
     "plugins/connection/netns.py",
+    "plugins/inventory/substrate.py",
+    "plugins/doc_fragments/common.py",
     "roles/vnet_deploy/tasks/main.yml",
     "roles/vnet_deploy/meta/argument_specs.yml",
 )
@@ -326,3 +329,124 @@ def test_editable_install_deploys_from_its_checkout(
     up = json.loads(vnet("up", str(FIGURE6), "--substrate", substrate, "--check", "--json").stdout)
     assert up["check"] is True and len(up["plan"]["hosts"]) == 2
     assert netns_with(f"vn-{substrate}-") == []
+
+
+def test_extras_are_optional(dists: Dists) -> None:
+    """PostgreSQL's driver is the extra postgresql, not a dependency."""
+    with zipfile.ZipFile(dists.wheel) as wheel:
+        meta = wheel.read(next(n for n in wheel.namelist()
+                               if n.endswith(".dist-info/METADATA"))).decode()
+    requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    assert "Provides-Extra: postgresql" in meta
+    psycopg = [r for r in requires if "psycopg" in r]
+    assert psycopg and all('extra == "postgresql"' in r or 'extra == "test"' in r
+                           for r in psycopg), psycopg
+    assert not [r for r in requires if "paramiko" in r]
+
+
+@pytest.mark.e2e
+def test_installed_environment_has_the_inventory_plugin(venv: Path, tmp_path: Path) -> None:
+    env = user_env(tmp_path / "home")
+    doc = run(venv / "bin" / "ansible-doc", "-t", "inventory", "vnet.infra.substrate",
+              env=env, cwd=tmp_path).stdout
+    assert "substrate description" in doc
+    config = tmp_path / "substrate.vnet.yml"
+    config.write_text("plugin: vnet.infra.substrate\n"
+                      f"substrate: {ROOT / 'examples' / 'lab-substrate.xml'}\n")
+    listed = json.loads(run(venv / "bin" / "ansible-inventory", "-i", config, "--list",
+                            env=env, cwd=tmp_path).stdout)
+    assert listed["substrate"]["hosts"] == ["h1", "h2", "h3"]
+    assert listed["location_paris"]["hosts"] == ["h3"]
+    h1 = listed["_meta"]["hostvars"]["h1"]
+    unwrap = {k: v["__ansible_unsafe"] if isinstance(v, dict) else v for k, v in h1.items()}
+    assert unwrap["ansible_netns_name"] == "vl-lab-h1"
+    assert unwrap["ansible_connection"] == "vnet.infra.netns"
+    assert unwrap["vnet_mgmt_address"] == "198.18.128.11"
+    missing = run(venv / "bin" / "python", "-c", "import psycopg", env=env, cwd=tmp_path,
+                  check=False)
+    assert missing.returncode != 0  # not without the extra
+
+
+def test_galaxy_build_and_install(sources: Path, tmp_path: Path) -> None:
+    """ansible-galaxy builds the collection from the sources and installs the
+    tarball; the installed collection has the plugins and its playbook parses.
+    (With the tools of the environment running the tests, whose Python path has
+    no collection: the wheel's environment would find its own first.)"""
+    env = user_env(tmp_path / "home")
+    bindir = Path(sys.executable).parent
+    galaxy = bindir / "ansible-galaxy"
+    run(galaxy, "collection", "build", "--output-path", tmp_path / "built", sources, env=env,
+        cwd=tmp_path)
+    tarball = next((tmp_path / "built").glob("vnet-infra-*.tar.gz"))
+    with tarfile.open(tarball) as tar:
+        names = set(tar.getnames())
+    assert set(COLLECTION_FILES) - {"galaxy.yml"} | {"MANIFEST.json"} <= names
+    assert not {n for n in names if n.startswith(("vnetlib/", "tests/", "scripts/"))}
+    run(galaxy, "collection", "install", "-p", tmp_path / "installed", tarball, env=env,
+        cwd=tmp_path)
+    installed = {**env, "ANSIBLE_COLLECTIONS_PATH": str(tmp_path / "installed")}
+    collection = tmp_path / "installed" / "ansible_collections" / "vnet" / "infra"
+    check = run(bindir / "ansible-playbook", "--syntax-check", "vnet.infra.deploy_vnet",
+                env=installed, cwd=tmp_path)
+    assert str(collection / "playbooks" / "deploy_vnet.yml") in check.stdout
+    doc = run(bindir / "ansible-doc", "-t", "inventory", "vnet.infra.substrate", env=installed,
+              cwd=tmp_path).stdout
+    assert str(collection / "plugins" / "inventory" / "substrate.py") in doc
+    listed = run(galaxy, "collection", "list", "vnet.infra", env=installed, cwd=tmp_path)
+    assert str(tmp_path / "installed" / "ansible_collections") in listed.stdout
+
+
+OPERATOR_SECTION = "### The PIP operator's Ansible path"
+
+
+def readme_section() -> tuple[list[str], str]:
+    """The shell commands (continuation lines joined) and the inventory
+    plugin's configuration of the README's operator section."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split(OPERATOR_SECTION, 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    shell = "\n".join(re.findall(r"```sh\n(.*?)```", section, re.S))
+    commands = [c.strip() for c in shell.replace("\\\n", " ").splitlines() if c.strip()]
+    (plugin_config,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    return commands, plugin_config
+
+
+@pytest.mark.e2e
+def test_readme_operator_commands_as_printed(venv: Path, tmp_path: Path) -> None:
+    """The README's operator commands, run one by one as printed, by bash,
+    in the installed environment (its bin first on PATH, as when activated)
+    with a private VNET_HOME and a copy of examples/ in the working directory."""
+    if os.geteuid() != 0:
+        pytest.skip("a lab needs root")
+    commands, plugin_config = readme_section()
+    assert any(c.startswith("vnet plan ") for c in commands)
+    assert sum(c.startswith("ansible-playbook ") for c in commands) == 2
+    assert any(c.startswith("vnet adopt ") for c in commands)
+    lab = next(c for c in commands if c.startswith("vnet lab up")).split()
+    name, offset = lab[lab.index("--name") + 1], int(lab[lab.index("--mgmt-offset") + 1])
+    if netns_with(f"vl-{name}p1-") or f" 198.18.{129 + offset}." in run("ip", "-o", "-4",
+                                                                         "addr").stdout:
+        pytest.skip(f"a lab {name} (or its management network) is up on this machine")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    home = tmp_path / "vh"
+    env = user_env(tmp_path / "home", VNET_HOME=str(home),
+                   PATH=f"{venv / 'bin'}:{SYSTEM_PATH}")
+    outputs: dict[str, str] = {}
+    try:
+        for command in commands:
+            done = run("bash", "-euc", command, env=env, cwd=tmp_path)
+            outputs[command] = done.stdout
+            if command.startswith("vnet adopt "):
+                config = tmp_path / "substrate.vnet.yml"  # its path as this VNET_HOME has it
+                config.write_text(plugin_config.replace("/var/lib/vnet", str(home)))
+                listed = json.loads(run("bash", "-euc", f"ansible-inventory -i {config} --list",
+                                        env=env, cwd=tmp_path).stdout)
+                assert set(listed["substrate"]["hosts"]) == {"h1", "h2", "h3"}
+    finally:
+        run("bash", "-c", f"vnet lab down --name {name}", env=env, cwd=tmp_path, check=False)
+    check = next(o for c, o in outputs.items() if c.endswith("--check --diff"))
+    assert "changed=" in check and "failed=0" in check
+    status = next(o for c, o in outputs.items() if c.startswith("vnet status"))
+    assert "ready" in status and "e1" in status
+    svg = (tmp_path / "figure6.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "host h" in svg
+    assert netns_with(f"vl-{name}p1-") == [] and netns_with(f"vn-{name}p1-") == []
