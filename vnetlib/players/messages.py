@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Literal, cast
@@ -543,6 +544,53 @@ def stitch_from(el: Element) -> Stitch:
                   tuple(endpoints),
                   el.get("encapsulation", "vxlan"), None if key is None else key.text or "",
                   el.get("reason"))
+
+
+MAX_STITCHES = 4096
+
+
+def stitches_xml(items: Sequence[Stitch]) -> bytes:
+    """The stitching messages of every link between one pair of providers in one
+    body: `<stitches>` holding `<stitch>` elements, each as it is sent alone
+    (one exchange per pair of providers instead of one per link)."""
+    root = _root("stitches", version=STITCH_VERSION)
+    for item in items:
+        root.append(etree.fromstring(stitch_xml(item)))
+    return _bytes(root)
+
+
+def read_stitches(body: bytes) -> tuple[list[Stitch], bool]:
+    """The stitching messages of a body and whether it was a `<stitches>` batch;
+    a single `<stitch>` is read as before. Each `<stitch>` of a batch is
+    validated against the API schema as a document of its own (the schema
+    knows `<stitch>` only); the batch holds 1 to MAX_STITCHES of them and
+    nothing else."""
+    doc = parse_xml(body)
+    qname = etree.QName(doc)
+    if qname.namespace != NS or qname.localname != "stitches":
+        return [stitch_from(read(body, "stitch"))], False
+    children = list(doc)
+    if not 0 < len(children) <= MAX_STITCHES:
+        raise Unprocessable(f"line {doc.sourceline}, element /stitches: 1 to {MAX_STITCHES} "
+                            f"<stitch> elements, not {len(children)}")
+    items = []
+    for child in children:
+        if not isinstance(child.tag, str) or etree.QName(child).localname != "stitch":
+            raise Unprocessable(f"line {child.sourceline}, element /stitches: "
+                                "only <stitch> elements")
+        items.append(stitch_from(read(etree.tostring(child), "stitch")))
+    return items, True
+
+
+def stitches_reply(body: bytes) -> list[Stitch]:
+    """The answers of a `<stitches>` reply; ValueError if it is not one."""
+    try:
+        items, batch = read_stitches(body)
+    except (BadRequest, Unprocessable) as exc:
+        raise ValueError(f"bad <stitches> reply: {exc.message}") from exc
+    if not batch:
+        raise ValueError("bad <stitches> reply: a single <stitch>")
+    return items
 
 
 def service_request_xml(spec: VNetSpec) -> bytes:

@@ -18,6 +18,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -53,7 +54,7 @@ from vnetlib.players.server import (
     Service,
     UpstreamFailed,
 )
-from vnetlib.players.stitching import StitchFailed, initiate, respond
+from vnetlib.players.stitching import Agreement, StitchFailed, initiate, respond
 from vnetlib.spec import load_substrate
 from vnetlib.spec.model import NodeKind
 from vnetlib.vm import serial
@@ -336,43 +337,111 @@ class PipService(Service):
 
     def _start(self, s: Sliver) -> None:
         """Stitch every boundary link this side initiates, then deploy their local
-        segments in one run (the responders deployed theirs before accepting)."""
+        segments in one run (the responders deployed theirs before accepting).
+
+        One exchange per peer provider (`_stitch_pair`), the peers in parallel."""
         faultpoints.check(self.config.faults, "pip-before-stitch", self.closing, self.name)
-        agreed: list[Stitch] = []
+        pairs: dict[tuple[str, str], list[Peer]] = {}
         for peer in sorted(s.peers, key=lambda p: p.ref):
             done_before = s.stitch(peer.ref)
             if peer.role != "initiator" or (done_before is not None and done_before.joined):
                 continue
-            link, local = self._endpoint(s, peer.ref, "initiator")
-            client = PlayerClient(peer.url, self.credentials, timeouts.STITCH_CALL,
-                                  expect_name=peer.name)
-
-            def send(proposal: m.Stitch, client: PlayerClient = client) -> m.Stitch:
-                reply = client.post("/v1/stitch", m.stitch_xml(proposal))
-                return m.stitch_from(m.parse_reply(reply.body, "stitch"))
-
-            def claim(vni: int, link: str = link) -> bool:
-                return self.core.ledger.claim_vni(s.id, link, vni)
-
-            def fresh(avoid: set[int], link: str = link) -> int:
-                return self.core.ledger.allocate_vnis(s.id, [link], avoid)[link]
-
-            def release(vni: int) -> None:
-                self.core.ledger.release_vni(s.id, vni)
-
-            try:
-                done = initiate(peer.ref, local, send, claim, fresh, release)
-            except (ClientError, StitchFailed, ValueError) as exc:
-                self._join(s, agreed, "deployment of the stitched links")
-                raise UpstreamFailed(f"stitching link {link} with {peer.name}: {exc}") from exc
-            agreed.append(Stitch(peer.ref, link, done.vni, done.remote.address))
+            pairs.setdefault((peer.name, peer.url), []).append(peer)
+        agreed: list[Stitch] = []
+        failure: UpstreamFailed | None = None
+        with ThreadPoolExecutor(max_workers=max(1, min(len(pairs), 16))) as pool:
+            for done, error in pool.map(lambda peers: self._stitch_pair(s, peers),
+                                        pairs.values()):
+                agreed += done
+                failure = failure or error
         self._join(s, agreed, "deployment of the stitched links")
+        if failure is not None:
+            raise failure
+
+    def _stitch_pair(self, s: Sliver, peers: list[Peer]
+                     ) -> tuple[list[Stitch], UpstreamFailed | None]:
+        """Stitch the links of `s` with one peer provider: one `<stitches>`
+        exchange proposing a VNI for each; a link whose proposal is not
+        accepted as it is goes through the per-link exchange (`initiate`).
+        Returns the agreed links and the failure, if any, that stopped it."""
+        name, url = peers[0].name, peers[0].url
+        client = PlayerClient(url, self.credentials, timeouts.STITCH_CALL, expect_name=name)
+        ledger = self.core.ledger
+        ends = {p.ref: self._endpoint(s, p.ref, "initiator") for p in peers}
+        proposed: dict[str, int] = {}
+        agreed: list[Stitch] = []
+        try:
+            by_link = ledger.allocate_vnis(s.id, [ends[p.ref][0] for p in peers], set())
+            proposed = {p.ref: by_link[ends[p.ref][0]] for p in peers}
+            reply = client.post("/v1/stitch", m.stitches_xml(
+                [m.Stitch(p.ref, proposed[p.ref], "propose", (ends[p.ref][1],)) for p in peers]))
+            answers = {a.ref: a for a in m.stitches_reply(reply.body)}
+        except (ClientError, ValueError) as exc:
+            for vni in proposed.values():
+                ledger.release_vni(s.id, vni)
+            return [], UpstreamFailed(f"stitching with {name}: {exc}")
+        for p in peers:
+            link, local = ends[p.ref]
+            answer = answers.get(p.ref)
+            remote = None if answer is None else answer.endpoint("responder")
+            if (answer is not None and answer.state == "accept"
+                    and answer.vni == proposed[p.ref] and remote is not None):
+                agreed.append(Stitch(p.ref, link, answer.vni, remote.address))
+                continue
+            ledger.release_vni(s.id, proposed[p.ref])
+            try:
+                done = self._initiate(s, p, link, local, client)
+            except (ClientError, StitchFailed, ValueError) as exc:
+                return agreed, UpstreamFailed(f"stitching link {link} with {name}: {exc}")
+            agreed.append(Stitch(p.ref, link, done.vni, done.remote.address))
+        return agreed, None
+
+    def _initiate(self, s: Sliver, peer: Peer, link: str, local: m.StitchEndpoint,
+                  client: PlayerClient) -> Agreement:
+        """The per-link exchange (counters, rejections) for one link."""
+
+        def send(proposal: m.Stitch) -> m.Stitch:
+            reply = client.post("/v1/stitch", m.stitch_xml(proposal))
+            return m.stitch_from(m.parse_reply(reply.body, "stitch"))
+
+        def claim(vni: int) -> bool:
+            return self.core.ledger.claim_vni(s.id, link, vni)
+
+        def fresh(avoid: set[int]) -> int:
+            return self.core.ledger.allocate_vnis(s.id, [link], avoid)[link]
+
+        def release(vni: int) -> None:
+            self.core.ledger.release_vni(s.id, vni)
+
+        return initiate(peer.ref, local, send, claim, fresh, release)
 
     def stitch(self, caller: Identity, params: Mapping[str, str],
                body: bytes) -> tuple[int, bytes]:
-        """Answer a proposal from the peer the VNP named for this link: only the
-        slivers that name the caller as that link's peer are considered."""
-        proposal = m.stitch_from(m.read(body, "stitch"))
+        """Answer a proposal, or a `<stitches>` batch of them (every link with
+        one peer provider), from the peer the VNP named for each link: only the
+        slivers that name the caller as that link's peer are considered. A
+        batch's accepted links are deployed in one run per sliver before the
+        answers go back."""
+        proposals, batch = m.read_stitches(body)
+        if not batch:
+            answer, join = self._answer(caller, proposals[0])
+            if join is not None:
+                self._join(join[0], [join[1]], f"deployment of link {join[1].link}")
+            return 200, m.stitch_xml(answer)
+        answers = []
+        joins: dict[str, tuple[Sliver, list[Stitch]]] = {}
+        for proposal in proposals:
+            answer, join = self._answer(caller, proposal)
+            answers.append(answer)
+            if join is not None:
+                joins.setdefault(join[0].id, (join[0], []))[1].append(join[1])
+        for s, stitches in joins.values():
+            self._join(s, stitches, "deployment of links " + ", ".join(st.link for st in stitches))
+        return 200, m.stitches_xml(answers)
+
+    def _answer(self, caller: Identity, proposal: m.Stitch
+                ) -> tuple[m.Stitch, tuple[Sliver, Stitch] | None]:
+        """The answer to one proposal and the link to deploy before sending it."""
         if proposal.state != "propose":
             raise Conflict(f"expected a proposal, got {proposal.state}")
         try:
@@ -390,10 +459,9 @@ class PipService(Service):
             raise Conflict("a proposal needs the initiator's endpoint")
         link, local = self._endpoint(s, proposal.ref, "responder")
         done = s.stitch(proposal.ref)
-        what = f"deployment of link {link}"
         if done is not None and done.vni == proposal.vni:  # a repeated proposal
-            self._join(s, [replace(done, remote=initiator.address)], what)
-            return 200, m.stitch_xml(respond(proposal, True, proposal.vni, local))
+            return (respond(proposal, True, proposal.vni, local),
+                    (s, replace(done, remote=initiator.address)))
         free = vni_in_range(proposal.vni) and self.core.ledger.claim_vni(s.id, link,
                                                                          proposal.vni)
         alternative = proposal.vni
@@ -402,8 +470,8 @@ class PipService(Service):
             alternative = pick_vnis(used, [link], self.core.name)[link]  # offered, not taken
         answer = respond(proposal, free, alternative, local)
         if answer.state == "accept":
-            self._join(s, [Stitch(proposal.ref, link, proposal.vni, initiator.address)], what)
-        return 200, m.stitch_xml(answer)
+            return answer, (s, Stitch(proposal.ref, link, proposal.vni, initiator.address))
+        return answer, None
 
 
 EXEC_OUTPUT_MAX = 64 << 10

@@ -312,9 +312,22 @@ class VnpService(Service):
         _in_parallel(provision, parts)
 
     def start_parts(self, parts: list[dict[str, Any]]) -> None:
-        for entry in parts:
+        """Start every part at once (each stitches its links with its peers, one
+        exchange per pair of providers); the first failure is raised once all
+        have answered."""
+
+        def start(entry: dict[str, Any]) -> None:
             self._client(self.upstreams[entry["provider"]], timeouts.VNP_DEPLOY_CALL).post(
                 f"/v1/slivers/{entry['sliver']}/action", m.action_xml(m.Action("start")))
+
+        if len(parts) <= 1:
+            for entry in parts:
+                start(entry)
+            return
+        with ThreadPoolExecutor(max_workers=min(len(parts), 16)) as pool:
+            futures = [pool.submit(start, entry) for entry in parts]
+        for future in futures:
+            future.result()
 
     def _node_action(self, parts: list[dict[str, Any]], act: m.Action) -> bytes:
         """Relay an action on one node (exec, start, stop, ...) to the provider
@@ -694,8 +707,14 @@ class VnpService(Service):
     def stitch(self, caller: Identity, params: Mapping[str, str],
                body: bytes) -> tuple[int, bytes]:
         """Relay a stitching message between an upstream part and our customer's peer,
-        translating the link ref; endpoints pass through (the data plane is direct)."""
-        proposal = m.stitch_from(m.read(body, "stitch"))
+        translating the link ref; endpoints pass through (the data plane is direct).
+        A `<stitches>` batch is relayed link by link and answered as a batch."""
+        proposals, batch = m.read_stitches(body)
+        if batch:
+            return 200, m.stitches_xml([self._relay(caller, p) for p in proposals])
+        return 200, m.stitch_xml(self._relay(caller, proposals[0]))
+
+    def _relay(self, caller: Identity, proposal: m.Stitch) -> m.Stitch:
         for rec in self.store.all():
             peers = rec.data.get("peers", {})
             for entry in rec.data["parts"]:
@@ -719,7 +738,7 @@ class VnpService(Service):
                         answer = m.stitch_from(m.parse_reply(reply.body, "stitch"))
                     except (ClientError, ValueError) as exc:
                         raise UpstreamFailed(f"relaying link {proposal.ref}: {_why(exc)}") from exc
-                    return 200, m.stitch_xml(replace(answer, ref=ref_back))
+                    return replace(answer, ref=ref_back)
         raise NotFound(f"no link {proposal.ref}")
 
     # -- reconciliation --------------------------------------------------------------
