@@ -11,7 +11,16 @@ import time
 import tty
 from typing import Any
 
-from vnetlib.console.wire import ByteReader, ByteWriter, dial
+from vnetlib.console.wire import (
+    ByteReader,
+    ByteWriter,
+    HopError,
+    close_quietly,
+    connect,
+    dial,
+    greet,
+)
+from vnetlib.players.client import client_context
 from vnetlib.players.sp import ServiceProvider
 
 ESCAPE = 0x1D  # Ctrl-]
@@ -19,14 +28,54 @@ LINGER = 2.0  # seconds of silence after stdin's end before a piped session leav
 CHUNK = 16 << 10
 
 
+_listeners: dict[tuple[str, str | None], str] = {}
+"""(the VNO's API URL, its name) -> the console listener it answered with last."""
+
+
 async def open_console(sp: ServiceProvider, vnet: str, node: str,
                        kind: str = "shell") -> tuple[ByteReader, ByteWriter]:
     """A console on `node` of `vnet`: (reader, writer) once every hop said OK;
-    HopError with the refusing hop's reason otherwise."""
-    session = await asyncio.to_thread(sp.console, vnet, node, kind)
-    context = sp.credentials.client_context()
+    HopError with the refusing hop's reason otherwise.
+
+    When this process had a console from the same VNO before, the TLS
+    connection to the listener it answered with then is opened while the
+    setup request is under way, and greeted once the token is in (if the
+    VNO answers with the same listener; otherwise it is dropped)."""
+    context = client_context(sp.credentials)
+    key = (sp.client.base_url, sp.vno_name)
+    known = _listeners.get(key)
+    early = None
+    if known is not None:
+        early = asyncio.create_task(connect(known, context, sp.credentials,
+                                            expect_name=sp.vno_name))
+    try:
+        session = await asyncio.to_thread(sp.console, vnet, node, kind)
+    except BaseException:
+        await _drop(early)
+        raise
+    _listeners[key] = session.url
+    if early is not None and session.url == known:
+        try:
+            reader, writer = await early
+        except HopError:
+            pass
+        else:
+            return await greet(reader, writer, session.token)
+    else:
+        await _drop(early)
     return await dial(session.url, session.token, context, sp.credentials,
                       expect_name=sp.vno_name)
+
+
+async def _drop(task: asyncio.Task[tuple[asyncio.StreamReader, asyncio.StreamWriter]] | None
+                ) -> None:
+    if task is None:
+        return
+    if not task.done():
+        task.cancel()
+    results = await asyncio.gather(task, return_exceptions=True)
+    if isinstance(results[0], tuple):
+        await close_quietly(results[0][1])
 
 
 class Escape:

@@ -100,6 +100,16 @@ async def dial(url: str, token: str, context: ssl.SSLContext, credentials: Crede
                ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect to a console listener, check who answers, present `token`; the
     streams once the far end said OK. HopError otherwise."""
+    reader, writer = await connect(url, context, credentials, expect_name=expect_name,
+                                   timeout=timeout)
+    return await greet(reader, writer, token, timeout=timeout)
+
+
+async def connect(url: str, context: ssl.SSLContext, credentials: Credentials,
+                  *, expect_name: str | None = None, timeout: float = DIAL_TIMEOUT
+                  ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A mutual-TLS connection to a console listener whose certificate names
+    `expect_name` (and is not revoked), not greeted yet. HopError otherwise."""
     host, port = address_of(url)
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(
@@ -110,6 +120,20 @@ async def dial(url: str, token: str, context: ssl.SSLContext, credentials: Crede
         who = peer_of(writer, credentials)
         if expect_name is not None and who.name != expect_name:
             raise HopError(f"the next hop is {who}, not {expect_name}")
+    except BaseException as exc:
+        await close_quietly(writer)
+        if isinstance(exc, PkiError):
+            raise HopError(f"the next hop failed: {exc}") from exc
+        raise
+    return reader, writer
+
+
+async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: str,
+                *, timeout: float = DIAL_TIMEOUT
+                ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Present `token` on a connection from `connect`; the streams once the
+    far end said OK. HopError otherwise (the connection is then closed)."""
+    try:
         writer.write(greeting(token))
         await writer.drain()
         line = await read_line(reader, timeout)
