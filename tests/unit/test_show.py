@@ -61,9 +61,10 @@ def test_dot_of_figure6_has_its_nodes_links_and_addresses() -> None:
 def test_locations_group_nodes_and_inter_pip_links_stand_out() -> None:
     source = show.dot_source(show.picture_of(str(FIGURE6_2PIP), "nolab"))
     assert 'label="location berlin"' in source and 'label="location london"' in source
-    red = {line.split("label=")[1].split("\\n")[0].strip('"')
+    red = {line.split("label=")[1].split(" ")[0].strip('"')
            for line in source.splitlines() if " -- " in line and show.INTER_PIP_COLOR in line}
     assert red == {"l3", "l4", "l5"}  # the links figure6-2pip.xml says cross the PIPs
+    assert source.count("(across locations)") == 3
 
 
 @needs_dot
@@ -97,3 +98,60 @@ def test_dot_needs_no_graphviz_and_svg_says_what_is_missing(tmp_path: Path) -> N
 def test_an_invalid_description_is_named() -> None:
     bad = vnet_cli("show", str(ROOT / "README.md"))
     assert bad.returncode == 2 and b"README.md" in bad.stderr
+
+
+def test_pip_operator_sees_its_sliver_and_its_inter_pip_links(tmp_path: Path) -> None:
+    """A PIP's sliver of figure6-2pip (its Berlin part), allocated and
+    provisioned by the PIP core in a real SQLite store; `vnet show --pip`
+    reads that store as the PIP's operator."""
+    from vnetlib.core.deployer import RecordingDeployer
+    from vnetlib.core.records import Peer, State
+    from vnetlib.players.config import load as load_config
+    from vnetlib.players.pip import build_core
+    from vnetlib.spec import load_vnet
+    from vnetlib.spec.model import BoundaryLink, VNetSpec
+
+    whole = load_vnet(FIGURE6_2PIP)
+    berlin = {"e1", "r1", "r2"}
+    crossing = [k for k in whole.links if len(set(k.nodes) & berlin) == 1]
+    part = VNetSpec(
+        "figure6-2pip", tuple(n for n in whole.nodes if n.id in berlin),
+        tuple(k for k in whole.links if set(k.nodes) <= berlin),
+        boundary=tuple(BoundaryLink(k.id, k.a if k.a.node in berlin else k.b, f"ref-{k.id}",
+                                    k.bandwidth_mbps) for k in crossing))
+    config = tmp_path / "pip1.toml"
+    config.write_text(f'name = "pip1"\nrole = "pip"\nstore = "sqlite:///{tmp_path}/pip1.db"\n'
+                      f'pki = "{tmp_path}"\n[pip]\n'
+                      f'substrate = "{ROOT / "examples" / "lab-substrate.xml"}"\n'
+                      f'inventory = "{tmp_path / "inventory.yml"}"\n')
+    core = build_core(load_config(config), RecordingDeployer())
+    try:
+        core.allocate("vnp", "order-1", part, sliver_id="s-berlin")
+        done = core.provision("vnp", "order-1", [
+            Peer(f"ref-{k.id}", "pip2", "https://127.0.0.1:9", "initiator") for k in crossing])
+        assert done.state is State.PROVISIONED
+        hosts = set(done.embedding.node_map.values())
+    finally:
+        core.ledger.close()
+
+    dot = vnet_cli("show", "order-1", "--pip", str(config), "--format", "dot")
+    assert dot.returncode == 0, dot.stderr
+    source = dot.stdout.decode()
+    assert "sliver s-berlin (vnp/order-1) of PIP pip1: provisioned" in source
+    for host in hosts:
+        assert f'label="host {host} (' in source
+    inter_pip = [line for line in source.splitlines()
+                 if " -- " in line and show.INTER_PIP_COLOR in line and "dashed" in line]
+    assert [line.split('"')[3] for line in inter_pip] == ["peer pip2"] * 3
+    assert sorted(line.split('label="')[1].split(" ")[0] for line in inter_pip) == [
+        "l3", "l4", "l5"]
+    assert source.count('"peer pip2" [label="pip2"') == 1
+    if shutil.which("dot"):
+        out = artifacts() / "figure6-2pip-pip1-sliver.png"
+        png = vnet_cli("show", "s-berlin", "--pip", str(config), "--format", "png", "-o",
+                       str(out))
+        assert png.returncode == 0, png.stderr
+        assert png_size(out.read_bytes())[0] > 300
+        print(f"\nkept {out}")
+    missing = vnet_cli("show", "nope", "--pip", str(config), "--format", "dot")
+    assert missing.returncode == 5 and b"no sliver with id or name 'nope'" in missing.stderr

@@ -96,8 +96,9 @@ def dump(plan: PlanFile, path: Path | None) -> str:
     return header + yaml.safe_dump(data, sort_keys=False, width=100)
 
 
-class _NoHosts:
-    """Planning touches no host: the operator's --check run does that."""
+class NoHosts:
+    """A deployer that touches no host: planning and drawing only read the ledger
+    (the operator's own --check run checks the hosts)."""
 
     def apply(self, plan: Mapping[str, Any], state: str, *, check: bool = False,
               progress: object = None) -> None:
@@ -110,7 +111,7 @@ def make(spec_path: Path, substrate: str, vnet_id: str | None = None) -> PlanFil
                          "applies its VNets itself")
     spec = load_vnet(spec_path)
     vnet = vnet_id or f"{spec.name}-{secrets.token_hex(3)}"
-    core = local_core(substrate, deployer=_NoHosts())
+    core = local_core(substrate, deployer=NoHosts())
     try:
         embedding, plan = core.dry_run(spec, vnet)
     finally:

@@ -24,7 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vnetlib.cli import target
+from vnetlib.cli.plan import NoHosts
+from vnetlib.core.pip import spec_of
 from vnetlib.instantiate import find, local_core
+from vnetlib.players.config import load as load_config
+from vnetlib.players.pip import build_core
 from vnetlib.spec import Substrate, VNetSpec, load_vnet
 from vnetlib.spec.model import NodeKind, VirtualNode
 from vnetlib.spec.parse import parse_vnet
@@ -50,6 +54,7 @@ class Picture:
     group: str = "host"  # what a placement names: host | provider | location
     substrate: Substrate | None = None  # for the hosts' locations
     note: str = ""
+    peers: Mapping[str, str] = field(default_factory=dict)  # boundary peer_ref -> provider
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -60,11 +65,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     p.add_argument("--lab", default="lab",
                    help="lab whose VNO to ask for VNets made through the players")
+    p.add_argument("--pip", type=Path, metavar="CONFIG",
+                   help="as the operator of this PIP management node (its configuration "
+                        "file): one of its slivers, by id or name, with its embedding and "
+                        "its inter-PIP links")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    picture = picture_of(args.what, args.lab)
+    picture = pip_picture(args.pip, args.what) if args.pip else picture_of(args.what, args.lab)
     data = render(dot_source(picture), args.format)
     if args.output is not None:
         args.output.write_bytes(data)
@@ -99,6 +108,27 @@ def picture_of(what: str, lab: str) -> Picture:
     return Picture(VNetSpec(view.name, nodes), f"{view.id} via lab {lab}: {view.status}",
                    dict(view.providers), "provider",
                    note="links are not disclosed to the service provider")
+
+
+def pip_picture(config_path: Path, ref: str) -> Picture:
+    """A sliver of a PIP as its operator sees it: its part of the VNet on its
+    hosts, and the boundary links to the PIPs at their other ends."""
+    config = load_config(config_path)
+    core = build_core(config, NoHosts())
+    try:
+        found = [s for s in core.ledger.slivers() if ref in (s.id, s.name)]
+    finally:
+        core.ledger.close()
+    if not found:
+        raise LookupError(f"PIP {config.name} has no sliver with id or name {ref!r}")
+    if len(found) > 1:
+        raise LookupError(f"several slivers of PIP {config.name} are named {ref!r} "
+                          f"({', '.join(s.id for s in found)}): give the id")
+    s = found[0]
+    return Picture(spec_of(s.spec_xml),
+                   f"sliver {s.id} ({s.owner}/{s.name}) of PIP {config.name}: {s.state.value}",
+                   dict(s.embedding.node_map), "host", core.substrate,
+                   peers={p.ref: p.name for p in s.peers})
 
 
 # -- DOT -------------------------------------------------------------------------------
@@ -180,20 +210,28 @@ def _links(picture: Picture) -> Iterable[str]:
         label = _mbps(link.bandwidth_mbps)
         if link.latency_ms is not None:
             label += f", {link.latency_ms:g} ms"
-        attrs = {"label": f"{link.id}\n{label}"}
+        name = link.id
+        if apart:
+            name += {"host": " (VXLAN)", "provider": " (inter-PIP)"}.get(picture.group,
+                                                                         " (across locations)")
+        attrs = {"label": f"{name}\n{label}"}
         if apart and picture.group == "host":
             attrs |= {"color": TUNNEL_COLOR, "penwidth": "2.2", "fontcolor": TUNNEL_COLOR}
         elif apart:  # between providers (or the locations that pick them): inter-PIP
             attrs |= {"color": INTER_PIP_COLOR, "penwidth": "2.5", "fontcolor": INTER_PIP_COLOR,
                       "style": "bold"}
         yield f"  {quote(a)} -- {quote(b)} " + _attrs(**attrs)
+    drawn: set[str] = set()
     for index, boundary in enumerate(spec.boundary):
-        peer = f"peer {boundary.peer_ref}"
-        yield f"  {quote(peer)} " + _attrs(label=f"other PIP\n({boundary.peer_ref})",
-                                           shape="cloud", color=INTER_PIP_COLOR,
-                                           fontcolor=INTER_PIP_COLOR)
+        provider = picture.peers.get(boundary.peer_ref)
+        peer = f"peer {provider or boundary.peer_ref}"
+        if peer not in drawn:
+            drawn.add(peer)
+            label = provider or f"another PIP\n({boundary.peer_ref})"
+            yield f"  {quote(peer)} " + _attrs(label=label, shape="box", style="rounded,dashed",
+                                               color=INTER_PIP_COLOR, fontcolor=INTER_PIP_COLOR)
         yield (f"  {quote(boundary.endpoint.node)} -- {quote(peer)} "
-               + _attrs(label=f"{boundary.id}\ninter-PIP, {_mbps(boundary.bandwidth_mbps)}",
+               + _attrs(label=f"{boundary.id} (inter-PIP)\n{_mbps(boundary.bandwidth_mbps)}",
                         color=INTER_PIP_COLOR, fontcolor=INTER_PIP_COLOR, penwidth="2.5",
                         style="dashed", id=f"boundary{index}"))
 
