@@ -303,9 +303,11 @@ def test_search_order_and_what_is_missing(venv: Path, tmp_path: Path) -> None:
 @pytest.mark.e2e
 def test_missing_collection_fails_before_running(venv: Path, lab: tuple[Installed, str]) -> None:
     vnet, substrate = lab
+    logged = Installed(vnet.vnet, {**vnet.env, "VNET_PROGRESS": "plain"})  # progress lines
     with moved(site_packages(venv) / "ansible_collections", venv / "aside"):
-        failed = vnet("up", str(FIGURE6), "--substrate", substrate, check=False)
+        failed = logged("up", str(FIGURE6), "--substrate", substrate, check=False)
     assert failed.returncode == 4, failed.stderr
+    assert "s] parsing " in failed.stderr
     assert NOT_INSTALLED in failed.stderr
     assert "pip install vnetlib" in failed.stderr
     assert "could not be found" not in failed.stderr
