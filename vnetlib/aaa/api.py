@@ -6,6 +6,7 @@ VNets, and reads their accounting.
     DELETE /v1/users/{user}               (the identity's part before @realm)
     POST   /v1/users/{user}/password      <end-user password=.../>
     GET    /v1/accounting                 <accounting> of the caller's users
+    GET    /v1/vnets/{id}/end-users       the VNet's users attached now (from accounting)
 
 A user is bound to an attachment point (`<attach node=...>`) of one of the
 caller's ready VNets; the accept the VNO's RADIUS server gives for the user
@@ -162,12 +163,31 @@ def add_user_routes(svc: Service, store: UserStore, lookup: Lookup) -> None:
         records = [r for r in accounting(store.directory) if r.get("identity") in known]
         return 200, accounting_xml(records)
 
+    def attached_now(caller: Identity, params: Mapping[str, str],
+                     body: bytes) -> tuple[int, bytes]:
+        v = lookup(params["id"])
+        if v is None or v.owner != caller.name:
+            raise NotFound(f"no VNet {params['id']}")
+        users = {u.identity for u in store.all() if u.vnet == params["id"]}
+        return 200, accounting_xml(attached(accounting(store.directory), users))
+
     sp = {Role.SP}
+    svc.add_route("GET", "/v1/vnets/{id}/end-users", attached_now, roles=sp)
     svc.add_route("POST", "/v1/users", add, roles=sp)
     svc.add_route("GET", "/v1/users", listing, roles=sp)
     svc.add_route("DELETE", "/v1/users/{user}", remove, roles=sp)
     svc.add_route("POST", "/v1/users/{user}/password", passwd, roles=sp)
     svc.add_route("GET", "/v1/accounting", acct, roles=sp)
+
+
+def attached(records: list[dict[str, str]], identities: set[str]) -> list[dict[str, str]]:
+    """The sessions of `identities` that started and did not stop: the last
+    record of each (user, port, session) is a Start or an Interim-Update."""
+    last: dict[tuple[str, str, str], dict[str, str]] = {}
+    for r in records:
+        if r.get("identity") in identities:
+            last[(r["identity"], r.get("port", ""), r.get("session", ""))] = r
+    return [r for r in last.values() if r.get("status") in ("Start", "Interim-Update")]
 
 
 def aaa_dir(pki: str | Path, name: str) -> Path:

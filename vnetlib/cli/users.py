@@ -36,6 +36,12 @@ def accounting(sp: ServiceProvider) -> list[dict[str, str]]:
     return accounting_from(sp.client.get("/v1/accounting").body)
 
 
+def attached(sp: ServiceProvider, vnet_id: str) -> list[dict[str, str]]:
+    """The VNet's end users attached now (identity, port, device, since), for
+    `vnet status VNET`."""
+    return accounting_from(sp.client.get(f"/v1/vnets/{vnet_id}/end-users").body)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("users", help="end users of your VNets at the VNO (802.1X attachment)")
     verbs = p.add_subparsers(dest="users_verb", required=True)
