@@ -30,20 +30,6 @@ options: {}
 requirements:
   - iproute2 (C(ip)) on the target, and root privileges.
 notes:
-  - Reads the current state with C(ip -json), plans the difference and runs only
-    the commands needed (argv lists), returned in RV(commands).
   - In the vnet lab the target is a substrate host's network namespace, reached
     with the P(vnet.infra.netns#connection) connection.
-"""
-
-    # The state option of modules that make objects exist or not.
-    STATE = r"""
-options:
-  state:
-    description:
-      - V(present) makes the objects exist as described; V(absent) removes them,
-        tolerating objects that are already gone.
-    type: str
-    choices: [present, absent]
-    default: present
 """
