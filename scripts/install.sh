@@ -67,5 +67,6 @@ if [ "$with_tests" = 1 ]; then
     scripts/install-vm.sh
     scripts/install-libvirt.sh
     scripts/install-webconsole.sh
+    scripts/install-aaa.sh
 fi
 echo "vnet installed: $(.venv/bin/vnet --version); collection vnet.infra: $where"
