@@ -195,6 +195,71 @@ def test_shell_is_killed_when_the_client_leaves_and_serial_is_refused(chain: Cha
     assert missing.value.status in (404, 422)
 
 
+def nice_of(pids: set[int]) -> set[int]:
+    out = subprocess.run(["ps", "-o", "ni=", "-p", ",".join(map(str, pids))],
+                         capture_output=True, text=True)
+    return {int(x) for x in out.stdout.split()}
+
+
+def test_the_next_session_takes_a_spare_shell_at_normal_priority(chain: Chain) -> None:
+    shell = chain.hub("pip-a").endpoints[("netns", "shell")]
+    assert isinstance(shell, NetnsShell)
+
+    async def session(command: bytes, marker: bytes) -> bytes:
+        reader, writer = await open_console(chain.sp, chain.vnet, "n1")
+        writer.write(command)
+        await writer.drain()
+        got = await read_until(reader, marker)
+        writer.close()
+        return got
+
+    asyncio.run(session(b"echo one-$((0+1))\n", b"one-1"))
+    deadline = time.monotonic() + 10
+    while not shell.spare_pids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    spare = shell.spare_pids()
+    assert spare and nice_of(spare) == {19}  # waiting at the lowest priority
+
+    async def takes_it() -> set[int]:  # nice values read while the session is on
+        reader, writer = await open_console(chain.sp, chain.vnet, "n1")
+        writer.write(b"echo $$; echo two-$((1+1))\n")
+        await writer.drain()
+        got = await read_until(reader, b"two-2")
+        # the session's processes: the tenant's, less the next spare's
+        mine = {int(p) for p in tenant_processes(chain)} - shell.spare_pids()
+        assert nice_of(mine) == {0}  # raised back to normal priority
+        writer.close()
+        assert b"two-2" in got
+        return mine
+
+    during = asyncio.run(takes_it())
+    assert during and during <= spare  # the session ran in the spare's processes
+
+
+def test_setup_opens_the_data_path_ahead_and_an_unused_token_closes_it(chain: Chain) -> None:
+    """A setup alone builds the chain's connections down to a shell at the
+    PIP; the token expiring unused tears it all down again."""
+    hubs = {n: chain.hub(n) for n in ("vno", "vnp", "pip-a")}
+    fd_before = fds()
+    vnp_ttl = hubs["vnp"].sessions.ttl
+    hubs["vnp"].sessions.ttl = 1.0  # the VNP's token, held by the VNO's prepared hop
+    hubs["vno"].sessions.ttl = 1.0
+    try:
+        chain.sp.console(chain.vnet, "n1")
+    finally:
+        hubs["vnp"].sessions.ttl = hubs["vno"].sessions.ttl = vnp_ttl
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (
+            hubs["vnp"].server.stats()[0] and hubs["pip-a"].server.stats()[0]):
+        time.sleep(0.02)
+    # nobody connected to the VNO, yet the VNP and the PIP each relay a session
+    assert hubs["vno"].server.stats()[0] == 0
+    assert hubs["vnp"].server.stats()[0] == 1 and hubs["pip-a"].server.stats()[0] == 1
+    settled(chain, fd_before)  # the VNO's token expired: everything closed
+    rows = [r for r in hubs["pip-a"].sessions.rows() if r["outcome"]]
+    assert rows[-1]["outcome"].startswith("closed by the client")
+
+
 def test_setup_and_round_trip_times(chain: Chain, capsys: pytest.CaptureFixture[str]) -> None:
     async def measure() -> tuple[float, float, float]:
         t0 = time.perf_counter()

@@ -232,6 +232,7 @@ def _normal_priority(confinement: Confinement, spawned: Spawned) -> bool:
     """Every process of a spare back to nice 0; False if that failed (it is
     then not handed out)."""
     try:
+        os.setpriority(os.PRIO_PROCESS, spawned.proc.pid, 0)  # it may not have joined yet
         first = confinement.layout.parents()[0] / spawned.tenant / spawned.leaf
         for pid in (first / "cgroup.procs").read_text().split():
             with contextlib.suppress(ProcessLookupError):
