@@ -155,3 +155,16 @@ def test_pip_operator_sees_its_sliver_and_its_inter_pip_links(tmp_path: Path) ->
         print(f"\nkept {out}")
     missing = vnet_cli("show", "nope", "--pip", str(config), "--format", "dot")
     assert missing.returncode == 5 and b"no sliver with id or name 'nope'" in missing.stderr
+
+
+@needs_dot
+def test_no_png_onto_a_terminal() -> None:
+    reader, writer = os.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "vnetlib.cli.main", "show", str(FIGURE6),
+                               "--format", "png"], stdout=writer, stderr=subprocess.PIPE,
+                              timeout=60, check=False)
+    finally:
+        os.close(writer)
+        os.close(reader)
+    assert done.returncode == 2 and b"-o FILE" in done.stderr

@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         args.output.write_bytes(data)
         print(f"{args.output}: {picture.title}", file=sys.stderr)
+    elif args.format == "png" and sys.stdout.isatty():
+        raise ValueError("a PNG is not for a terminal: write it to a file with -o FILE")
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
