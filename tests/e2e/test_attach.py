@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Lab, Vnet, links_in, netns_list, new_lab, ping
+from vnetlib.cli.users import attached as attached_users
 from vnetlib.lab import attach as lab_attach
 from vnetlib.lab import testbed
+from vnetlib.lab.players import service_provider
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("freeradius", "hostapd", "wpa_supplicant", "dnsmasq")),
@@ -128,6 +131,9 @@ def test_attach_ping_detach_and_accounting(vnet: Vnet, world: World) -> None:
     assert ping(world.device_ns("d1"), NODE_ADDRESS, count=2)
     listed = vnet.json("lab", "device", "list", "--lab", world.lab.name)
     assert [(a["device"], a["realm"]) for a in listed["attached"]] == [("d1", "vno")]
+    sp = service_provider(world.lab.name)
+    assert [(a["identity"], a["port"]) for a in attached_users(sp, world.vnet_id)] == [
+        ("alice@vno", "p-d1")]
     # the PIP learned the realm and the handle, never the user name or password
     decisions = (world.aaa / "pip1" / "decisions.log").read_text()
     assert "alice" not in decisions and "wonder1and" not in decisions
@@ -140,6 +146,7 @@ def test_attach_ping_detach_and_accounting(vnet: Vnet, world: World) -> None:
     e1 = [n for n in netns_list() if n.startswith(f"vn-{world.lab.substrate}-")
           and n.endswith("-e1")]
     assert len(e1) == 1 and "att0" not in links_in(e1[0])
+    assert attached_users(sp, world.vnet_id) == []
     records = vnet.json("users", "accounting", "--lab", world.lab.name)
     mine = [(r["status"], r["identity"], r["port"]) for r in records]
     assert ("Start", "alice@vno", "p-d1") in mine and ("Stop", "alice@vno", "p-d1") in mine
@@ -185,6 +192,35 @@ def test_port_down_disconnects(vnet: Vnet, world: World) -> None:
     finally:
         subprocess.run(["ip", "-n", world.device_ns("d1"), "link", "set", "eth0", "up"],
                        check=True)
+    detach(world)
+
+
+FLOOD = """
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+mac = open("/sys/class/net/eth0/address").read().strip()
+frame = bytes.fromhex("0180c2000003" + mac.replace(":", "") + "888e" + "01010000") + bytes(42)
+end = time.monotonic() + float(sys.argv[1])
+sent = 0
+while time.monotonic() < end:
+    s.send(frame)
+    sent += 1
+print(sent)
+"""
+
+
+def test_eapol_start_flood_opens_nothing(vnet: Vnet, world: World) -> None:
+    conf = world.aaa / "pip1" / "ports" / "p-d1.conf"
+    hostapd = int((world.aaa / "pip1" / "run" / "hostapd-p-d1.pid").read_text())
+    done = subprocess.run(["ip", "netns", "exec", world.device_ns("d1"), sys.executable, "-c",
+                           FLOOD, "3"], capture_output=True, text=True, check=True, timeout=30)
+    assert int(done.stdout) > 1000
+    assert sessions(world) == {} and segment_left(world) == []
+    assert not ping(world.device_ns("d1"), NODE_ADDRESS, wait=1)
+    assert str(conf).encode() in Path(f"/proc/{hostapd}/cmdline").read_bytes()
+    # the port still serves a well-behaved device afterwards
+    assert attach(vnet, world, "carol@vno", "s3cret")["outcome"] == "connected"
     detach(world)
 
 
