@@ -541,13 +541,17 @@ class PipCore:
             except (DeployFailed, DeployError, PlanError) as exc:
                 log.error("%s: recovery of %s failed: %s", self.name, s.name, exc)
         self.ledger.purge_ended(now - TOMBSTONE_SECONDS)
-        done += self.tend_pool()
+        busy = any(s.state is State.PROVISIONING for s in self.ledger.slivers())
+        done += self.tend_pool(busy=busy)
         return done
 
-    def tend_pool(self) -> list[str]:
+    def tend_pool(self, *, busy: bool = False) -> list[str]:
         """The pool's round: in a background thread (the PIP), or, on the direct
-        path, only the quick part (what died or is no longer used is destroyed)."""
+        path, only the quick part (what died or is no longer used is destroyed).
+        `busy`: a Provision runs; boots would slow it down, so they wait."""
         if self.pool_background:
+            if busy:
+                return []
             if self.pool.settings().on or self.pool.vms():
                 self.pool.tend_in_background()
             return []
