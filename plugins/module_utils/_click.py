@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -330,6 +331,28 @@ def run_commands(cmds: Sequence[Sequence[str]]) -> None:
             raise ClickError(f"{' '.join(cmd)}: {res.stderr.strip()}")
 
 
+_TX_CSUM_OFF = """
+import ctypes, fcntl, socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for name in sys.argv[1:]:
+    val = ctypes.create_string_buffer(struct.pack("II", 0x17, 0))  # ETHTOOL_STXCSUM, off
+    fcntl.ioctl(s.fileno(), 0x8946, struct.pack("16sP", name.encode(), ctypes.addressof(val)))
+"""
+
+
+def tx_checksum_off(netns: str | None, names: Sequence[str]) -> None:
+    """Turns off transmit checksum offload on the bridge ends of the segments'
+    veth pairs, so the kernel fills in checksums (and segments TSO/GSO
+    packets) before frames reach Click's packet socket: Click forwards frames
+    as it reads them, and a partial checksum would arrive broken."""
+    argv = [sys.executable, "-c", _TX_CSUM_OFF, *names]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    res = subprocess.run(argv, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise ClickError(f"turning off tx checksum offload on {names}: {res.stderr.strip()}")
+
+
 def quiet_ipv6(netns: str | None, names: Sequence[str]) -> None:
     """No IPv6 autoconfiguration traffic from the segment's own veth ends."""
     for name in names:
@@ -377,13 +400,21 @@ def apply(inst: Instance, owner: str, links: Sequence[ClickLink], *, present: bo
         changed = action != "none" or bool(dev_cmds) or old_mine != mine
         if check_mode or not changed:
             return Outcome(changed, before, after, tuple(tuple(c) for c in dev_cmds), action)
-        run_commands(add_cmds)
-        quiet_ipv6(inst.netns, [n for lk in mine for n in (lk.device, lk.click_device)])
-        if action == "start":
-            inst.start(after, find_click(click))
-        elif action == "hotswap":
-            inst.hotswap(after)
-        elif action == "stop":
+        try:
+            run_commands(add_cmds)
+            quiet_ipv6(inst.netns, [n for lk in mine for n in (lk.device, lk.click_device)])
+            if mine:
+                tx_checksum_off(inst.netns, [lk.device for lk in mine])
+            if action == "start":
+                inst.start(after, find_click(click))
+            elif action == "hotswap":
+                inst.hotswap(after)
+        except ClickError:
+            new = {lk.device for lk in mine} - set(have)
+            run_commands([_ip(inst.netns, "link", "del", d) for d in sorted(new)
+                          if d in read_links(inst.netns)])
+            raise
+        if action == "stop":
             inst.stop()
         run_commands(del_cmds)
         inst.set_owner(owner, mine)

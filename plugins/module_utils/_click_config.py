@@ -84,7 +84,7 @@ def _vni_hex(vni: int) -> str:
 
 def _egress(lk: ClickLink, port: int) -> list[str]:
     t = lk.tag
-    chain = [f"FromDevice({lk.click_device})"]
+    chain = [f"FromDevice({lk.click_device}, HEADROOM 64)"]
     lines = []
     if lk.bandwidth_mbps is not None:
         rate = round(lk.bandwidth_mbps * 1_000_000 / 8)
