@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.action != "status" and (owner := manager(args.substrate)) is not None:
+    if (owner := manager(args.substrate)) is not None:
         raise ValueError(f"substrate {args.substrate} is managed by {owner}, whose pool "
                          "follows its configuration ($VNET_POOL_SIZE)")
     core = local_core(args.substrate)
