@@ -1,0 +1,94 @@
+"""Click configurations from a plan: golden files for Figure 6 on three hosts,
+and the properties the module relies on (order-independent text, refusals)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from vnetlib.click.config import (
+    ClickConfigError,
+    ClickLink,
+    host_links,
+    plan_configs,
+    render,
+)
+from vnetlib.lab.layout import LabConfig, substrate_of
+from vnetlib.plan.build import build_plan
+from vnetlib.plan.model import DeploymentPlan
+from vnetlib.spec import load_vnet
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "data" / "click"
+FIG6 = load_vnet(ROOT / "examples" / "figure6.xml")
+NODE_MAP = {"e1": "h1", "r1": "h1", "r2": "h2", "r3": "h2", "r4": "h3", "e2": "h3"}
+
+
+def _plan() -> DeploymentPlan:
+    vnis = {link.id: 7000 + i for i, link in enumerate(FIG6.links)}
+    return build_plan(FIG6, NODE_MAP, substrate_of(LabConfig(name="lab", hosts=3)),
+                      vnet_id="fig6-1", lab="lab", vnis=vnis)
+
+
+def _latency() -> dict[str, float]:
+    return {lk.id: lk.latency_ms for lk in FIG6.links if lk.latency_ms is not None}
+
+
+def test_figure6_configurations_match_golden_files() -> None:
+    configs = plan_configs(_plan(), _latency())
+    assert sorted(configs) == ["h1", "h2", "h3"]
+    for host, text in configs.items():
+        path = GOLDEN / f"fig6-{host}.click"
+        if os.environ.get("VNET_REGEN_GOLDEN"):
+            path.write_text(text)
+        assert text == path.read_text(), f"{path} differs (VNET_REGEN_GOLDEN=1 rewrites it)"
+
+
+def test_each_crossing_segment_has_its_demux_shaper_and_delay() -> None:
+    plan = _plan()
+    for host in plan.hosts:
+        text = render(host_links(host, _latency()))
+        for task in host.links:
+            if task.tunnel is None:
+                assert task.bridge not in text
+                continue
+            t = task.tunnel
+            assert f"4/{t.vni:06x}" in text  # demux on the tunnel id
+            assert f"StoreData(0, \\<08000000 {t.vni:06x}00>)" in text
+            assert f"UDPIPEncap({t.local}, 47900, {t.remote}, 47900" in text
+            assert "BandwidthRatedUnqueue(12500000Bps)" in text  # 100 Mbit/s
+            assert "DelayUnqueue(0.005000)" in text
+
+
+def _link(device: str, vni: int, remote: str = "198.18.0.2") -> ClickLink:
+    return ClickLink(link=device, vni=vni, bridge="vb" + device[2:], device=device,
+                     click_device="ck" + device[2:], local="198.18.0.1", remote=remote)
+
+
+def test_text_does_not_depend_on_order_and_keeps_element_names() -> None:
+    a, b = _link("vxaaaa", 1), _link("vxbbbb", 2, "198.18.0.3")
+    assert render([a, b]) == render([b, a])
+    one = render([a])
+    two = render([a, b])
+    # the segment already running keeps its elements' names across the swap
+    for name in ("ckaaaa_in", "ckaaaa_out", "tx", "rs"):
+        assert f"{name} ::" in one and f"{name} ::" in two
+
+
+@pytest.mark.parametrize(
+    ("links", "message"),
+    [
+        ([_link("vxaaaa", 1), _link("vxbbbb", 1)], "share tunnel id 1"),
+        ([_link("vxaaaa", 1), replace(_link("vxbbbb", 2), local="198.18.0.9")],
+         "sends from one address"),
+        ([_link("vxaaaa", 1 << 24)], "not 24 bits"),
+        ([_link("vx" + "a" * 14, 1)], "longer than 15"),
+        ([replace(_link("vxaaaa", 1), bandwidth_mbps=0.0)], "bandwidth must be positive"),
+    ],
+)
+def test_refusals(links: list[ClickLink], message: str) -> None:
+    with pytest.raises(ClickConfigError, match=message):
+        render(links)
