@@ -320,14 +320,7 @@ class VnpService(Service):
             self._client(self.upstreams[entry["provider"]], timeouts.VNP_DEPLOY_CALL).post(
                 f"/v1/slivers/{entry['sliver']}/action", m.action_xml(m.Action("start")))
 
-        if len(parts) <= 1:
-            for entry in parts:
-                start(entry)
-            return
-        with ThreadPoolExecutor(max_workers=min(len(parts), 16)) as pool:
-            futures = [pool.submit(start, entry) for entry in parts]
-        for future in futures:
-            future.result()
+        _in_parallel(start, parts)
 
     def _node_action(self, parts: list[dict[str, Any]], act: m.Action) -> bytes:
         """Relay an action on one node (exec, start, stop, ...) to the provider
