@@ -104,18 +104,21 @@ def run(rounds: int, devices: int) -> dict[str, object]:
             attach.add_device(directory, subs, f"d{i}")
 
         failures: list[str] = []
+        authorized: list[float] = []
 
         def one(i: int) -> tuple[bool, float, float | None]:
             got = attach.attach(directory, f"d{i}", f"u{i}@vno", f"pw-{i}", timeout=60)
             if got.outcome != "connected":
                 failures.append(f"d{i}: {got.outcome} {got.detail[-120:]}")
                 return False, got.seconds, None
+            if got.authorized_after is not None:
+                authorized.append(got.authorized_after)
             ping = first_ping(attach.device(directory, f"d{i}").netns)
             if ping is None:
                 failures.append(f"d{i}: no ping answered")
             return ping is not None, got.seconds, None if ping is None else got.seconds + ping
 
-        sequential = []
+        sequential: list[float] = []
         for _ in range(rounds):
             ok, _, total = one(0)
             if ok and total is not None:
@@ -124,7 +127,10 @@ def run(rounds: int, devices: int) -> dict[str, object]:
         result["sequential"] = {"rounds": rounds, "ok": len(sequential),
                                 "median_s": round(statistics.median(sequential), 3)
                                 if sequential else None,
-                                "min_s": round(min(sequential), 3) if sequential else None}
+                                "min_s": round(min(sequential), 3) if sequential else None,
+                                "authorized_s": [round(a, 3) for a in authorized],
+                                "first_ping_s": [round(t, 3) for t in sequential]}
+        authorized.clear()
         pids = _daemon_pids(directory)
         before = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
         wall = time.monotonic()
@@ -138,6 +144,7 @@ def run(rounds: int, devices: int) -> dict[str, object]:
             "p50_s": round(pct(totals, 0.5), 3) if totals else None,
             "p95_s": round(pct(totals, 0.95), 3) if totals else None,
             "wall_s": round(wall, 3),
+            "authorized_p50_s": round(pct(authorized, 0.5), 3) if authorized else None,
             "cpu_s": {k: round(after.get(k, 0.0) - before.get(k, 0.0), 3) for k in before},
             "failures": failures[:10],
         }
