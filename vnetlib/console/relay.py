@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 16 << 10
 PREPARE_WAIT = 5.0
+LISTEN_BACKLOG = 128
 WRITE_HIGH_WATER = 64 << 10
 STOP_NOTICE = b"\r\n[vnet console: the session was stopped by a player on its path]\r\n"
 IDLE_NOTICE = b"\r\n[vnet console: idle for too long, session closed]\r\n"
@@ -60,6 +61,22 @@ class ConsoleLimits:
 DEFAULT_LIMITS = ConsoleLimits()
 
 
+def tcp_listener(host: str, port: int) -> socket.socket:
+    """A listening socket whose proto is IPPROTO_TCP: asyncio turns Nagle's
+    algorithm off only on accepted sockets of that proto, and without that a
+    small write waits for the delayed ACK (40 ms) of the one before it."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                         socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class ConsoleServer(LoopThread):
     """Listens at `url` (tls://host:port, bound at construction); start()/stop()."""
 
@@ -70,7 +87,7 @@ class ConsoleServer(LoopThread):
         self.credentials = credentials
         self.sessions = sessions
         self.limits = limits
-        self.sock = socket.create_server((host, port))
+        self.sock = tcp_listener(host, port)
         self.url = f"tls://{host}:{self.sock.getsockname()[1]}"
         self.client_context = credentials.client_context()
         super().__init__()
