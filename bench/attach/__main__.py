@@ -12,7 +12,8 @@ Attached = it holds a DHCP address: 802.1X through hostapd, the PIP's
 FreeRADIUS proxy, RadSec to the VNO's FreeRADIUS and back, the PIP's
 controller connecting the port, dnsmasq on e1. First ping = the first echo
 reply from e1's address on the segment (pings every 50 ms). Sequential rounds
-detach between rounds. The concurrent run starts all N attachments at once
+detach between rounds and wait 5.5 s (hostapd ignores a device for 5 s after
+it left). The concurrent run starts all N attachments at once
 (one thread each) and reports the success rate, p50/p95 of plug-in to first
 ping, and the CPU seconds the PIP's proxy, the VNO's server, the hostapds and
 the access controller used during it. wpa_supplicant sends its first
@@ -37,6 +38,9 @@ from dataclasses import replace
 from pathlib import Path
 
 NODE_ADDRESS = "198.19.8.1"
+# hostapd keeps a station it deauthenticated for 5 s (AP_MAX_INACTIVITY_AFTER_DEAUTH,
+# a constant) and ignores its EAPOL-Starts meanwhile: rounds wait that out
+REPLUG_PAUSE = 5.5
 SPEC = """<?xml version="1.0"?>
 <vnet xmlns="urn:vnet:rdl:1" version="1" name="bench">
   <node id="e1"/>
@@ -124,6 +128,7 @@ def run(rounds: int, devices: int) -> dict[str, object]:
             if ok and total is not None:
                 sequential.append(total)
             attach.detach(directory, "d0")
+            time.sleep(REPLUG_PAUSE)
         result["sequential"] = {"rounds": rounds, "ok": len(sequential),
                                 "median_s": round(statistics.median(sequential), 3)
                                 if sequential else None,
