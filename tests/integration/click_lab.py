@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,40 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def nsx(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return sh("ip", "netns", "exec", ns, *argv, check=check)
+
+
+def throughput(sender: str, receiver: str, dst: str, seconds: float) -> float:
+    """Goodput of one TCP stream in Mbit/s (a timed transfer; iperf3 is not installed)."""
+    server = (
+        "import socket,time\n"
+        "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind(('0.0.0.0',5201)); s.listen(1); print('ready', flush=True)\n"
+        "c,_=s.accept(); n=0; t0=None\n"
+        "while True:\n"
+        "    d=c.recv(1<<16)\n"
+        "    if not d: break\n"
+        "    if t0 is None: t0=time.monotonic()\n"
+        "    else: n+=len(d)\n"
+        "print(n*8/(time.monotonic()-t0)/1e6, flush=True)\n"
+    )
+    client = (
+        "import socket,sys,time\n"
+        "c=socket.create_connection((sys.argv[1],5201)); b=b'x'*65536\n"
+        "end=time.monotonic()+float(sys.argv[2])\n"
+        "while time.monotonic()<end: c.sendall(b)\n"
+        "c.close()\n"
+    )
+    srv = subprocess.Popen(["ip", "netns", "exec", receiver, sys.executable, "-c", server],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
+        nsx(sender, sys.executable, "-c", client, dst, str(seconds))
+        out, _ = srv.communicate(timeout=60)
+        return float(out.strip())
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from click_lab import Lab, nsx, two_hosts
+from click_lab import Lab, nsx, throughput, two_hosts
 
 from vnetlib.click.process import ClickError, find_click
 
@@ -162,46 +162,12 @@ def _ip_header(length: int, src: bytes, dst: bytes) -> bytes:
     return head[:10] + (~total & 0xFFFF).to_bytes(2, "big") + head[12:]
 
 
-def _throughput(sender: str, receiver: str, dst: str, seconds: float) -> float:
-    """Goodput of one TCP stream in Mbit/s (a timed transfer; iperf3 is not installed)."""
-    server = (
-        "import socket,time\n"
-        "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-        "s.bind(('0.0.0.0',5201)); s.listen(1); print('ready', flush=True)\n"
-        "c,_=s.accept(); n=0; t0=None\n"
-        "while True:\n"
-        "    d=c.recv(1<<16)\n"
-        "    if not d: break\n"
-        "    if t0 is None: t0=time.monotonic()\n"
-        "    else: n+=len(d)\n"
-        "print(n*8/(time.monotonic()-t0)/1e6, flush=True)\n"
-    )
-    client = (
-        "import socket,sys,time\n"
-        "c=socket.create_connection((sys.argv[1],5201)); b=b'x'*65536\n"
-        "end=time.monotonic()+float(sys.argv[2])\n"
-        "while time.monotonic()<end: c.sendall(b)\n"
-        "c.close()\n"
-    )
-    srv = subprocess.Popen(["ip", "netns", "exec", receiver, sys.executable, "-c", server],
-                           stdout=subprocess.PIPE, text=True)
-    try:
-        assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
-        nsx(sender, sys.executable, "-c", client, dst, str(seconds))
-        out, _ = srv.communicate(timeout=60)
-        return float(out.strip())
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
-
-
 def test_bandwidth_and_latency_are_enforced(lab: Lab) -> None:
     rate = 20.0
     a, b = _vnet(lab, "v1", 5001, bw=rate, lat=15.0)
     # goodput of full frames: 1398 payload bytes per 1464-byte frame (MTU 1450, TCP timestamps)
     expect = rate * 1398 / 1464
-    got = _throughput(a, b, "198.19.0.2", 4.0)
+    got = throughput(a, b, "198.19.0.2", 4.0)
     assert abs(got - expect) / expect < 0.08, (got, expect)
     out = nsx(a, "ping", "-n", "-c", "5", "-i", "0.2", "198.19.0.2").stdout
     rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
