@@ -68,5 +68,6 @@ if [ "$with_tests" = 1 ]; then
     scripts/install-libvirt.sh
     scripts/install-webconsole.sh
     scripts/install-aaa.sh
+    scripts/install-click.sh >/dev/null  # Click, built once into /var/cache/vnet/click
 fi
 echo "vnet installed: $(.venv/bin/vnet --version); collection vnet.infra: $where"
