@@ -16,6 +16,8 @@ the commands before it count as executed.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import re
 
 from ansible_collections.vnet.infra.plugins.module_utils._iproute import (
@@ -129,6 +131,55 @@ class Runner:
             )
 
 
+_CLONE_NEWNET = 0x40000000
+_libc = None
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+
+
+def read_forwarding(runner: Runner, names: list[str]) -> dict[str, bool]:
+    """IPv4 forwarding of each namespace of `names`, read from inside it.
+
+    The module enters each namespace itself (setns) and reads
+    /proc/sys/net/ipv4/ip_forward, which answers for the namespace of the
+    reader: no process per namespace. Where that is not possible, through
+    ``ip netns exec NAME sysctl`` as before."""
+    found: dict[str, bool] = {}
+    try:
+        home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    except OSError:
+        home = -1
+    try:
+        for name in names:
+            if home >= 0:
+                try:
+                    fd = os.open("/run/netns/%s" % name, os.O_RDONLY)
+                    try:
+                        _setns(fd)
+                        try:
+                            with open("/proc/sys/net/ipv4/ip_forward") as f:
+                                found[name] = parse_forwarding(f.read())
+                        finally:
+                            _setns(home)
+                    finally:
+                        os.close(fd)
+                    continue
+                except (OSError, AttributeError):
+                    pass
+            found[name] = parse_forwarding(runner.read(
+                ["ip", "netns", "exec", name, "sysctl", "-n", "net.ipv4.ip_forward"], tolerate=True))
+    finally:
+        if home >= 0:
+            os.close(home)
+    return found
+
+
 def netns_names(runner: Runner) -> set[str]:
     return parse_netns_list(runner.read(["ip", "-json", "netns", "list"]))
 
@@ -153,7 +204,6 @@ def read_state(
     existing = netns_names(runner)
     host_links = parse_ifaces(runner.read(["ip", "-json", "-details", "address", "show"])) if links else {}
     ns_ifaces = {}
-    ns_forwarding = {}
     for name in sorted(set(netns)):
         if name not in existing:
             continue
@@ -163,9 +213,6 @@ def read_state(
         ns_ifaces[name] = parse_ifaces(
             runner.read(["ip", "-n", name, "-json", "-details", "address", "show"], tolerate=True)
         )
-        if forwarding:
-            ns_forwarding[name] = parse_forwarding(
-                runner.read(["ip", "netns", "exec", name, "sysctl", "-n", "net.ipv4.ip_forward"], tolerate=True)
-            )
+    ns_forwarding = read_forwarding(runner, sorted(ns_ifaces)) if forwarding and inside else {}
     root_qdiscs = parse_root_qdiscs(runner.read(["tc", "-json", "qdisc", "show"])) if qdiscs else {}
     return HostState(links=host_links, netns=ns_ifaces, qdiscs=root_qdiscs, forwarding=ns_forwarding)
