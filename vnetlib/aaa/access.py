@@ -73,6 +73,7 @@ class Access:
     substrate: str
     store: str
     secret: str
+    peers: tuple[Path, ...] = ()  # the other PIPs' access directories (roaming)
 
     def pidfile(self, what: str) -> Path:
         return self.directory / "run" / f"{what}.pid"
@@ -137,8 +138,10 @@ def stop_port(acc: Access, port: str) -> bool:
 
 def start_controller(acc: Access) -> None:
     d = acc.directory
+    peers = [arg for peer in acc.peers for arg in ("--peer", str(peer))]
     daemons.start([sys.executable, "-m", "vnetlib.aaa.access", "--dir", str(d),
-                   "--netns", acc.netns, "--substrate", acc.substrate, "--store", acc.store],
+                   "--netns", acc.netns, "--substrate", acc.substrate, "--store", acc.store,
+                   *peers],
                   pidfile=acc.pidfile("controller"), log=d / "log" / "controller.log",
                   marker=str(d), settle=0.3)
 
@@ -345,6 +348,120 @@ def connect_port(acc: Access, port: str, seg: Segment, pool: str) -> None:
         host.link("set", index=idx, master=seg_bridge, state="up")
 
 
+ROAM_PORT = 4790  # VXLAN port of roaming tunnels (the VNets' links use 4789)
+DATA_IF = "data0"  # the access switch's interface on the PIP's data network
+
+
+def _ipv4(ns: str, ifname: str) -> str:
+    with netns(ns) as ipr:
+        idx = _index(ipr, ifname)
+        if idx is None:
+            raise RuntimeError(f"{ns} has no {ifname}")
+        for a in ipr.get_addr(index=idx, family=2):
+            return str(a.get_attr("IFA_ADDRESS"))
+    raise RuntimeError(f"{ifname} in {ns} has no IPv4 address")
+
+
+def _vxlan(ns: str, name: str, vni: int, local: str, remote: str, master: str) -> None:
+    with netns(ns) as ipr:
+        _delete(ipr, name)
+        ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local,
+                 vxlan_group=remote, vxlan_port=ROAM_PORT)
+        idx, bridge = _index(ipr, name), _index(ipr, master)
+        assert idx is not None and bridge is not None
+        ipr.link("set", index=idx, master=bridge, state="up", mtu=1450)
+
+
+def serve_roaming(acc: Access) -> None:
+    """Requests of other PIPs whose devices attach to a VNet segment here: a
+    VXLAN tunnel from the node's host to their access switch, into the
+    segment's bridge (`state: up`), or its removal (`state: down`)."""
+    d = acc.directory / "remote"
+    if not d.is_dir():
+        return
+    for req in sorted(d.glob("*.json")):
+        done = req.with_suffix(".done")
+        try:
+            want = json.loads(req.read_text())
+        except ValueError:
+            continue
+        key = req.stem
+        if want.get("state") == "up" and not done.exists():
+            try:
+                seg = resolve(acc.substrate, acc.store, want["handle"], want["realm"])
+                ensure_segment(acc.directory, seg, want["pool"])
+                local = _ipv4(seg.host_ns, "eth0")
+                _vxlan(seg.host_ns, f"vr{key}", int(want["vni"]), local, want["remote"],
+                       seg.bridge)
+                answer: dict[str, object] = {"ok": True, "remote": local,
+                                             "segment": asdict(seg)}
+                log.info("roaming port %s: tunnel to %s into %s", key, want["remote"],
+                         want["handle"])
+            except (UnknownHandle, OSError, NetlinkError, RuntimeError, ValueError,
+                    SpecErrors) as exc:
+                answer = {"ok": False, "error": str(exc)}
+            done.write_text(json.dumps(answer))
+        elif want.get("state") == "down":
+            answer = json.loads(done.read_text()) if done.exists() else {}
+            seg_data = answer.get("segment")
+            if isinstance(seg_data, dict):
+                seg = Segment(**seg_data)
+                with contextlib.suppress(OSError, NetlinkError):
+                    with netns(seg.host_ns) as host:
+                        _delete(host, f"vr{key}")
+                    left = [m for m in _members(seg.host_ns, seg.bridge)
+                            if m.startswith(("vd", "vr"))]
+                    if not left:
+                        remove_segment(acc.directory, seg)
+            done.unlink(missing_ok=True)
+            req.unlink(missing_ok=True)
+            log.info("roaming port %s: tunnel removed", key)
+
+
+def roam(acc: Access, port: str, decision: Decision, timeout: float = 5.0) -> Path:
+    """Ask the other PIPs for the segment of an accept this PIP does not host;
+    the first that has it builds its end of a tunnel, this PIP the other
+    (into the port's bridge). Returns the peer's directory."""
+    key = port_key(acc.netns, port)
+    local = _ipv4(acc.netns, DATA_IF)
+    errors = []
+    for peer in acc.peers:
+        req = peer / "remote" / f"{key}.json"
+        req.parent.mkdir(parents=True, exist_ok=True)
+        req.with_suffix(".done").unlink(missing_ok=True)
+        req.write_text(json.dumps({"state": "up", "handle": decision.handle,
+                                   "realm": decision.realm, "pool": decision.pool,
+                                   "remote": local, "vni": int(key[:6], 16)}))
+        deadline = time.monotonic() + timeout
+        while not req.with_suffix(".done").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        answer = json.loads(req.with_suffix(".done").read_text()) \
+            if req.with_suffix(".done").exists() else {"ok": False, "error": "no answer"}
+        if answer.get("ok"):
+            with netns(acc.netns) as sw:
+                bridge = _bridge(sw, f"vc{key}")
+                idx = _index(sw, port)
+                if idx is None:
+                    raise RuntimeError(f"port {port} vanished")
+                sw.link("set", index=idx, master=bridge, state="up")
+            _vxlan(acc.netns, f"vt{key}", int(key[:6], 16), local, str(answer["remote"]),
+                   f"vc{key}")
+            return peer
+        errors.append(f"{peer.name}: {answer.get('error')}")
+        req.write_text(json.dumps({"state": "down"}))
+    raise UnknownHandle("; ".join(errors) or "no other PIP to ask")
+
+
+def unroam(acc: Access, port: str, peer: Path) -> None:
+    key = port_key(acc.netns, port)
+    with netns(acc.netns) as sw:
+        _delete(sw, f"vt{key}")
+        _delete(sw, f"vc{key}")
+    req = peer / "remote" / f"{key}.json"
+    if req.exists():
+        req.write_text(json.dumps({"state": "down"}))
+
+
 def disconnect_port(acc: Access, port: str, seg: Segment | None) -> None:
     key = port_key(acc.netns, port)
     with netns(acc.netns) as sw:
@@ -447,7 +564,20 @@ class Controller:
             log.warning("port %s: %s authorized without an accept on record: left out", port, mac)
             return
         try:
-            seg = resolve(self.acc.substrate, self.acc.store, decision.handle, decision.realm)
+            try:
+                seg = resolve(self.acc.substrate, self.acc.store, decision.handle,
+                              decision.realm)
+            except UnknownHandle:
+                if not self.acc.peers:
+                    raise
+                peer = roam(self.acc, port, decision)
+                self.sessions[port] = {"device": mac_of(mac), "realm": decision.realm,
+                                       "handle": decision.handle, "since": time.time(),
+                                       "peer": str(peer), "pool": decision.pool}
+                self._save()
+                log.info("port %s: %s of realm %s connected to %s at %s", port, mac,
+                         decision.realm, decision.handle, peer.name)
+                return
             connect_port(self.acc, port, seg, decision.pool)
         except (UnknownHandle, OSError, NetlinkError, RuntimeError, ValueError,
                 SpecErrors) as exc:
@@ -468,7 +598,10 @@ class Controller:
         seg_data = session.get("segment") if session else None
         seg = Segment(**seg_data) if isinstance(seg_data, dict) else None
         with contextlib.suppress(OSError, NetlinkError):
-            disconnect_port(self.acc, port, seg)
+            if session is not None and "peer" in session:
+                unroam(self.acc, port, Path(str(session["peer"])))
+            else:
+                disconnect_port(self.acc, port, seg)
         if session is not None:
             self._save()
             log.info("port %s: disconnected (%s)", port, why)
@@ -507,6 +640,7 @@ class Controller:
             if time.monotonic() - last_check > 0.3:
                 last_check = time.monotonic()
                 try:
+                    serve_roaming(self.acc)
                     self._check_ports()
                 except (OSError, NetlinkError) as exc:
                     log.warning("checking ports: %s", exc)
@@ -523,10 +657,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--netns", required=True)
     parser.add_argument("--substrate", required=True)
     parser.add_argument("--store", required=True)
+    parser.add_argument("--peer", action="append", type=Path, default=[])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(message)s")
-    acc = Access(args.dir, args.netns, args.substrate, args.store, secret="")
+    acc = Access(args.dir, args.netns, args.substrate, args.store, secret="",
+                 peers=tuple(args.peer))
     os.chdir(args.dir)
     Controller(acc).run()
     return 0

@@ -16,14 +16,14 @@ import re
 import secrets
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import netaddr
 
 from vnetlib import naming
 from vnetlib.aaa import access, daemons, radius, users
-from vnetlib.lab import kernel
+from vnetlib.lab import exchange, kernel
 from vnetlib.lab.layout import LabConfig
 from vnetlib.lab.players import VNO_NAME, credentials_dir, load_players, pip_name
 from vnetlib.players.config import load as load_config
@@ -110,7 +110,19 @@ def up(directory: Path, substrates: list[LabConfig]) -> list[str]:
         with kernel.namespace(acc.netns) as ns:
             idx = kernel.attach_up(ns, UPLINK_IF, None)
             kernel.ensure_addr(ns, idx, str(net.network + ACCESS_OFFSET), net.prefixlen)
+        # on the PIP's data network too, for tunnels to other PIPs' segments (roaming)
+        sw_ns = naming.switch_netns(sub.name)
+        kernel.ensure_veth(acc.netns, access.DATA_IF, sw_ns, "acc", changes)
+        with kernel.namespace(sw_ns) as sw:
+            kernel.attach_up(sw, "acc", kernel.link_index(sw, kernel.SWITCH_BRIDGE))
+        data = netaddr.IPNetwork(sub.data_network)
+        with kernel.namespace(acc.netns) as ns:
+            idx = kernel.attach_up(ns, access.DATA_IF, None)
+            kernel.ensure_addr(ns, idx, str(data.network + ACCESS_OFFSET), data.prefixlen)
+            exchange.ensure_route(ns, exchange.DATA_RANGE, sub.data_gateway)
         created += changes.created
+        acc = replace(acc, peers=tuple(aaa_root(directory) / pip_name(j)
+                                       for j in range(1, len(substrates) + 1) if j != i))
         home = radius.HomeServer(VNO_NAME, sub.mgmt_gateway, port)
         tls = tls_of(directory, pip_name(i))
         if daemons.running(acc.pidfile("proxy"), str(acc.directory)) is None:

@@ -41,7 +41,7 @@ def exchange_address(index: int) -> str:
     return str(netaddr.IPNetwork(EXCHANGE_NETWORK).network + index)
 
 
-def _ensure_route(ipr: IPRoute, dst: str, gateway: str) -> None:
+def ensure_route(ipr: IPRoute, dst: str, gateway: str) -> None:
     net = netaddr.IPNetwork(dst)
     routes = [
         r
@@ -90,9 +90,9 @@ def up(lab: str, substrates: list[LabConfig]) -> Changes:
             ensure_addr(ipr, sw0, sub.data_gateway, sub.data_prefixlen)
             for j, other in enumerate(substrates, start=1):
                 if j != i:
-                    _ensure_route(ipr, other.data_network, exchange_address(j))
+                    ensure_route(ipr, other.data_network, exchange_address(j))
         _forwarding(sw)
         for host in sub.host_names:
             with namespace(naming.host_netns(sub.name, host)) as ipr:
-                _ensure_route(ipr, DATA_RANGE, sub.data_gateway)
+                ensure_route(ipr, DATA_RANGE, sub.data_gateway)
     return changes
