@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 import time
 from dataclasses import dataclass
 
@@ -42,7 +43,7 @@ from vnetlib.players.pki import Credentials, PkiError
 log = logging.getLogger(__name__)
 
 CHUNK = 16 << 10
-PREPARE_WAIT = 5.0
+REGISTER_SPINS = 1000
 LISTEN_BACKLOG = 128
 WRITE_HIGH_WATER = 64 << 10
 STOP_NOTICE = b"\r\n[vnet console: the session was stopped by a player on its path]\r\n"
@@ -97,6 +98,8 @@ class ConsoleServer(LoopThread):
         self._writers: set[ByteWriter] = set()  # of live sessions, both sides
         self._prepared: dict[str, tuple[asyncio.Task[tuple[ByteReader, ByteWriter]],
                                         asyncio.TimerHandle]] = {}
+        self._announced: set[str] = set()  # prepare() called, _prepare not run yet
+        self._announce_lock = threading.Lock()
         self._stopping = False
 
     # -- life cycle ----------------------------------------------------------------
@@ -116,27 +119,39 @@ class ConsoleServer(LoopThread):
 
     def prepare(self, token_hash: str, opener: Opener, expires: float) -> None:
         """Start opening the next hop of a just-minted token (from a thread
-        other than the loop's, before the token is handed out: it returns once
-        the opening is registered, so the token's session finds it). Skipped
-        when stopped or at the session limit."""
+        other than the loop's, before the token is handed out: the token's
+        session, on the loop, waits for the opening to be registered if it
+        comes first). Skipped when stopped or at the session limit."""
         loop = self._loop
         if loop is None or self._stopping:
             return
-
-        async def register() -> None:
-            self._prepare(token_hash, opener, expires)
-
-        with contextlib.suppress(RuntimeError, TimeoutError):  # the loop stopped meanwhile
-            asyncio.run_coroutine_threadsafe(register(), loop).result(PREPARE_WAIT)
+        with self._announce_lock:
+            self._announced.add(token_hash)
+        try:
+            loop.call_soon_threadsafe(self._prepare, token_hash, opener, expires)
+        except RuntimeError:  # the loop stopped meanwhile
+            with self._announce_lock:
+                self._announced.discard(token_hash)
 
     def _prepare(self, h: str, opener: Opener, expires: float) -> None:
         loop = asyncio.get_running_loop()
+        with self._announce_lock:
+            self._announced.discard(h)
         if self._stopping or len(self._prepared) >= self.limits.max_sessions:
             return
         task = loop.create_task(asyncio.wait_for(opener(), self.limits.open_timeout))
         task.add_done_callback(_observe)
         timer = loop.call_later(max(0.0, expires - time.time()), self._unclaimed, h)
         self._prepared[h] = (task, timer)
+
+    async def _registered(self, h: str) -> None:
+        """Let an announced preparation of `h` (already queued on this loop)
+        run first."""
+        for _ in range(REGISTER_SPINS):
+            with self._announce_lock:
+                if h not in self._announced:
+                    return
+            await asyncio.sleep(0)
 
     def _unclaimed(self, h: str) -> None:
         """The token expired unused, or was burnt: close what was opened for it
@@ -221,8 +236,10 @@ class ConsoleServer(LoopThread):
             try:
                 pending = self.sessions.consume(token, who, peer)
             except TokenRefused:
+                await self._registered(token_hash(token))
                 self._unclaimed(token_hash(token))  # a burnt token's prepared hop
                 raise
+            await self._registered(pending.hash)
             prepared = self._prepared.pop(pending.hash, None)
             try:
                 if prepared is not None:
