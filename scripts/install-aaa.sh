@@ -3,14 +3,15 @@
 # root: FreeRADIUS (the VNO's server and the PIP's realm proxy) with radclient,
 # hostapd (the wired 802.1X authenticator on access ports), wpa_supplicant (the
 # end-user device's client, also eapol_test) and dnsmasq-base (attachment
-# pools; the -base package has no system service). The lab runs its own
+# pools; the -base package has no system service) and busybox (udhcpc, the
+# device's DHCP client). The lab runs its own
 # instances with generated configuration, so the packages' services must not
 # start: a policy-rc.d keeps invoke-rc.d from starting them during the
 # install, and a running system freeradius is stopped. Safe to run again: it
 # only installs what is missing.
 set -euo pipefail
 
-packages=(freeradius freeradius-utils hostapd wpasupplicant dnsmasq-base)
+packages=(freeradius freeradius-utils hostapd wpasupplicant dnsmasq-base busybox)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
