@@ -92,3 +92,24 @@ def test_text_does_not_depend_on_order_and_keeps_element_names() -> None:
 def test_refusals(links: list[ClickLink], message: str) -> None:
     with pytest.raises(ClickConfigError, match=message):
         render(links)
+
+
+def test_device_commands_make_only_what_is_missing() -> None:
+    from vnetlib.click._render import load
+
+    device_commands = load("_click").device_commands
+    lk = _link("vxaaaa", 1)
+    made = device_commands([lk], [], {}, "h1")
+    assert made == [
+        ["ip", "-n", "h1", "link", "add", "vbaaaa", "type", "bridge"],
+        ["ip", "-n", "h1", "link", "set", "vbaaaa", "up"],
+        ["ip", "-n", "h1", "link", "add", "vxaaaa", "mtu", "1500", "type", "veth",
+         "peer", "name", "ckaaaa", "mtu", "1500"],
+        ["ip", "-n", "h1", "link", "set", "vxaaaa", "master", "vbaaaa"],
+        ["ip", "-n", "h1", "link", "set", "vxaaaa", "up"],
+        ["ip", "-n", "h1", "link", "set", "ckaaaa", "up"],
+    ]
+    have = {"vbaaaa": {"flags": ["UP"]}, "vxaaaa": {"master": "vbaaaa", "flags": ["UP"]},
+            "ckaaaa": {"flags": ["UP"]}}
+    assert device_commands([lk], [], have, None) == []
+    assert device_commands([], [lk], have, None) == [["ip", "link", "del", "vxaaaa"]]
