@@ -19,7 +19,8 @@ from vnetlib.lab import attach as lab_attach
 from vnetlib.lab.players import service_provider
 
 pytestmark = pytest.mark.skipif(
-    not all(shutil.which(t) for t in ("freeradius", "hostapd", "wpa_supplicant", "dnsmasq")),
+    not all(shutil.which(t) for t in ("freeradius", "hostapd", "wpa_supplicant", "dnsmasq",
+                                         "busybox")),
     reason="scripts/install-aaa.sh installs FreeRADIUS, hostapd, wpa_supplicant, dnsmasq",
 )
 
