@@ -1,6 +1,6 @@
 """FreeRADIUS configurations of end-user attachment, each in its own directory.
 
-Two roles: the VNO's *server* (EAP against the VNO's users file; on accept it
+Two roles: the VNO's *server* (EAP against the VNO's user store, read per request by rlm_perl; on accept it
 answers only with the attachment handle, in the standard VLAN-assignment
 attributes, and a session timeout) and the PIP's *proxy* (routes by realm,
 `user@vno`, to the VNO's server; an unknown realm is rejected locally; every

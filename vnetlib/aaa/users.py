@@ -64,7 +64,7 @@ def check_password(password: str) -> str:
 
 
 class UserStore:
-    """The end users of one realm, and the users file of its RADIUS server."""
+    """The end users of one realm, the file its RADIUS server reads per request."""
 
     def __init__(self, directory: Path, realm: str) -> None:
         self.directory = directory
