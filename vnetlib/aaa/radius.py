@@ -1,11 +1,12 @@
 """FreeRADIUS configurations of end-user attachment, each in its own directory.
 
-Two roles: the VNO's *server* (EAP against the VNO's user store, read per request by rlm_perl; on accept it
-answers only with the attachment handle, in the standard VLAN-assignment
-attributes, and a session timeout) and the PIP's *proxy* (routes by realm,
-`user@vno`, to the VNO's server; an unknown realm is rejected locally; every
-outcome it sends back to the access port's authenticator is logged with the
-port's NAS-Identifier, which is what the PIP's access controller acts on).
+Two roles: the VNO's *server* (EAP against the VNO's user store, read per
+request by rlm_perl; on accept it answers only with the attachment handle, in
+the standard VLAN-assignment attributes, the pool and a session timeout) and
+the PIP's *proxy* (routes by realm, `user@vno`, to the VNO's server; an
+unknown realm is rejected locally; every outcome it sends back to the access
+port's authenticator is logged with the port's NAS-Identifier, which is what
+the PIP's access controller acts on).
 
 Between the proxy and the server the channel is RADIUS over TLS (RadSec,
 RFC 6614) with the lab's PKI: each side presents its player certificate and
