@@ -17,7 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from click_lab import Lab, nsx, throughput, two_hosts
 
-from vnetlib.click.process import ClickError, find_click
+from vnetlib.click.config import CLICK_PORT
+from vnetlib.click.process import ClickError, apply, find_click
 
 try:
     find_click()
@@ -175,3 +176,16 @@ def test_bandwidth_and_latency_are_enforced(lab: Lab) -> None:
     out = nsx(a, "ping", "-n", "-c", "5", "-i", "0.2", "198.19.0.2").stdout
     rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
     assert len(rtts) == 5 and all(30.0 <= r < 60.0 for r in rtts), rtts
+
+
+def test_click_missing_fails_and_leaves_no_devices(lab: Lab, tmp_path: Path) -> None:
+    seg = lab.segment("l1", 5001, "vb5001", 0)
+    broken = tmp_path / "click"
+    broken.write_text("#!/bin/sh\necho 'no click here' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    with pytest.raises(ClickError, match="click exited with 3: no click here"):
+        apply(lab.instance(0), "v1", [seg], present=True, click=str(broken), port=CLICK_PORT,
+              check_mode=False)
+    links = nsx(lab.hosts[0], "ip", "link").stdout
+    assert seg.device not in links and seg.click_device not in links
+    assert lab.instance(0).owner_links() == {}
