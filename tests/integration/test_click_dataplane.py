@@ -173,9 +173,10 @@ def test_bandwidth_and_latency_are_enforced(lab: Lab) -> None:
     expect = rate * 1398 / 1464
     got = throughput(a, b, "198.19.0.2", 4.0)
     assert abs(got - expect) / expect < 0.08, (got, expect)
+    # 15 ms added each way: at least 30 ms (the upper bound leaves room for the load)
     out = nsx(a, "ping", "-n", "-c", "5", "-i", "0.2", "198.19.0.2").stdout
     rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
-    assert len(rtts) == 5 and all(30.0 <= r < 60.0 for r in rtts), rtts
+    assert len(rtts) == 5 and all(30.0 <= r < 100.0 for r in rtts), rtts
 
 
 def test_click_missing_fails_and_leaves_no_devices(lab: Lab, tmp_path: Path) -> None:
