@@ -117,7 +117,11 @@ def new_lab(vnet: Vnet, *args: str) -> Lab:
     free = [k for k in range(4, 97, 4)
             if not any(f" 198.18.{129 + k + i}." in root for i in range(4))]
     offset = secrets.choice(free)  # management networks no other lab here uses
-    vnet.run("lab", "up", "--name", name, "--mgmt-offset", str(offset), *args)
+    try:
+        vnet.run("lab", "up", "--name", name, "--mgmt-offset", str(offset), *args)
+    except BaseException:
+        vnet.run("lab", "down", "--name", name, check=False)  # a half-made lab too
+        raise
     return Lab(name)
 
 
