@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from tests.integration.conftest import DemoService
 from vnetlib.players import client as player_client
@@ -73,7 +73,7 @@ def test_an_error_answer_closes_the_connection(creds: dict[str, Credentials]) ->
 
 
 def test_a_server_revoked_since_the_handshake_is_refused_on_reuse(
-        lab_ca: LabCA, creds: dict[str, Credentials], tmp_path: Path) -> None:
+        lab_ca: LabCA, creds: dict[str, Credentials]) -> None:
     player_client.close_idle_connections()
     server_creds = lab_ca.issue("pip-keepalive", Role.PIP)
     with ServiceServer(DemoService(), server_creds) as srv:
@@ -84,3 +84,17 @@ def test_a_server_revoked_since_the_handshake_is_refused_on_reuse(
         with pytest.raises(TransportError) as refused:
             client.get("/v1/whoami")
         assert "revoked" in str(refused.value) or "certificate" in str(refused.value)
+
+
+def test_a_renewed_client_presents_its_new_certificate(
+        lab_ca: LabCA, creds: dict[str, Credentials]) -> None:
+    """The client's context is cached per process, but not past a renewal:
+    once the old certificate is revoked, calls still pass with the new one."""
+    player_client.close_idle_connections()
+    client_creds = lab_ca.issue("vno-keepalive", Role.VNO)
+    with ServiceServer(DemoService(), creds["pip1"]) as srv:
+        assert PlayerClient(srv.url, client_creds, 5).get("/v1/whoami").status == 200
+        old = x509.load_pem_x509_certificate(client_creds.cert_path.read_bytes()).serial_number
+        lab_ca.renew("vno-keepalive")
+        assert lab_ca.revoke(old) == [old]
+        assert PlayerClient(srv.url, client_creds, 5).get("/v1/whoami").status == 200

@@ -1,7 +1,8 @@
 """Calling another player's management node: mutual TLS, XML bodies, bounded waits.
 
 Connections are kept alive between calls (HTTP/1.1), in one pool per process
-keyed by (host, port, the credentials presented), so a burst of calls to a
+keyed by (host, port, the client context: the credentials presented, made
+anew when their files change), so a burst of calls to a
 peer (a console set up down a chain, a negotiation) pays one mutual-TLS
 handshake instead of one per call. A connection idle for `POOL_IDLE` seconds
 is closed by a pruning thread (the servers close idle ones after their header
@@ -31,6 +32,7 @@ from urllib.parse import urlsplit
 from lxml import etree
 
 from vnetlib.players.pki import Credentials, Identity, PkiError, Role, identity_of
+from vnetlib.players.revocation import Stamp, stamp
 from vnetlib.players.server import RDL_NS, XML_CONTENT_TYPE, ApiError
 
 DEFAULT_TIMEOUT = 10.0
@@ -100,19 +102,24 @@ def parse_error_document(status: int, body: bytes) -> RemoteError:
     return RemoteError(status, "unknown", snippet or "(empty body)", body)
 
 
-_Key = tuple[str, int, Credentials]
-_contexts: dict[Credentials, ssl.SSLContext] = {}
+_Key = tuple[str, int, ssl.SSLContext]  # the context: the credentials as they are now
+_contexts: dict[Credentials, tuple[tuple[Stamp | None, Stamp | None], ssl.SSLContext]] = {}
 _contexts_lock = threading.Lock()
 
 
 def client_context(credentials: Credentials) -> ssl.SSLContext:
-    """One client context per credentials and process (it reloads a changed CRL
-    before each connection by itself), so a call does not load the key again."""
+    """One client context per credentials and process, so a call does not load
+    the key again; made anew when the certificate or key file changed (a
+    renewal), and reloading a changed CRL before each connection by itself."""
+    files = (stamp(credentials.cert_path), stamp(credentials.key_path))
     with _contexts_lock:
-        ctx = _contexts.get(credentials)
-        if ctx is None:
-            ctx = _contexts[credentials] = credentials.client_context()
-        return ctx
+        cached = _contexts.get(credentials)
+        if cached is not None and cached[0] == files:
+            return cached[1]
+    ctx = credentials.client_context()
+    with _contexts_lock:
+        _contexts[credentials] = (files, ctx)
+    return ctx
 
 
 class _Pool:
@@ -257,7 +264,7 @@ class PlayerClient:
         if not path.startswith("/"):
             raise ValueError(f"path {path!r} must start with '/'")
         deadline = time.monotonic() + self.timeout
-        key = (self._host, self._port, self._credentials)
+        key = (self._host, self._port, self._context)
         conn = _pool.take(key)
         reused = conn is not None
         while True:
