@@ -86,7 +86,8 @@ def aggregate(players: Players, substrates: Substrates, tmp_path: Path,
     service = node.service
     assert isinstance(service, PipService)
     url = node.url + am.ROUTE
-    agg = am.mount(service, url=url)
+    agg = service.geni  # mounted by every PIP, its URL set by the management node
+    assert agg.url == url
     cred = tmp_path / "slice.cred"
     cred.write_text("<signed-credential><credential id='c1'><type>privilege</type>"
                     "</credential></signed-credential>")
@@ -224,7 +225,6 @@ def test_bad_calls_are_answered_in_geni_terms(
 def test_geni_lib_without_content_type(players: Players, substrates: Substrates) -> None:
     node = players.pip("pip-h", substrates.a)
     assert isinstance(node.service, PipService)
-    am.mount(node.service)
     creds = players.creds("researcher", Role.SP)
     result = amapi3.getversion(node.url + am.ROUTE, str(creds.ca_path), str(creds.cert_path),
                                str(creds.key_path), ({},))

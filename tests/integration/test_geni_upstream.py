@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.integration.players_fixtures import Players, Substrates, namespaces
 from vnetlib.geni import am
-from vnetlib.geni.upstream import SCHEME, GeniUpstream, client_for
+from vnetlib.geni.upstream import SCHEME, GeniUpstream
 from vnetlib.players import messages as m
 from vnetlib.players.client import RemoteError
 from vnetlib.players.config import Upstream, VnpSection
@@ -23,17 +23,10 @@ FIGURE6 = Path(__file__).resolve().parents[2] / "examples" / "figure6.xml"
 
 
 def geni_vnp(players: Players, name: str, upstream: Upstream) -> VnpService:
-    """A VNP whose upstreams are reached through `client_for` (the hook the VNP
-    needs: GENI aggregates by their geni+https URL, players as before)."""
+    """A VNP whose one upstream is a GENI aggregate (its geni+https URL)."""
     node = players.start(players.config(name, Role.VNP, vnp=VnpSection((upstream,), 10.0)))
     service = node.service
     assert isinstance(service, VnpService)
-
-    def client(up: Upstream, timeout: float | None = None) -> object:
-        return client_for(up.url, service.credentials, timeout or service.config.vnp.timeout,
-                          expect_name=up.name)
-
-    service._client = client  # type: ignore[method-assign, assignment]
     return service
 
 
@@ -42,7 +35,6 @@ def test_vnp_uses_a_geni_aggregate_as_a_provider(players: Players,
     pip_node = players.pip("pip-geni", substrates.a)
     pip = pip_node.service
     assert isinstance(pip, PipService)
-    am.mount(pip)
     upstream = Upstream("pip-geni", SCHEME + pip_node.url + am.ROUTE)
     vnp = geni_vnp(players, "vnp-g", upstream)
     players.vno("vno-g", "vnp-g")

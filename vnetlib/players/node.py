@@ -78,6 +78,8 @@ class ManagementNode:
             raise
         if isinstance(self.service, VnpService):
             self.service.url = self.server.url
+        if isinstance(self.service, PipService):
+            self.service.geni.url = self.server.url + "/v1/geni/am/3"
 
     def _as_service(self) -> Service:
         return self.service

@@ -37,6 +37,7 @@ from vnetlib.core.pip import (
 )
 from vnetlib.core.records import Peer, Sliver, State, Stitch
 from vnetlib.deploy.ansible import DeployError, Progress, check_installed
+from vnetlib.geni.am import mount as mount_geni
 from vnetlib.players import faultpoints, timeouts
 from vnetlib.players import messages as m
 from vnetlib.players.aggregate import add_aggregate_routes
@@ -140,6 +141,7 @@ class PipService(Service):
             list_slivers=self.list_slivers, allocate=self.allocate, describe=self.describe,
             provision=self.provision, renew=self.renew, action=self.action,
             delete=self.delete, stitch=self.stitch)
+        self.geni = mount_geni(self)
         if reaper:
             self.reap()  # a restart first finishes what a crash left
             self._forget_tenants()

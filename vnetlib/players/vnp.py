@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from vnetlib.embedding.multipip import split_across_pips
 from vnetlib.embedding.result import Rejection
+from vnetlib.geni.upstream import GeniUpstream, client_for
 from vnetlib.naming import short_hash
 from vnetlib.players import faultpoints, timeouts
 from vnetlib.players import messages as m
@@ -150,9 +151,10 @@ class VnpService(Service):
         with self._lock:
             self._busy.discard(order_id)
 
-    def _client(self, upstream: Upstream, timeout: float | None = None) -> PlayerClient:
-        return PlayerClient(upstream.url, self.credentials, timeout or self.config.vnp.timeout,
-                            expect_name=upstream.name)
+    def _client(self, upstream: Upstream,
+                timeout: float | None = None) -> PlayerClient | GeniUpstream:
+        return client_for(upstream.url, self.credentials, timeout or self.config.vnp.timeout,
+                          expect_name=upstream.name)
 
     # -- negotiation ----------------------------------------------------------------
 
