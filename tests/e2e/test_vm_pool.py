@@ -128,6 +128,16 @@ def test_figure6_vm_from_the_pool_refills_and_replaces(vnet: Vnet, lab: Lab,
             "taken", vnet_id, node)
     every_link_pings(vnet, vnet_id, SPEC)
 
+    # Control actions and status find the pool domain a node took; started
+    # again, it boots as the node (its definition is the node's now).
+    r4 = status["domains"]["r4"]
+    vnet.run("ctl", vnet_id, "r4", "stop")
+    assert vnet.json("status", vnet_id)["observed"]["r4"] == "stopped"
+    assert r4 not in qemu_pids(prefix)
+    vnet.run("ctl", vnet_id, "r4", "start")
+    assert vnet.json("status", vnet_id)["observed"]["r4"] == "running"
+    assert pings(vnet, vnet_id, status, "r4", "198.19.0.17"), "r4 -> r2 after a restart"
+
     # The spare pool VM dies; the teardown destroys it with the taken ones
     # and boots their replacements.
     (victim,) = [d for d, vm in rows.items() if vm["state"] == "ready"]
