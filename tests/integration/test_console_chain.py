@@ -214,10 +214,15 @@ def test_the_next_session_takes_a_spare_shell_at_normal_priority(chain: Chain) -
         return got
 
     asyncio.run(session(b"echo one-$((0+1))\n", b"one-1"))
-    deadline = time.monotonic() + 10
-    while not shell.spare_pids() and time.monotonic() < deadline:
+
+    def spare_shell() -> set[int]:  # n1's spare's processes once its `sh -i` runs
+        pids = shell.spare_pids("n1")
+        return pids if pids & {int(p) for p in tenant_processes(chain)} else set()
+
+    deadline = time.monotonic() + 20
+    while not spare_shell() and time.monotonic() < deadline:
         time.sleep(0.05)
-    spare = shell.spare_pids()
+    spare = spare_shell()
     assert spare and nice_of(spare) == {19}  # waiting at the lowest priority
 
     async def takes_it() -> set[int]:  # nice values read while the session is on

@@ -150,10 +150,12 @@ class NetnsShell:
     def spares(self) -> int:
         return len(self._spares)
 
-    def spare_pids(self) -> set[int]:
-        """The processes of every spare now (for tests: the ones a session left)."""
+    def spare_pids(self, node: str | None = None) -> set[int]:
+        """The processes of every spare now, or of `node`'s (for tests)."""
         pids: set[int] = set()
-        for spawned, _ in list(self._spares.values()):
+        for (_, of), (spawned, _) in list(self._spares.items()):
+            if node is not None and of != node:
+                continue
             with contextlib.suppress(OSError, IndexError):
                 leaf = self.confinement.layout.parents()[0] / spawned.tenant / spawned.leaf
                 pids.update(int(p) for p in (leaf / "cgroup.procs").read_text().split())
