@@ -265,7 +265,7 @@ class Instance:
 def _reap(pid: int) -> bool:
     """Collects `pid` if it is our child; True once it is gone."""
     try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
+        done = os.waitpid(pid, os.WNOHANG)[0]
         return done == pid
     except ChildProcessError:
         state = _proc_state(pid)
@@ -326,7 +326,7 @@ def device_commands(want: Sequence[ClickLink], drop: Sequence[ClickLink],
 
 def run_commands(cmds: Sequence[Sequence[str]]) -> None:
     for cmd in cmds:
-        res = subprocess.run(list(cmd), capture_output=True, text=True)
+        res = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise ClickError(f"{' '.join(cmd)}: {res.stderr.strip()}")
 
@@ -348,7 +348,7 @@ def tx_checksum_off(netns: str | None, names: Sequence[str]) -> None:
     argv = [sys.executable, "-c", _TX_CSUM_OFF, *names]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
-    res = subprocess.run(argv, capture_output=True, text=True)
+    res = subprocess.run(argv, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise ClickError(f"turning off tx checksum offload on {names}: {res.stderr.strip()}")
 
@@ -359,7 +359,7 @@ def quiet_ipv6(netns: str | None, names: Sequence[str]) -> None:
         argv = ["sysctl", "-q", "-w", f"net.ipv6.conf.{name}.disable_ipv6=1"]
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
-        subprocess.run(argv, capture_output=True)
+        subprocess.run(argv, capture_output=True, check=False)
 
 
 @dataclass(frozen=True, slots=True)

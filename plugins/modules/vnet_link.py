@@ -19,7 +19,7 @@ description:
     difference and runs only the commands needed (argv lists); returns them in
     RV(commands). A VXLAN device whose parameters differ is recreated.
   - Manages one segment (O(bridge)) or, in one run, every segment of a host
-    (O(links)). The role C(vnet.infra.vnet_deploy) uses O(links).
+    (O(links)).
 author: vnet developers (@vnet)
 options:
   bridge:
@@ -192,11 +192,11 @@ options:
     description:
       - The virtual nodes of the host too (the C(nodes) of a vnet deployment
         plan's host, as O(vnet.infra.vnet_node#module:nodes)), only with
-        O(links): one module run per host and phase converges its nodes and
+        O(links). One module run per host and phase converges its nodes and
         its link segments. The host is read once, the nodes' namespaces are
         planned first and the segments against them, and every command runs
-        in the same few batches (V(present): namespaces before segments;
-        V(absent): segments before namespaces).
+        in the same few batches (with V(present) namespaces before segments,
+        with V(absent) segments before namespaces).
     type: list
     elements: dict
     suboptions:
@@ -224,19 +224,12 @@ options:
     type: str
     choices: [present, absent]
     default: present
-attributes:
-  check_mode:
-    support: full
-    description: Reports the commands it would run and runs none.
-  diff_mode:
-    support: full
-    description: Returns the segment's state before and after.
-  idempotent:
-    support: full
-    description: A second run with the same parameters changes nothing.
+extends_documentation_fragment:
+  - vnet.infra.common
+  - vnet.infra.common.iproute
+  - vnet.infra.plan
 requirements:
-  - iproute2 (C(ip), C(tc)) on the target, root privileges, a kernel with veth,
-    bridge and vxlan.
+  - C(tc) (iproute2) on the target, and a kernel with veth, bridge and vxlan.
 notes:
   - With O(state=present) the namespaces of the ports must exist (create the nodes
     first), except in check mode.
@@ -394,7 +387,7 @@ def in_one_group(runner: Runner, commands: list) -> list:
     mine = [c for c in commands if c[:3] == ["ip", "link", "delete"] and len(c) == 4]
     if len(mine) < 2:
         return commands
-    for _ in range(4):
+    for _attempt in range(4):
         group = str(random.randint(1 << 20, (1 << 31) - 1))
         # iproute2 prints {} for each device outside the group
         if not any(e.get("ifname") for e in _load(runner.read(

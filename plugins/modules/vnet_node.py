@@ -15,8 +15,7 @@ description:
     the commands needed (argv lists); returns them in RV(commands).
   - Manages one node (O(name)) or, in one run, every node of a host
     (O(nodes)), reading the host's state once, planning every command before
-    any runs and running them as few C(ip -batch) processes. The role
-    C(vnet.infra.vnet_deploy) uses O(nodes).
+    any runs and running them as few C(ip -batch) processes.
 author: vnet developers (@vnet)
 options:
   name:
@@ -69,21 +68,14 @@ options:
       - Only with O(name); default V(netns).
     type: str
     choices: [netns]
-attributes:
-  check_mode:
-    support: full
-    description: Reports the commands it would run and runs none.
-  diff_mode:
-    support: full
-    description: Returns the node's state before and after.
-  idempotent:
-    support: full
-    description: A second run with the same parameters changes nothing.
+extends_documentation_fragment:
+  - vnet.infra.common
+  - vnet.infra.common.iproute
+  - vnet.infra.plan
 requirements:
-  - iproute2 (C(ip)) and procps (C(sysctl)) on the target, root privileges.
+  - procps (C(sysctl)) on the target.
 notes:
-  - Namespaces are created with C(ip netns add); in the vnet lab the target is
-    itself a namespace reached with the P(vnet.infra.netns#connection) connection.
+  - Namespaces are created with C(ip netns add).
 seealso:
   - module: vnet.infra.vnet_link
 """

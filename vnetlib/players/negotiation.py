@@ -175,7 +175,8 @@ def partition(spec: VNetSpec, split: PipSplit, order_id: str,
         partial = VNetSpec(
             name=spec.name, nodes=nodes, links=tuple(inner[p]), constraints=Constraints(),
             service=ServiceRequirements(console_access=spec.service.console_access),
-            boundary=tuple(boundary[p]))
+            boundary=tuple(boundary[p]),
+            attachments=tuple(a for a in spec.attachments if where[a.node][0] == p))
         expected = sum(n.cpu * prices.get((p, where[n.id][1]), 0.0) for n in nodes)
         parts.append(Part(index[p], p, partial, tuple(part_links[p]), round(expected, 6)))
     return parts
