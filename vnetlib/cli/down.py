@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from vnetlib.cli import target
-from vnetlib.cli.output import Progress, emit_json
+from vnetlib.cli.output import emit_json
+from vnetlib.cli.progress import Live
 from vnetlib.instantiate import destroy
 
 
@@ -20,16 +21,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if target.local(args.vnet) is not None:
-        vnet_id = destroy(args.vnet, check=args.check, progress=Progress(True)).id
-    else:
-        if args.check:
-            raise ValueError("--check works on VNets instantiated with --substrate only")
-        Progress(True)(f"asking the VNO of lab {args.lab} to remove {args.vnet}")
-        if not target.remote(args.vnet, args.lab).delete(args.vnet):
-            Progress(True)(f"deletion of {args.vnet} accepted: `vnet status` shows it "
-                           "deleting until it is gone")
-        vnet_id = args.vnet
+    with Live(args.json) as progress:
+        if target.local(args.vnet) is not None:
+            vnet_id = destroy(args.vnet, check=args.check, progress=progress).id
+        else:
+            if args.check:
+                raise ValueError("--check works on VNets instantiated with --substrate only")
+            progress(f"asking the VNO of lab {args.lab} to remove {args.vnet}")
+            if not target.remote(args.vnet, args.lab).delete(args.vnet):
+                progress(f"deletion of {args.vnet} accepted: `vnet status` shows it "
+                         "deleting until it is gone")
+            vnet_id = args.vnet
     if args.json:
         emit_json({"vnet": vnet_id, "removed": not args.check, "check": args.check})
     else:

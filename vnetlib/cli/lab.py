@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from vnetlib.cli.output import Progress, emit_json
+from vnetlib.cli.output import emit_json
+from vnetlib.cli.progress import Live
 from vnetlib.lab import attach, testbed
 
 
@@ -58,11 +59,10 @@ def run_up(args: argparse.Namespace) -> int:
         players=not args.no_players,
         attach=args.attach,
     )
-    Progress(not args.json)(
-        f"bringing up lab {spec.name}: {spec.pips} PIPs of {spec.hosts} hosts"
-        + ("" if spec.players else ", no players")
-    )
-    changes = testbed.up(spec)
+    with Live(args.json) as progress:
+        progress(f"bringing up lab {spec.name}: {spec.pips} PIPs of {spec.hosts} hosts"
+                 + ("" if spec.players else ", no players"))
+        changes = testbed.up(spec, progress=progress)
     state = testbed.status(spec.name)
     if args.json:
         emit_json(

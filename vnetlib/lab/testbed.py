@@ -14,6 +14,7 @@ import contextlib
 import json
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,9 +98,9 @@ def load_spec(name: str) -> LabSpec:
     return LabSpec(**json.loads(path.read_text()))
 
 
-def up(spec: LabSpec) -> kernel.Changes:
+def up(spec: LabSpec, progress: Callable[[str], None] = lambda _: None) -> kernel.Changes:
     """Bring the lab up; idempotent. A lab of the same name with another shape
-    must go down first."""
+    must go down first. `progress` hears of each step."""
     paths.ensure_home()
     directory = lab_dir(spec.name)
     saved = directory / LAB_FILE
@@ -113,13 +114,18 @@ def up(spec: LabSpec) -> kernel.Changes:
     changes = kernel.Changes()
     substrates = spec.substrates()
     for sub in substrates:
+        progress(f"substrate {sub.name}: {sub.hosts} hosts")
         done = manage.up(sub)
         changes.created += done.created
+    progress("the exchange between the PIPs")
     changes.created += exchange.up(spec.name, substrates).created
+    progress("libvirtd for VM nodes")
     changes.created += vms.start(directory)
     if spec.players:
+        progress("the players (PIPs, VNP, VNO)")
         changes.created += start_players(spec, directory)
     if spec.attach:
+        progress("access switches for end users")
         changes.created += attach.up(directory, substrates)
     return changes
 
