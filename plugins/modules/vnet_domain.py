@@ -34,8 +34,8 @@ options:
         O(kernel), O(initrd), O(cmdline), O(serial), O(vnc), O(interfaces),
         O(netns), O(ready_marker), O(pool)), and C(vnode), the virtual node
         it realizes (its ready marker is then C(vnet-guest-ready VNODE)
-        unless O(ready_marker) is given): a host's C(domains) of vnet's
-        deployment plan as they are. Options an item leaves out come from the
+        unless O(ready_marker) is given), so that a host's C(domains) of
+        vnet's deployment plan can be passed as they are. Options an item leaves out come from the
         module's own; O(state=absent) removes every listed domain whatever
         its item says. They are converged in parallel (one thread each), and
         the run fails naming every domain that failed.
@@ -43,7 +43,7 @@ options:
     elements: dict
   pool:
     description:
-      - A pool VM of vnet (QEMU only), booted before it is needed: its
+      - A pool VM of vnet (QEMU only), booted before it is needed. Its
         domain has ACPI, so that NICs can be hot-plugged.
       - When such a domain runs with no NICs and differs from the request only
         in O(cmdline) and O(interfaces), the module takes it over instead of
@@ -210,7 +210,7 @@ commands:
     - The steps taken (or, in check mode, that would be taken), as argv lists.
       C(["libvirt", VERB, NAME]) is a call on the libvirt connection (define,
       start, destroy, shutdown, suspend, resume, undefine, and C(attach) with
-      a tap name: a live hot-plug); C(["guest", "configure", NAME]) types
+      a tap name, a live hot-plug); C(["guest", "configure", NAME]) types
       C(vnet-config) on the guest's serial console; the others are programs.
       With O(domains), a dict of such lists by domain name.
   returned: always
