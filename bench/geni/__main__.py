@@ -85,15 +85,12 @@ def main() -> None:
         assert isinstance(node.service, PipService)
         node.start()
         url = node.url + am.ROUTE
-        am.mount(node.service, url=url)
         sp = ca.issue("bench-sp", Role.SP)
         vnp = ca.issue("bench-vnp", Role.VNP)
         cred = home / "slice.cred"
         cred.write_text("<signed-credential><credential/></signed-credential>")
         tls, bundle, creds = (str(sp.cert_path), str(sp.key_path)), str(sp.ca_path), [
             Cred(str(cred))]
-        plain = geni_util.headers
-        geni_util.headers = lambda: {**plain(), "Content-Type": "text/xml"}
         spec = load_vnet(FIGURE6)
         rspec = request_rspec(spec).decode()
         geni: dict[str, list[float]] = {s: [] for s in STEPS_GENI}

@@ -129,11 +129,6 @@ def read_until(proc: subprocess.Popen[bytes], marker: bytes, timeout: float) -> 
     return got
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PIPs on one host share the cgroup parent vnet-exec, and a PIP starting up "
-    "removes every tenant it does not know (PipService._forget_tenants), so "
-    "restarting PIP 2 kills PIP 1's console shells; fix: a cgroup parent per PIP "
-    "(vnetlib/players/pip.py, Confinement(..., cgroup_parent=f'{cgroups.PARENT}/{name}'))"))
 def test_session_survives_a_restart_off_its_path_and_ends_with_a_message_on_it(
         served: Served, substrates: Substrates, lab_ca: LabCA) -> None:
     served.start(served.config("pip-r1", Role.PIP, pip=pip_section(substrates.a)))

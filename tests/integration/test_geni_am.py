@@ -71,17 +71,8 @@ class Client:
 
 
 @pytest.fixture
-def content_type(monkeypatch: pytest.MonkeyPatch) -> None:
-    """geni-lib posts without a Content-Type; the players' transport asks for an
-    XML one (415 otherwise), so the client names it (see test below)."""
-    plain = geni_util.headers
-    monkeypatch.setattr(geni_util, "headers",
-                        lambda: {**plain(), "Content-Type": "text/xml"})
-
-
-@pytest.fixture
 def aggregate(players: Players, substrates: Substrates, tmp_path: Path,
-              content_type: None) -> Iterator[tuple[PipService, Client, am.GeniAggregate]]:
+              ) -> Iterator[tuple[PipService, Client, am.GeniAggregate]]:
     node = players.pip("pip-g", substrates.a)
     service = node.service
     assert isinstance(service, PipService)
@@ -220,8 +211,6 @@ def test_bad_calls_are_answered_in_geni_terms(
         c.call("CreateSliver", SLICE, c.creds_arg(), "", [])
 
 
-@pytest.mark.xfail(strict=True, reason="the transport answers 415 to a body without "
-                                       "Content-Type, which geni-lib sends; see the report")
 def test_geni_lib_without_content_type(players: Players, substrates: Substrates) -> None:
     node = players.pip("pip-h", substrates.a)
     assert isinstance(node.service, PipService)

@@ -38,7 +38,7 @@ from vnetlib.core.pip import (
 from vnetlib.core.records import Peer, Sliver, State, Stitch
 from vnetlib.deploy.ansible import DeployError, Progress, check_installed
 from vnetlib.geni.am import mount as mount_geni
-from vnetlib.players import faultpoints, timeouts
+from vnetlib.players import cgroups, faultpoints, timeouts
 from vnetlib.players import messages as m
 from vnetlib.players.aggregate import add_aggregate_routes
 from vnetlib.players.client import ClientError, PlayerClient
@@ -128,7 +128,10 @@ class PipService(Service):
         self.core = build_core(config, deployer)
         self.confinement = Confinement(
             paths.vnet_home() / "confine" / config.name,
-            Limits(output_bytes=EXEC_OUTPUT_MAX, timeout=timeouts.EXEC_MAX))
+            Limits(output_bytes=EXEC_OUTPUT_MAX, timeout=timeouts.EXEC_MAX),
+            # a PIP's own parent: a PIP that starts forgets tenants it does not
+            # know, which must never be another PIP's of the same host
+            cgroup_parent=f"{cgroups.PARENT}/{config.name}")
         self.core.on_removed = lambda s: self.confinement.remove(s.id)
         self.closing = threading.Event()
         if config.faults != Faults():

@@ -620,7 +620,7 @@ class ServiceServer:
         if length == 0:
             return b""
         ctype = headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if ctype not in XML_MEDIA_TYPES:
+        if ctype and ctype not in XML_MEDIA_TYPES:
             raise UnsupportedMediaType(f"Content-Type {ctype or 'none'!r}: send application/xml")
         if headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
