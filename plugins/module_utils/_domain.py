@@ -451,7 +451,8 @@ def _adopt(want: Want, have: Have, here_pid: int) -> list[Command]:
     """Take a pool VM: the new definition (for its next boot), its NICs
     hot-plugged on fresh taps, the taps onto their bridges, then the guest
     reconfigured over its serial console from the new command line."""
-    assert want.spec is not None
+    if want.spec is None:
+        raise PlanError("domain %s: a take needs the domain's fields" % want.name)
     name = want.name
     commands: list[Command] = [[LIBVIRT, "define", name]]
     commands += _prepare_taps(want, have, here_pid)

@@ -53,8 +53,7 @@ def _read(fd: int, until: float) -> bytes | None:
     left = until - time.monotonic()
     if left <= 0:
         return None
-    readable, _, _ = select.select([fd], [], [], min(left, 0.5))
-    if not readable:
+    if not select.select([fd], [], [], min(left, 0.5))[0]:
         return b""
     try:
         return os.read(fd, 65536)
