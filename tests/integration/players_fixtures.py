@@ -16,6 +16,7 @@ from vnetlib import paths
 from vnetlib.core.deployer import Deployer
 from vnetlib.lab import exchange, kernel, manage
 from vnetlib.lab.layout import LabConfig
+from vnetlib.players import cgroups
 from vnetlib.players.config import (
     Faults,
     PipSection,
@@ -135,7 +136,10 @@ class Players:
 
     def stop_all(self) -> None:
         for name in list(self.nodes)[::-1]:
+            is_pip = self.nodes[name].config.role is Role.PIP
             self.stop(name)
+            if is_pip:  # the confined processes of VNets a test left
+                cgroups.clear(cgroups.service_parent(name))
 
 
 @pytest.fixture

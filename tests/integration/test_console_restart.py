@@ -21,6 +21,7 @@ from tests.integration.players_fixtures import Substrates, namespaces
 from vnetlib import paths
 from vnetlib.console.relay import STOP_NOTICE
 from vnetlib.lab import manage
+from vnetlib.players import cgroups
 from vnetlib.players import messages as m
 from vnetlib.players.client import PlayerClient
 from vnetlib.players.config import PipSection, PlayerConfig, Upstream, VnoSection, VnpSection, dump
@@ -110,6 +111,8 @@ def served(lab_ca: LabCA, tmp_path: Path, substrates: Substrates) -> Iterator[Se
         yield s
     finally:
         s.stop_all()
+        for pip in ("pip-r1", "pip-r2"):  # the shells of the VNet the test left
+            cgroups.clear(cgroups.service_parent(pip))
         for name in (substrates.a, substrates.b):
             for ns in namespaces(f"vn-{name}-"):
                 subprocess.run(["ip", "netns", "delete", ns], check=False)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from vnetlib import paths
 from vnetlib.lab import manage, processes
+from vnetlib.players import cgroups
 from vnetlib.players import config as player_config
 from vnetlib.players.config import PipSection, PlayerConfig, Upstream, VnoSection, VnpSection
 from vnetlib.players.pki import Credentials, LabCA, Role, identity_of_file
@@ -60,6 +61,9 @@ def stop_players(directory: Path) -> list[str]:
     for player in load_players(directory).values():
         if processes.stop(player.pidfile(directory), Path(player.config)):
             stopped.append(f"process {player.name}")
+        if player.role == Role.PIP.value:
+            stopped += [f"confined tenant {t} of {player.name}"
+                        for t in cgroups.clear(cgroups.service_parent(player.name))]
     return stopped
 
 

@@ -301,6 +301,34 @@ def remove(layout: Layout, tenant: str, leaf: str | None = None) -> None:
                 directory.rmdir()
 
 
+def prune(layout: Layout) -> None:
+    """Remove the layout's parent cgroups where no tenant is left (a stopped
+    service's own parent); parents that still hold tenants stay."""
+    for parent in layout.parents():
+        with contextlib.suppress(FileNotFoundError):
+            if not any(p.is_dir() for p in parent.iterdir()):
+                with contextlib.suppress(FileNotFoundError, OSError):
+                    parent.rmdir()
+
+
+def clear(parent: str) -> list[str]:
+    """End and remove every tenant under `parent` (a stopped PIP's, see
+    `service_parent`) and the parent itself; returns the tenants removed."""
+    layout = detect(parent)
+    gone = tenants(layout)
+    for tenant in gone:
+        kill(layout, tenant)
+        remove(layout, tenant)
+    prune(layout)
+    return gone
+
+
+def service_parent(service: str) -> str:
+    """The cgroup parent of one service's tenants: a PIP that starts forgets
+    the tenants it does not know, which must never be another PIP's."""
+    return f"{PARENT}/{service}"
+
+
 def tenants(layout: Layout) -> list[str]:
     """The tenants that have cgroups on this host."""
     parent = layout.tracker

@@ -392,6 +392,11 @@ class Confinement:
             self._kills[tenant] = self._kills.get(tenant, 0) + 1
         return cgroups.kill(self.layout, tenant)
 
+    def close(self) -> None:
+        """Forget this confinement's own parent cgroups if no tenant is left
+        in them (tenants themselves stay: they outlive a restart)."""
+        cgroups.prune(self.layout)
+
     def remove(self, tenant: str) -> None:
         """Kill the tenant's processes, remove its cgroups and its uid; idempotent.
         Execs of the tenant starting meanwhile are refused or killed."""

@@ -129,9 +129,7 @@ class PipService(Service):
         self.confinement = Confinement(
             paths.vnet_home() / "confine" / config.name,
             Limits(output_bytes=EXEC_OUTPUT_MAX, timeout=timeouts.EXEC_MAX),
-            # a PIP's own parent: a PIP that starts forgets tenants it does not
-            # know, which must never be another PIP's of the same host
-            cgroup_parent=f"{cgroups.PARENT}/{config.name}")
+            cgroup_parent=cgroups.service_parent(config.name))
         self.core.on_removed = lambda s: self.confinement.remove(s.id)
         self.closing = threading.Event()
         if config.faults != Faults():
@@ -156,6 +154,7 @@ class PipService(Service):
         self.closing.set()
         if self._reaper is not None:
             self._reaper.join(timeouts.SLIVER_WAIT)
+        self.confinement.close()
         self.core.ledger.close()
 
     def _forget_tenants(self) -> None:
