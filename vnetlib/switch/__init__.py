@@ -1,0 +1,1 @@
+"""Switch VLANs through a switch daemon (issue #10, item 3) on Open vSwitch."""
