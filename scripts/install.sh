@@ -69,5 +69,6 @@ if [ "$with_tests" = 1 ]; then
     scripts/install-webconsole.sh
     scripts/install-aaa.sh
     scripts/install-click.sh >/dev/null  # Click, built once into /var/cache/vnet/click
+    scripts/install-ovs.sh >/dev/null  # Open vSwitch for switch VLANs (service not started)
 fi
 echo "vnet installed: $(.venv/bin/vnet --version); collection vnet.infra: $where"
