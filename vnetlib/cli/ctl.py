@@ -6,7 +6,8 @@ import argparse
 import time
 
 from vnetlib.cli import target
-from vnetlib.cli.output import Progress, emit_json
+from vnetlib.cli.output import emit_json
+from vnetlib.cli.progress import Live
 from vnetlib.instantiate import control
 
 ACTIONS = {"start": "start", "stop": "stop", "reboot": "restart", "restart": "restart",
@@ -26,11 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     action = ACTIONS[args.action]
     start = time.perf_counter()
-    if target.local(args.vnet) is not None:
-        state = control(args.vnet, args.node, action, progress=Progress(True))
-    else:
-        Progress(True)(f"asking the VNO of lab {args.lab} to {action} {args.node}")
-        state = target.remote(args.vnet, args.lab).control(args.vnet, args.node, action)
+    with Live(args.json) as progress:
+        if target.local(args.vnet) is not None:
+            state = control(args.vnet, args.node, action, progress=progress)
+        else:
+            progress(f"asking the VNO of lab {args.lab} to {action} {args.node}")
+            state = target.remote(args.vnet, args.lab).control(args.vnet, args.node, action)
     took = round(time.perf_counter() - start, 4)
     if args.json:
         run_state = state.partition(": ")[2]

@@ -48,8 +48,7 @@ def node_kind(record: LocalVNet, node: str) -> NodeKind:
 
 def vm_exec(record: LocalVNet, node: str, command: list[str]) -> tuple[int, str]:
     """Run `command` in VM node `node` on its serial console (stderr merged into stdout)."""
-    domain = naming.vnode_netns(record.lab, record.id, node)
-    return serial.run(domain, command, VM_EXEC_TIMEOUT, VM_OUTPUT_MAX)
+    return serial.run(record.domain(node), command, VM_EXEC_TIMEOUT, VM_OUTPUT_MAX)
 
 
 def run(args: argparse.Namespace) -> int:

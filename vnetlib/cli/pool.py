@@ -7,7 +7,8 @@ import argparse
 import time
 from dataclasses import asdict
 
-from vnetlib.cli.output import Progress, emit_json, table
+from vnetlib.cli.output import emit_json, table
+from vnetlib.cli.progress import Live
 from vnetlib.core.pool import PoolSettings
 from vnetlib.instantiate import local_core, manager
 
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"substrate {args.substrate} is managed by {owner}, whose pool "
                          "follows its configuration ($VNET_POOL_SIZE)")
     core = local_core(args.substrate)
-    progress = Progress(not args.json)
+    progress = Live(args.json)
     started = time.perf_counter()
     try:
         pool = core.pool
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         settings = pool.settings()
         vms = pool.vms()
     finally:
+        progress.close()
         core.ledger.close()
     took = round(time.perf_counter() - started, 4)
     if args.json:

@@ -270,10 +270,10 @@ class VmSerial:
         self.substrate = substrate
 
     def busy(self, sliver: Sliver, node: str) -> bool:
-        return serial.busy(naming.vnode_netns(self.substrate, sliver.id, node))
+        return serial.busy(sliver.domain(node))
 
     async def open(self, sliver: Sliver, node: str) -> tuple[ByteReader, ByteWriter]:
-        domain = naming.vnode_netns(self.substrate, sliver.id, node)
+        domain = sliver.domain(node)
         try:
             lock = serial.hold(domain)
         except serial.SerialBusy:
@@ -298,7 +298,7 @@ class VmVnc:
         self.substrate = substrate
 
     async def open(self, sliver: Sliver, node: str) -> tuple[ByteReader, ByteWriter]:
-        domain = naming.vnode_netns(self.substrate, sliver.id, node)
+        domain = sliver.domain(node)
         try:
             port = await asyncio.to_thread(vnc.port_of, domain)
             return await asyncio.open_connection(vnc.HOST, port)

@@ -13,6 +13,9 @@ inventory = "/var/lib/vnet/substrates/labp1/inventory.yml"
 price_per_cpu = 1.0
 price_per_mbps = 0.01
 reservation_seconds = 60
+pool_size = "2"                # optional: booted VMs kept ready per host ("2" or "h1=2,h2=1")
+pool_vcpus = 1                 # ... each of this size (a VM node takes one of its size)
+pool_memory_mb = 128
 [vnp]
 upstreams = [ { name = "pip-a", url = "https://127.0.0.1:40001" } ]
 timeout = 30.0                 # a provider's short calls (timeouts.VNP_SHORT_CALL)
@@ -76,6 +79,10 @@ class PipSection:
     price_per_cpu: float = 1.0
     price_per_mbps: float = 0.0
     reservation_seconds: float = 60.0
+    # The pool of booted VMs (vnetlib/core/pool.py): "" = $VNET_POOL_SIZE or none.
+    pool_size: str = ""
+    pool_vcpus: int = 1
+    pool_memory_mb: int = 128
 
 
 @dataclass(frozen=True, slots=True)

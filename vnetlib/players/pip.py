@@ -35,6 +35,7 @@ from vnetlib.core.pip import (
     Rejected,
     spec_of,
 )
+from vnetlib.core.pool import PoolSettings
 from vnetlib.core.records import Peer, Sliver, State, Stitch
 from vnetlib.deploy.ansible import DeployError, Progress, check_installed
 from vnetlib.geni.am import mount as mount_geni
@@ -95,7 +96,16 @@ def build_core(config: PlayerConfig, deployer: Deployer | None = None) -> PipCor
         substrate, Ledger(config.store, substrate.name),
         deployer or AnsibleDeployer(Path(config.pip.inventory)),
         Pricing(config.pip.price_per_cpu, config.pip.price_per_mbps,
-                config.pip.reservation_seconds))
+                config.pip.reservation_seconds),
+        pool_settings=pool_settings(config))
+
+
+def pool_settings(config: PlayerConfig) -> PoolSettings | None:
+    """The PIP's pool of booted VMs: its [pip] pool_size, else $VNET_POOL_SIZE."""
+    c = config.pip
+    if c.pool_size:
+        return PoolSettings.parse(c.pool_size, c.pool_vcpus, c.pool_memory_mb)
+    return PoolSettings.from_env()
 
 
 @dataclass(slots=True)
@@ -309,7 +319,7 @@ class PipService(Service):
         if next(n for n in spec.nodes if n.id == act.node).kind is not NodeKind.NETNS:
             # The VM is the customer's own machine: nothing to confine it from.
             try:
-                rc, out = serial.run(netns, act.argv, timeout, EXEC_OUTPUT_MAX)
+                rc, out = serial.run(s.domain(act.node), act.argv, timeout, EXEC_OUTPUT_MAX)
             except serial.SerialBusy as exc:
                 raise Conflict(f"console in use: node {act.node}'s serial line is held") from exc
             except serial.SerialError as exc:
