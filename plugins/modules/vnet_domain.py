@@ -158,16 +158,14 @@ options:
     description: Seconds the guest has to print O(ready_marker).
     type: int
     default: 60
+extends_documentation_fragment:
+  - vnet.infra.common
+  - vnet.infra.plan
 attributes:
   check_mode:
-    support: full
     description: Reports the steps it would take and takes none.
   diff_mode:
-    support: full
     description: Returns the domain's definition, state and taps before and after.
-  idempotent:
-    support: full
-    description: A second run with the same parameters changes nothing.
 requirements:
   - libvirt Python bindings (C(libvirt-python)) for the Python that runs the module.
   - iproute2 (C(ip)) and root privileges when O(netns) is given.
