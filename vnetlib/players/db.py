@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ def normalize_url(url: str | URL) -> URL:
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise StoreError(f"unsupported database {parsed.render_as_string(hide_password=True)}: "
                          "use sqlite:///path or postgresql+psycopg://...")
+    if parsed.get_backend_name() == "postgresql" and find_spec("psycopg") is None:
+        raise StoreError("a PostgreSQL store needs psycopg: pip install 'vnetlib[postgresql]'")
     return parsed
 
 
