@@ -123,7 +123,9 @@ class OvsSwitch:
         try:
             idl = _connection.OvsdbIdl.from_server(remote, "Open_vSwitch")
             self._conn = _connection.Connection(idl=idl, timeout=timeout)
-            self.api = _impl_idl.OvsdbIdl(self._conn)
+            # ovsdbapp keeps one connection per API class: a class per switch
+            api_class = type("OvsdbIdl", (_impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
+            self.api = api_class(self._conn)
         except Exception as exc:
             raise OvsError(f"OVSDB at {remote}: {exc}") from exc
         self.remote = remote
