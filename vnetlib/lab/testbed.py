@@ -23,6 +23,7 @@ from vnetlib import paths
 from vnetlib.lab import attach, exchange, kernel, manage, vms
 from vnetlib.lab.layout import LabConfig
 from vnetlib.lab.players import load_players, start_players, stop_players
+from vnetlib.switch import lab as switch_lab
 
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,3}$")
 PIP_LOCATIONS = ("berlin", "london", "paris", "madrid", "rome", "vienna", "oslo", "lisbon")
@@ -41,6 +42,7 @@ class LabSpec:
     mgmt_offset: int = 0
     players: bool = True
     attach: bool = False  # end-user attachment: RADIUS server, proxies, access switches
+    switch_vlan: bool = False  # Open vSwitch per substrate switch (vnetlib.switch.lab)
 
     def __post_init__(self) -> None:
         if not LAB_NAME_RE.match(self.name) or re.search(r"p[0-9]+$", self.name):
@@ -117,6 +119,9 @@ def up(spec: LabSpec, progress: Callable[[str], None] = lambda _: None) -> kerne
         progress(f"substrate {sub.name}: {sub.hosts} hosts")
         done = manage.up(sub)
         changes.created += done.created
+    if spec.switch_vlan:
+        progress("Open vSwitch in each PIP's switch namespace")
+        changes.created += switch_lab.up(directory, substrates)
     progress("the exchange between the PIPs")
     changes.created += exchange.up(spec.name, substrates).created
     progress("libvirtd for VM nodes")
@@ -137,6 +142,7 @@ def down(name: str) -> kernel.Changes:
     directory = lab_dir(name)
     changes.removed += attach.down(directory)
     changes.removed += stop_players(directory)
+    changes.removed += switch_lab.down(directory)
     changes.removed += vms.stop(directory, _substrates_of(name))
     for sub in _substrates_of(name):
         changes.removed += manage.down(sub).removed
