@@ -35,6 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="end-user attachment: the VNO's RADIUS server, each PIP's access switch",
     )
+    up.add_argument(
+        "--switch-vlan",
+        action="store_true",
+        help="Open vSwitch (userspace) in each PIP's switch namespace, for switch VLANs",
+    )
     up.add_argument("--json", action="store_true", help="machine-readable output")
     up.set_defaults(func=run_up)
     add_device_parser(verbs)
@@ -58,6 +63,7 @@ def run_up(args: argparse.Namespace) -> int:
         mgmt_offset=args.mgmt_offset,
         players=not args.no_players,
         attach=args.attach,
+        switch_vlan=args.switch_vlan,
     )
     with Live(args.json) as progress:
         progress(f"bringing up lab {spec.name}: {spec.pips} PIPs of {spec.hosts} hosts"
