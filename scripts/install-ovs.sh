@@ -4,25 +4,31 @@
 # ovs-vswitchd per lab, with private run/db directories
 # (vnetlib/switch/daemons.py), and the bridges use the userspace datapath
 # (datapath_type=netdev), since the kernel module is missing on such machines.
+# Also openssh-server (its service not started either): the remote switch
+# driver's test runs a private sshd in a switch namespace.
 # Safe to run again: installs only what is missing. Prints ovs-vswitchd's path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! dpkg-query -W -f='${Status}' openvswitch-switch 2>/dev/null | grep -q "install ok installed"; then
-    echo "installing Debian package openvswitch-switch" >&2
-    # policy-rc.d exit 101: the package's postinst must not start the service.
+missing=()
+for p in openvswitch-switch openssh-server; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}" >&2
+    # policy-rc.d exit 101: the packages' postinst must not start their services.
     own_policy=0
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
         chmod +x /usr/sbin/policy-rc.d
         own_policy=1
     fi
-    trap '[ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
+    trap 'if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi' EXIT
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        openvswitch-switch >/dev/null
+        "${missing[@]}" >/dev/null
 fi
-for tool in ovsdb-tool ovsdb-server ovs-vswitchd ovs-vsctl; do
+for tool in ovsdb-tool ovsdb-server ovs-vswitchd ovs-vsctl sshd; do
     command -v "$tool" >/dev/null || { echo "$tool missing after install" >&2; exit 1; }
 done
 [ -f /usr/share/openvswitch/vswitch.ovsschema ] || { echo "vswitch.ovsschema missing" >&2; exit 1; }
