@@ -85,11 +85,10 @@ def main() -> None:
         assert isinstance(node.service, PipService)
         node.start()
         url = node.url + am.ROUTE
-        sp = ca.issue("bench-sp", Role.SP)
-        vnp = ca.issue("bench-vnp", Role.VNP)
+        vnp = ca.issue("bench-vnp", Role.VNP)  # the AM API serves VNPs by default
         cred = home / "slice.cred"
         cred.write_text("<signed-credential><credential/></signed-credential>")
-        tls, bundle, creds = (str(sp.cert_path), str(sp.key_path)), str(sp.ca_path), [
+        tls, bundle, creds = (str(vnp.cert_path), str(vnp.key_path)), str(vnp.ca_path), [
             Cred(str(cred))]
         spec = load_vnet(FIGURE6)
         rspec = request_rspec(spec).decode()

@@ -1,6 +1,8 @@
 """The GENI AM API v3 on a PIP over real mutual TLS, driven by geni-lib's client,
 on a real lab substrate: Figure 6 allocated, provisioned, acted on and deleted,
-with its namespaces and links checked on the substrate."""
+with its namespaces and links checked on the substrate. The aggregate serves
+VNP certificates, as the PIP's own API does; an SP's only when the PIP's
+operator sets `geni_sp_access`."""
 
 from __future__ import annotations
 
@@ -13,15 +15,18 @@ import sys
 import xmlrpc.client
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.players_fixtures import Players, Substrates, namespaces
+from vnetlib import paths
 from vnetlib.geni import am, schema, urns
 from vnetlib.geni.rspec import request_rspec, spec_from_root
+from vnetlib.lab import manage
+from vnetlib.players.config import ConfigError, PipSection, from_dict
 from vnetlib.players.pip import PipService
 from vnetlib.players.pki import Credentials, Role
 from vnetlib.spec import load_vnet
@@ -82,7 +87,7 @@ def aggregate(players: Players, substrates: Substrates, tmp_path: Path,
     cred = tmp_path / "slice.cred"
     cred.write_text("<signed-credential><credential id='c1'><type>privilege</type>"
                     "</credential></signed-credential>")
-    client = Client(url, players.creds("researcher", Role.SP), Cred(str(cred)))
+    client = Client(url, players.creds("researcher", Role.VNP), Cred(str(cred)))
     yield service, client, agg
     for s in service.core.ledger.slivers():  # nothing of a failed test stays deployed
         service.core.delete(s.owner, s.name)
@@ -180,14 +185,26 @@ def test_identity_and_credentials(aggregate: tuple[PipService, Client, am.GeniAg
 
     ok(c.call("Allocate", SLICE, c.creds_arg(), request, {}))
     # another identity, with a perfectly good credential, finds nothing of it
-    other = Client(c.url, players.creds("intruder", Role.SP), c.cred)
+    other = Client(c.url, players.creds("intruder", Role.VNP), c.cred)
     assert other.call("Status", [SLICE], c.creds_arg(), {})["code"]["geni_code"] == \
         am.SEARCHFAILED
     assert other.call("Delete", [SLICE], c.creds_arg(), {})["code"]["geni_code"] == \
         am.SEARCHFAILED
-    # a role the aggregate does not serve is refused
+    # roles the aggregate does not serve are refused: a PIP, and by default an
+    # SP (whose requests go through its VNO and a VNP, with their price limits)
     pip = Client(c.url, players.creds("pip-x", Role.PIP), c.cred)
     assert pip.call("ListResources", c.creds_arg(), V3)["code"]["geni_code"] == am.FORBIDDEN
+    sp = Client(c.url, players.creds("sp-x", Role.SP), c.cred)
+    other_slice = urns.slice_urn("bypass")
+    for method, args in (("ListResources", (c.creds_arg(), V3)),
+                         ("Allocate", (other_slice, c.creds_arg(), request, {})),
+                         ("Provision", ([other_slice], c.creds_arg(), {})),
+                         ("Status", ([SLICE], c.creds_arg(), {})),
+                         ("Delete", ([SLICE], c.creds_arg(), {}))):
+        refused = sp.call(method, *args)
+        assert refused["code"]["geni_code"] == am.FORBIDDEN, (method, refused)
+        assert "serves vnp" in refused["output"]
+    assert {s.name for s in service.core.ledger.slivers()} == {"fig6"}
     # the same slice twice
     again = c.call("Allocate", SLICE, c.creds_arg(), request, {})
     assert again["code"]["geni_code"] == am.ALREADYEXISTS
@@ -211,10 +228,37 @@ def test_bad_calls_are_answered_in_geni_terms(
         c.call("CreateSliver", SLICE, c.creds_arg(), "", [])
 
 
+def test_sp_access_only_when_the_pip_allows_it(players: Players, substrates: Substrates,
+                                               tmp_path: Path) -> None:
+    """`geni_sp_access = true` in [pip]: an SP's certificate may allocate and
+    delete directly; the option is a boolean, not a truthy string."""
+    base = PipSection(substrate=str(paths.substrate_dir(substrates.a) / "substrate.xml"),
+                      inventory=str(manage.inventory_path(substrates.a)))
+    node = players.start(players.config("pip-open", Role.PIP,
+                                        pip=replace(base, geni_sp_access=True)))
+    service = node.service
+    assert isinstance(service, PipService)
+    assert service.geni.roles == am.SP_ROLES
+    cred = tmp_path / "slice.cred"
+    cred.write_text("<signed-credential><credential/></signed-credential>")
+    sp = Client(node.url + am.ROUTE, players.creds("sp-direct", Role.SP), Cred(str(cred)))
+    alloc = ok(amapi3.allocate(sp.url, sp.ca, *sp.tls, [sp.cred], SLICE,
+                               request_rspec(load_vnet(FIGURE6)).decode(), {}))
+    assert {s["geni_allocation_status"] for s in alloc["geni_slivers"]} == {"geni_allocated"}
+    (sliver,) = service.core.ledger.slivers()
+    assert sliver.owner == "sp-direct"
+    ok(amapi3.delete(sp.url, sp.ca, *sp.tls, [sp.cred], [SLICE], {}))
+    assert [s.state.value for s in service.core.ledger.slivers()] in ([], ["deleted"])
+    with pytest.raises(ConfigError, match="geni_sp_access"):
+        from_dict({"name": "p", "role": "pip", "store": "sqlite://", "pki": "/x",
+                   "pip": {"substrate": "s.xml", "inventory": "i.yml",
+                           "geni_sp_access": "false"}})
+
+
 def test_geni_lib_without_content_type(players: Players, substrates: Substrates) -> None:
     node = players.pip("pip-h", substrates.a)
     assert isinstance(node.service, PipService)
-    creds = players.creds("researcher", Role.SP)
+    creds = players.creds("sp-version", Role.SP)  # GetVersion: any role
     result = amapi3.getversion(node.url + am.ROUTE, str(creds.ca_path), str(creds.cert_path),
                                str(creds.key_path), ({},))
     assert result["code"]["geni_code"] == 0

@@ -16,8 +16,12 @@ methods run on the same PIP core as our own API (`vnetlib.core.pip`):
 | Shutdown(slice) | stop every node of a provisioned sliver, delete a reservation |
 
 Identity and authorization are the TLS connection's: the caller's certificate
-names the owner of the slivers it makes, exactly as on `/v1/slivers`, so a
-slice URN of another caller is simply not found. The `credentials` argument
+names the owner of the slivers it makes, so a slice URN of another caller is
+simply not found. Who may call it is, by default, who may call `/v1/slivers`:
+a VNP (`DEFAULT_ROLES`), so an SP's requests go through its VNO and a VNP with
+their price limits. A PIP's operator may open it to SP certificates too
+(`geni_sp_access = true` in the `[pip]` section: `SP_ROLES`), for GENI tools
+that talk to an aggregate directly. The `credentials` argument
 GENI requires must be present and well formed (a list of structs with
 `geni_type`, `geni_version` and a `geni_value` that, for `geni_sfa`, is a
 `signed-credential` XML document); it grants nothing beyond the certificate.
@@ -59,7 +63,8 @@ log = logging.getLogger(__name__)
 
 ROUTE = "/v1/geni/am/3"
 AM_TYPE = "vnet"
-DEFAULT_ROLES = frozenset({Role.SP, Role.VNP})
+DEFAULT_ROLES = frozenset({Role.VNP})  # as the PIP's own API (players/aggregate.py)
+SP_ROLES = frozenset({Role.SP, Role.VNP})  # [pip] geni_sp_access = true
 CREDENTIAL_TYPES = frozenset({"geni_sfa", "geni_abac"})
 ACTIONS = {"geni_start": "start", "geni_stop": "stop", "geni_restart": "restart",
            "vnet_suspend": "suspend", "vnet_resume": "resume"}
@@ -172,7 +177,8 @@ class GeniAggregate:
                                        f"{', '.join(sorted(self.methods))}")
         try:
             if caller.role not in self.roles and method != "GetVersion":
-                raise AmError(FORBIDDEN, f"{caller} may not use this aggregate")
+                raise AmError(FORBIDDEN, f"{caller} may not use this aggregate: it serves "
+                                         f"{', '.join(sorted(r.value for r in self.roles))}")
             try:
                 bound = inspect.signature(fn).bind(caller, *args)
             except TypeError as exc:
@@ -426,9 +432,12 @@ def _fault(code: int, message: str) -> bytes:
     return xmlrpc.client.dumps(xmlrpc.client.Fault(code, message), methodresponse=True).encode()
 
 
-def mount(service: PipService, *, roles: frozenset[Role] = DEFAULT_ROLES,
-          url: str = "") -> GeniAggregate:
-    """Serve the AM API v3 of `service` at `POST /v1/geni/am/3`."""
+def mount(service: PipService, *, sp_access: bool = False,
+          roles: frozenset[Role] | None = None, url: str = "") -> GeniAggregate:
+    """Serve the AM API v3 of `service` at `POST /v1/geni/am/3` to `roles`: by
+    default a VNP's, and an SP's too with `sp_access` (the PIP's `geni_sp_access`)."""
+    if roles is None:
+        roles = SP_ROLES if sp_access else DEFAULT_ROLES
     am = GeniAggregate(service, roles, url)
     service.add_route("POST", ROUTE, am.handle)
     return am

@@ -16,6 +16,7 @@ reservation_seconds = 60
 pool_size = "2"                # optional: booted VMs kept ready per host ("2" or "h1=2,h2=1")
 pool_vcpus = 1                 # ... each of this size (a VM node takes one of its size)
 pool_memory_mb = 128
+geni_sp_access = false         # true: SPs may use the GENI AM API here directly (VNPs always)
 [vnp]
 upstreams = [ { name = "pip-a", url = "https://127.0.0.1:40001" } ]
 timeout = 30.0                 # a provider's short calls (timeouts.VNP_SHORT_CALL)
@@ -83,6 +84,14 @@ class PipSection:
     pool_size: str = ""
     pool_vcpus: int = 1
     pool_memory_mb: int = 128
+    # The GENI AM API (vnetlib/geni/am.py) serves VNPs only, like the PIP's own
+    # API; true lets SP certificates allocate on this PIP directly too.
+    geni_sp_access: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.geni_sp_access, bool):  # "false" would open it
+            raise ConfigError(f"[pip] geni_sp_access: true or false, not "
+                              f"{self.geni_sp_access!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,7 +152,7 @@ class PipService(Service):
             list_slivers=self.list_slivers, allocate=self.allocate, describe=self.describe,
             provision=self.provision, renew=self.renew, action=self.action,
             delete=self.delete, stitch=self.stitch)
-        self.geni = mount_geni(self)
+        self.geni = mount_geni(self, sp_access=config.pip.geni_sp_access)
         if reaper:
             self.reap()  # a restart first finishes what a crash left
             self._forget_tenants()
