@@ -38,6 +38,17 @@ def host_netns(lab: str, host: str) -> str:
     return f"{lab_netns_prefix(lab)}{host}"
 
 
+def access_netns(lab: str) -> str:
+    """The PIP's access switch (end-user attachment). `+` is in no host name,
+    so a host called `access` keeps its own namespace."""
+    return f"{lab_netns_prefix(lab)}+access"
+
+
+def device_netns(lab: str, device: str) -> str:
+    """A lab end-user device plugged into the access switch of `lab`."""
+    return f"{lab_netns_prefix(lab)}+dev-{device}"
+
+
 def switch_netns(lab: str) -> str:
     return f"{lab_netns_prefix(lab)}switch"
 

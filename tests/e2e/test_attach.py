@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Lab, Vnet, links_in, netns_list, new_lab, ping
+from vnetlib import naming
 from vnetlib.cli.users import attached as attached_users
 from vnetlib.lab import attach as lab_attach
 from vnetlib.lab import testbed
@@ -56,27 +57,46 @@ class World:
 
     @property
     def access_ns(self) -> str:
-        return f"vl-{self.lab.substrate}-access"
+        return naming.access_netns(self.lab.substrate)
 
     def device_ns(self, name: str) -> str:
-        return f"vl-{self.lab.substrate}-dev-{name}"
+        return naming.device_netns(self.lab.substrate, name)
 
 
 @pytest.fixture(scope="module")
-def world(vnet: Vnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def lab_world(vnet: Vnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     made = new_lab(vnet, "--pips", "1", "--hosts", "2", "--attach")
     try:
         spec = tmp_path_factory.mktemp("attach") / "users.xml"
         spec.write_text(SPEC)
         vnet_id = vnet.json("up", str(spec), "--lab", made.name)["vnet"]
         for user, password in (("alice", "wonder1and"), ("carol", "s3cret")):
-            vnet.run("users", "add", f"{user}@vno", "--password", password, "--vnet", vnet_id,
+            vnet.run("users", "add", f"{user}@vno", "--password-file",
+                     str(secret_file(spec.parent, password)), "--vnet", vnet_id,
                      "--node", "e1", "--lab", made.name)
         vnet.run("lab", "device", "add", "d1", "--lab", made.name)
         yield World(made, vnet_id, Path(vnet.env["VNET_HOME"]))
     finally:
         vnet.run("lab", "down", "--name", made.name, check=False)
     assert not [n for n in netns_list() if n.startswith(f"vl-{made.name}p1-")]
+
+
+def secret_file(directory: Path, password: str) -> Path:
+    """A password for the command line, in a file only its owner reads."""
+    path = directory / f"pw-{time.monotonic_ns()}"
+    path.touch(mode=0o600)
+    path.write_text(password + "\n")
+    return path
+
+
+@pytest.fixture
+def world(lab_world: World) -> Iterator[World]:
+    """The lab, device d1 logged off after each test whatever happened (one
+    failure does not leave the next test an attached port)."""
+    try:
+        yield lab_world
+    finally:
+        detach(lab_world)
 
 
 def attach(vnet: Vnet, w: World, identity: str, password: str,
@@ -92,8 +112,9 @@ def detach(w: World, device: str = "d1") -> None:
 
 def attach_cli(vnet: Vnet, w: World, identity: str, password: str,
                device: str = "d1") -> dict[str, Any]:
-    done = vnet.run("lab", "device", "attach", device, "--identity", identity, "--password",
-                    password, "--lab", w.lab.name, "--json", check=False)
+    done = vnet.run("lab", "device", "attach", device, "--identity", identity,
+                    "--password-file", str(secret_file(w.aaa.parent, password)),
+                    "--lab", w.lab.name, "--json", check=False)
     result: dict[str, Any] = json.loads(done.stdout)
     assert done.returncode == (0 if result["outcome"] == "connected" else 1)
     return result
@@ -169,7 +190,8 @@ def test_rejected_devices_get_no_connectivity(vnet: Vnet, world: World, identity
 
 
 def test_session_end_after_the_user_is_removed_disconnects(vnet: Vnet, world: World) -> None:
-    vnet.run("users", "add", "dave@vno", "--password", "pw-of-dave", "--vnet", world.vnet_id,
+    vnet.run("users", "add", "dave@vno", "--password-file",
+             str(secret_file(world.aaa.parent, "pw-of-dave")), "--vnet", world.vnet_id,
              "--node", "e1", "--session-timeout", "3", "--lab", world.lab.name)
     got = attach(vnet, world, "dave@vno", "pw-of-dave")
     assert got["outcome"] == "connected", got
@@ -180,7 +202,6 @@ def test_session_end_after_the_user_is_removed_disconnects(vnet: Vnet, world: Wo
     assert wait_for(lambda: sessions(world) == {}, 12)
     assert not ping(world.device_ns("d1"), NODE_ADDRESS, wait=1)
     assert segment_left(world) == []
-    detach(world)
 
 
 def test_port_down_disconnects(vnet: Vnet, world: World) -> None:
@@ -193,7 +214,6 @@ def test_port_down_disconnects(vnet: Vnet, world: World) -> None:
     finally:
         subprocess.run(["ip", "-n", world.device_ns("d1"), "link", "set", "eth0", "up"],
                        check=True)
-    detach(world)
 
 
 FLOOD = """
@@ -222,20 +242,22 @@ def test_eapol_start_flood_opens_nothing(vnet: Vnet, world: World) -> None:
     assert str(conf).encode() in Path(f"/proc/{hostapd}/cmdline").read_bytes()
     # the port still serves a well-behaved device afterwards
     assert attach(vnet, world, "carol@vno", "s3cret")["outcome"] == "connected"
-    detach(world)
 
 
 def test_vno_radius_down_rejects(vnet: Vnet, world: World) -> None:
     pidfile = world.aaa / "vno" / "run" / "server.pid"
     pid = int(pidfile.read_text())
     subprocess.run(["kill", str(pid)], check=True)
-    assert wait_for(lambda: not Path(f"/proc/{pid}").exists(), 5)
-    got = attach(vnet, world, "carol@vno", "s3cret")
-    assert got["outcome"] == "rejected", got
-    assert got["seconds"] < 15
-    assert sessions(world) == {} and segment_left(world) == []
-    # the lab brings the server back on its port (the proxy retries it after
-    # 10 s, so later tests of this module would wait; this one is the last)
-    lab_attach.up(world.home / "labs" / world.lab.name,
-                  testbed.load_spec(world.lab.name).substrates())
+    try:
+        assert wait_for(lambda: not Path(f"/proc/{pid}").exists(), 5)
+        got = attach(vnet, world, "carol@vno", "s3cret")
+        assert got["outcome"] == "rejected", got
+        assert got["seconds"] < 15
+        assert sessions(world) == {} and segment_left(world) == []
+    finally:
+        # the lab brings the server back on its port (the proxy retries it
+        # after 10 s, so later tests of this module would wait; this one is
+        # the last)
+        lab_attach.up(world.home / "labs" / world.lab.name,
+                      testbed.load_spec(world.lab.name).substrates())
     assert Path(f"/proc/{int(pidfile.read_text())}").exists()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Vnet, links_in, netns_list, new_lab, ping
+from vnetlib import naming
 from vnetlib.cli.users import attached as attached_users
 from vnetlib.lab import attach as lab_attach
 from vnetlib.lab.players import service_provider
@@ -45,7 +46,10 @@ def roaming(vnet: Vnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
         spec = tmp_path_factory.mktemp("roam") / "berlin.xml"
         spec.write_text(SPEC)
         vnet_id = vnet.json("up", str(spec), "--lab", made.name)["vnet"]
-        vnet.run("users", "add", "alice@vno", "--password", "wonder1and", "--vnet", vnet_id,
+        secret = spec.parent / "alice.pw"
+        secret.touch(mode=0o600)
+        secret.write_text("wonder1and\n")
+        vnet.run("users", "add", "alice@vno", "--password-file", str(secret), "--vnet", vnet_id,
                  "--node", "e1", "--lab", made.name)
         vnet.run("lab", "device", "add", "d2", "--pip", "2", "--lab", made.name)
         yield made.name, vnet_id
@@ -55,7 +59,7 @@ def roaming(vnet: Vnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
 
 
 def tunnels(lab: str) -> list[str]:
-    found = [n for n in links_in(f"vl-{lab}p2-access") if n.startswith(("vc", "vt"))]
+    found = [n for n in links_in(naming.access_netns(f"{lab}p2")) if n.startswith(("vc", "vt"))]
     for host in ("h1", "h2"):
         found += [n for n in links_in(f"vl-{lab}p1-{host}") if n.startswith(("va", "vr"))]
     return found

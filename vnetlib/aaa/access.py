@@ -29,8 +29,9 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from pyroute2 import IPRoute, NetlinkError, NetNS
 from vnetlib import naming
 from vnetlib.aaa import daemons, radius
 from vnetlib.core.ledger import Ledger
+from vnetlib.core.records import Sliver
 from vnetlib.spec import SpecErrors, parse_vnet
 
 log = logging.getLogger("vnetlib.aaa.access")
@@ -82,7 +84,7 @@ class Access:
 def start_proxy(acc: Access, homes: tuple[radius.HomeServer, ...], tls: radius.Tls,
                 response_window: int = 3) -> None:
     cfg = radius.ProxyConfig(acc.directory, PROXY_PORT, acc.secret, homes, tls, response_window)
-    radius.write(acc.directory, radius.proxy_conf(cfg), PROXY_CONF)
+    radius.write(acc.directory, radius.proxy_conf(cfg), PROXY_CONF, tls)
     d = acc.directory
     daemons.start(["freeradius", "-f", "-d", str(d), "-n", PROXY_CONF,
                    "-l", str(d / "log" / "radius.log")],
@@ -122,8 +124,8 @@ def start_port(acc: Access, port: str) -> None:
     """The 802.1X authenticator of access port `port` (an interface of the
     access namespace)."""
     conf = acc.directory / "ports" / f"{port}.conf"
-    conf.parent.mkdir(parents=True, exist_ok=True)
-    conf.write_text(hostapd_conf(acc, port))
+    daemons.private_dir(conf.parent)
+    daemons.write_private(conf, hostapd_conf(acc, port))
     daemons.start(["hostapd", str(conf)], pidfile=acc.pidfile(f"hostapd-{port}"),
                   log=acc.directory / "log" / f"hostapd-{port}.log", marker=str(conf),
                   netns=acc.netns, settle=0.2)
@@ -178,11 +180,9 @@ def mac_of(text: str) -> str:
 
 
 def last_decision(directory: Path, port: str, device: str) -> Decision | None:
-    try:
-        lines = (directory / radius.DECISIONS_LOG).read_text().splitlines()
-    except FileNotFoundError:
-        return None
-    for line in reversed(lines):
+    """The proxy's latest decision for the device on the port, from the log's
+    tail (the decision an AP-STA-CONNECTED follows was written just before)."""
+    for line in reversed(daemons.tail_lines(directory / radius.DECISIONS_LOG)):
         fields = line.split()
         if len(fields) != 7 or fields[1] != port or mac_of(fields[2]) != mac_of(device):
             continue
@@ -250,28 +250,43 @@ class UnknownHandle(LookupError):
     pass
 
 
-def resolve(substrate: str, store: str, handle: str, realm: str) -> Segment:
-    """The segment an accept's handle names: `<sliver name or its VNP order>/<node>`.
-    When the sliver's description carries its attachment points (`<attach>`),
-    the node must be one, of the realm that accepted: another VNO's server
-    cannot send its users into this VNet."""
+def _names(sliver_name: str, order: str) -> bool:
+    """A sliver is `<VNP order>.<index>` (or the order itself, in a lab of one PIP)."""
+    if sliver_name == order:
+        return True
+    head, dot, index = sliver_name.rpartition(".")
+    return bool(dot) and head == order and index.isdigit()
+
+
+def find_segment(slivers: Iterable[Sliver], substrate: str, handle: str,
+                 realm: str) -> Segment:
+    """The segment an accept's handle names: `<VNP order>/<node>`. The node
+    must be a declared attachment point (`<attach>`) of the realm that accepted:
+    another VNO's server cannot send its users into this VNet, and a VNet
+    without attachment points takes no end users."""
     name, _, node = handle.partition("/")
     if not name or not node:
         raise UnknownHandle(f"handle {handle!r} is not <vnet>/<node>")
+    for s in slivers:
+        if not _names(s.name, name) or node not in s.embedding.node_map:
+            continue
+        points = {a.node: a.realm for a in parse_vnet(s.spec_xml.encode()).attachments}
+        if points.get(node) != realm:
+            raise UnknownHandle(f"node {node} of {name} is no attachment point of "
+                                f"realm {realm!r}")
+        host = s.embedding.node_map[node]
+        return Segment(s.id, node, naming.host_netns(substrate, host),
+                       naming.vnode_netns(substrate, s.id, node))
+    raise UnknownHandle(f"no VNet at this PIP has a node for handle {handle!r}")
+
+
+def resolve(substrate: str, store: str, handle: str, realm: str) -> Segment:
+    """`find_segment` among the slivers of this PIP's ledger."""
     ledger = Ledger(store, substrate)
     try:
-        for s in ledger.slivers():
-            if (s.name == name or s.name.startswith(f"{name}.")) and node in s.embedding.node_map:
-                points = {a.node: a.realm for a in parse_vnet(s.spec_xml.encode()).attachments}
-                if points and points.get(node) != realm:
-                    raise UnknownHandle(f"node {node} of {name} is no attachment point of "
-                                        f"realm {realm!r}")
-                host = s.embedding.node_map[node]
-                return Segment(s.id, node, naming.host_netns(substrate, host),
-                               naming.vnode_netns(substrate, s.id, node))
+        return find_segment(ledger.slivers(), substrate, handle, realm)
     finally:
         ledger.close()
-    raise UnknownHandle(f"no VNet at this PIP has a node for handle {handle!r}")
 
 
 def ensure_segment(directory: Path, seg: Segment, pool: str) -> None:
@@ -400,7 +415,7 @@ def serve_roaming(acc: Access) -> None:
             except (UnknownHandle, OSError, NetlinkError, RuntimeError, ValueError,
                     SpecErrors) as exc:
                 answer = {"ok": False, "error": str(exc)}
-            done.write_text(json.dumps(answer))
+            daemons.write_private(done, json.dumps(answer))
         elif want.get("state") == "down":
             answer = json.loads(done.read_text()) if done.exists() else {}
             seg_data = answer.get("segment")
@@ -427,9 +442,9 @@ def roam(acc: Access, port: str, decision: Decision, timeout: float = 5.0) -> Pa
     errors = []
     for peer in acc.peers:
         req = peer / "remote" / f"{key}.json"
-        req.parent.mkdir(parents=True, exist_ok=True)
+        daemons.private_dir(req.parent)
         req.with_suffix(".done").unlink(missing_ok=True)
-        req.write_text(json.dumps({"state": "up", "handle": decision.handle,
+        daemons.write_private(req, json.dumps({"state": "up", "handle": decision.handle,
                                    "realm": decision.realm, "pool": decision.pool,
                                    "remote": local, "vni": int(key[:6], 16)}))
         deadline = time.monotonic() + timeout
@@ -448,7 +463,7 @@ def roam(acc: Access, port: str, decision: Decision, timeout: float = 5.0) -> Pa
                    f"vc{key}")
             return peer
         errors.append(f"{peer.name}: {answer.get('error')}")
-        req.write_text(json.dumps({"state": "down"}))
+        daemons.write_private(req, json.dumps({"state": "down"}))
     raise UnknownHandle("; ".join(errors) or "no other PIP to ask")
 
 
@@ -459,7 +474,7 @@ def unroam(acc: Access, port: str, peer: Path) -> None:
         _delete(sw, f"vc{key}")
     req = peer / "remote" / f"{key}.json"
     if req.exists():
-        req.write_text(json.dumps({"state": "down"}))
+        daemons.write_private(req, json.dumps({"state": "down"}))
 
 
 def disconnect_port(acc: Access, port: str, seg: Segment | None) -> None:
@@ -506,12 +521,16 @@ class Controller:
         self.socks: dict[str, socket.socket] = {}
         self.sessions: dict[str, dict[str, object]] = sessions(acc.directory)
         self.stopping = False
+        # roaming waits for another PIP's controller: in threads, so this one
+        # keeps serving events and the other PIPs' requests meanwhile
+        self._lock = threading.RLock()
+        self._roaming: set[str] = set()
+        self._cancelled: set[str] = set()
 
     def _save(self) -> None:
-        path = self.acc.directory / SESSIONS
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.sessions, indent=1, sort_keys=True))
-        tmp.replace(path)
+        with self._lock:
+            text = json.dumps(self.sessions, indent=1, sort_keys=True)
+            daemons.write_private(self.acc.directory / SESSIONS, text)
 
     def _attach(self) -> None:
         present = {p.name for p in self.ctrl.iterdir()} if self.ctrl.is_dir() else set()
@@ -570,13 +589,11 @@ class Controller:
             except UnknownHandle:
                 if not self.acc.peers:
                     raise
-                peer = roam(self.acc, port, decision)
-                self.sessions[port] = {"device": mac_of(mac), "realm": decision.realm,
-                                       "handle": decision.handle, "since": time.time(),
-                                       "peer": str(peer), "pool": decision.pool}
-                self._save()
-                log.info("port %s: %s of realm %s connected to %s at %s", port, mac,
-                         decision.realm, decision.handle, peer.name)
+                with self._lock:
+                    self._roaming.add(port)
+                    self._cancelled.discard(port)
+                threading.Thread(target=self._roam, args=(port, mac, decision),
+                                 name=f"roam-{port}", daemon=True).start()
                 return
             connect_port(self.acc, port, seg, decision.pool)
         except (UnknownHandle, OSError, NetlinkError, RuntimeError, ValueError,
@@ -586,15 +603,48 @@ class Controller:
             with contextlib.suppress(OSError, NetlinkError):
                 disconnect_port(self.acc, port, None)
             return
-        self.sessions[port] = {"device": mac_of(mac), "realm": decision.realm,
-                               "handle": decision.handle, "since": time.time(),
-                               "segment": asdict(seg), "pool": decision.pool}
-        self._save()
+        with self._lock:
+            self.sessions[port] = {"device": mac_of(mac), "realm": decision.realm,
+                                   "handle": decision.handle, "since": time.time(),
+                                   "segment": asdict(seg), "pool": decision.pool}
+            self._save()
         log.info("port %s: %s of realm %s connected to %s", port, mac, decision.realm,
                  decision.handle)
 
+    def _roam(self, port: str, mac: str, decision: Decision) -> None:
+        """A thread: the tunnel to the PIP that hosts the accept's segment."""
+        try:
+            peer = roam(self.acc, port, decision)
+        except (UnknownHandle, OSError, NetlinkError, RuntimeError, ValueError) as exc:
+            log.warning("port %s: %s accepted by %s but not connected: %s", port, mac,
+                        decision.realm, exc)
+            with contextlib.suppress(OSError, NetlinkError):
+                disconnect_port(self.acc, port, None)
+            with self._lock:
+                self._roaming.discard(port)
+            return
+        with self._lock:
+            self._roaming.discard(port)
+            cancelled = port in self._cancelled
+            self._cancelled.discard(port)
+            if not cancelled:
+                self.sessions[port] = {"device": mac_of(mac), "realm": decision.realm,
+                                       "handle": decision.handle, "since": time.time(),
+                                       "peer": str(peer), "pool": decision.pool}
+                self._save()
+        if cancelled:
+            with contextlib.suppress(OSError, NetlinkError):
+                unroam(self.acc, port, peer)
+            log.info("port %s: disconnected while its tunnel was built: removed", port)
+            return
+        log.info("port %s: %s of realm %s connected to %s at %s", port, mac,
+                 decision.realm, decision.handle, peer.name)
+
     def disconnected(self, port: str, why: str) -> None:
-        session = self.sessions.pop(port, None)
+        with self._lock:
+            if port in self._roaming:
+                self._cancelled.add(port)
+            session = self.sessions.pop(port, None)
         seg_data = session.get("segment") if session else None
         seg = Segment(**seg_data) if isinstance(seg_data, dict) else None
         with contextlib.suppress(OSError, NetlinkError):
@@ -606,12 +656,17 @@ class Controller:
             self._save()
             log.info("port %s: disconnected (%s)", port, why)
 
+    def _sessions_now(self) -> list[str]:
+        with self._lock:
+            return list(self.sessions)
+
     def _check_ports(self) -> None:
         """A port whose link went down (device unplugged) leaves its VNet."""
-        if not self.sessions:
+        ports = self._sessions_now()
+        if not ports:
             return
         with netns(self.acc.netns) as sw:
-            for port in list(self.sessions):
+            for port in ports:
                 idx = _index(sw, port)
                 state = None
                 if idx is not None:

@@ -21,6 +21,43 @@ class DaemonError(RuntimeError):
     pass
 
 
+def private_dir(path: Path) -> Path:
+    """A directory (and its missing parents) only root can enter: AAA
+    directories hold shared secrets, passwords and RADIUS logs."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Write `text` to `path` atomically (a temporary file in the same
+    directory, renamed), readable by its owner only from the first byte."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def tail_lines(path: Path, limit: int = 1 << 18) -> list[str]:
+    """The complete lines among the last `limit` bytes of a log that only
+    grows (a missing file has none)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - limit))
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    lines = data.decode(errors="replace").splitlines()
+    return lines[1:] if size > limit and lines else lines
+
+
 def in_netns(netns: str | None, argv: Sequence[str]) -> list[str]:
     return list(argv) if netns is None else ["ip", "netns", "exec", netns, *argv]
 

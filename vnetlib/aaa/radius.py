@@ -10,8 +10,11 @@ the PIP's access controller acts on).
 
 Between the proxy and the server the channel is RADIUS over TLS (RadSec,
 RFC 6614) with the lab's PKI: each side presents its player certificate and
-checks the other's against the lab CA. The PIP never sees the user's password:
-the EAP method runs end to end between the device and the VNO's server. A
+checks the other's against the lab CA and its CRL; the server answers only
+PIP certificates (OU `pip`), the proxy only the VNO's (its CN). The PIP never
+sees the user's password, but the EAP method, EAP-MD5, runs through it: the
+PIP sees the challenge and the MD5 response, enough for an offline dictionary
+attack on weak passwords (a tunnelled method, PEAP or TTLS, would hide it). A
 reject the proxy makes itself (unknown realm, the VNO's server silent for
 `response_window` seconds) carries an EAP-Failure from the proxy's own eap
 module, so the device learns at once instead of waiting for a reply forever.
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from vnetlib.aaa.daemons import private_dir, write_private
 
 DICTDIR = "/usr/share/freeradius"
 LIBDIR = "/usr/lib/freeradius"
@@ -36,6 +41,7 @@ class Tls:
     key: str
     cert: str
     ca: str
+    crl: str = ""  # the CA's CRL: with it, revoked peer certificates are refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +49,7 @@ class ServerConfig:
     """The VNO's RADIUS server: listens for RadSec from PIP proxies."""
 
     directory: Path
-    address: str
+    addresses: tuple[str, ...]  # the management addresses the PIPs reach it on
     port: int
     tls: Tls
     session_timeout: int = 3600
@@ -54,6 +60,11 @@ class HomeServer:
     realm: str
     address: str
     port: int
+    name: str = ""  # the CN its certificate must carry (the VNO's name); "" = the realm
+
+    @property
+    def cn(self) -> str:
+        return self.name or self.realm
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +95,14 @@ DECISION_FORMAT = (
     "%{%{reply:Session-Timeout}:-0}"
 )
 RADSEC_SECRET = "radsec"  # RFC 6614: the secret is fixed, TLS protects the channel
+TRUST_FILE = "trust.pem"  # the CA certificate followed by its CRL (check_crl)
+CLIENT_ROLE = "pip"  # the role (certificate OU, vnetlib.players.pki) of RadSec clients
+# Only a PIP's certificate may send requests to a VNO's server: the lab CA
+# also signs SPs, VNPs and VNOs, which must not brute-force passwords or
+# inject accounting records.
+PIP_ONLY = (
+    'if ("%{listen:TLS-Client-Cert-Subject}" !~ /\\/OU=' + CLIENT_ROLE + '(\\/|$)/) {'
+)
 
 
 ALWAYS = """    always ok {
@@ -94,7 +113,7 @@ ALWAYS = """    always ok {
     }"""
 
 
-def _main(d: Path, name: str) -> str:
+def _main(d: Path, name: str, reject_delay: int = 0) -> str:
     return f"""prefix = /usr
 exec_prefix = /usr
 sysconfdir = /etc
@@ -128,7 +147,7 @@ log {{
 security {{
     allow_core_dumps = no
     max_attributes = 200
-    reject_delay = 0
+    reject_delay = {reject_delay}
     status_server = yes
 }}
 thread pool {{
@@ -141,12 +160,16 @@ thread pool {{
 """
 
 
-def _tls_block(tls: Tls, indent: str) -> str:
+def _tls_block(tls: Tls, indent: str, d: Path, cn: str = "", server: bool = False) -> str:
     lines = [
         "tls {",
         f"    private_key_file = {tls.key}",
         f"    certificate_file = {tls.cert}",
-        f"    ca_file = {tls.ca}",
+        f"    ca_file = {d / TRUST_FILE if tls.crl else tls.ca}",
+        *(["    check_crl = yes"] if tls.crl else []),
+        *([f"    check_cert_cn = \"{_quote(cn)}\""] if cn else []),
+        # without it a RadSec listener asks for no client certificate at all
+        *(["    require_client_cert = yes"] if server else []),
         "    tls_min_version = \"1.2\"",
         "    tls_max_version = \"1.2\"",
         "    fragment_size = 8192",
@@ -157,7 +180,20 @@ def _tls_block(tls: Tls, indent: str) -> str:
 
 def server_conf(cfg: ServerConfig) -> str:
     d = cfg.directory
-    return _main(d, "vno-radius") + f"""
+    listens = "\n".join(f"""    listen {{
+        type = auth+acct
+        ipaddr = {address}
+        port = {cfg.port}
+        proto = tcp
+        clients = radsec
+{_tls_block(cfg.tls, "        ", d, server=True)}
+        limit {{
+            max_connections = 64
+            lifetime = 0
+            idle_timeout = 600
+        }}
+    }}""" for address in cfg.addresses)
+    return _main(d, "vno-radius", reject_delay=1) + f"""
 clients radsec {{
     client pips {{
         ipaddr = 0.0.0.0/0
@@ -188,20 +224,11 @@ modules {{
     }}
 }}
 server vno {{
-    listen {{
-        type = auth+acct
-        ipaddr = {cfg.address}
-        port = {cfg.port}
-        proto = tcp
-        clients = radsec
-{_tls_block(cfg.tls, "        ")}
-        limit {{
-            max_connections = 64
-            lifetime = 0
-            idle_timeout = 600
-        }}
-    }}
+{listens}
     authorize {{
+        {PIP_ONLY}
+            reject
+        }}
         users
         eap
     }}
@@ -221,6 +248,11 @@ server vno {{
                 Framed-Pool !* ANY
             }}
             auth_log
+        }}
+    }}
+    preacct {{
+        {PIP_ONLY}
+            reject
         }}
     }}
     accounting {{
@@ -259,7 +291,10 @@ sub authorize {
 
 
 def users_pl(users_json: Path) -> str:
-    return USERS_PL.replace("@USERS@", _quote(str(users_json)).replace("'", ""))
+    path = _quote(str(users_json))
+    if "'" in path:
+        raise ValueError(f"{path!r}: a user store's path cannot hold a single quote")
+    return USERS_PL.replace("@USERS@", path)
 
 
 def proxy_conf(cfg: ProxyConfig) -> str:
@@ -276,7 +311,7 @@ def proxy_conf(cfg: ProxyConfig) -> str:
     zombie_period = {cfg.response_window + 1}
     revive_interval = 10
     status_check = none
-{_tls_block(cfg.tls, "    ")}
+{_tls_block(cfg.tls, "    ", d, h.cn)}
 }}
 home_server_pool {h.realm}_pool {{
     type = fail-over
@@ -362,9 +397,13 @@ def _quote(text: str) -> str:
     return text
 
 
-def write(directory: Path, conf: str, name: str) -> Path:
+def write(directory: Path, conf: str, name: str, tls: Tls | None = None) -> Path:
+    """The configuration `name` in `directory` (0700; the file 0600: it holds
+    the authenticators' secret), with the trust file `tls` needs."""
+    private_dir(directory)
     for sub in ("log", "run"):
-        (directory / sub).mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.conf"
-    path.write_text(conf)
-    return path
+        private_dir(directory / sub)
+    if tls is not None and tls.crl:
+        write_private(directory / TRUST_FILE,
+                      Path(tls.ca).read_text() + Path(tls.crl).read_text())
+    return write_private(directory / f"{name}.conf", conf)

@@ -18,7 +18,7 @@ import re
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vnetlib.aaa import daemons, radius
@@ -70,7 +70,7 @@ class UserStore:
         self.directory = directory
         self.realm = realm
         self._lock = threading.Lock()
-        directory.mkdir(parents=True, exist_ok=True)
+        daemons.private_dir(directory)
 
     @property
     def path(self) -> Path:
@@ -84,11 +84,7 @@ class UserStore:
         return data
 
     def _save(self, data: dict[str, dict[str, object]]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=1, sort_keys=True)
-        tmp.replace(self.path)
+        daemons.write_private(self.path, json.dumps(data, indent=1, sort_keys=True))
 
     def all(self) -> list[EndUser]:
         with self._lock:
@@ -105,7 +101,7 @@ class UserStore:
         return user
 
     def add_many(self, users: list[tuple[EndUser, str]]) -> None:
-        """Add users at once (one reload of the server); none if one is invalid."""
+        """Add users at once (one write of the store); none if one is invalid."""
         for user, password in users:
             check_identity(user.identity, self.realm)
             check_password(password)
@@ -178,16 +174,19 @@ def server_port(directory: Path) -> int | None:
         return None
 
 
-def start_server(directory: Path, tls: radius.Tls, *, address: str = "0.0.0.0",
+def start_server(directory: Path, tls: radius.Tls, addresses: tuple[str, ...], *,
                  session_timeout: int = 3600) -> int:
     """Start the VNO's RADIUS server (RadSec on a free TCP port, kept across
-    restarts) unless it runs; returns its port."""
-    directory.mkdir(parents=True, exist_ok=True)
-    port = server_port(directory) or free_port(address)
+    restarts, on the management `addresses` only) unless it runs; returns its
+    port."""
+    if not addresses:
+        raise ValueError("the RADIUS server needs an address to listen on")
+    daemons.private_dir(directory)
+    port = server_port(directory) or free_port(addresses[0])
     (directory / "port").write_text(f"{port}\n")
-    cfg = radius.ServerConfig(directory, address, port, tls, session_timeout)
-    radius.write(directory, radius.server_conf(cfg), SERVER_CONF)
-    (directory / "users.pl").write_text(radius.users_pl(directory / USERS_JSON))
+    cfg = radius.ServerConfig(directory, addresses, port, tls, session_timeout)
+    radius.write(directory, radius.server_conf(cfg), SERVER_CONF, tls)
+    daemons.write_private(directory / "users.pl", radius.users_pl(directory / USERS_JSON))
     if not (directory / USERS_JSON).exists():
         fd = os.open(directory / USERS_JSON, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
@@ -196,11 +195,11 @@ def start_server(directory: Path, tls: radius.Tls, *, address: str = "0.0.0.0",
                    "-l", str(directory / "log" / "radius.log")],
                   pidfile=_pidfile(directory), log=directory / "log" / "server.out",
                   marker=str(directory), settle=0.0)
-    _wait_listening(port, directory)
+    _wait_listening(addresses[0], port, directory)
     return port
 
 
-def _wait_listening(port: int, directory: Path, timeout: float = 10.0) -> None:
+def _wait_listening(address: str, port: int, directory: Path, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if daemons.running(_pidfile(directory), str(directory)) is None:
@@ -208,7 +207,7 @@ def _wait_listening(port: int, directory: Path, timeout: float = 10.0) -> None:
             raise daemons.DaemonError(f"the RADIUS server in {directory} exited:\n{out}")
         with socket.socket() as s:
             s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+            if s.connect_ex((address, port)) == 0:
                 return
         time.sleep(0.05)
     raise daemons.DaemonError(f"the RADIUS server in {directory} does not listen on {port}")
@@ -218,11 +217,40 @@ def stop_server(directory: Path) -> bool:
     return daemons.stop(_pidfile(directory), str(directory))
 
 
+ACCT_KEYS = ("status", "identity", "port", "device", "session", "seconds", "time")
+
+
+@dataclass(slots=True)
+class _AcctIndex:
+    """The records parsed so far from one accounting log, and where parsing
+    stopped: each request reads only what the server appended since."""
+
+    inode: int = -1
+    offset: int = 0
+    records: list[dict[str, str]] = field(default_factory=list)
+
+
+_acct_indexes: dict[Path, _AcctIndex] = {}
+_acct_lock = threading.Lock()
+
+
 def accounting(directory: Path) -> list[dict[str, str]]:
     """The accounting records the server received, oldest first."""
-    try:
-        lines = (directory / radius.ACCOUNTING_LOG).read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    keys = ("status", "identity", "port", "device", "session", "seconds", "time")
-    return [dict(zip(keys, line.split(maxsplit=6), strict=False)) for line in lines if line]
+    path = directory / radius.ACCOUNTING_LOG
+    with _acct_lock:
+        index = _acct_indexes.setdefault(path, _AcctIndex())
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_ino != index.inode or st.st_size < index.offset:  # new or rotated
+                    index.inode, index.offset, index.records = st.st_ino, 0, []
+                f.seek(index.offset)
+                data = f.read()
+        except FileNotFoundError:
+            _acct_indexes.pop(path, None)
+            return []
+        complete = data[:data.rfind(b"\n") + 1]
+        index.offset += len(complete)
+        index.records += [dict(zip(ACCT_KEYS, line.split(maxsplit=6), strict=False))
+                          for line in complete.decode(errors="replace").splitlines() if line]
+        return list(index.records)

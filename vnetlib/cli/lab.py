@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from vnetlib.cli.output import emit_json
 from vnetlib.cli.progress import Live
+from vnetlib.cli.users import add_password_options, password_of
 from vnetlib.lab import attach, testbed
 
 
@@ -132,7 +133,7 @@ def add_device_parser(verbs: argparse._SubParsersAction) -> None:
     att = dverbs.add_parser("attach", help="802.1X authentication, then DHCP")
     att.add_argument("name")
     att.add_argument("--identity", required=True, help="user@realm (the realm is the VNO's)")
-    att.add_argument("--password", required=True)
+    add_password_options(att)
     att.add_argument("--timeout", type=float, default=20.0)
     det = dverbs.add_parser("detach", help="log off: the PIP takes the port out of the VNet")
     det.add_argument("name")
@@ -157,7 +158,8 @@ def run_device(args: argparse.Namespace) -> int:
         result: dict[str, object] = asdict(record)
         text = f"device {record.name} on port {record.port} of pip{record.pip} ({record.mac})"
     elif verb == "attach":
-        done = attach.attach(directory, args.name, args.identity, args.password, args.timeout)
+        done = attach.attach(directory, args.name, args.identity, password_of(args),
+                             args.timeout)
         result = asdict(done)
         text = (f"device {done.device}: {done.outcome} in {done.seconds:.2f} s"
                 + (f", address {done.address}" if done.address else "")

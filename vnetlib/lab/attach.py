@@ -1,8 +1,8 @@
 """End-user attachment in the lab (Interface 6): the VNO's RADIUS server, each
-PIP's access switch (a namespace `vl-<substrate>-access` on the PIP's
+PIP's access switch (a namespace `vl-<substrate>-+access` on the PIP's
 management network, with the PIP's RADIUS proxy, the access controller and one
 802.1X authenticator per access port) and end-user devices (a namespace
-`vl-<substrate>-dev-<name>` whose `eth0` is plugged into access port
+`vl-<substrate>-+dev-<name>` whose `eth0` is plugged into access port
 `p-<name>`, with wpa_supplicant and udhcpc).
 
 Everything lives under `<lab>/aaa/` and in namespaces and root links carrying
@@ -27,7 +27,7 @@ from vnetlib.lab import exchange, kernel
 from vnetlib.lab.layout import LabConfig
 from vnetlib.lab.players import VNO_NAME, credentials_dir, load_players, pip_name
 from vnetlib.players.config import load as load_config
-from vnetlib.players.pki import CA_CERT
+from vnetlib.players.pki import CA_CERT, CRL_FILE
 
 DEVICE_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 ACCESS_OFFSET = 5  # the access switch's address on a PIP's management network
@@ -55,16 +55,9 @@ def aaa_root(directory: Path) -> Path:
 
 def tls_of(directory: Path, player: str) -> radius.Tls:
     creds = credentials_dir(directory, player)
+    crl = creds / CRL_FILE
     return radius.Tls(str(creds / f"{player}.key"), str(creds / f"{player}.pem"),
-                      str(creds / CA_CERT))
-
-
-def access_netns(substrate: str) -> str:
-    return f"{naming.lab_netns_prefix(substrate)}access"
-
-
-def device_netns(substrate: str, device: str) -> str:
-    return f"{naming.lab_netns_prefix(substrate)}dev-{device}"
+                      str(creds / CA_CERT), str(crl) if crl.exists() else "")
 
 
 def device_port(device: str) -> str:
@@ -75,14 +68,13 @@ def _access(directory: Path, index: int, substrate: str) -> access.Access:
     d = aaa_root(directory) / pip_name(index)
     secret_file = d / "secret"
     if not secret_file.exists():
-        d.mkdir(parents=True, exist_ok=True)
-        secret_file.write_text(secrets.token_hex(16))
-        secret_file.chmod(0o600)
+        daemons.private_dir(d)
+        daemons.write_private(secret_file, secrets.token_hex(16))
     pip = load_players(directory).get(pip_name(index))
     store = f"sqlite:///{directory / 'stores' / f'{pip_name(index)}.db'}"
     if pip is not None:
         store = load_config(Path(pip.config)).store
-    return access.Access(d, access_netns(substrate), substrate, store,
+    return access.Access(d, naming.access_netns(substrate), substrate, store,
                          secret_file.read_text().strip())
 
 
@@ -92,9 +84,11 @@ def _access(directory: Path, index: int, substrate: str) -> access.Access:
 def up(directory: Path, substrates: list[LabConfig]) -> list[str]:
     """The VNO's server, then every PIP's access switch; idempotent."""
     created: list[str] = []
+    daemons.private_dir(aaa_root(directory))
     vno_dir = aaa_root(directory) / VNO_NAME
     had = daemons.running(vno_dir / "run" / "server.pid", str(vno_dir)) is not None
-    port = users.start_server(vno_dir, tls_of(directory, VNO_NAME))
+    port = users.start_server(vno_dir, tls_of(directory, VNO_NAME),
+                              tuple(sub.mgmt_gateway for sub in substrates))
     if not had:
         created.append(f"RADIUS server of {VNO_NAME} on port {port}")
     for i, sub in enumerate(substrates, start=1):
@@ -123,7 +117,7 @@ def up(directory: Path, substrates: list[LabConfig]) -> list[str]:
         created += changes.created
         acc = replace(acc, peers=tuple(aaa_root(directory) / pip_name(j)
                                        for j in range(1, len(substrates) + 1) if j != i))
-        home = radius.HomeServer(VNO_NAME, sub.mgmt_gateway, port)
+        home = radius.HomeServer(VNO_NAME, sub.mgmt_gateway, port, name=VNO_NAME)
         tls = tls_of(directory, pip_name(i))
         if daemons.running(acc.pidfile("proxy"), str(acc.directory)) is None:
             access.start_proxy(acc, (home,), tls)
@@ -206,7 +200,7 @@ def add_device(directory: Path, substrates: list[LabConfig], name: str, pip: int
         return existing
     sub = substrates[pip - 1]
     acc = _access(directory, pip, sub.name)
-    ns, port = device_netns(sub.name, name), device_port(name)
+    ns, port = naming.device_netns(sub.name, name), device_port(name)
     changes = kernel.Changes()
     kernel.ensure_netns(ns, changes)
     kernel.ensure_veth(acc.netns, port, ns, "eth0", changes)
@@ -302,13 +296,12 @@ def attach(directory: Path, name: str, identity: str, password: str,
     take an address by DHCP. A rejection stops the supplicant (no retry loop)."""
     record = device(directory, name)
     d = _supplicant_dir(directory, record)
-    d.mkdir(parents=True, exist_ok=True)
+    daemons.private_dir(d)
     _stop_supplicant(directory, record)
     subprocess.run(["ip", "netns", "exec", record.netns, "ip", "addr", "flush", "dev", "eth0"],
                    check=False, capture_output=True)
     conf = d / "wpa.conf"
-    conf.touch(mode=0o600)
-    conf.write_text(_wpa_conf(identity, password, d / "ctrl"))
+    daemons.write_private(conf, _wpa_conf(identity, password, d / "ctrl"))
     start = time.monotonic()
     daemons.start(["wpa_supplicant", "-D", "wired", "-i", "eth0", "-c", str(conf)],
                   pidfile=d / "wpa.pid", log=d / "wpa.log", marker=str(conf),
