@@ -7,7 +7,9 @@ tunnel ids, after checking that its hosts still have room (another VNet may
 have been made since `vnet plan`) and that the ledger gives back exactly the
 plan that was applied (so `vnet down` removes exactly what is there).
 Adopting it with vnet_state absent forgets the VNet the playbook removed.
-Adopting twice is harmless.
+Adopting twice is harmless. Only the operator's own VNets (the direct path's,
+owner `OPERATOR`) are recorded or forgotten, and only on a substrate no PIP
+management node owns: a PIP's ledger entries are its tenants'.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from vnetlib.cli import plan as planfile
 from vnetlib.cli.output import emit_json
 from vnetlib.core.pip import PipCore, spec_of
 from vnetlib.core.records import Embedding, Sliver, State
-from vnetlib.instantiate import OPERATOR, local_core
+from vnetlib.instantiate import OPERATOR, local_core, manager
 
 
 class AdoptRefused(ValueError):
@@ -78,10 +80,16 @@ def _plain(data: Mapping[str, Any]) -> Any:
 
 def adopt(path: Path) -> Adopted:
     made = planfile.load(path)
+    if (owner := manager(made.substrate)) is not None:
+        raise AdoptRefused(f"substrate {made.substrate} is managed by {owner}: its PIP "
+                           "records its VNets itself; a plan cannot be adopted there")
     core = local_core(made.substrate)
     hosts = tuple(sorted(made.plan["hosts"]))
     try:
         known = core.ledger.get(made.vnet)
+        if known is not None and known.owner != OPERATOR:
+            raise AdoptRefused(f"{made.vnet} in the ledger of {made.substrate} is not the "
+                               f"operator's (its owner is {known.owner}): not touched")
         if made.state == "absent":
             if known is None:
                 return Adopted(made.vnet, made.substrate, "unknown", hosts)
