@@ -4,14 +4,16 @@
 # ovs-vswitchd per lab, with private run/db directories
 # (vnetlib/switch/daemons.py), and the bridges use the userspace datapath
 # (datapath_type=netdev), since the kernel module is missing on such machines.
-# Also openssh-server (its service not started either): the remote switch
+# Also ethtool (nodes on a userspace bridge need TX checksum offload off, or
+# their TCP segments arrive with bad checksums) and openssh-server (its
+# service not started either): the remote switch
 # driver's test runs a private sshd in a switch namespace.
 # Safe to run again: installs only what is missing. Prints ovs-vswitchd's path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for p in openvswitch-switch openssh-server; do
+for p in openvswitch-switch openssh-server ethtool; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
