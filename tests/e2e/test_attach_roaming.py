@@ -72,7 +72,7 @@ def test_device_at_london_reaches_a_vnet_in_berlin(vnet: Vnet, roaming: tuple[st
     directory = Path(vnet.env["VNET_HOME"]) / "labs" / lab
     got = lab_attach.attach(directory, "d2", "alice@vno", "wonder1and")
     assert got.outcome == "connected", got
-    device_ns = f"vl-{lab}p2-dev-d2"
+    device_ns = naming.device_netns(f"{lab}p2", "d2")
     assert ping(device_ns, "198.19.8.1", count=2)
     assert sorted(n[:2] for n in tunnels(lab)) == ["va", "vc", "vr", "vt"]
     # London relayed for the realm; Berlin's access switch saw no RADIUS at all

@@ -4,9 +4,12 @@ store, the proxy's decision log and the accounting view."""
 
 from __future__ import annotations
 
+import argparse
+import io
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from vnetlib.aaa.access import UnknownHandle, find_segment, last_decision
 from vnetlib.aaa.api import attached, user_xml, users_from
 from vnetlib.aaa.daemons import tail_lines
 from vnetlib.aaa.users import EndUser, UserError, UserStore, accounting, free_port
+from vnetlib.cli.users import add_password_options, password_of
 from vnetlib.core.records import Embedding, Sliver, State
 from vnetlib.players.pki import LabCA, Role
 from vnetlib.spec import SpecErrors, dump_vnet, parse_vnet
@@ -272,3 +276,20 @@ def test_accounting_reads_what_was_appended_and_follows_rotation(tmp_path: Path)
     log.rename(tmp_path / "old.log")
     log.write_text("Start bob@vno p-d2 02-00-00-00-00-02 s2 0 200\n")
     assert [r["identity"] for r in accounting(tmp_path)] == ["bob@vno"]
+
+
+def test_passwords_from_a_file_stdin_or_the_command_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = argparse.ArgumentParser()
+    add_password_options(parser)
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\nignored\n")
+    assert password_of(parser.parse_args(["--password-file", str(secret)])) == "from-file"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("from-stdin\n"))
+    assert password_of(parser.parse_args(["--password", "-"])) == "from-stdin"
+    assert password_of(parser.parse_args(["--password", "literal"])) == "literal"
+    secret.write_text("\n")
+    with pytest.raises(ValueError, match="no password"):
+        password_of(parser.parse_args(["--password-file", str(secret)]))
+    with pytest.raises(SystemExit):  # exactly one of the two
+        parser.parse_args(["--password", "a", "--password-file", str(secret)])
