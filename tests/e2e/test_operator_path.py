@@ -124,12 +124,15 @@ def test_plan_check_apply_adopt_show_down(vnet: Vnet, lab: Lab, tmp_path: Path) 
     assert vnet.json("exec", vnet_id, "e1", "--", "ping", "-c", "1", "-W", "2",
                      "198.19.0.2")["rc"] == 0
 
-    picture = Path(os.environ.get("VNET_ARTIFACTS") or "/tmp/vnet-artifacts")
-    picture.mkdir(parents=True, exist_ok=True)
-    png = picture / "figure6-embedded.png"
-    vnet.run("show", vnet_id, "--format", "png", "-o", str(png))
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    print(f"\nkept {png}")
+    if shutil.which("dot") is not None:  # rendering needs Graphviz; the DOT source does not
+        picture = Path(os.environ.get("VNET_ARTIFACTS") or tmp_path)
+        picture.mkdir(parents=True, exist_ok=True)
+        png = picture / "figure6-embedded.png"
+        vnet.run("show", vnet_id, "--format", "png", "-o", str(png))
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        print(f"\nkept {png}")
+    else:
+        print("\nno Graphviz: the PNG of `vnet show` is not checked")
     dot = vnet.run("show", vnet_id, "--format", "dot").stdout
     for host in set(made["node_map"].values()):
         assert f'label="host {host} (' in dot
@@ -171,6 +174,7 @@ def test_up_draws_a_live_line_on_a_terminal(vnet: Vnet, lab: Lab) -> None:
     env = {k: v for k, v in vnet.env.items() if k != "VNET_PROGRESS"}
     argv = [sys.executable, "-m", "vnetlib.cli.main", "up", str(FIGURE6), "--substrate",
             lab.substrate, "--check"]
+    proc: subprocess.Popen[bytes] | None = None
     try:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=writer)
         os.close(writer)
@@ -192,6 +196,12 @@ def test_up_draws_a_live_line_on_a_terminal(vnet: Vnet, lab: Lab) -> None:
         out = proc.stdout.read().decode()
         proc.stdout.close()
     finally:
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()  # ours, by its pid
+            proc.wait(timeout=30)
+            if proc.stdout is not None:
+                proc.stdout.close()
         if writer >= 0:
             os.close(writer)
         os.close(reader)
@@ -203,8 +213,3 @@ def test_up_draws_a_live_line_on_a_terminal(vnet: Vnet, lab: Lab) -> None:
     piped = vnet.run("up", str(FIGURE6), "--substrate", lab.substrate, "--check")
     assert piped.stderr == "" and "check mode" in piped.stdout
 
-
-@pytest.fixture(autouse=True)
-def _needs_graphviz() -> None:
-    if shutil.which("dot") is None:
-        pytest.skip("vnet show needs Graphviz (scripts/install.sh installs it)")

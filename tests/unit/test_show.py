@@ -1,7 +1,7 @@
 """`vnet show SPEC`: Figure 6 drawn before submission, rendered by Graphviz.
 
-The PNGs are kept as artifacts (in $VNET_ARTIFACTS, else /tmp/vnet-artifacts)
-for a person to look at; the test prints where.
+The PNGs are kept as artifacts in $VNET_ARTIFACTS for a person to look at
+(else in the test's own temporary directory); the test prints where.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
 
 
-def artifacts() -> Path:
-    where = Path(os.environ.get("VNET_ARTIFACTS") or "/tmp/vnet-artifacts")
+def artifacts(tmp_path: Path) -> Path:
+    where = Path(os.environ.get("VNET_ARTIFACTS") or tmp_path)
     where.mkdir(parents=True, exist_ok=True)
     return where
 
@@ -69,7 +69,7 @@ def test_locations_group_nodes_and_inter_pip_links_stand_out() -> None:
 
 @needs_dot
 def test_figure6_png_and_svg_are_rendered_and_kept(tmp_path: Path) -> None:
-    kept = artifacts()
+    kept = artifacts(tmp_path)
     for spec in (FIGURE6, FIGURE6_2PIP):
         out = kept / f"{spec.stem}.png"
         done = vnet_cli("show", str(spec), "--format", "png", "-o", str(out))
@@ -147,7 +147,7 @@ def test_pip_operator_sees_its_sliver_and_its_inter_pip_links(tmp_path: Path) ->
         "l3", "l4", "l5"]
     assert source.count('"peer pip2" [label="pip2"') == 1
     if shutil.which("dot"):
-        out = artifacts() / "figure6-2pip-pip1-sliver.png"
+        out = artifacts(tmp_path) / "figure6-2pip-pip1-sliver.png"
         png = vnet_cli("show", "s-berlin", "--pip", str(config), "--format", "png", "-o",
                        str(out))
         assert png.returncode == 0, png.stderr
