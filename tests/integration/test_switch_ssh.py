@@ -6,8 +6,11 @@ ping in the same VLAN and not across VLANs; an unknown host key is refused."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +30,7 @@ from vnetlib.switch.daemon import PortRef, SwitchDaemon, VlanPool
 from vnetlib.switch.driver import OvsError
 from vnetlib.switch.remote import SshOvsDriver
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+SSHD = os.path.realpath(shutil.which("sshd") or "/usr/sbin/sshd")
 pytestmark = pytest.mark.skipif(not Path(SSHD).exists(), reason="openssh-server missing")
 ADDR, PEER, PORT = "198.18.30.2", "198.18.30.1", 2222
 
@@ -66,7 +69,7 @@ def switch() -> Iterator[Switch]:
             f"ListenAddress {ADDR}\nPort {PORT}\nHostKey {work / 'host'}\n"
             f"AuthorizedKeysFile {work / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
             f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-            f"StrictModes no\nPidFile {work / 'sshd.pid'}\n")
+            f"StrictModes no\nPidFile {work / 'sshd.pid'}\nLoginGraceTime 5\n")
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         sshd = subprocess.Popen(["ip", "netns", "exec", ns, SSHD, "-D", "-e", "-f",
                                  str(work / "sshd_config")], stderr=subprocess.DEVNULL)
@@ -80,12 +83,33 @@ def switch() -> Iterator[Switch]:
         if sshd is not None:
             sshd.terminate()
             sshd.wait(timeout=10)
+            _end_sessions(ns)
         daemons.stop(ovs)
         sh("ip", "link", "del", f"{prefix}m", check=False)
         for i in range(3):
             sh("ip", "netns", "del", f"{prefix}n{i}", check=False)
         sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _end_sessions(ns: str) -> None:
+    """Our sshd's per-connection processes outlive it: end those in the
+    switch namespace (only our sshd runs there)."""
+    try:
+        target = os.stat(f"/run/netns/{ns}")
+    except FileNotFoundError:
+        return
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            st = os.stat(proc / "ns" / "net")
+            exe = os.readlink(proc / "exe")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino) and exe == SSHD:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGTERM)
 
 
 def _public(path: Path) -> paramiko.PKey:
