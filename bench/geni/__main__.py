@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import statistics
 import tempfile
 import time
@@ -139,9 +140,12 @@ def main() -> None:
         for step, values in ours.items():
             print(f"  /v1/slivers {step:<19} {statistics.median(values):7.3f}")
     finally:
-        if node is not None:
-            node.stop()
-        manage.down(sub)
+        try:
+            if node is not None:
+                node.stop()
+            manage.down(sub)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
