@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,17 +25,23 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-try:
-    from ansible_collections.vnet.infra.plugins.module_utils._click_config import (
-        ClickLink,
-        render,
-    )
-except ImportError:  # loaded by path from vnetlib
-    from vnetlib.click._render import ClickLink, render  # type: ignore[no-redef]
+if TYPE_CHECKING:  # mypy checks vnetlib, which loads this file from the checkout
+    from vnetlib.click._render import ClickLink, render
+else:
+    try:
+        from ansible_collections.vnet.infra.plugins.module_utils._click_config import (
+            ClickLink,
+            render,
+        )
+    except ImportError:  # loaded by path from vnetlib's checkout
+        from vnetlib.click._render import ClickLink, render
 
 RUNDIR = Path("/run/vnet/click")
 CACHE = Path("/var/cache/vnet/click")
+STATE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+"""VNet and instance names: one path part each, under the run directory."""
 
 
 class ClickError(RuntimeError):
@@ -54,6 +61,15 @@ def find_click(explicit: str | None = None) -> str:
         raise ClickError(f"Click is not installed (no {CACHE}/*/bin/click): "
                          "run scripts/install-click.sh")
     return str(builds[0])
+
+
+def check_name(kind: str, name: object) -> str:
+    """`name` if it can be one file or directory name of the state, else ClickError
+    (a slash or a leading dot would lead out of the run directory)."""
+    if not isinstance(name, str) or not STATE_NAME.fullmatch(name):
+        raise ClickError(f"{kind} {name!r} is not a name of A-Z a-z 0-9 . _ - "
+                         "(not starting with a dot)")
+    return name
 
 
 class Control:
@@ -129,6 +145,9 @@ class Instance:
     netns: str | None = None
     rundir: Path = RUNDIR
 
+    def __post_init__(self) -> None:
+        check_name("Click instance", self.name)
+
     @property
     def dir(self) -> Path:
         return self.rundir / self.name
@@ -191,6 +210,7 @@ class Instance:
         return out
 
     def set_owner(self, owner: str, links: Sequence[ClickLink]) -> None:
+        check_name("VNet", owner)
         self.owners.mkdir(parents=True, exist_ok=True)
         path = self.owners / f"{owner}.json"
         if links:
@@ -292,11 +312,11 @@ def read_links(netns: str | None) -> dict[str, dict[str, object]]:
     return {d["ifname"]: d for d in json.loads(out or "[]")}
 
 
-def device_commands(want: Sequence[ClickLink], drop: Sequence[ClickLink],
-                    have: dict[str, dict[str, object]], netns: str | None,
-                    mtu: int = 1500) -> list[list[str]]:
-    """The ``ip`` commands that make `want`'s veth pairs (and their bridges if
-    missing) and delete `drop`'s (pure)."""
+def make_commands(want: Sequence[ClickLink], have: dict[str, dict[str, object]],
+                  netns: str | None, mtu: int = 1500) -> list[list[str]]:
+    """The ``ip`` commands, in the order they must run, that make `want`'s veth
+    pairs (and their bridges if missing); a pair with one end missing is
+    deleted and made again (pure)."""
     cmds: list[list[str]] = []
     made: set[str] = set()
     for lk in want:
@@ -305,23 +325,37 @@ def device_commands(want: Sequence[ClickLink], drop: Sequence[ClickLink],
             cmds.append(_ip(netns, "link", "set", lk.bridge, "up"))
             made.add(lk.bridge)
         dev = have.get(lk.device)
-        if dev is None or lk.click_device not in have:
-            if dev is not None:
-                cmds.append(_ip(netns, "link", "del", lk.device))
+        fresh = dev is None or lk.click_device not in have
+        if fresh:
+            for name in (lk.device, lk.click_device):
+                if name in have:
+                    cmds.append(_ip(netns, "link", "del", name))
             cmds.append(_ip(netns, "link", "add", lk.device, "mtu", str(mtu), "type", "veth",
                             "peer", "name", lk.click_device, "mtu", str(mtu)))
             dev = {}
-        if dev.get("master") != lk.bridge:
+        if dev is None or dev.get("master") != lk.bridge:
             cmds.append(_ip(netns, "link", "set", lk.device, "master", lk.bridge))
         for name in (lk.device, lk.click_device):
-            flags = have.get(name, {}).get("flags", [])
-            if not isinstance(flags, list) or "UP" not in flags:
+            flags = {} if fresh else have.get(name, {})
+            up = flags.get("flags", [])
+            if not isinstance(up, list) or "UP" not in up:
                 cmds.append(_ip(netns, "link", "set", name, "up"))
-    keep = {lk.device for lk in want}
-    for lk in drop:
-        if lk.device in have and lk.device not in keep:
-            cmds.append(_ip(netns, "link", "del", lk.device))
     return cmds
+
+
+def drop_commands(drop: Sequence[ClickLink], want: Sequence[ClickLink],
+                  have: dict[str, dict[str, object]], netns: str | None) -> list[list[str]]:
+    """The ``ip`` commands that delete `drop`'s veth pairs not in `want` (pure)."""
+    keep = {lk.device for lk in want}
+    return [_ip(netns, "link", "del", lk.device) for lk in drop
+            if lk.device in have and lk.device not in keep]
+
+
+def device_commands(want: Sequence[ClickLink], drop: Sequence[ClickLink],
+                    have: dict[str, dict[str, object]], netns: str | None,
+                    mtu: int = 1500) -> list[list[str]]:
+    """Every device command of a change: making `want`, then deleting `drop`."""
+    return make_commands(want, have, netns, mtu) + drop_commands(drop, want, have, netns)
 
 
 def run_commands(cmds: Sequence[Sequence[str]]) -> None:
@@ -375,6 +409,7 @@ def apply(inst: Instance, owner: str, links: Sequence[ClickLink], *, present: bo
           click: str | None, port: int, check_mode: bool) -> Outcome:
     """Makes `owner`'s segments on the instance `links` (or none when not
     `present`), with one configuration change of the running Click."""
+    check_name("VNet", owner)
     with inst.locked():
         owners = inst.owner_links()
         old_mine = owners.get(owner, ())
@@ -386,9 +421,9 @@ def apply(inst: Instance, owner: str, links: Sequence[ClickLink], *, present: bo
         before = running or ""
         have = read_links(inst.netns)
         dropped = [lk for lk in old_mine if lk.device not in {m.device for m in mine}]
-        dev_cmds = device_commands(mine, dropped, have, inst.netns)
-        add_cmds = [c for c in dev_cmds if "del" not in c]
-        del_cmds = [c for c in dev_cmds if "del" in c]
+        add_cmds = make_commands(mine, have, inst.netns)
+        del_cmds = drop_commands(dropped, mine, have, inst.netns)
+        dev_cmds = add_cmds + del_cmds
         if not every:
             action = "stop" if running is not None else "none"
         elif running is None:
@@ -410,7 +445,8 @@ def apply(inst: Instance, owner: str, links: Sequence[ClickLink], *, present: bo
             elif action == "hotswap":
                 inst.hotswap(after)
         except ClickError:
-            new = {lk.device for lk in mine} - set(have)
+            new = {lk.device for lk in mine
+                   if lk.device not in have or lk.click_device not in have}
             run_commands([_ip(inst.netns, "link", "del", d) for d in sorted(new)
                           if d in read_links(inst.netns)])
             raise

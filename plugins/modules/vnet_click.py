@@ -25,7 +25,9 @@ description:
 author: vnet developers (@vnet)
 options:
   vnet:
-    description: The VNet whose segments these are (one state file per VNet).
+    description:
+      - The VNet whose segments these are (one state file per VNet).
+      - Letters, digits, C(.), C(_) and C(-), not starting with a dot.
     type: str
     required: true
   links:
@@ -34,19 +36,22 @@ options:
     elements: dict
     default: []
     suboptions:
-      link: {description: Virtual link id (messages only)., type: str, required: true}
+      link:
+        description: Virtual link id (messages only); letters, digits, C(.), C(_), C(:) and C(-).
+        type: str
+        required: true
       vni:
         description: Tunnel id of the link (24 bits), the same on both hosts.
         type: int
         required: true
       bridge:
-        description: The link's bridge on this host (made if missing).
+        description: The link's bridge on this host (made if missing); interface names are 1-15 letters, digits, C(_), C(-).
         type: str
         required: true
       device: {description: Bridge end of the segment's veth pair., type: str, required: true}
       click_device: {description: Click's end of the veth pair., type: str, required: true}
-      local: {description: This host's substrate address., type: str, required: true}
-      remote: {description: The peer host's substrate address., type: str, required: true}
+      local: {description: This host's substrate address (IPv4)., type: str, required: true}
+      remote: {description: The peer host's substrate address (IPv4)., type: str, required: true}
       bandwidth_mbps: {description: Bandwidth towards the peer in Mbit/s., type: float}
       latency_ms: {description: One-way delay added towards the peer in ms., type: float}
   state:
@@ -61,6 +66,7 @@ options:
     description:
       - Name of the host's Click instance (its state directory).
       - Defaults to O(netns), or C(host).
+      - Letters, digits, C(.), C(_) and C(-), not starting with a dot.
     type: str
   port:
     description: UDP port of the tunnels.
