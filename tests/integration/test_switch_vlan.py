@@ -17,7 +17,7 @@ from ovs_lab import Lab, nsx, ovs_lab, pings, tagged_frame
 
 from vnetlib.switch import daemons
 from vnetlib.switch.daemon import PARKING_VLAN, PortRef, SwitchDaemon, VlanError, VlanPool
-from vnetlib.switch.driver import OvsDriver
+from vnetlib.switch.driver import OvsDriver, OvsError
 
 
 @pytest.fixture
@@ -173,3 +173,13 @@ def test_port_serves_one_segment_and_daemons_stop(lab: Lab, switch: OvsDriver) -
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(
             f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_switch_down_fails_and_rolls_back(lab: Lab) -> None:
+    with OvsDriver(lab.ovs.remote, f"{lab.prefix}br", timeout=2) as drv:
+        d = _daemon(lab, {"s": drv})
+        _, pa = lab.node("198.18.6.1/24")
+        daemons.stop(lab.ovs)
+        with pytest.raises(OvsError, match="OVSDB at unix:"):
+            d.attach("v1", "l1", [PortRef("s", pa)])
+        assert d.pool.in_use() == {} and d.pool.ports("v1", "l1") == []

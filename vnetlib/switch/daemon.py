@@ -11,6 +11,7 @@ no segment (an OVS trunk with an empty VLAN list would carry every VLAN).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable, Mapping
 from contextlib import closing
@@ -210,12 +211,15 @@ class SwitchDaemon:
             self.sync_trunks()
         except BaseException:
             if new:
-                self.detach(vnet, segment)
+                # a port the switch did not take back keeps its id reserved
+                with contextlib.suppress(Exception):
+                    self.detach(vnet, segment)
             raise
         return vid
 
     def detach(self, vnet: str, segment: str) -> int | None:
-        """Take the segment's access ports off their switches and free its id."""
+        """Take the segment's access ports off their switches and free its id
+        (kept if a switch fails: a port may still carry it)."""
         for p in self.pool.ports(vnet, segment):
             driver = self.drivers.get(p.switch)
             if driver is not None:
