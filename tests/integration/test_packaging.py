@@ -214,6 +214,25 @@ def test_installed_environment_finds_the_collection(venv: Path, tmp_path: Path) 
     assert f"playbook: {collection / 'playbooks' / 'deploy_vnet.yml'}" in check.stdout
 
 
+@pytest.mark.e2e
+def test_installed_vnetlib_click_uses_the_installed_collection(venv: Path,
+                                                               tmp_path: Path) -> None:
+    """vnetlib.click without a checkout: its stdlib half (the collection's
+    module_utils _click_config and _click) comes from the collection the wheel
+    installs beside vnetlib."""
+    env = user_env(tmp_path / "home")
+    out = run(venv / "bin" / "python", "-c",
+              "import json, sys, vnetlib.click.config as c, vnetlib.click.process as p; "
+              "lk = c.ClickLink('l1', 5001, 'vb1', 'vx1', 'ck1', '198.18.0.1', '198.18.0.2'); "
+              "print(json.dumps([c.render([lk]), c.ClickLink.__module__, p.Instance.__module__, "
+              "sys.modules[p.Instance.__module__].__file__]))", env=env, cwd=tmp_path)
+    text, config_module, process_module, path = json.loads(out.stdout)
+    utils = "ansible_collections.vnet.infra.plugins.module_utils"
+    assert "from0 :: Classifier(0/08 4/001389, -);" in text
+    assert (config_module, process_module) == (f"{utils}._click_config", f"{utils}._click")
+    assert path == str(site_packages(venv) / utils.replace(".", "/") / "_click.py")
+
+
 def free_mgmt_offset() -> int:
     """Management networks (198.18.129+offset.0/24 and up) no other lab here uses."""
     addrs = run("ip", "-o", "-4", "addr", "show").stdout
