@@ -43,7 +43,8 @@ def collections(tmp_path: Path) -> Path:
     return tmp_path / "coll"
 
 
-def module(collections: Path, workdir: Path, args: dict, *, check: bool = False) -> dict:
+def module(collections: Path, workdir: Path, args: dict, *, check: bool = False,
+           fails: bool = False) -> dict:
     play = workdir / "play.yml"
     task = {"name": "click", "vnet.infra.vnet_click": args}
     play.write_text(json.dumps([{"hosts": "all", "gather_facts": False, "tasks": [task]}]))
@@ -58,10 +59,11 @@ def module(collections: Path, workdir: Path, args: dict, *, check: bool = False)
                  "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
                          f"{os.environ.get('PATH', '/usr/bin:/bin')}"},
         quiet=True, timeout=120)
-    results = [e["event_data"]["res"] for e in runner.events
-               if e.get("event") in ("runner_on_ok", "runner_on_failed")]
-    assert len(results) == 1, runner.stdout.read()[-3000:]
-    assert not results[0].get("failed"), json.dumps(results[0], indent=1)[-3000:]
+    events = [e for e in runner.events if e.get("event") in ("runner_on_ok", "runner_on_failed")]
+    assert len(events) == 1, runner.stdout.read()[-3000:]
+    results = [events[0]["event_data"]["res"]]
+    failed = events[0]["event"] == "runner_on_failed"
+    assert failed == fails, json.dumps(results[0], indent=1)[-3000:]
     return dict(results[0])
 
 
@@ -114,3 +116,27 @@ def _gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_names_that_would_leave_the_state_directory_or_enter_click_text_fail(
+        collections: Path, tmp_path: Path) -> None:
+    """The module fails, saying why, and touches nothing: a VNet or instance
+    name is one path part, link fields are checked before any device is made."""
+    rundir = tmp_path / "run"
+    rundir.mkdir()
+    victim = rundir / "x.json"  # what <rundir>/host/owners/../../x.json would unlink
+    victim.write_text("[]")
+    base = {"rundir": str(rundir), "state": "absent"}
+    res = module(collections, tmp_path, {**base, "vnet": "../../x"}, fails=True)
+    assert "Click on this host: VNet '../../x' is not a name" in res["msg"]
+    res = module(collections, tmp_path, {**base, "vnet": "v1", "instance": "../h"}, fails=True)
+    assert "Click instance '../h' is not a name" in res["msg"]
+    link = {"link": "l1", "vni": 6001, "bridge": "vb6001", "device": "vx6001",
+            "click_device": "ck6001", "local": "198.18.0.1",
+            "remote": "198.18.0.2, 1, 198.18.0.9"}
+    res = module(collections, tmp_path, {"rundir": str(rundir), "vnet": "v1", "links": [link]},
+                 fails=True)
+    assert "remote '198.18.0.2, 1, 198.18.0.9' is not an IPv4 address" in res["msg"]
+    assert victim.read_text() == "[]"
+    assert sorted(p.name for p in rundir.rglob("*")) in (["x.json"], ["host", "lock", "owners",
+                                                                     "x.json"])
