@@ -23,6 +23,7 @@ from __future__ import annotations
 import http.client
 import os
 import select
+import socket
 import ssl
 import threading
 import time
@@ -31,7 +32,8 @@ from urllib.parse import urlsplit
 
 from lxml import etree
 
-from vnetlib.players.pki import Credentials, Identity, PkiError, Role, identity_of
+from vnetlib.players.peers import named, peer_identity
+from vnetlib.players.pki import Credentials, Identity, PkiError, Role
 from vnetlib.players.revocation import Stamp, stamp
 from vnetlib.players.server import RDL_NS, XML_CONTENT_TYPE, ApiError
 
@@ -204,6 +206,25 @@ class _Pool:
                 conn.close()
 
 
+class _Connection(http.client.HTTPSConnection):
+    """Sends a request's head and a small body in one write, with Nagle off:
+    http.client writes them apart, two TLS records the server reads apart."""
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _send_output(self, message_body: object = None, encode_chunked: bool = False) -> None:
+        if isinstance(message_body, bytes) and not encode_chunked:
+            buffer: list[bytes] = self._buffer  # type: ignore[attr-defined]
+            buffer.extend((b"", b""))
+            head = b"\r\n".join(buffer)
+            del buffer[:]
+            self.send(head + message_body)
+            return
+        super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
+
+
 def _closed_by_peer(conn: http.client.HTTPSConnection) -> bool:
     """An idle connection with something to read has been closed by the server
     (close_notify or end of stream): nothing else may arrive unasked."""
@@ -269,8 +290,8 @@ class PlayerClient:
         reused = conn is not None
         while True:
             if conn is None:
-                conn = http.client.HTTPSConnection(self._host, self._port,
-                                                   context=self._context, timeout=self.timeout)
+                conn = _Connection(self._host, self._port, context=self._context,
+                                   timeout=self.timeout)
             keep = False
             try:
                 status, data, keep = self._exchange(conn, reused, method,
@@ -305,7 +326,7 @@ class PlayerClient:
             self._check_reused(conn)
         else:
             conn.connect()
-            self._check_peer(conn)
+            self._check_peer(conn, None)
         _bound(conn, deadline)
         headers = {"Accept": "application/xml"}
         if body is not None:
@@ -334,18 +355,19 @@ class PlayerClient:
         try:
             if der is None:
                 raise PkiError("no server certificate")
-            self._credentials.peer_identity(der)
+            peer = peer_identity(self._credentials, der)
         except PkiError as exc:
             raise _StalePeer(str(exc)) from exc
-        self._check_peer(conn)
+        self._check_peer(conn, peer)
 
-    def _check_peer(self, conn: http.client.HTTPSConnection) -> None:
+    def _check_peer(self, conn: http.client.HTTPSConnection, known: Identity | None) -> None:
+        """The server is the expected player (`known`: its identity, if checked already)."""
         if self.expect_role is None and self.expect_name is None:
             return
         sock = conn.sock
         der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
         try:
-            peer = identity_of(der) if der else None
+            peer = known or (named(der)[0] if der else None)
         except PkiError as exc:
             raise UnexpectedPeer(f"{self.base_url}: {exc}", None) from exc
         if peer is None:

@@ -55,6 +55,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from vnetlib.players import timeouts
+from vnetlib.players.peers import peer_identity
 from vnetlib.players.pki import Credentials, Identity, PkiError
 from vnetlib.players.server import (
     DEFAULT_MAX_BODY,
@@ -603,7 +604,7 @@ class ServiceServer:
         if not der:
             raise Unauthenticated("a client certificate from the lab CA is required")
         try:
-            return self.credentials.peer_identity(der)
+            return peer_identity(self.credentials, der)
         except PkiError as exc:
             raise Unauthenticated(f"client certificate does not name a player: {exc}") from exc
 
