@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from vnetlib.console.endpoints import ConsoleEndpoint, NetnsShell, VmSerial, VmVnc
 from vnetlib.console.relay import DEFAULT_LIMITS, ConsoleLimits, ConsoleServer
 from vnetlib.console.sessions import Opener, SessionTable, in_process_setup, token_hash
-from vnetlib.console.wire import ByteReader, ByteWriter, dial
+from vnetlib.console.wire import ByteReader, ByteWriter
 from vnetlib.core.pip import spec_of
 from vnetlib.core.records import State
 from vnetlib.players import messages as m
@@ -80,11 +80,10 @@ class ConsoleHub:
     def relay(self, caller: Identity, vnet: str, req: m.ConsoleRequest,
               upstream: m.ConsoleSession, upstream_name: str) -> m.ConsoleSession:
         """Mint a token for `caller` that opens `upstream` (presenting its token)."""
-        context, creds = self.server.client_context, self.credentials
+        server = self.server
 
         async def opener() -> tuple[ByteReader, ByteWriter]:
-            return await dial(upstream.url, upstream.token, context, creds,
-                              expect_name=upstream_name)
+            return await server.dial(upstream.url, upstream.token, upstream_name)
 
         session = self._mint(caller, vnet, req, upstream.url, opener)
         if req.kind in PREPARED_KINDS and not in_process_setup():

@@ -14,6 +14,14 @@ player has minted the token for it, so the data path down the chain is
 being built while the setup's answers travel back up: the token's holder
 then finds the next hop ready. A prepared next hop is used only by the
 session of its token, and closed when the token expires unused.
+
+Opening a next hop takes a TLS handshake, which costs more CPU than
+everything else a hop does for a setup. So after each opening to a next hop
+this player opens one spare connection to it, a moment later and off the
+setup's path (mutual TLS, the peer's name checked); the next session's
+opening to that hop takes it, checks its peer against the CRL again and only
+greets it with its token. A spare is closed unused after `SPARE_TTL`, well
+before the far end's greeting timeout, and is not kept while stopping.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ from vnetlib.console.wire import (
     ByteWriter,
     HopError,
     close_quietly,
+    connect,
+    dial,
+    greet,
     peer_of,
     read_line,
     token_of,
@@ -48,6 +59,9 @@ LISTEN_BACKLOG = 128
 WRITE_HIGH_WATER = 64 << 10
 STOP_NOTICE = b"\r\n[vnet console: the session was stopped by a player on its path]\r\n"
 IDLE_NOTICE = b"\r\n[vnet console: idle for too long, session closed]\r\n"
+SPARE_TTL = 5.0  # a spare connection to a next hop, unused; the far end waits 10 s
+SPARE_DELAY = 0.05  # after an opening: the spare's handshake stays off the setup's path
+MAX_SPARES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +115,12 @@ class ConsoleServer(LoopThread):
         self._announced: set[str] = set()  # prepare() called, _prepare not run yet
         self._announce_lock = threading.Lock()
         self._stopping = False
+        self._spares: dict[tuple[str, str | None],
+                           tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = {}
+        self._sparing: set[tuple[str, str | None]] = set()
+        self._spare_timers: dict[tuple[str, str | None], asyncio.TimerHandle] = {}
+        self._spare_epoch = 0
+        self.keep_spares = True
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -161,10 +181,108 @@ class ConsoleServer(LoopThread):
             entry[1].cancel()
             asyncio.get_running_loop().create_task(_discard(entry[0]))
 
+    # -- next hops ------------------------------------------------------------------
+
+    async def dial(self, url: str, token: str, expect_name: str | None
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The next hop at `url` (whose certificate must name `expect_name`),
+        greeted with `token`: on a spare connection if one is ready, else on a
+        fresh one; then a new spare is opened for the next session. HopError
+        if the hop cannot be opened or refuses the token."""
+        if asyncio.get_running_loop() is not self._loop:  # a front door's own loop
+            return await dial(url, token, self.client_context, self.credentials,
+                              expect_name=expect_name)
+        key = (url, expect_name)
+        spare = self._take_spare(key)
+        if not self._stopping and self.keep_spares and key not in self._spare_timers:
+            self._spare_timers[key] = asyncio.get_running_loop().call_later(
+                SPARE_DELAY, self._replenish, key)
+        if spare is not None:
+            reader, writer = spare
+            try:
+                who = peer_of(writer, self.credentials)  # revoked since the handshake?
+            except PkiError as exc:
+                await close_quietly(writer)
+                raise HopError(f"the next hop failed: {exc}") from exc
+            if expect_name is None or who.name == expect_name:
+                try:
+                    return await greet(reader, writer, token)
+                except HopError as exc:
+                    if exc.__cause__ is None:  # the far end answered: a refusal
+                        raise
+                    # closed before it answered: the token was not read, or is burnt
+        return await dial(url, token, self.client_context, self.credentials,
+                          expect_name=expect_name)
+
+    def _take_spare(self, key: tuple[str, str | None]
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        entry = self._spares.pop(key, None)
+        if entry is None:
+            return None
+        reader, writer, since = entry
+        if (time.monotonic() - since >= SPARE_TTL or reader.at_eof()
+                or writer.transport.is_closing()):
+            asyncio.get_running_loop().create_task(close_quietly(writer))
+            return None
+        return reader, writer
+
+    def _replenish(self, key: tuple[str, str | None]) -> None:
+        self._spare_timers.pop(key, None)
+        if (self._stopping or key in self._spares or key in self._sparing
+                or len(self._spares) + len(self._sparing) >= MAX_SPARES):
+            return
+        self._sparing.add(key)
+        asyncio.get_running_loop().create_task(self._open_spare(key))
+
+    def drop_spares(self) -> None:
+        """Close the spare connections and stop opening more for the openings
+        made so far (a test that counts connections or descriptors)."""
+        loop = self._loop
+        if loop is None:
+            return
+
+        async def drop() -> None:
+            self._spare_epoch += 1
+            for timer in self._spare_timers.values():
+                timer.cancel()
+            self._spare_timers.clear()
+            spares = list(self._spares.values())
+            self._spares.clear()
+            for _, writer, _ in spares:
+                await close_quietly(writer)
+
+        asyncio.run_coroutine_threadsafe(drop(), loop).result(5)
+
+    async def _open_spare(self, key: tuple[str, str | None]) -> None:
+        url, name = key
+        epoch = self._spare_epoch
+        try:
+            reader, writer = await connect(url, self.client_context, self.credentials,
+                                           expect_name=name)
+        except HopError as exc:
+            log.debug("%s: no spare connection to %s: %s", self.name, url, exc)
+            return
+        finally:
+            self._sparing.discard(key)
+        if self._stopping or key in self._spares or epoch != self._spare_epoch:
+            await close_quietly(writer)
+            return
+        self._spares[key] = (reader, writer, time.monotonic())
+        asyncio.get_running_loop().call_later(SPARE_TTL, self._expire_spare, key, writer)
+
+    def _expire_spare(self, key: tuple[str, str | None], writer: asyncio.StreamWriter) -> None:
+        entry = self._spares.get(key)
+        if entry is not None and entry[1] is writer:
+            del self._spares[key]
+            asyncio.get_running_loop().create_task(close_quietly(writer))
+
     async def _shutdown(self) -> None:
         self._stopping = True
         if self._server is not None:
             self._server.close()
+        for _, writer, _ in self._spares.values():
+            await close_quietly(writer)
+        self._spares.clear()
         for prep, timer in self._prepared.values():
             timer.cancel()
             await _discard(prep)
@@ -227,8 +345,8 @@ class ConsoleServer(LoopThread):
             if len(self._conns) > self.limits.max_sessions:
                 raise TokenRefused("too many console sessions; try later")
             try:
-                who = peer_of(writer, self.credentials)
                 token = token_of(await read_line(reader, self.limits.greeting_timeout))
+                who = peer_of(writer, self.credentials)  # as of the greeting: spares wait
             except (TimeoutError, PkiError, ValueError, OSError) as exc:
                 log.info("%s: console connection from %s refused: %s", self.name, peer,
                          exc or "no greeting in time")

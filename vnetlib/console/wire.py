@@ -15,6 +15,7 @@ import ssl
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from vnetlib.players.peers import peer_identity
 from vnetlib.players.pki import Credentials, Identity, PkiError
 
 MAGIC = b"VNET-CONSOLE 1 "
@@ -67,7 +68,7 @@ def peer_of(writer: asyncio.StreamWriter, credentials: Credentials) -> Identity:
     der = obj.getpeercert(binary_form=True) if obj is not None else None
     if not der:
         raise PkiError("no peer certificate")
-    return credentials.peer_identity(der)
+    return peer_identity(credentials, der)
 
 
 async def read_line(reader: asyncio.StreamReader, timeout: float) -> bytes:
