@@ -153,6 +153,28 @@ def test_mapping_tables_hide_the_other_players(chain: Chain) -> None:
         assert all(len(r["token_hash"]) == 64 for r in rows)
 
 
+def test_the_next_session_greets_a_spare_connection(chain: Chain) -> None:
+    """After a session, the VNO holds a spare mTLS connection to the VNP, and
+    the next session's hop from the VNO to the VNP is that connection."""
+    async def session() -> None:
+        reader, writer = await open_console(chain.sp, chain.vnet, "n2")
+        writer.write(b"echo spare-$((40+2))\n")
+        await writer.drain()
+        assert b"spare-42" in await read_until(reader, b"spare-42")
+        writer.close()
+
+    vno, vnp = chain.hub("vno"), chain.hub("vnp")
+    asyncio.run(session())
+    deadline = time.monotonic() + 5
+    while not (spares := vno.server.spares()):
+        assert time.monotonic() < deadline, "no spare connection to the VNP"
+        time.sleep(0.02)
+    assert len(spares) == 1
+    asyncio.run(session())
+    used = [r for r in vnp.sessions.rows() if r["used"] is not None]
+    assert max(used, key=lambda r: r["used"])["peer"] == spares[0]
+
+
 def tenant_processes(chain: Chain) -> list[str]:
     pip = chain.players.nodes["pip-a"].service
     (sliver,) = pip.core.ledger.slivers()  # type: ignore[union-attr]

@@ -234,6 +234,17 @@ class ConsoleServer(LoopThread):
         self._sparing.add(key)
         asyncio.get_running_loop().create_task(self._open_spare(key))
 
+    def spares(self) -> list[str]:
+        """The local addresses of the spare connections, for tests."""
+        loop = self._loop
+        if loop is None:
+            return []
+
+        async def listed() -> list[str]:
+            return [str(w.get_extra_info("sockname")) for _, w, _ in self._spares.values()]
+
+        return asyncio.run_coroutine_threadsafe(listed(), loop).result(5)
+
     def drop_spares(self) -> None:
         """Close the spare connections and stop opening more for the openings
         made so far (a test that counts connections or descriptors)."""
