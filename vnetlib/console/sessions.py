@@ -100,7 +100,7 @@ class SessionTable:
         self.ttl = ttl
         self._pending: dict[str, Pending] = {}
         self._lock = threading.Lock()
-        self._records: queue.Queue[Executable | None] = queue.Queue()
+        self._records: queue.Queue[Callable[[], Executable] | None] = queue.Queue()
         self._writer = threading.Thread(target=self._write, daemon=True,
                                         name=f"console-records-{player}")
         self._writer.start()
@@ -111,7 +111,9 @@ class SessionTable:
         self._writer.join(30)
         self.db.close()
 
-    def _record(self, statement: Executable) -> None:
+    def _record(self, statement: Callable[[], Executable]) -> None:
+        """Queue a record; the writer thread builds its statement (SQLAlchemy's
+        construction costs more than the rest of a hop's setup bookkeeping)."""
         self._records.put(statement)
 
     def _write(self) -> None:
@@ -125,7 +127,7 @@ class SessionTable:
                 if todo:
                     with self.db.transaction() as conn:
                         for statement in todo:
-                            conn.execute(statement)
+                            conn.execute(statement())
             except Exception:
                 log.exception("console session records lost: %d", len(todo))
             finally:
@@ -149,7 +151,7 @@ class SessionTable:
             for h in [h for h, q in self._pending.items() if q.expires <= now]:
                 del self._pending[h]
             self._pending[p.hash] = p
-        self._record(self.table.insert().values(
+        self._record(lambda: self.table.insert().values(
             token_hash=p.hash, owner=str(owner), vnet=vnet, node=node, kind=kind,
             next_hop=next_hop, created=now))
         return token, p.expires
@@ -169,13 +171,14 @@ class SessionTable:
         if p.owner != presenter:
             self.finish(h, f"refused: presented by {presenter}", used=False)
             raise TokenRefused("token not issued to you")
-        self._record(update(self.table).where(self.table.c.token_hash == h)
+        self._record(lambda: update(self.table).where(self.table.c.token_hash == h)
                      .values(used=now, peer=peer[:120]))
         return p
 
     def finish(self, h: str, outcome: str, *, used: bool = True) -> None:
-        self._record(update(self.table).where(self.table.c.token_hash == h)
-                     .values(closed=time.time(), outcome=outcome[:200]))
+        closed = time.time()
+        self._record(lambda: update(self.table).where(self.table.c.token_hash == h)
+                     .values(closed=closed, outcome=outcome[:200]))
 
     def rows(self) -> list[dict[str, Any]]:
         self.flush()
