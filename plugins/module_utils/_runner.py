@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+from collections.abc import Callable
 
 from ansible_collections.vnet.infra.plugins.module_utils._iproute import (
     IP,
@@ -106,6 +107,9 @@ class Runner:
     def apply(self, commands: list[Command]) -> None:
         """Run planned commands in order, stopping at the first failure."""
         for argv, lines, planned in batches(commands):
+            if not lines and _write_forwarding(planned[0]):
+                self.executed.append(list(planned[0]))
+                continue
             data = "".join(" ".join(line) + "\n" for line in lines) if lines else None
             rc, out, err = self.module.run_command(self._argv(argv), data=data, binary_data=True)
             if rc == 0:
@@ -141,6 +145,48 @@ def _setns(fd: int) -> None:
         _libc = ctypes.CDLL(None, use_errno=True)
     if _libc.setns(fd, _CLONE_NEWNET) != 0:
         raise OSError(ctypes.get_errno(), "setns")
+
+
+def _in_netns(name: str, action: Callable[[], None]) -> bool:
+    """Run `action()` inside namespace `name` (setns and back); False if that is not possible."""
+    try:
+        home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fd = os.open("/run/netns/" + name, os.O_RDONLY)
+        try:
+            _setns(fd)
+            try:
+                action()
+            finally:
+                _setns(home)
+        finally:
+            os.close(fd)
+        return True
+    except (OSError, AttributeError):
+        return False
+    finally:
+        os.close(home)
+
+
+def _write_forwarding(argv: Command) -> bool:
+    """``ip netns exec NS sysctl -w net.ipv4.ip_forward=V`` done from this process.
+
+    The module enters the namespace and writes /proc/sys/net/ipv4/ip_forward
+    (a process per namespace saved). False, having done nothing, for any other
+    command or where that is not possible; the command then runs as planned."""
+    if len(argv) != 7 or argv[:3] != ["ip", "netns", "exec"] or argv[4:6] != ["sysctl", "-w"]:
+        return False
+    key, _, value = argv[6].partition("=")
+    if key != "net.ipv4.ip_forward" or value not in ("0", "1"):
+        return False
+
+    def write() -> None:
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+            f.write(value + "\n")
+
+    return _in_netns(argv[3], write)
 
 
 def read_forwarding(runner: Runner, names: list[str]) -> dict[str, bool]:
