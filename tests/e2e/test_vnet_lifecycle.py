@@ -31,7 +31,7 @@ def _assert_adjacent_nodes_reach_each_other(vnet: Vnet, vnet_id: str, spec: Path
 
 def test_up_figure6_every_adjacent_pair_pings(vnet: Vnet, lab: Lab) -> None:
     result = vnet.json("up", str(FIGURE6), "--substrate", lab.substrate)
-    assert set(result["timings"]) == {"parse", "embed", "plan", "deploy"}
+    assert set(result["timings"]) == {"parse", "embed", "pool", "plan", "deploy"}
     assert result["total"] > 0
     assert set(result["node_map"]) == {"e1", "r1", "r2", "r3", "r4", "e2"}
     assert len(set(result["node_map"].values())) > 1, "the VNet should span several hosts"
