@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the Click modular router (user-level driver only) from the vendored
-# source tarball, once per machine, into a cache outside the work tree keyed
+# source tarball (third_party/click), once per machine, into a cache outside the work tree keyed
 # by the tarball's sha256:
 #   /var/cache/vnet/click/<sha256[:16]>/bin/click
 # The tree is installed under a temporary name and renamed when complete, so
@@ -8,17 +8,22 @@
 # The compiler runs under `nice -n 19` (shared machines). Element groups vnet
 # does not use (analysis, app, aqm, test) and the host tools are left out to
 # cut build time. Prints the click binary's path on its last line.
-#   scripts/install-click.sh                 # uses ../shared/vendor/click
+#   scripts/install-click.sh                 # uses third_party/click (vendored)
 #   CLICK_TARBALL=... CLICK_CACHE=... CLICK_JOBS=2 scripts/install-click.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tarball=${CLICK_TARBALL:-$(cd .. && pwd)/shared/vendor/click/click-9197a594b1c3.tar.gz}
+tarball=${CLICK_TARBALL:-third_party/click/click-9197a594b1c3.tar.gz}
+expected=c9aa3dc9d41634698605b50359b27e2a85c47ad99dc411a0a7770022814ac14f
 cache=${CLICK_CACHE:-/var/cache/vnet/click}
 jobs=${CLICK_JOBS:-2}
 [ -f "$tarball" ] || { echo "click source not found: $tarball" >&2; exit 1; }
 
 sum=$(sha256sum "$tarball" | cut -d' ' -f1)
+if [ -z "${CLICK_TARBALL:-}" ] && [ "$sum" != "$expected" ]; then
+    echo "click source $tarball: sha256 $sum, expected $expected" >&2
+    exit 1
+fi
 key=${sum:0:16}
 final="$cache/$key"
 if [ -x "$final/bin/click" ]; then
