@@ -178,7 +178,7 @@ def _write_forwarding(argv: Command) -> bool:
     command or where that is not possible; the command then runs as planned."""
     if len(argv) != 7 or argv[:3] != ["ip", "netns", "exec"] or argv[4:6] != ["sysctl", "-w"]:
         return False
-    key, _, value = argv[6].partition("=")
+    key, _sep, value = argv[6].partition("=")
     if key != "net.ipv4.ip_forward" or value not in ("0", "1"):
         return False
 
