@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import pytest
 
 from tests.integration.players_fixtures import Players, Substrates, namespaces
+from vnetlib.core.deployer import AnsibleDeployer
+from vnetlib.deploy.ansible import Progress
+from vnetlib.lab import manage
 from vnetlib.players import messages as m
 from vnetlib.players.client import PlayerClient, RemoteError
 from vnetlib.players.config import Upstream, VnoSection, VnpSection
@@ -151,12 +154,27 @@ def test_put_with_the_same_key_never_makes_a_second_vnet(
     _nothing_left(players, substrates)
 
 
+@dataclass(slots=True)
+class SlowDeployer:
+    """The real Ansible deployer, each run started `seconds` late: a deployment
+    that outlasts the VNO's timeout whatever the machine's speed."""
+
+    inner: AnsibleDeployer
+    seconds: float
+
+    def apply(self, plan: Mapping[str, Any], state: str, *, check: bool = False,
+              progress: Progress | None = None) -> None:
+        time.sleep(self.seconds)
+        self.inner.apply(plan, state, check=check, progress=progress)
+
+
 def test_vno_that_times_out_keeps_the_vnet_unknown_and_resolves_it(
         players: Players, substrates: Substrates) -> None:
-    players.pip("pip-a", substrates.a)
-    players.pip("pip-b", substrates.b)
+    for name, sub in (("pip-a", substrates.a), ("pip-b", substrates.b)):
+        players.pip(name, sub, deployer=SlowDeployer(
+            AnsibleDeployer(manage.inventory_path(sub)), 2.0))
     _vnp(players, ["pip-a", "pip-b"])
-    _vno(players, timeout=1.0)  # an instantiation (Ansible) takes longer
+    _vno(players, timeout=1.0)  # each deployment takes over 2 s
     sp = players.sp("sp", "vno")
     with pytest.raises(RemoteError) as err:
         sp.request_vnet(_solo())

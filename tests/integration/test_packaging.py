@@ -362,7 +362,6 @@ def test_extras_are_optional(dists: Dists) -> None:
     psycopg = [r for r in requires if "psycopg" in r]
     assert psycopg and all('extra == "postgresql"' in r or 'extra == "test"' in r
                            for r in psycopg), psycopg
-    assert not [r for r in requires if "paramiko" in r]
 
 
 @pytest.mark.e2e
