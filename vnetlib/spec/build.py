@@ -75,7 +75,8 @@ def vnet_from(root: Element, source: str) -> VNetSpec:
         source=source,
         boundary=tuple(_boundary(b) for b in children(root, "boundary-link")),
         attachments=tuple(
-            Attachment(a.get("node", ""), a.get("pool", ""), a.get("realm", ""), line_of(a))
+            Attachment(a.get("node", ""), a.get("pool", ""), a.get("realm", ""), line_of(a),
+                       a.get("link", ""))
             for a in children(root, "attach")
         ),
     )

@@ -227,6 +227,7 @@ def check_vnet(root: Element, file: str, limit: int = MAX_REPORTED) -> Findings:
             _check_endpoint(out, end, kinds, used_ifaces)
     _check_addresses(out, links)
     _check_attachments(out, children(root, "attach"), kinds)
+    _check_link_attachments(out, children(root, "attach"), links + boundary)
     _check_amounts(out, root)
     return out.findings()
 
@@ -257,6 +258,50 @@ def _check_attachments(out: Collector, attachments: list[Element],
         if pool.version != 4 or pool.size < 4 or pool.ip != pool.network:
             out.add(att, f"pool {att.get('pool')} is not an IPv4 network of 4 addresses or more",
                     "write a network such as 198.19.1.0/24")
+
+
+def _check_link_attachments(out: Collector, attachments: list[Element],
+                            links: list[Element]) -> None:
+    """An attachment on a link names a link (or, in a PIP's part, a boundary
+    link) that `node` ends on, with an IPv4 address whose subnet holds the
+    pool; no address of the link is in the pool (the devices take them all)."""
+    by_id = {link.get("id", ""): link for link in links}
+    for att in attachments:
+        name, node = att.get("link"), att.get("node", "")
+        if name is None:
+            continue
+        link = by_id.get(name)
+        if link is None:
+            out.add(att, f"attachment point on unknown link {name!r}",
+                    _suggest(out, name, by_id, "declare the link with <link id=...>"))
+            continue
+        ends = children(link, "endpoint")
+        own = [e for e in ends if e.get("node") == node]
+        if not own:
+            out.add(att, f"node {node!r} is no end of link {name!r}",
+                    "name the link's end that hands out the devices' addresses")
+            continue
+        try:
+            pool = netaddr.IPNetwork(att.get("pool", ""))
+        except (netaddr.AddrFormatError, ValueError):
+            continue  # reported with the node's attachment rules
+        nets = [netaddr.IPNetwork((a.text or "").strip()) for a in children(own[0], "address")
+                if _is_ipv4(a.text)]
+        if not any(pool in n.cidr for n in nets):
+            out.add(att, f"pool {pool} is not inside the subnet of {node}'s end of {name}",
+                    "give the node an address on the link whose subnet holds the pool")
+        for e in ends:
+            for a in children(e, "address"):
+                if _is_ipv4(a.text) and netaddr.IPNetwork((a.text or "").strip()).ip in pool:
+                    out.add(att, f"pool {pool} holds {e.get('node')}'s address on {name}",
+                            "choose a pool outside the link's own addresses")
+
+
+def _is_ipv4(text: str | None) -> bool:
+    try:
+        return netaddr.IPNetwork((text or "").strip()).version == 4
+    except (netaddr.AddrFormatError, ValueError):
+        return False
 
 
 def _check_consoles(out: Collector, node: Element, kind: NodeKind) -> None:

@@ -122,12 +122,14 @@ class ServiceRequirements:
 @dataclass(frozen=True, slots=True)
 class Attachment:
     """Where end users join the VNet (Interface 6): at `node`, addresses from
-    `pool`, authenticated by `realm`."""
+    `pool`, authenticated by `realm`. With `link`, they join that link's
+    segment instead, and `node`'s end of the link serves their addresses."""
 
     node: str
     pool: str
     realm: str
     line: int | None = field(default=None, compare=False)
+    link: str = ""
 
 
 @dataclass(frozen=True, slots=True)

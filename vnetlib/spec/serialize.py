@@ -96,7 +96,8 @@ def dump_vnet(spec: VNetSpec) -> bytes:
     for boundary in spec.boundary:
         _boundary(root, boundary)
     for att in spec.attachments:
-        _el(root, "attach", node=att.node, pool=att.pool, realm=att.realm)
+        _el(root, "attach", node=att.node, link=att.link or None, pool=att.pool,
+            realm=att.realm)
     return _document(root)
 
 
