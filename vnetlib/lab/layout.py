@@ -3,6 +3,7 @@ substrate description and the Ansible inventory that describe it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ from vnetlib.spec.model import NodeKind, Substrate, SubstrateHost, SubstrateLink
 
 DEFAULT_LOCATIONS = ("berlin", "london", "paris", "madrid", "rome", "vienna", "oslo", "lisbon")
 HOST_OFFSET = 10
+CONNECTIONS = ("netns", "ssh")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +30,13 @@ class LabConfig:
     mgmt_network: str = "198.18.128.0/24"
     link_bandwidth_mbps: float = 1000.0
     locations: tuple[str, ...] = ()
+    connection: str = "netns"  # how Ansible reaches the hosts: nsenter, or sshd in each host
 
     def __post_init__(self) -> None:
         naming.check_lab_name(self.name)
+        if self.connection not in CONNECTIONS:
+            raise ValueError(
+                f"connection {self.connection!r} is not one of {', '.join(CONNECTIONS)}")
         if not 1 <= self.hosts <= 200:
             raise ValueError(f"a lab has 1 to 200 hosts, not {self.hosts}")
         for net in (self.data_network, self.mgmt_network):
@@ -105,13 +111,25 @@ def substrate_of(config: LabConfig) -> Substrate:
     )
 
 
-def inventory_of(config: LabConfig) -> dict[str, Any]:
-    """An Ansible inventory that reaches each lab host through its namespace."""
-    hosts = {
-        name: {
+def inventory_of(
+    config: LabConfig, remote: Callable[[str], dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """An Ansible inventory that reaches each lab host through its namespace,
+    or, with `remote` (the connection variables for a management address),
+    over the network at its management address."""
+
+    def reach(i: int, name: str) -> dict[str, Any]:
+        if remote is not None:
+            return remote(config.mgmt_address(i))
+        return {
             "ansible_connection": "vnet.infra.netns",
             "ansible_netns_name": naming.host_netns(config.name, name),
             "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+        }
+
+    hosts = {
+        name: {
+            **reach(i, name),
             "vnet_data_address": config.data_address(i),
             "vnet_mgmt_address": config.mgmt_address(i),
         }

@@ -13,7 +13,7 @@ import yaml
 from vnetlib import paths
 from vnetlib.instantiate import INVENTORY_FILE, MANAGER_FILE, SUBSTRATE_FILE, forget_substrate
 from vnetlib.instantiate import local_vnets as _local_vnets
-from vnetlib.lab import kernel
+from vnetlib.lab import kernel, sshd
 from vnetlib.lab.layout import LabConfig, inventory_of, substrate_of
 from vnetlib.spec import dump_substrate
 from vnetlib.spec.model import Substrate
@@ -76,14 +76,26 @@ def up(config: LabConfig) -> kernel.Changes:
     directory.mkdir(parents=True, exist_ok=True)
     existing.write_text(json.dumps(asdict(config), indent=2) + "\n")
     changes = kernel.up(config)
+    remote = None
+    if config.connection == "ssh":
+        files = sshd.files_of(directory)
+        changes.created += sshd.start(config, files)
+
+        def remote(address: str) -> dict[str, object]:
+            return sshd.host_vars(files, address)
+
     (directory / SUBSTRATE_FILE).write_bytes(dump_substrate(substrate_of(config)))
-    (directory / INVENTORY_FILE).write_text(yaml.safe_dump(inventory_of(config), sort_keys=False))
+    inventory = inventory_of(config, remote)
+    (directory / INVENTORY_FILE).write_text(yaml.safe_dump(inventory, sort_keys=False))
     return changes
 
 
 def down(lab: str) -> kernel.Changes:
-    """Remove the lab, every VNet deployed on it, and its files."""
+    """Remove the lab, every VNet deployed on it, and its files; the hosts'
+    sshd (if any) are stopped by pid first."""
+    stopped = sshd.stop(sshd.files_of(paths.substrate_dir(lab)))
     changes = kernel.down(lab)
+    changes.removed[:0] = stopped
     forget_substrate(lab)
     directory = paths.substrate_dir(lab)
     if directory.exists():

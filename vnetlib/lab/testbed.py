@@ -43,6 +43,7 @@ class LabSpec:
     players: bool = True
     attach: bool = False  # end-user attachment: RADIUS server, proxies, access switches
     switch_vlan: bool = False  # Open vSwitch per substrate switch (vnetlib.switch.lab)
+    connection: str = "netns"  # "ssh": an sshd in every host, Ansible's ssh connection
 
     def __post_init__(self) -> None:
         if not LAB_NAME_RE.match(self.name) or re.search(r"p[0-9]+$", self.name):
@@ -68,6 +69,7 @@ class LabSpec:
                 data_network=f"198.18.{i}.0/24",
                 mgmt_network=f"198.18.{128 + self.mgmt_offset + i}.0/24",
                 locations=(PIP_LOCATIONS[i - 1],),
+                connection=self.connection,
             )
             for i in range(1, self.pips + 1)
         ]
