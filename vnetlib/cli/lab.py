@@ -41,6 +41,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="Open vSwitch (userspace) in each PIP's switch namespace, for switch VLANs",
     )
+    up.add_argument(
+        "--connection",
+        choices=("netns", "ssh"),
+        default="netns",
+        help="how Ansible reaches the hosts: nsenter (default, fast) or an sshd in each host",
+    )
     up.add_argument("--json", action="store_true", help="machine-readable output")
     up.set_defaults(func=run_up)
     add_device_parser(verbs)
@@ -65,6 +71,7 @@ def run_up(args: argparse.Namespace) -> int:
         players=not args.no_players,
         attach=args.attach,
         switch_vlan=args.switch_vlan,
+        connection=args.connection,
     )
     with Live(args.json) as progress:
         progress(f"bringing up lab {spec.name}: {spec.pips} PIPs of {spec.hosts} hosts"
