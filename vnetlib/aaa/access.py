@@ -42,7 +42,7 @@ from vnetlib import naming
 from vnetlib.aaa import daemons, radius
 from vnetlib.core.ledger import Ledger
 from vnetlib.core.records import Sliver
-from vnetlib.spec import SpecErrors, parse_vnet
+from vnetlib.spec import SpecErrors, VNetSpec, parse_vnet
 
 log = logging.getLogger("vnetlib.aaa.access")
 
@@ -230,20 +230,30 @@ def _bridge(ipr: IPRoute, name: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """Where a handle leads at this PIP."""
+    """Where a handle leads at this PIP: the node's own end-user segment, or
+    (with `link`) the virtual link's segment on the node's host, where the
+    node's interface `iface` on the link hands out the addresses."""
 
     sliver: str
     node: str
     host_ns: str
     node_ns: str
+    link: str = ""
+    iface: str = ""
 
     @property
     def key(self) -> str:
+        if self.link:
+            return naming.short_hash(self.sliver, self.node, self.link)
         return segment_key(self.sliver, self.node)
 
     @property
     def bridge(self) -> str:
-        return f"va{self.key}"
+        return naming.link_bridge(self.sliver, self.link) if self.link else f"va{self.key}"
+
+    @property
+    def dhcp_if(self) -> str:
+        return self.iface or ATT_IF
 
 
 class UnknownHandle(LookupError):
@@ -270,14 +280,27 @@ def find_segment(slivers: Iterable[Sliver], substrate: str, handle: str,
     for s in slivers:
         if not _names(s.name, name) or node not in s.embedding.node_map:
             continue
-        points = {a.node: a.realm for a in parse_vnet(s.spec_xml.encode()).attachments}
-        if points.get(node) != realm:
+        spec = parse_vnet(s.spec_xml.encode())
+        points = {a.node: a for a in spec.attachments}
+        point = points.get(node)
+        if point is None or point.realm != realm:
             raise UnknownHandle(f"node {node} of {name} is no attachment point of "
                                 f"realm {realm!r}")
         host = s.embedding.node_map[node]
         return Segment(s.id, node, naming.host_netns(substrate, host),
-                       naming.vnode_netns(substrate, s.id, node))
+                       naming.vnode_netns(substrate, s.id, node), point.link,
+                       _link_iface(spec, point.link, node) if point.link else "")
     raise UnknownHandle(f"no VNet at this PIP has a node for handle {handle!r}")
+
+
+def _link_iface(spec: VNetSpec, link: str, node: str) -> str:
+    """The node's interface on `link` (a link of the PIP's part, or a boundary link)."""
+    ends = [e for v in spec.links if v.id == link for e in (v.a, v.b)]
+    ends += [b.endpoint for b in spec.boundary if b.id == link]
+    for end in ends:
+        if end.node == node:
+            return end.interface.name
+    raise UnknownHandle(f"node {node} is no end of link {link}")
 
 
 def resolve(substrate: str, store: str, handle: str, realm: str) -> Segment:
@@ -291,7 +314,11 @@ def resolve(substrate: str, store: str, handle: str, realm: str) -> Segment:
 
 def ensure_segment(directory: Path, seg: Segment, pool: str) -> None:
     """The node's end-user segment: bridge, `att0` with the pool's first
-    address, dnsmasq handing out the others."""
+    address, dnsmasq handing out the others; or, on a link, dnsmasq on the
+    node's end of the link's segment."""
+    if seg.link:
+        _ensure_link_segment(directory, seg, pool)
+        return
     net = netaddr.IPNetwork(pool)
     inner = f"vn{seg.key}"
     with netns(seg.host_ns) as host:
@@ -311,11 +338,44 @@ def ensure_segment(directory: Path, seg: Segment, pool: str) -> None:
         have = {a.get_attr("IFA_ADDRESS") for a in node.get_addr(index=att, family=2)}
         if str(net.network + 1) not in have:
             node.addr("add", index=att, address=str(net.network + 1), prefixlen=net.prefixlen)
+    _dnsmasq(directory, seg, net.network + 2, net.broadcast - 1, net.netmask,
+             net.network + 1)
+
+
+def _ensure_link_segment(directory: Path, seg: Segment, pool: str) -> None:
+    """The link's bridge is the VNet's own (its planner made it): only
+    checked; the node's address on the link is the devices' gateway."""
+    with netns(seg.host_ns) as host:
+        if _index(host, seg.bridge) is None:
+            raise RuntimeError(f"link {seg.link} has no bridge {seg.bridge} on "
+                               f"{seg.host_ns} (only the kernel bridge path takes end users)")
+    with netns(seg.node_ns) as node:
+        idx = _index(node, seg.iface)
+        if idx is None:
+            raise RuntimeError(f"node {seg.node} has no interface {seg.iface}")
+        mtu = int(node.get_links(idx)[0].get_attr("IFLA_MTU"))
+        addrs = [netaddr.IPNetwork(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+                 for a in node.get_addr(index=idx, family=2)]
+    want = netaddr.IPNetwork(pool)
+    subnet = next((a for a in addrs if want in a.cidr), None)
+    if subnet is None:
+        raise RuntimeError(f"{seg.node}'s end of {seg.link} has no address around {pool}")
+    first = max(want.first, subnet.first + 1)
+    last = min(want.last, subnet.last - 1)
+    _dnsmasq(directory, seg, netaddr.IPAddress(first), netaddr.IPAddress(last),
+             subnet.netmask, subnet.ip, mtu)
+
+
+def _dnsmasq(directory: Path, seg: Segment, first: netaddr.IPAddress,
+             last: netaddr.IPAddress, netmask: netaddr.IPAddress,
+             gateway: netaddr.IPAddress, mtu: int | None = None) -> None:
     leases = directory / "run" / f"dnsmasq-{seg.key}.leases"
     daemons.start(["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
-                   f"--interface={ATT_IF}", "--bind-interfaces", "--except-interface=lo",
-                   f"--dhcp-range={net.network + 2},{net.broadcast - 1},{net.netmask},1h",
-                   f"--dhcp-option=3,{net.network + 1}", f"--dhcp-leasefile={leases}",
+                   f"--interface={seg.dhcp_if}", "--bind-interfaces", "--except-interface=lo",
+                   f"--dhcp-range={first},{last},{netmask},1h",
+                   f"--dhcp-option=3,{gateway}",
+                   *([f"--dhcp-option-force=26,{mtu}"] if mtu else []),
+                   f"--dhcp-leasefile={leases}",
                    "--dhcp-authoritative", "--no-ping", "--log-dhcp", "--log-facility=-"],
                   pidfile=directory / "run" / f"dnsmasq-{seg.key}.pid",
                   log=directory / "log" / f"dnsmasq-{seg.key}.log", marker=str(leases),
@@ -326,6 +386,8 @@ def remove_segment(directory: Path, seg: Segment) -> None:
     leases = directory / "run" / f"dnsmasq-{seg.key}.leases"
     daemons.stop(directory / "run" / f"dnsmasq-{seg.key}.pid", str(leases))
     leases.unlink(missing_ok=True)
+    if seg.link:
+        return  # the link's bridge is the VNet's
     with contextlib.suppress(OSError, NetlinkError), netns(seg.host_ns) as host:
         _delete(host, f"vn{seg.key}")
         _delete(host, seg.bridge)

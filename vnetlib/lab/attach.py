@@ -35,6 +35,7 @@ UPLINK_IF = "mgmt0"
 DHCP_SCRIPT = """#!/bin/sh
 case "$1" in
   bound|renew)
+    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
     ip addr flush dev "$interface"
     ip addr add "$ip/$mask" dev "$interface"
     ;;
@@ -324,7 +325,7 @@ def attach(directory: Path, name: str, identity: str, password: str,
                           f"no decision within {timeout:.0f} s")
     authorized = time.monotonic() - start
     script = aaa_root(directory) / "udhcpc.sh"
-    if not script.exists():
+    if not script.exists() or script.read_text() != DHCP_SCRIPT:
         script.write_text(DHCP_SCRIPT)
         script.chmod(0o755)
     left = max(2, int(deadline - time.monotonic()))
