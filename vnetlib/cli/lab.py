@@ -47,6 +47,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="netns",
         help="how Ansible reaches the hosts: nsenter (default, fast) or an sshd in each host",
     )
+    up.add_argument(
+        "--encap",
+        choices=("vxlan", "click", "vlan"),
+        default="vxlan",
+        help="how links between substrate hosts are carried: kernel VXLAN (default), "
+        "Click (user-level, UDP), or the switch's VLANs (Open vSwitch)",
+    )
     up.add_argument("--json", action="store_true", help="machine-readable output")
     up.set_defaults(func=run_up)
     add_device_parser(verbs)
