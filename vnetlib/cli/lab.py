@@ -78,6 +78,7 @@ def run_up(args: argparse.Namespace) -> int:
         players=not args.no_players,
         attach=args.attach,
         switch_vlan=args.switch_vlan,
+        encap=args.encap,
         connection=args.connection,
     )
     with Live(args.json) as progress:
