@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from tests.e2e.conftest import Lab, Vnet, links_in, netns_list, new_lab, ping
 from vnetlib import naming
 from vnetlib.cli.users import attached as attached_users
 from vnetlib.lab import attach as lab_attach
-from vnetlib.lab.players import service_provider
+from vnetlib.lab.players import pip_name, service_provider
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("freeradius", "hostapd", "wpa_supplicant", "dnsmasq",
@@ -87,7 +88,7 @@ def node_ns(w: World, node: str) -> str:
     return found[0]
 
 
-def test_device_joins_the_link_segment_and_leaves_it_intact(world: World) -> None:
+def test_device_joins_the_link_segment_and_leaves_it_intact(vnet: Vnet, world: World) -> None:
     got = lab_attach.attach(world.directory, "d1", "bob@vno", "b0b-on-the-link")
     assert got.outcome == "connected", got
     assert got.address is not None
@@ -108,6 +109,14 @@ def test_device_joins_the_link_segment_and_leaves_it_intact(world: World) -> Non
     sp = service_provider(world.lab.name)
     assert [(a["identity"], a["port"]) for a in attached_users(sp, world.vnet_id)] == [
         ("bob@vno", "p-d1")]
+    # `vnet status VNET`: who is attached, at which PIP and port, since when
+    status = vnet.json("status", world.vnet_id, "--lab", world.lab.name)
+    [user] = status["end_users"]
+    assert (user["identity"], user["pip"], user["port"]) == ("bob@vno", pip_name(1), "p-d1")
+    since = datetime.strptime(user["since"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    assert abs(since.timestamp() - time.time()) < 60
+    text = vnet.run("status", world.vnet_id, "--lab", world.lab.name).stdout
+    assert "bob@vno" in text and "p-d1" in text
 
     lab_attach.detach(world.directory, "d1")
     assert not ping(world.device_ns, "198.19.4.2", wait=1)
@@ -125,3 +134,4 @@ def test_device_joins_the_link_segment_and_leaves_it_intact(world: World) -> Non
                            "-W", "2", "198.19.4.2"], capture_output=True, check=False)
     assert done.returncode == 0  # the VNet's own link still carries traffic
     assert attached_users(sp, world.vnet_id) == []
+    assert vnet.json("status", world.vnet_id, "--lab", world.lab.name)["end_users"] == []

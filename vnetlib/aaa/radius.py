@@ -87,7 +87,8 @@ AUTH_FORMAT = (
 )
 ACCT_FORMAT = (
     "%{Acct-Status-Type} %{User-Name} %{%{NAS-Identifier}:--} %{%{Calling-Station-Id}:--} "
-    "%{%{Acct-Session-Id}:--} %{%{Acct-Session-Time}:-0} %{%{integer:Event-Timestamp}:-0}"
+    "%{%{Acct-Session-Id}:--} %{%{Acct-Session-Time}:-0} %{%{integer:Event-Timestamp}:-0} "
+    "%{%{listen:TLS-Client-Cert-Common-Name}:--}"
 )
 DECISION_FORMAT = (
     "%{%{reply:Packet-Type}:--} %{%{NAS-Identifier}:--} %{%{Calling-Station-Id}:--} "
@@ -253,6 +254,11 @@ server vno {{
     preacct {{
         {PIP_ONLY}
             reject
+        }}
+        if (!&Event-Timestamp) {{
+            update request {{
+                Event-Timestamp := "%l"
+            }}
         }}
     }}
     accounting {{

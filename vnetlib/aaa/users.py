@@ -217,7 +217,7 @@ def stop_server(directory: Path) -> bool:
     return daemons.stop(_pidfile(directory), str(directory))
 
 
-ACCT_KEYS = ("status", "identity", "port", "device", "session", "seconds", "time")
+ACCT_KEYS = ("status", "identity", "port", "device", "session", "seconds", "time", "pip")
 
 
 @dataclass(slots=True)
@@ -251,6 +251,7 @@ def accounting(directory: Path) -> list[dict[str, str]]:
             return []
         complete = data[:data.rfind(b"\n") + 1]
         index.offset += len(complete)
-        index.records += [dict(zip(ACCT_KEYS, line.split(maxsplit=6), strict=False))
+        index.records += [dict(zip(ACCT_KEYS, line.split(maxsplit=len(ACCT_KEYS) - 1),
+                                   strict=False))
                           for line in complete.decode(errors="replace").splitlines() if line]
         return list(index.records)

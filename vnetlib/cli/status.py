@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from vnetlib.cli import target
 from vnetlib.cli.output import emit_json, table
+from vnetlib.cli.users import attached
 from vnetlib.instantiate import LocalVNet, local_vnets
 from vnetlib.lab.players import service_provider
 from vnetlib.players.client import ClientError
 from vnetlib.players.messages import VNetView
+from vnetlib.players.sp import ServiceProvider
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +36,29 @@ def _remote(v: VNetView, lab: str) -> dict[str, Any]:
             "status": v.status, "nodes": list(v.nodes), "price": v.price}
 
 
+def end_users(sp: ServiceProvider, vnet_id: str) -> list[dict[str, str]]:
+    """The VNet's end users attached now, from the VNO's accounting: who, at
+    which PIP and port, which device, since when (UTC). A VNO without
+    end-user attachment answers with none."""
+    try:
+        records = attached(sp, vnet_id)
+    except ClientError as err:
+        print(f"vnet: warning: the VNO did not list attached end users: {err}",
+              file=sys.stderr)
+        return []
+    return [{"identity": r.get("identity", ""), "pip": r.get("pip", "-"),
+             "port": r.get("port", ""), "device": r.get("device", ""),
+             "since": _utc(r.get("time", "0")), "session": r.get("session", "")}
+            for r in sorted(records, key=lambda r: r.get("time", ""))]
+
+
+def _utc(stamp: str) -> str:
+    seconds = int(stamp) if stamp.isdigit() else 0
+    if not seconds:
+        return "-"
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.vnet:
         record = target.local(args.vnet)
@@ -45,10 +71,12 @@ def run(args: argparse.Namespace) -> int:
                     for n, h in sorted(record.embedding.get("node_map", {}).items())]
             header = ["node", "host", "state", "libvirt"]
         else:
-            view = target.remote(args.vnet, args.lab).status(args.vnet)
+            sp = target.remote(args.vnet, args.lab)
+            view = sp.status(args.vnet)
             detail = _remote(view, args.lab)
             states = dict(view.node_states)
             detail["node_states"] = {n: states.get(n, "running") for n in view.nodes}
+            detail["end_users"] = end_users(sp, view.id)
             rows = [(n, "", states.get(n, "running"), "") for n in view.nodes]
             header = ["node", "", "state", ""]
         if args.json:
@@ -57,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"VNet {detail['vnet']} ({detail['name']}) via {detail['via']}: "
                   f"{detail['status']}")
             print(table([list(r) for r in rows], header))
+            users = detail.get("end_users") or []
+            if users:
+                print(f"\n{len(users)} end user(s) attached:")
+                print(table([[u["identity"], u["pip"], u["port"], u["device"], u["since"]]
+                             for u in users], ["user", "at", "port", "device", "since"]))
         return 0
     found = [_local(r) for r in local_vnets()]
     try:
