@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -170,14 +171,32 @@ class Instance:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Serializes changes of this instance (two VNets deployed at once)."""
-        self.owners.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        """Serializes changes of this instance (two VNets deployed at once).
+        The directory of an instance left with no segment is removed under the
+        lock (:meth:`remove`), so a lock taken on a file no longer linked there
+        is taken again."""
+        while True:
+            self.owners.mkdir(parents=True, exist_ok=True)
+            fh = open(self.dir / "lock", "a")  # noqa: SIM115 - held across the yield
             try:
-                yield
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    same = os.stat(self.dir / "lock").st_ino == os.fstat(fh.fileno()).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(fh, fcntl.LOCK_UN)
+                    return
             finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                fh.close()
+
+    def remove(self) -> None:
+        """Removes the state directory of a stopped instance (under its lock)."""
+        if self.pid() is None and not self.owner_links():
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def pid(self) -> int | None:
         """The running Click's pid, or None (a stale pid file is ignored)."""
@@ -454,4 +473,6 @@ def apply(inst: Instance, owner: str, links: Sequence[ClickLink], *, present: bo
             inst.stop()
         run_commands(del_cmds)
         inst.set_owner(owner, mine)
+        if not every:
+            inst.remove()
         return Outcome(True, before, after, tuple(tuple(c) for c in dev_cmds), action)

@@ -18,6 +18,13 @@ description:
     are left alone.
   - The bridge is made if missing (O(datapath_type), userspace C(netdev) by default,
     since the kernel datapath module is often missing on lab machines).
+  - With O(links), the module also wires virtual link segments of the host it runs
+    on to the switch, for hosts that cannot tag frames themselves (no 8021q, no
+    bridge VLAN filtering): per segment a veth pair, one end (O(links[].device)) on
+    the link's bridge on this host, the other (O(links[].port)) moved into the
+    switch's network namespace O(switch_netns) and made an access port of the
+    segment's VLAN. Two hosts' segments of one link on the same VLAN are joined by
+    the switch; tagged frames from the nodes are dropped at the access port.
 author: vnet developers (@vnet)
 options:
   bridge:
@@ -43,8 +50,41 @@ options:
         description: VLAN ids a trunk port carries (1 to 4094, at least one).
         type: list
         elements: int
+  links:
+    description: Virtual link segments of this host to wire to the switch.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      link:
+        description: Virtual link id (messages only).
+        type: str
+        required: true
+      vlan:
+        description: The segment's VLAN id (2 to 4093).
+        type: int
+        required: true
+      bridge:
+        description: The link's bridge on this host (must exist).
+        type: str
+        required: true
+      device:
+        description: This host's end of the veth pair (joins O(links[].bridge)).
+        type: str
+        required: true
+      port:
+        description: The switch's end of the veth pair, an access port of the VLAN.
+        type: str
+        required: true
+  switch_netns:
+    description:
+      - Network namespace of the switch (where ovs-vswitchd runs), for O(links).
+      - None for the namespace the module runs in.
+    type: str
   state:
-    description: C(absent) takes the listed ports off the bridge (the bridge stays).
+    description:
+      - C(absent) takes the listed ports off the bridge (the bridge stays), and deletes
+        the veth pairs of O(links).
     type: str
     choices: [present, absent]
     default: present
@@ -80,6 +120,15 @@ EXAMPLES = r"""
       - {name: vh5e6f7a8b, vlan: 101}
       - {name: vt-uplink, trunks: [101, 102]}
 
+- name: Wire two segments of a VNet on this host to the switch (VLANs 2 and 3)
+  vnet.infra.vnet_vlan:
+    bridge: vs-labp1
+    db: unix:/run/vnet/lab/ovs/db.sock
+    switch_netns: vl-labp1-switch
+    links:
+      - {link: l1, vlan: 2, bridge: vb1a2b3c4d, device: vx1a2b3c4d, port: vw5e6f7a8b}
+      - {link: l2, vlan: 3, bridge: vb2a2b3c4d, device: vx2a2b3c4d, port: vw6e6f7a8b}
+
 - name: Take a node's port off the switch
   vnet.infra.vnet_vlan:
     bridge: vs-berlin
@@ -102,7 +151,15 @@ ports:
   type: list
   elements: dict
   returned: always
+commands:
+  description: The device commands (argv lists) of O(links) run or, in check mode, to run.
+  type: list
+  elements: list
+  returned: always
 """
+
+import json  # noqa: E402
+import re  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
 from ansible_collections.vnet.infra.plugins.module_utils._ovs import (  # noqa: E402
@@ -115,6 +172,14 @@ from ansible_collections.vnet.infra.plugins.module_utils._ovs import (  # noqa: 
     trunk,
 )
 
+LINK_SPEC = {
+    "link": {"type": "str", "required": True},
+    "vlan": {"type": "int", "required": True},
+    "bridge": {"type": "str", "required": True},
+    "device": {"type": "str", "required": True},
+    "port": {"type": "str", "required": True},
+}
+IFNAME = re.compile(r"^[A-Za-z0-9_-]{1,15}$")
 PORT_SPEC = {
     "name": {"type": "str", "required": True},
     "vlan": {"type": "int"},
@@ -122,8 +187,68 @@ PORT_SPEC = {
 }
 
 
+def _ip(netns: str | None, *args: str) -> list[str]:
+    return ["ip", *(["-n", netns] if netns else []), *args]
+
+
+def read_devices(module: AnsibleModule, netns: str | None) -> dict[str, dict]:
+    """The namespace's interfaces by name (ip -json link)."""
+    rc, out, err = module.run_command(_ip(netns, "-json", "link", "show"))
+    if rc != 0:
+        raise OvsError(f"cannot read the interfaces{' of ' + netns if netns else ''}: {err}")
+    return {d["ifname"]: d for d in json.loads(out or "[]")}
+
+
+def check_links(links: list) -> None:
+    for lk in links:
+        for key in ("bridge", "device", "port"):
+            if not IFNAME.match(lk[key]):
+                raise OvsError(f"link {lk['link']}: {key} {lk[key]!r} is not an interface name")
+        if not 2 <= lk["vlan"] <= 4093:
+            raise OvsError(f"link {lk['link']}: VLAN id {lk['vlan']} is not 2 to 4093")
+
+
+def device_commands(links: list, here: dict[str, dict], there: dict[str, dict],
+                    switch_netns: str | None, present: bool) -> list[list[str]]:
+    """What makes (present) or removes (absent) the segments' veth pairs (pure)."""
+    cmds: list[list[str]] = []
+    for lk in links:
+        dev, port = here.get(lk["device"]), there.get(lk["port"])
+        if not present:
+            if dev is not None:
+                cmds.append(_ip(None, "link", "delete", lk["device"]))
+            elif port is not None:
+                cmds.append(_ip(switch_netns, "link", "delete", lk["port"]))
+            continue
+        if lk["bridge"] not in here:
+            raise OvsError(f"link {lk['link']}: bridge {lk['bridge']} is missing on this host")
+        if dev is None or port is None:  # a half-made pair is made again
+            if dev is not None:
+                cmds.append(_ip(None, "link", "delete", lk["device"]))
+            elif port is not None:
+                cmds.append(_ip(switch_netns, "link", "delete", lk["port"]))
+            peer = ["netns", switch_netns] if switch_netns else []
+            cmds.append(_ip(None, "link", "add", lk["device"], "type", "veth", "peer", "name",
+                            lk["port"], *peer))
+            dev = port = {}
+        if dev.get("master") != lk["bridge"]:
+            cmds.append(_ip(None, "link", "set", lk["device"], "master", lk["bridge"]))
+        if "UP" not in dev.get("flags", []):
+            cmds.append(_ip(None, "link", "set", lk["device"], "up"))
+        if "UP" not in port.get("flags", []):
+            cmds.append(_ip(switch_netns, "link", "set", lk["port"], "up"))
+    return cmds
+
+
+def run_commands(module: AnsibleModule, cmds: list[list[str]]) -> None:
+    for cmd in cmds:
+        rc, _, err = module.run_command(cmd)
+        if rc != 0:
+            raise OvsError(f"{' '.join(cmd)}: {err.strip()}")
+
+
 def want_ports(params: dict) -> list:
-    want = []
+    want = [access(lk["port"], lk["vlan"]) for lk in params["links"]]
     for p in params["ports"]:
         if (p["vlan"] is None) == (p["trunks"] is None):
             raise OvsError(f"port {p['name']}: give exactly one of vlan and trunks")
@@ -136,7 +261,15 @@ def run_module(module: AnsibleModule) -> dict:
     p = module.params
     want = want_ports(p)
     present = p["state"] == "present"
-    with OvsSwitch(p["db"]) as sw:
+    check_links(p["links"])
+    cmds: list[list[str]] = []
+    with OvsSwitch(p["db"]) as sw:  # first: no device is made for a switch that is down
+        if p["links"]:
+            here = read_devices(module, None)
+            there = read_devices(module, p["switch_netns"])
+            cmds = device_commands(p["links"], here, there, p["switch_netns"], present)
+            if present and not module.check_mode:
+                run_commands(module, cmds)
         exists = sw.has_bridge(p["bridge"])
         have = sw.ports(p["bridge"]) if exists else {}
         changes = plan(want, have, present)
@@ -145,6 +278,8 @@ def run_module(module: AnsibleModule) -> dict:
             if make_bridge:
                 sw.ensure_bridge(p["bridge"], p["datapath_type"])
             sw.apply(p["bridge"], changes)
+    if not present and not module.check_mode:
+        run_commands(module, cmds)
     names = [w.name for w in want]
     before = {n: have[n].to_dict() for n in names if n in have}
     after = dict(before)
@@ -153,7 +288,8 @@ def run_module(module: AnsibleModule) -> dict:
             after.pop(ch.port.name, None)
         else:
             after[ch.port.name] = ch.port.to_dict()
-    result = {"changed": bool(changes) or make_bridge, "bridge_created": make_bridge,
+    result = {"changed": bool(changes) or make_bridge or bool(cmds),
+              "bridge_created": make_bridge, "commands": cmds,
               "changes": [c.to_dict() for c in changes],
               "ports": [after[n] for n in names if n in after]}
     if module._diff:
@@ -168,6 +304,8 @@ def main() -> None:
         argument_spec={
             "bridge": {"type": "str", "required": True},
             "ports": {"type": "list", "elements": "dict", "default": [], "options": PORT_SPEC},
+            "links": {"type": "list", "elements": "dict", "default": [], "options": LINK_SPEC},
+            "switch_netns": {"type": "str"},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             "db": {"type": "str", "default": "unix:/var/run/openvswitch/db.sock"},
             "datapath_type": {"type": "str", "default": "netdev"},

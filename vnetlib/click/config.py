@@ -47,20 +47,22 @@ __all__ = [
 
 
 def click_link(task: LinkTask, latency_ms: float | None = None) -> ClickLink:
+    """The Click segment of `task`; its latency is `latency_ms`, else the task's."""
     if task.tunnel is None:
         raise ClickConfigError(f"link {task.link} does not cross hosts: no Click segment")
     t = task.tunnel
     return ClickLink(
         link=task.link, vni=t.vni, bridge=task.bridge, device=t.device,
         click_device=click_device(t.device), local=t.local, remote=t.remote,
-        bandwidth_mbps=task.bandwidth_mbps, latency_ms=latency_ms,
+        bandwidth_mbps=task.bandwidth_mbps,
+        latency_ms=latency_ms if latency_ms is not None else task.latency_ms,
     )
 
 
 def host_links(host: HostPlan,
                latency_ms: Mapping[str, float] | None = None) -> tuple[ClickLink, ...]:
     """The segments of `host` that cross hosts; `latency_ms` maps link ids to
-    their one-way delay (the plan has no latency field yet)."""
+    a one-way delay other than the plan's."""
     lat = latency_ms or {}
     return tuple(click_link(t, lat.get(t.link)) for t in host.links if t.tunnel is not None)
 

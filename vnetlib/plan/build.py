@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from vnetlib import naming
 from vnetlib.plan.model import (
+    ENCAPSULATIONS,
     DeploymentPlan,
     DomainNic,
     DomainTask,
@@ -27,6 +28,13 @@ DOMAIN_STATES = {"running": "running", "stopped": "shutdown", "paused": "paused"
 VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50
 SUBSTRATE_MTU = 1500
+CLICK_PORT = 47900  # plugins/module_utils/_click_config.CLICK_PORT
+VLAN_MIN, VLAN_MAX = 2, 4093  # 1 and 4094 (parking) are reserved: vnetlib.switch.daemon
+VNI_BASE = 4096  # vnetlib.core.ledger.VNI_MIN
+# What each encapsulation takes from a 1500-byte substrate frame: VXLAN's and
+# Click's (a VXLAN-format header in UDP) 50 bytes; a VLAN tag is added by the
+# switch inside its own frames, so the node keeps the full 1500.
+OVERHEAD = {"vxlan": VXLAN_OVERHEAD, "click": VXLAN_OVERHEAD, "vlan": 0}
 
 
 class PlanError(ValueError):
@@ -38,6 +46,23 @@ def _data_address(substrate: Substrate, host: str) -> str:
     if not address:
         raise PlanError(f"substrate host {host} has no data address for tunnels")
     return address.split("/")[0]
+
+
+def encapsulation_of(substrate: Substrate) -> str:
+    """The encapsulation of the substrate's own crossing links: the first one
+    its description lists that vnet can deploy (VXLAN if none)."""
+    return next((e for e in substrate.encapsulations if e in ENCAPSULATIONS), "vxlan")
+
+
+def vlan_of(link: str, vni: int, vlans: Mapping[str, int] | None) -> int:
+    """A crossing link's VLAN id: the one allocated for it (`vlans`), else one
+    derived from its tunnel id, which the ledger keeps unique on the substrate
+    while in use and hands out densely from 4096 (so VNI 4096 is VLAN 2)."""
+    vid = vlans[link] if vlans is not None and link in vlans else vni - VNI_BASE + VLAN_MIN
+    if not VLAN_MIN <= vid <= VLAN_MAX:
+        raise PlanError(f"virtual link {link}: no free VLAN id (tunnel id {vni} is beyond "
+                        f"the {VLAN_MAX - VLAN_MIN + 1} VLAN ids of the switch)")
+    return vid
 
 
 def build_plan(
@@ -52,6 +77,8 @@ def build_plan(
     node_states: Mapping[str, str] | None = None,
     image: GuestImage | None = None,
     pool_domains: Mapping[str, str] | None = None,
+    encapsulation: str | None = None,
+    vlans: Mapping[str, int] | None = None,
 ) -> DeploymentPlan:
     """Lay out every virtual node and link segment on the hosts of `node_map`.
 
@@ -73,7 +100,16 @@ def build_plan(
     its kernel command line. `pool_domains` maps VM nodes that took a pool VM to
     that VM's domain (libvirt cannot rename a running domain); their tasks
     say `pool`, so the module takes the VM over instead of booting one.
+
+    Crossing links use `encapsulation` (default: the substrate's, see
+    :func:`encapsulation_of`): ``vxlan``, ``click`` (the same tunnel id, in
+    Click's UDP port) or ``vlan`` (an access port on the substrate switch's
+    VLAN `vlans[link]`, or one derived from the tunnel id). Boundary links
+    are VXLAN whatever the substrate's, the common fallback between providers.
     """
+    encap = encapsulation or encapsulation_of(substrate)
+    if encap not in ENCAPSULATIONS:
+        raise PlanError(f"encapsulation {encap!r} is not one of {', '.join(ENCAPSULATIONS)}")
     states = dict(node_states or {})
     vms = {n.id: n for n in spec.nodes if n.kind.is_vm}
     if vms and image is None:
@@ -120,22 +156,25 @@ def build_plan(
         bridge = naming.link_bridge(vnet_id, link.id)
         if host_a == host_b:
             ports = ends(link.id, bridge, (link.a, SUBSTRATE_MTU), (link.b, SUBSTRATE_MTU))
-            links[host_a].append(LinkTask(link.id, bridge, ports, None, link.bandwidth_mbps))
+            links[host_a].append(LinkTask(link.id, bridge, ports, None, link.bandwidth_mbps,
+                                          latency_ms=link.latency_ms))
             continue
         if link.id not in vnis:
             raise PlanError(f"virtual link {link.id} crosses hosts but has no VXLAN id")
-        mtu = SUBSTRATE_MTU - VXLAN_OVERHEAD
+        mtu = SUBSTRATE_MTU - OVERHEAD[encap]
+        vni = vnis[link.id] if encap != "vlan" else vlan_of(link.id, vnis[link.id], vlans)
         for here, there, end in ((host_a, host_b, link.a), (host_b, host_a, link.b)):
             tunnel = TunnelTask(
-                kind="vxlan",
+                kind=encap,
                 device=naming.link_tunnel(vnet_id, link.id),
-                vni=vnis[link.id],
+                vni=vni,
                 local=_data_address(substrate, here),
                 remote=_data_address(substrate, there),
-                dstport=VXLAN_PORT,
+                dstport=CLICK_PORT if encap == "click" else VXLAN_PORT,
+                port=f"vw{naming.short_hash(vnet_id, link.id, here)}" if encap == "vlan" else None,
             )
             links[here].append(LinkTask(link.id, bridge, ends(link.id, bridge, (end, mtu)),
-                                        tunnel, link.bandwidth_mbps))
+                                        tunnel, link.bandwidth_mbps, encap, link.latency_ms))
 
     mtu = SUBSTRATE_MTU - VXLAN_OVERHEAD
     for blink in spec.boundary:
@@ -154,7 +193,7 @@ def build_plan(
         bridge = naming.link_bridge(vnet_id, blink.id)
         links[here].append(LinkTask(blink.id, bridge, ends(blink.id, bridge,
                                                            (blink.endpoint, mtu)),
-                                    tunnel, blink.bandwidth_mbps))
+                                    tunnel, blink.bandwidth_mbps, "vxlan", blink.latency_ms))
 
     if states:
         down = {naming.vnode_netns(lab, vnet_id, n) for n, st in states.items() if st != RUNNING}

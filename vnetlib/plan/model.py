@@ -3,14 +3,25 @@
 The plan is produced by pure code (``vnetlib.plan.build``) from a spec and an
 embedding, and consumed by the Ansible collection: ``to_dict`` gives the exact
 structure that ``playbooks/deploy_vnet.yml`` receives as ``vnet_plan``; each host
-hands its ``nodes`` to one ``vnet.infra.vnet_node`` run and its ``links`` to one
-``vnet.infra.vnet_link`` run. Field names here are the module parameters.
+hands its ``nodes`` and ``links`` to one ``vnet.infra.vnet_link`` run. Field
+names here are the module parameters.
+
+A crossing link segment is carried by one of three encapsulations
+(``LinkTask.encapsulation``): ``vxlan`` (a kernel VXLAN device, in
+``vnet_link``'s own tunnel), ``click`` (the host's Click process,
+``vnet.infra.vnet_click``) or ``vlan`` (a veth into the substrate's Open
+vSwitch, an access port on the segment's VLAN, ``vnet.infra.vnet_vlan``).
+``to_dict`` gives ``vnet_link`` only what it takes (the bridge and ports of
+Click and VLAN segments, without their tunnel) and lists the other two
+modules' shares as ``click`` and ``vlan`` per host.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+
+ENCAPSULATIONS = ("vxlan", "click", "vlan")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +48,12 @@ class PortTask:
 
 @dataclass(frozen=True, slots=True)
 class TunnelTask:
-    """The encapsulated part of a virtual link between two substrate hosts."""
+    """The encapsulated part of a virtual link between two substrate hosts.
+
+    ``kind`` is the encapsulation; for ``vlan``, ``vni`` is the VLAN id,
+    ``device`` the host end of the veth into the switch and ``port`` the
+    switch's end (an access port); for ``click``, ``dstport`` is Click's UDP
+    port."""
 
     kind: str
     device: str
@@ -45,6 +61,7 @@ class TunnelTask:
     local: str
     remote: str
     dstport: int = 4789
+    port: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +73,37 @@ class LinkTask:
     ports: tuple[PortTask, ...]
     tunnel: TunnelTask | None = None
     bandwidth_mbps: float | None = None
+    encapsulation: str = "vxlan"
+    latency_ms: float | None = None
+
+    def segment(self) -> dict[str, Any]:
+        """The ``vnet_link`` item: Click and VLAN segments without their tunnel
+        (Click shapes its own segments, so they carry no bandwidth here)."""
+        data = asdict(self)
+        del data["encapsulation"], data["latency_ms"]
+        if self.tunnel is None or self.encapsulation == "vxlan":
+            if data["tunnel"] is not None:
+                del data["tunnel"]["port"]
+            return data
+        data["tunnel"] = None
+        if self.encapsulation == "click":
+            data["bandwidth_mbps"] = None
+        return data
+
+    def click(self) -> dict[str, Any]:
+        """The ``vnet_click`` item (``links[]``) of a Click segment."""
+        t = self.tunnel
+        assert t is not None and self.encapsulation == "click"
+        return {"link": self.link, "vni": t.vni, "bridge": self.bridge, "device": t.device,
+                "click_device": "ck" + t.device[2:], "local": t.local, "remote": t.remote,
+                "bandwidth_mbps": self.bandwidth_mbps, "latency_ms": self.latency_ms}
+
+    def vlan(self) -> dict[str, Any]:
+        """The ``vnet_vlan`` item (``links[]``) of a VLAN segment."""
+        t = self.tunnel
+        assert t is not None and t.port is not None and self.encapsulation == "vlan"
+        return {"link": self.link, "vlan": t.vni, "bridge": self.bridge, "device": t.device,
+                "port": t.port}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +150,15 @@ class DeploymentPlan:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["hosts"] = {h["host"]: h for h in data["hosts"]}
+        hosts = {}
+        for host, plain in zip(self.hosts, data["hosts"], strict=True):
+            plain["links"] = [t.segment() for t in host.links]
+            plain["click"] = [t.click() for t in host.links
+                              if t.tunnel is not None and t.encapsulation == "click"]
+            plain["vlan"] = [t.vlan() for t in host.links
+                             if t.tunnel is not None and t.encapsulation == "vlan"]
+            hosts[host.host] = plain
+        data["hosts"] = hosts
         return data
 
     def host(self, name: str) -> HostPlan:

@@ -7,12 +7,18 @@ those, by pid."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+import yaml
+
+from vnetlib import paths
+from vnetlib.instantiate import INVENTORY_FILE, SUBSTRATE_FILE
 from vnetlib.lab.layout import LabConfig
+from vnetlib.spec import dump_substrate, load_substrate
 from vnetlib.switch import daemons
 
 RECORD = "ovs.json"
@@ -71,3 +77,40 @@ def down(directory: Path) -> list[str]:
         shutil.rmtree(inst.rundir, ignore_errors=True)
     (directory / RECORD).unlink(missing_ok=True)
     return removed
+
+
+def bridge_of(substrate: str) -> str:
+    """The Open vSwitch bridge of a lab substrate's switch."""
+    return f"vs-{substrate}"
+
+
+def set_encapsulation(directory: Path, substrates: Iterable[LabConfig], encap: str) -> list[str]:
+    """Make `encap` the first encapsulation of each substrate's description
+    (VXLAN stays listed, the fallback between providers) and, for ``vlan``,
+    tell the inventory's hosts where the switch is (``vnet_ovs_db``,
+    ``vnet_ovs_bridge``, ``vnet_ovs_netns``); what changed."""
+    changed = []
+    ovs = instances(directory)
+    for sub in substrates:
+        files = paths.substrate_dir(sub.name)
+        described = load_substrate(files / SUBSTRATE_FILE)
+        want = tuple(dict.fromkeys((encap, "vxlan")))
+        if described.encapsulations != want:
+            (files / SUBSTRATE_FILE).write_bytes(
+                dump_substrate(dataclasses.replace(described, encapsulations=want)))
+            changed.append(f"encapsulation {encap} on {sub.name}")
+        inventory = yaml.safe_load((files / INVENTORY_FILE).read_text())
+        variables = inventory["all"].setdefault("vars", {})
+        keys = {"vnet_ovs_db", "vnet_ovs_bridge", "vnet_ovs_netns"}
+        if encap == "vlan":
+            inst = ovs[sub.name]
+            switch = {"vnet_ovs_db": inst.remote, "vnet_ovs_bridge": bridge_of(sub.name),
+                      "vnet_ovs_netns": inst.netns or ""}
+        else:
+            switch = {}
+        if {k: variables.get(k) for k in keys if k in variables} != switch:
+            for k in keys:
+                variables.pop(k, None)
+            variables.update(switch)
+            (files / INVENTORY_FILE).write_text(yaml.safe_dump(inventory, sort_keys=False))
+    return changed
