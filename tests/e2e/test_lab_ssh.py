@@ -1,0 +1,190 @@
+"""`vnet lab up --connection ssh`: deployments reach the lab's hosts through
+an sshd in each host, with pinned host keys, as on real machines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import EXAMPLES, Lab, Vnet, links_in, netns_list, new_lab
+from vnetlib import paths
+from vnetlib.lab import sshd
+from vnetlib.spec import load_vnet
+
+FIGURE6 = EXAMPLES / "figure6.xml"
+HOSTS = ("h1", "h2", "h3")
+
+
+@pytest.fixture
+def ssh_lab(vnet: Vnet) -> Iterator[Lab]:
+    made = new_lab(vnet, "--pips", "1", "--no-players", "--connection", "ssh")
+    try:
+        yield made
+    finally:
+        vnet.run("lab", "down", "--name", made.name, check=False)
+
+
+def _files(lab: Lab) -> sshd.SshFiles:
+    return sshd.files_of(paths.substrate_dir(lab.substrate))
+
+
+def _objects(lab: Lab, hosts: tuple[str, ...] = HOSTS) -> set[str]:
+    found = {n for n in netns_list() if n.startswith(f"vn-{lab.substrate}-")}
+    for host in hosts:
+        found |= {f"{host}:{i}" for i in links_in(f"vl-{lab.substrate}-{host}")
+                  if i.startswith(("vb", "vx", "vp"))}
+    return found
+
+
+def _pings(vnet: Vnet, vnet_id: str) -> None:
+    for link in load_vnet(FIGURE6).links:
+        for src, dst in ((link.a, link.b), (link.b, link.a)):
+            peer = dst.interface.addresses[0].split("/")[0]
+            done = vnet.run("exec", vnet_id, src.node, "--", "ping", "-c", "1", "-W", "2", peer,
+                            check=False)
+            assert done.returncode == 0, f"{link.id}: {src.node} cannot reach {peer}"
+
+
+def test_figure6_over_ssh_pings_and_removal_leaves_nothing(vnet: Vnet, ssh_lab: Lab) -> None:
+    files = _files(ssh_lab)
+    inventory = yaml.safe_load(paths.substrate_dir(ssh_lab.substrate).joinpath(
+        "inventory.yml").read_text())
+    hosts = inventory["all"]["children"]["substrate"]["hosts"]
+    for name, hv in hosts.items():
+        assert hv["ansible_connection"] == "ansible.builtin.ssh"
+        assert hv["ansible_host"] == hv["vnet_mgmt_address"]
+        assert "StrictHostKeyChecking=yes" in hv["ansible_ssh_common_args"]
+        assert hv["ansible_ssh_host_key_checking"] is True
+        assert sshd.running(files, name) is not None
+    for secret in (files.client_key, files.known_hosts, *(files.host_key(h) for h in HOSTS)):
+        assert secret.stat().st_mode & 0o077 == 0, secret
+    before = {h: _logins(files, h) for h in HOSTS}
+
+    result = vnet.json("up", str(FIGURE6), "--substrate", ssh_lab.substrate)
+    used = set(result["node_map"].values())
+    assert len(used) > 1
+    _pings(vnet, result["vnet"])
+    # The deployment really came through each used host's sshd: it forked a
+    # connection process there (ControlPersist keeps it for a minute).
+    for host in used:
+        assert _logins(files, host) > before[host], f"no SSH connection to {host}"
+
+    vnet.json("down", result["vnet"])
+    assert _objects(ssh_lab) == set()
+    listeners = [sshd.running(files, h) for h in HOSTS]
+    vnet.run("lab", "down", "--name", ssh_lab.name)
+    assert {n for n in netns_list() if ssh_lab.substrate in n} == set()
+    for pid in listeners:
+        assert pid is not None and _gone(pid), f"sshd {pid} still runs after lab down"
+
+
+def _logins(files: sshd.SshFiles, host: str) -> int:
+    """sshd processes of `host` besides its listener: open connections."""
+    return len(sshd.daemon_pids(files, host)) - 1
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_host_whose_sshd_stops_mid_deploy_fails_by_name_and_rest_rolls_back(
+    vnet: Vnet, ssh_lab: Lab
+) -> None:
+    files = _files(ssh_lab)
+    node_map = vnet.json("up", str(FIGURE6), "--substrate", ssh_lab.substrate,
+                         "--check")["node_map"]
+    used = sorted(set(node_map.values()))
+    assert len(used) >= 2
+    lost = used[-1]
+    kept = tuple(h for h in HOSTS if h != lost)
+    kept_nodes = {n for n, h in node_map.items() if h != lost}
+    # The lost host's sshd (listener and any connection kept from the check
+    # run) freezes before the deployment starts, so its part cannot finish;
+    # once the other hosts' nodes exist, it is killed: a host lost mid-deploy.
+    assert sshd.signal_host(files, lost, signal.SIGSTOP)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vnetlib.cli.main", "up", str(FIGURE6),
+             "--substrate", ssh_lab.substrate],
+            env=vnet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not _nodes_exist(ssh_lab, kept_nodes) and time.monotonic() < deadline:
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.02)
+            assert _nodes_exist(ssh_lab, kept_nodes), "the other hosts were never deployed"
+            assert sshd.stop_host(files, lost)
+            started = time.monotonic()
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert time.monotonic() - started < 60
+        assert proc.returncode == 4, err
+        assert lost in err
+        assert "rollback incomplete on: " + lost in err
+        assert _objects(ssh_lab, kept) == set()
+        failed = [v for v in vnet.json("status") if v["lab"] == ssh_lab.substrate]
+        assert [v["status"] for v in failed] == ["failed"]
+    finally:
+        sshd.signal_host(files, lost, signal.SIGCONT)
+    # `vnet lab up` again starts the lost host's sshd; the removal then completes.
+    config = vnet.json("lab", "status", "--name", ssh_lab.name)["config"]
+    again = vnet.json("lab", "up", "--name", ssh_lab.name, "--pips", "1", "--no-players",
+                      "--connection", "ssh", "--mgmt-offset", str(config["mgmt_offset"]))
+    assert [c for c in again["created"] if "sshd" in c] == [
+        f"sshd of {ssh_lab.substrate}/{lost} at {_address(files, lost)}"]
+    vnet.run("down", failed[0]["vnet"])
+    assert _objects(ssh_lab) == set()
+
+
+def _nodes_exist(lab: Lab, nodes: set[str]) -> bool:
+    present = {n.rsplit("-", 1)[1] for n in netns_list() if n.startswith(f"vn-{lab.substrate}-")}
+    return nodes <= present
+
+
+def _address(files: sshd.SshFiles, host: str) -> str:
+    return files.config(host).read_text().split()[1].rsplit(":", 1)[0]
+
+
+def test_a_host_key_other_than_the_pinned_one_is_refused(vnet: Vnet, ssh_lab: Lab) -> None:
+    files = _files(ssh_lab)
+    node_map = vnet.json("up", str(FIGURE6), "--substrate", ssh_lab.substrate,
+                         "--check")["node_map"]
+    victim = sorted(set(node_map.values()))[0]
+    # The victim's sshd now presents another key (a new one, as an impostor would).
+    sshd.stop_host(files, victim)
+    files.host_key(victim).unlink()
+    files.host_key(victim).with_suffix(".pub").unlink()
+    pinned = files.known_hosts.read_text()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                    str(files.host_key(victim))], check=True)
+    os.chmod(files.host_key(victim), 0o600)
+    proc = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/vl-{ssh_lab.substrate}-{victim}", "--", sshd.SSHD,
+         "-D", "-e", "-f", str(files.config(victim))], start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    files.pidfile(victim).write_text(f"{proc.pid}\n")
+    try:
+        time.sleep(0.3)
+        assert files.known_hosts.read_text() == pinned
+        done = vnet.run("up", str(FIGURE6), "--substrate", ssh_lab.substrate, check=False)
+        assert done.returncode == 4, done.stderr
+        assert victim in done.stderr
+        assert "Host key verification failed" in done.stderr
+    finally:
+        sshd.stop_host(files, victim)
+        proc.wait(timeout=10)
