@@ -10,9 +10,11 @@ VNP's listener only, the VNP its provider's, and the PIP its customer VNP.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from vnetlib.console import compact
 from vnetlib.console.endpoints import ConsoleEndpoint, NetnsShell, VmSerial, VmVnc
 from vnetlib.console.relay import DEFAULT_LIMITS, ConsoleLimits, ConsoleServer
 from vnetlib.console.sessions import Opener, SessionTable, in_process_setup, token_hash
@@ -24,6 +26,7 @@ from vnetlib.players.client import ClientError, PlayerClient, Relayed, RemoteErr
 from vnetlib.players.config import PlayerConfig
 from vnetlib.players.pki import Credentials, Identity, Role
 from vnetlib.players.server import Conflict, NotFound, UpstreamFailed
+from vnetlib.players.stores import PlayerStore, Record
 
 if TYPE_CHECKING:
     from vnetlib.players.pip import PipService
@@ -31,10 +34,60 @@ if TYPE_CHECKING:
     from vnetlib.players.vnp import VnpService
 
 CONSOLE_CALL = 30.0
+RECORD_TTL = 5.0
+"""Seconds a record read for a console setup is reused (unless written before)."""
+MAX_RECORDS = 1024
 PREPARED_KINDS = frozenset({"shell"})
 """Kinds whose next hop is opened as soon as the token is minted. Not a VM's
 serial line (opening it takes the domain's serial lock, which an unused
 token must not hold) nor its VNC display (its server speaks first)."""
+
+
+class RecordCache:
+    """The records a player's console setups read (the VNO's VNets, the VNP's
+    orders), kept for `RECORD_TTL` seconds and dropped at once when the
+    player writes its store: each write of the store object (insert, save,
+    remove) moves a generation counter before and after it, and an entry
+    read under another generation is read again. Only the console routes
+    read through it, and they do not change the records they get."""
+
+    def __init__(self, store: PlayerStore) -> None:
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._entries: dict[tuple[str, ...], tuple[int, float, Record]] = {}
+        for name in ("insert", "save", "remove"):
+            setattr(store, name, self._watched(getattr(store, name)))
+
+    def _bump(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._entries.clear()
+
+    def _watched(self, write: Callable[..., Any]) -> Callable[..., Any]:
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            self._bump()
+            try:
+                return write(*args, **kwargs)
+            finally:
+                self._bump()
+        return watched
+
+    def get(self, key: tuple[str, ...], load: Callable[[], Record]) -> Record:
+        """The record `load` returns, or the one it returned for `key` lately;
+        what `load` raises is not kept."""
+        now = time.monotonic()
+        with self._lock:
+            generation = self._generation
+            hit = self._entries.get(key)
+        if hit is not None and hit[0] == generation and now - hit[1] < RECORD_TTL:
+            return hit[2]
+        rec = load()
+        with self._lock:
+            if self._generation == generation:
+                if len(self._entries) >= MAX_RECORDS:
+                    self._entries.clear()
+                self._entries[key] = (generation, now, rec)
+        return rec
 
 
 class ConsoleHub:
@@ -107,7 +160,7 @@ def _session_from(call: Any, what: str) -> m.ConsoleSession:
     except ClientError as exc:
         raise UpstreamFailed(f"{what} cannot be reached: {exc}") from exc
     try:
-        return m.console_session_from(m.parse_reply(body, "console-session"))
+        return compact.read_session(body)
     except ValueError as exc:
         raise UpstreamFailed(f"{what} answered badly: {exc}") from exc
 
@@ -120,21 +173,25 @@ def _vno_routes(svc: VnoService, hub: ConsoleHub) -> None:
 
     vnp = svc.config.vno.vnp
     assert vnp is not None
+    records = RecordCache(svc.store)
 
     def console(caller: Identity, params: Mapping[str, str],
                 body: bytes) -> tuple[int, bytes]:
-        req = m.console_request_from(m.read(body, "console-request"))
-        rec = svc._own(caller, params["id"])
+        req = m.console_request_from(m.read(body, "console-request"))  # the customer's: the schema
+        rec = records.get(("vnet", caller.name, params["id"]),
+                          lambda: svc._own(caller, params["id"]))
         if rec.data["status"] != READY:
             raise Conflict(f"VNet {rec.id} is {rec.data['status']}, not ready")
         up = _session_from(lambda: svc.vnp.post(f"/v1/vnets/{svc._vnp_ref(rec)}/console",
-                                                m.console_request_xml(req)), "the VNP")
-        return 200, m.console_session_xml(hub.relay(caller, rec.id, req, up, vnp.name))
+                                                compact.request_xml(req)), "the VNP")
+        return 200, compact.session_xml(hub.relay(caller, rec.id, req, up, vnp.name))
 
     svc.add_route("POST", "/v1/vnets/{id}/console", console, roles={Role.SP})
 
 
 def _vnp_routes(svc: VnpService, hub: ConsoleHub) -> None:
+    records = RecordCache(svc.store)
+
     def via_part(caller: Identity, ref: str, parts: list[dict[str, Any]],
                  req: m.ConsoleRequest) -> m.ConsoleSession:
         entry = next((p for p in parts if req.node in p["nodes"]), None)
@@ -143,25 +200,27 @@ def _vnp_routes(svc: VnpService, hub: ConsoleHub) -> None:
         up = svc.upstreams[entry["provider"]]
         client = PlayerClient(up.url, svc.credentials, CONSOLE_CALL, expect_name=up.name)
         session = _session_from(lambda: client.post(f"/v1/slivers/{entry['sliver']}/console",
-                                                    m.console_request_xml(req)),
+                                                    compact.request_xml(req)),
                                 "the provider")
         return hub.relay(caller, ref, req, session, up.name)
 
     def vnet_console(caller: Identity, params: Mapping[str, str],
                      body: bytes) -> tuple[int, bytes]:
-        req = m.console_request_from(m.read(body, "console-request"))
-        rec = svc._order(caller, params["id"], "vnet")
+        req = compact.read_request(body)
+        rec = records.get(("order", caller.name, params["id"]),
+                          lambda: svc._order(caller, params["id"], "vnet"))
         if rec.data["status"] != "ready":
             raise Conflict(f"VNet {params['id']} is {rec.data['status']}, not ready")
-        return 200, m.console_session_xml(via_part(caller, rec.id, rec.data["parts"], req))
+        return 200, compact.session_xml(via_part(caller, rec.id, rec.data["parts"], req))
 
     def sliver_console(caller: Identity, params: Mapping[str, str],
                        body: bytes) -> tuple[int, bytes]:
-        req = m.console_request_from(m.read(body, "console-request"))
-        rec = svc._sliver(caller, params["name"])
+        req = compact.read_request(body)
+        rec = records.get(("sliver", caller.name, params["name"]),
+                          lambda: svc._sliver(caller, params["name"]))
         if rec.data["status"] not in ("provisioned", "ready"):
             raise Conflict(f"sliver {params['name']} is {rec.data['status']}: provision it")
-        return 200, m.console_session_xml(via_part(caller, rec.name, rec.data["parts"], req))
+        return 200, compact.session_xml(via_part(caller, rec.name, rec.data["parts"], req))
 
     svc.add_route("POST", "/v1/vnets/{id}/console", vnet_console, roles={Role.VNO})
     svc.add_route("POST", "/v1/slivers/{name}/console", sliver_console, roles={Role.VNP})
@@ -175,7 +234,7 @@ def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
 
     def console(caller: Identity, params: Mapping[str, str],
                 body: bytes) -> tuple[int, bytes]:
-        req = m.console_request_from(m.read(body, "console-request"))
+        req = compact.read_request(body)
         s = svc._sliver(caller, params["name"])
         if s.state not in (State.PROVISIONED, State.READY):
             raise Conflict(f"sliver {s.name} is {s.state.value}: provision it first")
@@ -191,7 +250,7 @@ def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
         async def opener() -> tuple[ByteReader, ByteWriter]:
             return await endpoint.open(s, req.node)
 
-        return 200, m.console_session_xml(
+        return 200, compact.session_xml(
             hub._mint(caller, s.name, req, f"{req.kind}:{req.node}", opener))
 
     svc.add_route("POST", "/v1/slivers/{name}/console", console, roles={Role.VNP})

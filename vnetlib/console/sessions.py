@@ -3,8 +3,9 @@ memory (the secrets, and the authority on whether a token may still be
 used), and a `console_sessions` table in the player's database (the record:
 token hash, who may present it, next hop, times).
 
-The record is written by a writer thread of the table, in the order the
-events happened, so that no database commit lies on a session's setup path;
+The record is written by a writer thread of the table, in batches (one
+transaction, one statement per kind of event for many rows), so that no
+database work lies on a session's setup path and little competes with it;
 `rows()` and `close()` wait for what is queued. A crash loses at most the
 records of the last moments, never a token's single use (that is decided in
 memory, under a lock)."""
@@ -14,7 +15,6 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import logging
-import queue
 import re
 import secrets
 import threading
@@ -23,8 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Float, MetaData, String, Table, select, update
-from sqlalchemy.sql import Executable
+from sqlalchemy import Column, Float, MetaData, String, Table, bindparam, select, update
 
 from vnetlib.console.wire import ByteReader, ByteWriter
 from vnetlib.players.db import Store
@@ -34,6 +33,8 @@ log = logging.getLogger(__name__)
 
 TOKEN_BYTES = 32
 TOKEN_TTL = 30.0
+WRITE_DELAY = 0.05
+"""Seconds the writer waits after its first event, gathering a session's others."""
 
 Opener = Callable[[], Awaitable[tuple[ByteReader, ByteWriter]]]
 """Opens the next hop: its (reader, writer)."""
@@ -100,45 +101,94 @@ class SessionTable:
         self.ttl = ttl
         self._pending: dict[str, Pending] = {}
         self._lock = threading.Lock()
-        self._records: queue.Queue[Callable[[], Executable] | None] = queue.Queue()
+        c = self.table.c
+        self._insert = self.table.insert()
+        self._used = (update(self.table).where(c.token_hash == bindparam("h"))
+                      .values(used=bindparam("u"), peer=bindparam("p")))
+        self._closed = (update(self.table).where(c.token_hash == bindparam("h"))
+                        .values(closed=bindparam("c"), outcome=bindparam("o")))
+        self._queue: list[tuple[str, dict[str, Any]]] = []
+        self._queued = threading.Condition()
+        self._written = 0  # events written (or lost) so far
+        self._seq = 0  # events queued so far
+        self._stop = False
         self._writer = threading.Thread(target=self._write, daemon=True,
                                         name=f"console-records-{player}")
         self._writer.start()
 
     def close(self) -> None:
         """Write what is queued, then close the database."""
-        self._records.put(None)
+        with self._queued:
+            self._stop = True
+            self._queued.notify_all()
         self._writer.join(30)
         self.db.close()
 
-    def _record(self, statement: Callable[[], Executable]) -> None:
-        """Queue a record; the writer thread builds its statement (SQLAlchemy's
-        construction costs more than the rest of a hop's setup bookkeeping)."""
-        self._records.put(statement)
+    def _record(self, kind: str, values: dict[str, Any]) -> None:
+        """Queue an event of a session's record. The writer is woken only by
+        the first event after it emptied the queue, then lets `WRITE_DELAY`
+        pass so that one transaction writes a session's events together."""
+        with self._queued:
+            self._queue.append((kind, values))
+            self._seq += 1
+            if len(self._queue) == 1:
+                self._queued.notify_all()
 
     def _write(self) -> None:
         while True:
-            first = self._records.get()
-            batch = [first]
-            while first is not None and not self._records.empty():
-                batch.append(self._records.get_nowait())
-            todo = [b for b in batch if b is not None]
+            with self._queued:
+                while not self._queue and not self._stop:
+                    self._queued.wait()
+                if not self._queue:
+                    return
+            if not self._stop:
+                time.sleep(WRITE_DELAY)
+            with self._queued:
+                batch, self._queue = self._queue, []
             try:
-                if todo:
-                    with self.db.transaction() as conn:
-                        for statement in todo:
-                            conn.execute(statement())
+                self._write_batch(batch)
             except Exception:
-                log.exception("console session records lost: %d", len(todo))
-            finally:
-                for _ in batch:
-                    self._records.task_done()
-            if len(todo) < len(batch):
-                return
+                log.exception("console session records lost: %d", len(batch))
+            with self._queued:
+                self._written += len(batch)
+                self._queued.notify_all()
+
+    def _write_batch(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        """One transaction: new rows (with what happened to them since, merged
+        in), then the updates of rows written before, in order, each statement
+        for many rows at once."""
+        rows: dict[str, dict[str, Any]] = {}
+        used: list[dict[str, Any]] = []
+        closed: list[dict[str, Any]] = []
+        for kind, values in batch:
+            if kind == "mint":
+                rows[values["token_hash"]] = dict(values)
+            elif values["h"] in rows:
+                row = rows[values["h"]]
+                if kind == "used":
+                    row.update(used=values["u"], peer=values["p"])
+                else:
+                    row.update(closed=values["c"], outcome=values["o"])
+            else:
+                (used if kind == "used" else closed).append(values)
+        with self.db.transaction() as conn:
+            if rows:
+                full = [{"used": None, "peer": None, "closed": None, "outcome": None, **r}
+                        for r in rows.values()]
+                conn.execute(self._insert, full)
+            if used:
+                conn.execute(self._used, used)
+            if closed:
+                conn.execute(self._closed, closed)
 
     def flush(self) -> None:
         """Wait until every record queued so far is written."""
-        self._records.join()
+        with self._queued:
+            target = self._seq
+            if self._queue:
+                self._queued.notify_all()
+            while self._written < target and self._writer.is_alive():
+                self._queued.wait(1.0)
 
     def mint(self, owner: Identity, vnet: str, node: str, kind: str, next_hop: str,
              opener: Opener) -> tuple[str, float]:
@@ -151,9 +201,9 @@ class SessionTable:
             for h in [h for h, q in self._pending.items() if q.expires <= now]:
                 del self._pending[h]
             self._pending[p.hash] = p
-        self._record(lambda: self.table.insert().values(
-            token_hash=p.hash, owner=str(owner), vnet=vnet, node=node, kind=kind,
-            next_hop=next_hop, created=now))
+        self._record("mint", {"token_hash": p.hash, "owner": str(owner), "vnet": vnet,
+                              "node": node, "kind": kind, "next_hop": next_hop,
+                              "created": now})
         return token, p.expires
 
     def consume(self, token: str, presenter: Identity, peer: str) -> Pending:
@@ -171,14 +221,12 @@ class SessionTable:
         if p.owner != presenter:
             self.finish(h, f"refused: presented by {presenter}", used=False)
             raise TokenRefused("token not issued to you")
-        self._record(lambda: update(self.table).where(self.table.c.token_hash == h)
-                     .values(used=now, peer=peer[:120]))
+        self._record("used", {"h": h, "u": now, "p": peer[:120]})
         return p
 
     def finish(self, h: str, outcome: str, *, used: bool = True) -> None:
         closed = time.time()
-        self._record(lambda: update(self.table).where(self.table.c.token_hash == h)
-                     .values(closed=closed, outcome=outcome[:200]))
+        self._record("closed", {"h": h, "c": closed, "o": outcome[:200]})
 
     def rows(self) -> list[dict[str, Any]]:
         self.flush()
