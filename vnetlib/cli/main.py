@@ -17,6 +17,7 @@ from vnetlib.cli import (
     geni,
     keys,
     lab,
+    migrate,
     pki,
     plan,
     pool,
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vnet {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True)
     for verb in (lab, up, plan, adopt, status, show, execute, ctl, console, keys, users,
-                 down, serve, pki, pool, geni):
+                 down, serve, pki, pool, geni, migrate):
         verb.add_parser(sub)
     return parser
 

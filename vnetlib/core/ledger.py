@@ -93,6 +93,13 @@ pool_settings_table = Table(
     Column("substrate", String(80), primary_key=True),
     Column("data", Text, nullable=False),
 )
+# Hosts being drained (`vnet drain HOST`): they take no new virtual nodes.
+drained_table = Table(
+    "ledger_drained", _md,
+    Column("substrate", String(80), nullable=False),
+    Column("host", String(80), nullable=False),
+    PrimaryKeyConstraint("substrate", "host"),
+)
 
 
 class Stale(RuntimeError):
@@ -159,6 +166,8 @@ class Ledger:
             conn.execute(delete(pool_table).where(pool_table.c.substrate == self.substrate))
             conn.execute(delete(pool_settings_table).where(
                 pool_settings_table.c.substrate == self.substrate))
+            conn.execute(delete(drained_table).where(
+                drained_table.c.substrate == self.substrate))
             conn.execute(delete(substrates_table).where(
                 substrates_table.c.name == self.substrate))
 
@@ -328,3 +337,26 @@ class Ledger:
         """Free a sliver's tunnel ids, inside the caller's transaction."""
         conn.execute(delete(vnis_table).where(
             vnis_table.c.substrate == self.substrate, vnis_table.c.sliver == sliver_id))
+
+    def drop_link_vnis(self, conn: Connection, sliver_id: str, links: Iterable[str]) -> None:
+        """Free the tunnel ids of some of a sliver's links (a move made them local)."""
+        links = list(links)
+        if links:
+            conn.execute(delete(vnis_table).where(
+                vnis_table.c.substrate == self.substrate, vnis_table.c.sliver == sliver_id,
+                vnis_table.c.link.in_(links)))
+
+    # -- drained hosts ---------------------------------------------------------------
+
+    def drained(self) -> set[str]:
+        """The hosts that take no new virtual nodes."""
+        with self.db.transaction(write=False) as conn:
+            return {str(r[0]) for r in conn.execute(select(drained_table.c.host).where(
+                drained_table.c.substrate == self.substrate))}
+
+    def set_drained(self, host: str, drained: bool) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(delete(drained_table).where(
+                drained_table.c.substrate == self.substrate, drained_table.c.host == host))
+            if drained:
+                conn.execute(drained_table.insert().values(substrate=self.substrate, host=host))

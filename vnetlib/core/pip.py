@@ -35,17 +35,21 @@ from vnetlib.core.records import (
     STOPPED,
     Embedding,
     Lock,
+    Move,
     Peer,
     Sliver,
     State,
     Stitch,
 )
 from vnetlib.deploy.ansible import DeployError, Progress
+from vnetlib.migrate import plan as moves
+from vnetlib.migrate.place import CannotMove, move_node
 from vnetlib.placement import EmbeddingRejected, embed_on_substrate, residual_substrate
 from vnetlib.plan.build import PlanError, build_plan, crossing_links
 from vnetlib.players import timeouts
 from vnetlib.spec import dump_vnet, parse_vnet
 from vnetlib.spec.model import Substrate, VNetSpec
+from vnetlib.vm import migrate as vm_migrate
 from vnetlib.vm.image import GuestImage, build_image
 
 log = logging.getLogger(__name__)
@@ -100,6 +104,46 @@ class DeployFailed(CoreError):
         super().__init__(message)
         self.cause = cause
         self.rolled_back = rolled_back
+
+
+class MoveFailed(CoreError):
+    """A move that did not happen: the node is where it was (`rolled_back`),
+    or the sliver keeps the move recorded for Delete to clean both sides."""
+
+    kind = "failed"
+
+    def __init__(self, message: str, cause: BaseException, rolled_back: bool) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.rolled_back = rolled_back
+
+
+class _Forward(Exception):
+    """The guest already runs on the target; what failed is cleanup there."""
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """A finished move: the sliver after it, where the node was and is, the
+    VM's new domain ('' for a namespace), and how long each step took."""
+
+    sliver: Sliver
+    node: str
+    source: str
+    target: str
+    domain: str
+    timings: dict[str, Any]
+
+    @property
+    def state_lost(self) -> bool:
+        """A namespace node is made again: processes and state inside are gone."""
+        return self.source != self.target and not self.domain
+
+
+def _fault(point: str) -> None:
+    """Fail here when `$VNET_FAULT` names this point (the move tests' faults)."""
+    if os.environ.get("VNET_FAULT") == point:
+        raise DeployError("failed", [], f"fault injected at {point}")
 
 
 @functools.lru_cache(maxsize=512)
@@ -176,8 +220,14 @@ class PipCore:
         if slivers is None:
             slivers = [s for s in self.ledger.slivers()
                        if not (s.state is State.ALLOCATED and (s.expires or 0) <= now)]
-        return residual_substrate(self.substrate, [(spec_of(s.spec_xml), s.embedding.to_dict())
+        left = residual_substrate(self.substrate, [(spec_of(s.spec_xml), s.embedding.to_dict())
                                                    for s in slivers])
+        drained = self.ledger.drained()
+        if not drained:
+            return left
+        # A drained host has nothing left to give: the embedding never picks it.
+        return replace(left, hosts=tuple(replace(h, cpu=0.0, memory_mb=0)
+                                         if h.name in drained else h for h in left.hosts))
 
     def sliver(self, owner: str, name: str) -> Sliver:
         """The caller's sliver; NotFound for another owner's or an unknown one."""
@@ -209,10 +259,15 @@ class PipCore:
     def plan(self, s: Sliver) -> dict[str, Any]:
         """The deployment plan of a sliver as it stands (plain data)."""
         boundary = {st.link: (st.remote, st.vni) for st in s.stitches}
-        return build_plan(spec_of(s.spec_xml), s.embedding.node_map, self.substrate,
+        plan = build_plan(spec_of(s.spec_xml), s.embedding.node_map, self.substrate,
                           vnet_id=s.id, lab=self.name, vnis=self.ledger.vnis_of(s.id),
                           boundary=boundary, node_states=s.node_states,
                           image=self._image(s), pool_domains=s.domains).to_dict()
+        if s.moved:  # live-migrated VMs run in domains of other names
+            for part in plan["hosts"].values():
+                for task in part.get("domains", []):
+                    task["name"] = s.moved.get(task["vnode"], task["name"])
+        return plan
 
     # -- negotiation ---------------------------------------------------------------
 
@@ -489,6 +544,225 @@ class PipCore:
             op.save(replace(op.sliver, lock=None))
             return op.sliver
 
+    # -- moving a node (issue #13) -------------------------------------------------
+
+    def migrate(self, owner: str, name: str, node: str, target: str, *,
+                progress: Progress | None = None) -> Moved:
+        """Move virtual node `node` of a sliver to host `target`.
+
+        A namespace node is made again on the target (what runs inside it is
+        lost); a running VM migrates live (`vnetlib.vm.migrate`). The move is
+        recorded in the row (`Sliver.moving`, with the tunnel ids the new
+        embedding needs) before a host is touched; the new embedding replaces
+        the old in one write when the hosts hold it (ready -> ready, version
+        bump: the state machine gains no state, so nobody reading states
+        sees one it does not know). On any failure the node stays (or is made
+        again) where it was and what the move added is removed (MoveFailed)."""
+        s = self.sliver(owner, name)
+        spec = spec_of(s.spec_xml)
+        if node not in {n.id for n in spec.nodes}:
+            raise NotFound(f"sliver {name} has no node {node}")
+        if node not in s.embedding.node_map:
+            raise NotFound(f"node {node} of sliver {name} is not placed")
+
+        def accept(cur: Sliver) -> State | None:
+            if cur.state not in (State.PROVISIONED, State.READY):
+                raise Conflict(f"sliver {name} is {cur.state.value}: only a deployed sliver "
+                               "moves")
+            if cur.moving is not None:
+                raise Conflict(f"sliver {name} has an unfinished move of {cur.moving.node}")
+            return None if cur.embedding.node_map[node] == target else cur.state
+
+        with self._operation(owner, name, "migrate", accept=accept) as op:
+            if op.idle:
+                return Moved(op.sliver, node, target, target, "", {})
+            return self._migrate(op, node, target, progress)
+
+    def _migrate(self, op: _Op, node: str, target: str, progress: Progress | None) -> Moved:
+        started = time.perf_counter()
+        cur = op.sliver
+        spec = spec_of(cur.spec_xml)
+        vnode = spec.node(node)
+        source = cur.embedding.node_map[node]
+        if vnode.kind.is_vm and cur.node_state(node) != RUNNING:
+            raise Conflict(f"VM node {node} is {cur.node_state(node)}: start it first "
+                           "(only a running VM migrates live)")
+        try:
+            embedding = move_node(self.substrate, self.residual(), spec, cur.embedding, node,
+                                  target, drained=self.ledger.drained())
+        except CannotMove as exc:
+            raise Rejected(str(exc), f"{node}: the requested move is not possible") from exc
+        had = set(self.ledger.vnis_of(cur.id))
+        needed = crossing_links(spec, embedding.node_map)
+        fresh = [k for k in needed if k not in had]
+        dest = ""
+        if vnode.kind.is_vm:
+            dest = vm_migrate.next_name(naming.vnode_netns(self.name, cur.id, node),
+                                        cur.domain(node))
+        old_plan = self.plan(cur)
+        op.save(replace(cur, moving=Move(node, source, target, embedding, dest)),
+                also=lambda conn: self.ledger.take_vnis(conn, cur.id, fresh))
+        after = self._after(op.sliver)
+        new_plan = self.plan(after)
+        timings: dict[str, float] = {}
+        try:
+            mark = time.perf_counter()
+            self.deployer.apply(moves.restrict(new_plan, {target}), "present", check=True,
+                                progress=progress)
+            timings["check"] = round(time.perf_counter() - mark, 4)
+            if vnode.kind.is_vm:
+                stats = self._move_vm(op.sliver, old_plan, new_plan, progress, timings)
+            else:
+                stats = {}
+                self._move_netns(old_plan, new_plan, progress, timings)
+        except _Forward as exc:
+            op.save(replace(after, lock=None, error=f"moved, then: {exc.__cause__}"[:500]))
+            raise MoveFailed(f"{node} runs on {target} now, but re-pointing its links failed "
+                             f"(run the move again to converge): {exc.__cause__}",
+                             exc.__cause__ or exc, False) from exc
+        except (DeployError, PlanError, vm_migrate.MigrationError) as exc:
+            rolled_back = self._undo_move(op, old_plan, new_plan, progress)
+            raise MoveFailed(f"move of {node} to {target} failed: {exc}", exc,
+                             rolled_back) from exc
+        except BaseException:
+            self._undo_move(op, old_plan, new_plan, progress)
+            raise
+        stale = [k for k in had if k not in needed]
+        timings["total"] = round(time.perf_counter() - started, 4)
+        op.save(replace(after, lock=None),
+                also=lambda conn: self.ledger.drop_link_vnis(conn, cur.id, stale))
+        return Moved(op.sliver, node, source, target, dest, {**timings, **stats})
+
+    def _after(self, s: Sliver) -> Sliver:
+        """The sliver as its recorded move leaves it."""
+        m = s.moving
+        assert m is not None
+        moved = {**s.moved, m.node: m.domain} if m.domain else dict(s.moved)
+        return replace(s, embedding=m.embedding, moved=moved, moving=None)
+
+    def _move_netns(self, old: dict[str, Any], new: dict[str, Any],
+                    progress: Progress | None, timings: dict[str, float]) -> None:
+        """Break before make: the namespace's name is the node's on every host."""
+        mark = time.perf_counter()
+        gone = moves.removal(old, new)
+        if not moves.empty(gone):
+            self.deployer.apply(gone, "absent", progress=progress)
+        timings["remove"] = round(time.perf_counter() - mark, 4)
+        _fault("migrate-after-remove")
+        mark = time.perf_counter()
+        self.deployer.apply(moves.restrict(new, moves.changed_hosts(old, new)), "present",
+                            progress=progress)
+        timings["deploy"] = round(time.perf_counter() - mark, 4)
+
+    def _move_vm(self, s: Sliver, old: dict[str, Any], new: dict[str, Any],
+                 progress: Progress | None, timings: dict[str, float]) -> dict[str, Any]:
+        """Make before break: the target's segments (and the source's new
+        tunnels) first, then the live migration, then the peers re-pointed and
+        what the source no longer needs removed."""
+        m = s.moving
+        assert m is not None
+        source_domain = s.domain(m.node)
+        task = moves.domain_of(new, m.target, m.node)
+        assert task is not None
+        inventory = getattr(self.deployer, "inventory", None)
+        if inventory is None:
+            raise vm_migrate.MigrationError("live migration needs the substrate's inventory")
+        move = vm_migrate.VmMove(
+            source_domain, m.domain, vm_migrate.host_netns(inventory, m.source),
+            vm_migrate.host_netns(inventory, m.target),
+            tuple(vm_migrate.Nic(n["tap"], n["bridge"]) for n in task["interfaces"]))
+        mark = time.perf_counter()
+        skip = {source_domain, m.domain}
+        self.deployer.apply(moves.restrict(new, {m.source, m.target}, skip_domains=skip),
+                            "present", progress=progress)
+        timings["prepare"] = round(time.perf_counter() - mark, 4)
+        _fault("migrate-before-switch")
+        stats = vm_migrate.migrate(move)
+        timings["migrate"] = round(stats.seconds, 4)
+        mark = time.perf_counter()
+        # From here the guest runs on the target: no way back but forward.
+        try:
+            vm_migrate.finish(move)
+            gone = moves.removal(old, new, skip_domains=skip)
+            if not moves.empty(gone):
+                self.deployer.apply(gone, "absent", progress=progress)
+            self.deployer.apply(moves.restrict(new, moves.changed_hosts(old, new)), "present",
+                                progress=progress)
+        except (DeployError, PlanError, vm_migrate.MigrationError) as exc:
+            log.error("%s: re-pointing after moving %s failed: %s", self.name, m.node, exc)
+            raise _Forward(exc) from exc
+        timings["switch"] = round(time.perf_counter() - mark, 4)
+        return {"qemu": stats.to_dict()}
+
+    def _undo_move(self, op: _Op, old: dict[str, Any], new: dict[str, Any],
+                   progress: Progress | None) -> bool:
+        """Put the node back where it was: what the move added removed, the
+        old plan applied again where it changed, the move forgotten."""
+        s = op.sliver
+        m = s.moving
+        assert m is not None
+        spec = spec_of(s.spec_xml)
+        fresh = [k for k in crossing_links(spec, m.embedding.node_map)
+                 if k not in crossing_links(spec, s.embedding.node_map)]
+        done = True
+        try:
+            extra = moves.removal(new, old, skip_domains={s.domain(m.node)})
+            if not moves.empty(extra):
+                self.deployer.apply(extra, "absent", progress=progress)
+        except (DeployError, PlanError) as exc:  # e.g. the target does not answer
+            log.error("%s: removing the half-made move of %s: %s", self.name, m.node, exc)
+            done = False
+        try:
+            self.deployer.apply(moves.restrict(old, moves.changed_hosts(old, new) | {m.source}),
+                                "present", progress=progress)
+        except (DeployError, PlanError) as exc:
+            log.error("%s: restoring %s on %s failed: %s", self.name, m.node, m.source, exc)
+            op.save(replace(s, error=f"move of {m.node} undone in part: {exc}"[:500]))
+            return False
+        if not done:  # the target still may hold some of it: Delete removes both plans
+            op.save(replace(s, error=f"move of {m.node} to {m.target} left objects there"))
+            return False
+        op.save(replace(s, moving=None, lock=None),
+                also=lambda conn: self.ledger.drop_link_vnis(conn, s.id, fresh))
+        return True
+
+    def drain(self, host: str, *, progress: Progress | None = None,
+              pick: Callable[[Sliver, str], str] | None = None) -> list[Moved]:
+        """Mark `host` as taking no new nodes and move every node off it (each
+        to the host the embedding's residual view likes best, or `pick`)."""
+        if host not in {h.name for h in self.substrate.hosts}:
+            raise NotFound(f"substrate {self.name} has no host {host}")
+        self.ledger.set_drained(host, True)
+        done: list[Moved] = []
+        for s in self.ledger.slivers():
+            if s.state not in (State.PROVISIONED, State.READY):
+                continue
+            for node, where in sorted(s.embedding.node_map.items()):
+                if where != host:
+                    continue
+                cur = self.ledger.get(s.id) or s
+                target = (pick or self._pick_host)(cur, node)
+                done.append(self.migrate(s.owner, s.name, node, target, progress=progress))
+        return done
+
+    def undrain(self, host: str) -> None:
+        self.ledger.set_drained(host, False)
+
+    def _pick_host(self, s: Sliver, node: str) -> str:
+        """The host with the most CPU left that can take `node` (not drained,
+        offering its kind); ties by name."""
+        vnode = spec_of(s.spec_xml).node(node)
+        drained = self.ledger.drained()
+        left = {h.name: h for h in self.residual().hosts}
+        fits = [h for h in self.substrate.hosts
+                if h.name not in drained and vnode.kind in h.node_kinds
+                and left[h.name].cpu + 1e-9 >= vnode.cpu
+                and left[h.name].memory_mb >= vnode.memory_mb]
+        if not fits:
+            why = f"no host can take node {node} of {s.name}"
+            raise Rejected(why, f"{node}: no host can take it")
+        return max(fits, key=lambda h: (left[h.name].cpu, h.name)).name
+
     # -- deletion ------------------------------------------------------------------
 
     def delete(self, owner: str, name: str, *, progress: Progress | None = None) -> Sliver:
@@ -512,6 +786,8 @@ class PipCore:
         if s.deployed:
             try:
                 self.deployer.apply(self.plan(s), "absent", progress=progress)
+                if s.moving is not None:  # a move that stopped half-way: its side too
+                    self.deployer.apply(self.plan(self._after(s)), "absent", progress=progress)
             except (DeployError, PlanError) as exc:
                 op.save(replace(s, state=State.FAILED, error=str(exc)[:500], lock=None))
                 raise DeployFailed(f"removal of sliver {s.name} failed: {exc}", exc,
@@ -576,6 +852,11 @@ class PipCore:
             if s.state is State.DELETING:
                 self._remove(op, None)
                 return f"deleted {s.owner}/{s.name}"
+            if s.moving is not None:
+                old, new = self.plan(replace(s, moving=None)), self.plan(self._after(s))
+                if self._undo_move(op, old, new, None):
+                    return f"undid the move of {s.moving.node} in {s.owner}/{s.name}"
+                return f"could not undo the move in {s.owner}/{s.name}"
             return f"unlocked {s.owner}/{s.name}"
         finally:
             op.unlock()
@@ -628,6 +909,8 @@ __all__ = [
     "CoreError",
     "DeployFailed",
     "Gone",
+    "MoveFailed",
+    "Moved",
     "NotFound",
     "PipCore",
     "Pricing",

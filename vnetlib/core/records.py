@@ -100,6 +100,26 @@ class Lock:
 
 
 @dataclass(frozen=True, slots=True)
+class Move:
+    """A move of one virtual node to another host, recorded (under the sliver's
+    lock) before any host is touched: what Delete and the reaper must also
+    remove, and the embedding the sliver gets when the move succeeds."""
+
+    node: str
+    source: str
+    target: str
+    embedding: Embedding
+    domain: str = ""  # a VM node: the domain that runs it on the target
+
+    def to_list(self) -> list[Any]:
+        return [self.node, self.source, self.target, self.embedding.to_dict(), self.domain]
+
+    @classmethod
+    def from_list(cls, d: list[Any]) -> Move:
+        return cls(str(d[0]), str(d[1]), str(d[2]), Embedding.from_dict(d[3]), str(d[4]))
+
+
+@dataclass(frozen=True, slots=True)
 class Sliver:
     id: str
     substrate: str
@@ -119,6 +139,9 @@ class Sliver:
     node_states: Mapping[str, str] = field(default_factory=dict)  # absent: running
     # VM nodes that took a pool VM -> its domain (libvirt cannot rename a running one)
     domains: Mapping[str, str] = field(default_factory=dict)
+    # VM nodes live-migrated since -> the domain that runs them now
+    moved: Mapping[str, str] = field(default_factory=dict)
+    moving: Move | None = None  # a move in progress (under the lock `migrate`)
     created: float = 0.0
     updated: float = 0.0
     version: int = 0
@@ -137,7 +160,8 @@ class Sliver:
 
     def domain(self, node: str) -> str:
         """The libvirt domain of VM node `node`: the pool VM it took, or its own."""
-        return self.domains.get(node) or naming.vnode_netns(self.substrate, self.id, node)
+        return (self.moved.get(node) or self.domains.get(node)
+                or naming.vnode_netns(self.substrate, self.id, node))
 
     def node_state(self, node: str) -> str:
         return self.node_states.get(node, RUNNING)
@@ -167,6 +191,8 @@ class Sliver:
             "timings": dict(self.timings),
             "node_states": dict(self.node_states),
             "domains": dict(self.domains),
+            "moved": dict(self.moved),
+            "moving": None if self.moving is None else self.moving.to_list(),
         })
 
     @classmethod
@@ -186,5 +212,7 @@ class Sliver:
             error=d.get("error", ""), timings=d.get("timings", {}),
             node_states=d.get("node_states", {}),
             domains=d.get("domains", {}),
+            moved=d.get("moved", {}),
+            moving=None if d.get("moving") is None else Move.from_list(d["moving"]),
             created=created, updated=updated, version=version,
         )

@@ -1,0 +1,103 @@
+"""What a move changes on each host: two deployment plans (as plain data,
+`DeploymentPlan.to_dict()`), before and after, compared per host (pure).
+
+Objects are keyed by name: nodes by namespace, link segments by bridge,
+domains by name. A segment present in both plans whose tunnel disappears (its
+other end came to this host) is removed whole and made again: the modules
+converge what a plan lists and never delete a tunnel a plan leaves out.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Collection, Mapping
+from typing import Any
+
+Plan = Mapping[str, Any]
+
+
+def _empty(plan: Plan) -> dict[str, Any]:
+    return {k: v for k, v in plan.items() if k != "hosts"} | {"hosts": {}}
+
+
+def _by(items: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    return {str(i[key]): i for i in items}
+
+
+def _part(plan: Plan, host: str) -> dict[str, Any]:
+    return dict(plan["hosts"].get(host) or {"host": host, "nodes": [], "links": [],
+                                            "domains": []})
+
+
+def changed_hosts(old: Plan, new: Plan) -> set[str]:
+    """The hosts whose part differs between the two plans."""
+    return {h for h in set(old["hosts"]) | set(new["hosts"]) if _part(old, h) != _part(new, h)}
+
+
+def removal(old: Plan, new: Plan, *, skip_domains: Collection[str] = ()) -> dict[str, Any]:
+    """The plan whose `absent` run removes what `old` has and `new` has not:
+    nodes, segments, domains (except `skip_domains`), and tunnels that go
+    (with their segment, which a later `present` run of `new` makes again)."""
+    out = _empty(old)
+    for host in old["hosts"]:
+        was, will = _part(old, host), _part(new, host)
+        keep_nodes = _by(will.get("nodes", []), "netns")
+        nodes = [n for n in was.get("nodes", []) if n["netns"] not in keep_nodes]
+        keep_links = _by(will.get("links", []), "bridge")
+        links = []
+        for seg in was.get("links", []):
+            after = keep_links.get(seg["bridge"])
+            if after is None:
+                links.append(seg)
+            elif seg.get("tunnel") and not after.get("tunnel"):
+                links.append({**seg, "ports": []})
+        keep_domains = _by(will.get("domains", []), "name")
+        domains = [d for d in was.get("domains", [])
+                   if d["name"] not in keep_domains and d["name"] not in skip_domains]
+        if nodes or links or domains:
+            out["hosts"][host] = {"host": host, "nodes": nodes, "links": links,
+                                  "domains": domains}
+    return out
+
+
+def restrict(plan: Plan, hosts: Collection[str], *,
+             skip_domains: Collection[str] = ()) -> dict[str, Any]:
+    """`plan` on `hosts` only, without the domains named in `skip_domains`."""
+    out = _empty(plan)
+    for host, part in plan["hosts"].items():
+        if host not in hosts:
+            continue
+        part = copy.deepcopy(dict(part))
+        part["domains"] = [d for d in part.get("domains", []) if d["name"] not in skip_domains]
+        out["hosts"][host] = part
+    return out
+
+
+def segments(plan: Plan, host: str, bridges: Collection[str]) -> dict[str, Any]:
+    """Only the link segments `bridges` of `host` (no nodes, no domains)."""
+    out = _empty(plan)
+    part = _part(plan, host)
+    links = [copy.deepcopy(s) for s in part.get("links", []) if s["bridge"] in bridges]
+    if links:
+        out["hosts"][host] = {"host": host, "nodes": [], "links": links, "domains": []}
+    return out
+
+
+def empty(plan: Plan) -> bool:
+    return not plan["hosts"]
+
+
+def merge(*plans: Plan) -> dict[str, Any]:
+    """One plan holding every host part of `plans` (parts of one host concatenated)."""
+    out = _empty(plans[0])
+    for plan in plans:
+        for host, part in plan["hosts"].items():
+            have = out["hosts"].setdefault(host, {"host": host, "nodes": [], "links": [],
+                                                  "domains": []})
+            for key in ("nodes", "links", "domains"):
+                have[key] = [*have[key], *copy.deepcopy(list(part.get(key, [])))]
+    return out
+
+
+def domain_of(plan: Plan, host: str, vnode: str) -> dict[str, Any] | None:
+    return next((d for d in _part(plan, host).get("domains", []) if d["vnode"] == vnode), None)

@@ -1,0 +1,301 @@
+"""Live migration of a VM node between two hosts of one libvirtd (the lab's).
+
+libvirt refuses a migration whose source and destination are the same
+daemon (same host UUID), and the lab runs one libvirtd for all its hosts.
+So vnet migrates the way libvirt does inside, with QEMU's own migration
+(QMP, through libvirt's monitor pass-through) between two domains of that
+daemon:
+
+1. the destination is a new transient domain, the source's migratable XML
+   under another name, started with `-incoming defer` (libvirt's `cont` at
+   start only marks it to run once the migration ends); its taps, made in
+   libvirtd's namespace where QEMU opens them by name, are then moved into
+   the target host's namespace and onto the links' bridges there;
+2. `migrate-incoming` on the destination (TCP on 127.0.0.1, a free port),
+   `migrate` on the source, polled until QEMU says completed: the guest
+   stops on the source for the last dirty pages only (`downtime-limit`) and
+   runs on in the destination, which announces its MACs (self-announce);
+3. the source is destroyed and undefined, its taps deleted, and the
+   destination defined with the source's persistent configuration (for its
+   next boot).
+
+A failure before the end leaves the source running (QEMU resumes it when a
+migration fails) and removes the destination and its taps. The domain name
+changes (libvirt cannot hold two domains of one name, nor rename a running
+one): the sliver records node -> domain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vnetlib.vm.domain import serial_log
+
+URI = "qemu:///system"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+DOWNTIME_LIMIT_MS = 100
+MIGRATE_TIMEOUT = 60.0
+POLL = 0.01
+
+
+class MigrationError(RuntimeError):
+    """The live migration did not happen; the source still runs the guest."""
+
+
+@dataclass(frozen=True, slots=True)
+class Nic:
+    """One of the VM's taps and the bridge it joins on the target host."""
+
+    tap: str
+    bridge: str
+
+
+@dataclass(frozen=True, slots=True)
+class VmMove:
+    source: str  # domain running the guest now
+    dest: str  # domain that runs it after the move
+    source_netns: str  # the source host's namespace (its taps are there)
+    target_netns: str
+    nics: tuple[Nic, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """What QEMU reports of a completed migration (milliseconds) and the wall time."""
+
+    total_ms: float
+    downtime_ms: float
+    setup_ms: float
+    transferred: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total_ms": self.total_ms, "downtime_ms": self.downtime_ms,
+                "setup_ms": self.setup_ms, "transferred": self.transferred,
+                "seconds": round(self.seconds, 4)}
+
+
+def host_netns(inventory: Path, host: str) -> str:
+    """The namespace a lab host is (`ansible_netns_name` in its inventory)."""
+    data = yaml.safe_load(inventory.read_text()) or {}
+    found = _find_host(data, host)
+    if found is None:
+        raise MigrationError(f"host {host} is not in {inventory}")
+    return str(found.get("ansible_netns_name") or host)
+
+
+def _find_host(group: Any, host: str) -> dict[str, Any] | None:
+    if not isinstance(group, dict):
+        return None
+    hosts = group.get("hosts")
+    if isinstance(hosts, dict) and host in hosts:
+        return dict(hosts[host] or {})
+    for key, sub in group.items():
+        if key in ("children", "all") or isinstance(sub, dict):
+            found = _find_host(sub, host)
+            if found is not None:
+                return found
+    return None
+
+
+def dest_xml(source_xml: str, dest: str) -> str:
+    """The destination's XML: the source's, renamed, without its UUID, its
+    serial log its own, started to wait for an incoming migration."""
+    ET.register_namespace("qemu", QEMU_NS)
+    root = ET.fromstring(source_xml)
+    _rename(root, dest)
+    cmd = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
+    for value in ("-incoming", "defer"):
+        ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=value)
+    return ET.tostring(root, encoding="unicode")
+
+
+def persistent_xml(inactive_xml: str, dest: str, uuid: str) -> str:
+    """The source's persistent definition for the destination (next boots)."""
+    root = ET.fromstring(inactive_xml)
+    _rename(root, dest)
+    ET.SubElement(root, "uuid").text = uuid
+    return ET.tostring(root, encoding="unicode")
+
+
+def _rename(root: ET.Element, name: str) -> None:
+    element = root.find("name")
+    if element is None:
+        raise MigrationError("domain XML without a name")
+    old = element.text or ""
+    element.text = name
+    for uuid in root.findall("uuid"):
+        root.remove(uuid)
+    for log in root.iter("log"):
+        if log.get("file") == serial_log(old):
+            log.set("file", serial_log(name))
+
+
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise MigrationError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+
+def _links_of(netns: str | None) -> set[str]:
+    argv = ["ip", *(["-n", netns] if netns else []), "-o", "link", "show"]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    return {line.split(":")[1].strip().split("@")[0] for line in done.stdout.splitlines()
+            if ":" in line}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _qmp(dom: Any, command: str, **arguments: Any) -> Any:
+    import libvirt_qemu  # type: ignore[import-untyped]
+
+    body: dict[str, Any] = {"execute": command}
+    if arguments:
+        body["arguments"] = arguments
+    reply = json.loads(libvirt_qemu.qemuMonitorCommand(dom, json.dumps(body), 0))
+    if "error" in reply:
+        raise MigrationError(f"{command}: {reply['error'].get('desc', reply['error'])}")
+    return reply.get("return")
+
+
+@contextlib.contextmanager
+def _connection(uri: str) -> Iterator[Any]:
+    import libvirt  # type: ignore[import-untyped]
+
+    conn = libvirt.open(uri)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def migrate(move: VmMove, *, uri: str = URI, downtime_limit_ms: int = DOWNTIME_LIMIT_MS,
+            timeout: float = MIGRATE_TIMEOUT) -> Stats:
+    """Move the running guest of `move.source` into a new domain `move.dest`
+    whose taps sit on the target host's bridges; on any failure the
+    destination is removed and the source runs on (MigrationError)."""
+    import libvirt
+
+    started = time.perf_counter()
+    with _connection(uri) as conn:
+        try:
+            src = conn.lookupByName(move.source)
+        except libvirt.libvirtError as exc:
+            raise MigrationError(f"no domain {move.source}: {exc}") from None
+        if src.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+            raise MigrationError(f"domain {move.source} is not running: only a running "
+                                 "VM migrates live")
+        xml = dest_xml(src.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), move.dest)
+        inactive = src.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        dest = None
+        try:
+            here = _links_of(None)
+            for nic in move.nics:
+                if nic.tap not in here:
+                    _ip("tuntap", "add", "dev", nic.tap, "mode", "tap")
+            try:
+                dest = conn.createXML(xml, 0)
+            except libvirt.libvirtError as exc:
+                raise MigrationError(f"destination {move.dest} did not start: {exc}") from None
+            for nic in move.nics:
+                _ip("link", "set", "dev", nic.tap, "netns", move.target_netns)
+                _ip("-n", move.target_netns, "link", "set", "dev", nic.tap,
+                    "master", nic.bridge, "up")
+            stats = _run(src, dest, downtime_limit_ms, timeout, started)
+            conn.defineXML(persistent_xml(inactive, move.dest, dest.UUIDString()))
+        except BaseException:
+            _remove_dest(conn, move, dest)
+            raise
+    return stats
+
+
+def _run(src: Any, dest: Any, downtime_limit_ms: int, timeout: float,
+         started: float) -> Stats:
+    address = f"tcp:127.0.0.1:{_free_port()}"
+    _qmp(dest, "migrate-incoming", uri=address)
+    _qmp(src, "migrate-set-parameters", **{"downtime-limit": downtime_limit_ms})
+    _qmp(src, "migrate", uri=address)
+    deadline = time.monotonic() + timeout
+    while True:
+        info = _qmp(src, "query-migrate") or {}
+        status = info.get("status")
+        if status == "completed":
+            break
+        if status in ("failed", "cancelled"):
+            raise MigrationError(f"QEMU's migration {status}: {info.get('error-desc', '')}")
+        if time.monotonic() > deadline:
+            with contextlib.suppress(MigrationError):
+                _qmp(src, "migrate_cancel")
+            raise MigrationError(f"the migration did not converge in {timeout:.0f} s")
+        time.sleep(POLL)
+    while (_qmp(dest, "query-status") or {}).get("status") != "running":
+        if time.monotonic() > deadline:
+            raise MigrationError("the destination did not start running")
+        time.sleep(POLL)
+    ram = info.get("ram", {})
+    return Stats(float(info.get("total-time", 0)), float(info.get("downtime", 0)),
+                 float(info.get("setup-time", 0)), int(ram.get("transferred", 0)),
+                 time.perf_counter() - started)
+
+
+def _remove_dest(conn: Any, move: VmMove, dest: Any) -> None:
+    """Undo a destination: its domain, and its taps wherever they are."""
+    import libvirt
+
+    if dest is not None:
+        with contextlib.suppress(libvirt.libvirtError):
+            dest.destroy()
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.lookupByName(move.dest).undefine()
+    for where in (move.target_netns, None):
+        present = _links_of(where)
+        for nic in move.nics:
+            if nic.tap in present:
+                with contextlib.suppress(MigrationError):
+                    _ip(*(["-n", where] if where else []), "link", "delete", "dev", nic.tap)
+
+
+def finish(move: VmMove, *, uri: str = URI) -> None:
+    """After a completed migration: the source domain and its taps go."""
+    import libvirt
+
+    with _connection(uri) as conn:
+        try:
+            src = conn.lookupByName(move.source)
+        except libvirt.libvirtError:
+            src = None
+        if src is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                src.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                src.undefine()
+    present = _links_of(move.source_netns)
+    for nic in move.nics:
+        if nic.tap in present:
+            _ip("-n", move.source_netns, "link", "delete", "dev", nic.tap)
+
+
+def next_name(base: str, current: str, taken: Sequence[str] = ()) -> str:
+    """A domain name for the next move of a node whose first domain is `base`:
+    `base+mN` (`+` is in no node id)."""
+    match = re.search(r"\+m(\d+)$", current)
+    n = int(match.group(1)) + 1 if match else 1
+    while f"{base}+m{n}" in taken:
+        n += 1
+    return f"{base}+m{n}"
