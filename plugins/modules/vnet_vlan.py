@@ -209,8 +209,10 @@ def check_links(links: list) -> None:
 
 
 def device_commands(links: list, here: dict[str, dict], there: dict[str, dict],
-                    switch_netns: str | None, present: bool) -> list[list[str]]:
-    """What makes (present) or removes (absent) the segments' veth pairs (pure)."""
+                    switch_netns: str | None, present: bool,
+                    check_mode: bool = False) -> list[list[str]]:
+    """What makes (present) or removes (absent) the segments' veth pairs (pure).
+    In check mode a missing bridge is one the play's vnet_link would have made."""
     cmds: list[list[str]] = []
     for lk in links:
         dev, port = here.get(lk["device"]), there.get(lk["port"])
@@ -220,7 +222,7 @@ def device_commands(links: list, here: dict[str, dict], there: dict[str, dict],
             elif port is not None:
                 cmds.append(_ip(switch_netns, "link", "delete", lk["port"]))
             continue
-        if lk["bridge"] not in here:
+        if lk["bridge"] not in here and not check_mode:
             raise OvsError(f"link {lk['link']}: bridge {lk['bridge']} is missing on this host")
         if dev is None or port is None:  # a half-made pair is made again
             if dev is not None:
@@ -267,7 +269,8 @@ def run_module(module: AnsibleModule) -> dict:
         if p["links"]:
             here = read_devices(module, None)
             there = read_devices(module, p["switch_netns"])
-            cmds = device_commands(p["links"], here, there, p["switch_netns"], present)
+            cmds = device_commands(p["links"], here, there, p["switch_netns"], present,
+                                   module.check_mode)
             if present and not module.check_mode:
                 run_commands(module, cmds)
         exists = sw.has_bridge(p["bridge"])

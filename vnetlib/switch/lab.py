@@ -20,6 +20,7 @@ from vnetlib.instantiate import INVENTORY_FILE, SUBSTRATE_FILE
 from vnetlib.lab.layout import LabConfig
 from vnetlib.spec import dump_substrate, load_substrate
 from vnetlib.switch import daemons
+from vnetlib.switch.driver import OvsDriver
 
 RECORD = "ovs.json"
 FALLBACK = Path("/run/vnet/ovs")
@@ -87,7 +88,7 @@ def bridge_of(substrate: str) -> str:
 def set_encapsulation(directory: Path, substrates: Iterable[LabConfig], encap: str) -> list[str]:
     """Make `encap` the first encapsulation of each substrate's description
     (VXLAN stays listed, the fallback between providers) and, for ``vlan``,
-    tell the inventory's hosts where the switch is (``vnet_ovs_db``,
+    make the switch's bridge and tell the inventory's hosts where it is (``vnet_ovs_db``,
     ``vnet_ovs_bridge``, ``vnet_ovs_netns``); what changed."""
     changed = []
     ovs = instances(directory)
@@ -104,6 +105,8 @@ def set_encapsulation(directory: Path, substrates: Iterable[LabConfig], encap: s
         keys = {"vnet_ovs_db", "vnet_ovs_bridge", "vnet_ovs_netns"}
         if encap == "vlan":
             inst = ovs[sub.name]
+            with OvsDriver(inst.remote, bridge_of(sub.name)):
+                pass  # the switch's bridge exists from the start
             switch = {"vnet_ovs_db": inst.remote, "vnet_ovs_bridge": bridge_of(sub.name),
                       "vnet_ovs_netns": inst.netns or ""}
         else:

@@ -1,0 +1,180 @@
+"""Figure 6 on a lab substrate with each encapsulation of its crossing links
+(`vnet lab up --encap vxlan|click|vlan`), one lab per encapsulation.
+
+The operator path (`vnet plan`, ansible-playbook) shows check mode, the
+diff, idempotence and a teardown that leaves the hosts and the switch as
+they were; `vnet up` / `vnet down` (the direct path through the PIP core)
+deploys two VNets with the same address plan on the same hosts, every link
+pings both ways in each, and a link taken down in one does not reach the
+other's node holding the same address."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import EXAMPLES, Lab, Vnet, links_in, netns_list, new_lab, ping
+from tests.e2e.test_operator_path import playbook
+from vnetlib.spec import load_vnet
+
+FIGURE6 = EXAMPLES / "figure6.xml"
+ENCAPS = ("vxlan", "click", "vlan")
+CLICK_RUNDIR = Path("/run/vnet/click")
+
+
+@pytest.fixture(scope="module", params=ENCAPS)
+def encap_lab(request: pytest.FixtureRequest, vnet: Vnet) -> Iterator[tuple[str, Lab]]:
+    encap = str(request.param)
+    made = new_lab(vnet, "--pips", "1", "--no-players", "--encap", encap)
+    try:
+        yield encap, made
+    finally:
+        vnet.run("lab", "down", "--name", made.name, check=False)
+
+
+def hosts_of(lab: Lab) -> list[str]:
+    return sorted(n for n in netns_list() if n.startswith(f"vl-{lab.substrate}-h"))
+
+
+def devices(lab: Lab) -> dict[str, set[str]]:
+    """Every interface of the lab's hosts and its switch."""
+    names = [*hosts_of(lab), f"vl-{lab.substrate}-switch"]
+    return {ns: links_in(ns) for ns in names}
+
+
+def vxlan_devices(netns: str) -> list[str]:
+    out = subprocess.run(["ip", "-n", netns, "-o", "link", "show", "type", "vxlan"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.split(":")[1].strip() for line in out.splitlines()]
+
+
+def click_pids(lab: Lab) -> dict[str, int]:
+    """The running Click process of each lab host that has one."""
+    out = {}
+    for ns in hosts_of(lab):
+        pidfile = CLICK_RUNDIR / ns / "click.pid"
+        if pidfile.exists():
+            pid = int(pidfile.read_text())
+            if Path(f"/proc/{pid}").exists():
+                out[ns] = pid
+    return out
+
+
+def ovs_ports(vnet: Vnet, lab: Lab) -> dict[str, int | None]:
+    """Port -> VLAN tag on the lab switch's Open vSwitch bridge."""
+    inventory = yaml.safe_load((Path(vnet.env["VNET_HOME"]) / "substrates" / lab.substrate
+                                / "inventory.yml").read_text())
+    db = inventory["all"]["vars"]["vnet_ovs_db"]
+    bridge = inventory["all"]["vars"]["vnet_ovs_bridge"]
+    out = subprocess.run(["ovs-vsctl", f"--db={db}", "--format=json", "--columns=name,tag",
+                          "list", "Port"], capture_output=True, text=True, check=True).stdout
+    import json
+    rows = json.loads(out)["data"]
+    return {r[0]: (r[1] if isinstance(r[1], int) else None) for r in rows if r[0] != bridge}
+
+
+def crossing(plan: dict[str, Any]) -> set[str]:
+    return {t["link"] for h in plan["hosts"].values() for t in h["links"]
+            if t["tunnel"] is not None} | {c["link"] for h in plan["hosts"].values()
+                                           for c in h["click"] + h["vlan"]}
+
+
+def every_link_pings(substrate: str, vnet_id: str) -> None:
+    for link in load_vnet(FIGURE6).links:
+        for src, dst in ((link.a, link.b), (link.b, link.a)):
+            peer = dst.interface.addresses[0].split("/")[0]
+            assert ping(f"vn-{substrate}-{vnet_id}-{src.node}", peer, count=2, wait=2), \
+                f"{link.id}: {src.node} cannot reach {dst.node} ({peer})"
+
+
+def test_plan_check_apply_idempotent_remove(vnet: Vnet, encap_lab: tuple[str, Lab],
+                                            tmp_path: Path) -> None:
+    encap, lab = encap_lab
+    env, substrate = vnet.env, lab.substrate
+    inventory = Path(env["VNET_HOME"]) / "substrates" / substrate / "inventory.yml"
+    before = devices(lab)
+    ports_before = ovs_ports(vnet, lab) if encap == "vlan" else {}
+
+    plan_file = tmp_path / "plan.yml"
+    made = vnet.json("plan", str(FIGURE6), "--substrate", substrate, "-o", str(plan_file))
+    vnet_id = made["vnet"]
+    plan = yaml.safe_load(plan_file.read_text())["vnet_plan"]
+    links = crossing(plan)
+    assert links, "Figure 6 should cross hosts on this lab"
+    for host in plan["hosts"].values():
+        carried = {"vxlan": [t["link"] for t in host["links"] if t["tunnel"]],
+                   "click": [c["link"] for c in host["click"]],
+                   "vlan": [v["link"] for v in host["vlan"]]}
+        assert all(not v for k, v in carried.items() if k != encap), carried
+
+    check = playbook(env, inventory, "-e", f"@{plan_file}", "--check", "--diff", cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "failed=0" in check.stdout
+    assert devices(lab) == before and not click_pids(lab)
+    assert not {n for n in netns_list() if n.startswith(f"vn-{substrate}-{vnet_id}-")}
+
+    applied = playbook(env, inventory, "-e", f"@{plan_file}", "--diff", cwd=tmp_path)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    every_link_pings(substrate, vnet_id)
+    hosts = hosts_of(lab)
+    tunnels = [d for ns in hosts for d in vxlan_devices(ns)]
+    if encap == "vxlan":
+        assert len(tunnels) == 2 * len(links)
+    else:
+        assert tunnels == [], f"{encap}: kernel VXLAN devices {tunnels}"
+    if encap == "click":
+        used = {f"vl-{substrate}-{h}" for h, p in plan["hosts"].items() if p["click"]}
+        assert set(click_pids(lab)) == used
+    if encap == "vlan":
+        tags = {p: t for p, t in ovs_ports(vnet, lab).items() if p not in ports_before}
+        assert len(tags) == 2 * len(links)  # one access port per host end
+        assert len(set(tags.values())) == len(links)  # one VLAN per link
+        assert all(t is not None and 2 <= t <= 4093 for t in tags.values())
+
+    again = playbook(env, inventory, "-e", f"@{plan_file}", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    recap = again.stdout[again.stdout.rindex("PLAY RECAP"):]
+    assert "changed=1" not in recap and all(
+        "changed=0" in line for line in recap.splitlines()[1:] if "ok=" in line), recap
+
+    gone = playbook(env, inventory, "-e", f"@{plan_file}", "-e", "vnet_state=absent",
+                    cwd=tmp_path)
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert devices(lab) == before
+    assert not click_pids(lab)
+    assert not [p for p in CLICK_RUNDIR.glob(f"vl-{substrate}-*")] if CLICK_RUNDIR.exists() \
+        else True
+    if encap == "vlan":
+        assert ovs_ports(vnet, lab) == ports_before
+    assert not {n for n in netns_list() if n.startswith(f"vn-{substrate}-{vnet_id}-")}
+
+
+def test_two_vnets_same_addresses_up_ping_isolated_down(vnet: Vnet,
+                                                        encap_lab: tuple[str, Lab]) -> None:
+    encap, lab = encap_lab
+    substrate = lab.substrate
+    before = devices(lab)
+    a = vnet.json("up", str(FIGURE6), "--substrate", substrate)["vnet"]
+    b = vnet.json("up", str(FIGURE6), "--substrate", substrate)["vnet"]
+    try:
+        every_link_pings(substrate, a)
+        every_link_pings(substrate, b)
+        # r1's end of l1 down in VNet a: a's e1 no longer reaches 198.19.0.2,
+        # which b's r1 holds on the same hosts, carried the same way.
+        iface = load_vnet(FIGURE6).link("l1").b.interface.name
+        subprocess.run(["ip", "-n", f"vn-{substrate}-{a}-r1", "link", "set", iface, "down"],
+                       check=True)
+        assert not ping(f"vn-{substrate}-{a}-e1", "198.19.0.2", count=3, wait=1), encap
+        assert ping(f"vn-{substrate}-{b}-e1", "198.19.0.2")
+        vnet.run("down", a)
+        every_link_pings(substrate, b)  # the other VNet's links are untouched
+    finally:
+        vnet.run("down", a, check=False)
+        vnet.run("down", b, check=False)
+    assert devices(lab) == before
+    assert not click_pids(lab)
