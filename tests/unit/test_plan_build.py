@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,57 @@ def test_vm_nodes_need_the_image() -> None:
     with pytest.raises(PlanError, match="needs the guest image"):
         build_plan(VM_SPEC, {n.id: "h1" for n in VM_SPEC.nodes}, SUBSTRATE, vnet_id="v1",
                    lab="lab", vnis={})
+
+
+def _encap_plan(encap: str, vnis: dict[str, int] | None = None,
+                vlans: dict[str, int] | None = None) -> dict:
+    sub = dataclasses.replace(SUBSTRATE, encapsulations=(encap, "vxlan"))
+    return build_plan(_spec(), {"a": "h1", "b": "h1", "c": "h2"}, sub, vnet_id="tiny-1",
+                      lab="lab", vnis=vnis or {"l2": 4100}, vlans=vlans).to_dict()
+
+
+def test_substrate_encapsulation_chooses_the_module_of_crossing_links() -> None:
+    vx = _encap_plan("vxlan")["hosts"]["h2"]
+    assert vx["links"][0]["tunnel"]["kind"] == "vxlan" and vx["click"] == vx["vlan"] == []
+    assert "encapsulation" not in vx["links"][0] and "port" not in vx["links"][0]["tunnel"]
+
+    ck = _encap_plan("click")["hosts"]["h2"]
+    seg = ck["links"][0]
+    assert seg["tunnel"] is None and seg["bandwidth_mbps"] is None  # Click shapes it
+    assert seg["ports"][0]["mtu"] == 1450 and ck["vlan"] == []
+    device = naming.link_tunnel("tiny-1", "l2")
+    assert ck["click"] == [{"link": "l2", "vni": 4100, "bridge": seg["bridge"], "device": device,
+                            "click_device": "ck" + device[2:], "local": "198.18.0.12",
+                            "remote": "198.18.0.11", "bandwidth_mbps": 50.0,
+                            "latency_ms": None}]
+
+    vl = _encap_plan("vlan")["hosts"]
+    h1, h2 = vl["h1"]["vlan"], vl["h2"]["vlan"]
+    seg = vl["h2"]["links"][0]
+    assert seg["tunnel"] is None and seg["ports"][0]["mtu"] == 1500
+    assert seg["bandwidth_mbps"] == 50.0  # the kernel path shapes VLAN links
+    assert h1[0]["vlan"] == h2[0]["vlan"] == 4100 - 4096 + 2
+    assert h1[0]["port"] != h2[0]["port"]  # both ends are ports of the one switch
+    assert all(len(p["port"]) <= 15 for p in h1 + h2)
+    # an allocated VLAN id wins over the derived one; the within-host link has no carrier
+    assert _encap_plan("vlan", vlans={"l2": 77})["hosts"]["h1"]["vlan"][0]["vlan"] == 77
+    assert [x["link"] for x in vl["h1"]["vlan"]] == ["l2"]
+
+
+def test_no_vlan_id_for_a_tunnel_id_beyond_the_switch() -> None:
+    with pytest.raises(PlanError, match="l2: no free VLAN id"):
+        _encap_plan("vlan", vnis={"l2": 4096 + 4092})
+    assert _encap_plan("vlan", vnis={"l2": 4096 + 4091})["hosts"]["h1"]["vlan"][0]["vlan"] == 4093
+
+
+def test_unknown_encapsulation_falls_back_to_vxlan_and_boundary_links_stay_vxlan() -> None:
+    sub = dataclasses.replace(SUBSTRATE, encapsulations=("gre", "click"))
+    plan = build_plan(_partial(), {"a": "h1", "b": "h2", "c": "h2"}, sub, vnet_id="p-1", lab="lab",
+                      vnis={"l1": 5000}, boundary={"x1": ("198.18.2.11", 6000)}).to_dict()
+    kinds = {t["link"]: t["tunnel"] and t["tunnel"]["kind"] for h in plan["hosts"].values()
+             for t in h["links"]}
+    assert kinds["x1"] == "vxlan"
+    assert {c["link"] for h in plan["hosts"].values() for c in h["click"]} == {"l1"}
+    with pytest.raises(PlanError, match="encapsulation 'gre'"):
+        build_plan(_spec(), {"a": "h1", "b": "h1", "c": "h2"}, SUBSTRATE, vnet_id="t",
+                   lab="lab", vnis={"l2": 4100}, encapsulation="gre")

@@ -85,14 +85,24 @@ def bridge_of(substrate: str) -> str:
     return f"vs-{substrate}"
 
 
-def set_encapsulation(directory: Path, substrates: Iterable[LabConfig], encap: str) -> list[str]:
-    """Make `encap` the first encapsulation of each substrate's description
-    (VXLAN stays listed, the fallback between providers) and, for ``vlan``,
-    make the switch's bridge and tell the inventory's hosts where it is (``vnet_ovs_db``,
+def encapsulations(encap: str, count: int) -> list[str]:
+    """Per PIP, its encapsulation from ``vxlan``, ``click,vlan``... (the i-th
+    for PIP i, the last one for the PIPs after)."""
+    names = [e.strip() for e in encap.split(",")]
+    return [names[min(i, len(names) - 1)] for i in range(count)]
+
+
+def set_encapsulation(directory: Path, substrates: Iterable[LabConfig],
+                      encaps: str) -> list[str]:
+    """Make each substrate's encapsulation (:func:`encapsulations` of `encaps`)
+    the first of its description (VXLAN stays listed, the fallback between
+    providers) and, for ``vlan``, make the switch's bridge and tell the
+    inventory's hosts where it is (``vnet_ovs_db``,
     ``vnet_ovs_bridge``, ``vnet_ovs_netns``); what changed."""
     changed = []
     ovs = instances(directory)
-    for sub in substrates:
+    subs = list(substrates)
+    for sub, encap in zip(subs, encapsulations(encaps, len(subs)), strict=True):
         files = paths.substrate_dir(sub.name)
         described = load_substrate(files / SUBSTRATE_FILE)
         want = tuple(dict.fromkeys((encap, "vxlan")))
