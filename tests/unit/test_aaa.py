@@ -75,9 +75,15 @@ def tls(tmp_path: Path) -> dict[str, radius.Tls]:
 
 
 @pytest.mark.skipif(shutil.which("freeradius") is None, reason="scripts/install-aaa.sh")
-def test_freeradius_accepts_both_configurations(tmp_path: Path,
-                                                tls: dict[str, radius.Tls]) -> None:
-    server = radius.ServerConfig(tmp_path / "vno", ("127.0.0.1",), 20830, tls["vno"])
+@pytest.mark.parametrize("methods", [radius.DEFAULT_METHODS, ("ttls",), ("md5",),
+                                     ("ttls", "peap", "md5")])
+def test_freeradius_accepts_both_configurations(tmp_path: Path, tls: dict[str, radius.Tls],
+                                                methods: tuple[str, ...]) -> None:
+    server = radius.ServerConfig(tmp_path / "vno", ("127.0.0.1",), 20830, tls["vno"],
+                                 methods=methods)
+    conf = radius.server_conf(server)
+    assert ("md5 {" in conf) == ("md5" in methods)  # MD5 only when asked for
+    assert ("ttls {" in conf) == ("ttls" in methods)
     radius.write(server.directory, radius.server_conf(server), "vno-radius")
     (server.directory / "users.pl").write_text(radius.users_pl(server.directory / "u.json"))
     proxy = radius.ProxyConfig(tmp_path / "pip", 21812, "s3cret",
@@ -88,6 +94,46 @@ def test_freeradius_accepts_both_configurations(tmp_path: Path,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stdout[-2000:]
         assert "Configuration appears to be OK" in done.stdout
+
+
+def test_unknown_eap_methods_are_refused(tls: dict[str, radius.Tls]) -> None:
+    for methods in ((), ("leap",)):
+        with pytest.raises(ValueError, match="EAP methods"):
+            radius.ServerConfig(Path("/nonexistent"), ("127.0.0.1",), 1, tls["vno"],
+                                methods=methods)
+
+
+LINK_DOC = """<?xml version="1.0"?>
+<vnet xmlns="urn:vnet:rdl:1" version="1" name="seg">
+  <node id="e1"/>
+  <node id="e2"/>
+  <link id="l1">
+    <endpoint node="e1" interface="eth1"><address>198.19.0.1/24</address></endpoint>
+    <endpoint node="e2" interface="eth1"><address>198.19.0.2/24</address></endpoint>
+  </link>
+  {attach}
+</vnet>
+"""
+
+
+def test_link_attachment_points_parse_and_round_trip() -> None:
+    text = LINK_DOC.replace(
+        "{attach}", '<attach node="e1" link="l1" pool="198.19.0.128/25" realm="vno"/>')
+    spec = parse_vnet(text.encode())
+    assert [(a.node, a.link, a.pool) for a in spec.attachments] == [
+        ("e1", "l1", "198.19.0.128/25")]
+    assert parse_vnet(dump_vnet(spec)).attachments == spec.attachments
+
+
+@pytest.mark.parametrize(("attach", "message"), [
+    ('<attach node="e1" link="l9" pool="198.19.0.128/25" realm="vno"/>', "unknown link 'l9'"),
+    ('<attach node="e1" link="l1" pool="198.19.9.0/25" realm="vno"/>', "not inside the subnet"),
+    ('<attach node="e1" link="l1" pool="198.19.0.0/25" realm="vno"/>', "holds e1's address"),
+])
+def test_bad_link_attachment_points_are_refused(attach: str, message: str) -> None:
+    with pytest.raises(SpecErrors) as err:
+        parse_vnet(LINK_DOC.replace("{attach}", attach).encode())
+    assert message in str(err.value)
 
 
 def user(identity: str = "alice@vno", vnet: str = "v1") -> EndUser:

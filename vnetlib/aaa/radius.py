@@ -44,15 +44,32 @@ class Tls:
     crl: str = ""  # the CA's CRL: with it, revoked peer certificates are refused
 
 
+EAP_METHODS = ("ttls", "peap", "md5")
+DEFAULT_METHODS = ("ttls", "peap")  # MD5 only when asked for: it exposes a password hash
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """The VNO's RADIUS server: listens for RadSec from PIP proxies."""
+    """The VNO's RADIUS server: listens for RadSec from PIP proxies. EAP
+    methods: TTLS (inner PAP) and PEAP (inner MSCHAPv2) end in the server,
+    inside a TLS tunnel to the device that the PIP cannot open; MD5 only if
+    listed."""
 
     directory: Path
     addresses: tuple[str, ...]  # the management addresses the PIPs reach it on
     port: int
     tls: Tls
     session_timeout: int = 3600
+    methods: tuple[str, ...] = DEFAULT_METHODS
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in EAP_METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"EAP methods {self.methods!r}: choose among {EAP_METHODS}")
+
+    @property
+    def tunnelled(self) -> bool:
+        return any(m in ("ttls", "peap") for m in self.methods)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +196,99 @@ def _tls_block(tls: Tls, indent: str, d: Path, cn: str = "", server: bool = Fals
     return "\n".join(indent + line for line in lines)
 
 
+CLASS_PREFIX = "vnet:"  # the accept's Class: an opaque session token, echoed in accounting
+TUNNEL_REPLY = ("Tunnel-Type", "Tunnel-Medium-Type", "Tunnel-Private-Group-Id", "Framed-Pool",
+                "Session-Timeout", "Class")
+
+
+def _eap_module(cfg: ServerConfig) -> str:
+    tls = cfg.tls
+    methods = cfg.methods
+    parts = [f"""    eap {{
+        default_eap_type = {methods[0]}
+        timer_expire = 60
+        ignore_unknown_eap_types = no
+        max_sessions = 65536"""]
+    if cfg.tunnelled:
+        parts.append(f"""        tls-config tls-common {{
+            private_key_file = {tls.key}
+            certificate_file = {tls.cert}
+            ca_file = {tls.ca}
+            cipher_list = "HIGH"
+            cipher_server_preference = yes
+            ecdh_curve = "prime256v1"
+            tls_min_version = "1.2"
+            tls_max_version = "1.2"
+            fragment_size = 1024
+            cache {{
+                enable = no
+            }}
+            ocsp {{
+                enable = no
+            }}
+        }}""")
+    if "ttls" in methods:
+        parts.append("""        ttls {
+            tls = tls-common
+            default_eap_type = md5
+            copy_request_to_tunnel = no
+            use_tunneled_reply = no
+            virtual_server = "inner"
+        }""")
+    if "peap" in methods:
+        parts.append("""        peap {
+            tls = tls-common
+            default_eap_type = mschapv2
+            copy_request_to_tunnel = no
+            use_tunneled_reply = no
+            virtual_server = "inner"
+        }
+        mschapv2 {
+        }""")
+    if "md5" in methods:
+        parts.append("""        md5 {
+        }""")
+    parts.append("    }")
+    return "\n".join(parts)
+
+
+def _inner_server(cfg: ServerConfig) -> str:
+    """The tunnel's inside (TTLS: PAP; PEAP: EAP-MSCHAPv2): the user's real
+    identity and password; the accept's attributes go out through the
+    outer session's state, with an opaque Class for accounting."""
+    copy = "\n".join(f"            &{a} := &reply:{a}" for a in TUNNEL_REPLY)
+    return f"""server inner {{
+    authorize {{
+        users
+        eap {{
+            ok = return
+        }}
+        pap
+        mschap
+    }}
+    authenticate {{
+        Auth-Type PAP {{
+            pap
+        }}
+        Auth-Type MS-CHAP {{
+            mschap
+        }}
+        eap
+    }}
+    post-auth {{
+        users
+        update outer.session-state {{
+{copy}
+        }}
+        inner_log
+        Post-Auth-Type REJECT {{
+            inner_log
+        }}
+    }}
+}}
+"""
+
+
 def server_conf(cfg: ServerConfig) -> str:
     d = cfg.directory
     listens = "\n".join(f"""    listen {{
@@ -194,6 +304,10 @@ def server_conf(cfg: ServerConfig) -> str:
             idle_timeout = 600
         }}
     }}""" for address in cfg.addresses)
+    md5 = "md5" in cfg.methods
+    # MD5 has no inside: the outer identity is the user's, checked here
+    outer_users = "        users\n" if md5 else ""
+    tunnelled = "\n".join(f"                &{a} := &session-state:{a}" for a in TUNNEL_REPLY)
     return _main(d, "vno-radius", reject_delay=1) + f"""
 clients radsec {{
     client pips {{
@@ -204,13 +318,10 @@ clients radsec {{
 }}
 modules {{
 {ALWAYS}
-    eap {{
-        default_eap_type = md5
-        timer_expire = 60
-        ignore_unknown_eap_types = no
-        max_sessions = 65536
-        md5 {{
-        }}
+{_eap_module(cfg)}
+    pap {{
+    }}
+    mschap {{
     }}
     perl users {{
         filename = {d}/users.pl
@@ -218,6 +329,10 @@ modules {{
     linelog auth_log {{
         filename = {d}/{AUTH_LOG}
         format = "{AUTH_FORMAT}"
+    }}
+    linelog inner_log {{
+        filename = {d}/{AUTH_LOG}
+        format = "inner {AUTH_FORMAT}"
     }}
     linelog acct_log {{
         filename = {d}/{ACCOUNTING_LOG}
@@ -230,13 +345,17 @@ server vno {{
         {PIP_ONLY}
             reject
         }}
-        users
-        eap
+{outer_users}        eap
     }}
     authenticate {{
         eap
     }}
     post-auth {{
+        if (&session-state:Tunnel-Private-Group-Id) {{
+            update reply {{
+{tunnelled}
+            }}
+        }}
         update reply {{
             Session-Timeout = {cfg.session_timeout}
         }}
@@ -247,6 +366,7 @@ server vno {{
                 Tunnel-Medium-Type !* ANY
                 Tunnel-Private-Group-Id !* ANY
                 Framed-Pool !* ANY
+                Class !* ANY
             }}
             auth_log
         }}
@@ -260,13 +380,14 @@ server vno {{
                 Event-Timestamp := "%l"
             }}
         }}
+        users
     }}
     accounting {{
         acct_log
         ok
     }}
 }}
-"""
+""" + (_inner_server(cfg) if cfg.tunnelled else "")
 
 
 USERS_PL = r"""# The VNO's users, read from the store's file on every request (no reload).
@@ -274,7 +395,9 @@ use strict;
 use warnings;
 use JSON::PP;
 our (%RAD_REQUEST, %RAD_REPLY, %RAD_CHECK);
-use constant { RLM_MODULE_OK => 2, RLM_MODULE_NOTFOUND => 6, RLM_MODULE_NOOP => 7 };
+use constant { RLM_MODULE_OK => 2, RLM_MODULE_NOTFOUND => 6, RLM_MODULE_NOOP => 7,
+               RLM_MODULE_UPDATED => 8 };
+umask 077;
 
 sub authorize {
     my $name = $RAD_REQUEST{'User-Name'};
@@ -293,14 +416,50 @@ sub authorize {
     $RAD_REPLY{'Session-Timeout'} = $u->{session_timeout} if defined $u->{session_timeout};
     return RLM_MODULE_OK;
 }
+
+# Inside a tunnel, after an accept: the user's name stays here; the PIP gets an
+# opaque Class that its accounting echoes, which preacct turns back into it.
+sub post_auth {
+    my $name = $RAD_REQUEST{'User-Name'};
+    return RLM_MODULE_NOOP unless defined $name;
+    my $token = '';
+    open(my $rnd, '<:raw', '/dev/urandom') or return RLM_MODULE_NOOP;
+    read($rnd, my $bytes, 16);
+    close($rnd);
+    $token = unpack('H*', $bytes);
+    open(my $fh, '>', '@CLASSES@/' . $token) or return RLM_MODULE_NOOP;
+    print $fh $name;
+    close($fh);
+    $RAD_REPLY{'Class'} = '@PREFIX@' . $token;
+    return RLM_MODULE_OK;
+}
+
+sub preacct {
+    my $class = $RAD_REQUEST{'Class'};
+    return RLM_MODULE_NOOP unless defined $class;
+    $class = pack('H*', substr($class, 2)) if $class =~ /^0x[0-9a-fA-F]+$/;
+    return RLM_MODULE_NOOP unless $class =~ /^@PREFIX@([0-9a-f]{32})$/;
+    my $path = '@CLASSES@/' . $1;
+    open(my $fh, '<', $path) or return RLM_MODULE_NOOP;
+    my $name = <$fh>;
+    close($fh);
+    $RAD_REQUEST{'User-Name'} = $name;
+    unlink($path) if ($RAD_REQUEST{'Acct-Status-Type'} // '') eq 'Stop';
+    return RLM_MODULE_UPDATED;
+}
 """
+
+
+CLASSES_DIR = "classes"  # token -> identity of tunnelled sessions, until their Stop
 
 
 def users_pl(users_json: Path) -> str:
     path = _quote(str(users_json))
-    if "'" in path:
+    classes = _quote(str(users_json.parent / CLASSES_DIR))
+    if "'" in path + classes:
         raise ValueError(f"{path!r}: a user store's path cannot hold a single quote")
-    return USERS_PL.replace("@USERS@", path)
+    return (USERS_PL.replace("@USERS@", path).replace("@CLASSES@", classes)
+            .replace("@PREFIX@", CLASS_PREFIX))
 
 
 def proxy_conf(cfg: ProxyConfig) -> str:

@@ -175,7 +175,8 @@ def server_port(directory: Path) -> int | None:
 
 
 def start_server(directory: Path, tls: radius.Tls, addresses: tuple[str, ...], *,
-                 session_timeout: int = 3600) -> int:
+                 session_timeout: int = 3600,
+                 methods: tuple[str, ...] = radius.DEFAULT_METHODS) -> int:
     """Start the VNO's RADIUS server (RadSec on a free TCP port, kept across
     restarts, on the management `addresses` only) unless it runs; returns its
     port."""
@@ -184,8 +185,9 @@ def start_server(directory: Path, tls: radius.Tls, addresses: tuple[str, ...], *
     daemons.private_dir(directory)
     port = server_port(directory) or free_port(addresses[0])
     (directory / "port").write_text(f"{port}\n")
-    cfg = radius.ServerConfig(directory, addresses, port, tls, session_timeout)
+    cfg = radius.ServerConfig(directory, addresses, port, tls, session_timeout, methods)
     radius.write(directory, radius.server_conf(cfg), SERVER_CONF, tls)
+    daemons.private_dir(directory / radius.CLASSES_DIR)
     daemons.write_private(directory / "users.pl", radius.users_pl(directory / USERS_JSON))
     if not (directory / USERS_JSON).exists():
         fd = os.open(directory / USERS_JSON, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -12,6 +12,7 @@ the substrate's prefix, so `vnet lab down` removes it with the rest.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -27,7 +28,7 @@ from vnetlib.lab import exchange, kernel
 from vnetlib.lab.layout import LabConfig
 from vnetlib.lab.players import VNO_NAME, credentials_dir, load_players, pip_name
 from vnetlib.players.config import load as load_config
-from vnetlib.players.pki import CA_CERT, CRL_FILE
+from vnetlib.players.pki import CA_CERT, CRL_FILE, PLAYER_URI_PREFIX
 
 DEVICE_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 ACCESS_OFFSET = 5  # the access switch's address on a PIP's management network
@@ -82,6 +83,14 @@ def _access(directory: Path, index: int, substrate: str) -> access.Access:
 # -- up and down ------------------------------------------------------------------------
 
 
+def eap_methods() -> tuple[str, ...]:
+    """The EAP methods the lab's VNO accepts: `$VNET_EAP_METHODS` (blank or
+    comma separated, e.g. `ttls,peap,md5`), else TTLS and PEAP. MD5 only when
+    listed: the PIP would see its challenge and response."""
+    text = os.environ.get("VNET_EAP_METHODS", "").replace(",", " ").split()
+    return tuple(text) or radius.DEFAULT_METHODS
+
+
 def up(directory: Path, substrates: list[LabConfig]) -> list[str]:
     """The VNO's server, then every PIP's access switch; idempotent."""
     created: list[str] = []
@@ -89,7 +98,8 @@ def up(directory: Path, substrates: list[LabConfig]) -> list[str]:
     vno_dir = aaa_root(directory) / VNO_NAME
     had = daemons.running(vno_dir / "run" / "server.pid", str(vno_dir)) is not None
     port = users.start_server(vno_dir, tls_of(directory, VNO_NAME),
-                              tuple(sub.mgmt_gateway for sub in substrates))
+                              tuple(sub.mgmt_gateway for sub in substrates),
+                              methods=eap_methods())
     if not had:
         created.append(f"RADIUS server of {VNO_NAME} on port {port}")
     for i, sub in enumerate(substrates, start=1):
@@ -250,14 +260,33 @@ def _supplicant_dir(directory: Path, record: Device) -> Path:
     return _devices_dir(directory) / record.name
 
 
-def _wpa_conf(identity: str, password: str, ctrl: Path) -> str:
-    for value in (identity, password):
+EAP_METHODS = ("ttls", "peap", "md5")
+
+
+def _wpa_conf(identity: str, password: str, ctrl: Path, eap: str = "ttls",
+              ca: Path | None = None) -> str:
+    """wpa_supplicant's network block. TTLS (inner PAP) and PEAP (inner
+    MSCHAPv2) check the server's certificate against `ca` and its player URI
+    (the realm's VNO), and show the PIP only `anonymous@realm`."""
+    for value in (identity, password, str(ca or "")):
         if any(c in value for c in '"\\\n'):
             raise ValueError("identities and passwords cannot hold quotes, backslashes or "
                              "line breaks")
-    return (f"ctrl_interface={ctrl}\nap_scan=0\nnetwork={{\n    key_mgmt=IEEE8021X\n"
-            f'    eap=MD5\n    identity="{identity}"\n    password="{password}"\n'
-            "    eapol_flags=0\n}\n")
+    if eap not in EAP_METHODS:
+        raise ValueError(f"EAP method {eap!r}: one of {', '.join(EAP_METHODS)}")
+    lines = [f"ctrl_interface={ctrl}", "ap_scan=0", "network={", "    key_mgmt=IEEE8021X",
+             f"    eap={eap.upper()}", f'    identity="{identity}"',
+             f'    password="{password}"', "    eapol_flags=0"]
+    if eap != "md5":
+        if ca is None:
+            raise ValueError(f"EAP-{eap.upper()} needs the CA of the realm's server")
+        realm = identity.rpartition("@")[2]
+        lines += [f'    anonymous_identity="anonymous@{realm}"', f'    ca_cert="{ca}"',
+                  f'    altsubject_match="URI:{PLAYER_URI_PREFIX}{realm}"',
+                  '    phase2="auth=PAP"' if eap == "ttls" else '    phase2="auth=MSCHAPV2"']
+        if eap == "peap":
+            lines.append('    phase1="peapver=0"')
+    return "\n".join([*lines, "}", ""])
 
 
 def _stop_supplicant(directory: Path, record: Device) -> bool:
@@ -292,9 +321,10 @@ def _wpa_status(d: Path, record: Device) -> dict[str, str]:
 
 
 def attach(directory: Path, name: str, identity: str, password: str,
-           timeout: float = 20.0) -> Attachment:
+           timeout: float = 20.0, eap: str = "ttls") -> Attachment:
     """Authenticate the device's port with 802.1X and, once the PIP connected it,
-    take an address by DHCP. A rejection stops the supplicant (no retry loop)."""
+    take an address by DHCP. A rejection stops the supplicant (no retry loop).
+    `eap`: ttls (default), peap, or md5 (only where the VNO allows it)."""
     record = device(directory, name)
     d = _supplicant_dir(directory, record)
     daemons.private_dir(d)
@@ -302,7 +332,8 @@ def attach(directory: Path, name: str, identity: str, password: str,
     subprocess.run(["ip", "netns", "exec", record.netns, "ip", "addr", "flush", "dev", "eth0"],
                    check=False, capture_output=True)
     conf = d / "wpa.conf"
-    daemons.write_private(conf, _wpa_conf(identity, password, d / "ctrl"))
+    daemons.write_private(conf, _wpa_conf(identity, password, d / "ctrl", eap,
+                                          credentials_dir(directory, VNO_NAME) / CA_CERT))
     start = time.monotonic()
     daemons.start(["wpa_supplicant", "-D", "wired", "-i", "eth0", "-c", str(conf)],
                   pidfile=d / "wpa.pid", log=d / "wpa.log", marker=str(conf),
