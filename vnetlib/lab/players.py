@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vnetlib import paths
-from vnetlib.lab import manage, processes
+from vnetlib.lab import apart, manage, processes
 from vnetlib.players import cgroups
 from vnetlib.players import config as player_config
 from vnetlib.players.config import PipSection, PlayerConfig, Upstream, VnoSection, VnpSection
@@ -33,6 +33,7 @@ class Player:
     config: str
     url: str | None = None
     substrate: str | None = None
+    netns: str | None = None  # players apart: the namespace of its management host
 
     def pidfile(self, directory: Path) -> Path:
         return directory / "run" / f"{self.name}.pid"
@@ -81,7 +82,8 @@ def sp_credentials(directory: Path) -> Credentials:
 
 
 def _start(
-    directory: Path, cfg: PlayerConfig, players: dict[str, Player], substrate: str | None
+    directory: Path, cfg: PlayerConfig, players: dict[str, Player], substrate: str | None,
+    netns: str | None = None,
 ) -> str | None:
     """Write the player's config and start it unless it already runs; returns
     what was created, for the change report."""
@@ -101,8 +103,9 @@ def _start(
         log=directory / "log" / f"{cfg.name}.log",
         pidfile=pidfile,
         ready=run / f"{cfg.name}.url",
+        netns=netns,
     )
-    players[cfg.name] = Player(cfg.name, cfg.role.value, str(path), url, substrate)
+    players[cfg.name] = Player(cfg.name, cfg.role.value, str(path), url, substrate, netns)
     return f"process {cfg.name} ({cfg.role.value}) at {url}"
 
 
@@ -147,12 +150,35 @@ def renew(directory: Path, name: str) -> Credentials:
     return creds
 
 
+def player_hosts(spec: LabSpec) -> dict[str, apart.PlayerHost]:
+    """Where each player runs when the players are apart (`--players-apart`)."""
+    net = apart.players_network(spec.name, spec.mgmt_offset, spec.pips)
+    hosts = {pip_name(i): net.host(pip_name(i), sub, i)
+             for i, sub in enumerate(spec.substrates(), start=1)}
+    return {**hosts, VNP_NAME: net.host(VNP_NAME), VNO_NAME: net.host(VNO_NAME)}
+
+
 def start_players(spec: LabSpec, directory: Path) -> list[str]:
     for folder in ("players", "run", "log", "stores"):
         (directory / folder).mkdir(parents=True, exist_ok=True)
-    ca = LabCA.create(pki_dir(directory), f"vnet lab {spec.name} CA")
-    players = load_players(directory)
     created: list[str] = []
+    hosts: dict[str, apart.PlayerHost] = {}
+    if spec.players_apart:
+        hosts = player_hosts(spec)
+        net = apart.players_network(spec.name, spec.mgmt_offset, spec.pips)
+        created += apart.up(net, list(hosts.values())).created
+        ca = apart.AddressedCA.create(pki_dir(directory), f"vnet lab {spec.name} CA")
+        if isinstance(ca, apart.AddressedCA):
+            ca.with_addresses({n: (h.address,) for n, h in hosts.items()})
+    else:
+        ca = LabCA.create(pki_dir(directory), f"vnet lab {spec.name} CA")
+    players = load_players(directory)
+
+    def listen(name: str) -> str:
+        return f"{hosts[name].address}:0" if name in hosts else "127.0.0.1:0"
+
+    def netns(name: str) -> str | None:
+        return hosts[name].netns if name in hosts else None
 
     def config(name: str, role: Role, **section: object) -> PlayerConfig:
         return PlayerConfig(
@@ -160,6 +186,7 @@ def start_players(spec: LabSpec, directory: Path) -> list[str]:
             role=role,
             store=f"sqlite:///{directory / 'stores' / f'{name}.db'}",
             pki=hand_out(ca, credentials_dir(directory, name), name, role),
+            listen=listen(name),
             **section,  # type: ignore[arg-type]
         )
 
@@ -172,17 +199,16 @@ def start_players(spec: LabSpec, directory: Path) -> list[str]:
             pip = PipSection(substrate=str(files / manage.SUBSTRATE_FILE),
                              inventory=str(files / manage.INVENTORY_FILE), price_per_cpu=float(i))
             manage.set_manager(substrate.name, f"{pip_name(i)} of lab {spec.name}")
-            if note := _start(
-                directory, config(pip_name(i), Role.PIP, pip=pip), players, substrate.name
-            ):
+            if note := _start(directory, config(pip_name(i), Role.PIP, pip=pip), players,
+                              substrate.name, netns(pip_name(i))):
                 created.append(note)
         upstreams = tuple(Upstream(pip_name(i), url(pip_name(i))) for i in range(1, spec.pips + 1))
         vnp = config(VNP_NAME, Role.VNP, vnp=VnpSection(upstreams=upstreams))
-        if note := _start(directory, vnp, players, None):
+        if note := _start(directory, vnp, players, None, netns(VNP_NAME)):
             created.append(note)
         vno = config(VNO_NAME, Role.VNO, vno=VnoSection(vnp=Upstream(VNP_NAME, url(VNP_NAME)),
-                                                        web_listen="127.0.0.1:0"))
-        if note := _start(directory, vno, players, None):
+                                                        web_listen=listen(VNO_NAME)))
+        if note := _start(directory, vno, players, None, netns(VNO_NAME)):
             created.append(note)
         ca.issue(SP_NAME, Role.SP)
         publish_crl(ca, directory)

@@ -21,13 +21,17 @@ class PlayerStartError(RuntimeError):
 
 
 def start(
-    role: str, config: Path, *, log: Path, pidfile: Path, ready: Path, timeout: float = 30.0
+    role: str, config: Path, *, log: Path, pidfile: Path, ready: Path, timeout: float = 30.0,
+    netns: str | None = None,
 ) -> str:
-    """Start `vnet serve` for one player; return its URL once it listens."""
+    """Start `vnet serve` for one player (in network namespace `netns`, on a
+    management host of its own, if given); return its URL once it listens."""
     ready.unlink(missing_ok=True)
+    enter = ["nsenter", f"--net=/run/netns/{netns}", "--"] if netns else []
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [
+                *enter,
                 sys.executable,
                 "-m",
                 "vnetlib.cli.main",

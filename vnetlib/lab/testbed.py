@@ -45,6 +45,7 @@ class LabSpec:
     switch_vlan: bool = False  # Open vSwitch per substrate switch (vnetlib.switch.lab)
     encap: str = "vxlan"  # crossing links: vxlan | click | vlan (vlan implies switch_vlan)
     connection: str = "netns"  # "ssh": an sshd in every host, Ansible's ssh connection
+    players_apart: bool = False  # each player in its own namespace, on the players network
 
     def __post_init__(self) -> None:
         if not LAB_NAME_RE.match(self.name) or re.search(r"p[0-9]+$", self.name):
@@ -58,6 +59,8 @@ class LabSpec:
             raise ValueError("the management offset is 0 to 100")
         if self.encap not in ("vxlan", "click", "vlan"):
             raise ValueError(f"encapsulation {self.encap!r} is not vxlan, click or vlan")
+        if self.players_apart and not self.players:
+            raise ValueError("--players-apart needs the players")
         if self.attach and not self.players:
             raise ValueError("end-user attachment needs the players (the VNO decides)")
 
