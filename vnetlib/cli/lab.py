@@ -54,6 +54,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="how links between substrate hosts are carried: kernel VXLAN (default), "
         "Click (user-level, UDP), or the switch's VLANs (Open vSwitch)",
     )
+    up.add_argument(
+        "--players-apart",
+        action="store_true",
+        help="each player in its own namespace with its own management address",
+    )
     up.add_argument("--json", action="store_true", help="machine-readable output")
     up.set_defaults(func=run_up)
     add_device_parser(verbs)
@@ -80,6 +85,7 @@ def run_up(args: argparse.Namespace) -> int:
         switch_vlan=args.switch_vlan,
         encap=args.encap,
         connection=args.connection,
+        players_apart=args.players_apart,
     )
     with Live(args.json) as progress:
         progress(f"bringing up lab {spec.name}: {spec.pips} PIPs of {spec.hosts} hosts"
