@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 Command = list[str]
 
@@ -78,14 +78,16 @@ class HostState:
 
     ``netns`` holds the interfaces of every *existing* namespace the wanted
     nodes or ports name; a namespace missing from it does not exist.
-    ``qdiscs`` holds root qdiscs by device, ``forwarding`` IPv4 forwarding by
-    namespace (read only for nodes).
+    ``qdiscs`` holds root qdiscs by device, ``ns_qdiscs`` those inside each
+    read namespace, ``forwarding`` IPv4 forwarding by namespace (read only
+    for nodes).
     """
 
     links: dict[str, Iface] = field(default_factory=dict)
     netns: dict[str, dict[str, Iface]] = field(default_factory=dict)
     qdiscs: dict[str, Qdisc] = field(default_factory=dict)
     forwarding: dict[str, bool] = field(default_factory=dict)
+    ns_qdiscs: dict[str, dict[str, Qdisc]] = field(default_factory=dict)
 
 
 def _load(text: str) -> list[dict]:
@@ -330,9 +332,16 @@ class LinkWant:
     bandwidth_mbps: float | None = None
     state: str = "present"
     label: str = ""  # the virtual link's name in the plan, for messages
+    bridged: bool | None = None  # True: a bridge even where a veth pair would do
 
     def netns_names(self) -> list[str]:
         return sorted({p.netns for p in self.ports})
+
+    def direct(self) -> bool:
+        """Two local ports in two namespaces and nothing else: one veth pair
+        straight between the nodes, no bridge (nothing else can join it)."""
+        return (self.bridged is not True and self.tunnel is None and len(self.ports) == 2
+                and self.ports[0].netns != self.ports[1].netns)
 
     def what(self) -> str:
         return "link %s (bridge %s)" % (self.label, self.bridge) if self.label else "bridge %s" % self.bridge
@@ -382,6 +391,7 @@ def link_want(params: dict) -> LinkWant:
         bandwidth_mbps=None if bandwidth is None else float(bandwidth),
         state=params.get("state") or "present",
         label=params.get("link") or "",
+        bridged=params.get("bridged"),
     )
     names = want.names()
     for name in names + [p.ifname for p in ports]:
@@ -398,11 +408,14 @@ def rate_kbit(mbps: float) -> int:
     return max(1, int(round(mbps * 1000)))
 
 
-def tbf_command(dev: str, mbps: float) -> Command:
+def tbf_command(dev: str, mbps: float, netns: str | None = None) -> Command:
+    """A root tbf at `mbps` on `dev` (in `netns`): a bucket of 4 ms at the
+    rate, at least 10 full frames, and 50 ms of queue."""
     kbit = rate_kbit(mbps)
     burst = max(TBF_MIN_BURST, kbit * 1000 // 8 // 250)
-    return [TC, "qdisc", "replace", "dev", dev, "root", "tbf",
-            "rate", "%dkbit" % kbit, "burst", str(burst), "latency", TBF_LATENCY]
+    where = [TC, "-n", netns] if netns else [TC]
+    return where + ["qdisc", "replace", "dev", dev, "root", "tbf",
+                    "rate", "%dkbit" % kbit, "burst", str(burst), "latency", TBF_LATENCY]
 
 
 def _rate_matches(qdisc: Qdisc | None, mbps: float) -> bool:
@@ -500,6 +513,8 @@ def plan_link(want: LinkWant, have: HostState, check_missing_netns: bool = True)
     """
     if want.state == "absent":
         return _plan_link_absent(want, have)
+    if want.direct():
+        return _plan_direct(want, have, check_missing_netns)
     commands: list[Command] = []
     bridge = have.links.get(want.bridge)
     if bridge is not None and bridge.kind != BRIDGE_KIND:
@@ -515,15 +530,90 @@ def plan_link(want: LinkWant, have: HostState, check_missing_netns: bool = True)
     return commands
 
 
+def _node_end(have: HostState, port: PortWant) -> Iface | None:
+    return (have.netns.get(port.netns) or {}).get(port.ifname)
+
+
+def _plan_end(port: PortWant, node: Iface, have: HostState, mbps: float | None) -> list[Command]:
+    """A node's end of a link: MTU, exactly the wanted addresses, up or down,
+    and (for a direct pair) the rate limit on its egress."""
+    commands: list[Command] = []
+    if node.mtu != port.mtu:
+        commands.append([IP, "-n", port.netns, "link", "set", "dev", port.ifname, "mtu", str(port.mtu)])
+    current = set(node.addresses)
+    for address in node.addresses:
+        if address not in port.addresses:
+            commands.append([IP, "-n", port.netns, "address", "delete", address, "dev", port.ifname])
+    for address in port.addresses:
+        if address not in current:
+            commands.append([IP, "-n", port.netns, "address", "add", address, "dev", port.ifname])
+    if port.up and not node.up:
+        commands.append([IP, "-n", port.netns, "link", "set", "dev", port.ifname, "up"])
+    elif not port.up and node.up:
+        commands.append([IP, "-n", port.netns, "link", "set", "dev", port.ifname, "down"])
+    if mbps is not None and not _rate_matches((have.ns_qdiscs.get(port.netns) or {}).get(port.ifname), mbps):
+        commands.append(tbf_command(port.ifname, mbps, port.netns))
+    return commands
+
+
+def _plan_direct(want: LinkWant, have: HostState, check_missing_netns: bool) -> list[Command]:
+    """A link between two namespaces of this host: one veth pair, each end in
+    its node, made in one ``ip link add`` (the kernel creates each end in its
+    namespace). A bridged form of the same segment (bridge, host ends) is
+    removed first; rate limits sit on both ends' egress."""
+    commands: list[Command] = []
+    a, b = want.ports
+    ends = []
+    for port in want.ports:
+        if have.netns.get(port.netns) is None and check_missing_netns:
+            raise VnetError("network namespace %s of port %s does not exist: create the virtual node first"
+                            % (port.netns, port.peer))
+        node = _node_end(have, port)
+        if node is not None and node.kind != VETH_KIND:
+            raise VnetError("%s in namespace %s exists and is a %s, not a veth: remove it"
+                            % (port.ifname, port.netns, node.kind or "plain link"))
+        ends.append(node)
+    paired = _is_pair(ends[0], ends[1])
+    for port, node in zip(want.ports, ends):
+        host = have.links.get(port.peer)
+        if host is not None and host.kind != VETH_KIND:
+            raise VnetError("%s exists and is a %s, not a veth: remove it" % (port.peer, host.kind or "plain link"))
+        if host is not None:
+            commands.append([IP, "link", "delete", port.peer])  # and its node end, if paired with it
+        if node is not None and not paired and not _is_pair(host, node):
+            commands.append([IP, "-n", port.netns, "link", "delete", port.ifname])
+    bridge = have.links.get(want.bridge)
+    if bridge is not None and bridge.kind != BRIDGE_KIND:
+        raise VnetError("%s exists and is a %s, not a bridge: remove it" % (want.bridge, bridge.kind or "plain link"))
+    if bridge is not None:
+        commands.append([IP, "link", "delete", want.bridge])
+    if not paired:
+        commands.append([IP, "link", "add", a.ifname, "mtu", str(a.mtu), "netns", a.netns, "type", VETH_KIND,
+                         "peer", "name", b.ifname, "mtu", str(b.mtu), "netns", b.netns])
+        ends = [Iface(name=p.ifname, kind=VETH_KIND, mtu=p.mtu) for p in want.ports]
+        have = replace(have, ns_qdiscs={})  # new ends have no qdisc
+    for port, node in zip(want.ports, ends):
+        assert node is not None
+        commands += _plan_end(port, node, have, want.bandwidth_mbps)
+    return commands
+
+
 def _plan_link_absent(want: LinkWant, have: HostState) -> list[Command]:
     commands: list[Command] = []
+    gone: set[tuple[str, int]] = set()  # (netns, ifindex) of node ends deleted along
     for port in want.ports:
         host = have.links.get(port.peer)
-        node = have.netns.get(port.netns, {}).get(port.ifname)
+        node = _node_end(have, port)
         if host is not None and host.kind == VETH_KIND:
             commands.append([IP, "link", "delete", port.peer])
-        elif node is not None and node.kind == VETH_KIND:
+        elif node is not None and node.kind == VETH_KIND and (port.netns, node.ifindex) not in gone:
             commands.append([IP, "-n", port.netns, "link", "delete", port.ifname])
+            other = [p for p in want.ports if p is not port]
+            if len(other) == 1 and want.direct():
+                peer = _node_end(have, other[0])
+                if _is_pair(node, peer):
+                    assert peer is not None
+                    gone.add((other[0].netns, peer.ifindex))
     if want.tunnel is not None:
         dev = have.links.get(want.tunnel.device)
         if dev is not None and dev.kind == VXLAN_KIND:
@@ -534,8 +624,33 @@ def _plan_link_absent(want: LinkWant, have: HostState) -> list[Command]:
     return commands
 
 
+def _end_view(port: PortWant, node: Iface, mbps: float | None, have: HostState | None) -> dict:
+    view: dict = {"netns": port.netns, "ifname": port.ifname, "mtu": node.mtu, "up": node.up,
+                  "addresses": sorted(node.addresses)}
+    if mbps is not None:
+        if have is None:
+            view["rate_kbit"] = rate_kbit(mbps)
+        else:
+            q = (have.ns_qdiscs.get(port.netns) or {}).get(port.ifname)
+            view["rate_kbit"] = rate_kbit(q.rate_bytes * 8 / 1e6) if q and q.kind == "tbf" and q.rate_bytes else None
+    return view
+
+
+def _direct_view_have(want: LinkWant, have: HostState) -> dict:
+    view: dict = {}
+    ends = [_node_end(have, p) for p in want.ports]
+    if _is_pair(ends[0], ends[1]):
+        view["veth"] = {p.peer: _end_view(p, e, want.bandwidth_mbps, have)
+                        for p, e in zip(want.ports, ends) if e is not None}
+    if want.bridge in have.links:
+        view["bridge"] = {"name": want.bridge}
+    return view
+
+
 def link_view_have(want: LinkWant, have: HostState) -> dict:
     """The part of `have` that `want` talks about, shaped like link_view_want."""
+    if want.direct():
+        return _direct_view_have(want, have)
     view: dict = {}
     bridge = have.links.get(want.bridge)
     if bridge is not None:
@@ -574,6 +689,10 @@ def link_view_have(want: LinkWant, have: HostState) -> dict:
 def link_view_want(want: LinkWant) -> dict:
     if want.state == "absent":
         return {}
+    if want.direct():
+        return {"veth": {p.peer: _end_view(p, Iface(p.ifname, VETH_KIND, mtu=p.mtu, up=p.up,
+                                                      addresses=p.addresses), want.bandwidth_mbps, None)
+                         for p in want.ports}}
     view: dict = {"bridge": {"name": want.bridge, "up": True}}
     if want.tunnel is not None:
         t = want.tunnel
@@ -628,7 +747,7 @@ def links_want(items: list[dict], state: str) -> tuple[LinkWant, ...]:
 
 def _stage(argv: Command) -> tuple[int, str]:
     if argv[0] != IP:
-        return (3, "")
+        return (3, argv[2] if argv[1:2] == ["-n"] else "")
     netns = argv[2] if argv[1:2] == ["-n"] else ""
     words = argv[3:] if netns else argv[1:]
     if words[:2] == ["link", "delete"]:
@@ -642,7 +761,7 @@ def schedule(commands: list[Command]) -> list[Command]:
     Stable, in stages: every ``link delete`` (so a name is free before it is
     created again), then the host's own ``ip`` commands (namespaces, bridges,
     tunnels, veth pairs, enslaving), then the ``ip -n NS`` commands namespace
-    by namespace, then ``tc``. Within a stage the planned order is kept, and
+    by namespace, then ``tc`` (the host's, then namespace by namespace). Within a stage the planned order is kept, and
     objects of an aggregate never share a name, so this order is as valid as
     the planned one.
     """

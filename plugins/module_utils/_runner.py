@@ -21,11 +21,14 @@ import os
 import re
 from collections.abc import Callable
 
+from ansible_collections.vnet.infra.plugins.module_utils import _netlink
 from ansible_collections.vnet.infra.plugins.module_utils._iproute import (
     IP,
     TC,
     Command,
     HostState,
+    Iface,
+    Qdisc,
     VnetError,
     parse_forwarding,
     parse_ifaces,
@@ -43,8 +46,8 @@ def batch_key(argv: Command) -> tuple[str, str | None, Command] | None:
     """(program, namespace, batch line words) of a command, or None if it must run alone."""
     if argv[0] not in (IP, TC) or len(argv) < 2 or not all(_PLAIN.match(a) for a in argv):
         return None
-    if argv[0] == IP and argv[1] == "-n":
-        return (IP, argv[2], list(argv[3:])) if len(argv) > 3 else None
+    if argv[1] == "-n":
+        return (argv[0], argv[2], list(argv[3:])) if len(argv) > 3 else None
     if argv[1].startswith("-"):
         return None
     return (argv[0], None, list(argv[1:]))
@@ -88,6 +91,7 @@ class Runner:
         self.module = module
         self.executed: list[Command] = []
         self._bins: dict[str, str] = {}
+        self.netlink = True  # reads over rtnetlink until that fails once
 
     def _argv(self, argv: Command) -> list[str]:
         name = argv[0]
@@ -109,6 +113,8 @@ class Runner:
         for argv, lines, planned in batches(commands):
             if not lines and _write_forwarding(planned[0]):
                 self.executed.append(list(planned[0]))
+                continue
+            if self._in_process(planned):
                 continue
             data = "".join(" ".join(line) + "\n" for line in lines) if lines else None
             rc, out, err = self.module.run_command(self._argv(argv), data=data, binary_data=True)
@@ -133,6 +139,28 @@ class Runner:
                 "command failed: %s: %s" % (" ".join(failed), message),
                 rc=rc, stderr=err, failed_command=failed,
             )
+
+
+    def _in_process(self, planned: list[Command]) -> bool:
+        """Run one namespace's ``ip -n NS`` / ``tc -n NS`` commands over
+        rtnetlink from this process (no process per namespace); False, with
+        nothing done, where they cannot be (they then run as planned)."""
+        first = planned[0]
+        if not self.netlink or len(first) < 4 or first[1] != "-n" or first[0] not in (IP, TC):
+            return False
+        if any(c[:3] != first[:3] for c in planned):
+            return False
+        try:
+            _netlink.apply(first[2], planned)
+        except _netlink.NetlinkUnavailable:
+            return False
+        except _netlink.CommandFailed as exc:
+            self.executed += [list(c) for c in planned[:exc.index]]
+            failed = planned[exc.index]
+            raise VnetError("command failed: %s: %s" % (" ".join(failed), exc.message),
+                            rc=2, stderr=exc.message, failed_command=failed) from None
+        self.executed += [list(c) for c in planned]
+        return True
 
 
 _CLONE_NEWNET = 0x40000000
@@ -241,24 +269,51 @@ def read_state(
 ) -> HostState:
     """One read of the host: `ip netns list`, then only what is asked.
 
-    `links`: the host's interfaces (one ``ip -json -details address show``);
-    `inside`: per existing namespace of `netns`, its interfaces (otherwise
-    an existing namespace maps to no interfaces); `qdiscs`: every root qdisc
-    (one ``tc -json qdisc show``); `forwarding`: IPv4 forwarding of each
+    `links`: the host's interfaces; `inside`: per existing namespace of
+    `netns`, its interfaces (otherwise an existing namespace maps to no
+    interfaces); `qdiscs`: every root qdisc, of the host and (with
+    `inside`) of those namespaces; `forwarding`: IPv4 forwarding of each
     existing namespace.
+
+    Interfaces and qdiscs are dumped over rtnetlink from this process
+    (``_netlink``, a socket per namespace, no process); where that is not
+    possible, with ``ip -json -details address show`` and ``tc -json qdisc
+    show`` (``-n NS`` per namespace) as before.
     """
     existing = netns_names(runner)
-    host_links = parse_ifaces(runner.read(["ip", "-json", "-details", "address", "show"])) if links else {}
-    ns_ifaces = {}
+    host_links: dict[str, Iface] = {}
+    root_qdiscs: dict[str, Qdisc] = {}
+    if links or qdiscs:
+        host_links, root_qdiscs = _read_ns(runner, None, qdiscs)
+        if not links:
+            host_links = {}
+    ns_ifaces: dict[str, dict[str, Iface]] = {}
+    ns_qdiscs: dict[str, dict[str, Qdisc]] = {}
     for name in sorted(set(netns)):
         if name not in existing:
             continue
         if not inside:
             ns_ifaces[name] = {}
             continue
-        ns_ifaces[name] = parse_ifaces(
-            runner.read(["ip", "-n", name, "-json", "-details", "address", "show"], tolerate=True)
-        )
+        ns_ifaces[name], ns_qdiscs[name] = _read_ns(runner, name, qdiscs, tolerate=True)
     ns_forwarding = read_forwarding(runner, sorted(ns_ifaces)) if forwarding and inside else {}
-    root_qdiscs = parse_root_qdiscs(runner.read(["tc", "-json", "qdisc", "show"])) if qdiscs else {}
-    return HostState(links=host_links, netns=ns_ifaces, qdiscs=root_qdiscs, forwarding=ns_forwarding)
+    return HostState(links=host_links, netns=ns_ifaces, qdiscs=root_qdiscs, forwarding=ns_forwarding,
+                     ns_qdiscs=ns_qdiscs)
+
+
+def _read_ns(runner: Runner, netns: str | None, qdiscs: bool,
+             tolerate: bool = False) -> tuple[dict[str, Iface], dict[str, Qdisc]]:
+    """Interfaces and (with `qdiscs`) root qdiscs of `netns` (None: the host)."""
+    if runner.netlink:
+        try:
+            return _netlink.read(netns, qdiscs=qdiscs)
+        except FileNotFoundError:
+            return {}, {}  # the namespace went away after the list: as ip -n would, with tolerate
+        except _netlink.NetlinkUnavailable:
+            runner.netlink = False
+    where = ["-n", netns] if netns else []
+    ifaces = parse_ifaces(runner.read(["ip"] + where + ["-json", "-details", "address", "show"],
+                                      tolerate=tolerate))
+    roots = parse_root_qdiscs(runner.read(["tc"] + where + ["-json", "qdisc", "show"],
+                                          tolerate=tolerate)) if qdiscs else {}
+    return ifaces, roots

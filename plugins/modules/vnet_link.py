@@ -13,6 +13,9 @@ description:
     per local port (host end on the bridge, node end moved into the virtual node's
     namespace, renamed, with its MTU and addresses), and, for a link that crosses
     hosts, a VXLAN device on the bridge towards the other host.
+  - A segment of exactly two local ports in two namespaces, with no tunnel, is
+    instead one veth pair straight between the two namespaces (no bridge, no
+    host ends; see O(bridged)); removing the namespaces removes it.
   - Optionally limits the bandwidth with a C(tbf) qdisc on the egress of the
     host-side veth ends.
   - Reads the current state with C(ip -json) and C(tc -json), plans the
@@ -31,7 +34,7 @@ options:
     description:
       - Every link segment of the host, as a list (the C(links) of a vnet
         deployment plan's host). Mutually exclusive with O(bridge), O(ports),
-        O(tunnel) and O(bandwidth_mbps), which are per segment here.
+        O(tunnel), O(bandwidth_mbps) and O(bridged), which are per segment here.
       - The host is read once (C(ip netns list), C(ip -json -details address
         show), C(tc -json qdisc show), C(ip -json address show) per namespace
         of a port), every segment is planned before any command runs, and
@@ -117,8 +120,15 @@ options:
       bandwidth_mbps:
         description:
           - Rate limit in Mbit/s, enforced with a C(tbf) root qdisc on each host-side
-            veth end. Left alone when not given.
+            veth end (on each node end for a direct veth pair). Left alone when not given.
         type: float
+      bridged:
+        description:
+          - V(true) keeps the bridge for a segment of two local ports (one that
+            other devices join later, such as an end-user attachment point).
+            Otherwise such a segment is one veth pair straight between the two
+            namespaces, with no bridge and no host ends.
+        type: bool
   ports:
     description: The veth pairs that join virtual nodes on this host to the bridge.
     type: list
@@ -186,8 +196,15 @@ options:
   bandwidth_mbps:
     description:
       - Rate limit in Mbit/s, enforced with a C(tbf) root qdisc on each host-side
-        veth end. Left alone when not given.
+        veth end (on each node end for a direct veth pair). Left alone when not given.
     type: float
+  bridged:
+    description:
+      - V(true) keeps the bridge for a segment of two local ports (one that
+        other devices join later, such as an end-user attachment point).
+        Otherwise such a segment is one veth pair straight between the two
+        namespaces, with no bridge and no host ends.
+    type: bool
   nodes:
     description:
       - The virtual nodes of the host too (the C(nodes) of a vnet deployment
@@ -341,6 +358,7 @@ SEGMENT_OPTIONS = dict(
         ),
     ),
     bandwidth_mbps=dict(type="float"),
+    bridged=dict(type="bool"),
 )
 ARGUMENT_SPEC = dict(
     bridge=dict(type="str"),
@@ -363,7 +381,7 @@ ARGUMENT_SPEC = dict(
     **SEGMENT_OPTIONS,
 )
 MUTUALLY_EXCLUSIVE = [("bridge", "links"), ("links", "ports"), ("links", "tunnel"),
-                      ("links", "bandwidth_mbps"), ("bridge", "nodes")]
+                      ("links", "bandwidth_mbps"), ("links", "bridged"), ("bridge", "nodes")]
 REQUIRED_ONE_OF = [("bridge", "links")]
 
 

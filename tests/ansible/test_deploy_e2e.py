@@ -43,6 +43,16 @@ def netns_list() -> set[str]:
     return {e["name"] for e in json.loads(out)} if out else set()
 
 
+def veth_peer(netns: str, ifname: str) -> tuple[str, str]:
+    """(namespace, name) of the other end of veth `ifname` in `netns`, looked
+    up by index in the namespace its link-netnsid names."""
+    entry = json.loads(sh("ip", "-n", netns, "-json", "link", "show", ifname).stdout)[0]
+    ids = json.loads(sh("ip", "-n", netns, "-json", "netns", "list-id").stdout)
+    other = next(i["name"] for i in ids if i["nsid"] == entry["link_netnsid"])
+    found = json.loads(sh("ip", "-n", other, "-json", "link", "show").stdout)
+    return other, next(e["ifname"] for e in found if e["ifindex"] == entry["link_index"])
+
+
 def links_in(netns: str) -> set[str]:
     out = sh("ip", "-n", netns, "-json", "link", "show").stdout
     return {e["ifname"] for e in json.loads(out)}
@@ -253,7 +263,11 @@ def test_deploy_three_passes_ping_and_remove(substrate: Substrate, collections_p
     # One module run per host and phase: nodes and link segments together.
     assert deploy(sub, collections_path, plan, "present") == {"h1": 1, "h2": 1}
     assert nodes <= netns_list()
-    assert {"vbab", "vxab", "vpab", "vbac", "vpac", "vpca"} <= links_in(sub.hosts["h1"])
+    assert {"vbab", "vxab", "vpab"} <= links_in(sub.hosts["h1"])
+    # Link ac has two ports on h1 and nothing else: one veth pair straight
+    # between a and c, no bridge and no host ends.
+    assert not {"vbac", "vpac", "vpca"} & links_in(sub.hosts["h1"])
+    assert veth_peer(sub.node("a"), "eth1") == (sub.node("c"), "eth0")
 
     assert deploy(sub, collections_path, plan, "present", check=True) == {"h1": 0, "h2": 0}
     assert deploy(sub, collections_path, plan, "present") == {"h1": 0, "h2": 0}
@@ -274,8 +288,9 @@ def test_deploy_three_passes_ping_and_remove(substrate: Substrate, collections_p
         "h1": 0,
         "h2": 0,
     }
-    qdisc = sh("tc", "-n", sub.hosts["h1"], "qdisc", "show", "dev", "vpac").stdout
-    assert "tbf" in qdisc and "50Mbit" in qdisc
+    for node, ifname in (("a", "eth1"), ("c", "eth0")):
+        qdisc = sh("tc", "-n", sub.node(node), "qdisc", "show", "dev", ifname).stdout
+        assert "tbf" in qdisc and "50Mbit" in qdisc
 
     assert deploy(sub, collections_path, plan, "absent") == {"h1": 1, "h2": 1}
     assert not nodes & netns_list()

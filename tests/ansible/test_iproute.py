@@ -699,3 +699,86 @@ def test_runner_batch_failure_without_line_names_the_batch() -> None:
     ):
         runner.apply(commands)
     assert runner.executed == []
+
+
+# ---------------------------------------------------------------- direct veth pairs
+
+PAIR = {
+    "bridge": "vbp",
+    "link": "lp",
+    "ports": [
+        {"netns": "na", "ifname": "eth0", "peer": "vpa", "addresses": ["198.19.5.1/30"]},
+        {"netns": "nb", "ifname": "eth0", "peer": "vpb", "addresses": ["198.19.5.2/30"]},
+    ],
+    "tunnel": None,
+    "bandwidth_mbps": 10.0,
+}
+PAIR_ADD = ["ip", "link", "add", "eth0", "mtu", "1500", "netns", "na", "type", "veth",
+            "peer", "name", "eth0", "mtu", "1500", "netns", "nb"]
+
+
+def _tbf(netns: str) -> list[str]:
+    return ["tc", "-n", netns, "qdisc", "replace", "dev", "eth0", "root", "tbf",
+            "rate", "10000kbit", "burst", "15000", "latency", "50ms"]
+
+
+def _paired(up: bool = True, qdisc: bool = True) -> HostState:
+    a = Iface("eth0", "veth", ifindex=7, link_index=9, up=up, addresses=("198.19.5.1/30",))
+    b = Iface("eth0", "veth", ifindex=9, link_index=7, up=up, addresses=("198.19.5.2/30",))
+    tbf = {"eth0": Qdisc("tbf", 1250000)} if qdisc else {}
+    return HostState(netns={"na": {"eth0": a}, "nb": {"eth0": b}},
+                     ns_qdiscs={"na": dict(tbf), "nb": dict(tbf)})
+
+
+def test_two_local_ports_are_one_veth_pair_without_bridge() -> None:
+    want = link_want(PAIR)
+    assert want.direct()
+    assert plan_links((want,), HostState(netns={"na": {}, "nb": {}})) == [
+        PAIR_ADD,
+        ["ip", "-n", "na", "address", "add", "198.19.5.1/30", "dev", "eth0"],
+        ["ip", "-n", "na", "link", "set", "dev", "eth0", "up"],
+        ["ip", "-n", "nb", "address", "add", "198.19.5.2/30", "dev", "eth0"],
+        ["ip", "-n", "nb", "link", "set", "dev", "eth0", "up"],
+        _tbf("na"),
+        _tbf("nb"),
+    ]
+    assert plan_link(want, _paired()) == []
+    assert plan_link(want, _paired(qdisc=False)) == [_tbf("na"), _tbf("nb")]
+    assert links_left((want,), _paired()) == []
+    before, after = links_before_after((want,), _paired())
+    assert before == after
+    assert after["vbp"]["veth"]["vpa"]["rate_kbit"] == 10000
+
+
+def test_direct_pair_stopped_node_and_bridged_flag() -> None:
+    stopped = link_want({**PAIR, "ports": [{**PAIR["ports"][0], "up": False}, PAIR["ports"][1]]})
+    down = ["ip", "-n", "na", "link", "set", "dev", "eth0", "down"]
+    assert plan_link(stopped, _paired()) == [down]
+    # bridged: the segment keeps its bridge (something joins it later)
+    kept = link_want({**PAIR, "bridged": True})
+    assert not kept.direct()
+    empty = HostState(netns={"na": {}, "nb": {}})
+    assert ["ip", "link", "add", "vbp", "type", "bridge"] in plan_link(kept, empty)
+    # a tunnel or a third port is not a pair
+    assert not link_want({**PAIR, "ports": PAIR["ports"][:1]}).direct()
+
+
+def test_bridged_form_becomes_a_pair() -> None:
+    """A segment deployed with a bridge before: the bridge and host ends go
+    (a host end takes its node end along), then the pair is made."""
+    have = HostState(
+        links={"vbp": Iface("vbp", "bridge", ifindex=3, up=True),
+               "vpa": Iface("vpa", "veth", ifindex=4, link_index=2, master="vbp", up=True),
+               "vpb": Iface("vpb", "veth", ifindex=5, link_index=2, master="vbp", up=True)},
+        netns={"na": {"eth0": Iface("eth0", "veth", ifindex=2, link_index=4)},
+               "nb": {"eth0": Iface("eth0", "veth", ifindex=2, link_index=5)}})
+    commands = plan_links((link_want(PAIR),), have)
+    assert commands[:4] == [["ip", "link", "delete", "vpa"], ["ip", "link", "delete", "vpb"],
+                            ["ip", "link", "delete", "vbp"], PAIR_ADD]
+
+
+def test_direct_pair_absent_deletes_one_end() -> None:
+    want = link_want({**PAIR, "state": "absent"})
+    assert plan_link(want, _paired()) == [["ip", "-n", "na", "link", "delete", "eth0"]]
+    assert plan_link(want, HostState(netns={"na": {}, "nb": {}})) == []
+    assert link_view_want(want) == {}
