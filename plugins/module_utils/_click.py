@@ -429,6 +429,14 @@ def apply(inst: Instance, owner: str, links: Sequence[ClickLink], *, present: bo
     """Makes `owner`'s segments on the instance `links` (or none when not
     `present`), with one configuration change of the running Click."""
     check_name("VNet", owner)
+    if not present and not inst.dir.is_dir():
+        # no state: no Click holds these segments (one that never started, as
+        # in the rollback of a failed start); their veth pairs still go
+        have = read_links(inst.netns)
+        cmds = drop_commands(links, (), have, inst.netns)
+        if not check_mode:
+            run_commands(cmds)
+        return Outcome(bool(cmds), "", "", tuple(tuple(c) for c in cmds), "none")
     with inst.locked():
         owners = inst.owner_links()
         old_mine = owners.get(owner, ())

@@ -259,13 +259,34 @@ def want_ports(params: dict) -> list:
     return want
 
 
+def remove_without_switch(module: AnsibleModule, exc: OvsError) -> dict:
+    """Removal with the switch down: its ports went with it (a port row left in
+    its database has no device when it comes back), the veth pairs still go."""
+    p = module.params
+    here = read_devices(module, None)
+    there = read_devices(module, p["switch_netns"])
+    cmds = device_commands(p["links"], here, there, p["switch_netns"], False)
+    if not module.check_mode:
+        run_commands(module, cmds)
+    module.warn(f"Open vSwitch at {p['db']} is not reachable ({exc}): "
+                "only the segments' veth pairs were removed")
+    return {"changed": bool(cmds), "bridge_created": False, "commands": cmds, "changes": [],
+            "ports": []}
+
+
 def run_module(module: AnsibleModule) -> dict:
     p = module.params
     want = want_ports(p)
     present = p["state"] == "present"
     check_links(p["links"])
     cmds: list[list[str]] = []
-    with OvsSwitch(p["db"]) as sw:  # first: no device is made for a switch that is down
+    try:
+        sw = OvsSwitch(p["db"])  # first: no device is made for a switch that is down
+    except OvsError as exc:
+        if present or not p["links"]:
+            raise
+        return remove_without_switch(module, exc)
+    with sw:
         if p["links"]:
             here = read_devices(module, None)
             there = read_devices(module, p["switch_netns"])
