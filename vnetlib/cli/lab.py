@@ -49,10 +49,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     up.add_argument(
         "--encap",
-        choices=("vxlan", "click", "vlan"),
         default="vxlan",
-        help="how links between substrate hosts are carried: kernel VXLAN (default), "
-        "Click (user-level, UDP), or the switch's VLANs (Open vSwitch)",
+        help="how links between substrate hosts are carried: vxlan (kernel, default), "
+        "click (user-level, UDP) or vlan (the switch's VLANs, Open vSwitch); "
+        "a list gives PIP i the i-th (click,vlan)",
     )
     up.add_argument(
         "--players-apart",

@@ -43,7 +43,7 @@ class LabSpec:
     players: bool = True
     attach: bool = False  # end-user attachment: RADIUS server, proxies, access switches
     switch_vlan: bool = False  # Open vSwitch per substrate switch (vnetlib.switch.lab)
-    encap: str = "vxlan"  # crossing links: vxlan | click | vlan (vlan implies switch_vlan)
+    encap: str = "vxlan"  # crossing links: vxlan | click | vlan, or one per PIP: click,vlan
     connection: str = "netns"  # "ssh": an sshd in every host, Ansible's ssh connection
     players_apart: bool = False  # each player in its own namespace, on the players network
 
@@ -57,8 +57,9 @@ class LabSpec:
             raise ValueError(f"a lab has 1 to {len(PIP_LOCATIONS)} PIPs, not {self.pips}")
         if not 0 <= self.mgmt_offset <= 100:
             raise ValueError("the management offset is 0 to 100")
-        if self.encap not in ("vxlan", "click", "vlan"):
-            raise ValueError(f"encapsulation {self.encap!r} is not vxlan, click or vlan")
+        if not set(self.encap.split(",")) <= {"vxlan", "click", "vlan"}:
+            raise ValueError(f"encapsulation {self.encap!r} is not vxlan, click or vlan "
+                             "(or a list of them, one per PIP)")
         if self.players_apart and not self.players:
             raise ValueError("--players-apart needs the players")
         if self.attach and not self.players:
@@ -127,7 +128,7 @@ def up(spec: LabSpec, progress: Callable[[str], None] = lambda _: None) -> kerne
         progress(f"substrate {sub.name}: {sub.hosts} hosts")
         done = manage.up(sub)
         changes.created += done.created
-    if spec.switch_vlan or spec.encap == "vlan":
+    if spec.switch_vlan or "vlan" in spec.encap.split(","):
         progress("Open vSwitch in each PIP's switch namespace")
         changes.created += switch_lab.up(directory, substrates)
     changes.created += switch_lab.set_encapsulation(directory, substrates, spec.encap)
