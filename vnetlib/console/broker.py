@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from vnetlib.console import compact
+from vnetlib.console import compact, repoint
 from vnetlib.console.endpoints import ConsoleEndpoint, NetnsShell, VmSerial, VmVnc
 from vnetlib.console.relay import DEFAULT_LIMITS, ConsoleLimits, ConsoleServer
+from vnetlib.console.repoint import Repointable
 from vnetlib.console.sessions import Opener, SessionTable, in_process_setup, token_hash
 from vnetlib.console.wire import ByteReader, ByteWriter
 from vnetlib.core.pip import spec_of
-from vnetlib.core.records import State
+from vnetlib.core.records import Sliver, State
 from vnetlib.players import messages as m
 from vnetlib.players.client import ClientError, PlayerClient, Relayed, RemoteError
 from vnetlib.players.config import PlayerConfig
@@ -248,7 +249,14 @@ def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
             raise Conflict(f"console in use: node {req.node}'s serial line is held")
 
         async def opener() -> tuple[ByteReader, ByteWriter]:
-            return await endpoint.open(s, req.node)
+            stream = await endpoint.open(s, req.node)
+
+            async def reopen(moved: Sliver) -> tuple[ByteReader, ByteWriter]:
+                return await endpoint.open(moved, req.node)
+
+            notice = repoint.moved_notice(req.node) if isinstance(endpoint, NetnsShell) else b""
+            end = Repointable(repoint.key_of(s, req.node), req.kind, stream, reopen, notice)
+            return end, end
 
         return 200, compact.session_xml(
             hub._mint(caller, s.name, req, f"{req.kind}:{req.node}", opener))

@@ -18,7 +18,7 @@ from typing import Protocol
 from vnetlib import naming
 from vnetlib.console.wire import ByteReader, ByteWriter, HopError
 from vnetlib.core.records import Sliver
-from vnetlib.players.confine import Confinement, Spawned
+from vnetlib.players.confine import Confinement, Spawned, netns_path
 from vnetlib.vm import serial, vnc
 
 SHELL = ("sh", "-i")
@@ -44,10 +44,11 @@ class PtyStream:
         self._out = bytearray()
         self._closed = False
         self._ended: asyncio.Task[None] | None = None
+        self._waiting: set[asyncio.Future[None]] = set()
 
     async def _wait(self, add: str) -> None:
         loop = asyncio.get_running_loop()
-        ready = loop.create_future()
+        ready: asyncio.Future[None] = loop.create_future()
         adder = loop.add_reader if add == "r" else loop.add_writer
         remover = loop.remove_reader if add == "r" else loop.remove_writer
 
@@ -56,10 +57,24 @@ class PtyStream:
                 ready.set_result(None)
 
         adder(self.fd, wake)
+        self._waiting.add(ready)
         try:
             await ready
         finally:
-            remover(self.fd)
+            self._waiting.discard(ready)
+            if not self._closed:
+                remover(self.fd)
+
+    def _wake_all(self) -> None:
+        """A read or drain waiting on the descriptor returns now: it is about
+        to be closed (a closed descriptor leaves epoll without a wake-up)."""
+        for ready in list(self._waiting):
+            if not ready.done():
+                ready.set_result(None)
+        with contextlib.suppress(Exception):
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self.fd)
+            loop.remove_writer(self.fd)
 
     async def read(self, n: int = -1) -> bytes:
         while not self._closed:
@@ -91,6 +106,7 @@ class PtyStream:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._wake_all()
             self._ended = asyncio.get_running_loop().create_task(
                 asyncio.to_thread(self.confinement.end, self.spawned))
 
@@ -125,6 +141,7 @@ class NetnsShell:
         self._spares: dict[tuple[str, str], tuple[Spawned, asyncio.TimerHandle]] = {}
         self._starting: set[tuple[str, str]] = set()
         self._limbo: set[Spawned] = set()  # spares started, not yet in _spares
+        self._born: dict[int, int] = {}  # a spare's pid -> its namespace's inode then
         self._lock = threading.Lock()
         self._closed = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="vnet-spare-shells")
@@ -135,10 +152,11 @@ class NetnsShell:
         spawned = None
         if entry is not None:
             entry[1].cancel()
-            if entry[0].proc.poll() is None and _normal_priority(self.confinement,
-                                                                 entry[0]):
+            born = self._born.pop(entry[0].proc.pid, None)
+            if (entry[0].proc.poll() is None and born == _ns_inode(self._netns(sliver, node))
+                    and _normal_priority(self.confinement, entry[0])):
                 spawned = entry[0]
-            else:
+            else:  # dead, or in a namespace the node left (it moved)
                 self._end_later(entry[0])
         if spawned is None:
             spawned = await asyncio.to_thread(self.confinement.spawn, sliver.id,
@@ -209,12 +227,15 @@ class NetnsShell:
     def _spawn_spare_now(self, sliver: Sliver, node: str) -> Spawned | None:
         """In a thread: a spare kept in limbo until the loop files it, so that
         close() ends it even if the loop never gets to."""
-        spawned = self.confinement.spawn(sliver.id, self._netns(sliver, node), SHELL)
+        netns = self._netns(sliver, node)
+        born = _ns_inode(netns)
+        spawned = self.confinement.spawn(sliver.id, netns, SHELL)
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, spawned.proc.pid, SPARE_NICE)
         with self._lock:
             if not self._closed:
                 self._limbo.add(spawned)
+                self._born[spawned.proc.pid] = born
                 return spawned
         self.confinement.end(spawned)
         return None
@@ -225,9 +246,19 @@ class NetnsShell:
             self._end_later(entry[0])
 
     def _end_later(self, spawned: Spawned) -> None:
+        self._born.pop(spawned.proc.pid, None)
         task = asyncio.get_running_loop().create_task(
             asyncio.to_thread(self.confinement.end, spawned))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+def _ns_inode(netns: str) -> int:
+    """The identity of the namespace now named `netns` (-1 if none): a node
+    made again elsewhere (moved) has a new one under the same name."""
+    try:
+        return netns_path(netns).stat().st_ino
+    except OSError:
+        return -1
 
 
 def _normal_priority(confinement: Confinement, spawned: Spawned) -> bool:
@@ -254,10 +285,12 @@ class SerialStream(PtyStream):
         self._out = bytearray()
         self._closed = False
         self._ended = None
+        self._waiting = set()
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._wake_all()
             os.close(self.fd)
             serial.release(self.lock)
 
