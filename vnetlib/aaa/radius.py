@@ -22,6 +22,7 @@ module, so the device learns at once instead of waiting for a reply forever.
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +115,9 @@ DECISION_FORMAT = (
 )
 RADSEC_SECRET = "radsec"  # RFC 6614: the secret is fixed, TLS protects the channel
 TRUST_FILE = "trust.pem"  # the CA certificate followed by its CRL (check_crl)
+CA_PATH = "capath"  # OpenSSL hash links to the player's CA and its current CRL
+CRL_RELOAD = 300  # seconds (FreeRADIUS's least): a listener's next handshake re-reads the CRL
+REVOKED_ATTR = "Tmp-String-9"  # the RadSec client's certificate serial, for the per-request check
 CLIENT_ROLE = "pip"  # the role (certificate OU, vnetlib.players.pki) of RadSec clients
 # Only a PIP's certificate may send requests to a VNO's server: the lab CA
 # also signs SPs, VNPs and VNOs, which must not brute-force passwords or
@@ -121,6 +125,10 @@ CLIENT_ROLE = "pip"  # the role (certificate OU, vnetlib.players.pki) of RadSec 
 PIP_ONLY = (
     'if ("%{listen:TLS-Client-Cert-Subject}" !~ /\\/OU=' + CLIENT_ROLE + '(\\/|$)/) {'
 )
+NOT_REVOKED = f"""update request {{
+            &{REVOKED_ATTR} := "%{{listen:TLS-Client-Cert-Serial}}"
+        }}
+        revocation"""
 
 
 ALWAYS = """    always ok {
@@ -183,8 +191,12 @@ def _tls_block(tls: Tls, indent: str, d: Path, cn: str = "", server: bool = Fals
         "tls {",
         f"    private_key_file = {tls.key}",
         f"    certificate_file = {tls.cert}",
-        f"    ca_file = {d / TRUST_FILE if tls.crl else tls.ca}",
-        *(["    check_crl = yes"] if tls.crl else []),
+        f"    ca_file = {tls.ca}",
+        # the links follow the files `vnet pki revoke` replaces: a listener
+        # re-reads them every CRL_RELOAD seconds (FreeRADIUS's client side,
+        # the proxy's, reads them at start only)
+        *([f"    ca_path = {d / CA_PATH}", "    check_crl = yes",
+           f"    ca_path_reload_interval = {CRL_RELOAD}"] if tls.crl else []),
         *([f"    check_cert_cn = \"{_quote(cn)}\""] if cn else []),
         # without it a RadSec listener asks for no client certificate at all
         *(["    require_client_cert = yes"] if server else []),
@@ -326,6 +338,11 @@ modules {{
     perl users {{
         filename = {d}/users.pl
     }}
+    perl revocation {{
+        filename = {d}/users.pl
+        func_authorize = revoked
+        func_preacct = revoked
+    }}
     linelog auth_log {{
         filename = {d}/{AUTH_LOG}
         format = "{AUTH_FORMAT}"
@@ -345,6 +362,7 @@ server vno {{
         {PIP_ONLY}
             reject
         }}
+        {NOT_REVOKED}
 {outer_users}        eap
     }}
     authenticate {{
@@ -375,6 +393,7 @@ server vno {{
         {PIP_ONLY}
             reject
         }}
+        {NOT_REVOKED}
         if (!&Event-Timestamp) {{
             update request {{
                 Event-Timestamp := "%l"
@@ -395,7 +414,8 @@ use strict;
 use warnings;
 use JSON::PP;
 our (%RAD_REQUEST, %RAD_REPLY, %RAD_CHECK);
-use constant { RLM_MODULE_OK => 2, RLM_MODULE_NOTFOUND => 6, RLM_MODULE_NOOP => 7,
+use constant { RLM_MODULE_REJECT => 0, RLM_MODULE_OK => 2, RLM_MODULE_NOTFOUND => 6,
+               RLM_MODULE_NOOP => 7,
                RLM_MODULE_UPDATED => 8 };
 umask 077;
 
@@ -434,6 +454,32 @@ sub post_auth {
     return RLM_MODULE_OK;
 }
 
+# The RadSec client's certificate against the CA's current CRL, on every
+# request: a PIP revoked while its connection stays open is refused at once.
+my ($crl_key, %revoked) = ('');
+sub revoked {
+    my $serial = lc($RAD_REQUEST{'@REVOKED_ATTR@'} // '');
+    $serial =~ s/^(0x)?0*//;
+    my @st = stat('@CRL@');
+    return RLM_MODULE_NOOP unless $serial ne '' && @st;
+    my $key = join(':', @st[1, 7, 9]);
+    if ($key ne $crl_key) {
+        my %now;
+        open(my $out, '-|', 'openssl', 'crl', '-in', '@CRL@', '-noout', '-text')
+            or return RLM_MODULE_REJECT;
+        while (my $line = <$out>) {
+            if ($line =~ /Serial Number:\s*([0-9A-Fa-f]+)/) {
+                (my $s = lc($1)) =~ s/^0*//;
+                $now{$s} = 1;
+            }
+        }
+        close($out) or return RLM_MODULE_REJECT;
+        %revoked = %now;
+        $crl_key = $key;
+    }
+    return $revoked{$serial} ? RLM_MODULE_REJECT : RLM_MODULE_NOOP;
+}
+
 sub preacct {
     my $class = $RAD_REQUEST{'Class'};
     return RLM_MODULE_NOOP unless defined $class;
@@ -453,13 +499,17 @@ sub preacct {
 CLASSES_DIR = "classes"  # token -> identity of tunnelled sessions, until their Stop
 
 
-def users_pl(users_json: Path) -> str:
+def users_pl(users_json: Path, crl: str = "") -> str:
+    """The perl of the VNO's server; with `crl`, the PIP certificate of every
+    request is checked against it (re-read when the file changes)."""
     path = _quote(str(users_json))
     classes = _quote(str(users_json.parent / CLASSES_DIR))
-    if "'" in path + classes:
+    crl = _quote(crl or "/nonexistent")
+    if "'" in path + classes + crl:
         raise ValueError(f"{path!r}: a user store's path cannot hold a single quote")
     return (USERS_PL.replace("@USERS@", path).replace("@CLASSES@", classes)
-            .replace("@PREFIX@", CLASS_PREFIX))
+            .replace("@PREFIX@", CLASS_PREFIX).replace("@CRL@", crl)
+            .replace("@REVOKED_ATTR@", REVOKED_ATTR))
 
 
 def proxy_conf(cfg: ProxyConfig) -> str:
@@ -569,6 +619,20 @@ def write(directory: Path, conf: str, name: str, tls: Tls | None = None) -> Path
     for sub in ("log", "run"):
         private_dir(directory / sub)
     if tls is not None and tls.crl:
-        write_private(directory / TRUST_FILE,
-                      Path(tls.ca).read_text() + Path(tls.crl).read_text())
+        ca_path_links(directory / CA_PATH, tls)
     return write_private(directory / f"{name}.conf", conf)
+
+
+def ca_path_links(target: Path, tls: Tls) -> Path:
+    """An OpenSSL CA directory holding links `<hash>.0` to the CA
+    certificate and `<hash>.r0` to its CRL (not copies: the lab replaces the
+    player's CRL file on each revocation, and a reload reads the new one)."""
+    done = subprocess.run(["openssl", "x509", "-subject_hash", "-noout", "-in", tls.ca],
+                          capture_output=True, text=True, check=True)
+    digest = done.stdout.strip()
+    private_dir(target)
+    for old in target.iterdir():
+        old.unlink()
+    (target / f"{digest}.0").symlink_to(Path(tls.ca).resolve())
+    (target / f"{digest}.r0").symlink_to(Path(tls.crl).resolve())
+    return target

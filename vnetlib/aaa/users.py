@@ -188,7 +188,8 @@ def start_server(directory: Path, tls: radius.Tls, addresses: tuple[str, ...], *
     cfg = radius.ServerConfig(directory, addresses, port, tls, session_timeout, methods)
     radius.write(directory, radius.server_conf(cfg), SERVER_CONF, tls)
     daemons.private_dir(directory / radius.CLASSES_DIR)
-    daemons.write_private(directory / "users.pl", radius.users_pl(directory / USERS_JSON))
+    daemons.write_private(directory / "users.pl",
+                          radius.users_pl(directory / USERS_JSON, tls.crl))
     if not (directory / USERS_JSON).exists():
         fd = os.open(directory / USERS_JSON, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
