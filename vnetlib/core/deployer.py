@@ -20,6 +20,8 @@ from typing import Any, Protocol
 from vnetlib.deploy.ansible import DEPLOY_PLAYBOOK, DeployError, Progress, TaskFailure, run_playbook
 from vnetlib.players import timeouts
 
+MOVE_PLAYBOOK = "vnet.infra.migrate_node"
+
 
 class Deployer(Protocol):
     def apply(self, plan: Mapping[str, Any], state: str, *, check: bool = False,
@@ -38,6 +40,16 @@ class AnsibleDeployer:
         run_playbook(DEPLOY_PLAYBOOK, self.inventory,
                      {"vnet_plan": dict(plan), "vnet_state": state}, check=check,
                      limit=sorted(plan["hosts"]), progress=progress, timeout=int(self.timeout))
+
+    def move(self, removal: Mapping[str, Any], plan: Mapping[str, Any],
+             announce: list[dict[str, Any]], *, progress: Progress | None = None) -> None:
+        """One run of `vnet.infra.migrate_node`: `removal` absent on every host
+        first, then `plan` present, then the moved node greets its neighbours."""
+        hosts = sorted(set(removal["hosts"]) | set(plan["hosts"]))
+        run_playbook(MOVE_PLAYBOOK, self.inventory,
+                     {"vnet_removal": dict(removal), "vnet_plan": dict(plan),
+                      "vnet_announce": announce},
+                     limit=hosts, progress=progress, timeout=int(self.timeout))
 
 
 def plan_objects(plan: Mapping[str, Any]) -> set[tuple[str, str, str]]:
@@ -84,6 +96,11 @@ class RecordingDeployer:
         if failed:
             raise DeployError("failed", [TaskFailure(h, "vnet objects", None, "host down")
                                          for h in failed], "")
+
+    def move(self, removal: Mapping[str, Any], plan: Mapping[str, Any],
+             announce: list[dict[str, Any]], *, progress: Progress | None = None) -> None:
+        self.apply(removal, "absent", progress=progress)
+        self.apply(plan, "present", progress=progress)
 
     def of(self, vnet: str) -> set[tuple[str, str, str]]:
         with self._lock:
