@@ -39,7 +39,7 @@ import netaddr
 from pyroute2 import IPRoute, NetlinkError, NetNS
 
 from vnetlib import naming
-from vnetlib.aaa import daemons, radius
+from vnetlib.aaa import daemons, logs, radius
 from vnetlib.core.ledger import Ledger
 from vnetlib.core.records import Sliver
 from vnetlib.spec import SpecErrors, VNetSpec, parse_vnet
@@ -182,7 +182,11 @@ def mac_of(text: str) -> str:
 def last_decision(directory: Path, port: str, device: str) -> Decision | None:
     """The proxy's latest decision for the device on the port, from the log's
     tail (the decision an AP-STA-CONNECTED follows was written just before)."""
-    for line in reversed(daemons.tail_lines(directory / radius.DECISIONS_LOG)):
+    path = directory / radius.DECISIONS_LOG
+    lines = daemons.tail_lines(path)
+    if not any(port in line for line in lines):  # rotated meanwhile (vnetlib.aaa.logs)
+        lines = daemons.tail_lines(logs.rotated(path)) + lines
+    for line in reversed(lines):
         fields = line.split()
         if len(fields) != 7 or fields[1] != port or mac_of(fields[2]) != mac_of(device):
             continue

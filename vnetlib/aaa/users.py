@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vnetlib.aaa import daemons, radius
+from vnetlib.aaa import daemons, logs, radius
 
 REALM = r"[a-z][a-z0-9\-]{0,31}(?:\.[a-z][a-z0-9\-]{0,31}){0,3}"
 IDENTITY_RE = re.compile(rf"^[a-z0-9][a-z0-9._\-]{{0,63}}@({REALM})$")
@@ -230,6 +230,7 @@ class _AcctIndex:
 
     inode: int = -1
     offset: int = 0
+    rotated: int = -1  # the inode of the log's rotated copy when last read
     records: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -237,16 +238,33 @@ _acct_indexes: dict[Path, _AcctIndex] = {}
 _acct_lock = threading.Lock()
 
 
+def _records(data: bytes) -> list[dict[str, str]]:
+    return [dict(zip(ACCT_KEYS, line.split(maxsplit=len(ACCT_KEYS) - 1), strict=False))
+            for line in data.decode(errors="replace").splitlines() if line]
+
+
+def _inode(path: Path) -> int:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return -1
+
+
 def accounting(directory: Path) -> list[dict[str, str]]:
-    """The accounting records the server received, oldest first."""
+    """The accounting records the server received, oldest first (the
+    rotated copy's, `vnetlib.aaa.logs`, then the log's)."""
     path = directory / radius.ACCOUNTING_LOG
+    old = logs.rotated(path)
     with _acct_lock:
         index = _acct_indexes.setdefault(path, _AcctIndex())
         try:
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())
-                if st.st_ino != index.inode or st.st_size < index.offset:  # new or rotated
-                    index.inode, index.offset, index.records = st.st_ino, 0, []
+                rotated = _inode(old)
+                if (st.st_ino != index.inode or st.st_size < index.offset
+                        or rotated != index.rotated):  # new, replaced or rotated
+                    index.inode, index.offset, index.rotated = st.st_ino, 0, rotated
+                    index.records = _records(old.read_bytes()) if rotated >= 0 else []
                 f.seek(index.offset)
                 data = f.read()
         except FileNotFoundError:
@@ -254,7 +272,5 @@ def accounting(directory: Path) -> list[dict[str, str]]:
             return []
         complete = data[:data.rfind(b"\n") + 1]
         index.offset += len(complete)
-        index.records += [dict(zip(ACCT_KEYS, line.split(maxsplit=len(ACCT_KEYS) - 1),
-                                   strict=False))
-                          for line in complete.decode(errors="replace").splitlines() if line]
+        index.records += _records(complete)
         return list(index.records)

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -139,7 +140,32 @@ def up(directory: Path, substrates: list[LabConfig]) -> list[str]:
         for record in devices(directory).values():
             if record.pip == i:
                 access.start_port(acc, record.port)
+    if start_rotation(directory):
+        created.append("log rotation of the AAA daemons")
     return created
+
+
+def _rotation_pidfile(directory: Path) -> Path:
+    return aaa_root(directory) / "run" / "logs.pid"
+
+
+def _rotation_marker(directory: Path) -> str:
+    """Its command line's own words (every AAA daemon's names a path under the root)."""
+    return f"vnetlib.aaa.logs\0--dir\0{aaa_root(directory)}\0"
+
+
+def start_rotation(directory: Path) -> bool:
+    """The rotator of every AAA log of the lab (`vnetlib.aaa.logs`); True if
+    it was started now."""
+    root = aaa_root(directory)
+    pidfile = _rotation_pidfile(directory)
+    if daemons.running(pidfile, _rotation_marker(directory)) is not None:
+        return False
+    daemons.private_dir(root / "run")
+    daemons.start([sys.executable, "-m", "vnetlib.aaa.logs", "--dir", str(root)],
+                  pidfile=pidfile, log=root / "run" / "logs.out",
+                  marker=_rotation_marker(directory), settle=0.0)
+    return True
 
 
 def down(directory: Path) -> list[str]:
@@ -151,7 +177,9 @@ def down(directory: Path) -> list[str]:
     for record in devices(directory).values():
         if _stop_supplicant(directory, record):
             stopped.append(f"wpa_supplicant of {record.name}")
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    if daemons.stop(_rotation_pidfile(directory), _rotation_marker(directory)):
+        stopped.append("log rotation")
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "run"):
         run = d / "run"
         for pidfile in sorted(run.glob("*.pid")) if run.is_dir() else []:
             marker = _marker(d, pidfile)
