@@ -10,6 +10,7 @@ other's node holding the same address."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,13 +38,13 @@ def encap_lab(request: pytest.FixtureRequest, vnet: Vnet) -> Iterator[tuple[str,
         vnet.run("lab", "down", "--name", made.name, check=False)
 
 
-def hosts_of(lab: Lab) -> list[str]:
-    return sorted(n for n in netns_list() if n.startswith(f"vl-{lab.substrate}-h"))
+def hosts_of(substrate: str) -> list[str]:
+    return sorted(n for n in netns_list() if n.startswith(f"vl-{substrate}-h"))
 
 
-def devices(lab: Lab) -> dict[str, set[str]]:
-    """Every interface of the lab's hosts and its switch."""
-    names = [*hosts_of(lab), f"vl-{lab.substrate}-switch"]
+def devices(substrate: str) -> dict[str, set[str]]:
+    """Every interface of the substrate's hosts and its switch."""
+    names = [*hosts_of(substrate), f"vl-{substrate}-switch"]
     return {ns: links_in(ns) for ns in names}
 
 
@@ -53,10 +54,10 @@ def vxlan_devices(netns: str) -> list[str]:
     return [line.split(":")[1].strip() for line in out.splitlines()]
 
 
-def click_pids(lab: Lab) -> dict[str, int]:
-    """The running Click process of each lab host that has one."""
+def click_pids(substrate: str) -> dict[str, int]:
+    """The running Click process of each substrate host that has one."""
     out = {}
-    for ns in hosts_of(lab):
+    for ns in hosts_of(substrate):
         pidfile = CLICK_RUNDIR / ns / "click.pid"
         if pidfile.exists():
             pid = int(pidfile.read_text())
@@ -65,15 +66,14 @@ def click_pids(lab: Lab) -> dict[str, int]:
     return out
 
 
-def ovs_ports(vnet: Vnet, lab: Lab) -> dict[str, int | None]:
-    """Port -> VLAN tag on the lab switch's Open vSwitch bridge."""
-    inventory = yaml.safe_load((Path(vnet.env["VNET_HOME"]) / "substrates" / lab.substrate
+def ovs_ports(vnet: Vnet, substrate: str) -> dict[str, int | None]:
+    """Port -> VLAN tag on the substrate switch's Open vSwitch bridge."""
+    inventory = yaml.safe_load((Path(vnet.env["VNET_HOME"]) / "substrates" / substrate
                                 / "inventory.yml").read_text())
     db = inventory["all"]["vars"]["vnet_ovs_db"]
     bridge = inventory["all"]["vars"]["vnet_ovs_bridge"]
     out = subprocess.run(["ovs-vsctl", f"--db={db}", "--format=json", "--columns=name,tag",
                           "list", "Port"], capture_output=True, text=True, check=True).stdout
-    import json
     rows = json.loads(out)["data"]
     return {r[0]: (r[1] if isinstance(r[1], int) else None) for r in rows if r[0] != bridge}
 
@@ -97,8 +97,8 @@ def test_plan_check_apply_idempotent_remove(vnet: Vnet, encap_lab: tuple[str, La
     encap, lab = encap_lab
     env, substrate = vnet.env, lab.substrate
     inventory = Path(env["VNET_HOME"]) / "substrates" / substrate / "inventory.yml"
-    before = devices(lab)
-    ports_before = ovs_ports(vnet, lab) if encap == "vlan" else {}
+    before = devices(substrate)
+    ports_before = ovs_ports(vnet, substrate) if encap == "vlan" else {}
 
     plan_file = tmp_path / "plan.yml"
     made = vnet.json("plan", str(FIGURE6), "--substrate", substrate, "-o", str(plan_file))
@@ -115,13 +115,13 @@ def test_plan_check_apply_idempotent_remove(vnet: Vnet, encap_lab: tuple[str, La
     check = playbook(env, inventory, "-e", f"@{plan_file}", "--check", "--diff", cwd=tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "failed=0" in check.stdout
-    assert devices(lab) == before and not click_pids(lab)
+    assert devices(substrate) == before and not click_pids(substrate)
     assert not {n for n in netns_list() if n.startswith(f"vn-{substrate}-{vnet_id}-")}
 
     applied = playbook(env, inventory, "-e", f"@{plan_file}", "--diff", cwd=tmp_path)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     every_link_pings(substrate, vnet_id)
-    hosts = hosts_of(lab)
+    hosts = hosts_of(substrate)
     tunnels = [d for ns in hosts for d in vxlan_devices(ns)]
     if encap == "vxlan":
         assert len(tunnels) == 2 * len(links)
@@ -129,9 +129,9 @@ def test_plan_check_apply_idempotent_remove(vnet: Vnet, encap_lab: tuple[str, La
         assert tunnels == [], f"{encap}: kernel VXLAN devices {tunnels}"
     if encap == "click":
         used = {f"vl-{substrate}-{h}" for h, p in plan["hosts"].items() if p["click"]}
-        assert set(click_pids(lab)) == used
+        assert set(click_pids(substrate)) == used
     if encap == "vlan":
-        tags = {p: t for p, t in ovs_ports(vnet, lab).items() if p not in ports_before}
+        tags = {p: t for p, t in ovs_ports(vnet, substrate).items() if p not in ports_before}
         assert len(tags) == 2 * len(links)  # one access port per host end
         assert len(set(tags.values())) == len(links)  # one VLAN per link
         assert all(t is not None and 2 <= t <= 4093 for t in tags.values())
@@ -145,12 +145,12 @@ def test_plan_check_apply_idempotent_remove(vnet: Vnet, encap_lab: tuple[str, La
     gone = playbook(env, inventory, "-e", f"@{plan_file}", "-e", "vnet_state=absent",
                     cwd=tmp_path)
     assert gone.returncode == 0, gone.stdout + gone.stderr
-    assert devices(lab) == before
-    assert not click_pids(lab)
+    assert devices(substrate) == before
+    assert not click_pids(substrate)
     assert not [p for p in CLICK_RUNDIR.glob(f"vl-{substrate}-*")] if CLICK_RUNDIR.exists() \
         else True
     if encap == "vlan":
-        assert ovs_ports(vnet, lab) == ports_before
+        assert ovs_ports(vnet, substrate) == ports_before
     assert not {n for n in netns_list() if n.startswith(f"vn-{substrate}-{vnet_id}-")}
 
 
@@ -158,7 +158,7 @@ def test_two_vnets_same_addresses_up_ping_isolated_down(vnet: Vnet,
                                                         encap_lab: tuple[str, Lab]) -> None:
     encap, lab = encap_lab
     substrate = lab.substrate
-    before = devices(lab)
+    before = devices(substrate)
     a = vnet.json("up", str(FIGURE6), "--substrate", substrate)["vnet"]
     b = vnet.json("up", str(FIGURE6), "--substrate", substrate)["vnet"]
     try:
@@ -176,5 +176,5 @@ def test_two_vnets_same_addresses_up_ping_isolated_down(vnet: Vnet,
     finally:
         vnet.run("down", a, check=False)
         vnet.run("down", b, check=False)
-    assert devices(lab) == before
-    assert not click_pids(lab)
+    assert devices(substrate) == before
+    assert not click_pids(substrate)

@@ -34,7 +34,7 @@ def test_missing_carrier_fails_naming_the_host_and_rolls_back(vnet: Vnet, encap:
     lab = lab_with(vnet, encap)
     blocker: list[Path] = []
     try:
-        before = devices(lab)
+        before = devices(lab.substrate)
         if encap == "vlan":
             directory = Path(vnet.env["VNET_HOME"]) / "labs" / lab.name
             inst = switch_lab.instances(directory)[lab.substrate]
@@ -47,7 +47,7 @@ def test_missing_carrier_fails_naming_the_host_and_rolls_back(vnet: Vnet, encap:
             blocker.append(path)
         err = failed_up(vnet, lab)
         assert "h2" in err and ("Open vSwitch" if encap == "vlan" else "Click") in err, err
-        assert devices(lab) == before
+        assert devices(lab.substrate) == before
         assert not [v for v in vnet.json("status") if v["status"] == "ready"]
 
         if encap == "vlan":
@@ -58,7 +58,7 @@ def test_missing_carrier_fails_naming_the_host_and_rolls_back(vnet: Vnet, encap:
         vnet_id = vnet.json("up", str(FIGURE6), "--substrate", lab.substrate)["vnet"]
         every_link_pings(lab.substrate, vnet_id)
         vnet.run("down", vnet_id)
-        assert devices(lab) == before and not click_pids(lab)
+        assert devices(lab.substrate) == before and not click_pids(lab.substrate)
     finally:
         for path in blocker:
             path.unlink(missing_ok=True)
