@@ -191,3 +191,49 @@ def within_budget(quotes: Sequence[Quote], max_price: float | None) -> tuple[boo
 def exclude(ads: Iterable[Advertisement], providers: Iterable[Hashable]) -> list[Advertisement]:
     gone = set(providers)
     return [ad for ad in ads if ad.provider not in gone]
+
+
+# -- encapsulations between providers -------------------------------------------------
+
+# What a boundary segment can be deployed with today (vnetlib.plan.build): the
+# substrate's own encapsulation (Click, switch VLANs) stays inside its PIP.
+STITCHABLE = ("vxlan",)
+
+
+class NoCommonEncapsulation(ValueError):
+    """Two providers that must be stitched share no encapsulation for it."""
+
+
+def stitch_encapsulation(ours: Sequence[str], theirs: Sequence[str]) -> str:
+    """The encapsulation of a link between two providers: the first of `ours`
+    (our order of preference) that the peer offers too and that can cross
+    providers; VXLAN is the common fallback, so this fails only when one side
+    does not offer it."""
+    for encap in ours:
+        if encap in theirs and encap in STITCHABLE:
+            return encap
+    missing = [side for side, offer in (("ours", ours), ("the peer's", theirs))
+               if "vxlan" not in offer]
+    raise NoCommonEncapsulation(
+        f"no common encapsulation between providers: ours {', '.join(ours) or 'none'}, "
+        f"the peer's {', '.join(theirs) or 'none'} (vxlan, the common fallback, is missing "
+        f"from {' and '.join(missing) or 'neither'}; between providers only "
+        f"{', '.join(STITCHABLE)} can be stitched)")
+
+
+def unstitchable(parts: Sequence[Part], ads: Mapping[str, Advertisement]) -> str | None:
+    """Why the split's inter-provider links could not be stitched (two parts
+    whose providers share no stitchable encapsulation), or None."""
+    for part in parts:
+        for link in part.links:
+            if link.peer_part is None or link.peer_part <= part.index:
+                continue
+            peer = next(p for p in parts if p.index == link.peer_part)
+            here, there = ads.get(part.provider), ads.get(peer.provider)
+            if here is None or there is None:
+                continue
+            try:
+                stitch_encapsulation(here.encapsulations, there.encapsulations)
+            except NoCommonEncapsulation as exc:
+                return f"link {link.link}: {exc}"
+    return None

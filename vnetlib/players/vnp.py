@@ -50,6 +50,7 @@ from vnetlib.players.negotiation import (
     exclude,
     partition,
     pip_adverts,
+    unstitchable,
     within_budget,
 )
 from vnetlib.players.pki import Credentials, Identity, Role
@@ -198,6 +199,8 @@ class VnpService(Service):
                 raise Failed("no provider can take the VNet: " + "; ".join(
                     [*reasons, f"not enough {split.resource} where the VNet needs it"]))
             parts = partition(spec, split, order_id, prices)
+            if (why := unstitchable(parts, {a.provider: a for a in candidates})) is not None:
+                raise Failed(f"the VNet's parts cannot be stitched: {why}")
             quotes: list[m.Quote] = []
             for part in parts:
                 try:
