@@ -26,6 +26,13 @@ if [ -z "${CLICK_TARBALL:-}" ] && [ "$sum" != "$expected" ]; then
 fi
 key=${sum:0:16}
 final="$cache/$key"
+
+# iperf3: the data plane benchmark's throughput (python -m bench.dataplane)
+if ! command -v iperf3 >/dev/null 2>&1; then
+    echo "installing Debian packages: iperf3" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iperf3 >/dev/null
+fi
 if [ -x "$final/bin/click" ]; then
     echo "$final/bin/click"
     exit 0
