@@ -9,10 +9,11 @@ VNP's listener only, the VNP its provider's, and the PIP its customer VNP.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from vnetlib.console import compact, repoint
 from vnetlib.console.endpoints import ConsoleEndpoint, NetnsShell, VmSerial, VmVnc
@@ -23,8 +24,15 @@ from vnetlib.console.wire import ByteReader, ByteWriter
 from vnetlib.core.pip import spec_of
 from vnetlib.core.records import Sliver, State
 from vnetlib.players import messages as m
-from vnetlib.players.client import ClientError, PlayerClient, Relayed, RemoteError
-from vnetlib.players.config import PlayerConfig
+from vnetlib.players.client import (
+    AsyncCalls,
+    ClientError,
+    PlayerClient,
+    Relayed,
+    RemoteError,
+    Reply,
+)
+from vnetlib.players.config import PlayerConfig, Upstream
 from vnetlib.players.pki import Credentials, Identity, Role
 from vnetlib.players.server import Conflict, NotFound, UpstreamFailed
 from vnetlib.players.stores import PlayerStore, Record
@@ -83,12 +91,27 @@ class RecordCache:
         if hit is not None and hit[0] == generation and now - hit[1] < RECORD_TTL:
             return hit[2]
         rec = load()
+        self._keep(key, generation, now, rec)
+        return rec
+
+    async def on_loop(self, key: tuple[str, ...], load: Callable[[], Record]) -> Record:
+        """`get` from a loop: a record not cached is read in a worker thread."""
+        now = time.monotonic()
+        with self._lock:
+            generation = self._generation
+            hit = self._entries.get(key)
+        if hit is not None and hit[0] == generation and now - hit[1] < RECORD_TTL:
+            return hit[2]
+        rec = await asyncio.to_thread(load)
+        self._keep(key, generation, now, rec)
+        return rec
+
+    def _keep(self, key: tuple[str, ...], generation: int, now: float, rec: Record) -> None:
         with self._lock:
             if self._generation == generation:
                 if len(self._entries) >= MAX_RECORDS:
                     self._entries.clear()
                 self._entries[key] = (generation, now, rec)
-        return rec
 
 
 class ConsoleHub:
@@ -105,6 +128,7 @@ class ConsoleHub:
             self.sessions.close()
             raise
         self.endpoints: dict[tuple[str, str], ConsoleEndpoint] = {}
+        self.calls = AsyncCalls(credentials)  # used on the player's HTTPS loop only
         self._stopped = False
         self._lock = threading.Lock()
 
@@ -123,6 +147,7 @@ class ConsoleHub:
                 return
             self._stopped = True
         self.server.stop()
+        self.calls.close()
         for endpoint in self.endpoints.values():
             if isinstance(endpoint, NetnsShell):
                 endpoint.close()
@@ -154,12 +179,29 @@ def _session_from(call: Any, what: str) -> m.ConsoleSession:
     """Call the next player; its refusals reach the customer as they are."""
     try:
         body: bytes = call().body
-    except RemoteError as exc:
+    except ClientError as exc:
+        _refusal(exc, what)
+    return _session_of(body, what)
+
+
+async def _session_from_loop(call: Awaitable[Reply], what: str) -> m.ConsoleSession:
+    """`_session_from` for a call made on the loop."""
+    try:
+        body = (await call).body
+    except ClientError as exc:
+        _refusal(exc, what)
+    return _session_of(body, what)
+
+
+def _refusal(exc: ClientError, what: str) -> NoReturn:
+    if isinstance(exc, RemoteError):
         if exc.status < 500:
             raise Relayed(exc) from exc
         raise UpstreamFailed(f"{what} failed: {exc.message}") from exc
-    except ClientError as exc:
-        raise UpstreamFailed(f"{what} cannot be reached: {exc}") from exc
+    raise UpstreamFailed(f"{what} cannot be reached: {exc}") from exc
+
+
+def _session_of(body: bytes, what: str) -> m.ConsoleSession:
     try:
         return compact.read_session(body)
     except ValueError as exc:
@@ -167,6 +209,12 @@ def _session_from(call: Any, what: str) -> m.ConsoleSession:
 
 
 # -- the routes of each role ------------------------------------------------------------
+#
+# Each route has two forms: a coroutine that the transport runs on its loop
+# (a setup passes through a player without a worker thread: its record comes
+# from the cache, or from a worker when not cached, and its call to the next
+# player is made on the loop), and the plain handler for callers that
+# dispatch in a thread of their own (the VNO's SSH and web front doors).
 
 
 def _vno_routes(svc: VnoService, hub: ConsoleHub) -> None:
@@ -176,55 +224,113 @@ def _vno_routes(svc: VnoService, hub: ConsoleHub) -> None:
     assert vnp is not None
     records = RecordCache(svc.store)
 
+    def ready(caller: Identity, rec: Record) -> Record:
+        if rec.data["status"] != READY:
+            raise Conflict(f"VNet {rec.id} is {rec.data['status']}, not ready")
+        return rec
+
+    def key(caller: Identity, params: Mapping[str, str]) -> tuple[str, ...]:
+        return ("vnet", caller.name, params["id"])
+
     def console(caller: Identity, params: Mapping[str, str],
                 body: bytes) -> tuple[int, bytes]:
         req = m.console_request_from(m.read(body, "console-request"))  # the customer's: the schema
-        rec = records.get(("vnet", caller.name, params["id"]),
-                          lambda: svc._own(caller, params["id"]))
-        if rec.data["status"] != READY:
-            raise Conflict(f"VNet {rec.id} is {rec.data['status']}, not ready")
+        rec = ready(caller, records.get(key(caller, params),
+                                        lambda: svc._own(caller, params["id"])))
         up = _session_from(lambda: svc.vnp.post(f"/v1/vnets/{svc._vnp_ref(rec)}/console",
                                                 compact.request_xml(req)), "the VNP")
         return 200, compact.session_xml(hub.relay(caller, rec.id, req, up, vnp.name))
 
-    svc.add_route("POST", "/v1/vnets/{id}/console", console, roles={Role.SP})
+    async def on_loop(caller: Identity, params: Mapping[str, str],
+                      body: bytes) -> tuple[int, bytes]:
+        req = m.console_request_from(m.read(body, "console-request"))
+        rec = ready(caller, await records.on_loop(key(caller, params),
+                                                  lambda: svc._own(caller, params["id"])))
+        up = await _session_from_loop(hub.calls.post(
+            vnp.url, f"/v1/vnets/{svc._vnp_ref(rec)}/console", compact.request_xml(req),
+            expect_name=vnp.name, timeout=svc.config.vno.timeout), "the VNP")
+        return 200, compact.session_xml(hub.relay(caller, rec.id, req, up, vnp.name))
+
+    svc.add_route("POST", "/v1/vnets/{id}/console", console, roles={Role.SP}, on_loop=on_loop)
 
 
 def _vnp_routes(svc: VnpService, hub: ConsoleHub) -> None:
     records = RecordCache(svc.store)
 
-    def via_part(caller: Identity, ref: str, parts: list[dict[str, Any]],
-                 req: m.ConsoleRequest) -> m.ConsoleSession:
+    def part_of(parts: list[dict[str, Any]], req: m.ConsoleRequest
+                ) -> tuple[dict[str, Any], Upstream]:
         entry = next((p for p in parts if req.node in p["nodes"]), None)
         if entry is None:
             raise NotFound(f"no node {req.node}")
-        up = svc.upstreams[entry["provider"]]
+        return entry, svc.upstreams[entry["provider"]]
+
+    def via_part(caller: Identity, ref: str, parts: list[dict[str, Any]],
+                 req: m.ConsoleRequest) -> m.ConsoleSession:
+        entry, up = part_of(parts, req)
         client = PlayerClient(up.url, svc.credentials, CONSOLE_CALL, expect_name=up.name)
         session = _session_from(lambda: client.post(f"/v1/slivers/{entry['sliver']}/console",
                                                     compact.request_xml(req)),
                                 "the provider")
         return hub.relay(caller, ref, req, session, up.name)
 
+    async def via_part_on_loop(caller: Identity, ref: str, parts: list[dict[str, Any]],
+                               req: m.ConsoleRequest) -> m.ConsoleSession:
+        entry, up = part_of(parts, req)
+        session = await _session_from_loop(hub.calls.post(
+            up.url, f"/v1/slivers/{entry['sliver']}/console", compact.request_xml(req),
+            expect_name=up.name, timeout=CONSOLE_CALL), "the provider")
+        return hub.relay(caller, ref, req, session, up.name)
+
+    def vnet_record(caller: Identity, params: Mapping[str, str]
+                    ) -> tuple[tuple[str, ...], Callable[[], Record]]:
+        return (("order", caller.name, params["id"]),
+                lambda: svc._order(caller, params["id"], "vnet"))
+
+    def vnet_ready(rec: Record, params: Mapping[str, str]) -> Record:
+        if rec.data["status"] != "ready":
+            raise Conflict(f"VNet {params['id']} is {rec.data['status']}, not ready")
+        return rec
+
+    def sliver_record(caller: Identity, params: Mapping[str, str]
+                      ) -> tuple[tuple[str, ...], Callable[[], Record]]:
+        return (("sliver", caller.name, params["name"]),
+                lambda: svc._sliver(caller, params["name"]))
+
+    def sliver_ready(rec: Record, params: Mapping[str, str]) -> Record:
+        if rec.data["status"] not in ("provisioned", "ready"):
+            raise Conflict(f"sliver {params['name']} is {rec.data['status']}: provision it")
+        return rec
+
     def vnet_console(caller: Identity, params: Mapping[str, str],
                      body: bytes) -> tuple[int, bytes]:
         req = compact.read_request(body)
-        rec = records.get(("order", caller.name, params["id"]),
-                          lambda: svc._order(caller, params["id"], "vnet"))
-        if rec.data["status"] != "ready":
-            raise Conflict(f"VNet {params['id']} is {rec.data['status']}, not ready")
+        rec = vnet_ready(records.get(*vnet_record(caller, params)), params)
         return 200, compact.session_xml(via_part(caller, rec.id, rec.data["parts"], req))
+
+    async def vnet_console_on_loop(caller: Identity, params: Mapping[str, str],
+                                   body: bytes) -> tuple[int, bytes]:
+        req = compact.read_request(body)
+        rec = vnet_ready(await records.on_loop(*vnet_record(caller, params)), params)
+        return 200, compact.session_xml(
+            await via_part_on_loop(caller, rec.id, rec.data["parts"], req))
 
     def sliver_console(caller: Identity, params: Mapping[str, str],
                        body: bytes) -> tuple[int, bytes]:
         req = compact.read_request(body)
-        rec = records.get(("sliver", caller.name, params["name"]),
-                          lambda: svc._sliver(caller, params["name"]))
-        if rec.data["status"] not in ("provisioned", "ready"):
-            raise Conflict(f"sliver {params['name']} is {rec.data['status']}: provision it")
+        rec = sliver_ready(records.get(*sliver_record(caller, params)), params)
         return 200, compact.session_xml(via_part(caller, rec.name, rec.data["parts"], req))
 
-    svc.add_route("POST", "/v1/vnets/{id}/console", vnet_console, roles={Role.VNO})
-    svc.add_route("POST", "/v1/slivers/{name}/console", sliver_console, roles={Role.VNP})
+    async def sliver_console_on_loop(caller: Identity, params: Mapping[str, str],
+                                     body: bytes) -> tuple[int, bytes]:
+        req = compact.read_request(body)
+        rec = sliver_ready(await records.on_loop(*sliver_record(caller, params)), params)
+        return 200, compact.session_xml(
+            await via_part_on_loop(caller, rec.name, rec.data["parts"], req))
+
+    svc.add_route("POST", "/v1/vnets/{id}/console", vnet_console, roles={Role.VNO},
+                  on_loop=vnet_console_on_loop)
+    svc.add_route("POST", "/v1/slivers/{name}/console", sliver_console, roles={Role.VNP},
+                  on_loop=sliver_console_on_loop)
 
 
 def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
@@ -233,10 +339,7 @@ def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
         hub.register(hypervisor, "serial", VmSerial(svc.core.name))
     hub.register("qemu", "vnc", VmVnc(svc.core.name))
 
-    def console(caller: Identity, params: Mapping[str, str],
-                body: bytes) -> tuple[int, bytes]:
-        req = compact.read_request(body)
-        s = svc._sliver(caller, params["name"])
+    def session(caller: Identity, req: m.ConsoleRequest, s: Sliver) -> m.ConsoleSession:
         if s.state not in (State.PROVISIONED, State.READY):
             raise Conflict(f"sliver {s.name} is {s.state.value}: provision it first")
         node = next((n for n in spec_of(s.spec_xml).nodes if n.id == req.node), None)
@@ -258,10 +361,22 @@ def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
             end = Repointable(repoint.key_of(s, req.node), req.kind, stream, reopen, notice)
             return end, end
 
-        return 200, compact.session_xml(
-            hub._mint(caller, s.name, req, f"{req.kind}:{req.node}", opener))
+        return hub._mint(caller, s.name, req, f"{req.kind}:{req.node}", opener)
 
-    svc.add_route("POST", "/v1/slivers/{name}/console", console, roles={Role.VNP})
+    def console(caller: Identity, params: Mapping[str, str],
+                body: bytes) -> tuple[int, bytes]:
+        req = compact.read_request(body)
+        return 200, compact.session_xml(session(caller, req,
+                                                svc._sliver(caller, params["name"])))
+
+    async def on_loop(caller: Identity, params: Mapping[str, str],
+                      body: bytes) -> tuple[int, bytes]:
+        req = compact.read_request(body)
+        s = await asyncio.to_thread(svc._sliver, caller, params["name"])  # the ledger
+        return 200, compact.session_xml(session(caller, req, s))
+
+    svc.add_route("POST", "/v1/slivers/{name}/console", console, roles={Role.VNP},
+                  on_loop=on_loop)
 
 
 def attach_console(service: PipService | VnpService | VnoService, credentials: Credentials,

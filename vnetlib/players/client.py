@@ -20,6 +20,8 @@ or role.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
 import os
 import select
@@ -394,3 +396,222 @@ def _bound(conn: http.client.HTTPSConnection, deadline: float) -> None:
         raise TimeoutError("call timed out")
     if conn.sock is not None:
         conn.sock.settimeout(left)
+
+
+# -- calls from an asyncio loop ------------------------------------------------------------
+
+_AsyncKey = tuple[str, int, ssl.SSLContext]
+ASYNC_HEAD_LIMIT = 16 << 10
+
+
+class _AsyncConn:
+    __slots__ = ("reader", "since", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.since = time.monotonic()
+
+    def close(self) -> None:
+        """Abort the connection (its socket closed even if the loop is gone)."""
+        try:
+            self.writer.transport.abort()
+        except RuntimeError:  # the loop is closed: no callbacks, just the socket
+            sock = self.writer.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+
+class AsyncCalls:
+    """POSTs to other players from one asyncio loop (a player's HTTPS loop),
+    without a worker thread: for the small calls of a console setup, whose
+    handlers run on the loop. The same rules as `PlayerClient`: mutual TLS
+    with this player's credentials, the server checked to be `expect_name`
+    on a new connection and against the current CRL on a kept-alive one,
+    kept-alive connections (idle at most `POOL_IDLE` s, `POOL_PER_PEER` per
+    peer), a call on a kept-alive connection closed before any answer sent
+    once more on a fresh one, `timeout` for the whole call, typed errors
+    (`RemoteError`, `TransportError`, `UnexpectedPeer`). Use only from the
+    loop it was first used on."""
+
+    def __init__(self, credentials: Credentials,
+                 max_response: int = DEFAULT_MAX_RESPONSE) -> None:
+        self._credentials = credentials
+        self.max_response = max_response
+        self._idle: dict[_AsyncKey, list[_AsyncConn]] = {}
+        self._pruning: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def close(self) -> None:
+        """Close the kept-alive connections: on their loop if it still runs
+        (from any thread), else at once."""
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not loop:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._close_now)
+                    return
+        self._close_now()
+
+    def _close_now(self) -> None:
+        for conns in self._idle.values():
+            for c in conns:
+                c.close()
+        self._idle.clear()
+        if self._pruning is not None:
+            with contextlib.suppress(RuntimeError):
+                self._pruning.cancel()
+            self._pruning = None
+
+    async def post(self, base_url: str, path: str, body: bytes, *, expect_name: str,
+                   timeout: float = DEFAULT_TIMEOUT) -> Reply:
+        parts = urlsplit(base_url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"base_url {base_url!r}: expected https://host:port")
+        host, port = parts.hostname, parts.port or 443
+        self._loop = asyncio.get_running_loop()
+        key = (host, port, client_context(self._credentials))
+        target = parts.path.rstrip("/") + path
+        head = (f"POST {target} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"Accept: application/xml\r\nContent-Type: {XML_CONTENT_TYPE}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode("ascii")
+        try:
+            async with asyncio.timeout(timeout):
+                status, data = await self._call(key, expect_name, head + body, base_url)
+        except TimeoutError as exc:
+            raise TransportError(f"POST {base_url}{path}: timed out") from exc
+        if status >= 400:
+            raise parse_error_document(status, data)
+        return Reply(status, data)
+
+    async def _call(self, key: _AsyncKey, expect_name: str, request: bytes,
+                    base_url: str) -> tuple[int, bytes]:
+        conn = self._take(key)
+        reused = conn is not None
+        while True:
+            if conn is None:
+                conn = await self._connect(key, expect_name, base_url)
+            elif not self._still_valid(conn, expect_name):
+                conn.close()
+                conn, reused = None, False
+                continue
+            try:
+                status, data, keep = await self._exchange(conn, request)
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                conn.close()
+                if reused and isinstance(exc, (ConnectionError, asyncio.IncompleteReadError)):
+                    conn, reused = None, False
+                    continue
+                raise TransportError(f"POST {base_url}: transport failure: {exc}") from exc
+            except BaseException:
+                conn.close()
+                raise
+            if keep:
+                self._give(key, conn)
+            else:
+                conn.close()
+            return status, data
+
+    def _take(self, key: _AsyncKey) -> _AsyncConn | None:
+        conns = self._idle.get(key)
+        now = time.monotonic()
+        while conns:
+            conn = conns.pop()
+            if (now - conn.since < POOL_IDLE and not conn.reader.at_eof()
+                    and not conn.writer.transport.is_closing()):
+                return conn
+            conn.close()
+        return None
+
+    def _give(self, key: _AsyncKey, conn: _AsyncConn) -> None:
+        conns = self._idle.setdefault(key, [])
+        now = time.monotonic()
+        for old in [c for c in conns if now - c.since >= POOL_IDLE]:
+            conns.remove(old)
+            old.close()
+        if len(conns) >= POOL_PER_PEER:
+            conn.close()
+            return
+        conn.since = now
+        conns.append(conn)
+        if self._pruning is None:
+            self._pruning = asyncio.get_running_loop().call_later(POOL_IDLE, self._prune)
+
+    def _prune(self) -> None:
+        """Close the connections idle for `POOL_IDLE` s; again later while any is left."""
+        self._pruning = None
+        now = time.monotonic()
+        for key in list(self._idle):
+            kept = []
+            for conn in self._idle[key]:
+                if now - conn.since >= POOL_IDLE:
+                    conn.close()
+                else:
+                    kept.append(conn)
+            if kept:
+                self._idle[key] = kept
+            else:
+                del self._idle[key]
+        if self._idle:
+            self._pruning = asyncio.get_running_loop().call_later(POOL_IDLE, self._prune)
+
+    def _peer(self, conn: _AsyncConn) -> Identity:
+        obj = conn.writer.get_extra_info("ssl_object")
+        der = obj.getpeercert(binary_form=True) if obj is not None else None
+        if not der:
+            raise PkiError("no server certificate")
+        return peer_identity(self._credentials, der)
+
+    def _still_valid(self, conn: _AsyncConn, expect_name: str) -> bool:
+        try:
+            return self._peer(conn).name == expect_name
+        except PkiError:
+            return False
+
+    async def _connect(self, key: _AsyncKey, expect_name: str, base_url: str) -> _AsyncConn:
+        host, port, context = key
+        try:
+            reader, writer = await asyncio.open_connection(host, port, ssl=context,
+                                                           server_hostname=host,
+                                                           limit=ASYNC_HEAD_LIMIT)
+        except (OSError, ssl.SSLError) as exc:
+            kind = "TLS" if isinstance(exc, ssl.SSLError) else "transport"
+            raise TransportError(f"POST {base_url}: {kind} failure: {exc}") from exc
+        conn = _AsyncConn(reader, writer)
+        try:
+            peer = self._peer(conn)
+        except PkiError as exc:
+            conn.close()
+            raise UnexpectedPeer(f"{base_url}: {exc}", None) from exc
+        if peer.name != expect_name:
+            conn.close()
+            raise UnexpectedPeer(f"{base_url} is {peer}, expected {expect_name}", peer)
+        return conn
+
+    async def _exchange(self, conn: _AsyncConn, request: bytes) -> tuple[int, bytes, bool]:
+        """(status, body, whether the connection may be used again)."""
+        conn.writer.write(request)
+        head = await conn.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        version, _, rest = lines[0].partition(" ")
+        code = rest[:3]
+        if not version.startswith("HTTP/1.") or not code.isdigit():
+            raise ValueError(f"bad status line {lines[0][:80]!r}")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if "transfer-encoding" in headers:
+            raise ValueError("chunked reply")
+        length = int(headers.get("content-length", "0"))
+        if length > self.max_response:
+            raise ValueError(f"reply exceeds {self.max_response} bytes")
+        data = await conn.reader.readexactly(length) if length else b""
+        keep = (version == "HTTP/1.1" and headers.get("connection", "").lower() != "close")
+        return int(code), data, keep

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
@@ -39,6 +39,9 @@ DRAIN_LIMIT = 16 << 20
 
 Handler = Callable[[Identity, Mapping[str, str], bytes], tuple[int, bytes]]
 """A route handler: (caller, path parameters, request body) -> (status, XML body)."""
+LoopHandler = Callable[[Identity, Mapping[str, str], bytes], Awaitable[tuple[int, bytes]]]
+"""The same, as a coroutine run on the transport's loop: for a handler that
+only waits (on other players) and never blocks, so that it needs no worker."""
 
 
 # -- errors ---------------------------------------------------------------------------
@@ -199,6 +202,7 @@ class Route:
     handler: Handler
     roles: frozenset[Role] | None
     regex: re.Pattern[str] = field(compare=False)
+    on_loop: LoopHandler | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,12 +235,17 @@ class Service:
         return tuple(self._routes)
 
     def add_route(self, method: str, pattern: str, handler: Handler, *,
-                  roles: Collection[Role] | None = None) -> None:
+                  roles: Collection[Role] | None = None,
+                  on_loop: LoopHandler | None = None) -> None:
+        """`on_loop`: the same handler as a coroutine, which the transport
+        runs on its loop instead of `handler` in a worker (`dispatch`, for
+        callers in a thread of their own, keeps using `handler`)."""
         method = method.upper()
         if any(r.method == method and r.pattern == pattern for r in self._routes):
             raise ValueError(f"route {method} {pattern} is already taken")
         self._routes.append(Route(method, pattern, handler,
-                                  None if roles is None else frozenset(roles), _compile(pattern)))
+                                  None if roles is None else frozenset(roles), _compile(pattern),
+                                  on_loop))
 
     def route(self, method: str, pattern: str, *,
               roles: Collection[Role] | None = None) -> Callable[[Handler], Handler]:
@@ -259,6 +268,33 @@ class Service:
                 headers["Allow"] = ", ".join(sorted({r.method for r in self._routes
                                                      if r.regex.match(path)}))
             return Outcome(exc.status, error_document(exc.code, exc.message), headers)
+        except Exception:
+            ref = secrets.token_hex(4)
+            log.exception("%s: handler for %s %s by %s failed (ref %s)",
+                          self.name, method, path, identity, ref)
+            return Outcome(500, error_document(
+                "internal", f"internal error in {self.name}; the server log has ref {ref}"))
+
+    def loop_route(self, method: str, path: str) -> LoopHandler | None:
+        """The coroutine handler of the route `method path`, if it has one."""
+        try:
+            route, _ = self._find(method.upper(), path)
+        except ApiError:
+            return None
+        return route.on_loop
+
+    async def dispatch_on_loop(self, method: str, path: str, identity: Identity,
+                               body: bytes) -> Outcome:
+        """`dispatch` for a route with a coroutine handler; never raises."""
+        try:
+            route, params = self._find(method.upper(), path)
+            if route.roles is not None:
+                require_role(identity, *sorted(route.roles))
+            assert route.on_loop is not None
+            status, reply = await route.on_loop(identity, params, body)
+            return Outcome(status, reply)
+        except ApiError as exc:
+            return Outcome(exc.status, error_document(exc.code, exc.message))
         except Exception:
             ref = secrets.token_hex(4)
             log.exception("%s: handler for %s %s by %s failed (ref %s)",

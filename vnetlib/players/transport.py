@@ -563,6 +563,8 @@ class ServiceServer:
             return Outcome(408, error_document(
                 "request-timeout", f"request not received within {self.read_bound:g} s"))
         try:
+            if self.service.loop_route(method, path) is not None:
+                return await self._answer_on_loop(conn, method, path, body)
             return await self._in_worker(self._answer, conn, method, path, body)
         except Unauthenticated as exc:
             if conn.requests > 1:  # revoked while kept alive: cut, as a new handshake would
@@ -576,6 +578,15 @@ class ServiceServer:
         """In one worker: who is calling, then the service's answer."""
         identity = self._identity(conn)
         outcome = self.service.dispatch(method, path, identity, body)
+        log.info("%s %s %s -> %d", identity, method, path, outcome.status)
+        return outcome
+
+    async def _answer_on_loop(self, conn: _Conn, method: str, path: str,
+                              body: bytes) -> Outcome:
+        """`_answer` for a route whose handler is a coroutine: on this loop, no
+        worker (the revocation check reads the CRL only when its file changed)."""
+        identity = self._identity(conn)
+        outcome = await self.service.dispatch_on_loop(method, path, identity, body)
         log.info("%s %s %s -> %d", identity, method, path, outcome.status)
         return outcome
 
