@@ -16,7 +16,7 @@ import yaml
 
 from tests.e2e.conftest import EXAMPLES, Lab, Vnet, links_in, netns_list, new_lab
 from vnetlib import paths
-from vnetlib.lab import sshd
+from vnetlib.lab import remote, sshd
 from vnetlib.spec import load_vnet
 
 FIGURE6 = EXAMPLES / "figure6.xml"
@@ -76,6 +76,18 @@ def test_figure6_over_ssh_pings_and_removal_leaves_nothing(vnet: Vnet, ssh_lab: 
     # connection process there (ControlPersist keeps it for a minute).
     for host in used:
         assert _logins(files, host) > before[host], f"no SSH connection to {host}"
+    # A command on a node's host, over SSH as Ansible reaches it (what exec
+    # and consoles on real hosts need): it runs in that host, in the node.
+    inventory_path = paths.substrate_dir(ssh_lab.substrate) / "inventory.yml"
+    r1_host = result["node_map"]["r1"]
+    argv = remote.command(inventory_path, r1_host, ["ip", "-o", "-4", "addr", "show", "mgmt0"])
+    assert argv[0] == "ssh"
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
+    assert f" {hosts[r1_host]['vnet_mgmt_address']}/" in out
+    r1_netns = f"vn-{ssh_lab.substrate}-{result['vnet']}-r1"
+    argv = remote.command(inventory_path, r1_host, ["ip", "netns", "exec", r1_netns,
+                                                     "ping", "-c", "1", "-W", "2", "198.19.0.1"])
+    assert subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
 
     vnet.json("down", result["vnet"])
     assert _objects(ssh_lab) == set()
