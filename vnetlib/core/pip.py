@@ -610,6 +610,12 @@ class PipCore:
             self.deployer.apply(moves.restrict(new_plan, {target}), "present", check=True,
                                 progress=progress)
             timings["check"] = round(time.perf_counter() - mark, 4)
+        except (DeployError, PlanError) as exc:  # nothing was touched: forget the move
+            op.save(replace(op.sliver, moving=None, lock=None),
+                    also=lambda conn: self.ledger.drop_link_vnis(conn, cur.id, fresh))
+            raise MoveFailed(f"move of {node} to {target} refused by the target: {exc}", exc,
+                             True) from exc
+        try:
             if vnode.kind.is_vm:
                 stats = self._move_vm(op.sliver, old_plan, new_plan, progress, timings)
             else:
