@@ -1,103 +1,185 @@
-"""Click data plane: setup time per link, throughput and round-trip time between
+"""The data plane per encapsulation (vxlan, click, vlan) through the planner and
+the deployment: setup time per link, throughput and round-trip time between
 two nodes on different hosts, and enforced bandwidth against the spec, beside
 a bare veth pair between two namespaces in the same run.
 
     .venv/bin/python -m bench.dataplane [--links 8] [--seconds 4] [--rate 50]
+                                        [--encaps vxlan,click,vlan]
 
-Two substrate hosts are namespaces joined by a veth pair (198.18.200.0/24);
-nodes are namespaces on link bridges (MTU 1450, as planned for crossing
-links). Setup = one ``vnet_click`` apply (``vnetlib.click.process.apply``) of
-one VNet's one segment on one host: the first starts Click, the others are hot
-swaps of a configuration that grows by one link each. Throughput = one TCP
-stream's goodput for --seconds (a timed transfer: iperf3 is not installed);
-RTT = median of 20 pings (0.05 s apart). The shaped link's spec is --rate
-Mbit/s on Ethernet frames; the goodput expected from it is rate * 1398/1464
-(TCP payload per frame at MTU 1450 with timestamps). Needs root and Click
-(scripts/install-click.sh); cleans up after itself.
+Per encapsulation, a lab substrate of two hosts (`vnet lab up --encap E`,
+no players, hosts of 2 CPUs) in a private $VNET_HOME; VNets of two nodes of
+1.5 CPUs (so one per host) are instantiated directly (`vnet up --substrate`):
+
+* setup per link: the deploy phase of a VNet with --links crossing links
+  minus that of a VNet with one, divided by --links - 1 (the marginal cost of
+  a link, both hosts' segments, one Ansible run);
+* throughput: iperf3, one TCP stream for --seconds, receiver's goodput, over
+  a link whose spec is 800 Mbit/s (the lab's host links are 1000);
+* RTT: median of 20 pings 0.05 s apart over that link (no latency in spec);
+* enforced bandwidth: iperf3 over a link whose spec is --rate Mbit/s;
+  expected goodput rate * (MTU - 52) / (MTU + 14) (TCP payload with
+  timestamps per Ethernet frame; the shapers count frames): VXLAN and Click
+  links have MTU 1450, VLAN links 1500. VXLAN and VLAN links are shaped by
+  the kernel path (vnet_link's tbf), Click links by Click.
+
+Needs root, iperf3 and Click (scripts/install-click.sh), Open vSwitch
+(scripts/install-ovs.sh); removes everything it made.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
+import secrets
+import shutil
 import statistics
-import sys
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "integration"))
-from click_lab import NODE_MTU, Lab, nsx, sh, throughput, two_hosts
+FAST_MBPS = 800.0
+PORT = 5201
 
-from vnetlib.click.config import CLICK_PORT
-from vnetlib.click.process import apply
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=120)
+
+
+def spec_xml(name: str, links: int, rate: float) -> str:
+    """Nodes a and b; link f0 (FAST_MBPS), s1 (`rate`), then x2.. of 10 Mbit/s."""
+    out = [f'<vnet xmlns="urn:vnet:rdl:1" version="1" name="{name}">',
+           '  <node id="a" kind="netns" cpu="1.5" memory="64"/>',
+           '  <node id="b" kind="netns" cpu="1.5" memory="64"/>']
+    for i in range(links):
+        lid = "f0" if i == 0 else "s1" if i == 1 else f"x{i}"
+        bw = FAST_MBPS if i == 0 else rate if i == 1 else 10.0
+        out += [f'  <link id="{lid}" bandwidth="{bw:g}">',
+                f'    <endpoint node="a" interface="eth{i}">'
+                f"<address>198.19.{i}.1/30</address></endpoint>",
+                f'    <endpoint node="b" interface="eth{i}">'
+                f"<address>198.19.{i}.2/30</address></endpoint>",
+                "  </link>"]
+    return "\n".join([*out, "</vnet>", ""])
+
+
+def iperf(client: str, server: str, dst: str, seconds: float) -> float:
+    """Receiver's goodput of one TCP stream in Mbit/s."""
+    srv = subprocess.Popen(["ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", str(PORT)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            if f":{PORT}" in sh("ip", "netns", "exec", server, "ss", "-ltn").stdout:
+                break
+            time.sleep(0.1)
+        out = sh("ip", "netns", "exec", client, "iperf3", "-c", dst, "-p", str(PORT),
+                 "-t", str(seconds), "-J").stdout
+        return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e6
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+        srv.wait()
 
 
 def rtt_ms(ns: str, dst: str) -> float:
-    out = nsx(ns, "ping", "-n", "-c", "20", "-i", "0.05", dst).stdout
+    out = sh("ip", "netns", "exec", ns, "ping", "-n", "-c", "20", "-i", "0.05", dst).stdout
     return statistics.median(float(x) for x in re.findall(r"time=([\d.]+) ms", out))
 
 
-def bare_veth(lab: Lab) -> tuple[str, str]:
-    a, b = f"{lab.prefix}-va", f"{lab.prefix}-vb"
-    for ns in (a, b):
-        sh("ip", "netns", "add", ns)
-        lab.namespaces.append(ns)
-    sh("ip", "-n", a, "link", "add", "eth0", "mtu", str(NODE_MTU), "type", "veth",
-       "peer", "name", "eth0", "netns", b, "mtu", str(NODE_MTU))
-    for ns, addr in ((a, "198.19.9.1/24"), (b, "198.19.9.2/24")):
-        sh("ip", "-n", ns, "addr", "add", addr, "dev", "eth0")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
-    return a, b
+def free_offset() -> int:
+    root = sh("ip", "-o", "-4", "addr", "show").stdout
+    free = [k for k in range(4, 97, 4) if not any(f" 198.18.{129 + k + i}." in root
+                                                  for i in range(2))]
+    return secrets.choice(free)
+
+
+def bench_encap(encap: str, links: int, seconds: float, rate: float,
+                work: Path) -> dict[str, float]:
+    from vnetlib import instantiate
+    from vnetlib.lab import testbed
+
+    lab = testbed.LabSpec(name="b" + secrets.token_hex(1) + secrets.choice("abcdefghij"),
+                          pips=1, hosts=2, cpu=2.0, players=False, encap=encap,
+                          mgmt_offset=free_offset())
+    substrate = f"{lab.name}p1"
+    try:
+        testbed.up(lab)
+        deploy: dict[int, float] = {}
+        for n in (1, links):
+            path = work / f"{encap}{n}.xml"
+            path.write_text(spec_xml(f"bd{n}", n, rate))
+            made = instantiate.instantiate(path, substrate)
+            deploy[n] = made.timings["deploy"]
+            a, b = (f"vn-{substrate}-{made.vnet_id}-{x}" for x in "ab")
+            assert made.node_map["a"] != made.node_map["b"], made.node_map
+            if n == links:
+                fast = iperf(a, b, "198.19.0.2", seconds)
+                rtt = rtt_ms(a, "198.19.0.2")
+                shaped = iperf(a, b, "198.19.1.2", seconds)
+            instantiate.destroy(made.vnet_id)
+        mtu = 1500 if encap == "vlan" else 1450
+        expect = rate * (mtu - 52) / (mtu + 14)
+        return {"setup_ms": (deploy[links] - deploy[1]) / (links - 1) * 1000,
+                "deploy1_s": deploy[1], "deployN_s": deploy[links], "mbps": fast,
+                "rtt_ms": rtt, "shaped": shaped, "expect": expect}
+    finally:
+        testbed.down(lab.name)
+
+
+def bench_veth(seconds: float, rate: float) -> dict[str, float]:
+    tag = secrets.token_hex(2)
+    a, b = f"bdv{tag}a", f"bdv{tag}b"
+    try:
+        for ns in (a, b):
+            sh("ip", "netns", "add", ns)
+        sh("ip", "-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
+           "netns", b)
+        for ns, addr in ((a, "198.19.99.1/30"), (b, "198.19.99.2/30")):
+            sh("ip", "-n", ns, "addr", "add", addr, "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        return {"mbps": iperf(a, b, "198.19.99.2", seconds), "rtt_ms": rtt_ms(a, "198.19.99.2")}
+    finally:
+        for ns in (a, b):
+            sh("ip", "netns", "del", ns, check=False)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--links", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--rate", type=float, default=50.0)
+    ap.add_argument("--encaps", default="vxlan,click,vlan")
     args = ap.parse_args()
+    if not 2 <= args.links <= 16:
+        ap.error("--links is 2 to 16 (the lab's host links hold 800 + rate + 10 per link)")
+    if shutil.which("iperf3") is None:
+        ap.error("iperf3 is missing: run scripts/install-click.sh")
+    work = Path(tempfile.mkdtemp(prefix="vnet-bench-dp-"))
+    os.environ["VNET_HOME"] = str(work / "home")
     load_before = Path("/proc/loadavg").read_text().split()[:3]
-    with tempfile.TemporaryDirectory() as tmp, two_hosts(Path(tmp)) as lab:
-        setup: list[float] = []
-        for i in range(args.links):
-            vni = 8000 + i
-            segs = [lab.segment("l1", vni, f"vb{vni}", h) for h in (0, 1)]
-            for h in (0, 1):
-                t0 = time.perf_counter()
-                apply(lab.instance(h), f"v{i}", [segs[h]], present=True, click=None,
-                      port=CLICK_PORT, check_mode=False)
-                setup.append(time.perf_counter() - t0)
-        a, b = (lab.node("ua", 0, "vb8000", "198.19.0.1/24"),
-                lab.node("ub", 1, "vb8000", "198.19.0.2/24"))
-        shaped = [lab.segment("l1", 9000, "vb9000", h, args.rate) for h in (0, 1)]
-        sa, sb = (lab.node("sa", 0, "vb9000", "198.19.1.1/24"),
-                  lab.node("sb", 1, "vb9000", "198.19.1.2/24"))
-        lab.deploy("shaped", [[shaped[0]], [shaped[1]]])
-        va, vb = bare_veth(lab)
-        rows = [
-            ("bare veth pair", throughput(va, vb, "198.19.9.2", args.seconds),
-             rtt_ms(va, "198.19.9.2")),
-            ("Click UDP link, unshaped", throughput(a, b, "198.19.0.2", args.seconds),
-             rtt_ms(a, "198.19.0.2")),
-        ]
-        got = throughput(sa, sb, "198.19.1.2", args.seconds)
-        expect = args.rate * 1398 / 1464
+    try:
+        veth = bench_veth(args.seconds, args.rate)
+        rows = {e: bench_encap(e, args.links, args.seconds, args.rate, work)
+                for e in args.encaps.split(",")}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     load_after = Path("/proc/loadavg").read_text().split()[:3]
-    first, swaps = setup[:2], setup[2:]
     print(f"load average before {'/'.join(load_before)}, after {'/'.join(load_after)}")
     print()
-    print("| path | TCP goodput Mbit/s | RTT median ms |")
-    print("| --- | ---: | ---: |")
-    for name, mbps, rtt in rows:
-        print(f"| {name} | {mbps:.0f} | {rtt:.3f} |")
+    print(f"| path | setup per link ms | TCP goodput Mbit/s (spec {FAST_MBPS:g}) | "
+          f"RTT median ms | goodput at spec {args.rate:g} Mbit/s (expected) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    print(f"| bare veth pair | | {veth['mbps']:.0f} | {veth['rtt_ms']:.3f} | |")
+    for encap, r in rows.items():
+        dev = (r["shaped"] / r["expect"] - 1) * 100
+        print(f"| {encap} | {r['setup_ms']:.0f} | {r['mbps']:.0f} | {r['rtt_ms']:.3f} | "
+              f"{r['shaped']:.2f} ({r['expect']:.2f}, {dev:+.1f} %) |")
     print()
-    print(f"setup per link and host: first (starts Click) {statistics.mean(first) * 1000:.0f} ms; "
-          f"hot swap median {statistics.median(swaps) * 1000:.0f} ms, "
-          f"max {max(swaps) * 1000:.0f} ms over {len(swaps)} swaps "
-          f"(up to {args.links} links per host)")
-    print(f"enforced bandwidth: spec {args.rate:g} Mbit/s, goodput {got:.2f} Mbit/s, "
-          f"expected {expect:.2f} ({(got / expect - 1) * 100:+.1f} %)")
+    for encap, r in rows.items():
+        print(f"{encap}: deploy of 1 link {r['deploy1_s']:.2f} s, of {args.links} links "
+              f"{r['deployN_s']:.2f} s")
 
 
 if __name__ == "__main__":
