@@ -75,7 +75,8 @@ class Repointable:
         self._changed = asyncio.Event()
         self._closed = False
         with _lock:
-            self.held = key in _held
+            since = _held.get(key)
+            self.held = since is not None and time.monotonic() - since < HOLD_TIMEOUT
             _live.setdefault(key, set()).add(self)
 
     # -- the stream the relay sees ---------------------------------------------------------
@@ -215,7 +216,8 @@ def hold(sliver: Sliver, node: str) -> int:
         _held[key] = time.monotonic()
     sessions = _sessions(key)
     for s in sessions:
-        s.loop.call_soon_threadsafe(s.hold)
+        with contextlib.suppress(RuntimeError):  # its loop stopped: the session is over
+            s.loop.call_soon_threadsafe(s.hold)
     return len(sessions)
 
 
@@ -233,9 +235,13 @@ def moved(sliver: Sliver, node: str, *, reconnect: bool = True,
     sessions = _sessions(key)
     if not reconnect:
         for s in sessions:
-            s.loop.call_soon_threadsafe(s.release)
+            with contextlib.suppress(RuntimeError):
+                s.loop.call_soon_threadsafe(s.release)
         return 0
-    futures = [asyncio.run_coroutine_threadsafe(s.switch(sliver), s.loop) for s in sessions]
+    futures = []
+    for s in sessions:
+        with contextlib.suppress(RuntimeError):
+            futures.append(asyncio.run_coroutine_threadsafe(s.switch(sliver), s.loop))
     followed = 0
     deadline = time.monotonic() + timeout
     for future in futures:
