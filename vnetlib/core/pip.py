@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vnetlib import naming
+from vnetlib.console import repoint
 from vnetlib.core.deployer import Deployer
 from vnetlib.core.ledger import Exists, Ledger, NoVni, Stale, pick_vnis
 from vnetlib.core.pool import PoolSettings, VmPool, takers
@@ -576,7 +577,17 @@ class PipCore:
         with self._operation(owner, name, "migrate", accept=accept) as op:
             if op.idle:
                 return Moved(op.sliver, node, target, target, "", {})
-            return self._migrate(op, node, target, progress)
+            # Open console sessions of the node wait for it instead of ending,
+            # then follow it (vnetlib.console.repoint; no-ops without sessions).
+            repoint.hold(op.sliver, node)
+            try:
+                done = self._migrate(op, node, target, progress)
+            except BaseException:
+                repoint.moved(self.ledger.get(op.sliver.id) or op.sliver, node)
+                raise
+            done = replace(done, timings={**done.timings,
+                                          "consoles": repoint.moved(done.sliver, node)})
+            return done
 
     def _migrate(self, op: _Op, node: str, target: str, progress: Progress | None) -> Moved:
         started = time.perf_counter()
