@@ -29,10 +29,13 @@ pytestmark = pytest.mark.skipif(
     reason="scripts/install-aaa.sh installs FreeRADIUS, hostapd, wpa_supplicant, dnsmasq",
 )
 
+# 3 of a lab host's 4 cores each: e1 and e2 run on different hosts, so l1 is a
+# bridge and a VXLAN tunnel on each (a link between two nodes of one host is a
+# bare veth pair unless the plan asks vnet_link for `bridged`)
 SPEC = """<?xml version="1.0"?>
 <vnet xmlns="urn:vnet:rdl:1" version="1" name="segment">
-  <node id="e1"/>
-  <node id="e2"/>
+  <node id="e1" cpu="3"/>
+  <node id="e2" cpu="3"/>
   <link id="l1">
     <endpoint node="e1" interface="eth1"><address>198.19.4.1/24</address></endpoint>
     <endpoint node="e2" interface="eth1"><address>198.19.4.2/24</address></endpoint>
@@ -74,6 +77,10 @@ def world(vnet: Vnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worl
     finally:
         vnet.run("lab", "down", "--name", made.name, check=False)
     assert not [n for n in netns_list() if n.startswith(f"vl-{made.name}p1-")]
+    # every AAA daemon of the lab stopped with it, the log rotator too
+    aaa = str(Path(vnet.env["VNET_HOME"]) / "labs" / made.name / "aaa")
+    ps = subprocess.run(["pgrep", "-af", aaa], capture_output=True, text=True).stdout
+    assert ps == ""
 
 
 def dnsmasqs(w: World) -> list[str]:

@@ -351,8 +351,9 @@ def _ensure_link_segment(directory: Path, seg: Segment, pool: str) -> None:
     checked; the node's address on the link is the devices' gateway."""
     with netns(seg.host_ns) as host:
         if _index(host, seg.bridge) is None:
-            raise RuntimeError(f"link {seg.link} has no bridge {seg.bridge} on "
-                               f"{seg.host_ns} (only the kernel bridge path takes end users)")
+            raise RuntimeError(f"link {seg.link} has no bridge {seg.bridge} on {seg.host_ns} "
+                               "(a bare veth pair between two local nodes, or not the "
+                               "kernel bridge path: no end users)")
     with netns(seg.node_ns) as node:
         idx = _index(node, seg.iface)
         if idx is None:
