@@ -16,7 +16,16 @@
 ```
 
 `provisioning` and `deleting` are held by one operation at a time (the
-sliver's lock, a lease in the ledger); the other states are at rest. A write
+sliver's lock, a lease in the ledger); the other states are at rest.
+
+Moving a node to another host (`PipCore.migrate`) adds no state: it is
+ready -> ready (or provisioned -> provisioned) with a version bump. Under the
+lock `migrate` the row first records the move (`Sliver.moving`: node, hosts,
+the new embedding, and the tunnel ids it needs, in the same write); when the
+hosts hold the new placement, one write puts the new embedding (and a moved
+VM's domain) in place and clears the move. Readers of states never see one
+they do not know; Delete and the reaper see the recorded move and remove or
+undo both sides. A write
 that loses a race to another writer fails (compare-and-swap on the row's
 version) and is re-decided on what is now there, never replayed.
 """
