@@ -1,0 +1,1 @@
+"""Migration benchmark (issue #13): `python -m bench.migrate`."""
