@@ -38,10 +38,6 @@ from vnetlib.players.pki import LabCA, Role, player_credentials
 from vnetlib.spec.serialize import dump_substrate
 
 
-def _median_ms(samples: list[float]) -> float:
-    return statistics.median(samples) * 1000
-
-
 class Players:
     """The processes this bench started, stopped by their pid files."""
 
@@ -89,24 +85,20 @@ def _timed(rounds: int, work: object) -> list[float]:
     return samples
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.players.discovery")
-    parser.add_argument("--pips", type=int, default=16)
-    parser.add_argument("--hosts", type=int, default=64, help="hosts per PIP substrate")
-    parser.add_argument("--rounds", type=int, default=20)
-    args = parser.parse_args()
+def measure(pips: int = 16, hosts: int = 64, rounds: int = 20) -> list[tuple[str, float]]:
+    """(what, median seconds) of each way of asking; see the module's doc."""
     root = Path(tempfile.mkdtemp(prefix="vnet-discovery-"))
     players = Players(root)
     try:
         start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=args.pips) as pool:
-            names = [f"pip{i}" for i in range(1, args.pips + 1)]
-            urls = dict(zip(names, pool.map(lambda n: players.pip(n, args.hosts), names),
+        with ThreadPoolExecutor(max_workers=pips) as pool:
+            names = [f"pip{i}" for i in range(1, pips + 1)]
+            urls = dict(zip(names, pool.map(lambda n: players.pip(n, hosts), names),
                             strict=True))
         vnp_url = players.start(players.config("vnp", Role.VNP, vnp=VnpSection(
             upstreams=tuple(Upstream(n, u) for n, u in urls.items()))))
-        print(f"{args.pips} PIPs ({args.hosts} hosts each) and a VNP started in "
-              f"{time.perf_counter() - start:.1f} s")
+        print(f"{pips} PIPs ({hosts} hosts each) and a VNP started in "
+              f"{time.perf_counter() - start:.1f} s", flush=True)
         me = hand_out(players.ca, root / "credentials" / "asker", "asker", Role.VNP)
         creds = player_credentials(me, "asker", Role.VNP)
         vnp = PlayerClient(vnp_url, creds, 30.0, expect_name="vnp")
@@ -126,21 +118,30 @@ def main() -> int:
 
         ad = through_vnp()
         cpu = sum(site.cpu for site in ad.sites)
-        assert cpu == args.pips * args.hosts * 16.0, (cpu, ad)
+        assert cpu == pips * hosts * 16.0, (cpu, ad)
         rows = [
-            (f"VNP's advertisement (asks {args.pips} PIPs in parallel)",
-             _timed(args.rounds, through_vnp)),
-            (f"{args.pips} PIPs asked in parallel from here", _timed(args.rounds, fan_out)),
-            (f"{args.pips} PIPs asked one after the other",
-             _timed(max(1, args.rounds // 4), lambda: [ask(n) for n in clients])),
-            ("one PIP", _timed(args.rounds, lambda: ask(names[0]))),
+            (f"VNP's advertisement (asks {pips} PIPs in parallel)", _timed(rounds, through_vnp)),
+            (f"{pips} PIPs asked in parallel from here", _timed(rounds, fan_out)),
+            (f"{pips} PIPs asked one after the other",
+             _timed(max(1, rounds // 4), lambda: [ask(n) for n in clients])),
+            ("one PIP", _timed(rounds, lambda: ask(names[0]))),
         ]
-        print(f"load average: {Path('/proc/loadavg').read_text().split()[:3]}")
-        for what, samples in rows:
-            print(f"{what:58s} {_median_ms(samples):8.1f} ms (min {min(samples) * 1000:.1f})")
     finally:
         players.stop()
         shutil.rmtree(root, ignore_errors=True)
+    return [(what, statistics.median(samples)) for what, samples in rows]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.players.discovery")
+    parser.add_argument("--pips", type=int, default=16)
+    parser.add_argument("--hosts", type=int, default=64, help="hosts per PIP substrate")
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+    rows = measure(args.pips, args.hosts, args.rounds)
+    print(f"load average: {Path('/proc/loadavg').read_text().split()[:3]}")
+    for what, seconds in rows:
+        print(f"{what:58s} {seconds * 1000:8.1f} ms")
     return 0
 
 

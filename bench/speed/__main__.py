@@ -1,12 +1,14 @@
 """Instantiation and teardown speed (issue #11): our figures, Mininet's and the
 floor (the same kernel objects through one `ip -batch`) side by side.
 
-    .venv/bin/python -m bench.speed [--runs 3] [--big] [--no-mininet] [--only NAME ...]
+    .venv/bin/python -m bench.speed [--runs 3] [--big] [--discovery] [--no-mininet]
+                                    [--only NAME ...]
 
 Rows: Figure 6 directly on a 3-host substrate; through the players on one
 PIP; across two PIPs (three inter-PIP links); a 100-node ring through the
 players on one PIP; with --big a 1000-node ring over 4 PIPs; a PIP's
-advertisement of a 1000-host substrate. Each VNet row is the median of
+advertisement of a 1000-host substrate; with --discovery a VNP asking 16
+PIPs for their advertisements in parallel (bench.players.discovery). Each VNet row is the median of
 --runs warm runs (the first run of a process, which starts its warm Ansible
 controller, is printed apart). Mininet: `mn --switch lxbr --controller none
 --topo linear,100 --test none` (Debian's mininet, installed here with
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.players import discovery
 from bench.players.workload import ring_vnet
 from vnetlib.instantiate import destroy, instantiate
 from vnetlib.lab import manage, testbed
@@ -167,7 +170,10 @@ def main() -> int:
     parser.add_argument("--big", action="store_true", help="also a 1000-node VNet over 4 PIPs")
     parser.add_argument("--no-mininet", action="store_true")
     parser.add_argument("--only", nargs="+", default=None,
-                        choices=["direct", "one", "two", "big", "mininet", "floor", "advert"])
+                        choices=["direct", "one", "two", "big", "mininet", "floor", "advert",
+                                 "discovery"])
+    parser.add_argument("--discovery", action="store_true",
+                        help="also a VNP asking 16 PIPs in parallel (starts 17 processes)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("needs root: labs are made of network namespaces")
@@ -198,6 +204,7 @@ def main() -> int:
         mn = mininet()
     bottom = floor() if want("floor") else None
     advert = advertisement() if want("advert") else None
+    asked = discovery.measure(16, 64, 10) if args.discovery and want("discovery") else []
 
     print()
     print(f"load average: {Path('/proc/loadavg').read_text().split()[:3]}")
@@ -220,6 +227,8 @@ def main() -> int:
     if advert is not None:
         print(f"{'advertisement of a 1000-host substrate':46s} {advert * 1000:7.2f} ms {'':>8s}"
               "  < 100 ms")
+    for what, seconds in asked:
+        print(f"{what[:46]:46s} {seconds * 1000:7.1f} ms")
     return 0
 
 
