@@ -706,11 +706,18 @@ class PipCore:
             tuple(vm_migrate.Nic(n["tap"], n["bridge"]) for n in task["interfaces"]))
         mark = time.perf_counter()
         skip = {source_domain, m.domain}
+        floods = [vm_migrate.Flood(vm_migrate.host_netns(inventory, h), dev, remote)
+                  for h, dev, remote in moves.repointed(old, new, {m.source, m.target})]
         self.deployer.apply(moves.restrict(new, {m.source, m.target}, skip_domains=skip),
                             "present", progress=progress)
         timings["prepare"] = round(time.perf_counter() - mark, 4)
-        _fault("migrate-before-switch")
-        stats = vm_migrate.migrate(move)
+        try:
+            vm_migrate.flood(floods, True)
+            _fault("migrate-before-switch")
+            stats = vm_migrate.migrate(move)
+        except BaseException:
+            vm_migrate.flood(floods, False)
+            raise
         timings["migrate"] = round(stats.seconds, 4)
         mark = time.perf_counter()
         # From here the guest runs on the target: no way back but forward.

@@ -101,3 +101,19 @@ def merge(*plans: Plan) -> dict[str, Any]:
 
 def domain_of(plan: Plan, host: str, vnode: str) -> dict[str, Any] | None:
     return next((d for d in _part(plan, host).get("domains", []) if d["vnode"] == vnode), None)
+
+
+def repointed(old: Plan, new: Plan, skip_hosts: Collection[str]) -> list[tuple[str, str, str]]:
+    """(host, tunnel device, new remote) of every tunnel outside `skip_hosts`
+    whose remote the move changes: the peers' ends of the moved node's links."""
+    out = []
+    for host in new["hosts"]:
+        if host in skip_hosts:
+            continue
+        before = _by(_part(old, host).get("links", []), "bridge")
+        for seg in _part(new, host).get("links", []):
+            was = before.get(seg["bridge"])
+            t, w = seg.get("tunnel"), (was or {}).get("tunnel")
+            if t and w and t["device"] == w["device"] and t["remote"] != w["remote"]:
+                out.append((host, str(t["device"]), str(t["remote"])))
+    return out

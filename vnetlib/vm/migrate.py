@@ -299,3 +299,25 @@ def next_name(base: str, current: str, taken: Sequence[str] = ()) -> str:
     while f"{base}+m{n}" in taken:
         n += 1
     return f"{base}+m{n}"
+
+
+@dataclass(frozen=True, slots=True)
+class Flood:
+    """A peer host's tunnel device that sends to the target too while a VM
+    moves: an all-zero FDB entry more, so the peer's frames reach the guest
+    before and after the switch (VXLAN head-end replication)."""
+
+    netns: str
+    device: str
+    address: str
+
+
+def flood(entries: Sequence[Flood], on: bool) -> None:
+    """Add (`on`) or remove the extra destinations; removing what is not
+    there is fine."""
+    for e in entries:
+        argv = ["bridge", "-n", e.netns, "fdb", "append" if on else "del",
+                "00:00:00:00:00:00", "dev", e.device, "dst", e.address]
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if on and done.returncode != 0:
+            raise MigrationError(f"{' '.join(argv)}: {done.stderr.strip()}")
