@@ -156,6 +156,9 @@ def add_device_parser(verbs: argparse._SubParsersAction) -> None:
     att.add_argument("--identity", required=True, help="user@realm (the realm is the VNO's)")
     add_password_options(att)
     att.add_argument("--timeout", type=float, default=20.0)
+    att.add_argument("--eap", choices=attach.EAP_METHODS, default="ttls",
+                     help="EAP method: ttls (inner PAP, default), peap (inner MSCHAPv2), or "
+                          "md5 (only if the VNO allows it: the PIP sees its hash)")
     det = dverbs.add_parser("detach", help="log off: the PIP takes the port out of the VNet")
     det.add_argument("name")
     rm = dverbs.add_parser("remove", help="unplug and remove the device")
@@ -180,7 +183,7 @@ def run_device(args: argparse.Namespace) -> int:
         text = f"device {record.name} on port {record.port} of pip{record.pip} ({record.mac})"
     elif verb == "attach":
         done = attach.attach(directory, args.name, args.identity, password_of(args),
-                             args.timeout)
+                             args.timeout, eap=args.eap)
         result = asdict(done)
         text = (f"device {done.device}: {done.outcome} in {done.seconds:.2f} s"
                 + (f", address {done.address}" if done.address else "")
