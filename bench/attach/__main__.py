@@ -1,7 +1,8 @@
 """End-user attachment: time from plugging in to the first ping answered, one
 device at a time and N devices at once.
 
-    .venv/bin/python -m bench.attach [--rounds 5] [--devices 20] [--json]
+    .venv/bin/python -m bench.attach [--rounds 5] [--devices 20] [--deadline 300]
+                                     [--eap ttls|peap|md5] [--json]
 
 Builds a private lab (one PIP of two hosts, players, `--attach`) in a
 temporary VNET_HOME, a VNet whose node e1 is an attachment point, one end user
@@ -16,7 +17,12 @@ detach between rounds and wait 5.5 s (hostapd ignores a device for 5 s after
 it left). The concurrent run starts all N attachments at once
 (one thread each) and reports the success rate, p50/p95 of plug-in to first
 ping, and the CPU seconds the PIP's proxy, the VNO's server, the hostapds and
-the access controller used during it. wpa_supplicant sends its first
+the access controller used during it. It is bounded: every attachment, its
+DHCP and its first ping end by `--deadline` seconds after the start (a
+device not answered by then counts as failed), and the devices are not
+detached one by one but removed with the lab. With `--devices 200` expect
+some minutes: the lab, 200 device namespaces with a hostapd each (set up one
+after the other, `setup_s`), the run itself, and the lab's removal. wpa_supplicant sends its first
 EAPOL-Start 2 s after it starts (a fixed delay in wpa_supplicant, which waits
 for the authenticator to begin): that is the floor of every figure here.
 Needs root and scripts/install-aaa.sh.
@@ -78,7 +84,8 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run(rounds: int, devices: int) -> dict[str, object]:
+def run(rounds: int, devices: int, deadline: float = 300.0,
+        eap: str = "ttls") -> dict[str, object]:
     from vnetlib.aaa.users import UserStore
     from vnetlib.cli.users import add_user
     from vnetlib.lab import attach, testbed
@@ -92,7 +99,8 @@ def run(rounds: int, devices: int) -> dict[str, object]:
     offset = next(k for k in range(4, 97, 4) if f" 198.18.{129 + k}." not in used)
     spec = testbed.LabSpec(name=name, pips=1, hosts=2, mgmt_offset=offset, attach=True)
     directory = testbed.lab_dir(name)
-    result: dict[str, object] = {"load_before": Path("/proc/loadavg").read_text().split()[:3]}
+    result: dict[str, object] = {"load_before": Path("/proc/loadavg").read_text().split()[:3],
+                                 "eap": eap}
     try:
         testbed.up(spec)
         subs = spec.substrates()
@@ -104,26 +112,36 @@ def run(rounds: int, devices: int) -> dict[str, object]:
         assert first is not None
         store.add_many([(replace(first, identity=f"u{i}@vno"), f"pw-{i}")
                         for i in range(1, devices)])
+        setup = time.monotonic()
         for i in range(devices):
             attach.add_device(directory, subs, f"d{i}")
+        result["setup_s"] = round(time.monotonic() - setup, 1)
 
         failures: list[str] = []
         authorized: list[float] = []
+        end = time.monotonic() + 60.0  # per round for the sequential rounds
 
         def one(i: int) -> tuple[bool, float, float | None]:
-            got = attach.attach(directory, f"d{i}", f"u{i}@vno", f"pw-{i}", timeout=60)
+            left = end - time.monotonic()
+            if left < 3:
+                failures.append(f"d{i}: not started before the deadline")
+                return False, 0.0, None
+            got = attach.attach(directory, f"d{i}", f"u{i}@vno", f"pw-{i}",
+                                timeout=min(60.0, left - 2), eap=eap)
             if got.outcome != "connected":
                 failures.append(f"d{i}: {got.outcome} {got.detail[-120:]}")
                 return False, got.seconds, None
             if got.authorized_after is not None:
                 authorized.append(got.authorized_after)
-            ping = first_ping(attach.device(directory, f"d{i}").netns)
+            ping = first_ping(attach.device(directory, f"d{i}").netns,
+                              timeout=max(1.0, min(10.0, end - time.monotonic())))
             if ping is None:
                 failures.append(f"d{i}: no ping answered")
             return ping is not None, got.seconds, None if ping is None else got.seconds + ping
 
         sequential: list[float] = []
         for _ in range(rounds):
+            end = time.monotonic() + 60.0
             ok, _, total = one(0)
             if ok and total is not None:
                 sequential.append(total)
@@ -139,6 +157,7 @@ def run(rounds: int, devices: int) -> dict[str, object]:
         pids = _daemon_pids(directory)
         before = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
         wall = time.monotonic()
+        end = wall + deadline
         with ThreadPoolExecutor(max_workers=devices) as pool:
             outcomes = list(pool.map(one, range(devices)))
         wall = time.monotonic() - wall
@@ -151,10 +170,9 @@ def run(rounds: int, devices: int) -> dict[str, object]:
             "wall_s": round(wall, 3),
             "authorized_p50_s": round(pct(authorized, 0.5), 3) if authorized else None,
             "cpu_s": {k: round(after.get(k, 0.0) - before.get(k, 0.0), 3) for k in before},
+            "deadline_s": deadline,
             "failures": failures[:10],
         }
-        for i in range(devices):
-            attach.detach(directory, f"d{i}")
     finally:
         testbed.down(name)
     result["load_after"] = Path("/proc/loadavg").read_text().split()[:3]
@@ -183,13 +201,20 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=20,
                         help="devices attaching at once (1-250; each runs a hostapd and a "
                              "wpa_supplicant)")
+    parser.add_argument("--deadline", type=float, default=300.0,
+                        help="seconds by which every concurrent attachment has ended")
+    parser.add_argument("--eap", choices=("ttls", "peap", "md5"), default="ttls",
+                        help="the devices' EAP method (md5: the lab's VNO must allow it, "
+                             "VNET_EAP_METHODS)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not 1 <= args.devices <= 250:
         parser.error("--devices is 1 to 250 (the pool is a /22)")
+    if not 10 <= args.deadline <= 1800:
+        parser.error("--deadline is 10 to 1800 seconds")
     with tempfile.TemporaryDirectory(prefix="vnet-bench-attach-") as home:
         os.environ["VNET_HOME"] = home
-        result = run(args.rounds, args.devices)
+        result = run(args.rounds, args.devices, args.deadline, args.eap)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
