@@ -162,6 +162,10 @@ import json  # noqa: E402
 import re  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
+from ansible_collections.vnet.infra.plugins.module_utils._click import (  # noqa: E402
+    ClickError,
+    tx_checksum_off,
+)
 from ansible_collections.vnet.infra.plugins.module_utils._ovs import (  # noqa: E402
     HAS_OVSDBAPP,
     OVSDBAPP_ERROR,
@@ -294,6 +298,8 @@ def run_module(module: AnsibleModule) -> dict:
                                    module.check_mode)
             if present and not module.check_mode:
                 run_commands(module, cmds)
+                if cmds:  # the kernel completes checksums before OVS's packet socket
+                    tx_checksum_off(None, [lk["device"] for lk in p["links"]])
         exists = sw.has_bridge(p["bridge"])
         have = sw.ports(p["bridge"]) if exists else {}
         changes = plan(want, have, present)
@@ -340,7 +346,7 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib("ovsdbapp"), exception=OVSDBAPP_ERROR)
     try:
         module.exit_json(**run_module(module))
-    except OvsError as exc:
+    except (OvsError, ClickError) as exc:
         module.fail_json(msg=f"Open vSwitch at {module.params['db']}: {exc}")
 
 
