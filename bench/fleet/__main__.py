@@ -69,7 +69,8 @@ def _free_slots(count: int) -> list[int]:
 def _lab(hosts: int, connection: str, slot: int, cpu: float = 64.0) -> LabConfig:
     return LabConfig(name="bf" + secrets.token_hex(2), hosts=hosts, cpu=cpu,
                      memory_mb=1 << 16, data_network=f"198.18.{slot - 200}.0/24",
-                     mgmt_network=MGMT.format(slot), connection=connection)
+                     mgmt_network=MGMT.format(slot), connection=connection,
+                     locations=("berlin",))
 
 
 @contextmanager
@@ -158,7 +159,7 @@ def fleet(hosts: int, runs: int, work: Path, only: list[str] | None) -> list[Row
     """One VNet with 2 nodes on each of `hosts` SSH hosts, per settings variant."""
     spec = _spec_file(ring_vnet(f"fleet{hosts}", 2 * hosts, ["berlin"], cpu=2.0), work)
     rows = []
-    config = _lab(hosts, "ssh", _free_slots(1)[0], cpu=4.0)
+    config = _lab(hosts, "ssh", _free_slots(1)[0], cpu=4.5)
     with _substrate(config) as substrate:
         inventory = paths.substrate_dir(substrate) / manage.INVENTORY_FILE
         chosen = inventory.read_text()

@@ -71,11 +71,11 @@ def test_figure6_over_ssh_pings_and_removal_leaves_nothing(vnet: Vnet, ssh_lab: 
     result = vnet.json("up", str(FIGURE6), "--substrate", ssh_lab.substrate)
     used = set(result["node_map"].values())
     assert len(used) > 1
-    _pings(vnet, result["vnet"])
     # The deployment really came through each used host's sshd: it forked a
     # connection process there (ControlPersist keeps it for a minute).
     for host in used:
         assert _logins(files, host) > before[host], f"no SSH connection to {host}"
+    _pings(vnet, result["vnet"])
     # A command on a node's host, over SSH as Ansible reaches it (what exec
     # and consoles on real hosts need): it runs in that host, in the node.
     inventory_path = paths.substrate_dir(ssh_lab.substrate) / "inventory.yml"
