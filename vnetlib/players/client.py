@@ -502,7 +502,8 @@ class AsyncCalls:
                 continue
             try:
                 status, data, keep = await self._exchange(conn, request)
-            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                    ValueError) as exc:
                 conn.close()
                 if reused and isinstance(exc, (ConnectionError, asyncio.IncompleteReadError)):
                     conn, reused = None, False
