@@ -17,6 +17,7 @@ others run as programs. An empty list means nothing is to do.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -415,10 +416,14 @@ def _attach_taps(want: Want, have: Have, *, fresh: bool) -> list[Command]:
 
 
 def _delete_taps(want: Want, have: Have) -> list[Command]:
+    """The domain's taps, and any pre-wired pool tap of it left (a take that
+    stopped half-way)."""
     if want.netns is None:
         return []
     commands = []
-    for tap in _tap_names(want, have):
+    names = _tap_names(want, have)
+    names += sorted(t for t in have.taps if _is_pool_tap(want.name, t) and t not in names)
+    for tap in names:
         found = have.taps.get(tap)
         if found is not None:
             commands.append(_ip(found.netns, "link", "del", "dev", tap))
@@ -434,32 +439,93 @@ def nic_xml(nic: Nic) -> str:
     return ET.tostring(iface, encoding="unicode")
 
 
+POOL_TAP = "vq"
+
+
+def pool_tap(domain: str, index: int) -> str:
+    """The tap of a pool VM's ``index``-th pre-wired NIC: ``vq``, ten hex digits
+    of the domain name's sha256, the index (vnetlib.core.pool names them so)."""
+    return "%s%s%d" % (POOL_TAP, hashlib.sha256(domain.encode()).hexdigest()[:10], index)
+
+
+def _is_pool_tap(domain: str, tap: str) -> bool:
+    prefix = pool_tap(domain, 0)[:-1]
+    return tap.startswith(prefix) and tap[len(prefix):].isdigit()
+
+
 def adoptable(want: Want, have: Have) -> bool:
-    """Whether a running pool VM can become ``want`` without a restart: it has
-    no NICs yet, and the two differ only in command line and interfaces."""
+    """Whether a running pool VM can become ``want`` without a restart: its
+    NICs are its pre-wired pool NICs (or none), their taps are in the netns,
+    and the two differ only in command line and interfaces."""
     if not (want.pool and want.spec is not None and have.spec is not None):
         return False
     if want.state != "running" or not have.exists or have.state != "running":
         return False
-    if have.spec.interfaces or have.kvm != want.kvm or want.spec.hypervisor != "qemu":
+    if have.kvm != want.kvm or want.spec.hypervisor != "qemu":
         return False
+    for nic in have.spec.interfaces:
+        found = have.taps.get(nic.tap)
+        if not _is_pool_tap(want.name, nic.tap) or found is None or found.netns != want.netns:
+            return False
     same = replace(have.spec, cmdline=want.spec.cmdline, interfaces=want.spec.interfaces)
     return same == want.spec and have.spec != want.spec
 
 
 def _adopt(want: Want, have: Have, here_pid: int) -> list[Command]:
-    """Take a pool VM: the new definition (for its next boot), its NICs
-    hot-plugged on fresh taps, the taps onto their bridges, then the guest
-    reconfigured over its serial console from the new command line."""
-    if want.spec is None:
-        raise PlanError("domain %s: a take needs the domain's fields" % want.name)
-    name = want.name
+    """Take a pool VM: the new definition (for its next boot); its pre-wired
+    NICs become the node's first NICs (their taps renamed to the node's,
+    spare ones deleted), NICs beyond them are hot-plugged on fresh taps; the
+    guest is reconfigured over its serial console from the new command line,
+    the pool NICs' MACs standing in for the node's until its next boot; the
+    taps go onto their bridges (the module runs the reconfiguration beside
+    these moves: the guest needs only its NICs)."""
+    if want.spec is None or have.spec is None or want.netns is None:
+        raise PlanError("domain %s: a take needs the domain's fields and a netns" % want.name)
+    name, netns = want.name, want.netns
+    pool, nics = have.spec.interfaces, want.spec.interfaces
+    reused = list(zip(pool, nics))
+    extra = nics[len(pool):]
     commands: list[Command] = [[LIBVIRT, "define", name]]
-    commands += _prepare_taps(want, have, here_pid)
-    commands += [[LIBVIRT, "attach", name, nic.tap] for nic in want.spec.interfaces]
-    commands += _attach_taps(want, have, fresh=True)
-    commands.append([GUEST, "configure", name])
+    taps = {t: tap for t, tap in have.taps.items() if t not in {p.tap for p in pool}}
+    for old, new in reused:
+        commands.append(_ip(netns, "link", "set", "dev", old.tap, "down"))
+        commands.append(_ip(netns, "link", "set", "dev", old.tap, "name", new.tap))
+        taps[new.tap] = Tap(new.tap, netns)
+    commands += [_ip(netns, "link", "del", "dev", p.tap) for p in pool[len(nics):]]
+    for nic in extra:
+        if nic.tap not in taps:
+            commands.append([IP, "tuntap", "add", "dev", nic.tap, "mode", "tap"])
+        elif taps[nic.tap].netns is not None:
+            commands.append(_ip(taps[nic.tap].netns, "link", "set", "dev", nic.tap, "netns",
+                                str(here_pid)))
+        taps.pop(nic.tap, None)
+    commands += [[LIBVIRT, "attach", name, nic.tap] for nic in extra]
+    commands.append([GUEST, "configure", name,
+                     *("%s=%s" % (new.mac, old.mac) for old, new in reused)])
+    commands += _attach_taps(want, replace(have, taps=taps), fresh=False)
     return commands
+
+
+def _ip_head(argv: Command) -> tuple[str, ...] | None:
+    """The part of an C(ip) command that ``ip -batch`` cannot take per line
+    (``ip`` or ``ip -n NS``); None for a command that must run on its own."""
+    if not argv or argv[0] != IP or any(not a or re.search(r"[\s'\"\\#]", a) for a in argv):
+        return None
+    return tuple(argv[:3]) if argv[1:2] == ["-n"] else (IP,)
+
+
+def ip_groups(commands: list[Command]) -> list[list[Command]]:
+    """``commands`` in order, with consecutive C(ip) commands of the same
+    namespace grouped (one ``ip [-n NS] -batch -`` each); every other command
+    is a group of its own."""
+    groups: list[list[Command]] = []
+    for argv in commands:
+        head = _ip_head(argv)
+        if head is not None and groups and _ip_head(groups[-1][0]) == head:
+            groups[-1].append(argv)
+        else:
+            groups.append([argv])
+    return groups
 
 
 def plan(want: Want, have: Have, here_pid: int) -> list[Command]:

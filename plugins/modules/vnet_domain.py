@@ -45,13 +45,20 @@ options:
     description:
       - A pool VM of vnet (QEMU only), booted before it is needed. Its
         domain has ACPI, so that NICs can be hot-plugged.
-      - When such a domain runs with no NICs and differs from the request only
-        in O(cmdline) and O(interfaces), the module takes it over instead of
-        restarting it. It defines the requested domain (for its next boot),
-        creates the taps, hot-plugs each NIC (live), moves the taps onto their
-        bridges, and types C(vnet-config) with the command line's C(vnet.*)
+      - A pool VM may boot with pre-wired NICs, whose taps are named
+        C(vq) + 10 hex digits of the sha256 of O(name) + the NIC's index and
+        wait in O(netns) on no bridge.
+      - When such a domain runs with only its pre-wired NICs (or none) and
+        differs from the request only in O(cmdline) and O(interfaces), the
+        module takes it over instead of restarting it. It defines the
+        requested domain (for its next boot), renames the pre-wired taps to
+        the requested ones in order (deleting spare ones; their NICs stay in
+        the guest, down, until its next boot), hot-plugs (live) only the NICs
+        beyond them, types C(vnet-config) with the command line's C(vnet.*)
         arguments on the guest's serial console (hostname, addresses by MAC,
-        MTU, forwarding, routes).
+        MTU, forwarding, routes; a pre-wired NIC keeps its own MAC until the
+        next boot, so its MAC stands in for the requested one), and, at the
+        same time, moves the taps onto their bridges.
     type: bool
     default: false
   state:
@@ -208,8 +215,10 @@ commands:
     - The steps taken (or, in check mode, that would be taken), as argv lists.
       C(["libvirt", VERB, NAME]) is a call on the libvirt connection (define,
       start, destroy, shutdown, suspend, resume, undefine, and C(attach) with
-      a tap name, a live hot-plug); C(["guest", "configure", NAME]) types
-      C(vnet-config) on the guest's serial console; the others are programs.
+      a tap name, a live hot-plug); C(["guest", "configure", NAME, MAC=POOLMAC...])
+      types C(vnet-config) on the guest's serial console (each MAC replaced by
+      the pre-wired NIC's that stands in for it); the others are programs
+      (consecutive C(ip) commands of one namespace run as one C(ip -batch)).
       With O(domains), a dict of such lists by domain name.
   returned: always
   type: list
@@ -239,6 +248,7 @@ import grp
 import hashlib
 import os
 import pwd
+import re
 import stat
 import tempfile
 import threading
@@ -260,6 +270,7 @@ from ansible_collections.vnet.infra.plugins.module_utils._domain import (
     before_after,
     domain_state,
     domain_xml,
+    ip_groups,
     nic_xml,
     parse_bridges,
     parse_domain,
@@ -424,7 +435,8 @@ class Host:
         bridges: frozenset[str] = frozenset()
         netns_exists = False
         if want.netns is not None:
-            taps.update(parse_taps(self.ip_json(None, "-details", "link", "show"), None))
+            taps.update(parse_taps(self.ip_json(None, "-details", "link", "show", "type", "tun"),
+                                   None))
             netns_exists = os.path.exists(os.path.join(NETNS_DIR, want.netns))
             if netns_exists:
                 text = self.ip_json(want.netns, "-details", "link", "show")
@@ -443,12 +455,70 @@ class Host:
 
     def apply(self, commands: list[Command], xml: str | None, timeout: int,
               boot_timeout: int = 60) -> None:
-        for argv in commands:
-            started = time.monotonic()
-            self._apply_one(argv, xml, timeout, boot_timeout)
-            step = argv[1] if argv[0] in (LIBVIRT, GUEST) else argv[0]
-            self.timings[step] = round(self.timings.get(step, 0.0)
-                                       + time.monotonic() - started, 4)
+        """Carry out ``commands`` in order, except that consecutive C(ip) commands
+        of one namespace run as one C(ip -batch), and a guest's reconfiguration
+        runs in a thread of its own from where it stands in the list, beside the
+        commands after it (the tap moves), joined before this returns."""
+        guest: list = []  # [thread, argv, error]
+        try:
+            for group in ip_groups(commands):
+                started = time.monotonic()
+                argv = group[0]
+                if argv[0] == GUEST:
+                    self._join(guest)
+                    guest[:] = [None, argv, None]
+                    guest[0] = threading.Thread(target=self._configure_in, args=(guest, xml,
+                                                                               boot_timeout))
+                    guest[0].start()
+                    continue
+                if len(group) > 1:
+                    self._batch(group)
+                else:
+                    self._apply_one(argv, xml, timeout, boot_timeout)
+                self._time(argv, started)
+        finally:
+            self._join(guest)
+
+    def _time(self, argv: Command, started: float) -> None:
+        step = argv[1] if argv[0] in (LIBVIRT, GUEST) else argv[0]
+        self.timings[step] = round(self.timings.get(step, 0.0) + time.monotonic() - started, 4)
+
+    def _configure_in(self, guest: list, xml: str | None, boot_timeout: int) -> None:
+        started = time.monotonic()
+        argv = guest[1]
+        try:
+            self.configure(argv[2], xml, boot_timeout,
+                           dict(m.split("=", 1) for m in argv[3:]))
+        except BaseException as exc:  # raised again by the joining thread
+            guest[2] = exc
+        self._time(guest[1], started)
+
+    def _join(self, guest: list) -> None:
+        if not guest:
+            return
+        thread, argv, _ = guest
+        thread.join()
+        error = guest[2]
+        guest.clear()
+        if error is not None:
+            raise error
+        self.executed.append(argv)
+
+    def _batch(self, group: list[Command]) -> None:
+        """Several C(ip) commands of one namespace in one C(ip -batch) process;
+        a failure names the command of the line C(ip) reports."""
+        head = group[0][:3] if group[0][1:2] == ["-n"] else group[0][:1]
+        lines = [" ".join(argv[len(head):]) for argv in group]
+        rc, _out, err = self.module.run_command([*head, "-batch", "-"],
+                                                data="\n".join(lines) + "\n")
+        if rc != 0:
+            failed = re.search(r"Command failed -:(\d+)", err)
+            at = int(failed.group(1)) - 1 if failed else 0
+            at = min(max(at, 0), len(group) - 1)
+            self.executed.extend(group[:at])
+            raise PlanError("%s failed: %s" % (" ".join(group[at]), err.strip()),
+                            failed_command=group[at])
+        self.executed.extend(group)
 
     def _apply_one(self, argv: Command, xml: str | None, timeout: int,
                    boot_timeout: int) -> None:
@@ -456,8 +526,6 @@ class Host:
             self.attach(argv[2], argv[3], xml)
         elif argv[0] == LIBVIRT:
             self.libvirt(argv[1], argv[2], xml, timeout)
-        elif argv[0] == GUEST:
-            self.configure(argv[2], xml, boot_timeout)
         else:
             rc, _out, err = self.module.run_command(argv)
             if rc != 0:
@@ -473,11 +541,20 @@ class Host:
         self.conn.lookupByName(name).attachDeviceFlags(nic_xml(nic),
                                                        libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
-    def configure(self, name: str, xml: str | None, timeout: int) -> None:
+    def configure(self, name: str, xml: str | None, timeout: int,
+                  macs: dict | None = None) -> None:
         """Type vnet-config with the definition's vnet.* arguments on the guest's
-        serial console; its own ready line goes to the serial log as at boot."""
+        serial console, each interface's MAC replaced as ``macs`` says (the
+        pool NIC that stands in for it); its own ready line goes to the serial
+        log as at boot."""
         spec, _kvm = parse_domain(xml or "")
-        args = [a for a in (spec.cmdline or "").split() if a.startswith("vnet.")]
+        args = []
+        for arg in (spec.cmdline or "").split():
+            if arg.startswith("vnet.if="):
+                mac, sep, rest = arg[len("vnet.if="):].partition(",")
+                arg = "vnet.if=" + (macs or {}).get(mac, mac) + sep + rest
+            if arg.startswith("vnet."):
+                args.append(arg)
         live = ET.fromstring(self.conn.lookupByName(name).XMLDesc(0))
         pty = None
         for device in live.findall("devices/serial") + live.findall("devices/console"):

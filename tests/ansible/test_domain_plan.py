@@ -227,3 +227,35 @@ def test_module_copy_of_the_domain_model_matches_vnetlib(fields: dict, kvm: bool
     assert mu.parse_domain(xml) == (theirs, kvm and theirs.hypervisor == "qemu")
     assert vm.parse_domain(xml) == (ours, kvm and ours.hypervisor == "qemu")
     assert mu.DomainSpec.__slots__ == vm.DomainSpec.__slots__
+
+
+def test_ip_commands_of_one_namespace_are_grouped_for_one_batch() -> None:
+    cmds = [["libvirt", "define", "d"],
+            ["ip", "tuntap", "add", "dev", "t0", "mode", "tap"],
+            ["ip", "tuntap", "add", "dev", "t1", "mode", "tap"],
+            ["libvirt", "attach", "d", "t0"],
+            ["ip", "link", "set", "dev", "t0", "netns", "h1"],
+            ["ip", "-n", "h1", "link", "set", "dev", "t0", "up"],
+            ["ip", "-n", "h1", "link", "set", "dev", "t1", "up"],
+            ["ip", "-n", "h2", "link", "set", "dev", "t2", "up"],
+            ["ip", "link", "set", "dev", "t 3", "up"]]
+    assert mu.ip_groups(cmds) == [cmds[0:1], cmds[1:3], cmds[3:4], cmds[4:5], cmds[5:7],
+                                  cmds[7:8], cmds[8:9]]
+
+
+def test_a_running_vm_with_nics_of_its_own_is_not_taken_over() -> None:
+    nic = mu.Nic("vtother0", "02:00:00:00:00:01")
+    spec = mu.DomainSpec(name="d", kernel="/k", cmdline="vnet.hostname=pool", acpi=True,
+                         interfaces=(nic,))
+    want = mu.Want("d", "running", mu.replace(spec, cmdline="vnet.hostname=r1", interfaces=(
+        mu.Nic("vtr1e0", "02:00:00:00:00:02"),)), netns="h1", pool=True,
+        bridges={"vtr1e0": "vb0"})
+    have = mu.Have(exists=True, spec=spec, state="running", netns_exists=True,
+                   taps={"vtother0": mu.Tap("vtother0", "h1")}, bridges=frozenset({"vb0"}))
+    assert not mu.adoptable(want, have)
+    pool = mu.Nic(mu.pool_tap("d", 0), "02:00:00:00:00:01")
+    have = mu.replace(have, spec=mu.replace(spec, interfaces=(pool,)),
+                      taps={pool.tap: mu.Tap(pool.tap, "h1")})
+    assert mu.adoptable(want, have)
+    assert ["guest", "configure", "d", "02:00:00:00:00:02=02:00:00:00:00:01"] in mu.plan(
+        want, have, 1)

@@ -1,19 +1,28 @@
-"""vnet.infra.vnet_domain taking over a pool VM, and several domains in one run.
+"""vnet.infra.vnet_domain taking over pool VMs, several domains in one run.
 
-Two pool VMs (no NICs, ACPI) are booted by one module run with a `domains`
-list (in parallel); one of them is then taken for a virtual node: its NIC is
-hot-plugged on a tap in a throwaway namespace's bridge and the guest is
-reconfigured over its serial console, with no restart (same QEMU pid). The
-guest then answers ping at the node's address, under the node's hostname.
+Pool VMs boot with pre-wired NICs whose taps wait in the host's namespace;
+a take renames them to the node's taps, deletes the spare ones, hot-plugs
+only the NICs beyond them, and reconfigures the guest over its serial
+console, with no restart (same QEMU pid).
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from ansible_collections.vnet.infra.plugins.module_utils._domain import (
+    DomainSpec,
+    Have,
+    Nic,
+    Tap,
+    Want,
+    plan,
+    pool_tap,
+)
 
 from tests.ansible.test_vnet_domain import (  # noqa: F401  (fixtures)
     QEMU_URI,
@@ -42,76 +51,120 @@ def _qemu_pid(name: str) -> int | None:
     return None
 
 
-def test_pool_vm_taken_by_hotplug_and_serial_reconfig(run: Runner, daemons: object) -> None:  # noqa: F811
+def taps_in(netns: str | None) -> set[str]:
+    done = sh("ip", *(["-n", netns] if netns else []), "-o", "link", "show", "type", "tun")
+    return {line.split(": ")[1].split("@")[0] for line in done.stdout.splitlines()}
+
+
+def test_pool_vms_taken_by_their_prewired_nics_and_serial_reconfig(
+        run: Runner, daemons: object) -> None:  # noqa: F811
+    """Two pool VMs booted in one run, with 2 and 1 pre-wired NICs (taps in the
+    host's namespace, on no bridge). Taken in one run: the first for a node
+    with one NIC (its first tap renamed to the node's and bridged, the spare
+    deleted: no hot-plug), the second for a node with two (its pool NIC
+    renamed, the second hot-plugged). Same QEMU processes, both answer ping
+    on every NIC under the node's hostname; a second run changes nothing;
+    removal leaves no tap."""
     image = build_image()
     prefix = "vp" + secrets.token_hex(3)
-    netns, bridge = f"{prefix}-h1", "vbr0"
+    netns = f"{prefix}-h1"
     names = [f"{prefix}-pool-a", f"{prefix}-pool-b"]
-    tap = f"{prefix}t0"
+    bridges = ["vbr0", "vbr1"]
     octet = secrets.randbelow(250) + 1
-    mac = mac_for(prefix, "r1", "eth0")
     base = {"hypervisor": "qemu", "vcpus": 1, "memory_mb": 128, "kernel": str(image.kernel),
             "initrd": str(image.initrd), "pool": True}
     pool_line = kernel_cmdline(image, "pool", [], False)
+    pool_nics = {names[0]: 2, names[1]: 1}
     conn = libvirt.open(QEMU_URI)
+    nodes = {names[0]: ("r1", 1), names[1]: ("r2", 2)}
+    planned = {n: [(f"{prefix}{v}e{i}", mac_for(prefix, v, f"eth{i}"), bridges[i],
+                    f"198.18.{octet}.{10 * (i + 1) + k}") for i in range(count)]
+               for k, (n, (v, count)) in enumerate(nodes.items())}
     try:
         sh("ip", "netns", "add", netns)
-        sh("ip", "-n", netns, "link", "add", bridge, "type", "bridge")
-        sh("ip", "-n", netns, "address", "add", f"198.18.{octet}.2/24", "dev", bridge)
-        sh("ip", "-n", netns, "link", "set", bridge, "up")
+        for i, bridge in enumerate(bridges):
+            sh("ip", "-n", netns, "link", "add", bridge, "type", "bridge")
+            sh("ip", "-n", netns, "address", "add", f"198.18.{octet + i}.2/24", "dev", bridge)
+            sh("ip", "-n", netns, "link", "set", bridge, "up")
 
-        started = time.monotonic()
-        booted = run({"uri": QEMU_URI, "accel": "tcg", "domains": [
+        booted = run({"uri": QEMU_URI, "accel": "tcg", "netns": netns, "domains": [
             {**base, "name": n, "state": "running", "cmdline": pool_line,
-             "ready_marker": "vnet-guest-ready pool"} for n in names]})
-        print(f"two pool VMs booted in one run: {time.monotonic() - started:.1f} s")
+             "ready_marker": "vnet-guest-ready pool",
+             "interfaces": [{"tap": pool_tap(n, i), "mac": mac_for(n, "pool", f"eth{i}")}
+                            for i in range(pool_nics[n])]} for n in names]})
         assert booted["changed"] is True
-        assert sorted(booted["commands"]) == names
         for n in names:
-            assert booted["commands"][n] == [["libvirt", "define", n], ["libvirt", "start", n]]
             assert conn.lookupByName(n).state()[0] == libvirt.VIR_DOMAIN_RUNNING
-        pid = _qemu_pid(names[0])
-        assert pid is not None
+        assert taps_in(netns) == {pool_tap(n, i) for n in names for i in range(pool_nics[n])}
+        pids = {n: _qemu_pid(n) for n in names}
+        assert None not in pids.values()
 
-        take = {**base, "name": names[0], "uri": QEMU_URI, "accel": "tcg", "state": "running",
-                "cmdline": kernel_cmdline(image, "r1", [(mac, [f"198.18.{octet}.1/24"])], True),
-                "interfaces": [{"tap": tap, "mac": mac, "bridge": bridge}], "netns": netns,
-                "ready_marker": "vnet-guest-ready r1"}
+        def item(n: str) -> dict:
+            vnode, _ = nodes[n]
+            addrs = [(mac, [f"198.18.{octet + i}.{host.rsplit('.', 1)[1]}/24"])
+                     for i, (_, mac, _, host) in enumerate(planned[n])]
+            return {**base, "name": n, "state": "running", "vnode": vnode,
+                    "cmdline": kernel_cmdline(image, vnode, addrs, True),
+                    "interfaces": [{"tap": t, "mac": m, "bridge": b}
+                                   for t, m, b, _ in planned[n]]}
+
+        take = {"uri": QEMU_URI, "accel": "tcg", "netns": netns,
+                "domains": [item(n) for n in names]}
         checked = run(take, check=True)
-        assert checked["changed"] is True and link(None, tap) is None
+        assert checked["changed"] is True and taps_in(None).isdisjoint(
+            t for n in names for t, _, _, _ in planned[n])
         started = time.monotonic()
         taken = run(take)
-        took = time.monotonic() - started
-        print(f"module run that took the pool VM: {took:.2f} s")
-        assert taken["commands"] == [
-            ["libvirt", "define", names[0]],
-            ["ip", "tuntap", "add", "dev", tap, "mode", "tap"],
-            ["libvirt", "attach", names[0], tap],
-            ["ip", "link", "set", "dev", tap, "netns", netns],
-            ["ip", "-n", netns, "link", "set", "dev", tap, "master", bridge],
-            ["ip", "-n", netns, "link", "set", "dev", tap, "up"],
-            ["guest", "configure", names[0]],
-        ], taken["commands"]
-        assert _qemu_pid(names[0]) == pid, "the pool VM was restarted, not taken"
-        moved = link(netns, tap)
-        assert moved is not None and moved["master"] == bridge and "LOWER_UP" in moved["flags"]
-        ping = ["ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "1", f"198.18.{octet}.1"]
-        deadline = time.monotonic() + 10
-        while sh(*ping, check=False).returncode != 0:
-            assert time.monotonic() < deadline, "the taken pool VM does not answer ping"
-            time.sleep(0.2)
-        rc, out = serial.run(names[0], ["sh", "-c", "hostname; sysctl -n net.ipv4.ip_forward"],
-                             10, 4096)
+        print(f"module run that took two pool VMs: {time.monotonic() - started:.2f} s, "
+              f"{ {n: d['timings'] for n, d in taken['domains'].items()} }")
+        a, b = names
+        (ta, ma, _, _), = planned[a]
+        (tb0, mb0, _, _), (tb1, _, _, _) = planned[b]
+        assert taken["commands"][a] == [
+            ["libvirt", "define", a],
+            ["ip", "-n", netns, "link", "set", "dev", pool_tap(a, 0), "down"],
+            ["ip", "-n", netns, "link", "set", "dev", pool_tap(a, 0), "name", ta],
+            ["ip", "-n", netns, "link", "del", "dev", pool_tap(a, 1)],
+            ["guest", "configure", a, f"{ma}={mac_for(a, 'pool', 'eth0')}"],
+            ["ip", "-n", netns, "link", "set", "dev", ta, "master", bridges[0]],
+            ["ip", "-n", netns, "link", "set", "dev", ta, "up"],
+        ], taken["commands"][a]
+        assert taken["commands"][b] == [
+            ["libvirt", "define", b],
+            ["ip", "-n", netns, "link", "set", "dev", pool_tap(b, 0), "down"],
+            ["ip", "-n", netns, "link", "set", "dev", pool_tap(b, 0), "name", tb0],
+            ["ip", "tuntap", "add", "dev", tb1, "mode", "tap"],
+            ["libvirt", "attach", b, tb1],
+            ["guest", "configure", b, f"{mb0}={mac_for(b, 'pool', 'eth0')}"],
+            ["ip", "-n", netns, "link", "set", "dev", tb0, "master", bridges[0]],
+            ["ip", "-n", netns, "link", "set", "dev", tb0, "up"],
+            ["ip", "link", "set", "dev", tb1, "netns", netns],
+            ["ip", "-n", netns, "link", "set", "dev", tb1, "master", bridges[1]],
+            ["ip", "-n", netns, "link", "set", "dev", tb1, "up"],
+        ], taken["commands"][b]
+        assert {n: _qemu_pid(n) for n in names} == pids, "a pool VM was restarted, not taken"
+        assert taps_in(netns) == {ta, tb0, tb1}, "a spare pool tap was left"
+        for n in names:
+            for i, (tap, _, bridge, host) in enumerate(planned[n]):
+                moved = link(netns, tap)
+                assert moved is not None and moved["master"] == bridge
+                assert "LOWER_UP" in moved["flags"]
+                address = f"198.18.{octet + i}.{host.rsplit('.', 1)[1]}"
+                ping = ["ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "1", address]
+                deadline = time.monotonic() + 10
+                while sh(*ping, check=False).returncode != 0:
+                    assert time.monotonic() < deadline, f"{n} does not answer at {address}"
+                    time.sleep(0.2)
+        rc, out = serial.run(a, ["sh", "-c", "hostname; sysctl -n net.ipv4.ip_forward"], 10, 4096)
         assert (rc, out.split()) == (0, ["r1", "1"])
         assert run(take)["changed"] is False
         assert run(take, check=True)["changed"] is False
 
-        gone = run({"uri": QEMU_URI, "domains": [
-            {"name": names[0], "state": "absent", "netns": netns},
-            {"name": names[1], "state": "absent"}]})
+        gone = run({"uri": QEMU_URI, "state": "absent", "netns": netns, "domains": [
+            {"name": a, "interfaces": [{"tap": ta, "mac": ma}]}, {"name": b}]})
         assert gone["changed"] is True
         assert all(lookup(conn, n) is None for n in names)
-        assert link(netns, tap) is None and link(None, tap) is None
+        assert not taps_in(netns) and not taps_in(None) & {ta, tb0, tb1}
     finally:
         for n in names:
             dom = lookup(conn, n)
@@ -121,7 +174,32 @@ def test_pool_vm_taken_by_hotplug_and_serial_reconfig(run: Runner, daemons: obje
                 dom.undefine()
         conn.close()
         sh("ip", "netns", "delete", netns, check=False)
-        sh("ip", "link", "delete", tap, check=False)
+        for n in names:
+            for tap, _, _, _ in planned[n]:
+                sh("ip", "link", "delete", tap, check=False)
+
+
+def test_a_taken_pool_vm_that_stopped_half_way_leaves_no_pool_tap() -> None:
+    """A take that renamed none of its pool taps yet, then removed with the
+    node's taps: the domain's pre-wired pool taps are deleted too."""
+    want = Want("vn-x-pool-1", "absent", None, netns="h1")
+    pool = [pool_tap("vn-x-pool-1", i) for i in range(2)]
+    have = Have(exists=True, state="running", spec=DomainSpec(
+        name="vn-x-pool-1", interfaces=tuple(Nic(t, f"02:00:00:00:00:0{i}")
+                                             for i, t in enumerate(pool))),
+        taps={t: Tap(t, "h1") for t in [*pool, pool_tap("vn-y-pool-2", 0)]})
+    assert plan(replace(want, spec=None), replace(have, spec=None), 1) == [
+        ["libvirt", "destroy", "vn-x-pool-1"], ["libvirt", "undefine", "vn-x-pool-1"],
+        *(["ip", "-n", "h1", "link", "del", "dev", t] for t in pool)]
+
+
+def test_pool_tap_names_match_the_pool() -> None:
+    from vnetlib.core import pool
+
+    for domain in ("vn-labp1-pool-0a1b2c3d", "x"):
+        assert [pool.pool_tap(domain, i) for i in range(4)] == [
+            pool_tap(domain, i) for i in range(4)]
+        assert len(pool.pool_tap(domain, 9)) <= 15
 
 
 def test_a_failed_item_is_named(run: Runner, daemons: object) -> None:  # noqa: F811

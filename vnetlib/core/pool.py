@@ -23,6 +23,7 @@ path from `vnet pool fill` and after `vnet down`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -41,9 +42,9 @@ from vnetlib.core.deployer import Deployer
 from vnetlib.core.ledger import Ledger, pool_settings_table, pool_table
 from vnetlib.core.records import ENDED, State
 from vnetlib.deploy.ansible import DeployError
-from vnetlib.plan.model import DomainTask
+from vnetlib.plan.model import DomainNic, DomainTask
 from vnetlib.spec.model import ConsoleKind, NodeKind, Substrate, VNetSpec
-from vnetlib.vm.image import GuestImage, kernel_cmdline
+from vnetlib.vm.image import GuestImage, kernel_cmdline, mac_for
 from vnetlib.vm.observe import domain_states
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ POOL_HOSTNAME = "pool"
 ENV_SIZE = "VNET_POOL_SIZE"  # "2" (every QEMU host) or "h1=2,h2=1"
 ENV_MEMORY = "VNET_POOL_MEMORY_MB"
 ENV_VCPUS = "VNET_POOL_VCPUS"
+ENV_NICS = "VNET_POOL_NICS"
+NICS = 4  # NICs a pool VM boots with (pre-wired: a take renames their taps, no hot-plug)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,7 @@ class PoolSettings:
     sizes: Mapping[str, int] = field(default_factory=dict)
     vcpus: int = 1
     memory_mb: int = 128
+    nics: int = NICS
 
     def size(self, host: str) -> int:
         return int(self.sizes.get(host, self.sizes.get("*", 0)))
@@ -89,7 +93,8 @@ class PoolSettings:
         return any(n > 0 for n in self.sizes.values())
 
     @classmethod
-    def parse(cls, text: str, vcpus: int = 1, memory_mb: int = 128) -> PoolSettings:
+    def parse(cls, text: str, vcpus: int = 1, memory_mb: int = 128,
+              nics: int = NICS) -> PoolSettings:
         """`2` (every host) or `h1=2,h2=1`; ValueError naming the bad part."""
         sizes: dict[str, int] = {}
         for part in filter(None, (p.strip() for p in text.split(","))):
@@ -99,7 +104,9 @@ class PoolSettings:
             sizes[host] = int(count)
         if vcpus < 1 or memory_mb < 16:
             raise ValueError(f"pool VMs need 1 vCPU and 16 MiB at least ({vcpus}, {memory_mb})")
-        return cls(sizes, vcpus, memory_mb)
+        if not 0 <= nics <= 9:
+            raise ValueError(f"pool VMs have 0 to 9 pre-wired NICs, not {nics}")
+        return cls(sizes, vcpus, memory_mb, nics)
 
     @classmethod
     def from_env(cls) -> PoolSettings | None:
@@ -108,7 +115,8 @@ class PoolSettings:
         if text is None:
             return None
         return cls.parse(text, int(os.environ.get(ENV_VCPUS, "1")),
-                         int(os.environ.get(ENV_MEMORY, "128")))
+                         int(os.environ.get(ENV_MEMORY, "128")),
+                         int(os.environ.get(ENV_NICS, str(NICS))))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self) | {"sizes": dict(self.sizes)})
@@ -156,7 +164,8 @@ class VmPool:
         if row is None:
             return PoolSettings()
         d = json.loads(row[0])
-        return PoolSettings(d["sizes"], int(d["vcpus"]), int(d["memory_mb"]))
+        return PoolSettings(d["sizes"], int(d["vcpus"]), int(d["memory_mb"]),
+                            int(d.get("nics", NICS)))
 
     def configure(self, settings: PoolSettings) -> None:
         """Keep `settings` in the ledger (the direct path's configuration)."""
@@ -343,7 +352,7 @@ class VmPool:
         if not new:
             return []
         try:
-            self.deployer.apply(boot_plan(new, image), "present")
+            self.deployer.apply(boot_plan(new, image, settings.nics), "present")
         except DeployError as exc:
             log.error("%s: pool: booting %s failed: %s", self.substrate.name,
                       ", ".join(vm.domain for vm in new), exc)
@@ -362,16 +371,25 @@ class VmPool:
     def drain(self) -> list[str]:
         """Size 0 in the ledger, and every VM not taken destroyed."""
         now = self.settings()
-        self.configure(PoolSettings({}, now.vcpus, now.memory_mb))
+        self.configure(PoolSettings({}, now.vcpus, now.memory_mb, now.nics))
         with self._tending:
             return self._sweep()
 
 
-def _task(vm: PoolVm, image: GuestImage) -> dict[str, Any]:
+def pool_tap(domain: str, index: int) -> str:
+    """The tap of a pool VM's `index`-th pre-wired NIC (vnet_domain's
+    module_utils/_domain.py names them the same: it renames them at a take
+    and deletes those left with the domain)."""
+    return f"vq{hashlib.sha256(domain.encode()).hexdigest()[:10]}{index}"
+
+
+def _task(vm: PoolVm, image: GuestImage, nics: int) -> dict[str, Any]:
     return asdict(DomainTask(
         vnode=POOL_HOSTNAME, name=vm.domain, hypervisor="qemu", vcpus=vm.vcpus,
         memory_mb=vm.memory_mb, kernel=str(image.kernel), initrd=str(image.initrd),
-        cmdline=kernel_cmdline(image, POOL_HOSTNAME, [], False), pool=True))
+        cmdline=kernel_cmdline(image, POOL_HOSTNAME, [], False), pool=True,
+        interfaces=tuple(DomainNic(pool_tap(vm.domain, i), mac_for(vm.domain, "pool", f"eth{i}"),
+                                   "") for i in range(nics))))
 
 
 def _plan(by_host: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -379,11 +397,12 @@ def _plan(by_host: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
                                           "domains": tasks} for h, tasks in by_host.items()}}
 
 
-def boot_plan(vms: Sequence[PoolVm], image: GuestImage) -> dict[str, Any]:
-    """The deployment plan that boots `vms` (vnet_domain, `pool`, no NICs)."""
+def boot_plan(vms: Sequence[PoolVm], image: GuestImage, nics: int = NICS) -> dict[str, Any]:
+    """The deployment plan that boots `vms` (vnet_domain, `pool`), each with
+    `nics` NICs whose taps sit in its host, on no bridge, until a take."""
     by_host: dict[str, list[dict[str, Any]]] = {}
     for vm in vms:
-        by_host.setdefault(vm.host, []).append(_task(vm, image))
+        by_host.setdefault(vm.host, []).append(_task(vm, image, nics))
     return _plan(by_host)
 
 
