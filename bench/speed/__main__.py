@@ -97,16 +97,21 @@ def through_players(pips: int, offset: int, cases: list[tuple[str, VNetSpec, str
         for title, spec, target in cases:
             ups: list[float] = []
             downs: list[float] = []
+            phases: dict[str, list[float]] = {}
             for _ in range(runs + 1):
                 start = time.perf_counter()
                 view = sp.request_vnet(spec)
                 ups.append(time.perf_counter() - start)
+                for phase, seconds in view.timings:
+                    phases.setdefault(phase, []).append(seconds)
                 start = time.perf_counter()
                 sp.delete(view.id)
                 downs.append(time.perf_counter() - start)
             warm = slice(1, None) if runs else slice(None)  # runs=0: the one run is all
             rows.append(Row(title, _median(ups[warm]), _median(downs[warm]), ups[0], target))
-            print(f"  {title}: up {rows[-1].up:.2f} s, down {rows[-1].down:.2f} s", flush=True)
+            at_vnp = ", ".join(f"{p} {_median(v[warm]):.2f}" for p, v in phases.items() if v[warm])
+            print(f"  {title}: up {rows[-1].up:.2f} s, down {rows[-1].down:.2f} s "
+                  f"(the VNP's phases: {at_vnp})", flush=True)
     finally:
         testbed.down(name)
     return rows
