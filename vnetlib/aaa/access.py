@@ -199,13 +199,45 @@ def last_decision(directory: Path, port: str, device: str) -> Decision | None:
 # -- the data plane -----------------------------------------------------------------------
 
 
+_kept: dict[str, IPRoute] = {}
+_kept_locks: dict[str, threading.RLock] = {}
+_kept_guard = threading.Lock()
+KEEP_PREFIXES: list[str] = []  # set by the controller: namespaces it keeps a handle into
+
+
+def _kept_name(name: str) -> bool:
+    """The access switch and the substrate's hosts: they outlive the
+    controller. Never a node's or device's namespace: an open handle would
+    keep a deleted namespace, and the links in it, alive."""
+    return any(name == p or (name.startswith(p) and "+" not in name[len(p):])
+               for p in KEEP_PREFIXES)
+
+
 @contextlib.contextmanager
 def netns(name: str) -> Iterator[IPRoute]:
-    handle = NetNS(name)
-    try:
-        yield handle
-    finally:
-        handle.close()
+    """A netlink handle in namespace `name`. Opening one forks a helper
+    (pyroute2's NetNS), tens of milliseconds on a loaded machine, several
+    times per connected port: the controller keeps those of `KEEP_PREFIXES`
+    open, one user at a time each."""
+    if not _kept_name(name):
+        handle = NetNS(name)
+        try:
+            yield handle
+        finally:
+            handle.close()
+        return
+    with _kept_guard:
+        lock = _kept_locks.setdefault(name, threading.RLock())
+    with lock:
+        kept = _kept.get(name)
+        if kept is None:
+            kept = _kept[name] = NetNS(name)
+        try:
+            yield kept
+        except (OSError, NetlinkError):
+            _kept.pop(name, None)
+            kept.close()
+            raise
 
 
 def _index(ipr: IPRoute, name: str) -> int | None:
@@ -584,6 +616,7 @@ class Controller:
 
     def __init__(self, acc: Access) -> None:
         self.acc = acc
+        KEEP_PREFIXES[:] = [acc.netns, naming.lab_netns_prefix(acc.substrate)]
         self.ctrl = acc.directory / "ctrl"
         self.socks: dict[str, socket.socket] = {}
         self.sessions: dict[str, dict[str, object]] = sessions(acc.directory)
