@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -115,7 +116,7 @@ def dest_xml(source_xml: str, dest: str) -> str:
     serial log its own, started to wait for an incoming migration."""
     ET.register_namespace("qemu", QEMU_NS)
     root = ET.fromstring(source_xml)
-    _rename(root, dest)
+    _rename(root, dest, live=True)
     cmd = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
     for value in ("-incoming", "defer"):
         ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=value)
@@ -130,7 +131,9 @@ def persistent_xml(inactive_xml: str, dest: str, uuid: str) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def _rename(root: ET.Element, name: str) -> None:
+def _rename(root: ET.Element, name: str, *, live: bool = False) -> None:
+    """Rename the domain; `live`: its serial log continues the source's (the
+    same guest: its boot lines and ready line stay in the log)."""
     element = root.find("name")
     if element is None:
         raise MigrationError("domain XML without a name")
@@ -141,6 +144,7 @@ def _rename(root: ET.Element, name: str) -> None:
     for log in root.iter("log"):
         if log.get("file") == serial_log(old):
             log.set("file", serial_log(name))
+            log.set("append", "on" if live else "off")
 
 
 def _ip(*args: str) -> None:
@@ -209,6 +213,8 @@ def migrate(move: VmMove, *, uri: str = URI, downtime_limit_ms: int = DOWNTIME_L
             for nic in move.nics:
                 if nic.tap not in here:
                     _ip("tuntap", "add", "dev", nic.tap, "mode", "tap")
+            with contextlib.suppress(OSError):
+                shutil.copyfile(serial_log(move.source), serial_log(move.dest))
             try:
                 dest = conn.createXML(xml, 0)
             except libvirt.libvirtError as exc:
@@ -263,6 +269,8 @@ def _remove_dest(conn: Any, move: VmMove, dest: Any) -> None:
             dest.destroy()
     with contextlib.suppress(libvirt.libvirtError):
         conn.lookupByName(move.dest).undefine()
+    with contextlib.suppress(OSError):
+        Path(serial_log(move.dest)).unlink()
     for where in (move.target_netns, None):
         present = _links_of(where)
         for nic in move.nics:
