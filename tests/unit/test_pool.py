@@ -143,3 +143,15 @@ def test_settings() -> None:
     with pytest.raises(ValueError, match="want N or HOST=N"):
         PoolSettings.parse("h1=x")
     assert replace(s, sizes={}).on is False
+
+
+def test_untaken_pool_vms_hold_memory_the_residual_loses(url: str) -> None:
+    core = make_core(url, RecordingDeployer())
+    ready_vms(core, 2)
+    core.pool._insert(PoolVm("vn-tp1-pool-boot", HOST, IMAGE.key, 1, 256, BOOTING, holder="t"))
+    core.pool._insert(PoolVm("vn-tp1-pool-took", HOST, IMAGE.key, 1, 128, TAKEN, sliver="s",
+                             vnode="v", holder="t"))
+    assert core.pool.held() == {HOST: 128 + 128 + 256}
+    left = core.pool.charge(core.residual())
+    assert left.hosts[0].memory_mb == SUBSTRATE.hosts[0].memory_mb - 512
+    core.ledger.close()

@@ -210,6 +210,25 @@ class VmPool:
                     pool_table.c.substrate == self.ledger.substrate,
                     pool_table.c.domain.in_(names)))
 
+    def held(self) -> dict[str, int]:
+        """MiB each host's pool VMs hold that no sliver counts yet (every row
+        but the taken ones: a taken VM's memory is its node's, in its sliver)."""
+        held: dict[str, int] = {}
+        for vm in self.vms():
+            if vm.state != TAKEN:
+                held[vm.host] = held.get(vm.host, 0) + vm.memory_mb
+        return held
+
+    def charge(self, residual: Substrate) -> Substrate:
+        """`residual` (what slivers leave of the substrate) less the memory the
+        pool's untaken VMs hold, so the embedding never counts it twice."""
+        held = self.held()
+        if not held:
+            return residual
+        return replace(residual, hosts=tuple(
+            replace(h, memory_mb=max(h.memory_mb - held.get(h.name, 0), 0))
+            for h in residual.hosts))
+
     # -- taking --------------------------------------------------------------------
 
     def take(self, sliver_id: str, wanted: Sequence[tuple[str, str, int, int]],
