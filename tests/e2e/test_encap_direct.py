@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,3 +180,77 @@ def test_two_vnets_same_addresses_up_ping_isolated_down(vnet: Vnet,
         vnet.run("down", b, check=False)
     assert devices(substrate) == before
     assert not click_pids(substrate)
+
+
+SEND = """
+import socket, struct, sys
+dev, kind, tag = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((dev, 0))
+src = s.getsockname()[4]
+bcast = b"\\xff" * 6
+payload = b"vnet-isolation".ljust(46, b"\\0")
+if kind == "broadcast":
+    frame = bcast + src + b"\\x88\\xb5" + payload
+elif kind == "double-tagged":
+    vlan = struct.pack("!H", tag & 0xFFF)
+    frame = bcast + src + b"\\x81\\x00" + vlan + b"\\x81\\x00" + vlan + b"\\x88\\xb5" + payload
+else:  # a VXLAN packet with another VNet's id, as a node would forge it
+    vx = struct.pack("!II", 0x08000000, tag << 8) + bcast + src + b"\\x88\\xb5" + payload
+    udp = struct.pack("!HHHH", 40000, 4789, 8 + len(vx), 0) + vx
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                     bytes([198, 18, 1, 11]), bytes([198, 18, 1, 12]))
+    frame = bcast + src + b"\\x08\\x00" + ip + udp
+for _ in range(100):
+    s.send(frame)
+"""
+
+
+def rx_packets(netns: str, dev: str) -> int:
+    out = subprocess.run(["ip", "-n", netns, "-s", "-j", "link", "show", "dev", dev],
+                         capture_output=True, text=True, check=True).stdout
+    return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
+
+
+def link_id(vnet: Vnet, vnet_id: str, link: str) -> int:
+    """The tunnel id (VXLAN, Click) or VLAN id of `link` in the VNet's plan."""
+    plan = vnet.json("status", vnet_id)["plan"]
+    for host in plan["hosts"].values():
+        for t in host["links"]:
+            if t["link"] == link and t["tunnel"]:
+                return int(t["tunnel"]["vni"])
+        for c in host["click"]:
+            if c["link"] == link:
+                return int(c["vni"])
+        for v in host["vlan"]:
+            if v["link"] == link:
+                return int(v["vlan"])
+    return 4095  # l1 did not cross hosts: any id
+
+
+def test_broadcast_double_tags_and_forged_ids_stay_in_their_vnet(
+        vnet: Vnet, encap_lab: tuple[str, Lab]) -> None:
+    encap, lab = encap_lab
+    substrate = lab.substrate
+    a = vnet.json("up", str(FIGURE6), "--substrate", substrate)["vnet"]
+    b = vnet.json("up", str(FIGURE6), "--substrate", substrate)["vnet"]
+    try:
+        l1 = load_vnet(FIGURE6).link("l1")
+        sender = f"vn-{substrate}-{a}-{l1.a.node}"
+        mine, theirs = (f"vn-{substrate}-{v}-{l1.b.node}" for v in (a, b))
+        dev, far = l1.a.interface.name, l1.b.interface.name
+        assert ping(sender, "198.19.0.2")
+        other = link_id(vnet, b, "l1")
+        for kind in ("broadcast", "double-tagged", "forged-id"):
+            before = rx_packets(mine, far), rx_packets(theirs, far)
+            subprocess.run(["ip", "netns", "exec", sender, sys.executable, "-c", SEND, dev, kind,
+                            str(other)], check=True, capture_output=True)
+            time.sleep(0.5)
+            got_mine = rx_packets(mine, far) - before[0]
+            got_theirs = rx_packets(theirs, far) - before[1]
+            assert got_theirs < 5, f"{encap} {kind}: {got_theirs} frames reached the other VNet"
+            if kind == "broadcast":
+                assert got_mine >= 95, f"{encap}: the link lost its own broadcasts ({got_mine})"
+    finally:
+        vnet.run("down", a, check=False)
+        vnet.run("down", b, check=False)
