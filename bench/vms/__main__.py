@@ -8,6 +8,8 @@ and this project's targets; then where the time of one take goes (bench/vms/take
 Needs root, QEMU and libvirt (scripts/install.sh --test). Builds its own labs
 in a private VNET_HOME and removes everything it made. Each run instantiates
 and removes the VNet, so every run boots its four VMs anew (TCG here: no KVM).
+Where a take's time goes inside the deployment, task by task and step by
+step: `python -m bench.vms.profile`.
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ def direct_pool(lab: str, runs: int, rows: list[tuple[str, list[float]]],
     vnet("pool", "drain", "--substrate", substrate)
 
 
-def players_pool(lab: str, sizes: str, runs: int, rows: list[tuple[str, list[float]]]) -> None:
+def players_pool(lab: str, sizes: str, runs: int, rows: list[tuple[str, list[float]]],
+                 phases: dict[str, list[float]]) -> None:
     """figure6-vm from the pool through the players: the PIP keeps the pool
     ($VNET_POOL_SIZE) and refills it in the background after each down."""
     env = dict(os.environ, VNET_POOL_SIZE=sizes)
@@ -114,6 +117,8 @@ def players_pool(lab: str, sizes: str, runs: int, rows: list[tuple[str, list[flo
         fills.append(wait_pool(lab, count))
         took, out = timed("up", str(SPEC), "--lab", lab)
         ups.append(took)
+        for phase, seconds in out["timings"].items():
+            phases.setdefault(phase, []).append(seconds)
         others = {d for d in _all_domains(lab) if "-pool-" not in d}
         if others:
             raise RuntimeError(f"VMs booted on demand through the players: {others}")
@@ -139,6 +144,7 @@ def main() -> int:
     os.environ["VNET_HOME"] = tempfile.mkdtemp(prefix="vnet-bench-vms-")
     rows: list[tuple[str, list[float]]] = []
     phases: dict[str, list[float]] = {}
+    chain_phases: dict[str, list[float]] = {}
     take: dict[str, float] = {}
     direct, chain = "v" + secrets.token_hex(1), "w" + secrets.token_hex(1)
     pooled = "x" + secrets.token_hex(1)
@@ -148,7 +154,7 @@ def main() -> int:
         sizes = pool_sizes(f"{direct}p1")
         direct_pool(direct, args.runs, rows, phases)
         take = take_breakdown()
-        players_pool(pooled, sizes, args.runs, rows)
+        players_pool(pooled, sizes, args.runs, rows, chain_phases)
         vnet("lab", "down", "--name", pooled)
         if args.only == "pool":
             raise _Done
@@ -195,8 +201,12 @@ def main() -> int:
         print(f"\ndirect up from the pool (pool sizes {sizes}), phases, seconds (median)")
         for phase, values in phases.items():
             print(f"  {phase:38} {statistics.median(values):8.2f}")
+    if chain_phases:
+        print("\nup from the pool through the players, the VNP's phases and the chain (median)")
+        for phase, values in chain_phases.items():
+            print(f"  {phase:38} {statistics.median(values):8.2f}")
     if take:
-        print("\none take of a pool VM with 3 NICs (vnet_domain through ansible-playbook)")
+        print("\none take of a pool VM for 3 NICs (vnet_domain through ansible-playbook)")
         for what, seconds in take.items():
             print(f"  {what:46} {seconds:8.2f}")
     print(f"load: {os.getloadavg()}")

@@ -659,7 +659,7 @@ def wait_ready(name: str, marker: str, timeout: int) -> None:
             tail = " | ".join(text.strip().splitlines()[-3:])
             raise PlanError("guest of domain %s did not come up within %d s (last console "
                             "lines: %s)" % (name, timeout, tail or "none"), serial_log=path)
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def item_params(module: AnsibleModule, item: dict) -> dict:
