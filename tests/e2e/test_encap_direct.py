@@ -11,6 +11,8 @@ other's node holding the same address."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -254,3 +256,59 @@ def test_broadcast_double_tags_and_forged_ids_stay_in_their_vnet(
     finally:
         vnet.run("down", a, check=False)
         vnet.run("down", b, check=False)
+
+
+SHAPED = """<vnet xmlns="urn:vnet:rdl:1" version="1" name="shaped">
+  <node id="a" kind="netns" cpu="3" memory="64"/>
+  <node id="b" kind="netns" cpu="3" memory="64"/>
+  <link id="s1" bandwidth="{rate}" latency="{latency}">
+    <endpoint node="a" interface="eth0"><address>198.19.0.1/30</address></endpoint>
+    <endpoint node="b" interface="eth0"><address>198.19.0.2/30</address></endpoint>
+  </link>
+</vnet>
+"""
+
+
+def iperf_mbps(client: str, server: str, dst: str, seconds: float) -> float:
+    srv = subprocess.Popen(["ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            if ":5201" in subprocess.run(["ip", "netns", "exec", server, "ss", "-ltn"],
+                                         capture_output=True, text=True).stdout:
+                break
+            time.sleep(0.1)
+        out = subprocess.run(["ip", "netns", "exec", client, "iperf3", "-c", dst, "-p", "5201",
+                              "-t", str(seconds), "-J"], capture_output=True, text=True,
+                             check=True, timeout=60).stdout
+        return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e6
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+        srv.wait()
+
+
+def test_click_links_get_the_spec_bandwidth_and_latency(vnet: Vnet, encap_lab: tuple[str, Lab],
+                                                        tmp_path: Path) -> None:
+    encap, lab = encap_lab
+    if encap != "click":
+        pytest.skip("latency is emulated by Click only; the kernel path's bandwidth is tc's")
+    if shutil.which("iperf3") is None:
+        pytest.skip("iperf3 is missing: scripts/install-click.sh installs it")
+    rate, latency = 20.0, 10.0
+    spec = tmp_path / "shaped.xml"
+    spec.write_text(SHAPED.format(rate=rate, latency=latency))
+    made = vnet.json("up", str(spec), "--substrate", lab.substrate)
+    try:
+        assert made["node_map"]["a"] != made["node_map"]["b"]
+        a, b = (f"vn-{lab.substrate}-{made['vnet']}-{x}" for x in "ab")
+        out = subprocess.run(["ip", "netns", "exec", a, "ping", "-n", "-c", "5", "-i", "0.2",
+                              "198.19.0.2"], capture_output=True, text=True).stdout
+        rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
+        assert len(rtts) == 5 and min(rtts) >= 2 * latency, rtts  # 10 ms each way
+        # goodput of full frames at MTU 1450 with TCP timestamps: 1398 of 1464 bytes
+        expect = rate * 1398 / 1464
+        got = iperf_mbps(a, b, "198.19.0.2", 4.0)
+        assert abs(got - expect) / expect < 0.05, (got, expect)
+    finally:
+        vnet.run("down", made["vnet"], check=False)
