@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from vnetlib.cli.output import emit_json, table
 from vnetlib.cli.progress import Live
@@ -19,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--substrate", required=True, help="substrate name (a lab's NAMEp1, ...)")
     p.add_argument("--size", help="fill: VMs per QEMU host, N or HOST=N,... (default: as set)")
     p.add_argument("--memory", type=int, default=None, help="fill: MiB per pool VM (128)")
+    p.add_argument("--nics", type=int, default=None,
+                   help="fill: pre-wired NICs per pool VM (4; a take hot-plugs the rest)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -35,9 +37,11 @@ def run(args: argparse.Namespace) -> int:
         done: list[str] = []
         if args.action == "fill":
             now = pool.settings()
-            settings = PoolSettings.parse(args.size, now.vcpus, args.memory or now.memory_mb) \
-                if args.size is not None else (
-                    PoolSettings(now.sizes, now.vcpus, args.memory or now.memory_mb))
+            memory = args.memory or now.memory_mb
+            nics = now.nics if args.nics is None else args.nics
+            settings = PoolSettings.parse(args.size or "", now.vcpus, memory, nics)
+            if args.size is None:
+                settings = replace(settings, sizes=now.sizes)
             pool.configure(settings)
             progress(f"filling the pool of {args.substrate}: {dict(settings.sizes)} "
                      f"VMs of {settings.memory_mb} MiB")
@@ -54,13 +58,14 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"substrate": args.substrate, "action": args.action, "done": done,
                    "settings": {"sizes": dict(settings.sizes), "vcpus": settings.vcpus,
-                                "memory_mb": settings.memory_mb},
+                                "memory_mb": settings.memory_mb, "nics": settings.nics},
                    "vms": [asdict(vm) for vm in vms], "seconds": took})
         return 0
     for line in done:
         print(line)
     print(table([[vm.domain, vm.host, vm.state, vm.sliver or "", vm.vnode or ""]
                  for vm in vms], ["domain", "host", "state", "sliver", "node"]))
-    print(f"sizes {dict(settings.sizes) or 'off'}, {settings.memory_mb} MiB each "
+    print(f"sizes {dict(settings.sizes) or 'off'}, {settings.memory_mb} MiB and "
+          f"{settings.nics} pre-wired NICs each "
           f"({took:.2f} s)")
     return 0
