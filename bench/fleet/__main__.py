@@ -145,13 +145,13 @@ def _set_host_vars(substrate: str, change: Callable[[dict[str, Any]], None]) -> 
 
 
 VARIANTS: dict[str, tuple[int | None, Callable[[dict[str, Any]], None]]] = {
-    "chosen (forks 50, pipelining, ControlPersist 60 s)": (50, lambda h: None),
-    "forks 20 (vnet's setting before)": (20, lambda h: None),
+    "vnet's settings (forks 20, pipelining, ControlPersist 60 s)": (None, lambda h: None),
+    "forks 50": (50, lambda h: None),
     "forks 100": (100, lambda h: None),
-    "no pipelining": (50, lambda h: h.update(ansible_ssh_pipelining=False)),
-    "no ControlPersist": (50, lambda h: h.update(ansible_ssh_args="")),
+    "no pipelining": (None, lambda h: h.update(ansible_ssh_pipelining=False)),
+    "no ControlPersist": (None, lambda h: h.update(ansible_ssh_args="")),
     "with compression (-C, Ansible's default)": (
-        50, lambda h: h.update(ansible_ssh_args="-C " + sshd.SSH_ARGS)),
+        None, lambda h: h.update(ansible_ssh_args="-C " + sshd.SSH_ARGS)),
 }
 
 
@@ -182,7 +182,12 @@ def fleet(hosts: int, runs: int, work: Path, only: list[str] | None) -> list[Row
                     ups.append(time.perf_counter() - start)
                     used = len(set(made.node_map.values()))
                     start = time.perf_counter()
-                    destroy(made.vnet_id)
+                    try:
+                        destroy(made.vnet_id)
+                    except DeployError:
+                        failures += 1
+                        _clear(substrate)
+                        continue
                     downs.append(time.perf_counter() - start)
             warm = ups[1:] or ups
             rows.append(Row(f"{2 * hosts} nodes on {used} hosts: {title}", "ssh",
@@ -212,12 +217,23 @@ def frozen(config: LabConfig, spec: Path) -> Row:
     finally:
         elapsed = time.perf_counter() - start
         sshd.signal_host(files, victim, signal.SIGCONT)
-    for vnet in local_vnets():
-        if vnet.lab == config.name:
-            destroy(vnet.id)
+    _clear(config.name)
     row = Row(f"{config.hosts} hosts, {victim}'s sshd frozen", "ssh", elapsed, None, None, note)
     print(f"  {row.what}: failed after {elapsed:.2f} s ({note})", flush=True)
     return row
+
+
+def _clear(substrate: str) -> None:
+    """Remove what a failed run left on `substrate` (retried once)."""
+    for _ in range(2):
+        left = [v.id for v in local_vnets() if v.lab == substrate]
+        for vnet_id in left:
+            try:
+                destroy(vnet_id)
+            except DeployError as err:
+                print(f"  removal of {vnet_id} failed: {str(err).splitlines()[0]}", flush=True)
+        if not left:
+            return
 
 
 def _fmt(value: float | None) -> str:

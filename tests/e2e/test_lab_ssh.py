@@ -3,6 +3,7 @@ an sshd in each host, with pinned host keys, as on real machines."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -153,8 +154,12 @@ def test_host_whose_sshd_stops_mid_deploy_fails_by_name_and_rest_rolls_back(
         assert [v["status"] for v in failed] == ["failed"]
     finally:
         sshd.signal_host(files, lost, signal.SIGCONT)
+    down = vnet.run("lab", "status", "--name", ssh_lab.name, "--json", check=False)
+    assert down.returncode == 1
+    assert json.loads(down.stdout)["sshd"] == {f"{ssh_lab.substrate}/{h}": h != lost
+                                               for h in HOSTS}
     # `vnet lab up` again starts the lost host's sshd; the removal then completes.
-    config = vnet.json("lab", "status", "--name", ssh_lab.name)["config"]
+    config = json.loads(down.stdout)["config"]
     again = vnet.json("lab", "up", "--name", ssh_lab.name, "--pips", "1", "--no-players",
                       "--connection", "ssh", "--mgmt-offset", str(config["mgmt_offset"]))
     assert [c for c in again["created"] if "sshd" in c] == [

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vnetlib import paths
-from vnetlib.lab import attach, exchange, kernel, manage, vms
+from vnetlib.lab import attach, exchange, kernel, manage, sshd, vms
 from vnetlib.lab.layout import LabConfig
 from vnetlib.lab.players import load_players, start_players, stop_players
 from vnetlib.switch import lab as switch_lab
@@ -88,6 +88,7 @@ class LabState:
     substrates: list[str] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     players: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sshd: dict[str, bool] = field(default_factory=dict)  # "SUBSTRATE/HOST": its sshd runs
 
     @property
     def running(self) -> bool:
@@ -95,7 +96,7 @@ class LabState:
             return False
         expected = {f"vl-{s.name}-{h}" for s in self.spec.substrates() for h in s.host_names}
         players_ok = all(p["running"] for p in self.players.values())
-        return expected <= set(self.namespaces) and players_ok
+        return expected <= set(self.namespaces) and players_ok and all(self.sshd.values())
 
 
 def lab_dir(name: str) -> Path:
@@ -200,4 +201,10 @@ def status(name: str) -> LabState:
         }
         for p in load_players(directory).values()
     }
-    return LabState(spec, subs, namespaces, players)
+    daemons = {}
+    if spec is not None and spec.connection == "ssh":
+        for sub in spec.substrates():
+            files = sshd.files_of(paths.substrate_dir(sub.name))
+            daemons.update({f"{sub.name}/{h}": sshd.running(files, h) is not None
+                            for h in sub.host_names})
+    return LabState(spec, subs, namespaces, players, daemons)
