@@ -124,10 +124,13 @@ def run_status(args: argparse.Namespace) -> int:
                 "substrates": st.substrates,
                 "namespaces": st.namespaces,
                 "players": st.players,
+                "sshd": st.sshd,
             }
         )
     else:
         print(f"lab {args.name}: {'up' if st.running else 'down'}")
+        for host in (h for h, up in st.sshd.items() if not up):
+            print(f"  sshd of {host} STOPPED")
         for sub in st.substrates:
             print(f"  substrate {sub}")
         for name, player in st.players.items():
