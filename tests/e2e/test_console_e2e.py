@@ -5,6 +5,7 @@ PIP, and a player stopped by a signal ends the session with a notice."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -39,6 +40,23 @@ def console(vnet: Vnet, lab: Lab, vnet_id: str, node: str, script: bytes,
     return proc
 
 
+def until_in(proc: subprocess.Popen[bytes], marker: bytes, timeout: float) -> bytes:
+    """What `proc` wrote to stdout until `marker` (or its end, or the timeout)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    got = b""
+    deadline = time.monotonic() + timeout
+    while marker not in got and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
 def test_piped_console_session_and_a_stopped_player(vnet: Vnet, lab1: Lab) -> None:
     vnet_id = vnet.json("up", str(EXAMPLES / "figure6.xml"), "--lab", lab1.name)["vnet"]
     start = time.perf_counter()
@@ -53,10 +71,11 @@ def test_piped_console_session_and_a_stopped_player(vnet: Vnet, lab1: Lab) -> No
 
     # a session left open while its VNP stops (SIGTERM): the client gets a notice
     proc = console(vnet, lab1, vnet_id, "r1", b"echo ready\n", linger=30.0)
-    time.sleep(3)
+    early = until_in(proc, b"ready", 30)  # the session is up (on a loaded machine, slowly)
     home = Path(vnet.env["VNET_HOME"])
     vnp = next((home / "labs" / lab1.name / "run").glob("vnp*.pid"))
     os.kill(int(vnp.read_text()), signal.SIGTERM)
-    out, err = proc.communicate(timeout=40)
-    assert b"ready" in out
+    rest, err = proc.communicate(timeout=40)
+    out = early + rest
+    assert b"ready" in out, (out[-300:], err[-500:])
     assert b"stopped by a player on its path" in out, out[-300:]
