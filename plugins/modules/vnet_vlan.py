@@ -20,7 +20,7 @@ description:
     since the kernel datapath module is often missing on lab machines).
   - With O(links), the module also wires virtual link segments of the host it runs
     on to the switch, for hosts that cannot tag frames themselves (no 8021q, no
-    bridge VLAN filtering): per segment a veth pair, one end (O(links[].device)) on
+    bridge VLAN filtering). Per segment a veth pair, one end (O(links[].device)) on
     the link's bridge on this host, the other (O(links[].port)) moved into the
     switch's network namespace O(switch_netns) and made an access port of the
     segment's VLAN. Two hosts' segments of one link on the same VLAN are joined by
