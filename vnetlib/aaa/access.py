@@ -686,10 +686,12 @@ class Controller:
         if decision is None or not decision.accepted:
             log.warning("port %s: %s authorized without an accept on record: left out", port, mac)
             return
+        began = time.monotonic()
         try:
             try:
                 seg = resolve(self.acc.substrate, self.acc.store, decision.handle,
                               decision.realm)
+                resolved = time.monotonic()
             except UnknownHandle:
                 if not self.acc.peers:
                     raise
@@ -712,8 +714,9 @@ class Controller:
                                    "handle": decision.handle, "since": time.time(),
                                    "segment": asdict(seg), "pool": decision.pool}
             self._save()
-        log.info("port %s: %s of realm %s connected to %s", port, mac, decision.realm,
-                 decision.handle)
+        log.info("port %s: %s of realm %s connected to %s (resolve %.0f ms, connect %.0f ms)",
+                 port, mac, decision.realm, decision.handle, (resolved - began) * 1000,
+                 (time.monotonic() - resolved) * 1000)
 
     def _roam(self, port: str, mac: str, decision: Decision) -> None:
         """A thread: the tunnel to the PIP that hosts the accept's segment."""

@@ -464,7 +464,7 @@ sub revoked {
     return RLM_MODULE_NOOP unless $serial ne '' && @st;
     my $key = join(':', @st[1, 7, 9]);
     if ($key ne $crl_key) {
-        my %now;
+        my (%now, $whole);
         open(my $out, '-|', 'openssl', 'crl', '-in', '@CRL@', '-noout', '-text')
             or return RLM_MODULE_REJECT;
         while (my $line = <$out>) {
@@ -472,8 +472,12 @@ sub revoked {
                 (my $s = lc($1)) =~ s/^0*//;
                 $now{$s} = 1;
             }
+            $whole = 1 if $line =~ /^\s*Next Update:/;
         }
-        close($out) or return RLM_MODULE_REJECT;
+        # not close()'s status: the server's own SIGCHLD handling may reap the
+        # child first, and a request must not fail for that
+        close($out);
+        return RLM_MODULE_REJECT unless $whole;  # unreadable: fail closed
         %revoked = %now;
         $crl_key = $key;
     }
