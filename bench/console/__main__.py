@@ -24,13 +24,14 @@ depth is reported apart ("first"): it finds no kept-alive HTTPS connection
 between the players, no spare console connection between their listeners
 and no spare shell at the node. The others find them: the steady state of a
 console used now and then (a spare shell lives 60 s, a spare console
-connection 5 s, a kept-alive HTTPS connection 2 s, so at depth 8 the HTTPS
-calls near the PIP find theirs, and a session a minute after the last one
-pays the first's price). The per-hop slope is the least-squares line through the setup
-medians against hops; its intercept is what no hop adds (the client's own
-TLS handshake, the endpoint). The endpoint's own cost is measured apart: a
-confined shell started cold until its first prompt byte, what a session
-pays when no spare shell is waiting.
+connection 5 s, a kept-alive HTTPS connection 2 s, a player's cached record
+of the VNet 5 s, so at depth 8 the HTTPS calls near the PIP find theirs, and
+a session a minute after the last one pays the first's price). The per-hop
+slope is the least-squares line through the setup medians against hops; its
+intercept is what no hop adds (the client's own TLS handshake, the
+endpoint). The endpoint's own cost is measured apart: a confined shell
+started cold until its first prompt byte, what a session pays when no spare
+shell is waiting.
 """
 
 from __future__ import annotations
