@@ -248,7 +248,7 @@ def device_commands(links: list, here: dict[str, dict], there: dict[str, dict],
 
 def run_commands(module: AnsibleModule, cmds: list[list[str]]) -> None:
     for cmd in cmds:
-        rc, _, err = module.run_command(cmd)
+        rc, _out, err = module.run_command(cmd)
         if rc != 0:
             raise OvsError(f"{' '.join(cmd)}: {err.strip()}")
 
