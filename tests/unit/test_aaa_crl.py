@@ -119,3 +119,50 @@ def _start(started: list[Path], d: Path, name: str) -> int:
     return daemons.start(["freeradius", "-f", "-d", str(d), "-n", name],
                          pidfile=d / "run" / f"{name}.daemon.pid", log=d / "log" / "out",
                          marker=str(d), settle=0.5)
+
+
+def test_requests_at_once_on_a_fresh_server_all_pass(tmp_path: Path) -> None:
+    """Each server thread's perl reads the CRL on its first request, with an
+    openssl child, and requests arriving together must all pass the check.
+    (A bench run of 20 TTLS devices saw 4 first requests refused as "Invalid
+    user" while close()'s status on that child counted; ignoring it, 30 of 30
+    passed. This test did not reproduce that race with the old check: it
+    guards the outcome, not that cause.)"""
+    ca = LabCA.create(tmp_path / "ca", "test CA")
+    creds = {name: ca.export(name, role, tmp_path / "creds" / name)
+             for name, role in (("vno", Role.VNO), ("pip1", Role.PIP))}
+    for name in creds:
+        ca.copy_crl(tmp_path / "creds" / name)
+
+    def tls(name: str) -> radius.Tls:
+        c = creds[name]
+        return radius.Tls(str(c.key_path), str(c.cert_path), str(c.ca_path),
+                          str(tmp_path / "creds" / name / "crl.pem"))
+
+    started: list[Path] = []
+    try:
+        port = free_port("127.0.0.1")
+        server = radius.ServerConfig(tmp_path / "vno", ("127.0.0.1",), port, tls("vno"))
+        radius.write(server.directory, radius.server_conf(server), "vno-radius", tls("vno"))
+        (server.directory / "users.pl").write_text(
+            radius.users_pl(server.directory / "u.json", tls("vno").crl))
+        _start(started, server.directory, "vno-radius")
+        pport = free_port("127.0.0.1")
+        while pport + 1 == port:
+            pport = free_port("127.0.0.1")
+        home = radius.HomeServer("vno", "127.0.0.1", port, name="vno")
+        proxy = radius.ProxyConfig(tmp_path / "pip1", pport, "s3cret", (home,), tls("pip1"), 3)
+        radius.write(proxy.directory, radius.proxy_conf(proxy), "pip-radius", tls("pip1"))
+        _start(started, proxy.directory, "pip-radius")
+        records = "\n".join(f"User-Name = u{i}@vno, Acct-Status-Type = Start, "
+                            f"NAS-Identifier = p-{i}, Acct-Session-Id = s{i}\n"
+                            for i in range(48))
+        subprocess.run(["radclient", "-p", "48", "-t", "4", "-r", "1",
+                        f"127.0.0.1:{pport + 1}", "acct", "s3cret"], input=records,
+                       capture_output=True, text=True, timeout=60, check=False)
+        got = _logged(server.directory / radius.ACCOUNTING_LOG)
+        assert sorted(got) == sorted(f"u{i}@vno" for i in range(48))
+    finally:
+        for directory in started:
+            for pidfile in (directory / "run").glob("*.daemon.pid"):
+                daemons.stop(pidfile, str(directory))
