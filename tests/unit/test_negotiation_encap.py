@@ -12,6 +12,8 @@ from vnetlib.players.negotiation import (
     Part,
     PartLink,
     stitch_encapsulation,
+    stitch_offer,
+    stitch_refusal,
     unstitchable,
 )
 from vnetlib.spec.model import VNetSpec
@@ -43,3 +45,14 @@ def test_a_split_between_providers_without_a_common_encapsulation_is_named() -> 
     ads["pip2"] = Advertisement("pip2", (), ("vlan",))
     why = unstitchable(_parts(), ads)
     assert why is not None and why.startswith("link l3: no common encapsulation")
+
+
+def test_stitch_offer_and_refusal() -> None:
+    assert stitch_offer(("click", "vxlan")) == "vxlan"
+    with pytest.raises(NoCommonEncapsulation):
+        stitch_offer(("vlan",))
+    assert stitch_refusal("vxlan", ("vlan", "vxlan")) is None
+    assert stitch_refusal("click", ("click", "vxlan")) == (
+        "encapsulation click is not offered here for links between providers: use vxlan")
+    why = stitch_refusal("vxlan", ("vlan",))
+    assert why is not None and "offers vlan, none of them stitchable" in why

@@ -237,3 +237,19 @@ def unstitchable(parts: Sequence[Part], ads: Mapping[str, Advertisement]) -> str
             except NoCommonEncapsulation as exc:
                 return f"link {link.link}: {exc}"
     return None
+
+
+def stitch_offer(ours: Sequence[str]) -> str:
+    """What an initiating PIP proposes for its inter-provider links: its first
+    encapsulation that can be stitched; NoCommonEncapsulation if none."""
+    return stitch_encapsulation(ours, STITCHABLE)
+
+
+def stitch_refusal(offered: str, ours: Sequence[str]) -> str | None:
+    """Why a responding PIP rejects a proposal's encapsulation, or None."""
+    if offered in ours and offered in STITCHABLE:
+        return None
+    fallback = "vxlan" if "vxlan" in ours else None
+    return (f"encapsulation {offered} is not offered here for links between providers"
+            + (f": use {fallback}" if fallback else
+               f" (this provider offers {', '.join(ours) or 'none'}, none of them stitchable)"))

@@ -46,7 +46,7 @@ from vnetlib.players.aggregate import add_aggregate_routes
 from vnetlib.players.client import ClientError, PlayerClient
 from vnetlib.players.config import Faults, PlayerConfig
 from vnetlib.players.confine import Confinement, ConfinementError, Limits
-from vnetlib.players.negotiation import advertise, decide_quote
+from vnetlib.players.negotiation import advertise, decide_quote, stitch_offer, stitch_refusal
 from vnetlib.players.pki import Credentials, Identity
 from vnetlib.players.server import (
     ApiError,
@@ -389,10 +389,12 @@ class PipService(Service):
         proposed: dict[str, int] = {}
         agreed: list[Stitch] = []
         try:
+            encap = stitch_offer(self.core.substrate.encapsulations)
             by_link = ledger.allocate_vnis(s.id, [ends[p.ref][0] for p in peers], set())
             proposed = {p.ref: by_link[ends[p.ref][0]] for p in peers}
             reply = client.post("/v1/stitch", m.stitches_xml(
-                [m.Stitch(p.ref, proposed[p.ref], "propose", (ends[p.ref][1],)) for p in peers]))
+                [m.Stitch(p.ref, proposed[p.ref], "propose", (ends[p.ref][1],), encap)
+                 for p in peers]))
             answers = {a.ref: a for a in m.stitches_reply(reply.body)}
         except (ClientError, ValueError) as exc:
             for vni in proposed.values():
@@ -476,6 +478,9 @@ class PipService(Service):
         if initiator is None:
             raise Conflict("a proposal needs the initiator's endpoint")
         link, local = self._endpoint(s, proposal.ref, "responder")
+        if why := stitch_refusal(proposal.encapsulation, self.core.substrate.encapsulations):
+            return m.Stitch(proposal.ref, proposal.vni, "reject", proposal.endpoints,
+                            proposal.encapsulation, reason=why), None
         done = s.stitch(proposal.ref)
         if done is not None and done.vni == proposal.vni:  # a repeated proposal
             return (respond(proposal, True, proposal.vni, local),
