@@ -32,7 +32,7 @@ options:
       - Several domains in one run, each a dict of this module's per-domain
         options (O(name), O(state), O(hypervisor), O(vcpus), O(memory_mb),
         O(kernel), O(initrd), O(cmdline), O(serial), O(vnc), O(interfaces),
-        O(netns), O(ready_marker), O(pool)), and C(vnode), the virtual node
+        O(netns), O(ready_marker), O(pool), O(boot_timeout)), and C(vnode), the virtual node
         it realizes (its ready marker is then C(vnet-guest-ready VNODE)
         unless O(ready_marker) is given), so that a host's C(domains) of
         vnet's deployment plan can be passed as they are. Options an item leaves out come from the
@@ -320,7 +320,7 @@ ARGUMENT_SPEC = dict(
 )
 PER_DOMAIN = ("name", "state", "hypervisor", "vcpus", "memory_mb", "kernel", "initrd",
               "cmdline", "serial", "vnc", "interfaces", "netns", "ready_marker", "pool",
-              "vnode")
+              "vnode", "boot_timeout")
 FAILED_MARKER = "vnet-guest-failed"
 QEMU_CONF = "/etc/libvirt/qemu.conf"
 QEMU_USER = "libvirt-qemu"

@@ -43,6 +43,7 @@ from vnetlib.core.ledger import Ledger, pool_settings_table, pool_table
 from vnetlib.core.records import ENDED, State
 from vnetlib.deploy.ansible import DeployError
 from vnetlib.plan.model import DomainNic, DomainTask
+from vnetlib.players import timeouts
 from vnetlib.spec.model import ConsoleKind, NodeKind, Substrate, VNetSpec
 from vnetlib.vm.image import GuestImage, kernel_cmdline, mac_for
 from vnetlib.vm.observe import domain_states
@@ -403,7 +404,10 @@ def pool_tap(domain: str, index: int) -> str:
 
 
 def _task(vm: PoolVm, image: GuestImage, nics: int) -> dict[str, Any]:
-    return asdict(DomainTask(
+    # A pool boot is no customer's wait: on a loaded host it may take longer
+    # than a node's boot budget, up to the pool's own.
+    budget = int(min(BOOT_BUDGET, timeouts.PLAYBOOK)) - 10
+    return {"boot_timeout": budget} | asdict(DomainTask(
         vnode=POOL_HOSTNAME, name=vm.domain, hypervisor="qemu", vcpus=vm.vcpus,
         memory_mb=vm.memory_mb, kernel=str(image.kernel), initrd=str(image.initrd),
         cmdline=kernel_cmdline(image, POOL_HOSTNAME, [], False), pool=True,
