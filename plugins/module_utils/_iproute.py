@@ -690,8 +690,9 @@ def link_view_want(want: LinkWant) -> dict:
     if want.state == "absent":
         return {}
     if want.direct():
-        return {"veth": {p.peer: _end_view(p, Iface(p.ifname, VETH_KIND, mtu=p.mtu, up=p.up,
-                                                      addresses=p.addresses), want.bandwidth_mbps, None)
+        ends = {p.peer: Iface(p.ifname, VETH_KIND, mtu=p.mtu, up=p.up, addresses=p.addresses)
+                for p in want.ports}
+        return {"veth": {p.peer: _end_view(p, ends[p.peer], want.bandwidth_mbps, None)
                          for p in want.ports}}
     view: dict = {"bridge": {"name": want.bridge, "up": True}}
     if want.tunnel is not None:

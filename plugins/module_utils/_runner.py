@@ -140,7 +140,6 @@ class Runner:
                 rc=rc, stderr=err, failed_command=failed,
             )
 
-
     def _in_process(self, planned: list[Command]) -> bool:
         """Run one namespace's ``ip -n NS`` / ``tc -n NS`` commands over
         rtnetlink from this process (no process per namespace); False, with

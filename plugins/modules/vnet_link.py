@@ -35,14 +35,16 @@ options:
       - Every link segment of the host, as a list (the C(links) of a vnet
         deployment plan's host). Mutually exclusive with O(bridge), O(ports),
         O(tunnel), O(bandwidth_mbps) and O(bridged), which are per segment here.
-      - The host is read once (C(ip netns list), C(ip -json -details address
-        show), C(tc -json qdisc show), C(ip -json address show) per namespace
-        of a port), every segment is planned before any command runs, and
-        planning errors of all segments are reported together. Segments may
-        not share interface names.
+      - The host is read once (C(ip netns list), then the interfaces and root
+        qdiscs of the host and of each namespace of a port, over rtnetlink from
+        the module, or with C(ip -json -details address show) and
+        C(tc -json qdisc show) where that is not possible), every segment is
+        planned before any command runs, and planning errors of all segments
+        are reported together. Segments may not share interface names.
       - The commands run grouped by stage (deletions, host, each namespace,
-        C(tc)) as few C(ip -batch) / C(tc -batch) processes; a failure names
-        the exact command.
+        C(tc)) as few C(ip -batch) / C(tc -batch) processes; a namespace's
+        C(ip -n) and C(tc -n) commands are sent as rtnetlink requests from the
+        module where it knows them all. A failure names the exact command.
     type: list
     elements: dict
     suboptions:
