@@ -23,7 +23,7 @@ import tty
 LOCK_DIR = "/run/vnet/serial"
 LINE_MAX = 900
 NUDGE = 2.0
-FIRST_ANSWER = 5.0  # seconds for a typed line's begin marker before a prompt is waited for
+FIRST_ANSWER = 10.0  # seconds for a typed line's begin marker before a prompt is waited for
 _ESCAPE = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 _PROMPT = re.compile(rb"[#$] $")
 
