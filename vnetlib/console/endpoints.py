@@ -25,6 +25,10 @@ SHELL = ("sh", "-i")
 SPARE_IDLE = 60.0
 MAX_SPARES = 16
 SPARE_NICE = 19
+RESTOCK_DELAY = 0.1
+"""Seconds after a session took a node's spare shell before the next is
+started: starting one holds the interpreter for milliseconds, which would
+delay the session's OK and first prompt on their way up the chain."""
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +206,8 @@ class NetnsShell:
         if key in self._starting or len(self._spares) + len(self._starting) >= self.max_spares:
             return
         self._starting.add(key)
-        asyncio.get_running_loop().create_task(self._spawn_spare(sliver, node))
+        loop = asyncio.get_running_loop()
+        loop.call_later(RESTOCK_DELAY, lambda: loop.create_task(self._spawn_spare(sliver, node)))
 
     async def _spawn_spare(self, sliver: Sliver, node: str) -> None:
         key = (sliver.id, node)
