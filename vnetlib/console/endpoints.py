@@ -25,7 +25,7 @@ SHELL = ("sh", "-i")
 SPARE_IDLE = 60.0
 MAX_SPARES = 16
 SPARE_NICE = 19
-RESTOCK_DELAY = 0.1
+RESTOCK_DELAY = 0.02
 """Seconds after a session took a node's spare shell before the next is
 started: starting one holds the interpreter for milliseconds, which would
 delay the session's OK and first prompt on their way up the chain."""
