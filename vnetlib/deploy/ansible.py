@@ -284,9 +284,10 @@ def run_playbook(
             )
         return True
 
-    cmdline = ["--diff"]
-    if check:
-        cmdline.append("--check")
+    # The diff shows what a check would change; an applying run's diffs (its
+    # whole plan, for a large VNet) are rendered by the stdout callback for
+    # no reader, about 0.1 s of CPU for 100 nodes.
+    cmdline = ["--diff", "--check"] if check else []
     if limit:
         cmdline += ["--limit", ",".join(limit)]
     workdir = Path(tempfile.mkdtemp(prefix="vnet-runner-"))
