@@ -76,6 +76,8 @@ def test_figure6_over_ssh_pings_and_removal_leaves_nothing(vnet: Vnet, ssh_lab: 
     # connection process there (ControlPersist keeps it for a minute).
     for host in used:
         assert _logins(files, host) > before[host], f"no SSH connection to {host}"
+        socket = files.control_dir / remote.control_name(hosts[host]["ansible_host"], 22, "root")
+        assert socket.is_socket(), f"no ControlMaster socket {socket} for {host}"
     _pings(vnet, result["vnet"])
     # A command on a node's host, over SSH as Ansible reaches it (what exec
     # and consoles on real hosts need): it runs in that host, in the node.

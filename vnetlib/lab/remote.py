@@ -10,6 +10,7 @@ the `netns` connection runs the command here, in its namespace. This is what
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -65,6 +66,13 @@ def _groups_of(node: Mapping[str, Any], host: str) -> list[str]:
     return found
 
 
+def control_name(address: str, port: object, user: object) -> str:
+    """The name Ansible's ssh connection gives a host's ControlMaster socket
+    (`Connection._create_control_path`: short enough for a socket path), so
+    a command here shares the connection Ansible keeps open."""
+    return hashlib.sha1(f"{address}-{port}-{user}".encode()).hexdigest()[:10]
+
+
 def command(inventory: Path, host: str, argv: Sequence[str]) -> list[str]:
     """The argv that runs `argv` on `host` of `inventory`: over ssh for an
     ssh host, `nsenter` into its namespace for a netns host."""
@@ -76,16 +84,17 @@ def command(inventory: Path, host: str, argv: Sequence[str]) -> list[str]:
     if connection not in SSH_CONNECTIONS:
         raise ValueError(f"{inventory}: host {host} uses connection {connection}, "
                          "neither ssh nor netns")
-    ssh = ["ssh", "-p", str(hv.get("ansible_port", 22))]
+    port = hv.get("ansible_port", 22)
+    user = hv.get("ansible_user")
+    address = str(hv.get("ansible_host", host))
+    ssh = ["ssh", "-p", str(port)]
     if key := hv.get("ansible_ssh_private_key_file"):
         ssh += ["-i", str(key)]
     ssh += shlex.split(str(hv.get("ansible_ssh_args", "")))
     ssh += shlex.split(str(hv.get("ansible_ssh_common_args", "")))
     if control := hv.get("ansible_control_path_dir"):
-        ssh += ["-o", f"ControlPath={control}/vnet-%C"]
+        ssh += ["-o", f"ControlPath={control}/{control_name(address, port, user)}"]
     if hv.get("ansible_ssh_host_key_checking") is False:
         raise ValueError(f"{inventory}: host {host} turns host-key checking off")
-    user = hv.get("ansible_user")
-    address = str(hv.get("ansible_host", host))
     return [*ssh, "-o", "StrictHostKeyChecking=yes",
             f"{user}@{address}" if user else address, shlex.join(argv)]
