@@ -178,6 +178,7 @@ def fleet(hosts: int, runs: int, work: Path, only: list[str] | None) -> list[Row
                         made = instantiate(spec, substrate)
                     except DeployError:
                         failures += 1
+                        _clear(substrate)
                         continue
                     ups.append(time.perf_counter() - start)
                     used = len(set(made.node_map.values()))
