@@ -12,7 +12,14 @@ from vnetlib.lab.layout import LabConfig, substrate_of
 from vnetlib.plan.build import PlanError, build_plan, crossing_links
 from vnetlib.plan.model import LinkTask, NodeTask, PortTask, TunnelTask
 from vnetlib.spec import load_vnet
-from vnetlib.spec.model import Interface, LinkEndpoint, VirtualLink, VirtualNode, VNetSpec
+from vnetlib.spec.model import (
+    Attachment,
+    Interface,
+    LinkEndpoint,
+    VirtualLink,
+    VirtualNode,
+    VNetSpec,
+)
 from vnetlib.vm.image import GuestImage
 
 SUBSTRATE = substrate_of(LabConfig(name="lab", hosts=2))
@@ -315,3 +322,17 @@ def test_unknown_encapsulation_falls_back_to_vxlan_and_boundary_links_stay_vxlan
     with pytest.raises(PlanError, match="encapsulation 'gre'"):
         build_plan(_spec(), {"a": "h1", "b": "h1", "c": "h2"}, SUBSTRATE, vnet_id="t",
                    lab="lab", vnis={"l2": 4100}, encapsulation="gre")
+
+
+def test_a_local_link_end_users_join_keeps_its_bridge() -> None:
+    """Two local ports become one veth pair in vnet_link unless the segment is
+    ``bridged``: a link named by an attachment point needs its bridge."""
+    spec = dataclasses.replace(_spec(), attachments=(
+        Attachment(node="a", pool="198.19.0.16/28", realm="vno1", link="l1"),))
+    where = {"a": "h1", "b": "h1", "c": "h1"}
+    plain = build_plan(_spec(), where, SUBSTRATE, vnet_id="tiny-1", lab="lab", vnis={})
+    joined = build_plan(spec, where, SUBSTRATE, vnet_id="tiny-1", lab="lab", vnis={})
+    segments = {s["link"]: s for s in joined.to_dict()["hosts"]["h1"]["links"]}
+    assert segments["l1"]["bridged"] is True
+    assert "bridged" not in segments["l2"]
+    assert all("bridged" not in s for s in plain.to_dict()["hosts"]["h1"]["links"])

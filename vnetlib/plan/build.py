@@ -151,13 +151,15 @@ def build_plan(
                 forwarding=node.forwarding,
             )
         )
+    attached = {a.link for a in spec.attachments if a.link}
     for link in spec.links:
         host_a, host_b = node_map[link.a.node], node_map[link.b.node]
         bridge = naming.link_bridge(vnet_id, link.id)
         if host_a == host_b:
             ports = ends(link.id, bridge, (link.a, SUBSTRATE_MTU), (link.b, SUBSTRATE_MTU))
             links[host_a].append(LinkTask(link.id, bridge, ports, None, link.bandwidth_mbps,
-                                          latency_ms=link.latency_ms))
+                                          latency_ms=link.latency_ms,
+                                          bridged=link.id in attached))
             continue
         if link.id not in vnis:
             raise PlanError(f"virtual link {link.id} crosses hosts but has no VXLAN id")

@@ -75,12 +75,17 @@ class LinkTask:
     bandwidth_mbps: float | None = None
     encapsulation: str = "vxlan"
     latency_ms: float | None = None
+    bridged: bool = False
 
     def segment(self) -> dict[str, Any]:
         """The ``vnet_link`` item: Click and VLAN segments without their tunnel
-        (Click shapes its own segments, so they carry no bandwidth here)."""
+        (Click shapes its own segments, so they carry no bandwidth here).
+        ``bridged`` only when set: a segment end users join needs its bridge
+        even where two local ports would otherwise be one veth pair."""
         data = asdict(self)
         del data["encapsulation"], data["latency_ms"]
+        if not self.bridged:
+            del data["bridged"]
         if self.tunnel is None or self.encapsulation == "vxlan":
             if data["tunnel"] is not None:
                 del data["tunnel"]["port"]
