@@ -73,30 +73,8 @@ def restrict(plan: Plan, hosts: Collection[str], *,
     return out
 
 
-def segments(plan: Plan, host: str, bridges: Collection[str]) -> dict[str, Any]:
-    """Only the link segments `bridges` of `host` (no nodes, no domains)."""
-    out = _empty(plan)
-    part = _part(plan, host)
-    links = [copy.deepcopy(s) for s in part.get("links", []) if s["bridge"] in bridges]
-    if links:
-        out["hosts"][host] = {"host": host, "nodes": [], "links": links, "domains": []}
-    return out
-
-
 def empty(plan: Plan) -> bool:
     return not plan["hosts"]
-
-
-def merge(*plans: Plan) -> dict[str, Any]:
-    """One plan holding every host part of `plans` (parts of one host concatenated)."""
-    out = _empty(plans[0])
-    for plan in plans:
-        for host, part in plan["hosts"].items():
-            have = out["hosts"].setdefault(host, {"host": host, "nodes": [], "links": [],
-                                                  "domains": []})
-            for key in ("nodes", "links", "domains"):
-                have[key] = [*have[key], *copy.deepcopy(list(part.get(key, [])))]
-    return out
 
 
 def domain_of(plan: Plan, host: str, vnode: str) -> dict[str, Any] | None:
