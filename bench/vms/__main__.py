@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -141,6 +142,7 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("needs root")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # labs removed on a timeout too
     os.environ["VNET_HOME"] = tempfile.mkdtemp(prefix="vnet-bench-vms-")
     rows: list[tuple[str, list[float]]] = []
     phases: dict[str, list[float]] = {}

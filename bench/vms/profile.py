@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import shutil
 import statistics
 import subprocess
@@ -194,6 +195,7 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("needs root")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # labs removed on a timeout too
     os.environ.setdefault("VNET_HOME", tempfile.mkdtemp(prefix="vnet-bench-profile-"))
     lab = "q" + secrets.token_hex(1)
     cli = [sys.executable, "-m", "vnetlib.cli.main"]
