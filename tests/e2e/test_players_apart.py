@@ -78,6 +78,14 @@ def test_figure6_across_two_pips_with_players_apart_pings(vnet: Vnet, lab_apart:
     result = vnet.json("up", str(TWO_PIPS), "--lab", lab_apart.name)
     vnet_id = result["vnet"]
     assert result["status"] == "ready"
+    # The PIPs deployed over SSH from their own namespaces: each PIP's
+    # management host holds a connection to its substrate's sshd (kept for
+    # a minute by ControlPersist).
+    for pip in ("pip1", "pip2"):
+        out = subprocess.run(["ip", "netns", "exec", f"vl-{lab_apart.name}-{pip}", "ss", "-Htn",
+                              "state", "established", "dport", "=", "22"],
+                             capture_output=True, text=True, check=True).stdout
+        assert out.strip(), f"{pip} has no SSH connection to its hosts"
     spec = load_vnet(TWO_PIPS)
     for link in spec.links:
         for src, dst in ((link.a, link.b), (link.b, link.a)):
@@ -85,13 +93,6 @@ def test_figure6_across_two_pips_with_players_apart_pings(vnet: Vnet, lab_apart:
             out = vnet.json("exec", "--lab", lab_apart.name, vnet_id, src.node, "--",
                             "ping", "-c", "1", "-W", "2", peer)
             assert out["rc"] == 0, f"{link.id}: {src.node} -> {dst.node} failed: {out}"
-    # The PIPs deployed over SSH from their own namespaces: each PIP's
-    # management host holds a connection to its substrate's sshd.
-    for pip in ("pip1", "pip2"):
-        out = subprocess.run(["ip", "netns", "exec", f"vl-{lab_apart.name}-{pip}", "ss", "-Htn",
-                              "state", "established", "dport", "=", "22"],
-                             capture_output=True, text=True, check=True).stdout
-        assert out.strip(), f"{pip} has no SSH connection to its hosts"
     vnet.run("down", "--lab", lab_apart.name, vnet_id)
     assert not {n for n in netns_list() if n.startswith(f"vn-{lab_apart.name}p")}
 
