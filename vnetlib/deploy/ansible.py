@@ -229,7 +229,9 @@ def _environment(collections_root: Path, binary: str,
               and o.source != "the Python path"]
     env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join(
         dict.fromkeys(str(r) for r in [collections_root, *others]))
-    env["ANSIBLE_HOST_KEY_CHECKING"] = "False"
+    # Hosts over SSH are checked against their pinned keys (the netns
+    # connection has none); an inventory must not get StrictHostKeyChecking=no.
+    env["ANSIBLE_HOST_KEY_CHECKING"] = "True"
     env["ANSIBLE_PIPELINING"] = "True"
     env["ANSIBLE_FORKS"] = "20"
     env["ANSIBLE_NOCOLOR"] = "1"
