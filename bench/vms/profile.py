@@ -19,8 +19,8 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
