@@ -723,7 +723,11 @@ class PipCore:
         # From here the guest runs on the target: no way back but forward.
         try:
             vm_migrate.finish(move)
-            gone = moves.removal(old, new, skip_domains=skip)
+            # A segment whose other end came to its host keeps its bridge (the
+            # guest's tap is on it): only its tunnel goes.
+            for host, device in moves.dropped_tunnels(old, new):
+                vm_migrate.drop_tunnel(vm_migrate.host_netns(inventory, host), device)
+            gone = moves.removal(old, new, skip_domains=skip, keep_segments=True)
             if not moves.empty(gone):
                 self.deployer.apply(gone, "absent", progress=progress)
             self.deployer.apply(moves.restrict(new, moves.changed_hosts(old, new)), "present",

@@ -34,10 +34,13 @@ def changed_hosts(old: Plan, new: Plan) -> set[str]:
     return {h for h in set(old["hosts"]) | set(new["hosts"]) if _part(old, h) != _part(new, h)}
 
 
-def removal(old: Plan, new: Plan, *, skip_domains: Collection[str] = ()) -> dict[str, Any]:
+def removal(old: Plan, new: Plan, *, skip_domains: Collection[str] = (),
+            keep_segments: bool = False) -> dict[str, Any]:
     """The plan whose `absent` run removes what `old` has and `new` has not:
     nodes, segments, domains (except `skip_domains`), and tunnels that go
-    (with their segment, which a later `present` run of `new` makes again)."""
+    (with their segment, which a later `present` run of `new` makes again;
+    `keep_segments`: not those, the caller deletes their tunnels alone, see
+    `dropped_tunnels`)."""
     out = _empty(old)
     for host in old["hosts"]:
         was, will = _part(old, host), _part(new, host)
@@ -49,7 +52,7 @@ def removal(old: Plan, new: Plan, *, skip_domains: Collection[str] = ()) -> dict
             after = keep_links.get(seg["bridge"])
             if after is None:
                 links.append(seg)
-            elif seg.get("tunnel") and not after.get("tunnel"):
+            elif seg.get("tunnel") and not after.get("tunnel") and not keep_segments:
                 links.append({**seg, "ports": []})
         keep_domains = _by(will.get("domains", []), "name")
         domains = [d for d in was.get("domains", [])
@@ -94,4 +97,16 @@ def repointed(old: Plan, new: Plan, skip_hosts: Collection[str]) -> list[tuple[s
             t, w = seg.get("tunnel"), (was or {}).get("tunnel")
             if t and w and t["device"] == w["device"] and t["remote"] != w["remote"]:
                 out.append((host, str(t["device"]), str(t["remote"])))
+    return out
+
+
+def dropped_tunnels(old: Plan, new: Plan) -> list[tuple[str, str]]:
+    """(host, tunnel device) of segments that stay but lose their tunnel."""
+    out = []
+    for host in old["hosts"]:
+        keep = _by(_part(new, host).get("links", []), "bridge")
+        for seg in _part(old, host).get("links", []):
+            after = keep.get(seg["bridge"])
+            if after is not None and seg.get("tunnel") and not after.get("tunnel"):
+                out.append((host, str(seg["tunnel"]["device"])))
     return out

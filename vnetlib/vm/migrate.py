@@ -329,3 +329,9 @@ def flood(entries: Sequence[Flood], on: bool) -> None:
         done = subprocess.run(argv, capture_output=True, text=True)
         if on and done.returncode != 0:
             raise MigrationError(f"{' '.join(argv)}: {done.stderr.strip()}")
+
+
+def drop_tunnel(netns: str, device: str) -> None:
+    """Delete a tunnel device whose segment stays (its other end came here)."""
+    if device in _links_of(netns):
+        _ip("-n", netns, "link", "delete", "dev", device)
