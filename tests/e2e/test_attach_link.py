@@ -30,8 +30,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 # 3 of a lab host's 4 cores each: e1 and e2 run on different hosts, so l1 is a
-# bridge and a VXLAN tunnel on each (a link between two nodes of one host is a
-# bare veth pair unless the plan asks vnet_link for `bridged`)
+# bridge and a VXLAN tunnel on each and the device reaches e2 through the
+# tunnel (a link of two local nodes keeps its bridge because the planner sees
+# the attachment point: tests/unit/test_plan_build.py)
 SPEC = """<?xml version="1.0"?>
 <vnet xmlns="urn:vnet:rdl:1" version="1" name="segment">
   <node id="e1" cpu="3"/>
