@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from vnetlib.core.deployer import RecordingDeployer
 from vnetlib.core.ledger import Ledger
+from vnetlib.core.pip import PipCore, Pricing, Rejected
 from vnetlib.core.vlans import CAPACITY, NoVlan, VlanLedger
 from vnetlib.lab.layout import LabConfig, substrate_of
+from vnetlib.plan.build import crossing_links
 from vnetlib.players.db import sqlite_url
 from vnetlib.spec import load_vnet
 
@@ -75,3 +78,32 @@ def test_two_processes_never_share_an_id(tmp_path: Path) -> None:
         p.join(timeout=60)
     ids = [v for g in got for v in g.values()]
     assert len(ids) == 40 and len(set(ids)) == 40
+
+
+def test_the_pip_core_takes_plans_and_frees_the_ids(tmp_path: Path) -> None:
+    """Provision takes one id per crossing link in the ledger, the plan carries
+    exactly those, Delete frees them; a quote is declined when they are short."""
+    big = substrate_of(LabConfig(name="vl", hosts=3, cpu=2.0))  # 6 nodes: spread
+    vlan_sub = dataclasses.replace(big, encapsulations=("vlan", "vxlan"))
+    core = PipCore(vlan_sub, Ledger(sqlite_url(tmp_path / "ledger.db"), vlan_sub.name),
+                   RecordingDeployer(), Pricing(1.0, 0.0, 60.0))
+    try:
+        spec = load_vnet(ROOT / "examples" / "figure6.xml")
+        core.allocate("vnp", "a", spec)
+        s = core.provision("vnp", "a")
+        assert core.vlans is not None
+        held = core.vlans.of(s.id)
+        crossing = set(crossing_links(spec, s.embedding.node_map))
+        assert crossing and set(held) == crossing
+        planned = {v["link"]: v["vlan"] for h in core.plan(s)["hosts"].values()
+                   for v in h["vlan"]}
+        assert planned == held
+        core.vlans.allocate("other", [f"x{i}" for i in range(core.vlans.free())])
+        with pytest.raises(Rejected, match="not enough VLAN ids"):
+            core.check_fits(spec)
+        core.vlans.release("other")
+        core.delete("vnp", "a")
+        assert core.vlans.of(s.id) == {} and core.vlans.free() == CAPACITY
+        core.ledger.forget()
+    finally:
+        core.ledger.close()

@@ -30,7 +30,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     delete,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -168,6 +170,9 @@ class Ledger:
                 pool_settings_table.c.substrate == self.substrate))
             conn.execute(delete(drained_table).where(
                 drained_table.c.substrate == self.substrate))
+            if inspect(conn).has_table("ledger_vlans"):  # vnetlib.core.vlans, made on first use
+                conn.execute(text("DELETE FROM ledger_vlans WHERE substrate = :s"),
+                             {"s": self.substrate})
             conn.execute(delete(substrates_table).where(
                 substrates_table.c.name == self.substrate))
 

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sqlalchemy.engine import Connection
+
 from vnetlib import naming
 from vnetlib.console import repoint
 from vnetlib.core.deployer import Deployer
@@ -42,6 +44,7 @@ from vnetlib.core.records import (
     State,
     Stitch,
 )
+from vnetlib.core.vlans import NoVlan, VlanLedger, uses_vlans
 from vnetlib.deploy.ansible import DeployError, Progress
 from vnetlib.migrate import plan as moves
 from vnetlib.migrate.place import CannotMove, move_node
@@ -100,7 +103,7 @@ class DeployFailed(CoreError):
 
     kind = "failed"
 
-    def __init__(self, message: str, cause: DeployError | PlanError | NoVni,
+    def __init__(self, message: str, cause: DeployError | PlanError | NoVni | NoVlan,
                  rolled_back: bool) -> None:
         super().__init__(message)
         self.cause = cause
@@ -201,6 +204,13 @@ class PipCore:
     pool_settings: PoolSettings | None = field(default_factory=PoolSettings.from_env)
     pool_background: bool = True
     _pool: VmPool | None = field(default=None, repr=False)
+    vlans: VlanLedger | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Made here, not on first use: its table is created in a transaction of
+        # its own, which must not start inside a provision's (SQLite locks).
+        if uses_vlans(self.substrate):
+            self.vlans = VlanLedger(self.ledger)
 
     @property
     def name(self) -> str:
@@ -212,6 +222,13 @@ class PipCore:
             self._pool = VmPool(self.substrate, self.ledger, self.deployer, self.images,
                                 self.holder, holder_alive, self.pool_settings)
         return self._pool
+
+    def _take_links(self, conn: Connection, sliver_id: str, links: Sequence[str]) -> None:
+        """Tunnel ids (and VLAN ids on a VLAN substrate) for crossing links,
+        in the caller's transaction: a link that has them keeps them."""
+        self.ledger.take_vnis(conn, sliver_id, links)
+        if self.vlans is not None:
+            self.vlans.take(conn, sliver_id, links)
 
     # -- reading -------------------------------------------------------------------
 
@@ -262,6 +279,7 @@ class PipCore:
         boundary = {st.link: (st.remote, st.vni) for st in s.stitches}
         plan = build_plan(spec_of(s.spec_xml), s.embedding.node_map, self.substrate,
                           vnet_id=s.id, lab=self.name, vnis=self.ledger.vnis_of(s.id),
+                          vlans=self.vlans.of(s.id) if self.vlans is not None else None,
                           boundary=boundary, node_states=s.node_states,
                           image=self._image(s), pool_domains=s.domains).to_dict()
         if s.moved:  # live-migrated VMs run in domains of other names
@@ -274,6 +292,9 @@ class PipCore:
 
     def check_fits(self, spec: VNetSpec) -> None:
         """Rejected if the substrate cannot hold `spec` now; reserves nothing."""
+        short = self.vlans.shortage(self.substrate, spec) if self.vlans is not None else None
+        if short is not None:
+            raise Rejected(short, short)
         self._embed(spec, "quote", self.residual())
 
     def _embed(self, spec: VNetSpec, sliver_id: str, residual: Substrate) -> Embedding:
@@ -396,7 +417,7 @@ class PipCore:
                 # Peers, "deployed" and tunnel ids in one write, before any host is
                 # touched: whatever happens next, Delete removes what may be there.
                 op.save(replace(op.sliver, peers=tuple(peers), expires=None, deployed=True),
-                        also=lambda conn: self.ledger.take_vnis(conn, op.sliver.id, links))
+                        also=lambda conn: self._take_links(conn, op.sliver.id, links))
                 started = time.perf_counter()
                 self._take_pool_vms(op, spec)
                 took = time.perf_counter()
@@ -406,7 +427,7 @@ class PipCore:
                 timings = {"pool": round(took - started, 4),
                            "plan": round(planned - took, 4),
                            "deploy": round(time.perf_counter() - planned, 4)}
-            except (DeployError, PlanError, NoVni) as exc:
+            except (DeployError, PlanError, NoVni, NoVlan) as exc:
                 rolled_back = self._rollback(op, exc, progress)
                 raise DeployFailed(f"deployment of sliver {name} failed: {exc}", exc,
                                    rolled_back) from exc
@@ -612,7 +633,7 @@ class PipCore:
                                         cur.domain(node))
         old_plan = self.plan(cur)
         op.save(replace(cur, moving=Move(node, source, target, embedding, dest)),
-                also=lambda conn: self.ledger.take_vnis(conn, cur.id, fresh))
+                also=lambda conn: self._take_links(conn, cur.id, fresh))
         after = self._after(op.sliver)
         new_plan = self.plan(after)
         timings: dict[str, float] = {}
@@ -825,6 +846,7 @@ class PipCore:
 
     def _remove(self, op: _Op, progress: Progress | None) -> Sliver:
         s = op.sliver
+        vlans = self.vlans
         if self.on_removed is not None:
             self.on_removed(s)
         if s.deployed:
@@ -837,8 +859,12 @@ class PipCore:
                 raise DeployFailed(f"removal of sliver {s.name} failed: {exc}", exc,
                                    False) from exc
             self.pool.release(s.id)
-        op.save(replace(s, state=State.DELETED, deployed=False, lock=None),
-                also=lambda conn: self.ledger.drop_vnis(conn, s.id))
+        def drop(conn: Connection) -> None:
+            self.ledger.drop_vnis(conn, s.id)
+            if vlans is not None:
+                vlans.drop(conn, s.id)
+
+        op.save(replace(s, state=State.DELETED, deployed=False, lock=None), also=drop)
         return op.sliver
 
     # -- the reaper ----------------------------------------------------------------

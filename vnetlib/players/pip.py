@@ -37,7 +37,6 @@ from vnetlib.core.pip import (
 )
 from vnetlib.core.pool import PoolSettings
 from vnetlib.core.records import Peer, Sliver, State, Stitch
-from vnetlib.core.vlans import VlanLedger, uses_vlans
 from vnetlib.deploy.ansible import DeployError, Progress, check_installed
 from vnetlib.geni.am import mount as mount_geni
 from vnetlib.players import cgroups, faultpoints, timeouts
@@ -228,9 +227,6 @@ class PipService(Service):
             self.core.check_fits(req.spec)
         except Rejected as exc:
             return 200, m.quote_xml(m.Quote("declined", reason=exc.public))
-        if uses_vlans(self.core.substrate) and (
-                short := VlanLedger(self.core.ledger).shortage(self.core.substrate, req.spec)):
-            return 200, m.quote_xml(m.Quote("declined", reason=short))
         return 200, m.quote_xml(decide_quote(self.core.price(req.spec), req.bid))
 
     def list_slivers(self, caller: Identity, params: Mapping[str, str],
