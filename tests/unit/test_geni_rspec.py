@@ -163,3 +163,19 @@ def test_urns() -> None:
         urns.sliver_parts("pip2", u)
     with pytest.raises(ValueError):
         urns.slice_name("urn:publicid:IDN+x+user+bob")
+
+
+def test_attachment_points_on_nodes_and_link_segments_survive_a_round_trip() -> None:
+    spec = parse_vnet(b"""<vnet xmlns="urn:vnet:rdl:1" version="1" name="att">
+  <node id="a"/><node id="b"/>
+  <link id="ab">
+    <endpoint node="a" interface="e0"><address>198.19.4.1/24</address></endpoint>
+    <endpoint node="b" interface="e0"><address>198.19.4.2/24</address></endpoint></link>
+  <attach node="a" link="ab" pool="198.19.4.128/25" realm="vno"/>
+  <attach node="b" pool="198.19.8.0/24" realm="vno"/>
+</vnet>""")
+    rspec = request_rspec(spec)
+    assert schema.validate_bytes(rspec, "request") == "request"
+    back = parse_request(rspec)
+    assert back.attachments == spec.attachments
+    assert [a.link for a in back.attachments] == ["ab", ""]

@@ -180,7 +180,8 @@ def write_vnet_extension(root: Element, spec: VNetSpec) -> None:
     for location in c.allowed_locations:
         sub(el, v("allowed-location")).text = location
     for att in spec.attachments:
-        sub(ext, v("attach"), node=att.node, pool=att.pool, realm=att.realm)
+        sub(ext, v("attach"), node=att.node, link=att.link or None, pool=att.pool,
+            realm=att.realm)
 
 
 def request_rspec(spec: VNetSpec, component_manager: str | None = None) -> bytes:
@@ -287,7 +288,7 @@ def _vnet_extension(root: Element, name: str) -> tuple[str, ServiceRequirements,
                 v("allowed-location"))), _bool_of(c.get("path-splitting"), False),
             None if pips is None else int(pips))
     atts = tuple(Attachment(a.get("node", ""), a.get("pool", ""), a.get("realm", ""),
-                            line_of(a)) for a in ext.findall(v("attach")))
+                            line_of(a), a.get("link", "")) for a in ext.findall(v("attach")))
     return ext.get("name", name), service, constraints, atts
 
 
