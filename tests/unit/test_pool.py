@@ -155,3 +155,18 @@ def test_untaken_pool_vms_hold_memory_the_residual_loses(url: str) -> None:
     left = core.pool.charge(core.residual())
     assert left.hosts[0].memory_mb == SUBSTRATE.hosts[0].memory_mb - 512
     core.ledger.close()
+
+
+def test_a_pip_config_sizes_its_pool() -> None:
+    """`[pip] pool_*` become the PIP's pool settings (pre-wired NICs included);
+    without pool_size the environment decides."""
+    from vnetlib.players.config import from_dict
+    from vnetlib.players.pip import pool_settings
+
+    base = {"name": "pip-a", "role": "pip", "store": "sqlite://", "pki": "/nonexistent"}
+    config = from_dict({**base, "pip": {"substrate": "s.xml", "inventory": "i.yml", "pool_size": "h1=2,h2=1",
+                                        "pool_memory_mb": 96, "pool_nics": 2}})
+    settings = pool_settings(config)
+    assert settings is not None
+    assert settings.nics == 2 and settings.memory_mb == 96
+    assert settings.sizes == {"h1": 2, "h2": 1}

@@ -16,6 +16,7 @@ reservation_seconds = 60
 pool_size = "2"                # optional: booted VMs kept ready per host ("2" or "h1=2,h2=1")
 pool_vcpus = 1                 # ... each of this size (a VM node takes one of its size)
 pool_memory_mb = 128
+pool_nics = 4                  # NICs each pool VM boots with (a take hot-plugs only more)
 geni_sp_access = false         # true: SPs may use the GENI AM API here directly (VNPs always)
 [vnp]
 upstreams = [ { name = "pip-a", url = "https://127.0.0.1:40001" } ]
@@ -84,6 +85,7 @@ class PipSection:
     pool_size: str = ""
     pool_vcpus: int = 1
     pool_memory_mb: int = 128
+    pool_nics: int = 4
     # The GENI AM API (vnetlib/geni/am.py) serves VNPs only, like the PIP's own
     # API; true lets SP certificates allocate on this PIP directly too.
     geni_sp_access: bool = False

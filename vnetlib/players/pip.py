@@ -104,7 +104,7 @@ def pool_settings(config: PlayerConfig) -> PoolSettings | None:
     """The PIP's pool of booted VMs: its [pip] pool_size, else $VNET_POOL_SIZE."""
     c = config.pip
     if c.pool_size:
-        return PoolSettings.parse(c.pool_size, c.pool_vcpus, c.pool_memory_mb)
+        return PoolSettings.parse(c.pool_size, c.pool_vcpus, c.pool_memory_mb, c.pool_nics)
     return PoolSettings.from_env()
 
 
