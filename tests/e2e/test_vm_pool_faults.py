@@ -4,8 +4,8 @@
   the next round, its pre-wired taps with it, and a new one is booted;
 - a take that fails after the VM was taken over (the deployment fails after
   the module took the pool VM: NICs renamed, guest reconfigured) is rolled
-  back: the sliver ends failed with nothing deployed, the VM, its row and every tap it had are gone, and
-  the next round boots a replacement.
+  back: the sliver ends failed with nothing deployed, the VM, its row and
+  every tap it had are gone, and the next round boots a replacement.
 """
 
 from __future__ import annotations

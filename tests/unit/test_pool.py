@@ -164,8 +164,9 @@ def test_a_pip_config_sizes_its_pool() -> None:
     from vnetlib.players.pip import pool_settings
 
     base = {"name": "pip-a", "role": "pip", "store": "sqlite://", "pki": "/nonexistent"}
-    config = from_dict({**base, "pip": {"substrate": "s.xml", "inventory": "i.yml", "pool_size": "h1=2,h2=1",
-                                        "pool_memory_mb": 96, "pool_nics": 2}})
+    config = from_dict({**base, "pip": {"substrate": "s.xml", "inventory": "i.yml",
+                                        "pool_size": "h1=2,h2=1", "pool_memory_mb": 96,
+                                        "pool_nics": 2}})
     settings = pool_settings(config)
     assert settings is not None
     assert settings.nics == 2 and settings.memory_mb == 96
