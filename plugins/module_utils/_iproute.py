@@ -593,7 +593,8 @@ def _plan_direct(want: LinkWant, have: HostState, check_missing_netns: bool) -> 
         ends = [Iface(name=p.ifname, kind=VETH_KIND, mtu=p.mtu) for p in want.ports]
         have = replace(have, ns_qdiscs={})  # new ends have no qdisc
     for port, node in zip(want.ports, ends):
-        assert node is not None
+        if node is None:
+            raise AssertionError(f"no node end for {port.ifname} in {port.netns}")
         commands += _plan_end(port, node, have, want.bandwidth_mbps)
     return commands
 
@@ -612,7 +613,8 @@ def _plan_link_absent(want: LinkWant, have: HostState) -> list[Command]:
             if len(other) == 1 and want.direct():
                 peer = _node_end(have, other[0])
                 if _is_pair(node, peer):
-                    assert peer is not None
+                    if peer is None:
+                        raise AssertionError("a pair without its peer")
                     gone.add((other[0].netns, peer.ifindex))
     if want.tunnel is not None:
         dev = have.links.get(want.tunnel.device)

@@ -467,8 +467,8 @@ class Host:
                 if argv[0] == GUEST:
                     self._join(guest)
                     guest[:] = [None, argv, None]
-                    guest[0] = threading.Thread(target=self._configure_in, args=(guest, xml,
-                                                                               boot_timeout))
+                    guest[0] = threading.Thread(target=self._configure_in,
+                                                args=(guest, xml, boot_timeout))
                     guest[0].start()
                     continue
                 if len(group) > 1:
@@ -496,7 +496,7 @@ class Host:
     def _join(self, guest: list) -> None:
         if not guest:
             return
-        thread, argv, _ = guest
+        thread, argv = guest[0], guest[1]
         thread.join()
         error = guest[2]
         guest.clear()
