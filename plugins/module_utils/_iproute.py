@@ -468,19 +468,7 @@ def _plan_port(want: LinkWant, port: PortWant, have: HostState, check_missing_ne
         commands.append([IP, "link", "set", "dev", port.peer, "master", want.bridge])
     if not host.up:
         commands.append([IP, "link", "set", "dev", port.peer, "up"])
-    if node.mtu != port.mtu:
-        commands.append([IP, "-n", port.netns, "link", "set", "dev", port.ifname, "mtu", str(port.mtu)])
-    current = set(node.addresses)
-    for address in node.addresses:
-        if address not in port.addresses:
-            commands.append([IP, "-n", port.netns, "address", "delete", address, "dev", port.ifname])
-    for address in port.addresses:
-        if address not in current:
-            commands.append([IP, "-n", port.netns, "address", "add", address, "dev", port.ifname])
-    if port.up and not node.up:
-        commands.append([IP, "-n", port.netns, "link", "set", "dev", port.ifname, "up"])
-    elif not port.up and node.up:
-        commands.append([IP, "-n", port.netns, "link", "set", "dev", port.ifname, "down"])
+    commands += _plan_end(port, node, have, None)
     if want.bandwidth_mbps is not None and not _rate_matches(have.qdiscs.get(port.peer), want.bandwidth_mbps):
         commands.append(tbf_command(port.peer, want.bandwidth_mbps))
     return commands
@@ -535,8 +523,9 @@ def _node_end(have: HostState, port: PortWant) -> Iface | None:
 
 
 def _plan_end(port: PortWant, node: Iface, have: HostState, mbps: float | None) -> list[Command]:
-    """A node's end of a link: MTU, exactly the wanted addresses, up or down,
-    and (for a direct pair) the rate limit on its egress."""
+    """A node's end of a link, bridged or one of a direct pair: MTU, exactly
+    the wanted addresses, up or down, and the rate limit on its egress when
+    `mbps` is given (a direct pair's; a bridged link shapes its host end)."""
     commands: list[Command] = []
     if node.mtu != port.mtu:
         commands.append([IP, "-n", port.netns, "link", "set", "dev", port.ifname, "mtu", str(port.mtu)])
