@@ -127,7 +127,7 @@ def test_port_must_be_a_udp_port() -> None:
 
 
 def test_device_commands_make_only_what_is_missing() -> None:
-    from vnetlib.click._render import load
+    from vnetlib.collection import module_utils as load
 
     device_commands = load("_click").device_commands
     lk = _link("vxaaaa", 1)
@@ -151,7 +151,7 @@ def test_half_present_pair_is_deleted_then_made_in_that_order() -> None:
     """The bridge end left without its Click end (or the other way round): the
     survivor goes first, then the pair is made again; deletions of dropped
     segments are a list of their own, run after the change."""
-    from vnetlib.click._render import load
+    from vnetlib.collection import module_utils as load
 
     click = load("_click")
     lk, gone = _link("vxaaaa", 1), _link("vxcccc", 3)

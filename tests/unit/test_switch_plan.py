@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from vnetlib.collection import module_utils as load
 from vnetlib.switch import remote
-from vnetlib.switch._load import load
 from vnetlib.switch.driver import OvsError, PortVlan, access, plan, trunk
 
 _ovs = load("_ovs")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vnetlib.click._render import load
+from vnetlib.collection import module_utils as load
 
 if TYPE_CHECKING:  # the checkout's file, for the types
     from plugins.module_utils._click import (

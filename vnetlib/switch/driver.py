@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from vnetlib.switch._load import load
+from vnetlib.collection import module_utils
 
-_ovs = load("_ovs")
+_ovs = module_utils("_ovs")
 OvsError: type[Exception] = _ovs.OvsError
 PortVlan: Any = _ovs.PortVlan  # a frozen dataclass: name, mode, tag, trunks
 OvsSwitch = _ovs.OvsSwitch

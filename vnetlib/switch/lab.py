@@ -20,7 +20,6 @@ from vnetlib.instantiate import INVENTORY_FILE, SUBSTRATE_FILE
 from vnetlib.lab.layout import LabConfig
 from vnetlib.spec import dump_substrate, load_substrate
 from vnetlib.switch import daemons
-from vnetlib.switch.driver import OvsDriver
 
 RECORD = "ovs.json"
 FALLBACK = Path("/run/vnet/ovs")
@@ -114,6 +113,10 @@ def set_encapsulation(directory: Path, substrates: Iterable[LabConfig],
         variables = inventory["all"].setdefault("vars", {})
         keys = {"vnet_ovs_db", "vnet_ovs_bridge", "vnet_ovs_netns"}
         if encap == "vlan":
+            # imported here: the OVS driver loads the collection's module_utils,
+            # which a lab without VLANs (and `vnet` at start-up) must not need
+            from vnetlib.switch.driver import OvsDriver
+
             inst = ovs[sub.name]
             with OvsDriver(inst.remote, bridge_of(sub.name)):
                 pass  # the switch's bridge exists from the start
