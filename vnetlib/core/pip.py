@@ -778,8 +778,13 @@ class PipCore:
             log.error("%s: removing the half-made move of %s: %s", self.name, m.node, exc)
             done = False
         try:
-            self.deployer.apply(moves.restrict(old, moves.changed_hosts(old, new) | {m.source}),
-                                "present", progress=progress)
+            back = moves.restrict(old, moves.changed_hosts(old, new) | {m.source})
+            mover = getattr(self.deployer, "move", None)
+            if mover is None or spec.node(m.node).kind.is_vm:
+                self.deployer.apply(back, "present", progress=progress)
+            else:  # a namespace made again: its neighbours must learn its new MACs
+                mover({**back, "hosts": {}}, back, self._greetings(s, m.node, m.source),
+                      progress=progress)
         except (DeployError, PlanError) as exc:
             log.error("%s: restoring %s on %s failed: %s", self.name, m.node, m.source, exc)
             op.save(replace(s, error=f"move of {m.node} undone in part: {exc}"[:500]))
