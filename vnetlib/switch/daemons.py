@@ -161,13 +161,32 @@ def _kill(pid: int, daemon: str, timeout: float = 5.0) -> None:
         os.waitpid(pid, 0)
 
 
+def _exit_cleanly(inst: OvsInstance, pid: int) -> None:
+    """Ask ovs-vswitchd to exit with ``--cleanup``: the userspace datapath's
+    ports are tap devices, and a vswitchd merely terminated leaves them behind."""
+    appctl = shutil.which("ovs-appctl")
+    ctl = inst.rundir / "ovs-vswitchd.ctl"
+    if appctl is None or not ctl.exists():
+        return
+    with contextlib.suppress(subprocess.SubprocessError, OSError):
+        subprocess.run(_argv(inst, [appctl, "-t", str(ctl), "exit", "--cleanup"]),
+                       capture_output=True, timeout=5.0, check=False)
+    end = time.monotonic() + 5.0
+    while _alive(pid, "ovs-vswitchd") and time.monotonic() < end:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.02)
+
+
 def stop(inst: OvsInstance) -> bool:
-    """Stop both daemons by their recorded pids (vswitchd first, so it removes
-    its datapath ports). True if one was running. Keeps the database."""
+    """Stop both daemons by their recorded pids (vswitchd first, asked to
+    remove its datapath ports). True if one was running. Keeps the database."""
     stopped = False
     for daemon in ("ovs-vswitchd", "ovsdb-server"):
         pid = inst.pid(daemon)
         if pid is not None:
+            if daemon == "ovs-vswitchd":
+                _exit_cleanly(inst, pid)
             _kill(pid, daemon)
             stopped = True
         for suffix in ("pid", "ctl"):
