@@ -255,7 +255,9 @@ def test_broadcast_double_tags_and_forged_ids_stay_in_their_vnet(
             got_mine = rx_packets(mine, far) - before[0]
             got_theirs = (rx_packets(theirs, far) - before[1]
                           - (rx_packets(their_sender, dev, "tx") - before[2]))
-            assert got_theirs < 5, f"{encap} {kind}: {got_theirs} frames reached the other VNet"
+            # 100 frames are sent: a leak shows as ~100; a few are the other
+            # VNet's own IPv6 chatter (its bridge and host ends' solicitations, MLD)
+            assert got_theirs < 20, f"{encap} {kind}: {got_theirs} frames reached the other VNet"
             if kind == "broadcast":
                 assert got_mine >= 95, f"{encap}: the link lost its own broadcasts ({got_mine})"
     finally:
