@@ -14,4 +14,4 @@ mypy
 echo "== ansible-test sanity =="
 scripts/sanity.sh
 echo "== pytest =="
-pytest -p no:cacheprovider -ra "$@"
+pytest -p no:cacheprovider -ra --durations=40 "$@"
