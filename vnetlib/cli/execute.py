@@ -6,7 +6,7 @@ import argparse
 import subprocess
 import sys
 
-from vnetlib import naming
+from vnetlib import hosts, naming, paths
 from vnetlib.cli import target
 from vnetlib.cli.output import emit_json
 from vnetlib.core.pip import spec_of
@@ -29,12 +29,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def node_command(record: LocalVNet, node: str, command: list[str]) -> list[str]:
-    """The argv that runs `command` inside virtual node `node` of a local VNet."""
+    """The argv that runs `command` inside virtual node `node` of a local VNet:
+    on the node's host through its SSH connection when the substrate's
+    inventory reaches it over SSH, else here."""
     node_map = (record.embedding or {}).get("node_map", {})
     if node not in node_map:
         known = ", ".join(sorted(node_map))
         raise LookupError(f"VNet {record.id} has no node {node!r} (nodes: {known})")
-    return ["ip", "netns", "exec", naming.vnode_netns(record.lab, record.id, node), *command]
+    argv = ["ip", "netns", "exec", naming.vnode_netns(record.lab, record.id, node), *command]
+    inventory = paths.substrate_dir(record.lab) / "inventory.yml"
+    host = str(node_map[node])
+    if inventory.is_file() and hosts.is_ssh(inventory, host):
+        return hosts.command(inventory, host, argv)
+    return argv
 
 
 def node_kind(record: LocalVNet, node: str) -> NodeKind:

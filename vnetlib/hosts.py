@@ -1,0 +1,126 @@
+"""Running a command on a substrate host the way Ansible reaches it.
+
+A host whose inventory entry uses the `ssh` connection is reached with the
+same `ssh` options Ansible uses (key, pinned known_hosts, strict host-key
+checking, batch mode, timeouts, the same ControlMaster sockets); a host of
+the `netns` connection runs the command here, in its namespace. This is how
+`vnet exec`, the PIP's exec and its console endpoints reach virtual nodes on
+real hosts (`ip netns exec NODE-NETNS CMD`, or the confined chain, on the
+node's host): a player never enters a node's namespace on its own machine
+when the node's host is reached over SSH.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SSH_CONNECTIONS = ("ssh", "ansible.builtin.ssh")
+NETNS_CONNECTIONS = ("vnet.infra.netns",)
+
+
+class UnknownHost(LookupError):
+    pass
+
+
+def _hosts(node: Mapping[str, Any], inherited: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every host below an inventory group, with the group variables it inherits."""
+    scope = {**inherited, **(node.get("vars") or {})}
+    found = {name: {**scope, **(hv or {})} for name, hv in (node.get("hosts") or {}).items()}
+    for child in (node.get("children") or {}).values():
+        for name, hv in _hosts(child or {}, scope).items():
+            found[name] = {**found.get(name, {}), **hv}
+    return found
+
+
+def host_vars(inventory: Path, host: str) -> dict[str, Any]:
+    """The variables of `host` in a YAML inventory, with group_vars/*.yml
+    beside it and `{{ inventory_dir }}` resolved (what the lab and the hen
+    template use; not a general Jinja evaluation)."""
+    data = yaml.safe_load(inventory.read_text()) or {}
+    hosts = _hosts(data.get("all", {}), {})
+    if host not in hosts:
+        raise UnknownHost(f"{inventory} has no host {host!r}")
+    groups = _groups_of(data.get("all", {}), host)
+    merged: dict[str, Any] = {}
+    for group in ("all", *groups):
+        path = inventory.parent / "group_vars" / f"{group}.yml"
+        if path.is_file():
+            merged.update(yaml.safe_load(path.read_text()) or {})
+    merged.update(hosts[host])
+    directory = str(inventory.parent)
+    return {k: v.replace("{{ inventory_dir }}", directory) if isinstance(v, str) else v
+            for k, v in merged.items()}
+
+
+def _groups_of(node: Mapping[str, Any], host: str) -> list[str]:
+    found = []
+    for name, child in (node.get("children") or {}).items():
+        child = child or {}
+        below = _groups_of(child, host)
+        if host in (child.get("hosts") or {}) or below:
+            found += [name, *below]
+    return found
+
+
+def control_name(address: str, port: object, user: object) -> str:
+    """The name Ansible's ssh connection gives a host's ControlMaster socket
+    (`Connection._create_control_path`: short enough for a socket path), so
+    a command here shares the connection Ansible keeps open."""
+    return hashlib.sha1(f"{address}-{port}-{user}".encode()).hexdigest()[:10]
+
+
+def command(inventory: Path, host: str, argv: Sequence[str], *, tty: bool = False) -> list[str]:
+    """The argv that runs `argv` on `host` of `inventory`: over ssh for an
+    ssh host, `nsenter` into its namespace for a netns host. `tty`: the
+    remote command gets a pseudo-terminal (`ssh -tt`; an interactive shell)."""
+    hv = host_vars(inventory, host)
+    connection = str(hv.get("ansible_connection", "ssh"))
+    if connection in NETNS_CONNECTIONS:
+        netns = str(hv.get("ansible_netns_name", host))
+        return ["nsenter", f"--net=/run/netns/{netns}", "--", *argv]
+    if connection not in SSH_CONNECTIONS:
+        raise ValueError(f"{inventory}: host {host} uses connection {connection}, "
+                         "neither ssh nor netns")
+    port = hv.get("ansible_port", 22)
+    user = hv.get("ansible_user")
+    address = str(hv.get("ansible_host", host))
+    ssh = ["ssh", "-p", str(port)]
+    if tty:
+        ssh.append("-tt")
+    if key := hv.get("ansible_ssh_private_key_file"):
+        ssh += ["-i", str(key)]
+    ssh += shlex.split(str(hv.get("ansible_ssh_args", "")))
+    ssh += shlex.split(str(hv.get("ansible_ssh_common_args", "")))
+    if control := hv.get("ansible_control_path_dir"):
+        ssh += ["-o", f"ControlPath={control}/{control_name(address, port, user)}"]
+    if hv.get("ansible_ssh_host_key_checking") is False:
+        raise ValueError(f"{inventory}: host {host} turns host-key checking off")
+    return [*ssh, "-o", "StrictHostKeyChecking=yes",
+            f"{user}@{address}" if user else address, shlex.join(argv)]
+
+
+def is_ssh(inventory: Path, host: str) -> bool:
+    """Whether `host` of `inventory` is reached over SSH (else: a lab
+    namespace on this machine)."""
+    return str(host_vars(inventory, host).get("ansible_connection", "ssh")) in SSH_CONNECTIONS
+
+
+@dataclass(frozen=True, slots=True)
+class Hosts:
+    """The substrate hosts of one inventory, as a player reaches them: what a
+    PIP gives its confinement so that a node's commands run on the node's
+    host (`argv`), through the SSH connection Ansible keeps open."""
+    inventory: Path
+
+    def remote(self, host: str) -> bool:
+        return is_ssh(self.inventory, host)
+
+    def argv(self, host: str, argv: Sequence[str], *, tty: bool = False) -> list[str]:
+        return command(self.inventory, host, argv, tty=tty)
