@@ -724,7 +724,8 @@ class PipCore:
         move = vm_migrate.VmMove(
             source_domain, m.domain, vm_migrate.host_netns(inventory, m.source),
             vm_migrate.host_netns(inventory, m.target),
-            tuple(vm_migrate.Nic(n["tap"], n["bridge"]) for n in task["interfaces"]))
+            tuple(vm_migrate.Nic(n["tap"], n["bridge"]) for n in task["interfaces"]),
+            task.get("cmdline"))
         mark = time.perf_counter()
         skip = {source_domain, m.domain}
         floods = [vm_migrate.Flood(vm_migrate.host_netns(inventory, h), dev, remote)

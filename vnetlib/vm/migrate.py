@@ -70,6 +70,11 @@ class VmMove:
     source_netns: str  # the source host's namespace (its taps are there)
     target_netns: str
     nics: tuple[Nic, ...]
+    # The target plan's kernel command line, for the destination's next boot:
+    # a link that became local (or crossing) changes its MTU there. Without
+    # it the plan and the definition differ and vnet_domain restarts the
+    # guest at the move's last deployment (a reboot: the 4-10 s "gap").
+    cmdline: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +128,20 @@ def dest_xml(source_xml: str, dest: str) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def persistent_xml(inactive_xml: str, dest: str, uuid: str) -> str:
-    """The source's persistent definition for the destination (next boots)."""
+def persistent_xml(inactive_xml: str, dest: str, uuid: str, cmdline: str | None = None) -> str:
+    """The source's persistent definition for the destination (next boots),
+    with the target plan's kernel command line when given."""
     root = ET.fromstring(inactive_xml)
     _rename(root, dest)
     ET.SubElement(root, "uuid").text = uuid
+    if cmdline is not None:
+        element = root.find("os/cmdline")
+        if element is None:
+            os_ = root.find("os")
+            if os_ is None:
+                raise MigrationError("domain XML without <os>")
+            element = ET.SubElement(os_, "cmdline")
+        element.text = cmdline
     return ET.tostring(root, encoding="unicode")
 
 
@@ -224,7 +238,8 @@ def migrate(move: VmMove, *, uri: str = URI, downtime_limit_ms: int = DOWNTIME_L
                 _ip("-n", move.target_netns, "link", "set", "dev", nic.tap,
                     "master", nic.bridge, "up")
             stats = _run(src, dest, downtime_limit_ms, timeout, started)
-            conn.defineXML(persistent_xml(inactive, move.dest, dest.UUIDString()))
+            conn.defineXML(persistent_xml(inactive, move.dest, dest.UUIDString(),
+                                          move.cmdline))
         except BaseException:
             _remove_dest(conn, move, dest)
             raise
