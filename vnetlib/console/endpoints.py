@@ -127,14 +127,16 @@ class NetnsShell:
     chain of execs into the namespace), more than the rest of a session's
     setup; so once a node had a session, a spare shell is started for it in
     the background, confined the same way, and the node's next session takes
-    it. A spare unused for `spare_idle` seconds is ended; spares of a sliver
-    die with its tenant's processes when it is removed (a dead spare is never
-    handed out); `close()` ends them all. A spare's process is put at the
-    lowest CPU priority as soon as it exists (its exec chain and the shell
-    inherit it), so starting one hardly slows a session being set up; the
-    session that takes it raises its processes back to normal. (Not the
-    thread that starts it: it holds the interpreter's lock while forking, and
-    a starved holder would stall every session of the player.)"""
+    it (a node whose host is reached over SSH gets its shell there, through
+    the host's connection, and no spare). A spare unused for `spare_idle`
+    seconds is ended; spares of a sliver die with its tenant's processes
+    when it is removed (a dead spare is never handed out); `close()` ends
+    them all. A spare's process is put at the lowest CPU priority as soon as
+    it exists (its exec chain and the shell inherit it), so starting one
+    hardly slows a session being set up; the session that takes it raises
+    its processes back to normal. (Not the thread that starts it: it holds
+    the interpreter's lock while forking, and a starved holder would stall
+    every session of the player.)"""
 
     def __init__(self, confinement: Confinement, substrate: str, *,
                  spare_idle: float = SPARE_IDLE, max_spares: int = MAX_SPARES) -> None:
@@ -162,10 +164,13 @@ class NetnsShell:
                 spawned = entry[0]
             else:  # dead, or in a namespace the node left (it moved)
                 self._end_later(entry[0])
+        host = sliver.embedding.node_map.get(node)
         if spawned is None:
-            spawned = await asyncio.to_thread(self.confinement.spawn, sliver.id,
-                                              self._netns(sliver, node), SHELL)
-        self._restock(sliver, node)
+            spawned = await asyncio.to_thread(
+                lambda: self.confinement.spawn(sliver.id, self._netns(sliver, node), SHELL,
+                                               host=host))
+        if self.confinement.remote_host(host) is None:  # no spares on a host over SSH
+            self._restock(sliver, node)
         stream = PtyStream(self.confinement, spawned)
         return stream, stream
 
