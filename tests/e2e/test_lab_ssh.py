@@ -3,6 +3,7 @@ an sshd in each host, with pinned host keys, as on real machines."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,8 +17,12 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import EXAMPLES, Lab, Vnet, links_in, netns_list, new_lab
-from vnetlib import paths
+from vnetlib import hosts, paths
+from vnetlib.console.endpoints import NetnsShell
+from vnetlib.instantiate import find
 from vnetlib.lab import remote, sshd
+from vnetlib.players import cgroups
+from vnetlib.players.confine import UID_BASE, Confinement, Limits
 from vnetlib.spec import load_vnet
 
 FIGURE6 = EXAMPLES / "figure6.xml"
@@ -92,6 +97,8 @@ def test_figure6_over_ssh_pings_and_removal_leaves_nothing(vnet: Vnet, ssh_lab: 
                                                      "ping", "-c", "1", "-W", "2", "198.19.0.1"])
     assert subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
 
+    _exec_and_console_go_through_sshd(vnet, ssh_lab, result["vnet"], r1_host, r1_netns)
+
     vnet.json("down", result["vnet"])
     assert _objects(ssh_lab) == set()
     listeners = [sshd.running(files, h) for h in HOSTS]
@@ -99,6 +106,107 @@ def test_figure6_over_ssh_pings_and_removal_leaves_nothing(vnet: Vnet, ssh_lab: 
     assert {n for n in netns_list() if ssh_lab.substrate in n} == set()
     for pid in listeners:
         assert pid is not None and _gone(pid), f"sshd {pid} still runs after lab down"
+
+
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            break
+        chain.append(pid)
+    return chain
+
+
+def _in_netns(netns: str, comm: str) -> list[int]:
+    """Processes named `comm` in namespace `netns`."""
+    inode = os.stat(f"/run/netns/{netns}").st_ino
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if ((entry / "comm").read_text().strip() == comm
+                    and os.stat(entry / "ns/net").st_ino == inode):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _wait_for(netns: str, comm: str, timeout: float = 20.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while not (found := _in_netns(netns, comm)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def _exec_and_console_go_through_sshd(vnet: Vnet, lab: Lab, vnet_id: str, host: str,
+                                      netns: str) -> None:
+    """`vnet exec`, a confined exec and a console shell of a node on an SSH
+    host run below that host's sshd, never below the process that asked."""
+    listener = sshd.running(_files(lab), host)
+    assert listener is not None
+    proc = subprocess.Popen([sys.executable, "-m", "vnetlib.cli.main", "exec", vnet_id, "r1",
+                             "--", "sleep", "30"], env=vnet.env, stdin=subprocess.DEVNULL)
+    try:
+        sleepers = _wait_for(netns, "sleep")
+        assert sleepers, "vnet exec never started its command in the node"
+        chain = _ancestors(sleepers[0])
+        assert listener in chain, f"exec not below {host}'s sshd {listener}: {chain}"
+        assert proc.pid not in chain
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in _in_netns(netns, "sleep"):
+            os.kill(pid, signal.SIGKILL)
+
+    inventory = paths.substrate_dir(lab.substrate) / "inventory.yml"
+    parent = f"vnet-exec/test-{lab.name}"
+    confinement = Confinement(paths.vnet_home() / "confine" / lab.name, Limits(timeout=20),
+                              cgroup_parent=parent, hosts=hosts.Hosts(inventory))
+    _, sliver = find(vnet_id)
+    tenant = sliver.id
+    try:
+        done = confinement.run(tenant, netns, ["sh", "-c", "id -u; ip -o link | wc -l"],
+                               host=host)
+        assert done.exit_code == 0, done
+        uid, links = done.stdout.split()
+        assert int(uid) >= UID_BASE and int(links) > 1
+        # The tenant's cgroups were made on the host, below the absolute parent.
+        layout = cgroups.detect("/" + parent)
+        assert tenant in cgroups.tenants(layout)
+        assert confinement.tenants() == [tenant]
+
+        async def session() -> bytes:
+            shell = NetnsShell(confinement, lab.substrate)
+            reader, writer = await shell.open(sliver, "r1")
+            try:
+                shells = await asyncio.to_thread(_wait_for, netns, "sh")
+                assert shells, "no console shell in the node"
+                assert all(listener in _ancestors(p) for p in shells)
+                assert os.getpid() not in _ancestors(shells[0])
+                writer.write(b"echo $((6 * 7))x; exit\n")
+                await writer.drain()
+                seen = b""
+                deadline = time.monotonic() + 20
+                while b"42x" not in seen and time.monotonic() < deadline:
+                    seen += await asyncio.wait_for(reader.read(), 20)
+                return seen
+            finally:
+                writer.close()
+                await writer.wait_closed()
+                assert shell.spares() == 0
+                shell.close()
+
+        assert b"42x" in asyncio.run(session())
+        assert _in_netns(netns, "sh") == []
+    finally:
+        confinement.remove(tenant)
+        confinement.close()
+    assert tenant not in cgroups.tenants(cgroups.detect("/" + parent))
+    cgroups.prune(cgroups.detect("/" + parent))
 
 
 def _logins(files: sshd.SshFiles, host: str) -> int:
