@@ -11,6 +11,7 @@ from typing import Any
 
 from cryptography import x509
 
+from vnetlib.lab.apart import AddressedCA, cert_addresses
 from vnetlib.lab.players import credentials_dir, hand_out, pki_dir
 from vnetlib.players.pki import LabCA, Role
 
@@ -51,3 +52,28 @@ def test_list_revoke_renew(tmp_path: Path) -> None:
     given = x509.load_pem_x509_certificate((credentials_dir(lab, "vnp") / "vnp.pem").read_bytes())
     assert renewed["serial"] == f"{given.serial_number:x}"
     assert len(vnet_pki(tmp_path, "list")) == 3
+
+
+def test_renew_keeps_the_address_of_a_player_apart(tmp_path: Path) -> None:
+    lab = tmp_path / "labs" / "t"
+    address = "198.18.203.11"
+    ca = AddressedCA.create(pki_dir(lab), "vnet lab t CA")
+    assert isinstance(ca, AddressedCA)
+    ca.with_addresses({"pip1": (address,)})
+    for name, role in (("pip1", Role.PIP), ("vnp", Role.VNP)):
+        hand_out(ca, credentials_dir(lab, name), name, role)
+    given = credentials_dir(lab, "pip1") / "pip1.pem"
+    before = x509.load_pem_x509_certificate(given.read_bytes()).serial_number
+    assert address in cert_addresses(given)
+
+    renewed = vnet_pki(tmp_path, "renew", "pip1")
+    cert = x509.load_pem_x509_certificate(given.read_bytes())
+    assert cert.serial_number != before
+    assert renewed["serial"] == f"{cert.serial_number:x}"
+    assert sorted(cert_addresses(given)) == sorted(["127.0.0.1", address])
+    listed = {c["serial"]: c for c in vnet_pki(tmp_path, "list")}
+    assert listed[renewed["serial"]]["addresses"] == [address]
+    assert listed[f"{before:x}"]["addresses"] == [address]
+    # A player on loopback stays on loopback.
+    vnet_pki(tmp_path, "renew", "vnp")
+    assert cert_addresses(credentials_dir(lab, "vnp") / "vnp.pem") == ["127.0.0.1"]

@@ -15,14 +15,12 @@ the PIPs' management networks.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import netaddr
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vnetlib import naming
@@ -36,7 +34,7 @@ from vnetlib.lab.kernel import (
     namespace,
 )
 from vnetlib.lab.layout import LabConfig
-from vnetlib.players.pki import SERVER_HOSTS, Credentials, Identity, LabCA, Role
+from vnetlib.players.pki import SERVER_HOSTS, Credentials, Identity, LabCA, Role, _Index
 
 PLAYERS_IF = "pm0"  # a player's leg on the players network
 SUBSTRATE_IF = "sm0"  # a PIP's leg on its substrate's management network
@@ -145,23 +143,10 @@ class AddressedCA(LabCA):
         self.addresses = dict(addresses)
         return self
 
-    def _sign(self, player_name: str, role: Role, public_key: ec.EllipticCurvePublicKey,
-              days: int, serial: int) -> x509.Certificate:
-        cert = super()._sign(player_name, role, public_key, days, serial)
-        extra = self.addresses.get(player_name, ())
-        if not extra:
-            return cert
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names = [*san, *(x509.IPAddress(ipaddress.ip_address(a)) for a in extra)]
-        builder = (x509.CertificateBuilder()
-                   .subject_name(cert.subject).issuer_name(cert.issuer)
-                   .public_key(public_key).serial_number(serial)
-                   .not_valid_before(cert.not_valid_before_utc)
-                   .not_valid_after(cert.not_valid_after_utc))
-        for ext in cert.extensions:
-            value = x509.SubjectAlternativeName(names) if ext.oid == san.oid else ext.value
-            builder = builder.add_extension(value, critical=ext.critical)
-        return builder.sign(self._key, hashes.SHA256())
+    def _new_pair(self, index: _Index, player_name: str, role: Role,
+                  days: int, addresses: Sequence[str] = ()) -> Credentials:
+        wanted = (*addresses, *self.addresses.get(player_name, ()))
+        return super()._new_pair(index, player_name, role, days, tuple(dict.fromkeys(wanted)))
 
     def _reusable(self, creds: Credentials, revoked: set[int]) -> Identity | None:
         identity = super()._reusable(creds, revoked)

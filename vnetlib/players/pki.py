@@ -2,7 +2,8 @@
 
 Every management node (PIP, VNP, VNO) and every SP client holds a certificate
 issued by the lab CA. One certificate serves both ends of mutual TLS: it is
-valid for 127.0.0.1 and localhost as a server, and carries the player's name
+valid for 127.0.0.1 and localhost as a server (a player apart's also for
+its own address, which `renew` keeps), and carries the player's name
 (subject CN) and role (subject OU and a SAN URI ``urn:vnet:role:<role>``) so a
 server can tell which player is calling. The role is read from the SAN URI,
 which is the one place a name constraint-aware verifier would look; the OU is
@@ -13,7 +14,8 @@ Layout of a CA directory (only the lab's operator reads it)::
     ca.pem, ca.key             the authority (key 0600)
     crl.pem                    the CRL: revoked serials, nextUpdate CRL_DAYS on
     index.json                 every certificate issued: serial, name, role,
-                               end of validity, revocation
+                               end of validity, revocation, the addresses it
+                               names besides loopback (players apart)
     players/<name>.pem, .key   the current pair of each player (key 0600)
     .lock                      flock(2)ed around every change
 
@@ -37,7 +39,7 @@ import os
 import re
 import ssl
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -174,12 +176,13 @@ class IssuedCert:
     not_after: dt.datetime
     revoked_at: dt.datetime | None = None
     reason: str | None = None
+    addresses: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"serial": f"{self.serial:x}", "name": self.name, "role": self.role.value,
                 "not_after": self.not_after.isoformat(),
                 "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
-                "reason": self.reason}
+                "reason": self.reason, "addresses": list(self.addresses)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> IssuedCert:
@@ -187,7 +190,7 @@ class IssuedCert:
         return cls(int(data["serial"], 16), str(data["name"]), Role(data["role"]),
                    dt.datetime.fromisoformat(data["not_after"]),
                    dt.datetime.fromisoformat(revoked) if revoked else None,
-                   data.get("reason"))
+                   data.get("reason"), tuple(data.get("addresses") or ()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,8 +387,9 @@ class LabCA:
             return creds
 
     def renew(self, player_name: str, *, days: int = PLAYER_DAYS) -> Credentials:
-        """A new key and certificate for a player that has one: same name and
-        role, new serial, a full `days` of validity. The old certificate stays
+        """A new key and certificate for a player that has one: same name,
+        role and addresses (a player apart is called at its own address, which
+        its certificate names), new serial, a full `days` of validity. The old certificate stays
         valid until it ends (revoke it to end it sooner), so a running player
         keeps working until it loads the new pair."""
         with self._locked() as index:
@@ -393,8 +397,9 @@ class LabCA:
             if not creds.cert_path.exists():
                 raise PkiError(f"player {player_name!r} has no certificate to renew "
                                f"({creds.cert_path}); issue one first")
-            role = identity_of(_load_cert(creds.cert_path)).role
-            self._new_pair(index, player_name, role, days)
+            current = _load_cert(creds.cert_path)
+            role = identity_of(current).role
+            self._new_pair(index, player_name, role, days, named_addresses(current))
             self._ensure_crl()
             return creds
 
@@ -481,7 +486,7 @@ class LabCA:
         return self._new_pair(index, player_name, role, days)
 
     def _new_pair(self, index: _Index, player_name: str, role: Role,
-                  days: int) -> Credentials:
+                  days: int, addresses: Sequence[str] = ()) -> Credentials:
         """Sign a new pair, record it in the index, then write key and
         certificate (the lock keeps readers of the pair out meanwhile)."""
         creds = self.credentials_paths(player_name)
@@ -491,8 +496,9 @@ class LabCA:
         while serial in taken:
             serial = x509.random_serial_number()
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = self._sign(player_name, role, key.public_key(), days, serial)
-        entry = IssuedCert(serial, player_name, role, cert.not_valid_after_utc)
+        cert = self._sign(player_name, role, key.public_key(), days, serial, addresses)
+        entry = IssuedCert(serial, player_name, role, cert.not_valid_after_utc,
+                           addresses=named_addresses(cert))
         self._write_index(replace(index, certs=(*index.certs, entry)))
         _write_private(creds.key_path, _key_pem(key), 0o600)
         _write_private(creds.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
@@ -602,7 +608,7 @@ class LabCA:
         _write_private(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
 
     def _sign(self, player_name: str, role: Role, public_key: ec.EllipticCurvePublicKey,
-              days: int, serial: int) -> x509.Certificate:
+              days: int, serial: int, addresses: Sequence[str] = ()) -> x509.Certificate:
         subject = x509.Name([
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role.value),
@@ -617,6 +623,9 @@ class LabCA:
                 names.append(x509.IPAddress(ipaddress.ip_address(host)))
             except ValueError:
                 names.append(x509.DNSName(host))
+        for address in dict.fromkeys(addresses):
+            if address not in SERVER_HOSTS:
+                names.append(x509.IPAddress(ipaddress.ip_address(address)))
         now = _now()
         return (
             x509.CertificateBuilder()
@@ -648,6 +657,17 @@ class LabCA:
             )
             .sign(self._key, hashes.SHA256())
         )
+
+
+def named_addresses(cert: x509.Certificate) -> tuple[str, ...]:
+    """The IP addresses a certificate names besides the loopback ones every
+    player certificate has (a player apart: its management address)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(str(a) for a in san.get_values_for_type(x509.IPAddress)
+                 if str(a) not in SERVER_HOSTS)
 
 
 def _common_name(name: x509.Name) -> str:
