@@ -25,7 +25,11 @@ the new embedding, and the tunnel ids it needs, in the same write); when the
 hosts hold the new placement, one write puts the new embedding (and a moved
 VM's domain) in place and clears the move. Readers of states never see one
 they do not know; Delete and the reaper see the recorded move and remove or
-undo both sides. A write
+undo both sides. A reshape (`PipCore.reshape`: its customer moved a node to or from another
+provider) is the one way back from ready to provisioned: the sliver's
+boundary links to the moved node wait for their stitching again; under the
+lock `reshape` the row keeps the old description (`Sliver.previous`) until
+the hosts hold the new one. A write
 that loses a race to another writer fails (compare-and-swap on the row's
 version) and is re-decided on what is now there, never replayed.
 """
@@ -39,7 +43,7 @@ ALLOWED: dict[State, frozenset[State]] = {
     S.ALLOCATED: frozenset({S.ALLOCATED, S.PROVISIONING, S.EXPIRED, S.DELETING}),
     S.PROVISIONING: frozenset({S.PROVISIONED, S.READY, S.FAILED, S.PROVISIONING}),
     S.PROVISIONED: frozenset({S.PROVISIONED, S.READY, S.DELETING}),
-    S.READY: frozenset({S.READY, S.DELETING}),
+    S.READY: frozenset({S.READY, S.PROVISIONED, S.DELETING}),
     S.FAILED: frozenset({S.FAILED, S.DELETING}),
     S.DELETING: frozenset({S.DELETING, S.DELETED, S.FAILED}),
     S.DELETED: frozenset(),

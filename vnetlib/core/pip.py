@@ -40,12 +40,14 @@ from vnetlib.core.records import (
     Lock,
     Move,
     Peer,
+    Previous,
     Sliver,
     State,
     Stitch,
 )
 from vnetlib.core.vlans import NoVlan, VlanLedger, uses_vlans
 from vnetlib.deploy.ansible import DeployError, Progress
+from vnetlib.migrate import between
 from vnetlib.migrate import plan as moves
 from vnetlib.migrate.place import CannotMove, move_node
 from vnetlib.placement import EmbeddingRejected, embed_on_substrate, residual_substrate
@@ -797,6 +799,152 @@ class PipCore:
                 also=lambda conn: self.ledger.drop_link_vnis(conn, s.id, fresh))
         return True
 
+    def move_to(self, owner: str, name: str, node: str, location: str | None = None, *,
+                progress: Progress | None = None) -> Moved:
+        """Move `node` to another host of this substrate, at `location` if given
+        (the customer's way: it knows locations, not hosts). Rejected when no
+        other host here can take it."""
+        s = self.sliver(owner, name)
+        spec = spec_of(s.spec_xml)
+        if node not in {n.id for n in spec.nodes}:
+            raise NotFound(f"sliver {name} has no node {node}")
+        here = s.embedding.node_map.get(node, "")
+        if location is not None and self.substrate.host(here).location == location:
+            return Moved(s, node, here, here, "", {})
+        try:
+            target = between.pick_host(self.substrate, self.residual(), spec.node(node),
+                                       drained=self.ledger.drained(), location=location,
+                                       avoid={here})
+        except CannotMove as exc:
+            where = f" at {location}" if location else ""
+            raise Rejected(str(exc), f"{node}: no host{where} can take it") from exc
+        return self.migrate(owner, name, node, target, progress=progress)
+
+    # -- reshaping a sliver (a node moved between providers) -------------------------
+
+    def reshape(self, owner: str, name: str, spec: VNetSpec, peers: Sequence[Peer], *,
+                progress: Progress | None = None) -> Sliver:
+        """Give a deployed sliver a new partial description: nodes added or
+        taken away, links that became boundary links (or inner ones), boundary
+        links with other peers. Nodes it keeps stay where they are; what is
+        new is placed; the hosts get the difference (what only the old has
+        removed first, then the changed hosts' new parts). Boundary links
+        whose peer is unchanged keep their stitching; the others wait for
+        it (the sliver is `provisioned` until its customer starts it again).
+
+        The old description is kept in the row (`Sliver.previous`, with the
+        tunnel ids both need) before any host is touched, so Delete removes
+        both and the reaper undoes a reshape whose holder died; a failure
+        puts the old one back on the hosts (DeployFailed)."""
+        self.sliver(owner, name)
+        refs = {b.peer_ref for b in spec.boundary}
+        if missing := sorted(refs - {p.ref for p in peers}):
+            raise Conflict(f"boundary links without a peer: {', '.join(missing)}")
+
+        def accept(cur: Sliver) -> State | None:
+            if cur.state not in (State.PROVISIONED, State.READY):
+                raise Conflict(f"sliver {name} is {cur.state.value}: only a deployed sliver "
+                               "is reshaped")
+            if cur.moving is not None or cur.previous is not None:
+                raise Conflict(f"sliver {name} has an unfinished move")
+            return cur.state
+
+        with self._operation(owner, name, "reshape", accept=accept) as op:
+            cur = op.sliver
+            self._check_peer_refs(cur, peers)
+            old_spec = spec_of(cur.spec_xml)
+            try:
+                embedding = between.extend_embedding(self.substrate, self.residual(), spec,
+                                                     cur.embedding,
+                                                     drained=self.ledger.drained())
+            except CannotMove as exc:
+                raise Rejected(str(exc), "not enough room on this substrate for the "
+                                         "new part") from exc
+            new_links = {b.id: b for b in spec.boundary}
+            old_links = {b.peer_ref: b for b in old_spec.boundary}
+            by_ref = {p.ref: p for p in peers}
+            kept = tuple(st for st in cur.stitches
+                         if (p := by_ref.get(st.ref)) is not None and cur.peer(st.ref) == p
+                         and st.link in new_links and st.ref in old_links
+                         and new_links[st.link].peer_ref == st.ref
+                         and new_links[st.link].endpoint == old_links[st.ref].endpoint)
+            had = set(self.ledger.vnis_of(cur.id))
+            needed = crossing_links(spec, embedding.node_map)
+            fresh = [k for k in needed if k not in had]
+            gone = [n.id for n in old_spec.nodes if n.id not in {m.id for m in spec.nodes}]
+            new = replace(cur, spec_xml=dump_vnet(spec).decode(), embedding=embedding,
+                          peers=tuple(peers), stitches=kept,
+                          previous=Previous(cur.spec_xml, cur.embedding, cur.peers,
+                                            cur.stitches),
+                          node_states={k: v for k, v in cur.node_states.items()
+                                       if k not in gone})
+            op.save(new, also=lambda conn: self._take_links(conn, cur.id, fresh))
+            for node in gone:
+                repoint.hold(cur, node)
+            try:
+                old_plan, new_plan = self.plan(self._before(op.sliver)), self.plan(op.sliver)
+                removal = moves.removal(old_plan, new_plan)
+                if not moves.empty(removal):
+                    self.deployer.apply(removal, "absent", progress=progress)
+                self.deployer.apply(moves.restrict(new_plan,
+                                                   moves.changed_hosts(old_plan, new_plan)),
+                                    "present", progress=progress)
+            except (DeployError, PlanError, NoVni, NoVlan) as exc:
+                rolled_back = self._unshape(op, progress)
+                raise DeployFailed(f"reshape of sliver {name} failed: {exc}", exc,
+                                   rolled_back) from exc
+            except BaseException:
+                self._unshape(op, progress)
+                raise
+            finally:
+                for node in gone:
+                    self._end_consoles(op.sliver, node)
+            links = {b.id for b in spec.boundary} | set(needed)
+            stale = [k for k in had if k not in links]
+            done = replace(op.sliver, previous=None, lock=None)
+            done = replace(done, state=State.READY if done.all_joined else State.PROVISIONED)
+            op.save(done, also=lambda conn: self.ledger.drop_link_vnis(conn, cur.id, stale))
+            return op.sliver
+
+    def _before(self, s: Sliver) -> Sliver:
+        """The sliver as it was before its recorded reshape."""
+        p = s.previous
+        assert p is not None
+        return replace(s, spec_xml=p.spec_xml, embedding=p.embedding, peers=p.peers,
+                       stitches=p.stitches, previous=None)
+
+    def _unshape(self, op: _Op, progress: Progress | None) -> bool:
+        """Put the old description back on the hosts and in the row; the tunnel
+        ids only the new one took are freed. False if the hosts did not take it."""
+        s = op.sliver
+        old = self._before(s)
+        try:
+            old_plan, new_plan = self.plan(old), self.plan(s)
+            extra = moves.removal(new_plan, old_plan)
+            if not moves.empty(extra):
+                self.deployer.apply(extra, "absent", progress=progress)
+            self.deployer.apply(moves.restrict(old_plan, moves.changed_hosts(new_plan, old_plan)),
+                                "present", progress=progress)
+        except (DeployError, PlanError, NoVni, NoVlan) as exc:
+            log.error("%s: undoing the reshape of %s failed: %s", self.name, s.name, exc)
+            op.save(replace(s, error=f"reshape undone in part: {exc}"[:500]))
+            return False
+        spec = spec_of(old.spec_xml)
+        keep = set(crossing_links(spec, old.embedding.node_map)) | {
+            st.link for st in old.stitches}
+        extra_vnis = [k for k in self.ledger.vnis_of(s.id) if k not in keep]
+        op.save(replace(old, lock=None),
+                also=lambda conn: self.ledger.drop_link_vnis(conn, s.id, extra_vnis))
+        return True
+
+    def _end_consoles(self, s: Sliver, node: str) -> None:
+        """The console sessions of a node that left (or stays): they follow it
+        where the sliver has it, or end with a notice."""
+        try:
+            repoint.moved(s, node)
+        except Exception:
+            log.exception("%s: consoles of %s after a reshape", self.name, node)
+
     def drain(self, host: str, *, progress: Progress | None = None,
               pick: Callable[[Sliver, str], str] | None = None) -> list[Moved]:
         """Mark `host` as taking no new nodes and move every node off it (each
@@ -860,6 +1008,9 @@ class PipCore:
                 self.deployer.apply(self.plan(s), "absent", progress=progress)
                 if s.moving is not None:  # a move that stopped half-way: its side too
                     self.deployer.apply(self.plan(self._after(s)), "absent", progress=progress)
+                if s.previous is not None:  # a reshape that stopped half-way: the old too
+                    self.deployer.apply(self.plan(self._before(s)), "absent",
+                                        progress=progress)
             except (DeployError, PlanError) as exc:
                 op.save(replace(s, state=State.FAILED, error=str(exc)[:500], lock=None))
                 raise DeployFailed(f"removal of sliver {s.name} failed: {exc}", exc,
@@ -928,6 +1079,9 @@ class PipCore:
             if s.state is State.DELETING:
                 self._remove(op, None)
                 return f"deleted {s.owner}/{s.name}"
+            if s.previous is not None:
+                self._unshape(op, None)
+                return f"undid the reshape of {s.owner}/{s.name}"
             if s.moving is not None:
                 old, new = self.plan(replace(s, moving=None)), self.plan(self._after(s))
                 if self._undo_move(op, old, new, None):

@@ -120,6 +120,28 @@ class Move:
 
 
 @dataclass(frozen=True, slots=True)
+class Previous:
+    """What a sliver was before a reshape (nodes and links added or taken
+    away by its customer, e.g. a node moved to another provider), kept while
+    the hosts change: Delete removes both, a failed reshape restores it."""
+
+    spec_xml: str
+    embedding: Embedding
+    peers: tuple[Peer, ...]
+    stitches: tuple[Stitch, ...]
+
+    def to_list(self) -> list[Any]:
+        return [self.spec_xml, self.embedding.to_dict(),
+                [[p.ref, p.name, p.url, p.role] for p in self.peers],
+                [[s.ref, s.link, s.vni, s.remote, s.joined] for s in self.stitches]]
+
+    @classmethod
+    def from_list(cls, d: list[Any]) -> Previous:
+        return cls(str(d[0]), Embedding.from_dict(d[1]), tuple(Peer(*p) for p in d[2]),
+                   tuple(Stitch(r, k, int(v), a, bool(j)) for r, k, v, a, j in d[3]))
+
+
+@dataclass(frozen=True, slots=True)
 class Sliver:
     id: str
     substrate: str
@@ -142,6 +164,7 @@ class Sliver:
     # VM nodes live-migrated since -> the domain that runs them now
     moved: Mapping[str, str] = field(default_factory=dict)
     moving: Move | None = None  # a move in progress (under the lock `migrate`)
+    previous: Previous | None = None  # a reshape in progress (under the lock `reshape`)
     created: float = 0.0
     updated: float = 0.0
     version: int = 0
@@ -193,6 +216,7 @@ class Sliver:
             "domains": dict(self.domains),
             "moved": dict(self.moved),
             "moving": None if self.moving is None else self.moving.to_list(),
+            "previous": None if self.previous is None else self.previous.to_list(),
         })
 
     @classmethod
@@ -214,5 +238,7 @@ class Sliver:
             domains=d.get("domains", {}),
             moved=d.get("moved", {}),
             moving=None if d.get("moving") is None else Move.from_list(d["moving"]),
+            previous=(None if d.get("previous") is None
+                      else Previous.from_list(d["previous"])),
             created=created, updated=updated, version=version,
         )

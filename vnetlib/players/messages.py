@@ -329,6 +329,44 @@ def provision_from(el: Element) -> Provision:
     return Provision(tuple(peers))
 
 
+@dataclass(frozen=True, slots=True)
+class Move:
+    """Move a virtual node, anywhere else or to a location: asked of a VNP by
+    its VNO, of a PIP by its VNP. Hosts and providers are never named."""
+
+    node: str
+    location: str | None = None
+
+
+def move_xml(req: Move) -> bytes:
+    return _bytes(_root("move", node=req.node, location=req.location))
+
+
+def move_from(el: Element) -> Move:
+    return Move(el.get("node", ""), el.get("location"))
+
+
+@dataclass(frozen=True, slots=True)
+class Reshape:
+    """A deployed sliver's new partial description and the peers of all its
+    boundary links (a VNP moved a node between providers)."""
+
+    spec: VNetSpec
+    peers: tuple[Peer, ...] = ()
+
+
+def reshape_xml(req: Reshape) -> bytes:
+    root = _root("reshape")
+    _embed_vnet(root, req.spec)
+    for p in req.peers:
+        _sub(root, "peer", ref=p.ref, name=p.name, url=p.url, role=p.role)
+    return _bytes(root)
+
+
+def reshape_from(el: Element) -> Reshape:
+    return Reshape(vnet_of(el, "reshape"), provision_from(el).peers)
+
+
 def renew_xml(expires_in: float) -> bytes:
     return _bytes(_root("renew", expires_in=number(expires_in)))
 

@@ -30,6 +30,7 @@ from vnetlib.core.pip import (
     Busy,
     CoreError,
     DeployFailed,
+    MoveFailed,
     PipCore,
     Pricing,
     Rejected,
@@ -46,7 +47,7 @@ from vnetlib.players.client import ClientError, PlayerClient
 from vnetlib.players.config import Faults, PlayerConfig
 from vnetlib.players.confine import Confinement, ConfinementError, Limits
 from vnetlib.players.negotiation import advertise, decide_quote, stitch_offer, stitch_refusal
-from vnetlib.players.pki import Credentials, Identity
+from vnetlib.players.pki import Credentials, Identity, Role
 from vnetlib.players.server import (
     ApiError,
     Conflict,
@@ -152,6 +153,9 @@ class PipService(Service):
             list_slivers=self.list_slivers, allocate=self.allocate, describe=self.describe,
             provision=self.provision, renew=self.renew, action=self.action,
             delete=self.delete, stitch=self.stitch)
+        # Moves (issue #13): the VNP moves its own nodes, within this PIP or away.
+        self.add_route("POST", "/v1/slivers/{name}/move", self.move, roles={Role.VNP})
+        self.add_route("POST", "/v1/slivers/{name}/reshape", self.reshape, roles={Role.VNP})
         self.geni = mount_geni(self, sp_access=config.pip.geni_sp_access)
         if reaper:
             self.reap()  # a restart first finishes what a crash left
@@ -279,6 +283,45 @@ class PipService(Service):
             raise _api_error(exc, f"removal of sliver {params['name']}") from exc
         log.info("%s: deleted sliver %s of %s", self.name, params["name"], caller)
         return 204, b""
+
+    # -- moves (issue #13) --------------------------------------------------------
+
+    def move(self, caller: Identity, params: Mapping[str, str],
+             body: bytes) -> tuple[int, bytes]:
+        """Move one node of the caller's sliver to another host here (at a
+        location, if given): 409 `cannot-move` when no host here can take it
+        (the VNP then looks at other providers). The answer names no host."""
+        req = m.move_from(m.read(body, "move"))
+        name = params["name"]
+        try:
+            done = self.core.move_to(caller.name, name, req.node, req.location)
+        except MoveFailed as exc:
+            raise UpstreamFailed(_failed(f"move of node {req.node}", exc)) from exc
+        except CoreError as exc:
+            raise _api_error(exc, f"move of node {req.node}") from exc
+        log.info("%s: moved %s of %s for %s", self.name, req.node, name, caller)
+        return 200, m.manifest_xml(self._manifest(done.sliver))
+
+    def reshape(self, caller: Identity, params: Mapping[str, str],
+                body: bytes) -> tuple[int, bytes]:
+        """A deployed sliver's new partial description (a node of the caller's
+        VNet moved to or away from this PIP); its changed boundary links are
+        stitched by the next `start`."""
+        req = m.reshape_from(m.read(body, "reshape"))
+        name = params["name"]
+        had = {n.id for n in spec_of(self._sliver(caller, name).spec_xml).nodes}
+        wants = {n.id for n in req.spec.nodes}
+        if had - wants:  # a source giving a node up fails here (tests)
+            faultpoints.check(self.config.faults, "reshape-before", self.closing, self.name)
+        peers = [Peer(p.ref, p.name, p.url, p.role) for p in req.peers]
+        try:
+            s = self.core.reshape(caller.name, name, req.spec, peers)
+        except CoreError as exc:
+            raise _api_error(exc, f"reshape of sliver {name}") from exc
+        if wants - had:  # a target that took a node declines after all (tests)
+            faultpoints.check(self.config.faults, "reshape-after", self.closing, self.name)
+        log.info("%s: reshaped %s for %s", self.name, name, caller)
+        return 200, m.manifest_xml(self._manifest(s))
 
     # -- operational actions ------------------------------------------------------
 

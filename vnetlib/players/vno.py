@@ -93,6 +93,7 @@ class VnoService(Service):
         self.add_route("GET", "/v1/vnets/{id}", self.get, roles=sp)
         self.add_route("DELETE", "/v1/vnets/{id}", self.delete, roles=sp)
         self.add_route("POST", "/v1/vnets/{id}/action", self.action, roles=sp)
+        self.add_route("POST", "/v1/vnets/{id}/move", self.move, roles=sp)
         self.keys = KeyStore(config.store, config.name)  # SPs' SSH keys
         add_key_routes(self, self.keys)
         # end users of the SPs' VNets (Interface 6), for the VNO's RADIUS server
@@ -277,6 +278,28 @@ class VnoService(Service):
             raise Conflict(f"VNet {rec.id} is {rec.data['status']}, not ready")
         return 200, self._call("POST", f"/v1/vnets/{self._vnp_ref(rec)}/action",
                                m.action_xml(act))
+
+    def move(self, caller: Identity, params: Mapping[str, str],
+             body: bytes) -> tuple[int, bytes]:
+        """Ask the VNP to move a node of the VNet to a location. The VNO learns
+        only the outcome: the VNet is ready again (with the move's time among
+        its timings), never where the node was or went."""
+        req = m.move_from(m.read(body, "move"))
+        rec = self._own(caller, params["id"])
+        if rec.data["status"] != READY:
+            raise Conflict(f"VNet {rec.id} is {rec.data['status']}, not ready")
+        got = m.vnet_view_from(m.parse_reply(self._call(
+            "POST", f"/v1/vnets/{self._vnp_ref(rec)}/move", m.move_xml(req)), "vnet-status"))
+        with self._lock:
+            fresh = self.store.get(rec.id)
+            if fresh is not None:
+                timings = dict(fresh.data.get("timings", []))
+                timings.update(dict(got.timings))
+                fresh.data["timings"] = [list(t) for t in timings.items()]
+                self.store.save(rec.id, fresh.data)
+                rec = fresh
+        log.info("%s: node %s of %s moved", self.name, req.node, rec.id)
+        return 200, m.vnet_view_xml(self._view(rec))
 
     def _attachments(self, vnet_id: str) -> VNetAttachments | None:
         rec = self.store.get(vnet_id)

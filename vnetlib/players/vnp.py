@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from vnetlib.embedding.multipip import split_across_pips
 from vnetlib.embedding.result import Rejection
 from vnetlib.geni.upstream import GeniUpstream, client_for
+from vnetlib.migrate import between_vnp
 from vnetlib.naming import short_hash
 from vnetlib.players import faultpoints, timeouts
 from vnetlib.players import messages as m
@@ -121,6 +122,7 @@ class VnpService(Service):
         self.add_route("GET", "/v1/vnets/{id}", self.get_vnet, roles=vno)
         self.add_route("DELETE", "/v1/vnets/{id}", self.delete_vnet, roles=vno)
         self.add_route("POST", "/v1/vnets/{id}/action", self.vnet_action, roles=vno)
+        self.add_route("POST", "/v1/vnets/{id}/move", self.move_vnet_node, roles=vno)
         # Interfaces 2-4 as a PIP towards another VNP
         add_aggregate_routes(
             self, advertisement=self.advertisement, quote=self.quote,
@@ -507,6 +509,45 @@ class VnpService(Service):
         if act.name != "exec":
             self._note_state(rec.id, reply)
         return 200, reply
+
+    def move_vnet_node(self, caller: Identity, params: Mapping[str, str],
+                       body: bytes) -> tuple[int, bytes]:
+        """Move one node of a VNet to a location (`vnetlib.migrate.between_vnp`):
+        within its provider if it can, else to another provider. The answer is
+        the VNet's view, as before the move but for the move's timing."""
+        req = m.move_from(m.read(body, "move"))
+        rec = self._order(caller, params["id"], "vnet")
+        if rec.data["status"] != "ready":
+            raise Conflict(f"VNet {params['id']} is {rec.data['status']}, not ready")
+        if not any(req.node in p["nodes"] for p in rec.data["parts"]):
+            raise NotFound(f"VNet {params['id']} has no node {req.node}")
+        if not self._claim(rec.id):
+            raise Conflict(f"VNet {params['id']} is being worked on; retry later")
+        try:
+            fresh = self.store.get(rec.id)
+            if fresh is None:
+                raise NotFound(f"no VNet {params['id']}")
+            try:
+                done = between_vnp.move_node(self, fresh, req.node, req.location, self._fault)
+            except between_vnp.MoveDeclined as exc:
+                raise Conflict(f"cannot move: {exc}") from exc
+            except (between_vnp.MoveUndone, between_vnp.MoveStuck) as exc:
+                raise UpstreamFailed(str(exc)) from exc
+            except RemoteError as exc:
+                if exc.status == 409:
+                    raise Conflict(f"cannot move node {req.node}: no room where it is "
+                                   "asked to go") from exc
+                raise UpstreamFailed(f"the move failed at a provider: {_why(exc)}") from exc
+            except ClientError as exc:
+                raise UpstreamFailed(f"the move failed at a provider: {_why(exc)}") from exc
+            fresh.data.setdefault("timings", {})["move"] = round(done.seconds, 4)
+            self.store.save(fresh.id, fresh.data)
+            log.info("%s: moved %s of %s (%s) in %.2fs %s", self.name, req.node, fresh.id,
+                     "between providers" if done.between else "within its provider",
+                     done.seconds, dict(done.timings))
+        finally:
+            self._unclaim(rec.id)
+        return 200, m.vnet_view_xml(self._view(fresh))
 
     def _note_state(self, order_id: str, reply: bytes) -> None:
         """Remember a node's run state as its provider reported it ("node: state")."""
