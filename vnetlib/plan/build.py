@@ -65,6 +65,28 @@ def vlan_of(link: str, vni: int, vlans: Mapping[str, int] | None) -> int:
     return vid
 
 
+BOUNDARY_CARRIERS = ("vxlan", "click")
+
+
+def boundary_remote(carrier: str, address: str) -> str:
+    """A stitched link's carrier and remote endpoint as one string, as the
+    ledger keeps it (``records.Stitch.remote``): the address alone for VXLAN
+    (what every record written before carriers were agreed holds), else
+    ``carrier@address``."""
+    if carrier not in BOUNDARY_CARRIERS:
+        raise PlanError(f"encapsulation {carrier!r} cannot carry a link between providers")
+    return address if carrier == "vxlan" else f"{carrier}@{address}"
+
+
+def boundary_carrier(remote: str) -> tuple[str, str]:
+    """(carrier, address) of a recorded remote endpoint (:func:`boundary_remote`)."""
+    carrier, _, address = remote.rpartition("@")
+    carrier = carrier or "vxlan"
+    if carrier not in BOUNDARY_CARRIERS:
+        raise PlanError(f"stitched endpoint {remote!r}: unknown carrier {carrier!r}")
+    return carrier, address
+
+
 def build_plan(
     spec: VNetSpec,
     node_map: Mapping[str, str],
@@ -87,10 +109,10 @@ def build_plan(
     the virtual interfaces lose the encapsulation overhead from their MTU.
 
     `boundary` maps the id of a boundary link (one end here, the other at
-    another provider) to the (remote data address, VNI) agreed by stitching;
-    its segment is a bridge with the local port and a VXLAN tunnel to the
-    remote address. Boundary links not in `boundary` (not stitched yet) are
-    left out.
+    another provider) to the (remote endpoint, VNI) agreed by stitching; its
+    segment is a bridge with the local port and a tunnel to the remote
+    address in the agreed carrier (VXLAN, or Click: :func:`boundary_carrier`).
+    Boundary links not in `boundary` (not stitched yet) are left out.
 
     `node_states` maps nodes that are not running to `stopped` or `paused`:
     their ends of every link are down (a VM is also shut down or paused).
@@ -105,7 +127,7 @@ def build_plan(
     :func:`encapsulation_of`): ``vxlan``, ``click`` (the same tunnel id, in
     Click's UDP port) or ``vlan`` (an access port on the substrate switch's
     VLAN `vlans[link]`, or one derived from the tunnel id). Boundary links
-    are VXLAN whatever the substrate's, the common fallback between providers.
+    use the carrier agreed with the peer, whatever the substrate's.
     """
     encap = encapsulation or encapsulation_of(substrate)
     if encap not in ENCAPSULATIONS:
@@ -182,20 +204,21 @@ def build_plan(
     for blink in spec.boundary:
         if boundary is None or blink.id not in boundary:
             continue
-        remote, vni = boundary[blink.id]
+        endpoint, vni = boundary[blink.id]
+        carrier, remote = boundary_carrier(endpoint)
         here = node_map[blink.endpoint.node]
         tunnel = TunnelTask(
-            kind="vxlan",
+            kind=carrier,
             device=naming.link_tunnel(vnet_id, blink.id),
             vni=vni,
             local=_data_address(substrate, here),
             remote=remote,
-            dstport=VXLAN_PORT,
+            dstport=CLICK_PORT if carrier == "click" else VXLAN_PORT,
         )
         bridge = naming.link_bridge(vnet_id, blink.id)
         links[here].append(LinkTask(blink.id, bridge, ends(blink.id, bridge,
                                                            (blink.endpoint, mtu)),
-                                    tunnel, blink.bandwidth_mbps, "vxlan", blink.latency_ms))
+                                    tunnel, blink.bandwidth_mbps, carrier, blink.latency_ms))
 
     if states:
         down = {naming.vnode_netns(lab, vnet_id, n) for n, st in states.items() if st != RUNNING}

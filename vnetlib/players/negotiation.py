@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from vnetlib.embedding.multipip import PipAdvert, PipSplit
 from vnetlib.naming import short_hash
 from vnetlib.players.messages import Advertisement, Quote, Site, StitchRole
+from vnetlib.players.stitching import CARRIERS, carriers
 from vnetlib.spec.model import (
     BoundaryLink,
     Constraints,
@@ -223,7 +224,8 @@ def stitch_encapsulation(ours: Sequence[str], theirs: Sequence[str]) -> str:
 
 def unstitchable(parts: Sequence[Part], ads: Mapping[str, Advertisement]) -> str | None:
     """Why the split's inter-provider links could not be stitched (two parts
-    whose providers share no stitchable encapsulation), or None."""
+    whose providers share no carrier between providers:
+    `vnetlib.players.stitching.CARRIERS`), or None."""
     for part in parts:
         for link in part.links:
             if link.peer_part is None or link.peer_part <= part.index:
@@ -232,10 +234,11 @@ def unstitchable(parts: Sequence[Part], ads: Mapping[str, Advertisement]) -> str
             here, there = ads.get(part.provider), ads.get(peer.provider)
             if here is None or there is None:
                 continue
-            try:
-                stitch_encapsulation(here.encapsulations, there.encapsulations)
-            except NoCommonEncapsulation as exc:
-                return f"link {link.link}: {exc}"
+            if not set(carriers(here.encapsulations)) & set(carriers(there.encapsulations)):
+                return (f"link {link.link}: no common encapsulation between providers: ours "
+                        f"{', '.join(here.encapsulations) or 'none'}, the peer's "
+                        f"{', '.join(there.encapsulations) or 'none'} (between providers "
+                        f"only {', '.join(CARRIERS)} can be stitched)")
     return None
 
 

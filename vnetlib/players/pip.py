@@ -40,13 +40,14 @@ from vnetlib.core.pool import PoolSettings
 from vnetlib.core.records import Peer, Sliver, State, Stitch
 from vnetlib.deploy.ansible import DeployError, Progress, check_installed
 from vnetlib.geni.am import mount as mount_geni
+from vnetlib.plan.build import boundary_remote
 from vnetlib.players import cgroups, faultpoints, timeouts
 from vnetlib.players import messages as m
 from vnetlib.players.aggregate import add_aggregate_routes
 from vnetlib.players.client import ClientError, PlayerClient
 from vnetlib.players.config import Faults, PlayerConfig
 from vnetlib.players.confine import Confinement, ConfinementError, Limits
-from vnetlib.players.negotiation import advertise, decide_quote, stitch_offer, stitch_refusal
+from vnetlib.players.negotiation import advertise, decide_quote
 from vnetlib.players.pki import Credentials, Identity, Role
 from vnetlib.players.server import (
     ApiError,
@@ -57,7 +58,14 @@ from vnetlib.players.server import (
     Service,
     UpstreamFailed,
 )
-from vnetlib.players.stitching import Agreement, StitchFailed, initiate, respond
+from vnetlib.players.stitching import (
+    Agreement,
+    StitchFailed,
+    carriers,
+    endpoint,
+    initiate,
+    respond,
+)
 from vnetlib.spec import load_substrate
 from vnetlib.spec.model import NodeKind
 from vnetlib.vm import serial
@@ -427,12 +435,18 @@ class PipService(Service):
         ends = {p.ref: self._endpoint(s, p.ref, "initiator") for p in peers}
         proposed: dict[str, int] = {}
         agreed: list[Stitch] = []
+        offers = carriers(self.core.substrate.encapsulations)
+        if not offers:
+            return [], UpstreamFailed(
+                f"stitching with {name}: this provider offers no encapsulation that can "
+                f"cross providers ({', '.join(self.core.substrate.encapsulations)})")
+        encap = offers[0]
         try:
-            encap = stitch_offer(self.core.substrate.encapsulations)
             by_link = ledger.allocate_vnis(s.id, [ends[p.ref][0] for p in peers], set())
             proposed = {p.ref: by_link[ends[p.ref][0]] for p in peers}
             reply = client.post("/v1/stitch", m.stitches_xml(
-                [m.Stitch(p.ref, proposed[p.ref], "propose", (ends[p.ref][1],), encap)
+                [m.Stitch(p.ref, proposed[p.ref], "propose",
+                          (endpoint("initiator", ends[p.ref][1].address, encap),), encap)
                  for p in peers]))
             answers = {a.ref: a for a in m.stitches_reply(reply.body)}
         except (ClientError, ValueError) as exc:
@@ -443,21 +457,23 @@ class PipService(Service):
             link, local = ends[p.ref]
             answer = answers.get(p.ref)
             remote = None if answer is None else answer.endpoint("responder")
-            if (answer is not None and answer.state == "accept"
+            if (answer is not None and answer.state == "accept" and answer.encapsulation == encap
                     and answer.vni == proposed[p.ref] and remote is not None):
-                agreed.append(Stitch(p.ref, link, answer.vni, remote.address))
+                agreed.append(Stitch(p.ref, link, answer.vni,
+                                     boundary_remote(encap, remote.address)))
                 continue
             ledger.release_vni(s.id, proposed[p.ref])
             try:
-                done = self._initiate(s, p, link, local, client)
+                done = self._initiate(s, p, link, local, client, offers)
             except (ClientError, StitchFailed, ValueError) as exc:
                 return agreed, UpstreamFailed(f"stitching link {link} with {name}: {exc}")
-            agreed.append(Stitch(p.ref, link, done.vni, done.remote.address))
+            agreed.append(Stitch(p.ref, link, done.vni,
+                                 boundary_remote(done.encapsulation, done.remote.address)))
         return agreed, None
 
     def _initiate(self, s: Sliver, peer: Peer, link: str, local: m.StitchEndpoint,
-                  client: PlayerClient) -> Agreement:
-        """The per-link exchange (counters, rejections) for one link."""
+                  client: PlayerClient, offers: Sequence[str]) -> Agreement:
+        """The per-link exchange (counters of VNI or carrier, rejections) for one link."""
 
         def send(proposal: m.Stitch) -> m.Stitch:
             reply = client.post("/v1/stitch", m.stitch_xml(proposal))
@@ -472,7 +488,7 @@ class PipService(Service):
         def release(vni: int) -> None:
             self.core.ledger.release_vni(s.id, vni)
 
-        return initiate(peer.ref, local, send, claim, fresh, release)
+        return initiate(peer.ref, local, send, claim, fresh, release, offers)
 
     def stitch(self, caller: Identity, params: Mapping[str, str],
                body: bytes) -> tuple[int, bytes]:
@@ -517,22 +533,24 @@ class PipService(Service):
         if initiator is None:
             raise Conflict("a proposal needs the initiator's endpoint")
         link, local = self._endpoint(s, proposal.ref, "responder")
-        if why := stitch_refusal(proposal.encapsulation, self.core.substrate.encapsulations):
-            return m.Stitch(proposal.ref, proposal.vni, "reject", proposal.endpoints,
-                            proposal.encapsulation, reason=why), None
+        offers = carriers(self.core.substrate.encapsulations)
+        remote = boundary_remote(proposal.encapsulation, initiator.address) if (
+            proposal.encapsulation in offers) else ""
         done = s.stitch(proposal.ref)
-        if done is not None and done.vni == proposal.vni:  # a repeated proposal
-            return (respond(proposal, True, proposal.vni, local),
-                    (s, replace(done, remote=initiator.address)))
+        if done is not None and done.vni == proposal.vni and remote:  # a repeated proposal
+            return (respond(proposal, True, proposal.vni, local, offers),
+                    (s, replace(done, remote=remote)))
+        if not remote:  # not a carrier here: nothing is claimed for a counter or a refusal
+            return respond(proposal, True, proposal.vni, local, offers), None
         free = vni_in_range(proposal.vni) and self.core.ledger.claim_vni(s.id, link,
                                                                          proposal.vni)
         alternative = proposal.vni
         if not free:
             used = self.core.ledger.used_vnis() | {proposal.vni}
             alternative = pick_vnis(used, [link], self.core.name)[link]  # offered, not taken
-        answer = respond(proposal, free, alternative, local)
+        answer = respond(proposal, free, alternative, local, offers)
         if answer.state == "accept":
-            return answer, (s, Stitch(proposal.ref, link, proposal.vni, initiator.address))
+            return answer, (s, Stitch(proposal.ref, link, proposal.vni, remote))
         return answer, None
 
 
