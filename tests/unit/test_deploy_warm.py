@@ -100,7 +100,7 @@ def _processes_with(marker: str) -> list[int]:
 def test_timeout_kills_the_whole_run(tmp_path: Path, fresh_controller: None) -> None:
     inv = _inventory(tmp_path)
     marker = f"{tmp_path}/sleeper"
-    Path(marker).write_text("#!/bin/sh\nexec sleep 30\n")
+    Path(marker).write_text("#!/bin/sh\nsleep 30\n")  # sh stays, `marker` in its argv
     Path(marker).chmod(0o700)
     book = _playbook(tmp_path, "slow", [{"ansible.builtin.command": f"sh {marker}"}])
     start = time.perf_counter()
@@ -156,3 +156,100 @@ def test_server_ends_with_its_parent(tmp_path: Path) -> None:
         stat = ""
     assert stat == "" or stat.rsplit(")", 1)[1].split()[0] == "Z"
     assert not Path(directory).exists()
+
+
+def _run_in_parent(tmp: Path, marker: str) -> subprocess.Popen[str]:
+    """A process that owns a warm controller and runs a playbook whose task
+    sleeps (`marker` in its command line), printing its server's pid and
+    directory first."""
+    inv = _inventory(tmp)
+    book = _playbook(tmp, "hang", [{"ansible.builtin.command": f"sh {marker}"}])
+    code = (
+        "import sys; from pathlib import Path; from vnetlib.deploy import ansible, warm; "
+        f"c = warm.controller({ansible.playbook_binary()!r}); "
+        "print(c.process.pid, c.directory, flush=True); "
+        f"ansible.run_playbook({str(book)!r}, Path({str(inv)!r}), {{}})"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_nothing_of_a_run_survives_its_owner_killed(tmp_path: Path) -> None:
+    """SIGKILL to the process owning the controller mid-run: the server, the
+    run's ansible-playbook, its workers (sessions of their own) and the
+    module's processes all end."""
+    marker = f"{tmp_path}/sleeper"
+    Path(marker).write_text("#!/bin/sh\nsleep 30\n")  # sh stays, `marker` in its argv
+    parent = _run_in_parent(tmp_path, marker)
+    server = 0
+    under: list[int] = []
+    try:
+        assert parent.stdout is not None
+        pid_text, directory = parent.stdout.readline().split()
+        server = int(pid_text)
+        assert _wait_for(lambda: _processes_with(marker), 30), "the task never started"
+        under = [p for p in warm.descendants([server]) if p != server]
+        # The run's child, at least one worker, the module, the sleeper.
+        assert len(under) >= 3, under
+    finally:
+        parent.kill()
+        parent.wait()
+    try:
+        assert _wait_for(lambda: not [p for p in [*under, server] if _alive(p)], 15), [
+            (p, _cmdline(p)) for p in [*under, server] if _alive(p)]
+        assert _processes_with(marker) == []
+        assert _processes_with(directory) == []
+        assert not Path(directory).exists()
+    finally:
+        for pid in [*under, server]:
+            if _alive(pid):
+                os.kill(pid, 9)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_orphans_of_a_hung_run_are_swept(tmp_path: Path) -> None:
+    """A run's child killed alone (as a hang's killpg does, but leaving its
+    workers in their sessions): the server adopts what it left and kills it."""
+    marker = f"{tmp_path}/sleeper"
+    Path(marker).write_text("#!/bin/sh\nsleep 30\n")  # sh stays, `marker` in its argv
+    parent = _run_in_parent(tmp_path, marker)
+    server = 0
+    try:
+        assert parent.stdout is not None
+        server = int(parent.stdout.readline().split()[0])
+        assert _wait_for(lambda: _processes_with(marker), 30), "the task never started"
+        table = warm._parents()
+        runs = [p for p, pp in table.items() if pp == server]
+        assert len(runs) == 1, runs
+        left = [p for p in warm.descendants(runs, table) if p != runs[0]]
+        os.kill(runs[0], 9)
+        assert _wait_for(lambda: not [p for p in left if _alive(p)], 10), [
+            (p, _cmdline(p)) for p in left if _alive(p)]
+        assert _alive(server)
+    finally:
+        parent.kill()
+        parent.wait()
+        if server and _wait_for(lambda: not _alive(server), 10) is False:
+            os.kill(server, 9)

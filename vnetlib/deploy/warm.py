@@ -25,6 +25,17 @@ hence its AnsiballZ cache: a module edited while the server lives is not
 rebuilt (restart the process that deploys). The shim's end (a timeout
 killing it) kills the child's process group; the server ends when the
 process that started it does.
+
+Nothing of a run outlives it. Ansible's workers each start a session of
+their own (`setsid`), out of reach of the child's process group, and a hung
+child used to leave them behind, blocked, after its socket was gone. So:
+the server is a child subreaper (PR_SET_CHILD_SUBREAPER), so every orphaned
+descendant of a run (a worker whose child died, a module whose worker died)
+becomes the server's child instead of init's; whenever a run's child ends
+the server kills the subtrees of its children that are not a running run
+(`sweep`), and when it ends (its parent gone, even by SIGKILL, or stopped)
+it kills all its descendants. A run's child and every Ansible worker also
+die with their parent (PR_SET_PDEATHSIG), for a server killed itself.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from __future__ import annotations
 import array
 import atexit
 import contextlib
+import ctypes
 import importlib
 import json
 import os
@@ -42,6 +54,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +64,12 @@ SHIM_NAME = "ansible-playbook"
 # Variables ansible-runner sets per run; the rest of ANSIBLE_* must match.
 PER_RUN = frozenset({"ANSIBLE_CACHE_PLUGIN_CONNECTION"})
 _MAX_REQUEST = 1 << 20
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_REAP_INTERVAL = 1.0
 WARM_IMPORTS = (
     "ansible.cli.playbook", "ansible.executor.module_common", "ansible.executor.playbook_executor",
+    "ansible.executor.process.worker",
     "ansible.executor.task_executor", "ansible.plugins.action.normal",
     "ansible.plugins.connection.local", "ansible.plugins.strategy.free",
     "ansible.plugins.strategy.linear",
@@ -168,6 +186,110 @@ def controller(real_binary: str) -> WarmController | None:
 # -- the server --------------------------------------------------------------
 
 
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def die_with_parent(expected_parent: int | None = None) -> None:
+    """SIGKILL this process when the thread that forked it ends; exit now if
+    that parent is already gone (it died before the request was made)."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os._exit(1)
+
+
+def _parents() -> dict[int, int]:
+    """pid -> ppid of every process."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        table[int(name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return table
+
+
+def descendants(roots: Iterable[int], table: dict[int, int] | None = None) -> list[int]:
+    """The processes under `roots` (roots included), parents before children."""
+    table = _parents() if table is None else table
+    children: dict[int, list[int]] = {}
+    for pid, ppid in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: list[int] = []
+    todo = [r for r in roots if r in table]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def _kill(pids: Iterable[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _reap(runs: set[int]) -> bool:
+    """Collect ended children (runs and adopted orphans); True if any ended."""
+    ended = False
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return ended
+        if pid == 0:
+            return ended
+        runs.discard(pid)
+        ended = True
+
+
+def sweep(runs: set[int]) -> None:
+    """Kill what this server adopted: its children that are not a running
+    run, with everything under them. Killed parents' children are adopted in
+    turn, so the next sweep (their parents' end reaped) takes them."""
+    table = _parents()
+    me = os.getpid()
+    orphans = [pid for pid, ppid in table.items() if ppid == me and pid not in runs]
+    if orphans:
+        _kill(descendants(orphans, table))
+
+
+def _end_all(deadline: float = 5.0) -> None:
+    """Kill every descendant of this process and collect them."""
+    end = time.monotonic() + deadline
+    me = os.getpid()
+    while time.monotonic() < end:
+        others = [p for p in descendants([me]) if p != me]
+        if not others:
+            return
+        _kill(others)
+        _reap(set())
+        time.sleep(0.01)
+
+
+def _patch_workers() -> None:
+    """Every Ansible worker forked by a run dies with the run (workers are
+    sessions of their own: the run's process group does not hold them)."""
+    worker = importlib.import_module("ansible.executor.process.worker").WorkerProcess
+    if getattr(worker.run, "_vnet_dies_with_parent", False):
+        return
+    original = worker.run
+
+    def run(self: Any) -> None:
+        die_with_parent()
+        original(self)
+
+    run._vnet_dies_with_parent = True  # type: ignore[attr-defined]
+    worker.run = run
+
+
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     fds = array.array("i")
     data, ancillary, _, _ = conn.recvmsg(_MAX_REQUEST, socket.CMSG_LEN(3 * fds.itemsize))
@@ -190,14 +312,16 @@ def _warm_up(env: dict[str, str]) -> None:
     os.environ.update(env)
     for module in WARM_IMPORTS:
         importlib.import_module(module)
+    _patch_workers()
     constants = importlib.import_module("ansible.constants")
     getattr(constants, "DEFAULT_LOCAL_TMP")  # noqa: B009  created now, shared by the children
     sys.stdout.flush()
     sys.stderr.flush()
 
 
-def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+def _child(conn: socket.socket, request: dict[str, Any], fds: list[int], server: int) -> None:
     """In the forked child: become the shim's ansible-playbook and run it."""
+    die_with_parent(server)
     os.setpgid(0, 0)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -245,21 +369,28 @@ def _remove(directory: Path) -> None:
 def serve(path: str, listen_fd: int, parent_fd: int) -> None:
     """Accept shims on `listen_fd` until the parent's pipe closes, then remove
     the server's directory (its parent may have died without stopping it)."""
+    with contextlib.suppress(OSError):
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     try:
         _serve(socket.socket(fileno=listen_fd), parent_fd)
     finally:
         _remove(Path(path).parent)
+        _end_all()
 
 
 def _serve(server: socket.socket, parent_fd: int) -> None:
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     selector = selectors.DefaultSelector()
     selector.register(server, selectors.EVENT_READ)
     selector.register(parent_fd, selectors.EVENT_READ)
     config: dict[str, str] | None = None
+    runs: set[int] = set()
+    me = os.getpid()
     while True:
-        for key, _ in selector.select():
+        ready = selector.select(_REAP_INTERVAL)
+        if _reap(runs):
+            sweep(runs)
+        for key, _ in ready:
             if key.fileobj == parent_fd:
                 return
             conn, _ = server.accept()
@@ -278,9 +409,11 @@ def _serve(server: socket.socket, parent_fd: int) -> None:
                 if ansible_config(env) != config or len(fds) != 3:
                     conn.sendall(b"cold\n")
                     continue
-                if os.fork() == 0:
+                pid = os.fork()
+                if pid == 0:
                     server.close()
-                    _child(conn, request, fds)
+                    _child(conn, request, fds, me)
+                runs.add(pid)
             except (OSError, ValueError, KeyError) as exc:
                 print(f"vnet warm controller: {exc!r}", file=sys.stderr)
                 with contextlib.suppress(OSError):
