@@ -45,6 +45,8 @@ VERBS: tuple[Verb, ...] = (
     Verb("pool", "pool", "fill, show or drain a substrate's pool of booted VMs"),
     Verb("geni", "geni", "GENI RSpec v3 documents: export, import, validate"),
     Verb("migrate", "migrate", "move a virtual node to another substrate host"),
+    Verb("drain", "migrate", "move every virtual node off a substrate host; the host takes "
+                             "no new ones (--undo: it takes them again)"),
 )
 
 # (module, class, exit code, kind), first match wins. A class is looked up only
@@ -91,9 +93,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vnet {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True)
-    wanted = None if argv is None else chosen_verb(argv)
+    word = None if argv is None else chosen_verb(argv)
+    wanted = next((v.module for v in VERBS if v.name == word), None)
     for verb in VERBS:
-        if argv is None or verb.name == wanted:
+        if verb.name in sub.choices:
+            continue  # its module registered it with another verb
+        if argv is None or verb.module == wanted:
             importlib.import_module(f"vnetlib.cli.{verb.module}").add_parser(sub)
         else:
             sub.add_parser(verb.name, help=verb.help)

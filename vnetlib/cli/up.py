@@ -9,9 +9,6 @@ from pathlib import Path
 
 from vnetlib.cli.output import emit_json, table
 from vnetlib.cli.progress import Live
-from vnetlib.instantiate import instantiate
-from vnetlib.lab.players import service_provider
-from vnetlib.spec import load_vnet
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +34,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _through_players(args: argparse.Namespace) -> int:
-    """SP -> VNO -> VNP -> PIPs (Interfaces 1 to 4)."""
+    """SP -> VNO -> VNP -> PIPs (Interfaces 1 to 4). Imports only the client's
+    side: the user waits for this command's start too."""
+    from vnetlib.lab.players import service_provider
+    from vnetlib.spec import load_vnet
+
     start = time.perf_counter()
     spec = load_vnet(args.spec)
     parsed = time.perf_counter()
@@ -61,6 +62,8 @@ def _through_players(args: argparse.Namespace) -> int:
 
 
 def _direct(args: argparse.Namespace) -> int:
+    from vnetlib.instantiate import instantiate
+
     with Live(args.json) as progress:
         result = instantiate(args.spec, args.substrate, check=args.check, progress=progress)
     if args.json:
