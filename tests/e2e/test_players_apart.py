@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 from tests.e2e.conftest import EXAMPLES, Lab, Vnet, netns_list, new_lab
 from vnetlib.lab import apart
+from vnetlib.players import config as player_config
 from vnetlib.players.pki import Credentials
 from vnetlib.spec import load_vnet
 
@@ -149,3 +151,54 @@ def test_a_certificate_presented_from_the_wrong_address_is_refused(
     finally:
         bad.kill()
         bad.wait()
+
+
+# One HTTPS call with a player's credentials, from whatever namespace runs it:
+# prints the HTTP status and the error document.
+CALL = """
+import http.client, sys
+from pathlib import Path
+from vnetlib.players.pki import Credentials
+d, name, host, port = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+creds = Credentials(d / f"{name}.pem", d / f"{name}.key", d / "ca.pem", d / "crl.pem")
+conn = http.client.HTTPSConnection(host, port, context=creds.client_context(), timeout=10)
+conn.request("GET", "/v1/version")
+answer = conn.getresponse()
+print(answer.status, answer.read().decode(errors="replace"))
+"""
+
+
+def _call(vnet: Vnet, lab: Lab, netns: str | None, name: str, url: str) -> tuple[int, str]:
+    parts = urlsplit(url)
+    argv = [sys.executable, "-c", CALL, str(_lab_dir(vnet, lab) / "credentials" / name), name,
+            str(parts.hostname), str(parts.port)]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=vnet.env,
+                          check=True)
+    status, _, text = done.stdout.partition(" ")
+    return int(status), text
+
+
+@pytest.mark.xfail(strict=True, reason="needs the transport to call pki.check_source "
+                   "when [server] check_source_address is on (vnetlib/players/transport.py, C)")
+def test_a_stolen_key_used_from_another_address_is_refused(vnet: Vnet, lab_apart: Lab) -> None:
+    players = _players(vnet, lab_apart)
+    vnp_url = str(players["vnp"]["url"])
+    configs = _lab_dir(vnet, lab_apart) / "players"
+    for name in players:
+        assert player_config.load(configs / f"{name}.toml").server.check_source_address, name
+    log = _lab_dir(vnet, lab_apart) / "log" / "vnp.log"
+    seen = log.stat().st_size
+    # pip1's key from pip1's own management host: a known caller.
+    status, _ = _call(vnet, lab_apart, f"vl-{lab_apart.name}-pip1", "pip1", vnp_url)
+    assert status == 200
+    # The same key and certificate from another machine (the lab's root
+    # namespace, 198.18.x.1): refused, and the VNP's log says why.
+    status, text = _call(vnet, lab_apart, None, "pip1", vnp_url)
+    assert status == 401, text
+    assert "source address" in text
+    gateway = f"{str(urlsplit(vnp_url).hostname).rsplit('.', 1)[0]}.1"
+    assert gateway in text
+    logged = log.read_text()[seen:]
+    assert "source address" in logged and gateway in logged

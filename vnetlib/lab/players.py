@@ -13,7 +13,14 @@ from vnetlib import paths
 from vnetlib.lab import apart, manage, processes
 from vnetlib.players import cgroups
 from vnetlib.players import config as player_config
-from vnetlib.players.config import PipSection, PlayerConfig, Upstream, VnoSection, VnpSection
+from vnetlib.players.config import (
+    PipSection,
+    PlayerConfig,
+    ServerSection,
+    Upstream,
+    VnoSection,
+    VnpSection,
+)
 from vnetlib.players.pki import Credentials, LabCA, Role, identity_of_file
 from vnetlib.players.sp import ServiceProvider
 
@@ -169,7 +176,9 @@ def start_players(spec: LabSpec, directory: Path) -> list[str]:
         created += apart.up(net, list(hosts.values())).created
         ca = apart.AddressedCA.create(pki_dir(directory), f"vnet lab {spec.name} CA")
         if isinstance(ca, apart.AddressedCA):
-            ca.with_addresses({n: (h.address,) for n, h in hosts.items()})
+            # The SP calls from the root namespace's address on the players network.
+            ca.with_addresses({**{n: (h.address,) for n, h in hosts.items()},
+                               SP_NAME: (net.gateway,)})
     else:
         ca = LabCA.create(pki_dir(directory), f"vnet lab {spec.name} CA")
     players = load_players(directory)
@@ -187,6 +196,7 @@ def start_players(spec: LabSpec, directory: Path) -> list[str]:
             store=f"sqlite:///{directory / 'stores' / f'{name}.db'}",
             pki=hand_out(ca, credentials_dir(directory, name), name, role),
             listen=listen(name),
+            server=ServerSection(check_source_address=spec.players_apart),
             **section,  # type: ignore[arg-type]
         )
 

@@ -32,6 +32,9 @@ retry_seconds = 2.0            # reconciler: first retry (unknown VNets, deletio
 retry_max_seconds = 120.0
 ssh_listen = "127.0.0.1:0"     # optional: SSH front door to consoles (vnetlib/console/sshd.py)
 web_listen = "127.0.0.1:0"     # optional: web console, noVNC (vnetlib/console/webconsole.py)
+[server]
+check_source_address = false   # true: a client's source address must be one its certificate
+                               # names (on with `vnet lab up --players-apart`)
 [faults]                       # fault injection, for tests only
 fail_at = ""                   # "" | "quote" | "allocate" | "provision" (the PIP) |
                                # "vno-before-vnp" | "vno-after-vnp" | "vnp-after-allocate" |
@@ -121,6 +124,13 @@ class VnoSection:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSection:
+    """How the player's HTTPS server treats its callers."""
+
+    check_source_address: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Faults:
     """Fault injection for tests: fail or stall at one negotiation step."""
 
@@ -140,6 +150,7 @@ class PlayerConfig:
     vnp: VnpSection = field(default_factory=VnpSection)
     vno: VnoSection = field(default_factory=VnoSection)
     faults: Faults = field(default_factory=Faults)
+    server: ServerSection = field(default_factory=ServerSection)
 
     @property
     def host(self) -> str:
@@ -169,7 +180,7 @@ def _upstream(data: Any, where: str) -> Upstream:
 
 def from_dict(data: dict[str, Any], source: str = "<config>") -> PlayerConfig:
     """Build and check a configuration from parsed TOML."""
-    top = {"name", "role", "store", "pki", "listen", "pip", "vnp", "vno", "faults"}
+    top = {"name", "role", "store", "pki", "listen", "pip", "vnp", "vno", "faults", "server"}
     unknown = sorted(set(data) - top)
     if unknown:
         raise ConfigError(f"{source}: unknown keys {', '.join(unknown)}")
@@ -193,13 +204,16 @@ def from_dict(data: dict[str, Any], source: str = "<config>") -> PlayerConfig:
     for key in ("fail_at", "stall_at"):
         if faults.get(key, "") not in FAULT_POINTS:
             raise ConfigError(f"{source} [faults] {key}: one of {FAULT_POINTS}")
+    server = _section(ServerSection, data.get("server", {}), f"{source} [server]")
+    if not isinstance(server.get("check_source_address", False), bool):
+        raise ConfigError(f"{source} [server] check_source_address: true or false")
     listen = str(data.get("listen", "127.0.0.1:0"))
     if ":" not in listen or not listen.rsplit(":", 1)[1].isdigit():
         raise ConfigError(f"{source}: listen {listen!r} must be HOST:PORT")
     config = PlayerConfig(
         name=str(data["name"]), role=role, store=str(data["store"]), pki=Path(data["pki"]),
         listen=listen, pip=PipSection(**pip), vnp=VnpSection(**vnp), vno=VnoSection(**vno),
-        faults=Faults(**faults),
+        faults=Faults(**faults), server=ServerSection(**server),
     )
     if role is Role.PIP and not (config.pip.substrate and config.pip.inventory):
         raise ConfigError(f"{source} [pip] substrate (an RDL substrate file) and inventory "
@@ -237,7 +251,7 @@ def dump(config: PlayerConfig) -> str:
     lines = [f"name = {_value(config.name)}", f"role = {_value(config.role.value)}",
              f"listen = {_value(config.listen)}", f"store = {_value(config.store)}",
              f"pki = {_value(str(config.pki))}"]
-    for section in ("pip", "vnp", "vno", "faults"):
+    for section in ("pip", "vnp", "vno", "faults", "server"):
         value = getattr(config, section)
         lines.append(f"\n[{section}]")
         for f in fields(value):

@@ -670,6 +670,30 @@ def named_addresses(cert: x509.Certificate) -> tuple[str, ...]:
                  if str(a) not in SERVER_HOSTS)
 
 
+def check_source(der: bytes, source: str) -> None:
+    """PkiError unless the certificate `der` names `source`, the address a
+    client called from, among its IP addresses (loopback ones included):
+    with players apart every player's certificate names its own address, so
+    a key copied to another machine is refused there. The message is the
+    reason a server logs and answers."""
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        named = [str(a) for a in san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        named = []
+    try:
+        here = ipaddress.ip_address(source)
+    except ValueError:
+        raise PkiError(f"cannot check the source address {source!r}") from None
+    if isinstance(here, ipaddress.IPv6Address) and here.ipv4_mapped is not None:
+        here = here.ipv4_mapped
+    if str(here) not in named:
+        who = identity_of(cert)
+        raise PkiError(f"source address {here} is not one the certificate of {who} names "
+                       f"({', '.join(named) or 'none'}): a key used from another address")
+
+
 def _common_name(name: x509.Name) -> str:
     values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     if len(values) != 1:
