@@ -31,7 +31,8 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -42,6 +43,7 @@ from vnetlib.core.deployer import Deployer
 from vnetlib.core.ledger import Ledger, pool_settings_table, pool_table
 from vnetlib.core.records import ENDED, State
 from vnetlib.deploy.ansible import DeployError
+from vnetlib.placement import EmbeddingRejected
 from vnetlib.plan.model import DomainNic, DomainTask
 from vnetlib.players import timeouts
 from vnetlib.spec.model import ConsoleKind, NodeKind, Substrate, VNetSpec
@@ -135,6 +137,90 @@ def takers(spec: VNetSpec, node_map: Mapping[str, str]) -> list[tuple[str, str, 
             if n.kind is NodeKind.QEMU and ConsoleKind.VNC not in n.consoles]
 
 
+# Memory accounting. An untaken pool VM holds memory no sliver counts: the
+# residual the embedding sees is charged for it (`charged`). A node that takes a
+# pool VM holds that memory as its own (its sliver counts it): it must not be
+# charged a second time, as the pool's and as the node's. So an embedding first
+# sees the ready VMs its nodes could take credited back (`credited`, at most one
+# per node, on every host: the hosts are not chosen yet), then its placement is
+# checked against what it would really take there (`overdrawn`).
+
+def charged(residual: Substrate, vms: Iterable[PoolVm]) -> Substrate:
+    """`residual` less the memory of the pool VMs not taken (booting, ready,
+    being destroyed: each still holds its memory)."""
+    held: Counter[str] = Counter()
+    for vm in vms:
+        if vm.state != TAKEN:
+            held[vm.host] += vm.memory_mb
+    if not held:
+        return residual
+    return replace(residual, hosts=tuple(
+        replace(h, memory_mb=max(h.memory_mb - held[h.name], 0)) for h in residual.hosts))
+
+
+def credited(residual: Substrate, vms: Iterable[PoolVm], spec: VNetSpec,
+             skip: Collection[str] = ()) -> Substrate:
+    """A `charged` residual plus, on each host but `skip`, the memory of the
+    ready VMs there that `spec`'s nodes could take (at most one per node)."""
+    wanted = Counter(vm_size(n.cpu, n.memory_mb) for n in spec.nodes
+                     if n.kind is NodeKind.QEMU and ConsoleKind.VNC not in n.consoles)
+    if not wanted:
+        return residual
+    ready: dict[str, Counter[tuple[int, int]]] = {}
+    for vm in vms:
+        if vm.state == READY:
+            ready.setdefault(vm.host, Counter())[(vm.vcpus, vm.memory_mb)] += 1
+    back = {host: sum(min(k, wanted[size]) * size[1] for size, k in sizes.items())
+            for host, sizes in ready.items() if host not in skip}
+    return replace(residual, hosts=tuple(
+        replace(h, memory_mb=h.memory_mb + back.get(h.name, 0)) for h in residual.hosts))
+
+
+def would_take(vms: Iterable[PoolVm],
+               wanted: Sequence[tuple[str, str, int, int]]) -> dict[str, PoolVm]:
+    """node -> the ready VM a take would give it now (as `VmPool.take` picks)."""
+    free = [vm for vm in vms if vm.state == READY]
+    got: dict[str, PoolVm] = {}
+    for node, host, vcpus, memory in wanted:
+        vm = next((v for v in free if (v.host, v.vcpus, v.memory_mb) == (host, vcpus, memory)),
+                  None)
+        if vm is not None:
+            free.remove(vm)
+            got[node] = vm
+    return got
+
+
+def overdrawn(residual: Substrate, vms: Sequence[PoolVm], spec: VNetSpec,
+              node_map: Mapping[str, str]) -> list[str]:
+    """Hosts of a `charged` residual whose memory `spec`'s nodes, placed by
+    `node_map`, exceed, counting the pool VMs they would take there as theirs."""
+    placed: Counter[str] = Counter()
+    for n in spec.nodes:
+        placed[node_map[n.id]] += n.memory_mb
+    back: Counter[str] = Counter()
+    for vm in would_take(vms, takers(spec, node_map)).values():
+        back[vm.host] += vm.memory_mb
+    return [h.name for h in residual.hosts if placed[h.name] > h.memory_mb + back[h.name]]
+
+
+def embed_counting_pool(residual: Substrate, vms: Sequence[PoolVm], spec: VNetSpec,
+                        skip: Collection[str],
+                        embed: Callable[[Substrate], dict[str, Any]]) -> dict[str, Any]:
+    """`embed` (a dict with its node_map) of `spec` on a `charged` residual, each
+    node that would take a pool VM counted once: first on the residual with the
+    VMs its nodes could take credited back (not on the hosts in `skip`), kept if
+    what it places takes that memory indeed; else on the residual as it is.
+    Raises what `embed` raises (EmbeddingRejected) for the latter."""
+    if any(vm.state == READY for vm in vms) and takers(spec, {n.id: "" for n in spec.nodes}):
+        try:
+            got = embed(credited(residual, vms, spec, skip))
+        except EmbeddingRejected:
+            got = None
+        if got is not None and not overdrawn(residual, vms, spec, got["node_map"]):
+            return got
+    return embed(residual)
+
+
 @dataclass
 class VmPool:
     """The pool of one substrate, kept in its ledger, booted by its deployer."""
@@ -222,13 +308,8 @@ class VmPool:
 
     def charge(self, residual: Substrate) -> Substrate:
         """`residual` (what slivers leave of the substrate) less the memory the
-        pool's untaken VMs hold, so the embedding never counts it twice."""
-        held = self.held()
-        if not held:
-            return residual
-        return replace(residual, hosts=tuple(
-            replace(h, memory_mb=max(h.memory_mb - held.get(h.name, 0), 0))
-            for h in residual.hosts))
+        pool's untaken VMs hold (`charged`)."""
+        return charged(residual, self.vms())
 
     # -- taking --------------------------------------------------------------------
 
