@@ -1,16 +1,24 @@
 """`vnet migrate VNET NODE --to HOST` and `vnet drain HOST`: a PIP operator
-moves virtual nodes between the hosts of its substrate (the direct path)."""
+moves virtual nodes between the hosts of its substrate (the direct path).
+
+`vnet migrate VNET NODE --location L [--lab LAB]`: the SP asks the lab's VNO
+to move a node of a VNet it requested to a location; the VNO asks its VNP,
+which moves it within its PIP or to another PIP. Neither the SP nor the VNO
+learns a host or a provider: the answer is the VNet's view."""
 
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
+from vnetlib.cli import target
 from vnetlib.cli.output import emit_json, table
 from vnetlib.cli.progress import Live
 from vnetlib.core.pip import Moved, MoveFailed, NotFound, PipCore, Rejected
 from vnetlib.deploy.ansible import DeployError, check_installed
 from vnetlib.instantiate import OPERATOR, find, local_core, manager
+from vnetlib.migrate.between_vnp import ask_vno
 
 LOST = ("{node} is a namespace node: it was made again on {target}, with the same "
         "interfaces and addresses; processes and state inside it are lost")
@@ -24,7 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("migrate", help="move a virtual node to another substrate host")
     p.add_argument("vnet", help="VNet id or name")
     p.add_argument("node", help="virtual node id")
-    p.add_argument("--to", dest="target", required=True, help="substrate host to move it to")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", dest="target", help="substrate host to move it to (a VNet "
+                                                   "instantiated directly on a substrate)")
+    where.add_argument("--location", help="location to move it to (a VNet requested from "
+                                          "the lab's VNO: its VNP picks the PIP and host)")
+    p.add_argument("--lab", default="lab", help="lab whose VNO holds the VNet, with "
+                                                "--location (default: lab)")
     p.add_argument("--substrate", help="the VNet's substrate (default: found by the VNet)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
@@ -61,7 +75,30 @@ def _failed(exc: MoveFailed) -> BaseException:
     return err
 
 
+def run_remote(args: argparse.Namespace) -> int:
+    """Through the chain: SP -> VNO -> VNP (-> one or two PIPs)."""
+    sp = target.remote(args.vnet, args.lab)
+    vnet_id = next((v.id for v in sp.list() if args.vnet in (v.id, v.name)), args.vnet)
+    start = time.perf_counter()
+    with Live(args.json) as progress:
+        progress(f"asking the VNO of lab {args.lab} to move {args.node} to {args.location}")
+        view = ask_vno(sp.client, vnet_id, args.node, args.location)
+    took = round(time.perf_counter() - start, 4)
+    out = {"vnet": view.id, "node": args.node, "location": args.location,
+           "status": view.status, "seconds": took}
+    if args.json:
+        emit_json(out)
+        return 0
+    print(f"{args.node} of {view.id} moved to {args.location} ({took:.2f} s); the VNet is "
+          f"{view.status}")
+    print(f"if {args.node} is a namespace node, what ran inside it is lost (it was made "
+          "again there)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.location is not None:
+        return run_remote(args)
     substrate, s = find(args.vnet)
     if args.substrate and args.substrate != substrate:
         raise LookupError(f"VNet {args.vnet} is on substrate {substrate}, not {args.substrate}")

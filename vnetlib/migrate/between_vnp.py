@@ -218,6 +218,8 @@ def move_node(svc: VnpService, rec: Record, node: str, location: str | None,
             raise
         raise MoveUndone(f"the move of node {node} failed ({_kind(exc)}); "
                          "it is where it was") from exc
+    _greet(svc, fresh, spec, node)
+    phase("greet")
     gone = [p for p in parts if p["provider"] not in {e["provider"] for e in fresh}]
     left = svc.release(gone)
     # A part not released yet stays in the order (released with it), holding nothing.
@@ -229,6 +231,25 @@ def move_node(svc: VnpService, rec: Record, node: str, location: str | None,
         log.error("%s: the emptied part(s) %s of %s were not released", svc.name,
                   [p["sliver"] for p in left], rec.id)
     return NodeMoved(node, True, time.perf_counter() - started, timings)
+
+
+def _greet(svc: VnpService, parts: list[dict[str, Any]], spec: VNetSpec, node: str) -> None:
+    """A namespace node made again elsewhere pings each neighbour once (an
+    exec at its new provider), so their ARP caches learn its interfaces' new
+    MACs now rather than in up to a minute. Best effort: logged, not raised."""
+    if spec.node(node).kind.is_vm:
+        return
+    ends = [k.b if k.a.node == node else k.a for k in spec.links
+            if node in (k.a.node, k.b.node)]
+    addresses = sorted({a.split("/")[0] for e in ends for a in e.interface.addresses
+                        if ":" not in a})
+    if not addresses:
+        return
+    script = "for a in " + " ".join(addresses) + "; do ping -c 1 -W 1 $a & done; wait"
+    try:
+        svc._node_action(parts, m.Action("exec", node, ("sh", "-c", script), 5.0))
+    except Exception as exc:  # the move is done; a late ARP entry heals by itself
+        log.warning("%s: %s could not greet its neighbours: %s", svc.name, node, exc)
 
 
 def _kind(exc: Exception) -> str:
