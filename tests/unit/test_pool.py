@@ -14,11 +14,12 @@ import pytest
 
 from vnetlib.core.deployer import RecordingDeployer
 from vnetlib.core.ledger import Ledger
-from vnetlib.core.pip import DeployFailed, PipCore, Pricing
+from vnetlib.core.pip import DeployFailed, PipCore, Pricing, Rejected
 from vnetlib.core.pool import BOOTING, READY, TAKEN, PoolSettings, PoolVm
 from vnetlib.core.records import State
 from vnetlib.lab.layout import LabConfig, substrate_of
 from vnetlib.spec import parse_vnet
+from vnetlib.spec.model import VNetSpec
 from vnetlib.vm.image import GuestImage
 
 SUBSTRATE = substrate_of(LabConfig(name="tp", hosts=1, cpu=64.0, memory_mb=65536))
@@ -152,8 +153,7 @@ def test_untaken_pool_vms_hold_memory_the_residual_loses(url: str) -> None:
     core.pool._insert(PoolVm("vn-tp1-pool-took", HOST, IMAGE.key, 1, 128, TAKEN, sliver="s",
                              vnode="v", holder="t"))
     assert core.pool.held() == {HOST: 128 + 128 + 256}
-    left = core.pool.charge(core.residual())
-    assert left.hosts[0].memory_mb == SUBSTRATE.hosts[0].memory_mb - 512
+    assert core.residual().hosts[0].memory_mb == SUBSTRATE.hosts[0].memory_mb - 512
     core.ledger.close()
 
 
@@ -171,3 +171,56 @@ def test_a_pip_config_sizes_its_pool() -> None:
     assert settings is not None
     assert settings.nics == 2 and settings.memory_mb == 96
     assert settings.sizes == {"h1": 2, "h2": 1}
+
+
+def small_core(url: str, memory_mb: int) -> PipCore:
+    substrate = substrate_of(LabConfig(name="tq", hosts=1, cpu=64.0, memory_mb=memory_mb))
+    return PipCore(substrate, Ledger(url, substrate.name), RecordingDeployer(),
+                   Pricing(1.0, 0.0, 600), images=lambda: IMAGE,
+                   pool_settings=PoolSettings({"*": 0}), pool_background=False)
+
+
+def sized_vm(memory: int) -> VNetSpec:
+    return parse_vnet(one_vm("big").replace(b'memory="128"', f'memory="{memory}"'.encode()))
+
+
+def pool_rows(core: PipCore, count: int, memory: int) -> None:
+    host = core.substrate.hosts[0].name
+    for i in range(count):
+        core.pool._insert(PoolVm(f"vn-tq1-pool-{memory}-{i}", host, IMAGE.key, 1, memory, READY,
+                                 holder="t"))
+
+
+def test_quote_refused_when_only_the_pools_memory_would_fit_it(url: str) -> None:
+    """1408 MiB; three ready pool VMs of 256 MiB (of no size the request takes)
+    hold 768: a VM node of 640 plus a namespace of 128 no longer fit."""
+    core = small_core(url, 1408)
+    try:
+        core.check_fits(sized_vm(640))  # without the pool it fits
+        pool_rows(core, 3, 256)
+        assert core.residual().hosts[0].memory_mb == 1408 - 768
+        with pytest.raises(Rejected, match="memory"):
+            core.check_fits(sized_vm(640))
+    finally:
+        core.ledger.close()
+
+
+def test_a_node_that_takes_a_pool_vm_is_charged_once(url: str) -> None:
+    """Four ready VMs of 256 MiB on 1408: 384 left, not enough for a VM node of
+    256 and a namespace of 128 were the VM's memory charged as the pool's and
+    as the node's; it takes a pool VM, so it fits, and after the take the
+    memory is counted once (three untaken VMs and the sliver: 128 left)."""
+    core = small_core(url, 1408 - 128)
+    try:
+        pool_rows(core, 4, 256)
+        assert core.residual().hosts[0].memory_mb == 1280 - 1024
+        core.check_fits(sized_vm(256))
+        core.allocate("o", "big", sized_vm(256), sliver_id="big")
+        s = core.provision("o", "big")
+        assert s.state is State.READY and s.domains["v"].startswith("vn-tq1-pool-256-")
+        assert core.residual().hosts[0].memory_mb == 1280 - 3 * 256 - 256 - 128
+        core.check_fits(sized_vm(256))  # the next takes one of the three left
+        with pytest.raises(Rejected, match="memory"):
+            core.check_fits(sized_vm(512))  # no pool VM of its size: 640 on 128
+    finally:
+        core.ledger.close()

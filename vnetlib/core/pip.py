@@ -30,7 +30,7 @@ from vnetlib import naming
 from vnetlib.console import repoint
 from vnetlib.core.deployer import Deployer
 from vnetlib.core.ledger import Exists, Ledger, NoVni, Stale, pick_vnis
-from vnetlib.core.pool import PoolSettings, VmPool, takers
+from vnetlib.core.pool import PoolSettings, VmPool, embed_counting_pool, takers
 from vnetlib.core.records import (
     ENDED,
     PAUSED,
@@ -242,6 +242,7 @@ class PipCore:
                        if not (s.state is State.ALLOCATED and (s.expires or 0) <= now)]
         left = residual_substrate(self.substrate, [(spec_of(s.spec_xml), s.embedding.to_dict())
                                                    for s in slivers])
+        left = self.pool.charge(left)  # untaken pool VMs hold memory no sliver counts
         drained = self.ledger.drained()
         if not drained:
             return left
@@ -307,7 +308,10 @@ class PipCore:
                        "substrate does not offer")
                 raise Rejected(why, why)
         try:
-            return Embedding.from_dict(embed_on_substrate(residual, spec, sliver_id))
+            # A node that takes a pool VM is charged its memory once (core/pool.py).
+            return Embedding.from_dict(embed_counting_pool(
+                residual, self.pool.vms(), spec, self.ledger.drained(),
+                lambda left: embed_on_substrate(left, spec, sliver_id)))
         except EmbeddingRejected as exc:
             r = exc.rejection
             raise Rejected(str(exc), f"{r.request_id}: not enough {r.resource} "
