@@ -92,3 +92,12 @@ def test_up_through_the_players_imports_the_client_only() -> None:
     code, modules = loaded("up", "examples/figure6-vm.xml", "--lab", "no-such-lab-d7")
     assert code == 5
     assert heavy(modules) == set()
+
+
+def test_stitching_range_is_the_ledgers() -> None:
+    """players.messages writes the ledger's VNI range out (no ledger import)."""
+    from vnetlib.core import ledger
+    from vnetlib.players import messages
+
+    assert (messages.STITCH_VNI_MIN, messages.STITCH_VNI_MAX) == (ledger.VNI_MIN,
+                                                                  ledger.VNI_MAX)

@@ -21,7 +21,6 @@ from typing import Literal, cast
 import netaddr
 from lxml import etree
 
-from vnetlib.core.ledger import VNI_MAX, VNI_MIN
 from vnetlib.players.server import BadRequest, Unprocessable, parse_xml, validate
 from vnetlib.spec.build import vnet_from
 from vnetlib.spec.checks import MAX_CHILDREN, check_structure, check_vnet
@@ -33,9 +32,12 @@ NS = RDL_NAMESPACE
 API_SCHEMA_FILE = "vnet-api-1.xsd"
 STITCH_VERSION = "1"
 MAX_LISTED = 10  # errors described in one refusal; the others are counted
-STITCH_VNI_MIN = VNI_MIN
-"""The lowest VNI any PIP stitches with: the ledger's range."""
-STITCH_VNI_MAX = VNI_MAX
+# The range any PIP stitches with: the ledger's (core/ledger.py VNI_MIN..VNI_MAX,
+# held equal by a unit test), written out so that the SP's client, which uses
+# these messages, does not import the ledger's SQLAlchemy (issue #8: CLI start).
+STITCH_VNI_MIN = 4096
+"""The lowest VNI any PIP stitches with."""
+STITCH_VNI_MAX = 2**24 - 1
 # Characters XML 1.0 cannot carry; command output is sanitized before it travels.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
