@@ -43,11 +43,12 @@ from vnetlib.geni.am import mount as mount_geni
 from vnetlib.plan.build import boundary_remote
 from vnetlib.players import cgroups, faultpoints, timeouts
 from vnetlib.players import messages as m
+from vnetlib.players.advertised import Advertiser
 from vnetlib.players.aggregate import add_aggregate_routes
 from vnetlib.players.client import ClientError, PlayerClient
 from vnetlib.players.config import Faults, PlayerConfig
 from vnetlib.players.confine import Confinement, ConfinementError, Limits
-from vnetlib.players.negotiation import advertise, decide_quote
+from vnetlib.players.negotiation import decide_quote
 from vnetlib.players.pki import Credentials, Identity, Role
 from vnetlib.players.server import (
     ApiError,
@@ -145,6 +146,7 @@ class PipService(Service):
         self.config = config
         self.credentials = credentials
         self.core = build_core(config, deployer)
+        self.advertiser = Advertiser(self.name)  # kept by deltas, not recomputed per request
         self.confinement = Confinement(
             paths.vnet_home() / "confine" / config.name,
             Limits(output_bytes=EXEC_OUTPUT_MAX, timeout=timeouts.EXEC_MAX),
@@ -227,9 +229,7 @@ class PipService(Service):
 
     def advertisement(self, caller: Identity, params: Mapping[str, str],
                       body: bytes) -> tuple[int, bytes]:
-        p = self.core.pricing
-        ad = advertise(self.name, self.core.residual(), p.per_cpu, p.per_mbps)
-        return 200, m.advertisement_xml(ad)
+        return 200, self.advertiser.document(self.core)
 
     def quote(self, caller: Identity, params: Mapping[str, str],
               body: bytes) -> tuple[int, bytes]:
