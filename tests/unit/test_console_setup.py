@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Column, MetaData, String, Table, select, update
 
 from vnetlib.console import compact
 from vnetlib.console.broker import RecordCache
 from vnetlib.console.sessions import SessionTable
 from vnetlib.players import messages as m
-from vnetlib.players.db import sqlite_url
+from vnetlib.players.db import Store, sqlite_url
 from vnetlib.players.pki import Identity, Role
 from vnetlib.players.server import BadRequest, Unprocessable
 from vnetlib.players.stores import PlayerStore, Record
@@ -95,6 +96,43 @@ def test_the_record_cache_is_dropped_by_the_players_writes(tmp_path: Path) -> No
             cache.get(key, load)
     finally:
         store.close()
+
+
+def test_the_pip_sliver_cache_is_dropped_by_write_transactions_only(tmp_path: Path) -> None:
+    """The PIP caches the sliver a console setup reads; any write transaction
+    of its ledger's engine (whatever method made it) drops the cache, reads
+    do not."""
+    md = MetaData()
+    rows = Table("t", md, Column("k", String, primary_key=True), Column("v", String))
+    db = Store(sqlite_url(tmp_path / "l.db"), md)
+    try:
+        with db.transaction() as conn:
+            conn.execute(rows.insert().values(k="s1", v="ready"))
+        cache = RecordCache().watch_engine(db.engine)
+        loads = []
+
+        def load() -> str:
+            loads.append(1)
+            with db.transaction(write=False) as conn:
+                return str(conn.execute(select(rows.c.v)).scalar_one())
+
+        key = ("sliver", "vnp1", "s1")
+        assert cache.get(key, load) == "ready"
+        with db.transaction(write=False) as conn:  # a read elsewhere
+            conn.execute(select(rows.c.v)).all()
+        assert cache.get(key, load) == "ready"
+        assert len(loads) == 1
+        with db.transaction() as conn:
+            conn.execute(update(rows).values(v="deleting"))
+        assert cache.get(key, load) == "deleting"
+        assert len(loads) == 2
+        with pytest.raises(RuntimeError), db.transaction() as conn:  # rolled back
+            conn.execute(update(rows).values(v="gone"))
+            raise RuntimeError
+        assert cache.get(key, load) == "deleting"
+        assert len(loads) == 3
+    finally:
+        db.close()
 
 
 def test_session_records_are_written_in_batches(tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
+
+from sqlalchemy import Connection, Engine, event
 
 from vnetlib.console import compact, repoint
 from vnetlib.console.endpoints import ConsoleEndpoint, NetnsShell, VmSerial, VmVnc
@@ -46,6 +48,7 @@ CONSOLE_CALL = 30.0
 RECORD_TTL = 5.0
 """Seconds a record read for a console setup is reused (unless written before)."""
 MAX_RECORDS = 1024
+T = TypeVar("T")
 PREPARED_KINDS = frozenset({"shell"})
 """Kinds whose next hop is opened as soon as the token is minted. Not a VM's
 serial line (opening it takes the domain's serial lock, which an unused
@@ -54,18 +57,35 @@ token must not hold) nor its VNC display (its server speaks first)."""
 
 class RecordCache:
     """The records a player's console setups read (the VNO's VNets, the VNP's
-    orders), kept for `RECORD_TTL` seconds and dropped at once when the
-    player writes its store: each write of the store object (insert, save,
-    remove) moves a generation counter before and after it, and an entry
-    read under another generation is read again. Only the console routes
-    read through it, and they do not change the records they get."""
+    orders, the PIP's slivers), kept for `RECORD_TTL` seconds and dropped at
+    once when the player writes its store: each write moves a generation
+    counter before and after it, and an entry read under another generation
+    is read again. A player store's writes are its object's insert, save and
+    remove (wrapped here); a PIP ledger's are its write transactions
+    (`watch_engine`: SQLAlchemy's begin, commit and rollback events of the
+    PIP process's engine). Only the console routes read through it, and they
+    do not change the records they get."""
 
-    def __init__(self, store: PlayerStore) -> None:
+    def __init__(self, store: PlayerStore | None = None) -> None:
         self._lock = threading.Lock()
         self._generation = 0
-        self._entries: dict[tuple[str, ...], tuple[int, float, Record]] = {}
-        for name in ("insert", "save", "remove"):
-            setattr(store, name, self._watched(getattr(store, name)))
+        self._entries: dict[tuple[str, ...], tuple[int, float, Any]] = {}
+        if store is not None:
+            for name in ("insert", "save", "remove"):
+                setattr(store, name, self._watched(getattr(store, name)))
+
+    def watch_engine(self, engine: Engine) -> RecordCache:
+        """Drop what is cached whenever a write transaction of `engine`
+        begins and when it ends (read-only transactions, `vnet_write=False`,
+        do not count)."""
+
+        def writing(conn: Connection) -> None:
+            if conn.get_execution_options().get("vnet_write", True):
+                self._bump()
+
+        for name in ("begin", "commit", "rollback"):
+            event.listen(engine, name, writing)
+        return self
 
     def _bump(self) -> None:
         with self._lock:
@@ -81,7 +101,7 @@ class RecordCache:
                 self._bump()
         return watched
 
-    def get(self, key: tuple[str, ...], load: Callable[[], Record]) -> Record:
+    def get(self, key: tuple[str, ...], load: Callable[[], T]) -> T:
         """The record `load` returns, or the one it returned for `key` lately;
         what `load` raises is not kept."""
         now = time.monotonic()
@@ -89,24 +109,24 @@ class RecordCache:
             generation = self._generation
             hit = self._entries.get(key)
         if hit is not None and hit[0] == generation and now - hit[1] < RECORD_TTL:
-            return hit[2]
+            return cast(T, hit[2])
         rec = load()
         self._keep(key, generation, now, rec)
         return rec
 
-    async def on_loop(self, key: tuple[str, ...], load: Callable[[], Record]) -> Record:
+    async def on_loop(self, key: tuple[str, ...], load: Callable[[], T]) -> T:
         """`get` from a loop: a record not cached is read in a worker thread."""
         now = time.monotonic()
         with self._lock:
             generation = self._generation
             hit = self._entries.get(key)
         if hit is not None and hit[0] == generation and now - hit[1] < RECORD_TTL:
-            return hit[2]
+            return cast(T, hit[2])
         rec = await asyncio.to_thread(load)
         self._keep(key, generation, now, rec)
         return rec
 
-    def _keep(self, key: tuple[str, ...], generation: int, now: float, rec: Record) -> None:
+    def _keep(self, key: tuple[str, ...], generation: int, now: float, rec: object) -> None:
         with self._lock:
             if self._generation == generation:
                 if len(self._entries) >= MAX_RECORDS:
@@ -338,6 +358,7 @@ def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
     for hypervisor in ("qemu", "xen"):
         hub.register(hypervisor, "serial", VmSerial(svc.core.name))
     hub.register("qemu", "vnc", VmVnc(svc.core.name))
+    slivers = RecordCache().watch_engine(svc.core.ledger.db.engine)
 
     def session(caller: Identity, req: m.ConsoleRequest, s: Sliver) -> m.ConsoleSession:
         if s.state not in (State.PROVISIONED, State.READY):
@@ -372,7 +393,8 @@ def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
     async def on_loop(caller: Identity, params: Mapping[str, str],
                       body: bytes) -> tuple[int, bytes]:
         req = compact.read_request(body)
-        s = await asyncio.to_thread(svc._sliver, caller, params["name"])  # the ledger
+        s = await slivers.on_loop(("sliver", caller.name, params["name"]),
+                                  lambda: svc._sliver(caller, params["name"]))
         return 200, compact.session_xml(session(caller, req, s))
 
     svc.add_route("POST", "/v1/slivers/{name}/console", console, roles={Role.VNP},

@@ -9,8 +9,11 @@ import os
 import termios
 import time
 import tty
-from typing import Any
+import weakref
+from collections.abc import Callable
+from typing import Any, cast
 
+from vnetlib.console import compact
 from vnetlib.console.wire import (
     ByteReader,
     ByteWriter,
@@ -20,7 +23,8 @@ from vnetlib.console.wire import (
     dial,
     greet,
 )
-from vnetlib.players.client import client_context
+from vnetlib.players import messages as m
+from vnetlib.players.client import AsyncCalls, client_context
 from vnetlib.players.sp import ServiceProvider
 
 ESCAPE = 0x1D  # Ctrl-]
@@ -30,17 +34,56 @@ CHUNK = 16 << 10
 
 _listeners: dict[tuple[str, str | None], str] = {}
 """(the VNO's API URL, its name) -> the console listener it answered with last."""
+_calls: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, AsyncCalls]] = (
+    weakref.WeakKeyDictionary())
+"""Per loop, per SP credentials: the kept-alive HTTPS connections to VNOs."""
 
 
-async def open_console(sp: ServiceProvider, vnet: str, node: str,
-                       kind: str = "shell") -> tuple[ByteReader, ByteWriter]:
+def _calls_of(sp: ServiceProvider) -> AsyncCalls:
+    per_loop = _calls.setdefault(asyncio.get_running_loop(), {})
+    calls = per_loop.get(id(sp.credentials))
+    if calls is None:
+        calls = per_loop[id(sp.credentials)] = AsyncCalls(sp.credentials)
+    return calls
+
+
+def close_calls() -> None:
+    """Close this loop's kept-alive setup connections (a client leaving its loop)."""
+    with contextlib.suppress(RuntimeError):
+        for calls in _calls.pop(asyncio.get_running_loop(), {}).values():
+            calls.close()
+
+
+async def request_session(sp: ServiceProvider, vnet: str, node: str,
+                          kind: str = "shell") -> m.ConsoleSession:
+    """The VNO's answer to a console request (`ServiceProvider.console`),
+    asked from this loop on a kept-alive mutual-TLS connection, without a
+    thread. The VNO must be known by name (`vno_name`: it is checked on a new
+    connection, and against the CRL on a kept-alive one); otherwise the SP's
+    own client asks in a thread."""
+    if sp.vno_name is None:
+        return await asyncio.to_thread(sp.console, vnet, node, kind)
+    req = m.ConsoleRequest(node, cast(m.ConsoleKindName, kind))
+    reply = await _calls_of(sp).post(sp.client.base_url, f"/v1/vnets/{vnet}/console",
+                                     m.console_request_xml(req), expect_name=sp.vno_name,
+                                     timeout=sp.client.timeout)
+    try:
+        return compact.read_session(reply.body)
+    except ValueError as exc:
+        raise ValueError(f"bad <console-session> reply: {exc}") from exc
+
+
+async def open_console(sp: ServiceProvider, vnet: str, node: str, kind: str = "shell",
+                       *, answered: Callable[[], None] | None = None
+                       ) -> tuple[ByteReader, ByteWriter]:
     """A console on `node` of `vnet`: (reader, writer) once every hop said OK;
     HopError with the refusing hop's reason otherwise.
 
     When this process had a console from the same VNO before, the TLS
     connection to the listener it answered with then is opened while the
     setup request is under way, and greeted once the token is in (if the
-    VNO answers with the same listener; otherwise it is dropped)."""
+    VNO answers with the same listener; otherwise it is dropped).
+    `answered` is called when the VNO's answer is in (for the bench)."""
     context = client_context(sp.credentials)
     key = (sp.client.base_url, sp.vno_name)
     known = _listeners.get(key)
@@ -49,10 +92,12 @@ async def open_console(sp: ServiceProvider, vnet: str, node: str,
         early = asyncio.create_task(connect(known, context, sp.credentials,
                                             expect_name=sp.vno_name))
     try:
-        session = await asyncio.to_thread(sp.console, vnet, node, kind)
+        session = await request_session(sp, vnet, node, kind)
     except BaseException:
         await _drop(early)
         raise
+    if answered is not None:
+        answered()
     _listeners[key] = session.url
     if early is not None and session.url == known:
         try:
