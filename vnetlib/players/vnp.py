@@ -540,7 +540,12 @@ class VnpService(Service):
                 raise UpstreamFailed(f"the move failed at a provider: {_why(exc)}") from exc
             except ClientError as exc:
                 raise UpstreamFailed(f"the move failed at a provider: {_why(exc)}") from exc
-            fresh.data.setdefault("timings", {})["move"] = round(done.seconds, 4)
+            timings = fresh.data.setdefault("timings", {})
+            timings["move"] = round(done.seconds, 4)
+            for phase in list(timings):
+                if phase.startswith("move-"):
+                    del timings[phase]
+            timings.update({f"move-{k}": v for k, v in done.timings.items()})
             self.store.save(fresh.id, fresh.data)
             log.info("%s: moved %s of %s (%s) in %.2fs %s", self.name, req.node, fresh.id,
                      "between providers" if done.between else "within its provider",
