@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vnetlib import paths
-from vnetlib.lab import apart, manage, processes
+from vnetlib.lab import processes
 from vnetlib.players import cgroups
 from vnetlib.players import config as player_config
 from vnetlib.players.config import (
@@ -25,6 +25,7 @@ from vnetlib.players.pki import Credentials, LabCA, Role, identity_of_file
 from vnetlib.players.sp import ServiceProvider
 
 if TYPE_CHECKING:
+    from vnetlib.lab import apart
     from vnetlib.lab.testbed import LabSpec
 
 VNP_NAME = "vnp"
@@ -159,6 +160,7 @@ def renew(directory: Path, name: str) -> Credentials:
 
 def player_hosts(spec: LabSpec) -> dict[str, apart.PlayerHost]:
     """Where each player runs when the players are apart (`--players-apart`)."""
+    from vnetlib.lab import apart  # the lab's kernel side: not for `vnet up`'s client
     net = apart.players_network(spec.name, spec.mgmt_offset, spec.pips)
     hosts = {pip_name(i): net.host(pip_name(i), sub, i)
              for i, sub in enumerate(spec.substrates(), start=1)}
@@ -166,6 +168,7 @@ def player_hosts(spec: LabSpec) -> dict[str, apart.PlayerHost]:
 
 
 def start_players(spec: LabSpec, directory: Path) -> list[str]:
+    from vnetlib.lab import apart, manage
     for folder in ("players", "run", "log", "stores"):
         (directory / folder).mkdir(parents=True, exist_ok=True)
     created: list[str] = []
