@@ -8,6 +8,7 @@ players over mutual TLS on real lab substrates; the hosts' side is recorded
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -196,6 +197,24 @@ def test_a_target_failing_mid_way_leaves_the_node_in_place(chain: Chain) -> None
     view = ask_vno(chain.sp, chain.vnet, "a1", "paris")
     assert view.status == "ready"
     assert chain.where()["a1"] == "pip-b"
+    _fully_stitched(chain)
+
+
+def test_a_move_the_vnp_left_unfinished_is_undone_by_its_reconciler(chain: Chain) -> None:
+    vnp = chain.players.nodes["vnp"].service
+    assert isinstance(vnp, VnpService)
+    before = chain.snapshot()
+    # the VNP stops short after the target took the node (an unexpected error)
+    vnp.config = replace(vnp.config, faults=Faults(fail_at="vnp-move-after-target"))
+    with pytest.raises(RemoteError) as err:
+        ask_vno(chain.sp, chain.vnet, "a1", "paris")
+    assert err.value.status >= 500
+    vnp.config = replace(vnp.config, faults=Faults())
+    deadline = time.monotonic() + 30
+    while any("move" in r.data for r in vnp.store.all()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any("move" in r.data for r in vnp.store.all())
+    assert chain.snapshot() == before
     _fully_stitched(chain)
 
 

@@ -303,6 +303,29 @@ def _undo(svc: VnpService, rec: Record, back: list[dict[str, Any]],
     svc.store.save(rec.id, rec.data)
 
 
+def recover(svc: VnpService, rec: Record) -> None:
+    """Undo a move an order still records (a VNP that stopped, or an
+    unexpected error, in the middle; the order is claimed by the caller):
+    parts new to the order are deleted, the old ones reshaped back and
+    started (MoveStuck if some place did not answer: tried again later)."""
+    move = rec.data["move"]
+    old: list[dict[str, Any]] = move["old"]
+    spec = parse_vnet(str(rec.data["spec"]).encode())
+    specs = {p["sliver"]: _stored(p) for p in old}
+    assignment = between.assignment_of(old, specs)
+    prices = {(s.provider, s.location): 0.0 for s in assignment.values()}
+    moves = int(rec.data.get("moves", 1)) + 1
+    rec.data["moves"] = moves
+    back = between.fresh_refs(between.replan(spec, rec.id, assignment, prices),
+                              between.moved_links(spec, move["node"]), f"{rec.id}/m{moves}")
+    had = {p["provider"] for p in old}
+    done = [("new", e) for e in move["new"] if e["provider"] not in had]
+    log.warning("%s: order %s records an unfinished move of %s: undoing it", svc.name, rec.id,
+                move["node"])
+    _undo(svc, rec, _entries(rec.id, back, old, 0, {p["provider"]: p["price"] for p in old}),
+          done)
+
+
 def ask_vno(client: PlayerClient, vnet_id: str, node: str,
             location: str | None) -> m.VNetView:
     """The SP's request (`vnet migrate VNET NODE --location L`): its VNO
@@ -311,4 +334,5 @@ def ask_vno(client: PlayerClient, vnet_id: str, node: str,
     return m.vnet_view_from(m.parse_reply(reply.body, "vnet-status"))
 
 
-__all__ = ["MoveDeclined", "MoveStuck", "MoveUndone", "NodeMoved", "ask_vno", "move_node"]
+__all__ = ["MoveDeclined", "MoveStuck", "MoveUndone", "NodeMoved", "ask_vno", "move_node",
+           "recover"]

@@ -540,6 +540,9 @@ class VnpService(Service):
                 raise UpstreamFailed(f"the move failed at a provider: {_why(exc)}") from exc
             except ClientError as exc:
                 raise UpstreamFailed(f"the move failed at a provider: {_why(exc)}") from exc
+            except BaseException:
+                self.reconciler.wake()  # a move left recorded is undone there
+                raise
             timings = fresh.data.setdefault("timings", {})
             timings["move"] = round(done.seconds, 4)
             for phase in list(timings):
@@ -819,11 +822,30 @@ class VnpService(Service):
                     log.info("%s: order %s released", self.name, rec.id)
             finally:
                 self._unclaim(rec.id)
+        for rec in self.store.all():
+            if "move" in rec.data and not self.reconciler.stopping.is_set():
+                self._recover_move(rec)
         if self._unreconciled:
             self._sweep_upstreams()
             if self._unreconciled:
                 wait = min(wait, self.config.vnp.retry_seconds)
         return self._retries.next_in(wait)
+
+    def _recover_move(self, rec: Record) -> None:
+        """Undo a move a failure left recorded in an order (none runs on it)."""
+        if not self._retries.due(rec.id) or not self._claim(rec.id):
+            return
+        try:
+            fresh = self.store.get(rec.id)
+            if fresh is not None and "move" in fresh.data:
+                between_vnp.recover(self, fresh)
+                self._retries.done(rec.id)
+        except Exception as exc:  # retried with backoff
+            delay = self._retries.failed(rec.id)
+            log.error("%s: undoing the move in %s failed (%s); retrying in %gs", self.name,
+                      rec.id, exc, delay)
+        finally:
+            self._unclaim(rec.id)
 
     def _sweep_upstreams(self) -> None:
         """Delete every sliver an upstream lists for this VNP whose order is not in
