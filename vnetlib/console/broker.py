@@ -49,6 +49,10 @@ RECORD_TTL = 5.0
 """Seconds a record read for a console setup is reused (unless written before)."""
 MAX_RECORDS = 1024
 T = TypeVar("T")
+FOLLOW_KINDS = {"shell": "shell", "serial": "serial console"}
+"""Kinds whose sessions at a VNP follow their node to another provider (with
+this word in the notice). Not VNC: a new display's RFB greeting in the
+middle of a session would break the client's protocol; it ends instead."""
 PREPARED_KINDS = frozenset({"shell"})
 """Kinds whose next hop is opened as soon as the token is minted. Not a VM's
 serial line (opening it takes the domain's serial lock, which an unused
@@ -177,12 +181,21 @@ class ConsoleHub:
         self.endpoints[(node_kind, console_kind)] = endpoint
 
     def relay(self, caller: Identity, vnet: str, req: m.ConsoleRequest,
-              upstream: m.ConsoleSession, upstream_name: str) -> m.ConsoleSession:
-        """Mint a token for `caller` that opens `upstream` (presenting its token)."""
+              upstream: m.ConsoleSession, upstream_name: str,
+              follow: tuple[repoint.Key, repoint.Reopen] | None = None) -> m.ConsoleSession:
+        """Mint a token for `caller` that opens `upstream` (presenting its
+        token); with `follow` (key, reopen), the opened hop is a `Repointable`
+        under that key (a VNP's: the session can follow its node to another
+        provider)."""
         server = self.server
 
         async def opener() -> tuple[ByteReader, ByteWriter]:
-            return await server.dial(upstream.url, upstream.token, upstream_name)
+            stream = await server.dial(upstream.url, upstream.token, upstream_name)
+            if follow is None:
+                return stream
+            end = Repointable(follow[0], req.kind, stream, follow[1],
+                              repoint.moved_notice(req.node, FOLLOW_KINDS[req.kind]))
+            return end, end
 
         session = self._mint(caller, vnet, req, upstream.url, opener)
         if req.kind in PREPARED_KINDS and not in_process_setup():
@@ -284,22 +297,43 @@ def _vnp_routes(svc: VnpService, hub: ConsoleHub) -> None:
             raise NotFound(f"no node {req.node}")
         return entry, svc.upstreams[entry["provider"]]
 
-    def via_part(caller: Identity, ref: str, parts: list[dict[str, Any]],
-                 req: m.ConsoleRequest) -> m.ConsoleSession:
-        entry, up = part_of(parts, req)
+    def ask(entry: dict[str, Any], up: Upstream, req: m.ConsoleRequest) -> m.ConsoleSession:
         client = PlayerClient(up.url, svc.credentials, CONSOLE_CALL, expect_name=up.name)
-        session = _session_from(lambda: client.post(f"/v1/slivers/{entry['sliver']}/console",
-                                                    compact.request_xml(req)),
-                                "the provider")
-        return hub.relay(caller, ref, req, session, up.name)
+        return _session_from(lambda: client.post(f"/v1/slivers/{entry['sliver']}/console",
+                                                 compact.request_xml(req)), "the provider")
 
-    async def via_part_on_loop(caller: Identity, ref: str, parts: list[dict[str, Any]],
-                               req: m.ConsoleRequest) -> m.ConsoleSession:
-        entry, up = part_of(parts, req)
+    def follow(rec: Record, req: m.ConsoleRequest, load: Callable[[], Record]
+               ) -> tuple[repoint.Key, repoint.Reopen] | None:
+        """A session that follows its node: once moved, the order read again
+        (`load`, the route's own owner check) names the node's provider now,
+        which is asked for a new session as the setup did."""
+        if req.kind not in FOLLOW_KINDS:
+            return None
+
+        async def reopen(_: object) -> tuple[ByteReader, ByteWriter]:
+            def setup() -> tuple[m.ConsoleSession, str]:
+                entry, up = part_of(load().data["parts"], req)
+                return ask(entry, up, req), up.name
+
+            session, name = await asyncio.to_thread(setup)
+            return await hub.server.dial(session.url, session.token, name)
+
+        return repoint.order_key(hub.server.name, rec.id, req.node), reopen
+
+    def via_part(caller: Identity, ref: str, rec: Record, req: m.ConsoleRequest,
+                 load: Callable[[], Record]) -> m.ConsoleSession:
+        entry, up = part_of(rec.data["parts"], req)
+        return hub.relay(caller, ref, req, ask(entry, up, req), up.name,
+                         follow(rec, req, load))
+
+    async def via_part_on_loop(caller: Identity, ref: str, rec: Record,
+                               req: m.ConsoleRequest, load: Callable[[], Record]
+                               ) -> m.ConsoleSession:
+        entry, up = part_of(rec.data["parts"], req)
         session = await _session_from_loop(hub.calls.post(
             up.url, f"/v1/slivers/{entry['sliver']}/console", compact.request_xml(req),
             expect_name=up.name, timeout=CONSOLE_CALL), "the provider")
-        return hub.relay(caller, ref, req, session, up.name)
+        return hub.relay(caller, ref, req, session, up.name, follow(rec, req, load))
 
     def vnet_record(caller: Identity, params: Mapping[str, str]
                     ) -> tuple[tuple[str, ...], Callable[[], Record]]:
@@ -324,28 +358,31 @@ def _vnp_routes(svc: VnpService, hub: ConsoleHub) -> None:
     def vnet_console(caller: Identity, params: Mapping[str, str],
                      body: bytes) -> tuple[int, bytes]:
         req = compact.read_request(body)
-        rec = vnet_ready(records.get(*vnet_record(caller, params)), params)
-        return 200, compact.session_xml(via_part(caller, rec.id, rec.data["parts"], req))
+        key, load = vnet_record(caller, params)
+        rec = vnet_ready(records.get(key, load), params)
+        return 200, compact.session_xml(via_part(caller, rec.id, rec, req, load))
 
     async def vnet_console_on_loop(caller: Identity, params: Mapping[str, str],
                                    body: bytes) -> tuple[int, bytes]:
         req = compact.read_request(body)
-        rec = vnet_ready(await records.on_loop(*vnet_record(caller, params)), params)
-        return 200, compact.session_xml(
-            await via_part_on_loop(caller, rec.id, rec.data["parts"], req))
+        key, load = vnet_record(caller, params)
+        rec = vnet_ready(await records.on_loop(key, load), params)
+        return 200, compact.session_xml(await via_part_on_loop(caller, rec.id, rec, req, load))
 
     def sliver_console(caller: Identity, params: Mapping[str, str],
                        body: bytes) -> tuple[int, bytes]:
         req = compact.read_request(body)
-        rec = sliver_ready(records.get(*sliver_record(caller, params)), params)
-        return 200, compact.session_xml(via_part(caller, rec.name, rec.data["parts"], req))
+        key, load = sliver_record(caller, params)
+        rec = sliver_ready(records.get(key, load), params)
+        return 200, compact.session_xml(via_part(caller, rec.name, rec, req, load))
 
     async def sliver_console_on_loop(caller: Identity, params: Mapping[str, str],
                                      body: bytes) -> tuple[int, bytes]:
         req = compact.read_request(body)
-        rec = sliver_ready(await records.on_loop(*sliver_record(caller, params)), params)
+        key, load = sliver_record(caller, params)
+        rec = sliver_ready(await records.on_loop(key, load), params)
         return 200, compact.session_xml(
-            await via_part_on_loop(caller, rec.name, rec.data["parts"], req))
+            await via_part_on_loop(caller, rec.name, rec, req, load))
 
     svc.add_route("POST", "/v1/vnets/{id}/console", vnet_console, roles={Role.VNO},
                   on_loop=vnet_console_on_loop)

@@ -18,6 +18,16 @@ The migration code of the PIP process calls, around a move of a node:
   ends. A session whose endpoint cannot be opened again ends with a notice.
 
 Both are no-ops where no console session is open (a direct `vnet migrate`).
+
+At the VNP, the next hop of every session on a node of an order (the
+provider's listener) is a `Repointable` too, for a move of the node to
+another provider (issue #13, between PIPs): the VNP's move calls
+`hold_order(vnp, order, node)` before it changes any part, and
+`moved_order(vnp, order, node)` once the order's parts say where the node is
+(moved or put back): each session then asks the provider that holds the node
+now for a new console session, as its setup did, and carries on with it
+after a one-line notice; the hops above the VNP (the VNO, the client) keep
+their connections. The old provider's end is closed (its shell killed).
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from vnetlib.console.wire import ByteReader, ByteWriter, HopError, close_quietly
 from vnetlib.core.records import Sliver
@@ -39,8 +50,10 @@ HOLD_TIMEOUT = 120.0
 SWITCH_TIMEOUT = 30.0
 """How long `moved` waits for the sessions to open their endpoints again."""
 
-Key = tuple[str, str, str]  # (substrate, sliver id, node)
-Reopen = Callable[[Sliver], Awaitable[tuple[ByteReader, ByteWriter]]]
+Key = tuple[str, str, str]  # (substrate, sliver id, node); a VNP's: ("vnp:NAME", order, node)
+Reopen = Callable[[Any], Awaitable[tuple[ByteReader, ByteWriter]]]
+"""Opens the endpoint again, given where the node is now (`moved`'s sliver at
+a PIP; nothing at a VNP, which reads its order again)."""
 
 _lock = threading.Lock()
 _live: dict[Key, set[Repointable]] = {}
@@ -51,8 +64,12 @@ def key_of(sliver: Sliver, node: str) -> Key:
     return (sliver.substrate, sliver.id, node)
 
 
-def moved_notice(node: str) -> bytes:
-    return (f"\r\n[vnet console: node {node} was moved; this is a new shell there, "
+def order_key(vnp: str, order: str, node: str) -> Key:
+    return (f"vnp:{vnp}", order, node)
+
+
+def moved_notice(node: str, what: str = "shell") -> bytes:
+    return (f"\r\n[vnet console: node {node} was moved; this is a new {what} there, "
             "what ran in the old one is gone]\r\n").encode()
 
 
@@ -148,11 +165,11 @@ class Repointable:
                 await asyncio.wait_for(self._changed.wait(), left)
         return self._generation != generation and not self._closed
 
-    async def switch(self, sliver: Sliver) -> None:
+    async def switch(self, where: Any) -> None:
         """Close the endpoint (its shell killed, its serial line's lock
-        released), then open it again where `sliver` has the node; reads wait
-        meanwhile, writes are dropped. HopError: the session then ends, with a
-        notice."""
+        released), then open it again where `where` (a PIP's sliver) has the
+        node; reads wait meanwhile, writes are dropped. HopError: the session
+        then ends, with a notice."""
         if self._closed:
             return
         old = self._writer
@@ -161,7 +178,7 @@ class Repointable:
         self._reader = self._writer = _Ended()
         await close_quietly(old)
         try:
-            stream = await self._reopen(sliver)
+            stream = await self._reopen(where)
         except (HopError, OSError, RuntimeError) as exc:
             self._notice = (f"\r\n[vnet console: node {self.key[2]} was moved and its console "
                             f"could not be opened again: {exc}]\r\n").encode()
@@ -211,14 +228,7 @@ def hold(sliver: Sliver, node: str) -> int:
     """A move of `node` starts: its console sessions (open now or opened
     until `moved`) wait for it instead of ending with their endpoint. The
     number of sessions open now. From any thread."""
-    key = key_of(sliver, node)
-    with _lock:
-        _held[key] = time.monotonic()
-    sessions = _sessions(key)
-    for s in sessions:
-        with contextlib.suppress(RuntimeError):  # its loop stopped: the session is over
-            s.loop.call_soon_threadsafe(s.hold)
-    return len(sessions)
+    return _hold(key_of(sliver, node))
 
 
 def moved(sliver: Sliver, node: str, *, reconnect: bool = True,
@@ -229,7 +239,42 @@ def moved(sliver: Sliver, node: str, *, reconnect: bool = True,
     leave its place), and the hold ends. Returns how many sessions follow
     the node; blocks until they did (at most `timeout` seconds). From any
     thread but a console loop's."""
-    key = key_of(sliver, node)
+    return _moved(key_of(sliver, node), sliver, reconnect, timeout,
+                  sliver.embedding.node_map.get(node, "?"))
+
+
+def hold_order(vnp: str, order: str, node: str) -> int:
+    """At the VNP `vnp` (its player name): a move of `node` of `order` (the
+    id of the VNP's order record, or of its sliver record when it acts as a
+    PIP) to another provider starts; its sessions wait for `moved_order`
+    (at most `HOLD_TIMEOUT` s after their provider's end closed) instead of
+    ending. The number of sessions open now. From any thread."""
+    return _hold(order_key(vnp, order, node))
+
+
+def moved_order(vnp: str, order: str, node: str, *, reconnect: bool = True,
+                timeout: float = SWITCH_TIMEOUT) -> int:
+    """At the VNP: the move is over (done or undone) and the order's stored
+    parts say which provider holds `node` now: each open session on it asks
+    that provider for a new console session and continues there after a
+    notice (`reconnect=False`: the node never left its provider, the
+    sessions carry on as they are); the hold ends. Returns how many sessions
+    followed; blocks (at most `timeout` s). From any thread but a console
+    loop's (the VNP's handler threads are fine)."""
+    return _moved(order_key(vnp, order, node), None, reconnect, timeout, "its provider")
+
+
+def _hold(key: Key) -> int:
+    with _lock:
+        _held[key] = time.monotonic()
+    sessions = _sessions(key)
+    for s in sessions:
+        with contextlib.suppress(RuntimeError):  # its loop stopped: the session is over
+            s.loop.call_soon_threadsafe(s.hold)
+    return len(sessions)
+
+
+def _moved(key: Key, where: Any, reconnect: bool, timeout: float, to: str) -> int:
     with _lock:
         _held.pop(key, None)
     sessions = _sessions(key)
@@ -241,7 +286,7 @@ def moved(sliver: Sliver, node: str, *, reconnect: bool = True,
     futures = []
     for s in sessions:
         with contextlib.suppress(RuntimeError):
-            futures.append(asyncio.run_coroutine_threadsafe(s.switch(sliver), s.loop))
+            futures.append(asyncio.run_coroutine_threadsafe(s.switch(where), s.loop))
     followed = 0
     deadline = time.monotonic() + timeout
     for future in futures:
@@ -250,12 +295,16 @@ def moved(sliver: Sliver, node: str, *, reconnect: bool = True,
             followed += 1
         except Exception as exc:  # each session's own failure, logged
             log.warning("console session on %s/%s did not follow the move: %s",
-                        key[1], node, exc or "timeout")
-    log.info("%d console sessions on %s/%s follow it to %s", followed, key[1], node,
-             sliver.embedding.node_map.get(node, "?"))
+                        key[1], key[2], exc or "timeout")
+    log.info("%d console sessions on %s/%s follow it to %s", followed, key[1], key[2], to)
     return followed
 
 
 def open_sessions(sliver: Sliver, node: str) -> int:
     """How many console sessions on the node are open at this PIP (for tests)."""
     return len(_sessions(key_of(sliver, node)))
+
+
+def open_order_sessions(vnp: str, order: str, node: str) -> int:
+    """How many console sessions on the node of `order` the VNP relays (for tests)."""
+    return len(_sessions(order_key(vnp, order, node)))
