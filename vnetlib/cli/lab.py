@@ -52,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="vxlan",
         help="how links between substrate hosts are carried: vxlan (kernel, default), "
         "click (user-level, UDP) or vlan (the switch's VLANs, Open vSwitch); "
-        "a list gives PIP i the i-th (click,vlan)",
+        "a list gives PIP i the i-th (click,vlan); a+b offers both, a first (vlan+click: "
+        "VLANs inside the PIP, Click offered between PIPs)",
     )
     up.add_argument(
         "--players-apart",

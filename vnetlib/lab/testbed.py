@@ -57,9 +57,9 @@ class LabSpec:
             raise ValueError(f"a lab has 1 to {len(PIP_LOCATIONS)} PIPs, not {self.pips}")
         if not 0 <= self.mgmt_offset <= 100:
             raise ValueError("the management offset is 0 to 100")
-        if not set(self.encap.split(",")) <= {"vxlan", "click", "vlan"}:
+        if not set(re.split("[,+]", self.encap)) <= {"vxlan", "click", "vlan"}:
             raise ValueError(f"encapsulation {self.encap!r} is not vxlan, click or vlan "
-                             "(or a list of them, one per PIP)")
+                             "(or a list of them, one per PIP, each a+b for more than one)")
         if self.players_apart and not self.players:
             raise ValueError("--players-apart needs the players")
         if self.attach and not self.players:
@@ -129,7 +129,7 @@ def up(spec: LabSpec, progress: Callable[[str], None] = lambda _: None) -> kerne
         progress(f"substrate {sub.name}: {sub.hosts} hosts")
         done = manage.up(sub)
         changes.created += done.created
-    if spec.switch_vlan or "vlan" in spec.encap.split(","):
+    if spec.switch_vlan or "vlan" in re.split("[,+]", spec.encap):
         progress("Open vSwitch in each PIP's switch namespace")
         changes.created += switch_lab.up(directory, substrates)
     changes.created += switch_lab.set_encapsulation(directory, substrates, spec.encap)

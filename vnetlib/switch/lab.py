@@ -86,9 +86,17 @@ def bridge_of(substrate: str) -> str:
 
 def encapsulations(encap: str, count: int) -> list[str]:
     """Per PIP, its encapsulation from ``vxlan``, ``click,vlan``... (the i-th
-    for PIP i, the last one for the PIPs after)."""
+    for PIP i, the last one for the PIPs after). A PIP's item may list more
+    than one, in its order of preference, joined by ``+``: ``vlan+click``
+    carries its own links on VLANs and offers Click between PIPs."""
     names = [e.strip() for e in encap.split(",")]
     return [names[min(i, len(names) - 1)] for i in range(count)]
+
+
+def offered(item: str) -> tuple[str, ...]:
+    """A PIP's encapsulations from its item of ``--encap`` (``vlan+click``):
+    those, then VXLAN, the fallback between providers."""
+    return tuple(dict.fromkeys((*(e.strip() for e in item.split("+")), "vxlan")))
 
 
 def set_encapsulation(directory: Path, substrates: Iterable[LabConfig],
@@ -104,15 +112,15 @@ def set_encapsulation(directory: Path, substrates: Iterable[LabConfig],
     for sub, encap in zip(subs, encapsulations(encaps, len(subs)), strict=True):
         files = paths.substrate_dir(sub.name)
         described = load_substrate(files / SUBSTRATE_FILE)
-        want = tuple(dict.fromkeys((encap, "vxlan")))
+        want = offered(encap)
         if described.encapsulations != want:
             (files / SUBSTRATE_FILE).write_bytes(
                 dump_substrate(dataclasses.replace(described, encapsulations=want)))
-            changed.append(f"encapsulation {encap} on {sub.name}")
+            changed.append(f"encapsulation {', '.join(want)} on {sub.name}")
         inventory = yaml.safe_load((files / INVENTORY_FILE).read_text())
         variables = inventory["all"].setdefault("vars", {})
         keys = {"vnet_ovs_db", "vnet_ovs_bridge", "vnet_ovs_netns"}
-        if encap == "vlan":
+        if want[0] == "vlan":
             # imported here: the OVS driver loads the collection's module_utils,
             # which a lab without VLANs (and `vnet` at start-up) must not need
             from vnetlib.switch.driver import OvsDriver
