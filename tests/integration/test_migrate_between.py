@@ -26,11 +26,16 @@ from vnetlib.players.pki import Role
 from vnetlib.players.vnp import VnpService
 from vnetlib.spec import parse_vnet
 
-# a1, a2 in berlin (PIP A), b1 in paris (PIP B); a1 has a link to each.
+# a1, a2, a3 in berlin (PIP A), b1 in paris (PIP B); a1 and a2 have a link to
+# each other and to b1, a3 only to a2.
 TRIANGLE = b"""<vnet xmlns="urn:vnet:rdl:1" version="1" name="tri">
   <node id="a1" location="berlin"/>
   <node id="a2" location="berlin"/>
   <node id="b1" location="paris"/>
+  <node id="a3" location="berlin"/>
+  <link id="l23"><endpoint node="a2" interface="e2"><address>198.19.250.13/30</address>
+    </endpoint><endpoint node="a3" interface="e0"><address>198.19.250.14/30</address>
+    </endpoint></link>
   <link id="l12"><endpoint node="a1" interface="e0"><address>198.19.250.1/30</address>
     </endpoint><endpoint node="a2" interface="e0"><address>198.19.250.2/30</address>
     </endpoint></link>
@@ -117,26 +122,36 @@ def _fully_stitched(chain: Chain) -> None:
 
 def test_a_node_moves_within_its_pip_and_then_between_pips(chain: Chain) -> None:
     a = chain.pip("pip-a")
+    nodes = {"a1", "a2", "a3", "b1"}
     host = chain.sliver("pip-a").embedding.node_map["a2"]  # type: ignore[union-attr]
     assert a.core.substrate.host(host).location == "berlin"
 
-    # within: PIP A has london, so the VNP asks it to move a2 there
+    # within, by the PIP alone: a3 has no link to another PIP (PipCore.migrate)
+    b_version = chain.sliver("pip-b").version  # type: ignore[union-attr]
+    view = ask_vno(chain.sp, chain.vnet, "a3", "london")
+    assert view.status == "ready" and set(view.nodes) == nodes
+    moved = chain.sliver("pip-a").embedding.node_map["a3"]  # type: ignore[union-attr]
+    assert a.core.substrate.host(moved).location == "london"
+    assert chain.sliver("pip-b").version == b_version  # B saw nothing of it
+
+    # within, re-placed by the VNP: a2 ends a link to B (l2b), so both ends
+    # of that link are stitched again
     view = ask_vno(chain.sp, chain.vnet, "a2", "london")
-    assert view.status == "ready" and set(view.nodes) == {"a1", "a2", "b1"}
+    assert view.status == "ready" and set(view.nodes) == nodes
     assert view.providers == ()
     moved = chain.sliver("pip-a").embedding.node_map["a2"]  # type: ignore[union-attr]
     assert a.core.substrate.host(moved).location == "london"
-    assert chain.where() == {"a1": "pip-a", "a2": "pip-a", "b1": "pip-b"}
+    assert chain.where() == {"a1": "pip-a", "a2": "pip-a", "a3": "pip-a", "b1": "pip-b"}
     _fully_stitched(chain)
 
     # between: no PIP but B has paris; a1 goes there, with its two links
     before_b = chain.sliver("pip-b")
     assert before_b is not None
     view = ask_vno(chain.sp, chain.vnet, "a1", "paris")
-    assert view.status == "ready" and set(view.nodes) == {"a1", "a2", "b1"}
+    assert view.status == "ready" and set(view.nodes) == nodes
     assert view.providers == ()
     assert dict(view.timings).get("move", 0) > 0  # the VNO's only news: a timing
-    assert chain.where() == {"a1": "pip-b", "a2": "pip-a", "b1": "pip-b"}
+    assert chain.where() == {"a1": "pip-b", "a2": "pip-a", "a3": "pip-a", "b1": "pip-b"}
     a_s, b_s = chain.sliver("pip-a"), chain.sliver("pip-b")
     assert a_s is not None and b_s is not None
     assert b_s.id == before_b.id  # B's part grew: same sliver
@@ -146,16 +161,17 @@ def test_a_node_moves_within_its_pip_and_then_between_pips(chain: Chain) -> None
     assert {p.ref for p in a_s.peers} == {p.ref for p in b_s.peers} and len(a_s.peers) == 2
     _fully_stitched(chain)
     objects_a = {o for o in chain.deployers["pip-a"].objects if o[1] == "node"}
-    assert len(objects_a) == 1  # a2 only: a1's namespace left A's hosts
+    assert len(objects_a) == 2  # a2 and a3: a1's namespace left A's hosts
     # the VNP's mapping: a1's console and actions go to B now
     vnp = chain.players.nodes["vnp"].service
     assert isinstance(vnp, VnpService)
     (order,) = [r for r in vnp.store.all() if r.data["kind"] == "vnet"]
     holder = {n: p["provider"] for p in order.data["parts"] for n in p["nodes"]}
-    assert holder == {"a1": "pip-b", "a2": "pip-a", "b1": "pip-b"}
+    assert holder == {"a1": "pip-b", "a2": "pip-a", "a3": "pip-a", "b1": "pip-b"}
     assert "move" not in order.data
 
     # everything else moved to paris: A's part emptied is released
+    ask_vno(chain.sp, chain.vnet, "a3", "paris")
     ask_vno(chain.sp, chain.vnet, "a2", "paris")
     assert chain.sliver("pip-a") is None
     assert chain.deployers["pip-a"].objects == set()
