@@ -1,14 +1,19 @@
 """Substrate hosts over SSH against the netns connection, and a fleet of lab
 hosts over SSH (issue #15).
 
-    .venv/bin/python -m bench.fleet [--runs 3] [--fleet 50] [--only NAME ...]
+    .venv/bin/python -m bench.fleet [--runs 1] [--fleet 50] [--only NAME ...]
+                                    [--variant WORD ...]
+
+About 15 minutes on a quiet 2-core machine with the defaults; a smoke run:
+`--only fleet --fleet 4 --runs 0 --variant settings`.
 
 Rows (each up and down the median of --runs warm runs, the first run apart):
 - `compare`: Figure 6 and a 100-node ring directly on a 3-host lab, with the
   netns connection and with an sshd in every host (same process, same run);
 - `fleet`: one deployment of a VNet that touches every host of a --fleet-host
   lab over SSH (2 nodes per host), with Ansible settings varied one at a time
-  from the chosen ones (forks, pipelining, ControlPersist), and the failures;
+  from the chosen ones (forks, pipelining, ControlPersist; `--variant`
+  picks among all, compression and forks 100 included), and the failures;
 - `frozen`: the same with one host's sshd frozen (SIGSTOP): the time until
   the deployment fails naming that host, with the rest rolled back.
 Needs root; removes everything it made.
@@ -153,6 +158,7 @@ VARIANTS: dict[str, tuple[int | None, Callable[[dict[str, Any]], None]]] = {
     "with compression (-C, Ansible's default)": (
         None, lambda h: h.update(ansible_ssh_args="-C " + sshd.SSH_ARGS)),
 }
+DEFAULT_VARIANTS = ("vnet's settings", "forks 50", "no pipelining", "no ControlPersist")
 
 
 def fleet(hosts: int, runs: int, work: Path, only: list[str] | None) -> list[Row]:
@@ -164,7 +170,7 @@ def fleet(hosts: int, runs: int, work: Path, only: list[str] | None) -> list[Row
         inventory = paths.substrate_dir(substrate) / manage.INVENTORY_FILE
         chosen = inventory.read_text()
         for title, (forks, change) in VARIANTS.items():
-            if only and not any(word in title for word in only):
+            if not any(word in title for word in (only or DEFAULT_VARIANTS)):
                 continue
             inventory.write_text(chosen)
             _set_host_vars(substrate, change)
@@ -191,6 +197,8 @@ def fleet(hosts: int, runs: int, work: Path, only: list[str] | None) -> list[Row
                         continue
                     downs.append(time.perf_counter() - start)
             warm = ups[1:] or ups
+            if used and used != hosts:
+                print(f"  warning: the VNet used {used} of {hosts} hosts", flush=True)
             rows.append(Row(f"{2 * hosts} nodes on {used} hosts: {title}", "ssh",
                             statistics.median(warm) if warm else None,
                             statistics.median(downs[1:] or downs) if downs else None,
@@ -243,11 +251,14 @@ def _fmt(value: float | None) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=1,
+                        help="warm runs per row, after a first one (0: the first only)")
     parser.add_argument("--fleet", type=int, default=50, help="hosts of the fleet lab")
     parser.add_argument("--only", nargs="+", default=None, choices=["compare", "fleet"])
     parser.add_argument("--variant", nargs="+", default=None,
-                        help="fleet variants whose title holds one of these words")
+                        help="fleet variants whose title holds one of these words "
+                             f"(default: {', '.join(DEFAULT_VARIANTS)}; "
+                             f"all: {', '.join(VARIANTS)})")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("needs root: labs are made of network namespaces")
@@ -258,7 +269,8 @@ def main() -> int:
         rows += compare(args.runs, work)
     if args.only is None or "fleet" in args.only:
         rows += fleet(args.fleet, args.runs, work, args.variant)
-    print(f"\nload average: {Path('/proc/loadavg').read_text().strip()}")
+    print(f"\nload average: {Path('/proc/loadavg').read_text().strip()}; warm controller: "
+          f"{'off' if os.environ.get('VNET_WARM_CONTROLLER') == '0' else 'on'}")
     print("| what | connection | up (s) | down (s) | first up (s) | note |")
     print("|---|---|---|---|---|---|")
     for r in rows:
