@@ -1,11 +1,13 @@
 """A node moved between PIPs through the chain (issue #13): `vnet migrate VNET
 NODE --location L` at the VNO moves a namespace router of Figure 6 from PIP 1
 (Berlin) to PIP 2 (London); every link, inter-PIP ones included, carries
-traffic after; the VNO's records name no PIP or host; a move nobody can take
-leaves the VNet as it was. One lab of two PIPs, real Ansible."""
+traffic after; an open console session on it continues in a new shell at
+PIP 2; the VNO's records name no PIP or host; a move nobody can take leaves
+the VNet as it was. One lab of two PIPs, real Ansible."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -14,6 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import EXAMPLES, Lab, Vnet, netns_list, new_lab, ping
+from tests.integration.test_console_repoint import ask, inode_in, ns_inode, read_until
+from vnetlib.console.client import open_console
+from vnetlib.lab.players import service_provider
 from vnetlib.spec import load_vnet
 
 TWO_PIPS = EXAMPLES / "figure6-2pip.xml"
@@ -42,7 +47,8 @@ def _all_links_ping(lab: Lab) -> None:
         for src, dst in ((link.a, link.b), (link.b, link.a)):
             (ns,) = _netns(lab, src.node).values()
             peer = dst.interface.addresses[0].split("/")[0]
-            assert ping(ns, peer, count=2, wait=2), f"{link.id}: {src.node} -> {dst.node}"
+            assert ping(ns, peer) or ping(ns, peer, wait=3), (
+                f"{link.id}: {src.node} -> {dst.node}")
 
 
 def _vno_text(vnet: Vnet, lab: Lab) -> str:
@@ -71,7 +77,25 @@ def test_a_router_moves_from_pip1_to_pip2(vnet: Vnet, chain: tuple[Lab, str]) ->
     assert "tokyo" in refused.stderr and f"{lab.name}p" not in refused.stderr
     assert set(_netns(lab, "r2")) == {f"{lab.name}p1"}
 
-    moved = vnet.json("migrate", "--lab", lab.name, vnet_id, "r2", "--location", "london")
+    # an open console session on r2 follows it to PIP 2 (a new shell there)
+    source_ns = ns_inode(_netns(lab, "r2")[f"{lab.name}p1"])
+
+    async def move_with_a_console() -> dict[str, object]:
+        reader, writer = await open_console(service_provider(lab.name), vnet_id, "r2")
+        try:
+            out = await ask(reader, writer, "readlink /proc/self/ns/net", "before")
+            assert inode_in(out) == source_ns
+            moved: dict[str, object] = await asyncio.get_running_loop().run_in_executor(
+                None, vnet.json, "migrate", "--lab", lab.name, vnet_id, "r2", "--location",
+                "london")
+            await read_until(reader, rb"r2 was moved.*\]", timeout=30)
+            out = await ask(reader, writer, "readlink /proc/self/ns/net", "after")
+            assert inode_in(out) == ns_inode(_netns(lab, "r2")[f"{lab.name}p2"])
+            return moved
+        finally:
+            writer.close()
+
+    moved = asyncio.run(move_with_a_console())
     assert moved["status"] == "ready"
     assert set(_netns(lab, "r2")) == {f"{lab.name}p2"}  # gone from PIP 1, made at PIP 2
     _all_links_ping(lab)

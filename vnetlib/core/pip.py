@@ -883,7 +883,12 @@ class PipCore:
                           node_states={k: v for k, v in cur.node_states.items()
                                        if k not in gone})
             op.save(new, also=lambda conn: self._take_links(conn, cur.id, fresh))
-            for node in gone:
+            # Sessions on a node re-placed here follow it; those on a node that
+            # leaves are re-pointed by the VNP to its new provider (it closes
+            # their end here), so they are left alone.
+            replaced = [n for n, h in embedding.node_map.items()
+                        if cur.embedding.node_map.get(n, h) != h]
+            for node in replaced:
                 repoint.hold(cur, node)
             try:
                 old_plan, new_plan = self.plan(self._before(op.sliver)), self.plan(op.sliver)
@@ -901,8 +906,8 @@ class PipCore:
                 self._unshape(op, progress)
                 raise
             finally:
-                for node in gone:
-                    self._end_consoles(op.sliver, node)
+                for node in replaced:
+                    self._follow_consoles(op.sliver, node)
             links = {b.id for b in spec.boundary} | set(needed)
             stale = [k for k in had if k not in links]
             done = replace(op.sliver, previous=None, lock=None)
@@ -941,9 +946,9 @@ class PipCore:
                 also=lambda conn: self.ledger.drop_link_vnis(conn, s.id, extra_vnis))
         return True
 
-    def _end_consoles(self, s: Sliver, node: str) -> None:
-        """The console sessions of a node that left (or stays): they follow it
-        where the sliver has it, or end with a notice."""
+    def _follow_consoles(self, s: Sliver, node: str) -> None:
+        """The console sessions of a node re-placed by a reshape open again
+        where the sliver has it now (or end with a notice)."""
         try:
             repoint.moved(s, node)
         except Exception:

@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vnetlib.console import repoint
 from vnetlib.migrate import between
 from vnetlib.players import messages as m
 from vnetlib.players import timeouts
@@ -177,6 +178,10 @@ def move_node(svc: VnpService, rec: Record, node: str, location: str | None,
     rec.data["next_part"] = next_index + 1
     rec.data["move"] = {"node": node, "old": parts, "new": fresh}
     svc.store.save(rec.id, rec.data)
+    # Console sessions on the node (their hop here) wait for it, then ask its
+    # provider of then for a new session (vnetlib.console.repoint).
+    repoint.hold_order(svc.name, rec.id, node)
+    elsewhere = provider != entry["provider"]
     timings: dict[str, float] = {}
     mark = time.perf_counter()
 
@@ -207,13 +212,21 @@ def move_node(svc: VnpService, rec: Record, node: str, location: str | None,
         phase("reshape")
         svc.start_parts(fresh)
         phase("stitch")
-    except (ClientError, ValueError, MoveDeclined) as exc:
+    except BaseException as exc:
+        if not isinstance(exc, ClientError | ValueError | MoveDeclined):
+            # left recorded for the reconciler (`recover`); sessions may carry on
+            repoint.moved_order(svc.name, rec.id, node, reconnect=False)
+            raise
         log.warning("%s: move of %s in %s failed: %s; undoing it", svc.name, node, rec.id, exc)
         back = between.fresh_refs(
             between.replan(spec, rec.id, between.assignment_of(parts, specs), prices),
             between.moved_links(spec, node), f"{rec.id}/m{moves}u")
-        _undo(svc, rec, _entries(rec.id, back, parts, next_index,
-                                 {p["provider"]: p["price"] for p in parts}), done)
+        try:
+            _undo(svc, rec, _entries(rec.id, back, parts, next_index,
+                                     {p["provider"]: p["price"] for p in parts}), done)
+        finally:  # the node was made again at its source if the source gave it up
+            repoint.moved_order(svc.name, rec.id, node, reconnect=elsewhere and any(
+                kind == "reshaped" and e["provider"] == entry["provider"] for kind, e in done))
         if isinstance(exc, MoveDeclined):
             raise
         raise MoveUndone(f"the move of node {node} failed ({_kind(exc)}); "
@@ -227,6 +240,9 @@ def move_node(svc: VnpService, rec: Record, node: str, location: str | None,
     rec.data.pop("move", None)
     svc.store.save(rec.id, rec.data)
     phase("release")
+    followed = repoint.moved_order(svc.name, rec.id, node, reconnect=elsewhere)
+    phase("consoles")
+    log.info("%s: %d console session(s) on %s followed it", svc.name, followed, node)
     if left:
         log.error("%s: the emptied part(s) %s of %s were not released", svc.name,
                   [p["sliver"] for p in left], rec.id)
