@@ -4,6 +4,7 @@ an sshd in each host, with pinned host keys, as on real machines."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -205,8 +206,12 @@ def _exec_and_console_go_through_sshd(vnet: Vnet, lab: Lab, vnet_id: str, host: 
     finally:
         confinement.remove(tenant)
         confinement.close()
-    assert tenant not in cgroups.tenants(cgroups.detect("/" + parent))
-    cgroups.prune(cgroups.detect("/" + parent))
+    layout = cgroups.detect("/" + parent)
+    assert tenant not in cgroups.tenants(layout)
+    cgroups.prune(layout)
+    for made in layout.parents():  # "/vnet-exec" itself, unless someone else's is in it
+        with contextlib.suppress(OSError):
+            made.parent.rmdir()
 
 
 def _logins(files: sshd.SshFiles, host: str) -> int:

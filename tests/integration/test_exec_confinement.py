@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -381,3 +381,56 @@ def test_cgroup_mounts_and_own_paths_are_read_for_v1_v2_and_hybrid() -> None:
     own = cgroups.own_paths("4:memory:/svc\n1:cpu,cpuacct:/a\n0::/system.slice/vnet.service\n")
     assert own == {"memory": "/svc", "cpu": "/a", "cpuacct": "/a",
                    "": "/system.slice/vnet.service"}
+
+
+class ThisHost:
+    """A substrate host that is this machine, reached without SSH: the agent
+    (what runs on a host over SSH) runs here as it would there."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def remote(self, host: str) -> bool:
+        return host == "far"
+
+    def argv(self, host: str, argv: Sequence[str], *, tty: bool = False) -> list[str]:
+        self.calls.append(list(argv))
+        return list(argv)
+
+
+def test_a_node_on_another_host_is_confined_by_the_agent_there(
+        tmp_path: Path, vnet_home: Path, netns: Callable[[], str]) -> None:
+    ns = netns()
+    host = ThisHost()
+    parent = f"vnet-exec-test-{secrets.token_hex(4)}"
+    conf = Confinement(tmp_path / "confine", LIMITS, cgroup_parent=parent, hosts=host)
+    layout = cgroups.detect("/" + parent)  # the host's: below each hierarchy's root
+    tag = sleep_tag()
+    try:
+        done = conf.run("ta", ns, ["sh", "-c", "id -u; cat /proc/self/cgroup"], host="far")
+        assert done.exit_code == 0, done
+        assert int(done.stdout.split()[0]) >= UID_BASE
+        assert host.calls and host.calls[0][:2] == ["python3", "-c"]
+        assert cgroups.tenants(layout) == ["ta"]
+        limit = layout.limits["pids"][0] / "ta" / "pids.max"
+        assert limit.read_text().strip() == str(LIMITS.pids)
+        # A timeout kills the exec on the host, through the agent.
+        slow = conf.run("ta", ns, ["sh", "-c", f"sleep {tag} & sleep {tag}"], host="far",
+                        timeout=1.0)
+        assert slow.timed_out and slow.killed_reason == "timeout"
+        assert tagged(tag) == []
+        with pytest.raises(ConfinementError,
+                           match=r"no network namespace vt-missing on this host \(host far\)"):
+            conf.run("ta", "vt-missing", ["true"], host="far")
+        # A node on a netns host of the same PIP stays here, below the local parent.
+        assert conf.run("tb", ns, ["true"], host="near").exit_code == 0
+        here, there = conf.layout.limits["memory"][0], layout.limits["memory"][0]
+        if here != there:  # (they are one when this process sits at the root)
+            assert (here / "tb").is_dir() and not (there / "tb").exists()
+        assert conf.tenants() == ["ta", "tb"]
+    finally:
+        for tenant in conf.tenants():
+            conf.remove(tenant)
+        cgroups.prune(layout)
+        cgroups.prune(conf.layout)
+    assert cgroups.tenants(layout) == [] and conf.host_map.tenants() == []
