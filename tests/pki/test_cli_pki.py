@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from vnetlib.lab.apart import AddressedCA, cert_addresses
 from vnetlib.lab.players import credentials_dir, hand_out, pki_dir
-from vnetlib.players.pki import LabCA, Role
+from vnetlib.players.pki import LabCA, PkiError, Role, check_source
 
 # `vnet pki` as vnetlib/cli/main.py will run it once the verb is registered there.
 PKI = ("import argparse, sys\n"
@@ -77,3 +79,18 @@ def test_renew_keeps_the_address_of_a_player_apart(tmp_path: Path) -> None:
     # A player on loopback stays on loopback.
     vnet_pki(tmp_path, "renew", "vnp")
     assert cert_addresses(credentials_dir(lab, "vnp") / "vnp.pem") == ["127.0.0.1"]
+
+
+def test_check_source_accepts_only_the_addresses_a_certificate_names(tmp_path: Path) -> None:
+    ca = AddressedCA.create(pki_dir(tmp_path / "lab"), "vnet lab t CA")
+    assert isinstance(ca, AddressedCA)
+    ca.with_addresses({"vnp": ("198.18.203.2",)})
+    creds = ca.issue("vnp", Role.VNP)
+    der = x509.load_pem_x509_certificate(creds.cert_path.read_bytes()).public_bytes(
+        serialization.Encoding.DER)
+    for source in ("198.18.203.2", "127.0.0.1", "::ffff:198.18.203.2"):
+        check_source(der, source)
+    with pytest.raises(PkiError, match=r"source address 198\.18\.203\.1 is not one the "
+                                       r"certificate of vnp:vnp names \(127\.0\.0\.1, "
+                                       r"198\.18\.203\.2\)"):
+        check_source(der, "198.18.203.1")
