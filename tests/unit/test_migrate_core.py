@@ -194,3 +194,49 @@ def test_plan_diff_per_host() -> None:
     assert moves.changed_hosts(old, new) == {"h1", "h3"}
     assert moves.repointed(old, new, {"h1"}) == []
     assert list(moves.restrict(new, {"h3"})["hosts"]) == ["h3"]
+
+
+NIC = ("<interface type='ethernet'><mac address='02:00:00:00:00:0{i}'/>"
+       "<target dev='vqaaaa{i}' managed='no'/></interface>")
+POOL_LIVE = ("<domain type='qemu'><name>vn-s-pool-ab12</name><uuid>u</uuid>"
+             "<os><type>hvm</type><cmdline>pool</cmdline></os><devices>"
+             + "".join(NIC.format(i=i) for i in (1, 2, 3)) + "</devices></domain>")
+
+
+def test_a_taken_pool_vms_destination_opens_the_nodes_taps_and_spares() -> None:
+    """The live XML of a taken pool VM names its pool taps (renamed to the
+    node's at the take); the destination opens the node's taps in NIC order,
+    a spare tap for a pool NIC the node does not use, and keeps the live MACs."""
+    import xml.etree.ElementTree as ET
+
+    from vnetlib.vm import migrate as vm
+
+    xml = vm.dest_xml(POOL_LIVE, "vn-s-v1-r1+m1", ["vtnode0", "vtnode1"])
+    root = ET.fromstring(xml)
+    assert root.findtext("name") == "vn-s-v1-r1+m1" and root.find("uuid") is None
+    devs = [t.get("dev") for t in root.iterfind("devices/interface/target")]
+    spare = vm.spare_tap("vn-s-v1-r1+m1", 2)
+    assert devs == ["vtnode0", "vtnode1", spare] and len(spare) <= 15
+    assert vm.spare_taps(xml) == [spare]
+    assert [m.get("address") for m in root.iterfind("devices/interface/mac")] == [
+        "02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:00:03"]
+    assert "-incoming" in xml
+    # an ordinary VM's live XML already names the node's taps: nothing changes
+    plain = vm.dest_xml(POOL_LIVE.replace("vqaaaa", "vtnode"), "d", ["vtnode0", "vtnode1",
+                                                                     "vtnode2"])
+    assert vm.spare_taps(plain) == []
+
+
+def test_the_destinations_definition_takes_the_target_plans_command_line() -> None:
+    """A link that became local (or crossing) changes the guest's MTU in the
+    plan's command line; the definition takes it, so the plan and the domain
+    agree and vnet_domain does not restart the guest after the move."""
+    import xml.etree.ElementTree as ET
+
+    from vnetlib.vm import migrate as vm
+
+    root = ET.fromstring(vm.persistent_xml(POOL_LIVE, "d", "uuid-1", "new line"))
+    assert root.findtext("os/cmdline") == "new line"
+    assert root.findtext("uuid") == "uuid-1" and root.findtext("name") == "d"
+    kept = ET.fromstring(vm.persistent_xml(POOL_LIVE, "d", "uuid-1"))
+    assert kept.findtext("os/cmdline") == "pool"

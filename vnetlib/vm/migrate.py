@@ -28,6 +28,7 @@ one): the sliver records node -> domain.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import shutil
@@ -116,16 +117,41 @@ def _find_host(group: Any, host: str) -> dict[str, Any] | None:
     return None
 
 
-def dest_xml(source_xml: str, dest: str) -> str:
-    """The destination's XML: the source's, renamed, without its UUID, its
-    serial log its own, started to wait for an incoming migration."""
+def dest_xml(source_xml: str, dest: str, taps: Sequence[str] = ()) -> str:
+    """The destination's XML: the source's (live, migratable), renamed, without
+    its UUID, its serial log its own, started to wait for an incoming migration.
+
+    `taps`: the node's taps in the order of its NICs. The i-th `<interface>`
+    opens the i-th (a taken pool VM's live XML still names its pool taps,
+    which the take renamed to the node's; its spare pool NICs, whose taps the
+    take deleted, get `spare_tap`s, deleted once QEMU opened them, so they stay
+    dead as they were). The MACs stay the live ones: the guest uses them."""
     ET.register_namespace("qemu", QEMU_NS)
     root = ET.fromstring(source_xml)
     _rename(root, dest, live=True)
+    if taps:
+        for i, iface in enumerate(root.iterfind("devices/interface")):
+            target = iface.find("target")
+            if target is None:
+                target = ET.SubElement(iface, "target")
+            target.set("dev", taps[i] if i < len(taps) else spare_tap(dest, i))
     cmd = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
     for value in ("-incoming", "defer"):
         ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=value)
     return ET.tostring(root, encoding="unicode")
+
+
+def spare_tap(dest: str, index: int) -> str:
+    """The throwaway tap of a destination's NIC that the node does not use."""
+    return f"vs{hashlib.sha256(dest.encode()).hexdigest()[:10]}{index}"
+
+
+def spare_taps(xml: str) -> list[str]:
+    """The spare taps a destination XML names (see `spare_tap`)."""
+    root = ET.fromstring(xml)
+    name = root.findtext("name") or ""
+    return [dev for i, t in enumerate(root.iterfind("devices/interface/target"))
+            if (dev := t.get("dev") or "") == spare_tap(name, i)]
 
 
 def persistent_xml(inactive_xml: str, dest: str, uuid: str, cmdline: str | None = None) -> str:
@@ -219,20 +245,24 @@ def migrate(move: VmMove, *, uri: str = URI, downtime_limit_ms: int = DOWNTIME_L
         if src.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
             raise MigrationError(f"domain {move.source} is not running: only a running "
                                  "VM migrates live")
-        xml = dest_xml(src.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), move.dest)
+        xml = dest_xml(src.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), move.dest,
+                       [nic.tap for nic in move.nics])
+        spares = spare_taps(xml)
         inactive = src.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         dest = None
         try:
             here = _links_of(None)
-            for nic in move.nics:
-                if nic.tap not in here:
-                    _ip("tuntap", "add", "dev", nic.tap, "mode", "tap")
+            for tap in [*(nic.tap for nic in move.nics), *spares]:
+                if tap not in here:
+                    _ip("tuntap", "add", "dev", tap, "mode", "tap")
             with contextlib.suppress(OSError):
                 shutil.copyfile(serial_log(move.source), serial_log(move.dest))
             try:
                 dest = conn.createXML(xml, 0)
             except libvirt.libvirtError as exc:
                 raise MigrationError(f"destination {move.dest} did not start: {exc}") from None
+            for tap in spares:
+                _ip("link", "delete", "dev", tap)
             for nic in move.nics:
                 _ip("link", "set", "dev", nic.tap, "netns", move.target_netns)
                 _ip("-n", move.target_netns, "link", "set", "dev", nic.tap,
@@ -286,12 +316,13 @@ def _remove_dest(conn: Any, move: VmMove, dest: Any) -> None:
         conn.lookupByName(move.dest).undefine()
     with contextlib.suppress(OSError):
         Path(serial_log(move.dest)).unlink()
+    spares = [spare_tap(move.dest, i) for i in range(len(move.nics), len(move.nics) + 16)]
     for where in (move.target_netns, None):
         present = _links_of(where)
-        for nic in move.nics:
-            if nic.tap in present:
+        for tap in [*(nic.tap for nic in move.nics), *spares]:
+            if tap in present:
                 with contextlib.suppress(MigrationError):
-                    _ip(*(["-n", where] if where else []), "link", "delete", "dev", nic.tap)
+                    _ip(*(["-n", where] if where else []), "link", "delete", "dev", tap)
 
 
 def finish(move: VmMove, *, uri: str = URI) -> None:
