@@ -892,12 +892,7 @@ class PipCore:
                 repoint.hold(cur, node)
             try:
                 old_plan, new_plan = self.plan(self._before(op.sliver)), self.plan(op.sliver)
-                removal = moves.removal(old_plan, new_plan)
-                if not moves.empty(removal):
-                    self.deployer.apply(removal, "absent", progress=progress)
-                self.deployer.apply(moves.restrict(new_plan,
-                                                   moves.changed_hosts(old_plan, new_plan)),
-                                    "present", progress=progress)
+                self._change(old_plan, new_plan, progress)
             except (DeployError, PlanError, NoVni, NoVlan) as exc:
                 rolled_back = self._unshape(op, progress)
                 raise DeployFailed(f"reshape of sliver {name} failed: {exc}", exc,
@@ -915,6 +910,25 @@ class PipCore:
             op.save(done, also=lambda conn: self.ledger.drop_link_vnis(conn, cur.id, stale))
             return op.sliver
 
+    def _change(self, old: dict[str, Any], new: dict[str, Any],
+                progress: Progress | None) -> None:
+        """The hosts from plan `old` to plan `new`: what only the old has
+        removed, then the changed hosts' new parts; one playbook run when the
+        deployer has it (`vnet.infra.migrate_node`) and no VM is involved."""
+        removal = moves.removal(old, new)
+        made = moves.restrict(new, moves.changed_hosts(old, new))
+        if moves.empty(removal) and not made["hosts"]:
+            return  # nothing changes on any host (e.g. a part reshaped as it was)
+        mover = getattr(self.deployer, "move", None)
+        vms = any(part.get("domains") for plan in (old, new)
+                  for part in plan["hosts"].values())
+        if mover is not None and not vms:
+            mover(removal, made, [], progress=progress)
+            return
+        if not moves.empty(removal):
+            self.deployer.apply(removal, "absent", progress=progress)
+        self.deployer.apply(made, "present", progress=progress)
+
     def _before(self, s: Sliver) -> Sliver:
         """The sliver as it was before its recorded reshape."""
         p = s.previous
@@ -928,12 +942,7 @@ class PipCore:
         s = op.sliver
         old = self._before(s)
         try:
-            old_plan, new_plan = self.plan(old), self.plan(s)
-            extra = moves.removal(new_plan, old_plan)
-            if not moves.empty(extra):
-                self.deployer.apply(extra, "absent", progress=progress)
-            self.deployer.apply(moves.restrict(old_plan, moves.changed_hosts(new_plan, old_plan)),
-                                "present", progress=progress)
+            self._change(self.plan(s), self.plan(old), progress)
         except (DeployError, PlanError, NoVni, NoVlan) as exc:
             log.error("%s: undoing the reshape of %s failed: %s", self.name, s.name, exc)
             op.save(replace(s, error=f"reshape undone in part: {exc}"[:500]))
