@@ -1,20 +1,27 @@
-"""Instantiation and teardown speed (issue #11): our figures, Mininet's and the
-floor (the same kernel objects through one `ip -batch`) side by side.
+"""Instantiation and teardown speed (issue #11): every target of the issue
+with our figure, Mininet's and the floor (the same kernel objects through
+one `ip -batch`) side by side, and whether it is met.
 
-    .venv/bin/python -m bench.speed [--runs 3] [--big] [--discovery] [--no-mininet]
-                                    [--only NAME ...]
+    .venv/bin/python -m bench.speed [--runs 3] [--quick] [--big] [--discovery]
+                                    [--no-mininet] [--only NAME ...]
 
-Rows: Figure 6 directly on a 3-host substrate; through the players on one
-PIP; across two PIPs (three inter-PIP links); a 100-node ring through the
-players on one PIP; with --big a 1000-node ring over 4 PIPs; a PIP's
-advertisement of a 1000-host substrate; with --discovery a VNP asking 16
-PIPs for their advertisements in parallel (bench.players.discovery). Each VNet row is the median of
---runs warm runs (the first run of a process, which starts its warm Ansible
-controller, is printed apart). Mininet: `mn --switch lxbr --controller none
---topo linear,100 --test none` (Debian's mininet, installed here with
-apt-get when `mn` is missing). The floor: 100 namespaces and 99 veth pairs
-in one `ip -batch`, then their removal in another. Needs root; removes
-everything it made.
+Run as root from anywhere in a checkout (paths are the checkout's); nothing
+to install by hand (Debian's mininet and bridge-utils are installed with
+apt-get when `mn` is missing). Rows: Figure 6 directly on a 3-host
+substrate; through the players on one PIP; across two PIPs (three inter-PIP
+links); a 100-node ring through the players on one PIP (up, down, and up +
+down over Mininet's `mn --switch lxbr --controller none --topo linear,100
+--test none`); with --big a 1000-node ring over 4 PIPs; a PIP's
+advertisement of a 1000-host substrate (recomputed, and kept by deltas:
+`vnetlib.players.advertised`); with --discovery a VNP asking 16 PIPs in
+parallel (bench.players.discovery); the floor: 100 namespaces and 99 veth
+pairs in one `ip -batch`, removed in another; and what the VNets left
+behind (their nodes' namespaces, link bridges and tunnels on the lab's
+hosts, looked for after the last delete of each lab). VNet rows:
+median of --runs warm runs; "first" is a process's first run, which starts
+its warm Ansible controller. --quick: one warm run, no Mininet, a smoke run
+of every part in about a minute. Timings at a load average above 3 are not
+worth comparing; the load is printed.
 """
 
 from __future__ import annotations
@@ -50,8 +57,9 @@ from vnetlib.spec.model import VNetSpec
 
 from .substrate import big_substrate
 
-FIGURE6 = Path("examples/figure6.xml")
-FIGURE6_2PIP = Path("examples/figure6-2pip.xml")
+ROOT = Path(__file__).resolve().parents[2]
+FIGURE6 = ROOT / "examples" / "figure6.xml"
+FIGURE6_2PIP = ROOT / "examples" / "figure6-2pip.xml"
 MININET = ["mn", "--switch", "lxbr", "--controller", "none", "--topo", "linear,100",
            "--test", "none"]
 
@@ -63,6 +71,35 @@ class Row:
     down: float | None
     first_up: float | None = None
     target: str = ""
+    up_max: float | None = None
+    down_max: float | None = None
+
+    @property
+    def met(self) -> str:
+        if self.up is None or (self.up_max is None and self.down_max is None):
+            return ""
+        ok = self.up_max is None or self.up < self.up_max
+        ok = ok and (self.down_max is None or (self.down or 0.0) < self.down_max)
+        return "yes" if ok else "no"
+
+
+LEFT: list[str] = []  # what the VNets left behind, found before each lab went down
+
+
+def left_behind(lab: str) -> list[str]:
+    """What the VNets deployed on lab `lab` (or its PIPs' substrates) left
+    after their deletes: virtual nodes' namespaces (vn-<lab>...) and link
+    bridges and tunnels (vb*, vx*) in the lab's host namespaces."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                            check=False).stdout.splitlines()
+    names = [line.split()[0] for line in listed if line.strip()]
+    found = [f"netns {n}" for n in names if n.startswith("vn-") and lab in n]
+    for host in (n for n in names if n.startswith("vl-") and lab in n):
+        links = subprocess.run(["ip", "-n", host, "-br", "link"], capture_output=True,
+                               text=True, check=False).stdout.splitlines()
+        found += [f"{host}: {line.split()[0].split('@')[0]}" for line in links
+                  if line.startswith(("vb", "vx"))]
+    return found
 
 
 def _median(values: list[float]) -> float:
@@ -83,22 +120,26 @@ def direct(runs: int) -> Row:
             start = time.perf_counter()
             destroy(result.vnet_id)
             downs.append(time.perf_counter() - start)
+        LEFT.extend(left_behind(lab))
     finally:
         manage.down(lab)
     return Row("Figure 6 directly (3 hosts)", _median(ups[1:]), _median(downs[1:]), ups[0],
-               "up < 1.5 s")
+               "up < 1.5 s", 1.5)
 
 
-def through_players(pips: int, offset: int, cases: list[tuple[str, VNetSpec, str]],
-                    runs: int) -> list[Row]:
-    """`cases`: (row title, VNet, target); one lab of `pips` PIPs for all."""
+Case = tuple[str, VNetSpec, str, float | None, float | None]
+
+
+def through_players(pips: int, offset: int, cases: list[Case], runs: int) -> list[Row]:
+    """`cases`: (row title, VNet, target, up limit, down limit); one lab of
+    `pips` PIPs for all."""
     name = "s" + secrets.token_hex(1) + "x"
     rows = []
     try:
         testbed.up(LabSpec(name=name, pips=pips, hosts=3, cpu=64.0, memory_mb=1 << 16,
                            mgmt_offset=offset))
         sp = service_provider(name)
-        for title, spec, target in cases:
+        for title, spec, target, up_max, down_max in cases:
             ups: list[float] = []
             downs: list[float] = []
             phases: dict[str, list[float]] = {}
@@ -112,10 +153,12 @@ def through_players(pips: int, offset: int, cases: list[tuple[str, VNetSpec, str
                 sp.delete(view.id)
                 downs.append(time.perf_counter() - start)
             warm = slice(1, None) if runs else slice(None)  # runs=0: the one run is all
-            rows.append(Row(title, _median(ups[warm]), _median(downs[warm]), ups[0], target))
+            rows.append(Row(title, _median(ups[warm]), _median(downs[warm]), ups[0], target,
+                            up_max, down_max))
             at_vnp = ", ".join(f"{p} {_median(v[warm]):.2f}" for p, v in phases.items() if v[warm])
             print(f"  {title}: up {rows[-1].up:.2f} s, down {rows[-1].down:.2f} s "
                   f"(the VNP's phases: {at_vnp})", flush=True)
+        LEFT.extend(left_behind(name))
     finally:
         testbed.down(name)
     return rows
@@ -210,6 +253,8 @@ def _fmt(value: float | None) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.speed")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: one warm run of each row, no Mininet")
     parser.add_argument("--big", action="store_true", help="also a 1000-node VNet over 4 PIPs")
     parser.add_argument("--no-mininet", action="store_true")
     parser.add_argument("--only", nargs="+", default=None,
@@ -220,8 +265,11 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("needs root: labs are made of network namespaces")
+    if args.quick:
+        args.runs, args.no_mininet = 1, True
     os.environ.setdefault("VNET_HOME", tempfile.mkdtemp(prefix="vnet-bench-"))
     want: Callable[[str], bool] = lambda part: args.only is None or part in args.only  # noqa: E731
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
 
     rows: list[Row] = []
     if want("direct"):
@@ -229,18 +277,19 @@ def main() -> int:
         print(f"  {rows[-1].what}: up {rows[-1].up:.2f} s", flush=True)
     if want("one"):
         rows += through_players(1, 88, [
-            ("Figure 6 through the players, 1 PIP", load_vnet(FIGURE6), "up < 2.5 s"),
+            ("Figure 6 through the players, 1 PIP", load_vnet(FIGURE6), "up < 2.5 s", 2.5, None),
             ("100-node ring through the players, 1 PIP", ring_vnet("ring100", 100, ["berlin"]),
-             "up < 2 s, down < 1 s"),
+             "up < 2 s, down < 1 s", 2.0, 1.0),
         ], args.runs)
     if want("two"):
         rows += through_players(2, 80, [
-            ("Figure 6 across 2 PIPs (3 inter-PIP links)", load_vnet(FIGURE6_2PIP), "up < 4 s"),
+            ("Figure 6 across 2 PIPs (3 inter-PIP links)", load_vnet(FIGURE6_2PIP), "up < 4 s",
+             4.0, None),
         ], args.runs)
     if args.big and want("big"):
         rows += through_players(4, 72, [
             ("1000-node ring over 4 PIPs", ring_vnet("ring1000", 1000, list(PIP_LOCATIONS[:4])),
-             "works, timed"),
+             "works, timed", None, None),
         ], 0)
     mn: tuple[float | None, str] = (None, "not run")
     if want("mininet") and not args.no_mininet:
@@ -250,29 +299,38 @@ def main() -> int:
     asked = discovery.measure(16, 64, 10) if args.discovery and want("discovery") else []
 
     print()
-    print(f"load average: {Path('/proc/loadavg').read_text().split()[:3]}")
-    print(f"{'':46s} {'up s':>7s} {'down s':>7s} {'first up':>9s}  target")
+    print(f"load average before: {' '.join(load_before)}, after: "
+          f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    print(f"{'':46s} {'up s':>7s} {'down s':>7s} {'first':>7s}  {'target':22s} met")
     for r in rows:
-        print(f"{r.what:46s} {_fmt(r.up):>7s} {_fmt(r.down):>7s} {_fmt(r.first_up):>9s}  "
-              f"{r.target}")
+        print(f"{r.what:46s} {_fmt(r.up):>7s} {_fmt(r.down):>7s} {_fmt(r.first_up):>7s}  "
+              f"{r.target:22s} {r.met}")
     ring = next((r for r in rows if r.what.startswith("100-node")), None)
     if mn[0] is not None:
-        print(f"{'Mininet linear,100 (up and down)':46s} {mn[0]:7.2f} {'':>7s} {'':>9s}  {mn[1]}")
+        print(f"{'Mininet linear,100 (up and down)':46s} {mn[0]:7.2f} {'':>7s} {'':>7s}  "
+              f"{mn[1]}")
         if ring is not None and ring.up is not None and ring.down is not None:
             share = (ring.up + ring.down) / mn[0]
-            print(f"{'  ours 100 nodes up+down / Mininet':46s} {share:7.2f} {'':>7s} "
-                  f"{'':>9s}  <= 0.25")
+            print(f"{'  ours 100 nodes up+down / Mininet':46s} {share:7.2f} {'':>7s} {'':>7s}  "
+                  f"{'<= 0.25':22s} {'yes' if share <= 0.25 else 'no'}")
     else:
         print(f"Mininet: {mn[1]}")
     if bottom is not None:
         print(f"{'floor: 100 netns + 99 veth, one ip -batch':46s} {bottom[0]:7.2f} "
               f"{bottom[1]:7.2f}")
+    for r in rows:
+        if r.up is not None and r.down is not None and r.down > r.up:
+            print(f"  teardown slower than setup: {r.what}")
+    if rows:
+        print(f"{'left behind by the VNets (netns, links)':46s} {len(LEFT):7d} {'':>7s} {'':>7s}  "
+              f"{'nothing':22s} {'yes' if not LEFT else 'no: ' + ', '.join(LEFT[:4])}")
     if advert is not None:
         for what, key in (("recomputed from the ledger", "recomputed"),
                           ("incremental, first", "first"), ("incremental, unchanged", "unchanged"),
                           ("incremental, a sliver came, one went", "delta")):
-            print(f"{'advertisement, 1000 hosts: ' + what:46s} {advert[key] * 1000:7.2f} ms"
-                  f" {'':>8s}  < 100 ms")
+            ms = advert[key] * 1000
+            print(f"{'advertisement, 1000 hosts: ' + what:46s} {ms:7.2f} ms {'':>5s}  "
+                  f"{'< 100 ms':22s} {'yes' if ms < 100 else 'no'}")
     for what, seconds in asked:
         print(f"{what[:46]:46s} {seconds * 1000:7.1f} ms")
     return 0
