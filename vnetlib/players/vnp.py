@@ -285,7 +285,11 @@ class VnpService(Service):
         rec.data["status"] = RELEASING
         self.store.save(rec.id, rec.data)
         self._fault("vnp-before-release")
-        left = self.release(rec.data["parts"])
+        # a move left recorded may have made a part at a provider new to the order
+        known = {p["sliver"] for p in rec.data["parts"]}
+        moving = [e for e in rec.data.get("move", {}).get("new", []) if e["sliver"] not in known]
+        left = self.release(rec.data["parts"] + moving)
+        rec.data.pop("move", None)
         if not left:
             self.store.remove(rec.id)
             self._retries.done(rec.id)
@@ -823,7 +827,8 @@ class VnpService(Service):
             finally:
                 self._unclaim(rec.id)
         for rec in self.store.all():
-            if "move" in rec.data and not self.reconciler.stopping.is_set():
+            if ("move" in rec.data and rec.data["status"] == "ready"
+                    and not self.reconciler.stopping.is_set()):
                 self._recover_move(rec)
         if self._unreconciled:
             self._sweep_upstreams()
