@@ -250,3 +250,42 @@ def test_only_the_owner_moves(chain: Chain) -> None:
         intruder.post(f"/v1/slivers/{a.name}/move", m.move_xml(m.Move("a1", "london")))
     assert err.value.status == 404
     assert chain.where()["a1"] == "pip-a"
+
+
+BERLIN_ONLY = b"""<vnet xmlns="urn:vnet:rdl:1" version="1" name="duo">
+  <node id="a1" location="berlin"/>
+  <node id="a2" location="berlin"/>
+  <link id="l12"><endpoint node="a1" interface="e0"><address>198.19.249.1/30</address>
+    </endpoint><endpoint node="a2" interface="e0"><address>198.19.249.2/30</address>
+    </endpoint></link>
+</vnet>"""
+
+
+def test_a_pip_new_to_the_vnet_takes_a_node_and_gives_it_back(
+        players: Players, substrates: Substrates) -> None:
+    deployers = {"pip-a": RecordingDeployer(), "pip-b": RecordingDeployer()}
+    players.pip("pip-a", substrates.a, deployer=deployers["pip-a"])
+    players.pip("pip-b", substrates.b, deployer=deployers["pip-b"])
+    players.vnp("vnp", ["pip-a", "pip-b"])
+    players.vno("vno", "vnp")
+    sp = players.sp("sp", "vno")
+    view = sp.request_vnet(parse_vnet(BERLIN_ONLY))
+    chain = Chain(players, deployers, sp.client, view.id)
+    assert chain.sliver("pip-b") is None
+
+    # B is quoted, allocated and provisioned a one-node part; l12 is stitched
+    ask_vno(chain.sp, chain.vnet, "a2", "madrid")
+    b = chain.sliver("pip-b")
+    assert b is not None and set(b.embedding.node_map) == {"a2"}
+    assert chain.where() == {"a1": "pip-a", "a2": "pip-b"}
+    _fully_stitched(chain)
+
+    # back to berlin: B's part is empty and released, l12 is inside A again
+    ask_vno(chain.sp, chain.vnet, "a2", "berlin")
+    assert chain.sliver("pip-b") is None and deployers["pip-b"].objects == set()
+    assert chain.pip("pip-b").core.ledger.used_vnis() == set()
+    a = chain.sliver("pip-a")
+    assert a is not None and a.peers == () and a.state is State.READY
+    assert chain.where() == {"a1": "pip-a", "a2": "pip-a"}
+    sp.delete(view.id)
+    assert deployers["pip-a"].objects == set()
