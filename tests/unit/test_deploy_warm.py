@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -252,4 +253,42 @@ def test_orphans_of_a_hung_run_are_swept(tmp_path: Path) -> None:
         parent.kill()
         parent.wait()
         if server and _wait_for(lambda: not _alive(server), 10) is False:
+            os.kill(server, 9)
+
+
+def test_a_daemon_a_task_started_outlives_the_run_and_the_server(tmp_path: Path) -> None:
+    """A task's daemon (a session of its own, as vnet_click starts Click) is
+    not a run's leftover: neither the sweep after the run nor the server's
+    end kills it."""
+    marker = f"{tmp_path}/daemon"
+    Path(marker).write_text("#!/bin/sh\nsleep 60\n")
+    inv = _inventory(tmp_path)
+    book = _playbook(tmp_path, "daemon", [{"ansible.builtin.command": f"setsid -f sh {marker}"}])
+    code = (
+        "import sys, time; from pathlib import Path; from vnetlib.deploy import ansible, warm; "
+        f"c = warm.controller({ansible.playbook_binary()!r}); "
+        f"ansible.run_playbook({str(book)!r}, Path({str(inv)!r}), {{}}); "
+        "print(c.process.pid, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    server = 0
+    try:
+        assert parent.stdout is not None
+        server = int(parent.stdout.readline())
+        assert _wait_for(lambda: _processes_with(marker), 10), "the daemon never started"
+        time.sleep(2 * warm._REAP_INTERVAL + 0.5)  # the run's end was reaped and swept
+        assert [p for p in _processes_with(marker) if _alive(p)]
+        parent.kill()
+        parent.wait()
+        assert _wait_for(lambda: not _alive(server), 15)
+        assert [p for p in _processes_with(marker) if _alive(p)]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for pid in _processes_with(marker):
+            for each in warm.descendants([pid]):
+                with contextlib.suppress(OSError):
+                    os.kill(each, 9)
+        if server and _alive(server):
             os.kill(server, 9)

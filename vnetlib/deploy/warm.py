@@ -36,6 +36,8 @@ the server kills the subtrees of its children that are not a running run
 (`sweep`), and when it ends (its parent gone, even by SIGKILL, or stopped)
 it kills all its descendants. A run's child and every Ansible worker also
 die with their parent (PR_SET_PDEATHSIG), for a server killed itself.
+Spared: daemons a task started on purpose (a Click process: a session
+leader that is not a fork of the server), which outlive the run as before.
 """
 
 from __future__ import annotations
@@ -231,6 +233,44 @@ def descendants(roots: Iterable[int], table: dict[int, int] | None = None) -> li
     return found
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _daemon(pid: int, server: bytes) -> bool:
+    """A process a task started to outlive it on purpose (a Click process):
+    a session leader that is not a fork of this server. Ansible's workers
+    lead sessions too, but they are forks of the server (its command line);
+    a module and what it runs stay in their worker's session."""
+    try:
+        leader = os.getsid(pid) == pid
+    except OSError:
+        return False
+    return leader and _cmdline(pid) != server
+
+
+def doomed(roots: Iterable[int], table: dict[int, int] | None = None) -> list[int]:
+    """The processes under `roots` that belong to runs (runs, workers,
+    modules and what they run), not entering daemons' subtrees."""
+    table = _parents() if table is None else table
+    children: dict[int, list[int]] = {}
+    for pid, ppid in table.items():
+        children.setdefault(ppid, []).append(pid)
+    server = _cmdline(os.getpid())
+    found: list[int] = []
+    todo = [r for r in roots if r in table]
+    while todo:
+        pid = todo.pop()
+        if _daemon(pid, server):
+            continue
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
 def _kill(pids: Iterable[int]) -> None:
     for pid in pids:
         with contextlib.suppress(OSError):
@@ -252,22 +292,24 @@ def _reap(runs: set[int]) -> bool:
 
 
 def sweep(runs: set[int]) -> None:
-    """Kill what this server adopted: its children that are not a running
-    run, with everything under them. Killed parents' children are adopted in
-    turn, so the next sweep (their parents' end reaped) takes them."""
+    """Kill what this server adopted from ended runs: its children that are
+    not a running run, with what runs under them, daemons spared. Killed
+    parents' children are adopted in turn, so the next sweep (their
+    parents' end reaped) takes them."""
     table = _parents()
     me = os.getpid()
     orphans = [pid for pid, ppid in table.items() if ppid == me and pid not in runs]
     if orphans:
-        _kill(descendants(orphans, table))
+        _kill(doomed(orphans, table))
 
 
 def _end_all(deadline: float = 5.0) -> None:
-    """Kill every descendant of this process and collect them."""
+    """Kill every run of this process and what runs under it (daemons the
+    runs started are spared: they go to init with this process's end)."""
     end = time.monotonic() + deadline
     me = os.getpid()
     while time.monotonic() < end:
-        others = [p for p in descendants([me]) if p != me]
+        others = [p for p in doomed([me]) if p != me]
         if not others:
             return
         _kill(others)
