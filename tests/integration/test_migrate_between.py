@@ -8,6 +8,7 @@ players over mutual TLS on real lab substrates; the hosts' side is recorded
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -48,15 +49,36 @@ TRIANGLE = b"""<vnet xmlns="urn:vnet:rdl:1" version="1" name="tri">
 </vnet>"""
 
 
+_RUN = itertools.count()
+
+
+def _start(players: Players, substrates: Substrates
+           ) -> tuple[dict[str, str], dict[str, RecordingDeployer]]:
+    """PIPs "pip-a" and "pip-b" (names unique to the test: a PIP that starts
+    removes the confined tenants a PIP of its name left) and the VNP, VNO."""
+    n = next(_RUN)
+    names = {"pip-a": f"pip-a{n}", "pip-b": f"pip-b{n}"}
+    deployers = {"pip-a": RecordingDeployer(), "pip-b": RecordingDeployer()}
+    players.pip(names["pip-a"], substrates.a, deployer=deployers["pip-a"])
+    players.pip(names["pip-b"], substrates.b, deployer=deployers["pip-b"])
+    players.vnp("vnp", list(names.values()))
+    players.vno("vno", "vnp")
+    return names, deployers
+
+
 @dataclass
 class Chain:
     players: Players
     deployers: dict[str, RecordingDeployer]
     sp: PlayerClient
     vnet: str
+    names: dict[str, str]  # "pip-a", "pip-b" -> the PIPs' names
+
+    def label(self, provider: str) -> str:
+        return next(k for k, v in self.names.items() if v == provider)
 
     def pip(self, name: str) -> PipService:
-        service = self.players.nodes[name].service
+        service = self.players.nodes[self.names[name]].service
         assert isinstance(service, PipService)
         return service
 
@@ -94,15 +116,11 @@ class Chain:
 
 @pytest.fixture
 def chain(players: Players, substrates: Substrates) -> Iterator[Chain]:
-    deployers = {"pip-a": RecordingDeployer(), "pip-b": RecordingDeployer()}
-    players.pip("pip-a", substrates.a, deployer=deployers["pip-a"])
-    players.pip("pip-b", substrates.b, deployer=deployers["pip-b"])
-    players.vnp("vnp", ["pip-a", "pip-b"])
-    players.vno("vno", "vnp")
+    names, deployers = _start(players, substrates)
     sp = players.sp("sp", "vno")
     view = sp.request_vnet(parse_vnet(TRIANGLE))
     assert view.status == "ready"
-    yield Chain(players, deployers, sp.client, view.id)
+    yield Chain(players, deployers, sp.client, view.id, names)
     sp.delete(view.id)
     for name, deployer in deployers.items():
         assert deployer.objects == set(), name  # the deletion removed both placements
@@ -167,7 +185,7 @@ def test_a_node_moves_within_its_pip_and_then_between_pips(chain: Chain) -> None
     vnp = chain.players.nodes["vnp"].service
     assert isinstance(vnp, VnpService)
     (order,) = [r for r in vnp.store.all() if r.data["kind"] == "vnet"]
-    holder = {n: p["provider"] for p in order.data["parts"] for n in p["nodes"]}
+    holder = {n: chain.label(p["provider"]) for p in order.data["parts"] for n in p["nodes"]}
     assert holder == {"a1": "pip-b", "a2": "pip-a", "a3": "pip-a", "b1": "pip-b"}
     assert "move" not in order.data
 
@@ -190,7 +208,7 @@ def test_a_target_failing_mid_way_leaves_the_node_in_place(chain: Chain) -> None
         ask_vno(chain.sp, chain.vnet, "a1", "paris")
     assert err.value.status == 502
     assert "where it was" in err.value.message
-    for word in ("pip-a", "pip-b", "berlin", "paris"):  # nothing of who or where
+    for word in (*chain.names.values(), "berlin", "paris"):  # nothing of who or where
         assert word not in err.value.message
     assert chain.snapshot() == before
     _fully_stitched(chain)
@@ -243,7 +261,7 @@ def test_only_the_owner_moves(chain: Chain) -> None:
     # at the PIP, another VNP's request finds no such sliver
     a = chain.sliver("pip-a")
     assert a is not None
-    intruder = PlayerClient(chain.players.nodes["pip-a"].url,
+    intruder = PlayerClient(chain.players.nodes[chain.names["pip-a"]].url,
                             chain.players.creds("vnp-x", Role.VNP))
     from vnetlib.players import messages as m
     with pytest.raises(RemoteError) as err:
@@ -263,14 +281,10 @@ BERLIN_ONLY = b"""<vnet xmlns="urn:vnet:rdl:1" version="1" name="duo">
 
 def test_a_pip_new_to_the_vnet_takes_a_node_and_gives_it_back(
         players: Players, substrates: Substrates) -> None:
-    deployers = {"pip-a": RecordingDeployer(), "pip-b": RecordingDeployer()}
-    players.pip("pip-a", substrates.a, deployer=deployers["pip-a"])
-    players.pip("pip-b", substrates.b, deployer=deployers["pip-b"])
-    players.vnp("vnp", ["pip-a", "pip-b"])
-    players.vno("vno", "vnp")
+    names, deployers = _start(players, substrates)
     sp = players.sp("sp", "vno")
     view = sp.request_vnet(parse_vnet(BERLIN_ONLY))
-    chain = Chain(players, deployers, sp.client, view.id)
+    chain = Chain(players, deployers, sp.client, view.id, names)
     assert chain.sliver("pip-b") is None
 
     # B is quoted, allocated and provisioned a one-node part; l12 is stitched
