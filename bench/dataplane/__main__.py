@@ -4,16 +4,19 @@ two nodes on different hosts, and enforced bandwidth against the spec, beside
 a bare veth pair between two namespaces in the same run.
 
     .venv/bin/python -m bench.dataplane [--links 8] [--seconds 4] [--rate 50]
-                                        [--encaps vxlan,click,vlan]
+                                        [--repeat 3] [--encaps vxlan,click,vlan]
 
-Per encapsulation, a lab substrate of two hosts (`vnet lab up --encap E`,
-no players, hosts of 2 CPUs) in a private $VNET_HOME; VNets of two nodes of
+One lab for every encapsulation (`vnet lab up --pips N --encap vxlan,click,
+vlan`: PIP i's substrate of two hosts carries its links with the i-th; no
+players, hosts of 2 CPUs) in a private $VNET_HOME; VNets of two nodes of
 1.5 CPUs (so one per host) are instantiated directly (`vnet up --substrate`):
 
-* setup per link: the deploy phase of a VNet with --links crossing links
-  minus that of a VNet with one, divided by --links - 1 (the marginal cost of
-  a link, both hosts' segments, one Ansible run), after a first one-link VNet
-  that is not counted (it warms up the controller);
+* setup per link: the median deploy phase of a VNet with --links crossing
+  links minus the median of a VNet with one, divided by --links - 1 (the
+  marginal cost of a link, both hosts' segments, one Ansible run), over
+  --repeat deployments of each, alternated, after a first one-link VNet
+  that is not counted (it warms up the controller); the spread of the
+  samples is printed beside it;
 * throughput: iperf3, one TCP stream for --seconds, receiver's goodput, over
   a link whose spec is 800 Mbit/s (the lab's host links are 1000);
 * RTT: median of 20 pings 0.05 s apart over that link (no latency in spec);
@@ -89,42 +92,53 @@ def rtt_ms(ns: str, dst: str) -> float:
     return statistics.median(float(x) for x in re.findall(r"time=([\d.]+) ms", out))
 
 
-def free_offset() -> int:
+def free_offset(pips: int) -> int:
     root = sh("ip", "-o", "-4", "addr", "show").stdout
     free = [k for k in range(4, 97, 4) if not any(f" 198.18.{129 + k + i}." in root
-                                                  for i in range(2))]
+                                                  for i in range(2 * pips))]
     return secrets.choice(free)
 
 
-def bench_encap(encap: str, links: int, seconds: float, rate: float,
-                work: Path) -> dict[str, float]:
+def bench_encap(encap: str, substrate: str, links: int, seconds: float, rate: float,
+                repeat: int, work: Path) -> dict[str, float]:
     from vnetlib import instantiate
+
+    deploy: dict[int, list[float]] = {1: [], links: []}
+    order = [0, *[n for _ in range(repeat) for n in (1, links)]]  # 0: warms up, not counted
+    for i, n in enumerate(order):
+        path = work / f"{encap}{i}.xml"
+        path.write_text(spec_xml(f"bd{i}", max(n, 1), rate))
+        made = instantiate.instantiate(path, substrate)
+        if n:
+            deploy[n].append(made.timings["deploy"])
+        a, b = (f"vn-{substrate}-{made.vnet_id}-{x}" for x in "ab")
+        assert made.node_map["a"] != made.node_map["b"], made.node_map
+        if i == len(order) - 1:
+            fast = iperf(a, b, "198.19.0.2", seconds)
+            rtt = rtt_ms(a, "198.19.0.2")
+            shaped = iperf(a, b, "198.19.1.2", seconds)
+        instantiate.destroy(made.vnet_id)
+    mtu = 1500 if encap == "vlan" else 1450
+    expect = rate * (mtu - 52) / (mtu + 14)
+    one, many = statistics.median(deploy[1]), statistics.median(deploy[links])
+    per_link = [(m - o) / (links - 1) * 1000 for o in deploy[1] for m in deploy[links]]
+    return {"setup_ms": (many - one) / (links - 1) * 1000, "setup_min": min(per_link),
+            "setup_max": max(per_link), "deploy1_s": one, "deployN_s": many, "mbps": fast,
+            "rtt_ms": rtt, "shaped": shaped, "expect": expect}
+
+
+def bench_encaps(encaps: list[str], links: int, seconds: float, rate: float, repeat: int,
+                 work: Path) -> dict[str, dict[str, float]]:
+    """Every encapsulation on its own substrate of one lab."""
     from vnetlib.lab import testbed
 
     lab = testbed.LabSpec(name="b" + secrets.token_hex(1) + secrets.choice("abcdefghij"),
-                          pips=1, hosts=2, cpu=2.0, players=False, encap=encap,
-                          mgmt_offset=free_offset())
-    substrate = f"{lab.name}p1"
+                          pips=len(encaps), hosts=2, cpu=2.0, players=False,
+                          encap=",".join(encaps), mgmt_offset=free_offset(len(encaps)))
     try:
         testbed.up(lab)
-        deploy: dict[int, float] = {}
-        for n in (0, 1, links):  # 0: a first one-link VNet warms the controller up
-            path = work / f"{encap}{n}.xml"
-            path.write_text(spec_xml(f"bd{n}", max(n, 1), rate))
-            made = instantiate.instantiate(path, substrate)
-            deploy[n] = made.timings["deploy"]
-            a, b = (f"vn-{substrate}-{made.vnet_id}-{x}" for x in "ab")
-            assert made.node_map["a"] != made.node_map["b"], made.node_map
-            if n == links:
-                fast = iperf(a, b, "198.19.0.2", seconds)
-                rtt = rtt_ms(a, "198.19.0.2")
-                shaped = iperf(a, b, "198.19.1.2", seconds)
-            instantiate.destroy(made.vnet_id)
-        mtu = 1500 if encap == "vlan" else 1450
-        expect = rate * (mtu - 52) / (mtu + 14)
-        return {"setup_ms": (deploy[links] - deploy[1]) / (links - 1) * 1000,
-                "deploy1_s": deploy[1], "deployN_s": deploy[links], "mbps": fast,
-                "rtt_ms": rtt, "shaped": shaped, "expect": expect}
+        return {e: bench_encap(e, f"{lab.name}p{i + 1}", links, seconds, rate, repeat, work)
+                for i, e in enumerate(encaps)}
     finally:
         testbed.down(lab.name)
 
@@ -151,8 +165,14 @@ def main() -> None:
     ap.add_argument("--links", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--rate", type=float, default=50.0)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--encaps", default="vxlan,click,vlan")
     args = ap.parse_args()
+    encaps = args.encaps.split(",")
+    if not set(encaps) <= {"vxlan", "click", "vlan"} or len(set(encaps)) != len(encaps):
+        ap.error("--encaps lists vxlan, click, vlan, each at most once")
+    if not 1 <= args.repeat <= 10:
+        ap.error("--repeat is 1 to 10")
     if not 2 <= args.links <= 16:
         ap.error("--links is 2 to 16 (the lab's host links hold 800 + rate + 10 per link)")
     if shutil.which("iperf3") is None:
@@ -162,25 +182,25 @@ def main() -> None:
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     try:
         veth = bench_veth(args.seconds, args.rate)
-        rows = {e: bench_encap(e, args.links, args.seconds, args.rate, work)
-                for e in args.encaps.split(",")}
+        rows = bench_encaps(encaps, args.links, args.seconds, args.rate, args.repeat, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     print(f"load average before {'/'.join(load_before)}, after {'/'.join(load_after)}")
     print()
-    print(f"| path | setup per link ms | TCP goodput Mbit/s (spec {FAST_MBPS:g}) | "
+    print(f"| path | setup per link ms (range) | TCP goodput Mbit/s (spec {FAST_MBPS:g}) | "
           f"RTT median ms | goodput at spec {args.rate:g} Mbit/s (expected) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     print(f"| bare veth pair | | {veth['mbps']:.0f} | {veth['rtt_ms']:.3f} | |")
     for encap, r in rows.items():
         dev = (r["shaped"] / r["expect"] - 1) * 100
-        print(f"| {encap} | {r['setup_ms']:.0f} | {r['mbps']:.0f} | {r['rtt_ms']:.3f} | "
+        print(f"| {encap} | {r['setup_ms']:.0f} ({r['setup_min']:.0f} to {r['setup_max']:.0f})"
+              f" | {r['mbps']:.0f} | {r['rtt_ms']:.3f} | "
               f"{r['shaped']:.2f} ({r['expect']:.2f}, {dev:+.1f} %) |")
     print()
     for encap, r in rows.items():
-        print(f"{encap}: deploy of 1 link {r['deploy1_s']:.2f} s, of {args.links} links "
-              f"{r['deployN_s']:.2f} s")
+        print(f"{encap}: median deploy of 1 link {r['deploy1_s']:.2f} s, of {args.links} "
+              f"links {r['deployN_s']:.2f} s ({args.repeat} of each)")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ by a hot swap (``hotconfig``), so other VNets' segments keep running.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -177,7 +178,10 @@ class Instance:
         is taken again."""
         while True:
             self.owners.mkdir(parents=True, exist_ok=True)
-            fh = open(self.dir / "lock", "a")  # noqa: SIM115 - held across the yield
+            try:
+                fh = open(self.dir / "lock", "a")  # noqa: SIM115 - held across the yield
+            except FileNotFoundError:  # an empty run directory removed meanwhile
+                continue
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX)
                 try:
@@ -194,9 +198,13 @@ class Instance:
                 fh.close()
 
     def remove(self) -> None:
-        """Removes the state directory of a stopped instance (under its lock)."""
+        """Removes the state directory of a stopped instance (under its lock),
+        and the run directory when that leaves it empty (a host's directory
+        of per-VNet instances)."""
         if self.pid() is None and not self.owner_links():
             shutil.rmtree(self.dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.rundir.rmdir()
 
     def pid(self) -> int | None:
         """The running Click's pid, or None (a stale pid file is ignored)."""

@@ -1,12 +1,19 @@
-"""Figure 6 on a lab substrate with each encapsulation of its crossing links
-(`vnet lab up --encap vxlan|click|vlan`), one lab per encapsulation.
+"""Figure 6 on lab substrates with each encapsulation of their crossing links,
+one lab for all three (`vnet lab up --pips 3 --encap vxlan,click,vlan`: PIP
+i's substrate carries its links with the i-th), made once for this module.
 
 The operator path (`vnet plan`, ansible-playbook) shows check mode, the
 diff, idempotence and a teardown that leaves the hosts and the switch as
 they were; `vnet up` / `vnet down` (the direct path through the PIP core)
 deploys two VNets with the same address plan on the same hosts, every link
-pings both ways in each, and a link taken down in one does not reach the
-other's node holding the same address."""
+pings both ways in each, broadcasts, double-tagged frames and forged tunnel
+ids stay in their VNet, and a link taken down in one does not reach the
+other's node holding the same address. Click shapes bandwidth and latency;
+a Click VNet keeps pinging without loss while another is deployed and
+removed on the same hosts. Last, the carrier of a host missing (Open
+vSwitch stopped, Click unable to start): `vnet up` fails with exit 4
+naming the host, rolls back and records nothing; with the carrier back,
+the same request deploys."""
 
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +34,37 @@ import yaml
 from tests.e2e.conftest import EXAMPLES, Lab, Vnet, links_in, netns_list, new_lab, ping
 from tests.e2e.test_operator_path import playbook
 from vnetlib.spec import load_vnet
+from vnetlib.switch import daemons
+from vnetlib.switch import lab as switch_lab
 
 FIGURE6 = EXAMPLES / "figure6.xml"
 ENCAPS = ("vxlan", "click", "vlan")
+LAB_ARGS = ("--pips", "3", "--no-players", "--encap", ",".join(ENCAPS))
 CLICK_RUNDIR = Path("/run/vnet/click")
 
 
-@pytest.fixture(scope="module", params=ENCAPS)
-def encap_lab(request: pytest.FixtureRequest, vnet: Vnet) -> Iterator[tuple[str, Lab]]:
-    encap = str(request.param)
-    made = new_lab(vnet, "--pips", "1", "--no-players", "--encap", encap)
+@dataclass(frozen=True, slots=True)
+class On:
+    """One encapsulation's substrate of the module's lab."""
+
+    encap: str
+    lab: Lab
+    substrate: str
+
+
+@pytest.fixture(scope="module")
+def three(vnet: Vnet) -> Iterator[Lab]:
+    made = new_lab(vnet, *LAB_ARGS)
     try:
-        yield encap, made
+        yield made
     finally:
         vnet.run("lab", "down", "--name", made.name, check=False)
+
+
+@pytest.fixture(params=ENCAPS)
+def on(request: pytest.FixtureRequest, three: Lab) -> On:
+    encap = str(request.param)
+    return On(encap, three, f"{three.name}p{ENCAPS.index(encap) + 1}")
 
 
 def hosts_of(substrate: str) -> list[str]:
@@ -62,11 +87,12 @@ def click_pids(substrate: str) -> dict[str, int]:
     """The running Click process of each substrate host that has one."""
     out = {}
     for ns in hosts_of(substrate):
-        pidfile = CLICK_RUNDIR / ns / "click.pid"
-        if pidfile.exists():
-            pid = int(pidfile.read_text())
-            if Path(f"/proc/{pid}").exists():
-                out[ns] = pid
+        # one process per VNet (the role's default) or one per host
+        for pidfile in [*CLICK_RUNDIR.glob(f"{ns}/*/click.pid"), CLICK_RUNDIR / ns / "click.pid"]:
+            if pidfile.exists():
+                pid = int(pidfile.read_text())
+                if Path(f"/proc/{pid}").exists():
+                    out[ns] = pid
     return out
 
 
@@ -96,10 +122,8 @@ def every_link_pings(substrate: str, vnet_id: str) -> None:
                 f"{link.id}: {src.node} cannot reach {dst.node} ({peer})"
 
 
-def test_plan_check_apply_idempotent_remove(vnet: Vnet, encap_lab: tuple[str, Lab],
-                                            tmp_path: Path) -> None:
-    encap, lab = encap_lab
-    env, substrate = vnet.env, lab.substrate
+def test_plan_check_apply_idempotent_remove(vnet: Vnet, on: On, tmp_path: Path) -> None:
+    encap, env, substrate = on.encap, vnet.env, on.substrate
     inventory = Path(env["VNET_HOME"]) / "substrates" / substrate / "inventory.yml"
     before = devices(substrate)
     ports_before = ovs_ports(vnet, substrate) if encap == "vlan" else {}
@@ -158,32 +182,6 @@ def test_plan_check_apply_idempotent_remove(vnet: Vnet, encap_lab: tuple[str, La
     assert not {n for n in netns_list() if n.startswith(f"vn-{substrate}-{vnet_id}-")}
 
 
-def test_two_vnets_same_addresses_up_ping_isolated_down(vnet: Vnet,
-                                                        encap_lab: tuple[str, Lab]) -> None:
-    encap, lab = encap_lab
-    substrate = lab.substrate
-    before = devices(substrate)
-    a = vnet.json("up", str(FIGURE6), "--substrate", substrate)["vnet"]
-    b = vnet.json("up", str(FIGURE6), "--substrate", substrate)["vnet"]
-    try:
-        every_link_pings(substrate, a)
-        every_link_pings(substrate, b)
-        # r1's end of l1 down in VNet a: a's e1 no longer reaches 198.19.0.2,
-        # which b's r1 holds on the same hosts, carried the same way.
-        iface = load_vnet(FIGURE6).link("l1").b.interface.name
-        subprocess.run(["ip", "-n", f"vn-{substrate}-{a}-r1", "link", "set", iface, "down"],
-                       check=True)
-        assert not ping(f"vn-{substrate}-{a}-e1", "198.19.0.2", count=3, wait=1), encap
-        assert ping(f"vn-{substrate}-{b}-e1", "198.19.0.2")
-        vnet.run("down", a)
-        every_link_pings(substrate, b)  # the other VNet's links are untouched
-    finally:
-        vnet.run("down", a, check=False)
-        vnet.run("down", b, check=False)
-    assert devices(substrate) == before
-    assert not click_pids(substrate)
-
-
 SEND = """
 import socket, struct, sys
 dev, kind, tag = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -230,39 +228,49 @@ def link_id(vnet: Vnet, vnet_id: str, link: str) -> int:
     return 4095  # l1 did not cross hosts: any id
 
 
-def test_broadcast_double_tags_and_forged_ids_stay_in_their_vnet(
-        vnet: Vnet, encap_lab: tuple[str, Lab]) -> None:
-    encap, lab = encap_lab
-    substrate = lab.substrate
+def test_two_vnets_same_addresses_ping_isolated_down(vnet: Vnet, on: On) -> None:
+    encap, substrate = on.encap, on.substrate
+    before = devices(substrate)
     a = vnet.json("up", str(FIGURE6), "--substrate", substrate)["vnet"]
     b = vnet.json("up", str(FIGURE6), "--substrate", substrate)["vnet"]
     try:
+        every_link_pings(substrate, a)
+        every_link_pings(substrate, b)
         l1 = load_vnet(FIGURE6).link("l1")
         sender = f"vn-{substrate}-{a}-{l1.a.node}"
         their_sender = f"vn-{substrate}-{b}-{l1.a.node}"
         mine, theirs = (f"vn-{substrate}-{v}-{l1.b.node}" for v in (a, b))
         dev, far = l1.a.interface.name, l1.b.interface.name
-        assert ping(sender, "198.19.0.2")
         other = link_id(vnet, b, "l1")
         for kind in ("broadcast", "double-tagged", "forged-id"):
             # what the other VNet's own node sent meanwhile (IPv6 router
             # solicitations, MLD of a VNet just made) is its own traffic, not a leak
-            before = (rx_packets(mine, far), rx_packets(theirs, far),
-                      rx_packets(their_sender, dev, "tx"))
+            counted = (rx_packets(mine, far), rx_packets(theirs, far),
+                       rx_packets(their_sender, dev, "tx"))
             subprocess.run(["ip", "netns", "exec", sender, sys.executable, "-c", SEND, dev, kind,
                             str(other)], check=True, capture_output=True)
             time.sleep(0.5)
-            got_mine = rx_packets(mine, far) - before[0]
-            got_theirs = (rx_packets(theirs, far) - before[1]
-                          - (rx_packets(their_sender, dev, "tx") - before[2]))
+            got_mine = rx_packets(mine, far) - counted[0]
+            got_theirs = (rx_packets(theirs, far) - counted[1]
+                          - (rx_packets(their_sender, dev, "tx") - counted[2]))
             # 100 frames are sent: a leak shows as ~100; a few are the other
             # VNet's own IPv6 chatter (its bridge and host ends' solicitations, MLD)
             assert got_theirs < 20, f"{encap} {kind}: {got_theirs} frames reached the other VNet"
             if kind == "broadcast":
                 assert got_mine >= 95, f"{encap}: the link lost its own broadcasts ({got_mine})"
+        # r1's end of l1 down in VNet a: a's e1 no longer reaches 198.19.0.2,
+        # which b's r1 holds on the same hosts, carried the same way.
+        subprocess.run(["ip", "-n", f"vn-{substrate}-{a}-r1", "link", "set", far, "down"],
+                       check=True)
+        assert not ping(f"vn-{substrate}-{a}-e1", "198.19.0.2", count=3, wait=1), encap
+        assert ping(f"vn-{substrate}-{b}-e1", "198.19.0.2")
+        vnet.run("down", a)
+        every_link_pings(substrate, b)  # the other VNet's links are untouched
     finally:
         vnet.run("down", a, check=False)
         vnet.run("down", b, check=False)
+    assert devices(substrate) == before
+    assert not click_pids(substrate)
 
 
 SHAPED = """<vnet xmlns="urn:vnet:rdl:1" version="1" name="shaped">
@@ -295,20 +303,22 @@ def iperf_mbps(client: str, server: str, dst: str, seconds: float) -> float:
         srv.wait()
 
 
-def test_click_links_get_the_spec_bandwidth_and_latency(vnet: Vnet, encap_lab: tuple[str, Lab],
+def click_on(three: Lab) -> str:
+    return f"{three.name}p{ENCAPS.index('click') + 1}"
+
+
+def test_click_links_get_the_spec_bandwidth_and_latency(vnet: Vnet, three: Lab,
                                                         tmp_path: Path) -> None:
-    encap, lab = encap_lab
-    if encap != "click":
-        pytest.skip("latency is emulated by Click only; the kernel path's bandwidth is tc's")
     if shutil.which("iperf3") is None:
         pytest.skip("iperf3 is missing: scripts/install-click.sh installs it")
+    substrate = click_on(three)
     rate, latency = 20.0, 10.0
     spec = tmp_path / "shaped.xml"
     spec.write_text(SHAPED.format(rate=rate, latency=latency))
-    made = vnet.json("up", str(spec), "--substrate", lab.substrate)
+    made = vnet.json("up", str(spec), "--substrate", substrate)
     try:
         assert made["node_map"]["a"] != made["node_map"]["b"]
-        a, b = (f"vn-{lab.substrate}-{made['vnet']}-{x}" for x in "ab")
+        a, b = (f"vn-{substrate}-{made['vnet']}-{x}" for x in "ab")
         out = subprocess.run(["ip", "netns", "exec", a, "ping", "-n", "-c", "5", "-i", "0.2",
                               "198.19.0.2"], capture_output=True, text=True).stdout
         rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
@@ -319,3 +329,93 @@ def test_click_links_get_the_spec_bandwidth_and_latency(vnet: Vnet, encap_lab: t
         assert abs(got - expect) / expect < 0.05, (got, expect)
     finally:
         vnet.run("down", made["vnet"], check=False)
+
+
+def test_a_click_vnet_pings_without_loss_while_another_comes_and_goes(
+        vnet: Vnet, three: Lab, tmp_path: Path) -> None:
+    """VNet 1 pings every 10 ms over Click across two hosts while Figure 6 is
+    deployed and removed on the same hosts through the plan and the role:
+    no reply is missing (the tail still in flight when the ping stops is
+    not a loss)."""
+    substrate = click_on(three)
+    spec = tmp_path / "one.xml"
+    spec.write_text(SHAPED.format(rate=100, latency=1))
+    one = vnet.json("up", str(spec), "--substrate", substrate)
+    pinger: subprocess.Popen[str] | None = None
+    try:
+        a = f"vn-{substrate}-{one['vnet']}-a"
+        assert one["node_map"]["a"] != one["node_map"]["b"]
+        assert ping(a, "198.19.0.2")
+        pinger = subprocess.Popen(["ip", "netns", "exec", a, "ping", "-n", "-i", "0.01",
+                                   "198.19.0.2"], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        two = vnet.json("up", str(FIGURE6), "--substrate", substrate)
+        assert set(two["node_map"].values()) >= set(one["node_map"].values())
+        vnet.run("down", two["vnet"])
+        time.sleep(0.5)
+        pinger.send_signal(2)
+        out, _ = pinger.communicate(timeout=10)
+        seqs = {int(n) for n in re.findall(r"icmp_seq=(\d+) ", out)}
+        assert len(seqs) > 200, out[-300:]
+        missing = sorted(set(range(1, max(seqs) + 1)) - seqs)
+        assert not missing, f"{len(missing)} of {max(seqs)} replies missing: {missing[:20]}"
+    finally:
+        if pinger is not None and pinger.poll() is None:
+            pinger.kill()
+            pinger.wait()
+        vnet.run("down", one["vnet"], check=False)
+
+
+# -- the carrier missing on a host (last: they stop the lab's switch) ----------------
+
+
+def failed_up(vnet: Vnet, substrate: str) -> str:
+    done = vnet.run("up", str(FIGURE6), "--substrate", substrate, check=False)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert not [v for v in vnet.json("status") if v["status"] == "ready"]
+    return done.stderr
+
+
+def _offset(vnet: Vnet, lab: Lab) -> str:
+    """The management offset the lab was made with (an up with another is refused)."""
+    saved = json.loads((Path(vnet.env["VNET_HOME"]) / "labs" / lab.name / "lab.json")
+                       .read_text())
+    return str(saved["mgmt_offset"])
+
+
+@pytest.mark.parametrize("encap", ["click", "vlan"])
+def test_missing_carrier_fails_naming_the_host_and_rolls_back(vnet: Vnet, three: Lab,
+                                                              encap: str) -> None:
+    substrate = f"{three.name}p{ENCAPS.index(encap) + 1}"
+    blocker: list[Path] = []
+    try:
+        before = devices(substrate)
+        if encap == "vlan":
+            directory = Path(vnet.env["VNET_HOME"]) / "labs" / three.name
+            assert daemons.stop(switch_lab.instances(directory)[substrate])
+            named = re.compile(r"\bh[0-9]\b")  # the first host to reach the switch
+        else:
+            # the state directory of h2's Click instance cannot be made
+            CLICK_RUNDIR.mkdir(parents=True, exist_ok=True)
+            path = CLICK_RUNDIR / f"vl-{substrate}-h2"
+            path.write_text("not a directory\n")
+            blocker.append(path)
+            named = re.compile(r"\bh2\b")
+        # a stopped vswitchd takes its datapath's tap ports with it
+        stopped = devices(substrate)
+        err = failed_up(vnet, substrate)
+        assert named.search(err) and ("Open vSwitch" if encap == "vlan" else "Click") in err, err
+        assert devices(substrate) == stopped
+
+        if encap == "vlan":
+            vnet.run("lab", "up", "--name", three.name, *LAB_ARGS,
+                     "--mgmt-offset", _offset(vnet, three))
+        else:
+            blocker.pop().unlink()
+        vnet_id = vnet.json("up", str(FIGURE6), "--substrate", substrate)["vnet"]
+        every_link_pings(substrate, vnet_id)
+        vnet.run("down", vnet_id)
+        assert devices(substrate) == before and not click_pids(substrate)
+    finally:
+        for path in blocker:
+            path.unlink(missing_ok=True)

@@ -88,7 +88,7 @@ def test_vnet_across_a_click_pip_and_a_vlan_pip_pings(vnet: Vnet, mixed: Lab) ->
     assert not [d for ns in before if not ns.endswith("-switch") for d in vxlan_devices(ns)]
     for here, there in ((p1, mixed.name + "p2"), (p2, mixed.name + "p1")):
         configs = [f.read_text() for ns in click_pids(here)
-                   for f in (CLICK_RUNDIR / ns / "owners").glob("*.json")]
+                   for f in (CLICK_RUNDIR / ns).glob("**/owners/*.json")]
         peer_net = data_network(vnet, there)
         assert any(peer_net in text for text in configs), f"{here}: no Click segment to {there}"
     # inside London the VLANs carry the links between its hosts
