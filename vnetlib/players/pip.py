@@ -40,6 +40,7 @@ from vnetlib.core.pool import PoolSettings
 from vnetlib.core.records import Peer, Sliver, State, Stitch
 from vnetlib.deploy.ansible import DeployError, Progress, check_installed
 from vnetlib.geni.am import mount as mount_geni
+from vnetlib.hosts import Hosts
 from vnetlib.plan.build import boundary_remote
 from vnetlib.players import cgroups, faultpoints, timeouts
 from vnetlib.players import messages as m
@@ -150,7 +151,8 @@ class PipService(Service):
         self.confinement = Confinement(
             paths.vnet_home() / "confine" / config.name,
             Limits(output_bytes=EXEC_OUTPUT_MAX, timeout=timeouts.EXEC_MAX),
-            cgroup_parent=cgroups.service_parent(config.name))
+            cgroup_parent=cgroups.service_parent(config.name),
+            hosts=Hosts(Path(config.pip.inventory)))
         self.core.on_removed = lambda s: self.confinement.remove(s.id)
         self.closing = threading.Event()
         if config.faults != Faults():
@@ -378,7 +380,8 @@ class PipService(Service):
                                f"serial console (is it running?)") from exc
             return m.ActionResult("exec", rc, out, "")
         try:
-            r = self.confinement.run(s.id, netns, act.argv, timeout=timeout)
+            r = self.confinement.run(s.id, netns, act.argv, timeout=timeout,
+                                     host=s.embedding.node_map.get(act.node))
         except ConfinementError as exc:
             raise Conflict(f"exec refused: {exc}") from exc
         why = f"\n[{r.killed_reason}]" if r.killed_reason else ""
