@@ -298,7 +298,23 @@ def remove(layout: Layout, tenant: str, leaf: str | None = None) -> None:
                 if exc.errno != errno.EBUSY:
                     raise
                 _wait_empty(directory)
-                directory.rmdir()
+                _rmdir_settled(directory)
+
+
+def _rmdir_settled(directory: Path, budget: float = 1.0) -> None:
+    """rmdir an emptied cgroup: on cgroup v1 the kernel may still answer
+    EBUSY for a moment after its last task is gone."""
+    deadline = time.monotonic() + budget
+    while True:
+        try:
+            directory.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def prune(layout: Layout) -> None:

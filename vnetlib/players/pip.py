@@ -188,7 +188,11 @@ class PipService(Service):
         live = {s.id for s in self.core.ledger.slivers()}
         for tenant in self.confinement.tenants():
             if tenant not in live:
-                self.confinement.remove(tenant)
+                try:
+                    self.confinement.remove(tenant)
+                except (OSError, RuntimeError) as exc:
+                    log.warning("%s: leftover confinement of %s not removed: %s",
+                                self.name, tenant, exc)
 
     def reap(self) -> list[str]:
         try:
