@@ -103,6 +103,8 @@ def test_equals_the_recomputed_advertisement_after_each_sliver(core: PipCore) ->
             break
         check(1)
     assert ad.document(core) != empty
+    assert len(core.ledger.slivers()) > 4  # a new advertiser reads them all at once
+    assert Advertiser(core.name).document(core) == ad.document(core)
     for s in core.ledger.slivers():
         core.delete(s.owner, s.name)
     assert ad.document(core) == empty == _recomputed(core)

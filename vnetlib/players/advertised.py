@@ -38,6 +38,7 @@ from vnetlib.players.negotiation import DEFAULT_LOCATION
 from vnetlib.spec.model import Substrate
 
 Key = tuple[str, int]  # (sliver id, version)
+_ONE_BY_ONE = 4  # more new slivers than this (a PIP's first request): one read of all
 
 
 class _Pricing(Protocol):
@@ -246,14 +247,19 @@ class Advertiser:
         applied as deltas, the cached document when nothing changed."""
         ledger = core.ledger
         keys, drained = live_keys(ledger)
+        bulk: dict[Key, Sliver] = {}
 
         def fetch(key: Key) -> Sliver | None:
+            if bulk:
+                return bulk.get(key)
             s = ledger.get(key[0])
             return s if s is not None and s.version == key[1] else None
 
         pool = pool_held(core.pool.vms())
         prices = (core.pricing.per_cpu, core.pricing.per_mbps)
         with self._lock:
+            if sum(k not in self._where for k in keys) > _ONE_BY_ONE:
+                bulk.update(((s.id, s.version), s) for s in ledger.slivers())
             self._update(core.substrate, keys, fetch, drained, pool)
             if self._document is None or self._document[0] != prices:
                 self._document = (prices, advertisement_xml(self._advertisement(*prices)))
