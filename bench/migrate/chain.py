@@ -24,6 +24,7 @@ from vnetlib.core.records import Sliver
 from vnetlib.lab import manage
 from vnetlib.players import cgroups
 from vnetlib.players.config import PipSection, PlayerConfig, Upstream, VnoSection, VnpSection
+from vnetlib.players.db import sqlite_url
 from vnetlib.players.node import ManagementNode
 from vnetlib.players.pip import PipService
 from vnetlib.players.pki import LabCA, Role
@@ -109,9 +110,13 @@ class Chain:
             raise
 
     def _start(self, name: str, role: Role, **sections: Any) -> None:
-        config = PlayerConfig(name=name, role=role,
-                              store=f"sqlite:///{self.workdir / f'{name}.db'}",
-                              pki=self.ca.directory, **sections)
+        # The PIP keeps its slivers in the lab's ledger, the one the direct
+        # path (`vnet up/migrate`) uses: one allocation of tunnel ids per
+        # substrate, whoever deploys on it.
+        store = (sqlite_url(paths.state_db()) if role is Role.PIP
+                 else f"sqlite:///{self.workdir / f'{name}.db'}")
+        config = PlayerConfig(name=name, role=role, store=store, pki=self.ca.directory,
+                              **sections)
         self.nodes[name] = ManagementNode(config, self.ca.issue(name, role)).start()
 
     @property
@@ -128,8 +133,8 @@ class Chain:
         return view.id, self.sliver()
 
     def sliver(self) -> Sliver:
-        (s,) = [s for s in self.core.ledger.slivers() if s.state.value in ("provisioned",
-                                                                            "ready")]
+        (s,) = [s for s in self.core.ledger.slivers(VNP)
+                if s.state.value in ("provisioned", "ready")]
         return s
 
     def move(self, node: str, target: str) -> Any:
