@@ -256,12 +256,9 @@ class Instance:
         argv = [click, "-R", "-u", str(self.sock), "-f", str(conf)]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
-        # VNET_DAEMON marks a process meant to outlive the deployment that
-        # started it (vnetlib.deploy.warm's sweep of a run's orphans)
         with open(self.log, "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True,
-                                    env={**os.environ, "VNET_DAEMON": "click"})
+                                    start_new_session=True, close_fds=True)
         self.pidfile.write_text(f"{proc.pid}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
