@@ -17,7 +17,12 @@ first prompt byte arrives; baseline: TCP connects through the relays until
 the echo endpoint's first byte. Round trip = write one byte, read its echo
 (the node's pty echoes it). The players run in this process (real mutual TLS
 on loopback, real substrate namespaces, a real confined shell), so they share
-one interpreter with the client. Needs root; cleans up after itself.
+one interpreter; the client runs in a process of its own (`--client
+process`, the default), as a user's client does: in the players' process its
+CPU (its HTTPS call, its TLS handshake with the VNO's listener) would queue
+behind theirs for the one interpreter lock, a cost no user sees
+(`--client in-process` measures that way, as the bench did before). Needs
+root; cleans up after itself.
 
 Sessions follow each other `--pause` seconds apart. The first session of a
 depth is reported apart ("first"): it finds no kept-alive HTTPS connection
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import secrets
 import select
@@ -185,6 +191,30 @@ def console_figures(sp: _Timed, vnet: str, setups: int, rounds: int,
         return Figures(tuple(times), tuple(rtts), tuple(phases[1:]), first, lost)
 
     return asyncio.run(run())
+
+
+def client_figures(sp: _Timed, vnet: str, setups: int, rounds: int, pause: float,
+                   own_process: bool) -> Figures:
+    if not own_process:
+        return console_figures(sp, vnet, setups, rounds, pause)
+    from bench.console import remote
+
+    assert sp.vno_name is not None
+    ctx = multiprocessing.get_context("spawn")
+    out: multiprocessing.Queue[Figures | str] = ctx.Queue()
+    proc = ctx.Process(target=remote.run, args=(
+        out, sp.client.base_url, sp.credentials, sp.vno_name, vnet, setups, rounds, pause))
+    proc.start()
+    try:
+        got = out.get(timeout=300)
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if isinstance(got, str):
+        raise RuntimeError(f"the client process failed: {got}")
+    return got
 
 
 def endpoint_figures(confinement: Confinement, substrate: str, sliver: str,
@@ -346,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--setups", type=int, default=30, help="session setups per depth")
     ap.add_argument("--pause", type=float, default=0.2, help="seconds between sessions")
     ap.add_argument("--spawns", type=int, default=10, help="cold shells started")
+    ap.add_argument("--client", choices=("process", "in-process"), default="process",
+                    help="where the console client runs (default: a process of its own)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench.console needs root (lab substrates)", file=sys.stderr)
@@ -380,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                         players.creds(f"sp{depth}", Role.SP), 300.0, vno_name=f"vno{depth}")
             view = sp.request_vnet(parse_vnet(ONE_NODE % depth))
             try:
-                console = console_figures(sp, view.id, args.setups, args.rounds, args.pause)
+                console = client_figures(sp, view.id, args.setups, args.rounds, args.pause,
+                                         args.client == "process")
                 if not cold:
                     pip = players.nodes["pip-a"].service
                     (sliver,) = [s.id for s in pip.core.ledger.slivers()  # type: ignore[union-attr]
@@ -410,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     print(verdicts(rows, cold))
     print(f"command: python -m bench.console --depths {' '.join(map(str, depths))} "
           f"--rounds {args.rounds} --setups {args.setups} --pause {args.pause} "
-          f"--spawns {args.spawns}")
+          f"--spawns {args.spawns} --client {args.client}")
     print(f"machine: {os.cpu_count()} CPUs; load average (1/5/15 min) before "
           f"{'/'.join(f'{x:.2f}' for x in load_before)}, after "
           f"{'/'.join(f'{x:.2f}' for x in load_after)}; {time.time() - started:.0f} s")
