@@ -124,6 +124,11 @@ class Repointable:
         self._writer.write(data)
 
     @property
+    def transport(self) -> asyncio.BaseTransport | None:
+        """The current end's transport (a relay counts its buffered bytes)."""
+        return getattr(self._writer, "transport", None)
+
+    @property
     def pending(self) -> bytes:
         return bytes(getattr(self._writer, "pending", b""))
 
