@@ -45,6 +45,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import queue
 import secrets
 import select
 import shutil
@@ -206,7 +207,15 @@ def client_figures(sp: _Timed, vnet: str, setups: int, rounds: int, pause: float
         out, sp.client.base_url, sp.credentials, sp.vno_name, vnet, setups, rounds, pause))
     proc.start()
     try:
-        got = out.get(timeout=300)
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                got = out.get(timeout=1)
+                break
+            except queue.Empty:
+                if not proc.is_alive() or time.monotonic() > deadline:
+                    got = f"the client process ended (exit code {proc.exitcode})"
+                    break
     finally:
         proc.join(10)
         if proc.is_alive():
