@@ -4,9 +4,9 @@ on a real 4-host lab without players: a namespace router moved while a
 a move to a host that does not answer changes nothing (the ping never
 stops); a fault after the source was cleared puts the node back and leaves
 nothing on the target; `vnet drain` empties a host and new VNets avoid it;
-a VM router, requested through the players (in this process), migrated live
-twice with a ping through it and an open console session that keeps
-answering from the same boot."""
+a VM router (a taken pool VM), requested through the players (in this
+process), migrated live twice with a ping through it and an open console
+session that keeps answering from the same boot."""
 
 from __future__ import annotations
 
@@ -335,34 +335,73 @@ def vm_move(c: Chain, up: Up, target: str, console: Session) -> float:
     return gap
 
 
+def live_taps(domain: str) -> list[str]:
+    live = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", domain],
+                          capture_output=True, text=True, check=True).stdout
+    return re.findall(r"<target dev='([^']+)'", live)
+
+
 @pytest.mark.skipif(not HAS_LIBVIRT, reason="libvirt and QEMU are not installed")
 def test_vm_router_migrates_live_with_a_ping_through_it_and_its_console_open(
-        lab4: Lab, tmp_path: Path) -> None:
-    """Through the players (SP -> VNO -> VNP -> PIP, in this process): an open
-    serial console session on r1 keeps working while the PIP moves r1 off the
-    host of e1 and e2 (the embedding puts all three on one: its links become
+        vnet: Vnet, lab4: Lab, tmp_path: Path) -> None:
+    """Through the players (SP -> VNO -> VNP -> PIP, in this process): r1
+    takes a pool VM (4 pre-wired NICs, 2 used: its live definition still
+    names the pool taps, renamed to the node's at the take); an open serial
+    console session on it keeps working while the PIP moves it off the host
+    of e1 and e2 (the embedding puts all three on one: its links become
     crossing) and back onto it (they become local again). Both change the
     guest's kernel command line (the MTU) in the plan: the moves that
     rebooted the guest until that command line went into the new domain's
-    definition."""
+    definition. The destination opens the node's taps, and throwaway taps
+    for the spare NICs, kept down."""
     up: Up | None = None
-    with chain(lab4.substrate, tmp_path) as c:
-        vnet_id = ""
-        try:
-            vnet_id, s = c.request(SPEC.format(name="mvvm", router=VM))
-            up = Up(lab4, s.id)
-            where = dict(s.embedding.node_map)
-            assert where["e1"] == where["r1"] == where["e2"], where
-            add_routes(up)
-            assert pings(up, wait=60)
-            console = c.console(vnet_id, "r1", "serial")
+    vnet.run("pool", "fill", "--substrate", lab4.substrate, "--size", "h1=1", "--nics", "4")
+    try:
+        with chain(lab4.substrate, tmp_path) as c:
+            vnet_id = ""
             try:
-                empty = next(h for h in HOSTS if h not in where.values())
-                vm_move(c, up, empty, console)
-                vm_move(c, up, where["e1"], console)
+                vnet_id, s = c.request(SPEC.format(name="mvvm", router=VM))
+                up = Up(lab4, s.id)
+                assert "-pool-" in s.domain("r1"), "r1 did not take the pool VM"
+                where = dict(s.embedding.node_map)
+                assert where["e1"] == where["r1"] == where["e2"], where
+                add_routes(up)
+                assert pings(up, wait=60)
+                console = c.console(vnet_id, "r1", "serial")
+                try:
+                    empty = next(h for h in HOSTS if h not in where.values())
+                    vm_move(c, up, empty, console)
+                    taps = live_taps(c.sliver().domain("r1"))
+                    assert taps[:2] == [naming.vm_tap(s.id, k, "r1") for k in ("l1", "l2")]
+                    assert len(taps) == 4, taps
+                    assert spare_taps_down(up.host_ns(empty), taps[2:])
+                    vm_move(c, up, where["e1"], console)
+                    # the first destination's spare taps went with it
+                    assert not links_in(up.host_ns(empty)) & set(taps[2:])
+                    spares = live_taps(c.sliver().domain("r1"))[2:]
+                    assert spare_taps_down(up.host_ns(where["e1"]), spares)
+                finally:
+                    console.close()
             finally:
-                console.close()
-        finally:
-            if vnet_id:
-                c.sp.delete(vnet_id)
+                if vnet_id:
+                    c.sp.delete(vnet_id)
+    finally:
+        vnet.run("pool", "drain", "--substrate", lab4.substrate, check=False)
+        # vnet_domain does not know the spare taps yet (it deletes the taps of
+        # the domain's definition): removed here (docs/architecture.md).
+        for host in HOSTS:
+            for tap in links_in(naming.host_netns(lab4.substrate, host)):
+                if re.fullmatch(r"vs[0-9a-f]{10}\d+", tap):
+                    subprocess.run(["ip", "-n", naming.host_netns(lab4.substrate, host),
+                                    "link", "delete", tap], check=False)
     assert up is None or leftovers(up, HOSTS) == set()
+
+
+def spare_taps_down(netns: str, taps: list[str]) -> bool:
+    """The taps of the NICs the node does not use are in `netns`, down and
+    on no bridge (QEMU holds them: a deleted one made it spin a CPU)."""
+    out = subprocess.run(["ip", "-n", netns, "-o", "link", "show"], capture_output=True,
+                         text=True, check=True).stdout
+    lines = {t: line for line in out.splitlines() for t in taps if f": {t}:" in line}
+    return set(lines) == set(taps) and all(
+        "master" not in line and ",UP" not in line for line in lines.values())

@@ -124,8 +124,10 @@ def dest_xml(source_xml: str, dest: str, taps: Sequence[str] = ()) -> str:
     `taps`: the node's taps in the order of its NICs. The i-th `<interface>`
     opens the i-th (a taken pool VM's live XML still names its pool taps,
     which the take renamed to the node's; its spare pool NICs, whose taps the
-    take deleted, get `spare_tap`s, deleted once QEMU opened them, so they stay
-    dead as they were). The MACs stay the live ones: the guest uses them."""
+    take deleted, get `spare_tap`s, kept down on no bridge in the target
+    host's namespace: a tap deleted under QEMU leaves it an fd that polls
+    as an error forever, and its main loop spins a CPU on it). The MACs
+    stay the live ones: the guest uses them."""
     ET.register_namespace("qemu", QEMU_NS)
     root = ET.fromstring(source_xml)
     _rename(root, dest, live=True)
@@ -262,7 +264,7 @@ def migrate(move: VmMove, *, uri: str = URI, downtime_limit_ms: int = DOWNTIME_L
             except libvirt.libvirtError as exc:
                 raise MigrationError(f"destination {move.dest} did not start: {exc}") from None
             for tap in spares:
-                _ip("link", "delete", "dev", tap)
+                _ip("link", "set", "dev", tap, "netns", move.target_netns)
             for nic in move.nics:
                 _ip("link", "set", "dev", nic.tap, "netns", move.target_netns)
                 _ip("-n", move.target_netns, "link", "set", "dev", nic.tap,
@@ -340,9 +342,10 @@ def finish(move: VmMove, *, uri: str = URI) -> None:
             with contextlib.suppress(libvirt.libvirtError):
                 src.undefine()
     present = _links_of(move.source_netns)
-    for nic in move.nics:
-        if nic.tap in present:
-            _ip("-n", move.source_netns, "link", "delete", "dev", nic.tap)
+    spares = [spare_tap(move.source, i) for i in range(len(move.nics), len(move.nics) + 16)]
+    for tap in [*(nic.tap for nic in move.nics), *spares]:
+        if tap in present:
+            _ip("-n", move.source_netns, "link", "delete", "dev", tap)
 
 
 def next_name(base: str, current: str, taken: Sequence[str] = ()) -> str:
