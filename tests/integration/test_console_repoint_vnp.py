@@ -9,6 +9,7 @@ VNO and client connections, lands in PIP B's node."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -114,8 +115,10 @@ def test_open_session_follows_its_node_to_another_pip(setup: Setup) -> None:
             assert inode_in(out) == before_ns
             assert await call(repoint.hold_order, "vnp", order.id, "n1") == 1
             os.kill(pid_in(out), signal.SIGKILL)  # the node's end at PIP A is gone
-            with pytest.raises(TimeoutError):  # the hops above do not see it end
-                await asyncio.wait_for(reader.read(1), 1.0)
+            deadline = loop.time() + 1.0  # the hops above do not see it end (a prompt may come)
+            while (left := deadline - loop.time()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    assert await asyncio.wait_for(reader.read(4096), left), "session ended"
             await call(setup.vnp.store.save, order.id,
                        {**order.data, "parts": there.data["parts"]})
             assert await call(repoint.moved_order, "vnp", order.id, "n1") == 1

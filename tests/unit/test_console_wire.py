@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
 from vnetlib.console.client import Escape
-from vnetlib.console.wire import HopError, address_of, greeting, token_of
+from vnetlib.console.wire import HopError, address_of, dial, greeting, peer_of, read_line, token_of
+from vnetlib.players.pki import LabCA, PkiError, Role
 
 
 def test_greeting_round_trip_and_refusals() -> None:
@@ -36,3 +40,47 @@ def test_escape_sequences() -> None:
     assert e.feed(b"echo\x1dq") == (b"echo", True)
     e = Escape()
     assert e.feed(b"~x") == (b"~x", False)
+
+
+def test_a_listener_is_reached_again_by_resumption_and_still_checks_revocation(
+        tmp_path: Path) -> None:
+    """The second connection to a listener resumes the first's TLS 1.3
+    session; both ends still see (and check against the CRL) the other's
+    certificate, so a client revoked meanwhile is refused at its greeting."""
+    ca = LabCA.create(tmp_path / "ca", "wire")
+    listener, client = ca.issue("vno", Role.VNO), ca.issue("sp", Role.SP)
+    context = client.client_context()
+
+    async def run() -> list[tuple[bool, str]]:
+        seen: list[tuple[bool, str]] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            obj = writer.get_extra_info("ssl_object")
+            try:
+                await read_line(reader, 5)
+                seen.append((obj.session_reused, peer_of(writer, listener).name))
+                writer.write(b"OK\n")
+            except PkiError as exc:
+                seen.append((obj.session_reused, f"refused: {exc}"))
+                writer.write(b"ERR revoked\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0,
+                                            ssl=listener.server_context())
+        url = f"tls://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        try:
+            for _ in range(2):
+                _, w = await dial(url, "t0k", context, client, expect_name="vno")
+                w.close()
+            ca.revoke("sp")
+            with pytest.raises(HopError, match="revoked"):
+                await dial(url, "t0k", context, client, expect_name="vno")
+        finally:
+            server.close()
+        return seen
+
+    seen = asyncio.run(run())
+    assert seen[0] == (False, "sp")
+    assert seen[1] == (True, "sp")  # resumed, and the certificate still known
+    assert seen[2][0] is True and seen[2][1].startswith("refused"), seen

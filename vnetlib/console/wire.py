@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from typing import Protocol
+import time
+import weakref
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from vnetlib.players.peers import peer_identity
@@ -22,6 +24,56 @@ MAGIC = b"VNET-CONSOLE 1 "
 MAX_LINE = 128
 STREAM_LIMIT = 64 << 10
 DIAL_TIMEOUT = 10.0
+RESUME_TTL = 60.0
+"""Seconds a TLS 1.3 session ticket of a listener is offered again."""
+
+_tickets: weakref.WeakKeyDictionary[ssl.SSLContext, dict[tuple[str, int],
+                                                          tuple[ssl.SSLSession, float]]] = (
+    weakref.WeakKeyDictionary())
+_ticket_of: weakref.WeakKeyDictionary[asyncio.StreamWriter,
+                                      tuple[ssl.SSLContext, tuple[str, int]]] = (
+    weakref.WeakKeyDictionary())
+
+
+class _Resuming:
+    """An SSLContext that offers `session` (a ticket from an earlier
+    connection to the same listener) on the connection asyncio wraps with
+    it: a resumed TLS 1.3 handshake (PSK with a fresh ECDHE share) skips
+    both ends' certificate signatures and chain checks. What those checks
+    gave is checked again on every connection all the same: `connect` and
+    the listener's greeting check the peer's certificate (kept in the
+    session) against the current CRL and the expected name."""
+
+    def __init__(self, context: ssl.SSLContext, session: ssl.SSLSession) -> None:
+        self._context = context
+        self._session = session
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        obj = self._context.wrap_bio(*args, **kwargs)
+        with contextlib.suppress(ValueError, ssl.SSLError):
+            obj.session = self._session
+        return obj
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def _resuming(context: ssl.SSLContext, host: str, port: int) -> Any:
+    entry = _tickets.get(context, {}).get((host, port))
+    if entry is None or time.monotonic() - entry[1] >= RESUME_TTL:
+        return context
+    return _Resuming(context, entry[0])
+
+
+def _keep_ticket(writer: asyncio.StreamWriter) -> None:
+    """The listener's newest ticket, once the connection has read past it."""
+    where = _ticket_of.pop(writer, None)
+    obj = writer.get_extra_info("ssl_object")
+    if where is None or obj is None:
+        return
+    session = obj.session
+    if session is not None and session.has_ticket:
+        _tickets.setdefault(where[0], {})[where[1]] = (session, time.monotonic())
 
 
 class HopError(Exception):
@@ -114,9 +166,11 @@ async def connect(url: str, context: ssl.SSLContext, credentials: Credentials,
     host, port = address_of(url)
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(
-            host, port, ssl=context, server_hostname=host, limit=STREAM_LIMIT), timeout)
+            host, port, ssl=_resuming(context, host, port), server_hostname=host,
+            limit=STREAM_LIMIT), timeout)
     except (TimeoutError, OSError) as exc:
         raise HopError(f"cannot reach the next hop: {exc or 'timeout'}") from exc
+    _ticket_of[writer] = (context, (host, port))
     try:
         who = peer_of(writer, credentials)
         if expect_name is not None and who.name != expect_name:
@@ -149,4 +203,5 @@ async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, toke
         await close_quietly(writer)
         reason = line.decode("utf-8", "replace").strip()
         raise HopError(reason[4:] if reason.startswith("ERR ") else "refused")
+    _keep_ticket(writer)
     return reader, writer
