@@ -108,12 +108,14 @@ class Bench:
 
     def move(self, target: str) -> Sample:
         pinger = Pinger(self.e1, "198.19.0.6")
-        time.sleep(1.0)
-        start = time.time()
-        moved = self.c.move("r1", target)
-        end = time.time()
-        time.sleep(AFTER)
-        stamps = pinger.stop()
+        try:
+            time.sleep(1.0)
+            start = time.time()
+            moved = self.c.move("r1", target)
+            end = time.time()
+            time.sleep(AFTER)
+        finally:
+            stamps = pinger.stop()
         kept = None
         if self.console is not None:
             try:

@@ -165,12 +165,14 @@ def test_netns_router_moves_and_the_ping_through_it_resumes(vnet: Vnet, ns_vnet:
     source = before["r1"]
     target = next(h for h in HOSTS if h not in before.values())  # an empty host
     pinger = e1_pinger(up)
-    time.sleep(0.5)
-    start = time.time()
-    done = vnet.run("migrate", up.vnet_id, "r1", "--to", target)
-    end = time.time()
-    time.sleep(RESUME)
-    stamps = pinger.stop()
+    try:
+        time.sleep(0.5)
+        start = time.time()
+        done = vnet.run("migrate", up.vnet_id, "r1", "--to", target)
+        end = time.time()
+        time.sleep(RESUME)
+    finally:
+        stamps = pinger.stop()
     assert "processes and state inside it are lost" in done.stdout
     after = node_map(vnet, up)
     assert after == {**before, "r1": target}
@@ -223,11 +225,13 @@ def test_a_move_to_a_host_that_does_not_answer_changes_nothing(vnet: Vnet, ns_vn
     Path(f"/run/netns/{ns}").unlink()
     try:
         pinger = e1_pinger(up)
-        time.sleep(0.3)
-        start = time.time()
-        failed = vnet.run("migrate", up.vnet_id, "r1", "--to", gone, check=False)
-        end = time.time()
-        stamps = pinger.stop()
+        try:
+            time.sleep(0.3)
+            start = time.time()
+            failed = vnet.run("migrate", up.vnet_id, "r1", "--to", gone, check=False)
+            end = time.time()
+        finally:
+            stamps = pinger.stop()
     finally:
         Path(f"/run/netns/{ns}").touch()
         subprocess.run(["mount", "--bind", f"/run/netns/{ns}.away", f"/run/netns/{ns}"],
@@ -315,12 +319,14 @@ def vm_move(c: Chain, up: Up, target: str, console: Session) -> float:
     (the guest's uptime goes on: a guest booted again counts from 0)."""
     before = uptime(console)
     pinger = e1_pinger(up)
-    time.sleep(1.0)
-    start = time.time()
-    moved = c.move("r1", target)
-    end = time.time()
-    time.sleep(2.0)
-    stamps = pinger.stop()
+    try:
+        time.sleep(1.0)
+        start = time.time()
+        moved = c.move("r1", target)
+        end = time.time()
+        time.sleep(2.0)
+    finally:
+        stamps = pinger.stop()
     gap = longest_gap(stamps, start - 0.5, end + 2.0)
     print(f"VM live migration to {target}: {end - start:.2f} s, QEMU downtime "
           f"{moved.timings['qemu']['downtime_ms']} ms, longest ping gap {gap:.3f} s, "
