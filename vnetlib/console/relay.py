@@ -457,6 +457,7 @@ async def _discard(task: asyncio.Task[tuple[ByteReader, ByteWriter]]) -> None:
     if not task.done():
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        return
+    # A cancel that came as the opening finished does not undo it (wait_for
+    # may return the result anyway): what was opened is closed here.
     if not task.cancelled() and task.exception() is None:
         await close_quietly(task.result()[1])

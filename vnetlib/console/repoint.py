@@ -37,6 +37,7 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -56,7 +57,9 @@ Reopen = Callable[[Any], Awaitable[tuple[ByteReader, ByteWriter]]]
 a PIP; nothing at a VNP, which reads its order again)."""
 
 _lock = threading.Lock()
-_live: dict[Key, set[Repointable]] = {}
+_live: dict[Key, weakref.WeakSet[Repointable]] = {}
+"""The open sessions per node; weak, so one that is never closed is still
+collected (with its connection) as it would be without this registry."""
 _held: dict[Key, float] = {}  # key -> since (monotonic), for sessions opened meanwhile
 
 
@@ -94,7 +97,7 @@ class Repointable:
         with _lock:
             since = _held.get(key)
             self.held = since is not None and time.monotonic() - since < HOLD_TIMEOUT
-            _live.setdefault(key, set()).add(self)
+            _live.setdefault(key, weakref.WeakSet()).add(self)
 
     # -- the stream the relay sees ---------------------------------------------------------
 
