@@ -422,7 +422,9 @@ def _delete_taps(want: Want, have: Have) -> list[Command]:
         return []
     commands = []
     names = _tap_names(want, have)
-    names += sorted(t for t in have.taps if _is_pool_tap(want.name, t) and t not in names)
+    names += sorted(t for t in have.taps
+                    if (_is_pool_tap(want.name, t) or _is_spare_tap(want.name, t))
+                    and t not in names)
     for tap in names:
         found = have.taps.get(tap)
         if found is not None:
@@ -440,6 +442,7 @@ def nic_xml(nic: Nic) -> str:
 
 
 POOL_TAP = "vq"
+SPARE_TAP = "vs"
 
 
 def pool_tap(domain: str, index: int) -> str:
@@ -450,6 +453,14 @@ def pool_tap(domain: str, index: int) -> str:
 
 def _is_pool_tap(domain: str, tap: str) -> bool:
     prefix = pool_tap(domain, 0)[:-1]
+    return tap.startswith(prefix) and tap[len(prefix):].isdigit()
+
+
+def _is_spare_tap(domain: str, tap: str) -> bool:
+    """A throwaway tap a live migration gave a pool NIC the node does not use
+    (``vs``, ten hex digits of the domain name's sha256, the index: named so
+    by vnetlib.vm.migrate.spare_tap)."""
+    prefix = SPARE_TAP + hashlib.sha256(domain.encode()).hexdigest()[:10]
     return tap.startswith(prefix) and tap[len(prefix):].isdigit()
 
 
@@ -474,9 +485,10 @@ def adoptable(want: Want, have: Have) -> bool:
 def _adopt(want: Want, have: Have, here_pid: int) -> list[Command]:
     """Take a pool VM: the new definition (for its next boot); its pre-wired
     NICs become the node's first NICs (their taps renamed to the node's,
-    spare ones deleted), NICs beyond them are hot-plugged on fresh taps; the
-    guest is reconfigured over its serial console from the new command line,
-    the pool NICs' MACs standing in for the node's until its next boot; the
+    spare ones kept down and on no bridge until the domain goes: QEMU holding
+    a deleted tap's descriptor spins on POLLERR), NICs beyond them are
+    hot-plugged on fresh taps; the guest is reconfigured over its serial
+    console from the new command line, the pool NICs' MACs standing in for the node's until its next boot; the
     taps go onto their bridges (the module runs the reconfiguration beside
     these moves: the guest needs only its NICs)."""
     if want.spec is None or have.spec is None or want.netns is None:
@@ -491,7 +503,8 @@ def _adopt(want: Want, have: Have, here_pid: int) -> list[Command]:
         commands.append(_ip(netns, "link", "set", "dev", old.tap, "down"))
         commands.append(_ip(netns, "link", "set", "dev", old.tap, "name", new.tap))
         taps[new.tap] = Tap(new.tap, netns)
-    commands += [_ip(netns, "link", "del", "dev", p.tap) for p in pool[len(nics):]]
+    for spare in pool[len(nics):]:
+        commands.append(_ip(netns, "link", "set", "dev", spare.tap, "down", "nomaster"))
     for nic in extra:
         if nic.tap not in taps:
             commands.append([IP, "tuntap", "add", "dev", nic.tap, "mode", "tap"])

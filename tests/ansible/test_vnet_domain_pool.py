@@ -37,6 +37,7 @@ from tests.ansible.test_vnet_domain import (  # noqa: F401  (fixtures)
 )
 from vnetlib.vm import serial
 from vnetlib.vm.image import build_image, kernel_cmdline, mac_for
+from vnetlib.vm.migrate import spare_tap
 
 
 def _qemu_pid(name: str) -> int | None:
@@ -61,10 +62,10 @@ def test_pool_vms_taken_by_their_prewired_nics_and_serial_reconfig(
     """Two pool VMs booted in one run, with 2 and 1 pre-wired NICs (taps in the
     host's namespace, on no bridge). Taken in one run: the first for a node
     with one NIC (its first tap renamed to the node's and bridged, the spare
-    deleted: no hot-plug), the second for a node with two (its pool NIC
-    renamed, the second hot-plugged). Same QEMU processes, both answer ping
-    on every NIC under the node's hostname; a second run changes nothing;
-    removal leaves no tap."""
+    kept down on no bridge: QEMU holds it; no hot-plug), the second for a
+    node with two (its pool NIC renamed, the second hot-plugged). Same QEMU
+    processes, both answer ping on every NIC under the node's hostname; a
+    second run changes nothing; removal leaves no tap, the kept spare included."""
     image = build_image()
     prefix = "vp" + secrets.token_hex(3)
     netns = f"{prefix}-h1"
@@ -124,7 +125,7 @@ def test_pool_vms_taken_by_their_prewired_nics_and_serial_reconfig(
             ["libvirt", "define", a],
             ["ip", "-n", netns, "link", "set", "dev", pool_tap(a, 0), "down"],
             ["ip", "-n", netns, "link", "set", "dev", pool_tap(a, 0), "name", ta],
-            ["ip", "-n", netns, "link", "del", "dev", pool_tap(a, 1)],
+            ["ip", "-n", netns, "link", "set", "dev", pool_tap(a, 1), "down", "nomaster"],
             ["guest", "configure", a, f"{ma}={mac_for(a, 'pool', 'eth0')}"],
             ["ip", "-n", netns, "link", "set", "dev", ta, "master", bridges[0]],
             ["ip", "-n", netns, "link", "set", "dev", ta, "up"],
@@ -143,7 +144,10 @@ def test_pool_vms_taken_by_their_prewired_nics_and_serial_reconfig(
             ["ip", "-n", netns, "link", "set", "dev", tb1, "up"],
         ], taken["commands"][b]
         assert {n: _qemu_pid(n) for n in names} == pids, "a pool VM was restarted, not taken"
-        assert taps_in(netns) == {ta, tb0, tb1}, "a spare pool tap was left"
+        assert taps_in(netns) == {ta, tb0, tb1, pool_tap(a, 1)}
+        spare = link(netns, pool_tap(a, 1))
+        assert spare is not None and "UP" not in spare["flags"] and "master" not in spare, \
+            "the spare pool tap is kept down and on no bridge (QEMU still holds it)"
         for n in names:
             for i, (tap, _, bridge, host) in enumerate(planned[n]):
                 moved = link(netns, tap)
@@ -181,16 +185,19 @@ def test_pool_vms_taken_by_their_prewired_nics_and_serial_reconfig(
 
 def test_a_taken_pool_vm_that_stopped_half_way_leaves_no_pool_tap() -> None:
     """A take that renamed none of its pool taps yet, then removed with the
-    node's taps: the domain's pre-wired pool taps are deleted too."""
+    node's taps: the domain's pre-wired pool taps, and the spare taps a
+    live migration gave it, are deleted too."""
     want = Want("vn-x-pool-1", "absent", None, netns="h1")
     pool = [pool_tap("vn-x-pool-1", i) for i in range(2)]
     have = Have(exists=True, state="running", spec=DomainSpec(
         name="vn-x-pool-1", interfaces=tuple(Nic(t, f"02:00:00:00:00:0{i}")
                                              for i, t in enumerate(pool))),
-        taps={t: Tap(t, "h1") for t in [*pool, pool_tap("vn-y-pool-2", 0)]})
+        taps={t: Tap(t, "h1") for t in [*pool, pool_tap("vn-y-pool-2", 0),
+                                        spare_tap("vn-x-pool-1", 3), spare_tap("vn-y-pool-2", 3)]})
     assert plan(replace(want, spec=None), replace(have, spec=None), 1) == [
         ["libvirt", "destroy", "vn-x-pool-1"], ["libvirt", "undefine", "vn-x-pool-1"],
-        *(["ip", "-n", "h1", "link", "del", "dev", t] for t in pool)]
+        *(["ip", "-n", "h1", "link", "del", "dev", t]
+          for t in sorted([*pool, spare_tap("vn-x-pool-1", 3)]))]
 
 
 def test_pool_tap_names_match_the_pool() -> None:
