@@ -393,13 +393,14 @@ def test_vm_router_migrates_live_with_a_ping_through_it_and_its_console_open(
                     c.sp.delete(vnet_id)
     finally:
         vnet.run("pool", "drain", "--substrate", lab4.substrate, check=False)
-        # vnet_domain does not know the spare taps yet (it deletes the taps of
-        # the domain's definition): removed here (docs/architecture.md).
+        spares_left = []
         for host in HOSTS:
             for tap in links_in(naming.host_netns(lab4.substrate, host)):
                 if re.fullmatch(r"vs[0-9a-f]{10}\d+", tap):
+                    spares_left.append(tap)
                     subprocess.run(["ip", "-n", naming.host_netns(lab4.substrate, host),
                                     "link", "delete", tap], check=False)
+    assert spares_left == [], "the VNet's removal left a moved VM's spare taps"
     assert up is None or leftovers(up, HOSTS) == set()
 
 
