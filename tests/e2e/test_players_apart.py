@@ -180,8 +180,6 @@ def _call(vnet: Vnet, lab: Lab, netns: str | None, name: str, url: str) -> tuple
     return int(status), text
 
 
-@pytest.mark.xfail(strict=True, reason="needs the transport to call pki.check_source "
-                   "when [server] check_source_address is on (vnetlib/players/transport.py, C)")
 def test_a_stolen_key_used_from_another_address_is_refused(vnet: Vnet, lab_apart: Lab) -> None:
     players = _players(vnet, lab_apart)
     vnp_url = str(players["vnp"]["url"])

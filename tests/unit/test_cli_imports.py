@@ -10,8 +10,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from vnetlib.cli.main import VERBS, build_parser, exit_code
 
 # What a client of the players never needs: the server's HTTP stack, the
@@ -85,9 +83,6 @@ def test_exit_codes_of_loaded_error_classes() -> None:
     assert exit_code(RuntimeError("x")) == (9, "failed")
 
 
-@pytest.mark.xfail(strict=False, reason="vnetlib.lab.players imports the lab's manager "
-                   "(instantiate, the PIP core), players.server re-exports the aiohttp "
-                   "transport, players.messages imports the ledger (SQLAlchemy)")
 def test_up_through_the_players_imports_the_client_only() -> None:
     """The client side of `vnet up --lab`: up to the point where it would call the
     VNO (here: a lab that does not exist, exit 5)."""

@@ -56,7 +56,8 @@ class ManagementNode:
             config, self.credentials, deployer=deployer)
         try:
             self.server = ServiceServer(self._as_service(), self.credentials,
-                                        host=config.host, port=config.port, timeout=600.0)
+                                        host=config.host, port=config.port, timeout=600.0,
+                                        check_source=config.server.check_source_address)
             # Started here, since `vnet serve` runs the server without start();
             # stopped by interrupt() (which `vnet serve` calls at a signal) or stop().
             self.console: ConsoleHub = attach_console(self.service, self.credentials,

@@ -19,7 +19,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from lxml import etree
 
@@ -327,6 +327,15 @@ class Service:
 
 # -- transport ------------------------------------------------------------------------
 
-# Last, because the transport builds on everything above.
-from vnetlib.players.transport import Limits as Limits  # noqa: E402
-from vnetlib.players.transport import ServiceServer as ServiceServer  # noqa: E402
+if TYPE_CHECKING:
+    from vnetlib.players.transport import Limits as Limits
+    from vnetlib.players.transport import ServiceServer as ServiceServer
+
+
+def __getattr__(name: str) -> Any:
+    """Limits, ServiceServer: the aiohttp transport, imported on first use
+    (clients import this module for ApiError and the XML helpers only)."""
+    if name in ("Limits", "ServiceServer"):
+        from vnetlib.players import transport
+        return getattr(transport, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

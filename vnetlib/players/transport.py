@@ -56,7 +56,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from vnetlib.players import timeouts
 from vnetlib.players.peers import peer_identity
-from vnetlib.players.pki import Credentials, Identity, PkiError
+from vnetlib.players.pki import Credentials, Identity, PkiError, check_source
 from vnetlib.players.server import (
     DEFAULT_MAX_BODY,
     DEFAULT_TIMEOUT,
@@ -307,9 +307,11 @@ class ServiceServer:
 
     def __init__(self, service: Service, credentials: Credentials, *,
                  host: str = "127.0.0.1", port: int = 0, max_body: int = DEFAULT_MAX_BODY,
-                 timeout: float = DEFAULT_TIMEOUT, limits: Limits | None = None) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, limits: Limits | None = None,
+                 check_source: bool = False) -> None:
         self.service = service
         self.credentials = credentials
+        self.check_source = check_source
         self.context = credentials.server_context()
         self.max_body = max_body
         self.timeout = timeout
@@ -615,9 +617,17 @@ class ServiceServer:
         if not der:
             raise Unauthenticated("a client certificate from the lab CA is required")
         try:
-            return peer_identity(self.credentials, der)
+            identity = peer_identity(self.credentials, der)
         except PkiError as exc:
             raise Unauthenticated(f"client certificate does not name a player: {exc}") from exc
+        if self.check_source:
+            try:
+                check_source(der, conn.peer)
+            except PkiError as exc:
+                log.warning("%s: refused %s from %s: %s", self.service.name, identity,
+                            conn.peer, exc)
+                raise Unauthenticated(f"client refused: {exc}") from exc
+        return identity
 
     async def _body(self, request: web.BaseRequest) -> bytes:
         headers = request.headers
