@@ -20,6 +20,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -60,6 +61,7 @@ from vnetlib.players.server import (
     Service,
     UpstreamFailed,
 )
+from vnetlib.players.stitch_jobs import StillRunning, StitchJobs
 from vnetlib.players.stitching import (
     Agreement,
     StitchFailed,
@@ -153,7 +155,8 @@ class PipService(Service):
             Limits(output_bytes=EXEC_OUTPUT_MAX, timeout=timeouts.EXEC_MAX),
             cgroup_parent=cgroups.service_parent(config.name),
             hosts=Hosts(Path(config.pip.inventory)))
-        self.core.on_removed = lambda s: self.confinement.remove(s.id)
+        self.stitch_jobs = StitchJobs(config.name)
+        self.core.on_removed = self._removed
         self.closing = threading.Event()
         if config.faults != Faults():
             self.core.deployer = FaultyDeployer(self.core.deployer, config.faults,
@@ -180,8 +183,13 @@ class PipService(Service):
         self.closing.set()
         if self._reaper is not None:
             self._reaper.join(timeouts.SLIVER_WAIT)
+        self.stitch_jobs.close(timeouts.SLIVER_WAIT)
         self.confinement.close()
         self.core.ledger.close()
+
+    def _removed(self, s: Sliver) -> None:
+        self.stitch_jobs.forget(s.id)
+        self.confinement.remove(s.id)
 
     def _forget_tenants(self) -> None:
         """Remove the confined processes of VNets this PIP no longer has."""
@@ -408,10 +416,13 @@ class PipService(Service):
             raise UpstreamFailed(_failed(what, exc)) from exc
 
     def _start(self, s: Sliver) -> None:
-        """Stitch every boundary link this side initiates, then deploy their local
-        segments in one run (the responders deployed theirs before accepting).
+        """Stitch every boundary link this side initiates and deploy their local
+        segments in one run, while the responders deploy theirs.
 
-        One exchange per peer provider (`_stitch_pair`), the peers in parallel."""
+        One exchange per peer provider (`_stitch_pair`), the peers in parallel;
+        then this side's run, and meanwhile one confirmation per peer provider
+        (`_confirm`) that returns once the peer's run ended. Any failure, here
+        or at a peer, fails the start (the VNP then deletes every part)."""
         faultpoints.check(self.config.faults, "pip-before-stitch", self.closing, self.name)
         pairs: dict[tuple[str, str], list[Peer]] = {}
         for peer in sorted(s.peers, key=lambda p: p.ref):
@@ -419,47 +430,53 @@ class PipService(Service):
             if peer.role != "initiator" or (done_before is not None and done_before.joined):
                 continue
             pairs.setdefault((peer.name, peer.url), []).append(peer)
-        agreed: list[Stitch] = []
-        failure: UpstreamFailed | None = None
         with ThreadPoolExecutor(max_workers=max(1, min(len(pairs), 16))) as pool:
-            for done, error in pool.map(lambda peers: self._stitch_pair(s, peers),
-                                        pairs.values()):
-                agreed += done
-                failure = failure or error
-        self._join(s, agreed, "deployment of the stitched links")
+            paired = list(pool.map(lambda peers: self._stitch_pair(s, peers), pairs.values()))
+            confirmed = [pool.submit(self._confirm, p) for p in paired if p.confirm]
+            here: ApiError | None = None
+            try:
+                self._join(s, [st for p in paired for st in p.agreed],
+                           "deployment of the stitched links")
+            except ApiError as exc:
+                here = exc
+            there = [f.result() for f in confirmed]
+        failure = next((e for e in [*(p.failure for p in paired), here, *there]
+                        if e is not None), None)
         if failure is not None:
             raise failure
 
-    def _stitch_pair(self, s: Sliver, peers: list[Peer]
-                     ) -> tuple[list[Stitch], UpstreamFailed | None]:
+    def _stitch_pair(self, s: Sliver, peers: list[Peer]) -> _Paired:
         """Stitch the links of `s` with one peer provider: one `<stitches>`
-        exchange proposing a VNI for each; a link whose proposal is not
-        accepted as it is goes through the per-link exchange (`initiate`).
-        Returns the agreed links and the failure, if any, that stopped it."""
+        exchange proposing a VNI for each, which the peer answers once it
+        claimed them and started deploying its ends; a link whose proposal is
+        not accepted as it is goes through the per-link exchange (`initiate`),
+        which the peer answers after deploying. Returns the agreed links, the
+        accepted proposals to confirm and the failure, if any, that stopped it."""
         name, url = peers[0].name, peers[0].url
         client = PlayerClient(url, self.credentials, timeouts.STITCH_CALL, expect_name=name)
         ledger = self.core.ledger
         ends = {p.ref: self._endpoint(s, p.ref, "initiator") for p in peers}
         proposed: dict[str, int] = {}
         agreed: list[Stitch] = []
+        confirm: list[m.Stitch] = []
         offers = carriers(self.core.substrate.encapsulations)
         if not offers:
-            return [], UpstreamFailed(
+            return _Paired(name, client, (), (), UpstreamFailed(
                 f"stitching with {name}: this provider offers no encapsulation that can "
-                f"cross providers ({', '.join(self.core.substrate.encapsulations)})")
+                f"cross providers ({', '.join(self.core.substrate.encapsulations)})"))
         encap = offers[0]
         try:
             by_link = ledger.allocate_vnis(s.id, [ends[p.ref][0] for p in peers], set())
             proposed = {p.ref: by_link[ends[p.ref][0]] for p in peers}
-            reply = client.post("/v1/stitch", m.stitches_xml(
-                [m.Stitch(p.ref, proposed[p.ref], "propose",
-                          (endpoint("initiator", ends[p.ref][1].address, encap),), encap)
-                 for p in peers]))
+            proposals = {p.ref: m.Stitch(p.ref, proposed[p.ref], "propose",
+                                         (endpoint("initiator", ends[p.ref][1].address, encap),),
+                                         encap) for p in peers}
+            reply = client.post("/v1/stitch", m.stitches_xml(list(proposals.values())))
             answers = {a.ref: a for a in m.stitches_reply(reply.body)}
         except (ClientError, ValueError) as exc:
             for vni in proposed.values():
                 ledger.release_vni(s.id, vni)
-            return [], UpstreamFailed(f"stitching with {name}: {exc}")
+            return _Paired(name, client, (), (), UpstreamFailed(f"stitching with {name}: {exc}"))
         for p in peers:
             link, local = ends[p.ref]
             answer = answers.get(p.ref)
@@ -468,15 +485,34 @@ class PipService(Service):
                     and answer.vni == proposed[p.ref] and remote is not None):
                 agreed.append(Stitch(p.ref, link, answer.vni,
                                      boundary_remote(encap, remote.address)))
+                confirm.append(proposals[p.ref])
                 continue
             ledger.release_vni(s.id, proposed[p.ref])
             try:
                 done = self._initiate(s, p, link, local, client, offers)
             except (ClientError, StitchFailed, ValueError) as exc:
-                return agreed, UpstreamFailed(f"stitching link {link} with {name}: {exc}")
+                return _Paired(name, client, tuple(agreed), tuple(confirm), UpstreamFailed(
+                    f"stitching link {link} with {name}: {exc}"))
             agreed.append(Stitch(p.ref, link, done.vni,
                                  boundary_remote(done.encapsulation, done.remote.address)))
-        return agreed, None
+        return _Paired(name, client, tuple(agreed), tuple(confirm), None)
+
+    @staticmethod
+    def _confirm(paired: _Paired) -> UpstreamFailed | None:
+        """Repeat the proposals a peer accepted in a batch: its answer comes once
+        its deployment of them ended, or is that deployment's failure."""
+        try:
+            reply = paired.client.post("/v1/stitch", m.stitches_xml(list(paired.confirm)))
+            answers = {a.ref: a for a in m.stitches_reply(reply.body)}
+        except (ClientError, ValueError) as exc:
+            return UpstreamFailed(f"stitching with {paired.peer}: {exc}")
+        for proposal in paired.confirm:
+            answer = answers.get(proposal.ref)
+            if answer is None or answer.state != "accept" or answer.vni != proposal.vni:
+                got = "nothing" if answer is None else f"{answer.state} {answer.reason or ''}"
+                return UpstreamFailed(f"stitching with {paired.peer}: link {proposal.ref} "
+                                      f"not confirmed ({got.strip()})")
+        return None
 
     def _initiate(self, s: Sliver, peer: Peer, link: str, local: m.StitchEndpoint,
                   client: PlayerClient, offers: Sequence[str]) -> Agreement:
@@ -501,33 +537,56 @@ class PipService(Service):
                body: bytes) -> tuple[int, bytes]:
         """Answer a proposal, or a `<stitches>` batch of them (every link with
         one peer provider), from the peer the VNP named for each link: only the
-        slivers that name the caller as that link's peer are considered. A
-        batch's accepted links are deployed in one run per sliver before the
-        answers go back."""
+        slivers that name the caller as that link's peer are considered.
+
+        A single proposal is answered once its link is deployed here. A batch's
+        newly accepted links are deployed in one background run per sliver,
+        started before the answers go back (`StitchJobs`); a repeated proposal
+        (the initiator's confirmation, or a retry) is answered once its link's
+        deployment here ended, with that deployment's failure if it failed."""
         proposals, batch = m.read_stitches(body)
         if not batch:
-            answer, join = self._answer(caller, proposals[0])
+            answer, join, _ = self._answer(caller, proposals[0])
             if join is not None:
                 self._join(join[0], [join[1]], f"deployment of link {join[1].link}")
             return 200, m.stitch_xml(answer)
         answers = []
-        joins: dict[str, tuple[Sliver, list[Stitch]]] = {}
+        joins: dict[tuple[str, bool], tuple[Sliver, list[Stitch]]] = {}
         for proposal in proposals:
-            answer, join = self._answer(caller, proposal)
+            answer, join, repeated = self._answer(caller, proposal)
             answers.append(answer)
-            if join is not None:
-                joins.setdefault(join[0].id, (join[0], []))[1].append(join[1])
-        for s, stitches in joins.values():
-            self._join(s, stitches, "deployment of links " + ", ".join(st.link for st in stitches))
+            if join is not None and join[0].stitch(join[1].ref) != replace(join[1], joined=True):
+                joins.setdefault((join[0].id, repeated), (join[0], []))[1].append(join[1])
+        for (_, repeated), (s, stitches) in sorted(joins.items(), key=lambda kv: not kv[0][1]):
+            what = "deployment of links " + ", ".join(st.link for st in stitches)
+            if repeated:
+                self._join(s, stitches, what)
+            else:
+                self.stitch_jobs.start([(s.id, st.ref) for st in stitches],
+                                       partial(self._join, s, stitches, what))
         return 200, m.stitches_xml(answers)
 
+    def _settle(self, s: Sliver, ref: str) -> Sliver:
+        """The sliver once a background deployment of link `ref` ended; its
+        failure, if it failed, raised as the peer's answer."""
+        try:
+            had, error = self.stitch_jobs.settle((s.id, ref), timeouts.STITCH_CALL - 10)
+        except StillRunning as exc:
+            raise Conflict(f"{exc}; confirm again later") from exc
+        if isinstance(error, ApiError):
+            raise type(error)(error.message)
+        if error is not None:
+            raise UpstreamFailed(_failed(f"deployment of link {ref}", cast(Exception, error)))
+        return self.core.sliver(s.owner, s.name) if had else s
+
     def _answer(self, caller: Identity, proposal: m.Stitch
-                ) -> tuple[m.Stitch, tuple[Sliver, Stitch] | None]:
-        """The answer to one proposal and the link to deploy before sending it."""
+                ) -> tuple[m.Stitch, tuple[Sliver, Stitch] | None, bool]:
+        """The answer to one proposal, the link to deploy before (or, for a
+        batch, while) sending it, and whether it repeats an accepted proposal."""
         if proposal.state != "propose":
             raise Conflict(f"expected a proposal, got {proposal.state}")
         try:
-            s = self.core.stitched_sliver(caller.name, proposal.ref)
+            s = self._settle(self.core.stitched_sliver(caller.name, proposal.ref), proposal.ref)
         except CoreError as exc:
             raise _api_error(exc, proposal.ref) from exc
         peer = s.peer(proposal.ref)
@@ -546,9 +605,9 @@ class PipService(Service):
         done = s.stitch(proposal.ref)
         if done is not None and done.vni == proposal.vni and remote:  # a repeated proposal
             return (respond(proposal, True, proposal.vni, local, offers),
-                    (s, replace(done, remote=remote)))
+                    (s, replace(done, remote=remote)), True)
         if not remote:  # not a carrier here: nothing is claimed for a counter or a refusal
-            return respond(proposal, True, proposal.vni, local, offers), None
+            return respond(proposal, True, proposal.vni, local, offers), None, False
         free = vni_in_range(proposal.vni) and self.core.ledger.claim_vni(s.id, link,
                                                                          proposal.vni)
         alternative = proposal.vni
@@ -557,8 +616,20 @@ class PipService(Service):
             alternative = pick_vnis(used, [link], self.core.name)[link]  # offered, not taken
         answer = respond(proposal, free, alternative, local, offers)
         if answer.state == "accept":
-            return answer, (s, Stitch(proposal.ref, link, proposal.vni, remote))
-        return answer, None
+            return answer, (s, Stitch(proposal.ref, link, proposal.vni, remote)), False
+        return answer, None, False
+
+
+@dataclass(frozen=True, slots=True)
+class _Paired:
+    """One peer provider's stitching as the initiator saw it: the links agreed,
+    the batch's accepted proposals to confirm, and the failure that stopped it."""
+
+    peer: str
+    client: PlayerClient
+    agreed: tuple[Stitch, ...]
+    confirm: tuple[m.Stitch, ...]
+    failure: UpstreamFailed | None
 
 
 EXEC_OUTPUT_MAX = 64 << 10
