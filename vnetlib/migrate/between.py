@@ -12,7 +12,6 @@ stitched again.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,7 +20,7 @@ import networkx as nx
 
 from vnetlib.core.records import Embedding, Flow
 from vnetlib.embedding.multipip import PipSplit
-from vnetlib.migrate.place import CannotMove
+from vnetlib.migrate.place import CannotMove, route
 from vnetlib.players.negotiation import Part, partition, stitch_ref
 from vnetlib.spec.model import Substrate, VirtualNode, VNetSpec
 
@@ -78,20 +77,7 @@ def extend_embedding(substrate: Substrate, residual: Substrate, spec: VNetSpec,
         if kept and kept[0].path[0] in (here, there) and kept[0].path[-1] in (here, there):
             link_map[k.id] = kept
             continue
-        if here == there:
-            link_map[k.id] = (Flow((here,), k.bandwidth_mbps),)
-            continue
-        need = k.bandwidth_mbps
-        usable = nx.subgraph_view(
-            graph, filter_edge=lambda a, b, need=need: graph[a][b]["bw"] + 1e-9 >= need)
-        try:
-            path = nx.shortest_path(usable, here, there)
-        except (nx.NetworkXNoPath, nx.NodeNotFound):
-            raise CannotMove(f"no substrate path from {here} to {there} has "
-                             f"{need:g} Mbit/s left for link {k.id}") from None
-        for a, b in itertools.pairwise(path):
-            graph[a][b]["bw"] -= need
-        link_map[k.id] = (Flow(tuple(str(p) for p in path), need),)
+        link_map[k.id] = route(graph, here, there, k.id, k.bandwidth_mbps)
     return Embedding(node_map, link_map, embedding.algorithm)
 
 

@@ -55,19 +55,24 @@ def move_node(substrate: Substrate, residual: Substrate, spec: VNetSpec, embeddi
     node_map = {**embedding.node_map, node: target}
     link_map = dict(embedding.link_map)
     for k in mine:
-        here, there = node_map[k.a.node], node_map[k.b.node]
-        if here == there:
-            link_map[k.id] = (Flow((here,), k.bandwidth_mbps),)
-            continue
-        need = k.bandwidth_mbps
-        usable = nx.subgraph_view(
-            graph, filter_edge=lambda a, b, need=need: graph[a][b]["bw"] + 1e-9 >= need)
-        try:
-            path = nx.shortest_path(usable, here, there)
-        except (nx.NetworkXNoPath, nx.NodeNotFound):
-            raise CannotMove(f"no substrate path from {here} to {there} has "
-                             f"{k.bandwidth_mbps:g} Mbit/s left for link {k.id}") from None
-        for a, b in itertools.pairwise(path):
-            graph[a][b]["bw"] -= k.bandwidth_mbps
-        link_map[k.id] = (Flow(tuple(str(p) for p in path), k.bandwidth_mbps),)
+        link_map[k.id] = route(graph, node_map[k.a.node], node_map[k.b.node], k.id,
+                               k.bandwidth_mbps)
     return Embedding(node_map, link_map, embedding.algorithm)
+
+
+def route(graph: nx.Graph, here: str, there: str, link: str, need: float) -> tuple[Flow, ...]:
+    """The shortest path of `graph` (edges' "bw" left) from `here` to `there`
+    with `need` Mbit/s left, taken from `graph`; one host's own flow when both
+    ends are on it."""
+    if here == there:
+        return (Flow((here,), need),)
+    usable = nx.subgraph_view(
+        graph, filter_edge=lambda a, b: graph[a][b]["bw"] + 1e-9 >= need)
+    try:
+        path = nx.shortest_path(usable, here, there)
+    except (nx.NetworkXNoPath, nx.NodeNotFound):
+        raise CannotMove(f"no substrate path from {here} to {there} has "
+                         f"{need:g} Mbit/s left for link {link}") from None
+    for a, b in itertools.pairwise(path):
+        graph[a][b]["bw"] -= need
+    return (Flow(tuple(str(p) for p in path), need),)
