@@ -341,7 +341,7 @@ def test_uids_are_stable_and_collisions_are_probed(tmp_path: Path) -> None:
     first = uids.get("vnet-1")
     assert uids.get("vnet-1") == first == UidMap(tmp_path).get("vnet-1")
     table = {f"squatter-{i}": UID_BASE + (first - UID_BASE + i) % UID_SPAN for i in range(3)}
-    uids.release("vnet-1")
+    uids.forget("vnet-1")
     uids.file.write_text(__import__("json").dumps(table))
     assert uids.get("vnet-1") == UID_BASE + (first - UID_BASE + 3) % UID_SPAN
     assert sorted(uids.tenants()) == sorted([*table, "vnet-1"])

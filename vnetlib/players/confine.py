@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from vnetlib import paths
 from vnetlib.players import cgroups
@@ -271,36 +271,28 @@ def agent_argv(request: dict[str, object]) -> list[str]:
     return ["python3", "-c", agent_source(), json.dumps(request)]
 
 
-class HostMap:
-    """Tenant -> the substrate hosts where it had confined commands, kept in
-    `hosts.json` (locked while changed), so that `kill`, `remove` and
-    `tenants` reach them also after a restart."""
+class _TenantTable:
+    """A table keyed by tenant in `<root>/<FILE>.json`, locked (`<FILE>.lock`)
+    while read and changed, written only when changed."""
+
+    FILE = ""
 
     def __init__(self, root: Path) -> None:
-        self.file = root / "hosts.json"
-        self.lock = root / "hosts.lock"
+        self.file = root / f"{self.FILE}.json"
+        self.lock = root / f"{self.FILE}.lock"
 
     @contextmanager
-    def _locked(self) -> Iterator[dict[str, list[str]]]:
+    def _locked(self) -> Iterator[dict[str, Any]]:
         with self.lock.open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
-            table: dict[str, list[str]] = (json.loads(self.file.read_text())
-                                           if self.file.exists() else {})
+            table: dict[str, Any] = (json.loads(self.file.read_text())
+                                     if self.file.exists() else {})
             before = json.dumps(table, sort_keys=True)
             yield table
             if json.dumps(table, sort_keys=True) != before:
                 tmp = self.file.with_suffix(".tmp")
                 tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
                 tmp.replace(self.file)
-
-    def add(self, tenant: str, host: str) -> None:
-        with self._locked() as table:
-            if host not in table.get(tenant, []):
-                table[tenant] = sorted({*table.get(tenant, []), host})
-
-    def of(self, tenant: str) -> list[str]:
-        with self._locked() as table:
-            return list(table.get(tenant, []))
 
     def forget(self, tenant: str) -> None:
         with self._locked() as table:
@@ -311,31 +303,32 @@ class HostMap:
             return sorted(table)
 
 
-class UidMap:
+class HostMap(_TenantTable):
+    """Tenant -> the substrate hosts where it had confined commands, so that
+    `kill`, `remove` and `tenants` reach them also after a restart."""
+
+    FILE = "hosts"
+
+    def add(self, tenant: str, host: str) -> None:
+        with self._locked() as table:
+            if host not in table.get(tenant, []):
+                table[tenant] = sorted({*table.get(tenant, []), host})
+
+    def of(self, tenant: str) -> list[str]:
+        with self._locked() as table:
+            return list(table.get(tenant, []))
+
+
+class UidMap(_TenantTable):
     """Tenant -> uid in [UID_BASE, UID_BASE + UID_SPAN), deterministic from the
-    tenant's id unless taken, kept in `uids.json` (locked while changed)."""
+    tenant's id unless taken."""
 
-    def __init__(self, root: Path) -> None:
-        self.file = root / "uids.json"
-        self.lock = root / "uids.lock"
-
-    @contextmanager
-    def _locked(self) -> Iterator[dict[str, int]]:
-        with self.lock.open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            table: dict[str, int] = (json.loads(self.file.read_text())
-                                     if self.file.exists() else {})
-            before = dict(table)
-            yield table
-            if table != before:
-                tmp = self.file.with_suffix(".tmp")
-                tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-                tmp.replace(self.file)
+    FILE = "uids"
 
     def get(self, tenant: str) -> int:
         with self._locked() as table:
             if tenant in table:
-                return table[tenant]
+                return int(table[tenant])
             taken = set(table.values())
             start = int.from_bytes(hashlib.sha256(tenant.encode()).digest()[:8], "big")
             for probe in range(UID_SPAN):
@@ -344,14 +337,6 @@ class UidMap:
                     table[tenant] = uid
                     return uid
         raise ConfinementError("no free tenant uid left")
-
-    def release(self, tenant: str) -> None:
-        with self._locked() as table:
-            table.pop(tenant, None)
-
-    def tenants(self) -> list[str]:
-        with self._locked() as table:
-            return sorted(table)
 
 
 class Confinement:
@@ -617,7 +602,7 @@ class Confinement:
                 if self.remote_host(host) is not None:
                     self._agent(host, "remove", tenant)
             self.host_map.forget(tenant)
-            self.uids.release(tenant)
+            self.uids.forget(tenant)
         finally:
             with self._lock:
                 self._removing.discard(tenant)
