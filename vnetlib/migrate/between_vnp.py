@@ -45,6 +45,7 @@ from vnetlib.migrate import between
 from vnetlib.players import messages as m
 from vnetlib.players import timeouts
 from vnetlib.players.client import ClientError, PlayerClient, RemoteError
+from vnetlib.players.laps import Laps
 from vnetlib.players.negotiation import Part
 from vnetlib.spec import dump_vnet, parse_vnet
 from vnetlib.spec.model import VNetSpec
@@ -182,14 +183,8 @@ def move_node(svc: VnpService, rec: Record, node: str, location: str | None,
     # provider of then for a new session (vnetlib.console.repoint).
     repoint.hold_order(svc.name, rec.id, node)
     elsewhere = provider != entry["provider"]
-    timings: dict[str, float] = {}
-    mark = time.perf_counter()
-
-    def phase(name: str) -> None:
-        nonlocal mark
-        now = time.perf_counter()
-        timings[name] = round(now - mark, 4)
-        mark = now
+    phase = Laps()
+    timings = phase.timings
 
     old_by = {p["provider"]: p for p in parts}
     done: list[tuple[str, dict[str, Any]]] = []  # ("new"|"reshaped", entry), in order

@@ -44,6 +44,7 @@ from vnetlib.players.client import (
     TransportError,
 )
 from vnetlib.players.config import PlayerConfig, Upstream
+from vnetlib.players.laps import Laps
 from vnetlib.players.negotiation import (
     Part,
     aggregate_adverts,
@@ -417,14 +418,8 @@ class VnpService(Service):
         """Negotiate, allocate, provision and start a VNet order the caller has
         claimed and recorded; on any failure the order is released (and kept as
         releasing while parts remain)."""
-        timings: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        def phase(name: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            timings[name] = round(now - clock, 4)
-            clock = now
+        phase = Laps()
+        timings = phase.timings
 
         def status(value: str) -> None:
             rec.data["status"] = value
