@@ -57,7 +57,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,8 +218,10 @@ def _parents() -> dict[int, int]:
     return table
 
 
-def descendants(roots: Iterable[int], table: dict[int, int] | None = None) -> list[int]:
-    """The processes under `roots` (roots included), parents before children."""
+def descendants(roots: Iterable[int], table: dict[int, int] | None = None, *,
+                spare: Callable[[int], bool] | None = None) -> list[int]:
+    """The processes under `roots` (roots included), parents before children;
+    a process `spare` picks is left out with its subtree."""
     table = _parents() if table is None else table
     children: dict[int, list[int]] = {}
     for pid, ppid in table.items():
@@ -228,6 +230,8 @@ def descendants(roots: Iterable[int], table: dict[int, int] | None = None) -> li
     todo = [r for r in roots if r in table]
     while todo:
         pid = todo.pop()
+        if spare is not None and spare(pid):
+            continue
         found.append(pid)
         todo.extend(children.get(pid, ()))
     return found
@@ -255,20 +259,8 @@ def _daemon(pid: int, server: bytes) -> bool:
 def doomed(roots: Iterable[int], table: dict[int, int] | None = None) -> list[int]:
     """The processes under `roots` that belong to runs (runs, workers,
     modules and what they run), not entering daemons' subtrees."""
-    table = _parents() if table is None else table
-    children: dict[int, list[int]] = {}
-    for pid, ppid in table.items():
-        children.setdefault(ppid, []).append(pid)
     server = _cmdline(os.getpid())
-    found: list[int] = []
-    todo = [r for r in roots if r in table]
-    while todo:
-        pid = todo.pop()
-        if _daemon(pid, server):
-            continue
-        found.append(pid)
-        todo.extend(children.get(pid, ()))
-    return found
+    return descendants(roots, table, spare=lambda pid: _daemon(pid, server))
 
 
 def _kill(pids: Iterable[int]) -> None:
