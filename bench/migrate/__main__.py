@@ -19,7 +19,7 @@ it: the downtime through the node), QEMU's own downtime for VMs. Rows:
   local again);
 - netns within a PIP: e1 and e2 spread first, r1 moved between the two free
   hosts (made again there: break before make; a new shell for the console);
-- between PIPs: `vnetlib.migrate.between_bench` (A's, a lab of its own with
+- between PIPs: `bench.migrate.between` (a lab of its own with
   two PIPs; r1 a namespace moved by the SP's request through the chain).
 
 `--quick`: one move of each kind (a smoke run). Needs root; removes
@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.migrate.between import bench_between
 from bench.migrate.chain import Chain, Session, chain
 from bench.migrate.ping import Pinger, longest_gap, reachable
 from vnetlib import naming
@@ -174,10 +175,6 @@ def netns_row(c: Chain, substrate: str, runs: int) -> list[Row]:
 
 
 def between_row(runs: int, mgmt_offset: int) -> list[Row]:
-    try:
-        from vnetlib.migrate.between_bench import bench_between
-    except ImportError:
-        return [Row("between PIPs (netns)", (), "not measured (no between_bench)")]
     got = bench_between(runs=runs, mgmt_offset=mgmt_offset)
     mid = sorted(got, key=lambda s: s.total)[len(got) // 2] if got else None
     if mid is not None:

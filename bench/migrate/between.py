@@ -14,7 +14,7 @@ by hand go with its interfaces). r1 is a
 namespace node: made again at the other PIP (break before make), its links
 stitched again. Needs root; removes everything it made.
 
-    from vnetlib.migrate.between_bench import bench_between
+    from bench.migrate.between import bench_between
     samples = bench_between(runs=2, mgmt_offset=64)
 """
 
