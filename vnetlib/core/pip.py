@@ -222,7 +222,8 @@ class PipCore:
     def pool(self) -> VmPool:
         if self._pool is None:
             self._pool = VmPool(self.substrate, self.ledger, self.deployer, self.images,
-                                self.holder, holder_alive, self.pool_settings)
+                                self.holder, holder_alive, self.pool_settings,
+                                room=self.residual)
         return self._pool
 
     def _take_links(self, conn: Connection, sliver_id: str, links: Sequence[str]) -> None:

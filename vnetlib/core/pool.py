@@ -233,6 +233,9 @@ class VmPool:
     alive: Callable[[str], bool]  # whether a holder still runs
     override: PoolSettings | None = None  # the PIP's configuration, over the ledger's
     observe: Callable[[list[str]], dict[str, str]] = domain_states  # what libvirt reports
+    # The substrate's residual with the pool's untaken VMs charged (PipCore.residual):
+    # a refill boots only into memory that neither a sliver nor the pool holds.
+    room: Callable[[], Substrate] | None = None
     _tending: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
 
@@ -442,16 +445,25 @@ class VmPool:
             return []
         image = self.images()
         vms = self.vms()
+        free = None if self.room is None else {h.name: h.memory_mb for h in self.room().hosts}
         new: list[PoolVm] = []
+        short: list[str] = []
         for host in self.hosts:
             have = sum(1 for vm in vms if vm.host == host and vm.state in (READY, BOOTING))
-            for _ in range(settings.size(host) - have):
+            want = max(settings.size(host) - have, 0)
+            fits = want if free is None else min(want, free.get(host, 0) // settings.memory_mb)
+            if free is not None and fits < want:
+                short.append(f"not booted on {host}: {want - fits} of {want} VMs of "
+                             f"{settings.memory_mb} MiB ({free.get(host, 0)} MiB free)")
+            for _ in range(fits):
                 name = naming.vnode_netns(self.substrate.name, "pool", secrets.token_hex(4))
                 new.append(self._insert(PoolVm(name, host, image.key, settings.vcpus,
                                                settings.memory_mb, BOOTING,
                                                holder=self.holder)))
+        for line in short:
+            log.warning("%s: pool: %s", self.substrate.name, line)
         if not new:
-            return []
+            return short
         try:
             self.deployer.apply(boot_plan(new, image, settings.nics), "present")
         except DeployError as exc:
@@ -462,8 +474,8 @@ class VmPool:
                 self._forget(new)
             except DeployError:
                 pass  # left booting: the next round destroys them (holder or budget)
-            return [f"boot failed: {exc}"]
-        done = []
+            return [*short, f"boot failed: {exc}"]
+        done = short
         for vm in new:
             if self._cas(vm, replace(vm, state=READY)) is not None:
                 done.append(f"booted {vm.domain} on {vm.host}")
