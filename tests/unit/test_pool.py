@@ -224,3 +224,25 @@ def test_a_node_that_takes_a_pool_vm_is_charged_once(url: str) -> None:
             core.check_fits(sized_vm(512))  # no pool VM of its size: 640 on 128
     finally:
         core.ledger.close()
+
+
+def test_a_refill_boots_only_into_free_memory(url: str) -> None:
+    """Slivers and the pool's own VMs hold memory: a refill that would overdraw
+    the host boots what fits and says what it left out."""
+    small = substrate_of(LabConfig(name="tp", hosts=1, cpu=64.0, memory_mb=700))
+    core = PipCore(small, Ledger(url, small.name), RecordingDeployer(), Pricing(1.0, 0.0, 600),
+                   images=lambda: IMAGE, pool_settings=PoolSettings({"*": 8}),
+                   pool_background=False)
+    core.allocate("o", "a", parse_vnet(one_vm("a")), sliver_id="a")
+    free = core.residual().hosts[0].memory_mb
+    assert 128 <= free < 700
+    done = core.pool.tend()
+    booted = [vm for vm in core.pool.vms() if vm.state == READY]
+    assert len(booted) == free // 128 < 8
+    assert f"not booted on {HOST}: {8 - len(booted)} of 8 VMs of 128 MiB ({free} MiB free)" in done
+    assert core.residual().hosts[0].memory_mb == free - 128 * len(booted)
+    core.pool.observe = lambda ds: dict.fromkeys(ds, "running")
+    assert core.pool.tend() == [
+        f"not booted on {HOST}: {8 - len(booted)} of {8 - len(booted)} VMs of 128 MiB "
+        f"({free - 128 * len(booted)} MiB free)"]
+    core.ledger.close()
