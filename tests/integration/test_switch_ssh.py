@@ -5,7 +5,6 @@ ping in the same VLAN and not across VLANs; an unknown host key is refused."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import secrets
@@ -19,7 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import paramiko
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -39,8 +37,8 @@ ADDR, PEER, PORT = "198.18.30.2", "198.18.30.1", 2222
 class Switch:
     ns: str
     ovs: daemons.OvsInstance
-    key: paramiko.PKey
-    host_key: paramiko.PKey
+    key: Path  # the client's private key file
+    host_key: str  # the sshd's public key line
     prefix: str
 
 
@@ -77,8 +75,7 @@ def switch() -> Iterator[Switch]:
         while nsx(ns, "ss", "-Htln", f"sport = :{PORT}").stdout.strip() == "":
             assert sshd.poll() is None and time.monotonic() < end, "sshd did not start"
             time.sleep(0.05)
-        yield Switch(ns, ovs, paramiko.PKey.from_path(work / "client"),
-                     _public(work / "host.pub"), prefix)
+        yield Switch(ns, ovs, work / "client", (work / "host.pub").read_text(), prefix)
     finally:
         if sshd is not None:
             sshd.terminate()
@@ -112,11 +109,6 @@ def _end_sessions(ns: str) -> None:
                 os.kill(int(proc.name), signal.SIGTERM)
 
 
-def _public(path: Path) -> paramiko.PKey:
-    kind, blob = path.read_text().split()[:2]
-    return paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
-
-
 def _node(sw: Switch, i: int, addr: str) -> str:
     """A node namespace whose eth0's peer ``<prefix>h<i>`` is in the switch namespace."""
     ns, port = f"{sw.prefix}n{i}", f"{sw.prefix}h{i}"
@@ -131,8 +123,8 @@ def _node(sw: Switch, i: int, addr: str) -> str:
 
 def test_ssh_driver_sets_vlans_end_to_end(switch: Switch, tmp_path: Path) -> None:
     sw = switch
-    with SshOvsDriver(ADDR, f"{sw.prefix}br", port=PORT, key=sw.key, host_key=sw.host_key,
-                      db=sw.ovs.remote) as drv:
+    with SshOvsDriver(ADDR, f"{sw.prefix}br", port=PORT, key_file=sw.key,
+                      host_key=sw.host_key, db=sw.ovs.remote) as drv:
         ports = [_node(sw, i, f"198.18.31.{i + 1}/24") for i in range(3)]
         d = SwitchDaemon(VlanPool(tmp_path / "vlans.sqlite", "remote"), {"s": drv},
                          {"s": []})
@@ -151,7 +143,16 @@ def test_ssh_driver_sets_vlans_end_to_end(switch: Switch, tmp_path: Path) -> Non
 
 def test_ssh_driver_refuses_unknown_host_key(switch: Switch, tmp_path: Path) -> None:
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other"))
-    other = _public(tmp_path / "other.pub")
+    other = (tmp_path / "other.pub").read_text()
     with pytest.raises(OvsError, match=f"switch {ADDR}:{PORT}: .*(host key|Host key)"):
-        SshOvsDriver(ADDR, "br0", port=PORT, key=switch.key, host_key=other,
+        SshOvsDriver(ADDR, "br0", port=PORT, key_file=switch.key, host_key=other,
                      db=switch.ovs.remote)
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[{ADDR}]:{PORT} {other}")
+    with pytest.raises(OvsError, match=f"switch {ADDR}:{PORT}: .*(host key|Host key)"):
+        SshOvsDriver(ADDR, "br0", port=PORT, key_file=switch.key, known_hosts=known,
+                     db=switch.ovs.remote)
+    known.write_text(f"[{ADDR}]:{PORT} {switch.host_key}")
+    with SshOvsDriver(ADDR, "br0", port=PORT, key_file=switch.key, known_hosts=known,
+                      db=switch.ovs.remote) as drv:
+        assert drv.ports() == {}

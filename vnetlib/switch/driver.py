@@ -33,21 +33,24 @@ class SwitchDriver(Protocol):
     def ports(self) -> dict[str, Any]: ...
 
 
-class OvsDriver:
-    """A bridge on a local Open vSwitch, through OVSDB at ``remote``. Each call
-    is a want/have/plan step: returns True if it changed the switch."""
+class BridgeDriver:
+    """A bridge on a switch (:class:`OvsSwitch`, or ``_ovs_ssh.SshOvsSwitch``
+    over SSH), programmed port by port. Each call is a want/have/plan step:
+    returns True if it changed the switch."""
 
-    def __init__(self, remote: str, bridge: str, *, datapath_type: str = "netdev",
-                 timeout: int = 10) -> None:
-        self.name = bridge
-        self.bridge = bridge
-        self._sw = OvsSwitch(remote, timeout=timeout)
-        self._sw.ensure_bridge(bridge, datapath_type)
+    def __init__(self, switch: Any, bridge: str, datapath_type: str = "netdev") -> None:
+        self.name = self.bridge = bridge
+        self._sw = switch
+        try:
+            self._sw.ensure_bridge(bridge, datapath_type)
+        except BaseException:
+            self._sw.close()
+            raise
 
     def close(self) -> None:
         self._sw.close()
 
-    def __enter__(self) -> OvsDriver:
+    def __enter__(self) -> BridgeDriver:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -70,3 +73,11 @@ class OvsDriver:
 
     def remove(self, port: str) -> bool:
         return self._converge(PortVlan(port, "none"), present=False)
+
+
+class OvsDriver(BridgeDriver):
+    """A bridge on a local Open vSwitch, through OVSDB at ``remote``."""
+
+    def __init__(self, remote: str, bridge: str, *, datapath_type: str = "netdev",
+                 timeout: int = 10) -> None:
+        super().__init__(OvsSwitch(remote, timeout=timeout), bridge, datapath_type)
