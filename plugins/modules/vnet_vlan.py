@@ -6,12 +6,15 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: vnet_vlan
-short_description: Converge a host's VLAN access and trunk ports on its local Open vSwitch
+short_description: Converge VLAN access and trunk ports on an Open vSwitch, through OVSDB or SSH
 version_added: 0.2.0
 description:
   - The PIP's switch daemon gives each virtual link segment a VLAN id; this module
-    sets the ports of one Open vSwitch bridge accordingly, through OVSDB (ovsdbapp),
-    not by parsing C(ovs-vsctl) output.
+    sets the ports of one Open vSwitch bridge accordingly, through OVSDB (ovsdbapp,
+    O(driver=ovsdb)) or, for a switch the host cannot reach through OVSDB, over SSH
+    (paramiko, O(driver=ssh)): C(ovs-vsctl) on the switch, its OVSDB rows read as
+    JSON, each change set one transaction. Both decide with the same want/have plan,
+    so check mode, diff and idempotence are the same.
   - A port with O(ports[].vlan) becomes an access port of that VLAN (tagged frames
     from the node are dropped by Open vSwitch); a port with O(ports[].trunks) carries
     exactly those VLANs. Ports missing from the bridge are added; ports not listed
@@ -89,9 +92,38 @@ options:
     choices: [present, absent]
     default: present
   db:
-    description: OVSDB connection string of the switch.
+    description:
+      - OVSDB connection string of the switch.
+      - With O(driver=ssh), the one C(ovs-vsctl) uses on the switch; none for its default.
     type: str
-    default: unix:/var/run/openvswitch/db.sock
+  driver:
+    description: How the module reaches the switch.
+    type: str
+    choices: [ovsdb, ssh]
+    default: ovsdb
+  switch_host:
+    description: The switch's management address (O(driver=ssh)).
+    type: str
+  switch_port:
+    description: The switch's SSH port.
+    type: int
+    default: 22
+  switch_user:
+    description: The user on the switch.
+    type: str
+    default: root
+  switch_key:
+    description: Private key file that logs in to the switch (on the host the module runs on).
+    type: path
+  switch_host_key:
+    description:
+      - The switch's SSH host key, an OpenSSH public key line (C(ssh-ed25519 AAAA...)).
+      - Exactly one of O(switch_host_key) and O(switch_known_hosts) with O(driver=ssh):
+        a switch whose key is not known is refused (no trust on first use).
+    type: str
+  switch_known_hosts:
+    description: A known_hosts file that lists the switch's host key.
+    type: path
   datapath_type:
     description: Datapath type of the bridge when the module makes it.
     type: str
@@ -107,7 +139,8 @@ attributes:
     support: full
     description: The same ports again change nothing.
 requirements:
-  - ovsdbapp (Python) on the managed host, a running Open vSwitch.
+  - ovsdbapp (Python) on the managed host (O(driver=ovsdb)), or paramiko (O(driver=ssh));
+    a running Open vSwitch.
 """
 
 EXAMPLES = r"""
@@ -128,6 +161,18 @@ EXAMPLES = r"""
     links:
       - {link: l1, vlan: 2, bridge: vb1a2b3c4d, device: vx1a2b3c4d, port: vw5e6f7a8b}
       - {link: l2, vlan: 3, bridge: vb2a2b3c4d, device: vx2a2b3c4d, port: vw6e6f7a8b}
+
+- name: The same segments, the switch's VLANs set over SSH
+  vnet.infra.vnet_vlan:
+    driver: ssh
+    bridge: vs-labp1
+    db: unix:/run/vnet/lab/ovs/db.sock
+    switch_host: 198.18.1.1
+    switch_key: /var/lib/vnet/substrates/labp1/switch-ssh/id_ed25519
+    switch_host_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGcc7nUAVtHMmnKcdlUqnmLeLiQhOLiZTbQlHb9PlKvv
+    switch_netns: vl-labp1-switch
+    links:
+      - {link: l1, vlan: 2, bridge: vb1a2b3c4d, device: vx1a2b3c4d, port: vw5e6f7a8b}
 
 - name: Take a node's port off the switch
   vnet.infra.vnet_vlan:
@@ -175,6 +220,11 @@ from ansible_collections.vnet.infra.plugins.module_utils._ovs import (  # noqa: 
     plan,
     trunk,
 )
+from ansible_collections.vnet.infra.plugins.module_utils._ovs_ssh import (  # noqa: E402
+    HAS_PARAMIKO,
+    PARAMIKO_ERROR,
+    SshOvsSwitch,
+)
 
 LINK_SPEC = {
     "link": {"type": "str", "required": True},
@@ -183,6 +233,7 @@ LINK_SPEC = {
     "device": {"type": "str", "required": True},
     "port": {"type": "str", "required": True},
 }
+DEFAULT_DB = "unix:/var/run/openvswitch/db.sock"
 IFNAME = re.compile(r"^[A-Za-z0-9_-]{1,15}$")
 PORT_SPEC = {
     "name": {"type": "str", "required": True},
@@ -263,6 +314,22 @@ def want_ports(params: dict) -> list:
     return want
 
 
+def switch_name(params: dict) -> str:
+    if params["driver"] == "ssh":
+        return f"switch {params['switch_host']}:{params['switch_port']}"
+    return f"Open vSwitch at {params['db'] or DEFAULT_DB}"
+
+
+def connect(params: dict) -> object:
+    """The switch (OvsSwitch's interface), through OVSDB or SSH."""
+    if params["driver"] == "ssh":
+        return SshOvsSwitch(params["switch_host"], port=params["switch_port"],
+                            username=params["switch_user"], key_file=params["switch_key"],
+                            host_key=params["switch_host_key"],
+                            known_hosts=params["switch_known_hosts"], db=params["db"])
+    return OvsSwitch(params["db"] or DEFAULT_DB)
+
+
 def remove_without_switch(module: AnsibleModule, exc: OvsError) -> dict:
     """Removal with the switch down: its ports went with it (a port row left in
     its database has no device when it comes back), the veth pairs still go."""
@@ -272,7 +339,7 @@ def remove_without_switch(module: AnsibleModule, exc: OvsError) -> dict:
     cmds = device_commands(p["links"], here, there, p["switch_netns"], False)
     if not module.check_mode:
         run_commands(module, cmds)
-    module.warn(f"Open vSwitch at {p['db']} is not reachable ({exc}): "
+    module.warn(f"{switch_name(p)} is not reachable ({exc}): "
                 "only the segments' veth pairs were removed")
     return {"changed": bool(cmds), "bridge_created": False, "commands": cmds, "changes": [],
             "ports": []}
@@ -285,7 +352,7 @@ def run_module(module: AnsibleModule) -> dict:
     check_links(p["links"])
     cmds: list[list[str]] = []
     try:
-        sw = OvsSwitch(p["db"])  # first: no device is made for a switch that is down
+        sw = connect(p)  # first: no device is made for a switch that is down
     except OvsError as exc:
         if present or not p["links"]:
             raise
@@ -337,17 +404,32 @@ def main() -> None:
             "links": {"type": "list", "elements": "dict", "default": [], "options": LINK_SPEC},
             "switch_netns": {"type": "str"},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-            "db": {"type": "str", "default": "unix:/var/run/openvswitch/db.sock"},
+            "db": {"type": "str"},
             "datapath_type": {"type": "str", "default": "netdev"},
+            "driver": {"type": "str", "choices": ["ovsdb", "ssh"], "default": "ovsdb"},
+            "switch_host": {"type": "str"},
+            "switch_port": {"type": "int", "default": 22},
+            "switch_user": {"type": "str", "default": "root"},
+            "switch_key": {"type": "path", "no_log": True},
+            "switch_host_key": {"type": "str", "no_log": False},
+            "switch_known_hosts": {"type": "path"},
         },
+        required_if=[("driver", "ssh", ("switch_host", "switch_key")),
+                     ("driver", "ssh", ("switch_host_key", "switch_known_hosts"), True)],
+        mutually_exclusive=[("switch_host_key", "switch_known_hosts")],
         supports_check_mode=True,
     )
-    if not HAS_OVSDBAPP:
+    ssh = module.params["driver"] == "ssh"
+    if ssh and not HAS_PARAMIKO:
+        module.fail_json(msg=missing_required_lib("paramiko"), exception=PARAMIKO_ERROR)
+    if not ssh and not HAS_OVSDBAPP:
         module.fail_json(msg=missing_required_lib("ovsdbapp"), exception=OVSDBAPP_ERROR)
     try:
         module.exit_json(**run_module(module))
     except (OvsError, ClickError) as exc:
-        module.fail_json(msg=f"Open vSwitch at {module.params['db']}: {exc}")
+        text = str(exc)
+        name = switch_name(module.params)
+        module.fail_json(msg=text if text.startswith(name) else f"{name}: {text}")
 
 
 if __name__ == "__main__":
