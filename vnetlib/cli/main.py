@@ -47,6 +47,8 @@ VERBS: tuple[Verb, ...] = (
     Verb("migrate", "migrate", "move a virtual node to another substrate host"),
     Verb("drain", "migrate", "move every virtual node off a substrate host; the host takes "
                              "no new ones (--undo: it takes them again)"),
+    Verb("evict", "migrate", "ask the VNP that owns a sliver of this PIP to take one of its "
+                             "nodes to another provider"),
 )
 
 # (module, class, exit code, kind), first match wins. A class is looked up only
@@ -54,6 +56,7 @@ VERBS: tuple[Verb, ...] = (
 EXIT_CODES: tuple[tuple[str, str, int, str], ...] = (
     ("vnetlib.spec.errors", "SpecErrors", 2, "invalid-spec"),
     ("vnetlib.placement", "EmbeddingRejected", 3, "rejected"),
+    ("vnetlib.migrate.evict", "EvictionRefused", 3, "rejected"),
     ("vnetlib.deploy.ansible", "DeployError", 4, "deploy-failed"),
     ("builtins", "LookupError", 5, "not-found"),
     ("builtins", "ValueError", 2, "invalid-input"),
