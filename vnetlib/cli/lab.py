@@ -56,6 +56,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "VLANs inside the PIP, Click offered between PIPs)",
     )
     up.add_argument(
+        "--switch",
+        choices=("ovsdb", "ssh"),
+        default="ovsdb",
+        help="how the deployment programs the switch's VLANs (--encap vlan): through OVSDB "
+        "(default) or over SSH (an sshd at the switch, its host key in the substrate description)",
+    )
+    up.add_argument(
         "--players-apart",
         action="store_true",
         help="each player in its own namespace with its own management address",
@@ -87,6 +94,7 @@ def run_up(args: argparse.Namespace) -> int:
         encap=args.encap,
         connection=args.connection,
         players_apart=args.players_apart,
+        switch=args.switch,
     )
     with Live(args.json) as progress:
         progress(f"bringing up lab {spec.name}: {spec.pips} PIPs of {spec.hosts} hosts"

@@ -46,6 +46,7 @@ class LabSpec:
     encap: str = "vxlan"  # crossing links: vxlan | click | vlan, or one per PIP: click,vlan
     connection: str = "netns"  # "ssh": an sshd in every host, Ansible's ssh connection
     players_apart: bool = False  # each player in its own namespace, on the players network
+    switch: str = "ovsdb"  # how VLANs are programmed: OVSDB, or "ssh" (an sshd at the switch)
 
     def __post_init__(self) -> None:
         if not LAB_NAME_RE.match(self.name) or re.search(r"p[0-9]+$", self.name):
@@ -60,6 +61,10 @@ class LabSpec:
         if not set(re.split("[,+]", self.encap)) <= {"vxlan", "click", "vlan"}:
             raise ValueError(f"encapsulation {self.encap!r} is not vxlan, click or vlan "
                              "(or a list of them, one per PIP, each a+b for more than one)")
+        if self.switch not in switch_lab.CONTROLS:
+            raise ValueError(f"switch control {self.switch!r} is not ovsdb or ssh")
+        if self.switch == "ssh" and "vlan" not in re.split("[,+]", self.encap):
+            raise ValueError("--switch ssh programs the switch's VLANs: it needs --encap vlan")
         if self.players_apart and not self.players:
             raise ValueError("--players-apart needs the players")
         if self.attach and not self.players:
@@ -131,7 +136,7 @@ def up(spec: LabSpec, progress: Callable[[str], None] = lambda _: None) -> kerne
         changes.created += done.created
     if spec.switch_vlan or "vlan" in re.split("[,+]", spec.encap):
         progress("Open vSwitch in each PIP's switch namespace")
-        changes.created += switch_lab.up(directory, substrates)
+        changes.created += switch_lab.up(directory, substrates, spec.switch)
     changes.created += switch_lab.set_encapsulation(directory, substrates, spec.encap)
     progress("the exchange between the PIPs")
     changes.created += exchange.up(spec.name, substrates).created
