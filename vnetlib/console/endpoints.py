@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from vnetlib import naming
+from vnetlib import naming, paths
 from vnetlib.console.wire import ByteReader, ByteWriter, HopError
 from vnetlib.core.records import Sliver
-from vnetlib.players.confine import Confinement, Spawned, netns_path
-from vnetlib.vm import serial, vnc
+from vnetlib.hosts import Hosts
+from vnetlib.players.confine import Confinement, Reach, Spawned, netns_path
+from vnetlib.vm import remote, serial, vnc
 
 SHELL = ("sh", "-i")
 SPARE_IDLE = 60.0
@@ -305,18 +306,40 @@ class SerialStream(PtyStream):
             serial.release(self.lock)
 
 
+def _substrate_reach(substrate: str) -> Reach | None:
+    """The substrate's own inventory in this player's home, when it has one
+    (a PIP's is there in the lab and by `vnet lab up`); None: VMs are here."""
+    inventory = paths.substrate_dir(substrate) / "inventory.yml"
+    return Hosts(inventory) if inventory.is_file() else None
+
+
 class VmSerial:
     """The serial console of a VM node (qemu, xen): its root shell, unconfined
-    (the VM is the customer's own machine)."""
+    (the VM is the customer's own machine). On a host reached over SSH
+    (`hosts`, else the substrate's inventory) the line is the host's: an
+    agent there holds its lock and relays it (vnetlib.vm.remote); busy()
+    then knows only this endpoint's own open sessions, and open() is refused
+    by the host for anyone else's."""
 
-    def __init__(self, substrate: str) -> None:
+    def __init__(self, substrate: str, hosts: Reach | None = None) -> None:
         self.substrate = substrate
+        self.hosts = hosts if hosts is not None else _substrate_reach(substrate)
+        self._remote_open: set[str] = set()
+
+    def _host(self, sliver: Sliver, node: str) -> str | None:
+        return remote.remote_host(self.hosts, sliver.embedding.node_map.get(node))
 
     def busy(self, sliver: Sliver, node: str) -> bool:
-        return serial.busy(sliver.domain(node))
+        domain = sliver.domain(node)
+        if self._host(sliver, node) is not None:
+            return domain in self._remote_open
+        return serial.busy(domain)
 
     async def open(self, sliver: Sliver, node: str) -> tuple[ByteReader, ByteWriter]:
         domain = sliver.domain(node)
+        host = self._host(sliver, node)
+        if host is not None:
+            return await self._open_remote(host, domain, node)
         try:
             lock = serial.hold(domain)
         except serial.SerialBusy:
@@ -332,20 +355,47 @@ class VmSerial:
         stream = SerialStream(fd, lock)
         return stream, stream
 
+    async def _open_remote(self, host: str, domain: str,
+                           node: str) -> tuple[ByteReader, ByteWriter]:
+        assert self.hosts is not None
+        try:
+            stream = await remote.open_session(
+                self.hosts, host, "serial", domain,
+                on_close=lambda: self._remote_open.discard(domain))
+        except serial.SerialBusy:
+            raise HopError("console in use") from None
+        except remote.HostUnreachable as exc:
+            log.warning("serial console of %s: %s", domain, exc)
+            raise HopError(f"node {node}'s host does not answer") from None
+        except serial.SerialError:
+            raise HopError(f"node {node} has no serial console now (is it running?)") from None
+        self._remote_open.add(domain)
+        return stream, stream
+
 
 class VmVnc:
     """The VNC display of a VM node (qemu): libvirt's VNC server on 127.0.0.1,
-    at the port the live domain XML names. The RFB bytes pass untouched."""
+    at the port the live domain XML names; on a host reached over SSH, the
+    host's, relayed by an agent there. The RFB bytes pass untouched."""
 
-    def __init__(self, substrate: str) -> None:
+    def __init__(self, substrate: str, hosts: Reach | None = None) -> None:
         self.substrate = substrate
+        self.hosts = hosts if hosts is not None else _substrate_reach(substrate)
 
     async def open(self, sliver: Sliver, node: str) -> tuple[ByteReader, ByteWriter]:
         domain = sliver.domain(node)
+        host = remote.remote_host(self.hosts, sliver.embedding.node_map.get(node))
         try:
+            if host is not None:
+                assert self.hosts is not None
+                stream = await remote.open_session(self.hosts, host, "vnc", domain)
+                return stream, stream
             port = await asyncio.to_thread(vnc.port_of, domain)
             return await asyncio.open_connection(vnc.HOST, port)
-        except (vnc.VncError, OSError, ValueError):
+        except remote.HostUnreachable as exc:
+            log.warning("VNC console of %s: %s", domain, exc)
+            raise HopError(f"node {node}'s host does not answer") from None
+        except (vnc.VncError, serial.SerialError, OSError, ValueError):
             raise HopError(f"node {node} has no VNC console now (is it running, "
                            "with <console kind=\"vnc\"/>?)") from None
 
