@@ -1,6 +1,13 @@
 """`vnet migrate VNET NODE --to HOST` and `vnet drain HOST`: a PIP operator
 moves virtual nodes between the hosts of its substrate (the direct path).
 
+`vnet drain HOST --substrate S` of a substrate a PIP management node manages
+(or `--pip CONFIG`, the PIP's configuration) works on that PIP's store, beside
+the running PIP (every change under the sliver's lock); with `--evict`, a
+node no other host of the PIP can take is asked away through the VNP that
+owns its sliver (`vnetlib.migrate.evict`), and `vnet evict SLIVER NODE` asks
+that for one node.
+
 `vnet migrate VNET NODE --location L [--lab LAB]`: the SP asks the lab's VNO
 to move a node of a VNet it requested to a location; the VNO asks its VNP,
 which moves it within its PIP or to another PIP. Neither the SP nor the VNO
@@ -10,7 +17,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from vnetlib.cli import target
 from vnetlib.cli.output import emit_json, table
@@ -19,6 +27,13 @@ from vnetlib.core.pip import Moved, MoveFailed, NotFound, PipCore, Rejected
 from vnetlib.deploy.ansible import DeployError, check_installed
 from vnetlib.instantiate import OPERATOR, find, local_core, manager
 from vnetlib.migrate.between_vnp import ask_vno
+
+if TYPE_CHECKING:
+    from vnetlib.migrate.evict import Drained, Evicted
+    from vnetlib.players.config import PlayerConfig
+    from vnetlib.players.pki import Credentials
+
+REASONS = ("maintenance", "capacity", "decommission", "other")
 
 LOST = ("{node} is a namespace node: it was made again on {target}, with the same "
         "interfaces and addresses; processes and state inside it are lost")
@@ -45,10 +60,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("drain", help="move every virtual node off a substrate host; the "
                                      "host takes no new ones (--undo: it takes them again)")
     d.add_argument("host", help="substrate host")
-    d.add_argument("--substrate", required=True, help="substrate of the host (e.g. labp1)")
+    _pip_args(d)
     d.add_argument("--undo", action="store_true", help="the host takes new nodes again")
+    d.add_argument("--evict", action="store_true",
+                   help="a node no other host of the PIP can take is asked away through the "
+                        "VNP that owns it (default: such a node fails the drain and stays)")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=run_drain)
+    e = sub.add_parser("evict", help="ask the VNP that owns a sliver of this PIP to take one "
+                                     "of its nodes to another provider")
+    e.add_argument("sliver", help="the sliver's id or its owner's name for it")
+    e.add_argument("node", help="virtual node id")
+    _pip_args(e)
+    e.add_argument("--json", action="store_true", help="machine-readable output")
+    e.set_defaults(func=run_evict)
+
+
+def _pip_args(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--substrate", help="substrate of the host (e.g. labp1); one a lab's "
+                                           "PIP manages is worked on through that PIP's store")
+    where.add_argument("--pip", type=Path, metavar="CONFIG",
+                       help="the PIP management node's configuration (its store, substrate "
+                            "and credentials)")
+    p.add_argument("--reason", choices=REASONS, default="maintenance",
+                   help="the reason the VNP is told (default: maintenance)")
+    p.add_argument("--deadline", type=float, default=600.0, metavar="SECONDS",
+                   help="when the host is needed, from now: a VNP busy with the VNet waits "
+                        "for it until then, at most a minute (default: 600)")
 
 
 def _core(substrate: str) -> PipCore:
@@ -137,35 +176,146 @@ def _show(done: list[Moved]) -> None:
                   f"{qemu.get('downtime_ms', 0):.0f} ms")
 
 
+def _pip_config(args: argparse.Namespace) -> PlayerConfig | None:
+    """The configuration of the PIP that manages the substrate: `--pip`, or
+    the one a lab's PIP of `--substrate` runs with; None on the direct path."""
+    from vnetlib import paths
+    from vnetlib.players.config import load as load_config
+
+    if args.pip is not None:
+        return load_config(args.pip)
+    owner = manager(args.substrate)
+    if owner is None:
+        return None
+    name, _, lab = owner.partition(" of lab ")
+    path = paths.lab_dir(lab) / "players" / f"{name}.toml"
+    if not lab or not path.exists():
+        raise ValueError(f"substrate {args.substrate} is managed by {owner}: give its "
+                         "configuration with --pip CONFIG")
+    return load_config(path)
+
+
+def _pip_core(config: PlayerConfig) -> tuple[PipCore, Credentials]:
+    """The PIP's core on its own store (beside the running PIP: every change
+    is under the sliver's lock) and the PIP's credentials, to ask its VNPs."""
+    from vnetlib.players.pip import build_core
+    from vnetlib.players.pki import Role, player_credentials
+
+    return build_core(config), player_credentials(config.pki, config.name, Role.PIP)
+
+
+def _deadline(args: argparse.Namespace) -> float:
+    if args.deadline <= 0:
+        raise ValueError("--deadline must be a number of seconds above 0")
+    return time.time() + args.deadline
+
+
 def run_drain(args: argparse.Namespace) -> int:
-    core = _core(args.substrate)
+    config = _pip_config(args)
+    creds: Credentials | None = None
+    if config is None:
+        if args.evict:
+            raise ValueError(f"substrate {args.substrate} has no PIP management node: "
+                             "there is no VNP to ask (--evict)")
+        core = _core(args.substrate)
+    else:
+        check_installed()
+        core, creds = _pip_core(config)
+    deadline = _deadline(args)
     try:
         if args.undo:
             core.undrain(args.host)
-            done: list[Moved] = []
+            out = None
         else:
-            core.reap()
+            if config is None:
+                core.reap()  # a PIP's own reaper does it for a managed substrate
             with Live(args.json) as progress:
                 progress(f"draining {args.host}")
-                try:
-                    done = core.drain(args.host, progress=progress)
-                except Rejected as exc:
-                    raise MoveRefused(str(exc)) from None
-                except NotFound as exc:
-                    raise LookupError(str(exc)) from None
-                except MoveFailed as exc:
-                    raise _failed(exc) from None
+                out = _drain(core, args, creds if args.evict else None, deadline, progress)
         drained = sorted(core.ledger.drained())
     finally:
         core.ledger.close()
+    done = [] if out is None else list(out.moved)
+    evicted = [] if out is None else list(out.evicted)
+    stuck = [] if out is None else list(out.stuck)
     if args.json:
         emit_json({"host": args.host, "drained": args.host in drained,
-                   "moved": [moved_dict(m) for m in done]})
+                   "moved": [moved_dict(m) for m in done],
+                   "evicted": [_evicted_dict(e) for e in evicted],
+                   "stuck": [{"sliver": s.sliver, "node": s.node, "why": s.why}
+                             for s in stuck]})
+    else:
+        if done:
+            _show(done)
+        for e in evicted:
+            print(f"{e.node} of sliver {e.name}: taken away by its owner {e.owner} "
+                  f"({e.seconds:.2f} s)")
+        state = "drained, takes no new nodes" if args.host in drained else "takes new nodes"
+        print(f"{args.host}: {state}")
+    if stuck:
+        from vnetlib.migrate.evict import EvictionRefused
+
+        raise EvictionRefused(f"{len(stuck)} node(s) stay on {args.host}: " + "; ".join(
+            s.why for s in stuck))
+    return 0
+
+
+def _drain(core: PipCore, args: argparse.Namespace, creds: Credentials | None,
+           deadline: float, progress: Live) -> Drained:
+    from vnetlib.migrate.evict import drain
+
+    try:
+        return drain(core, args.host, creds, progress=progress, reason=args.reason,
+                     deadline=deadline)
+    except Rejected as exc:
+        hint = "" if creds is not None else (
+            " (--evict asks the VNP that owns it to take it away)"
+            if _managed(args) else "")
+        raise MoveRefused(f"{exc}{hint}") from None
+    except NotFound as exc:
+        raise LookupError(str(exc)) from None
+    except MoveFailed as exc:
+        raise _failed(exc) from None
+
+
+def _managed(args: argparse.Namespace) -> bool:
+    return args.pip is not None or manager(args.substrate) is not None
+
+
+def _evicted_dict(e: Evicted) -> dict[str, Any]:
+    return {"sliver": e.name, "node": e.node, "owner": e.owner, "seconds": e.seconds}
+
+
+def run_evict(args: argparse.Namespace) -> int:
+    """Ask the owner of one sliver to take one node away (no move within
+    the PIP is tried: the operator knows it wants the node gone)."""
+    from vnetlib.core.records import State
+    from vnetlib.migrate.evict import ask_owner
+
+    config = _pip_config(args)
+    if config is None:
+        raise ValueError(f"substrate {args.substrate} has no PIP management node: no VNP "
+                         "owns its VNets")
+    deadline = _deadline(args)
+    core, creds = _pip_core(config)
+    try:
+        found = [s for s in core.ledger.slivers() if args.sliver in (s.id, s.name)
+                 and s.state in (State.PROVISIONED, State.READY)]
+    finally:
+        core.ledger.close()
+    if not found:
+        raise LookupError(f"PIP {config.name} has no deployed sliver {args.sliver!r}")
+    if len(found) > 1:
+        raise LookupError(f"several slivers of PIP {config.name} are named {args.sliver!r} "
+                          f"({', '.join(s.id for s in found)}): give the id")
+    with Live(args.json) as progress:
+        progress(f"asking {found[0].owner} to take {args.node} of {found[0].name} away")
+        done = ask_owner(found[0], args.node, creds, reason=args.reason, deadline=deadline)
+    if args.json:
+        emit_json(_evicted_dict(done))
         return 0
-    if done:
-        _show(done)
-    state = "drained, takes no new nodes" if args.host in drained else "takes new nodes"
-    print(f"{args.host}: {state}")
+    print(f"{done.node} of sliver {done.name}: taken away by its owner {done.owner} "
+          f"({done.seconds:.2f} s)")
     return 0
 
 

@@ -320,8 +320,9 @@ class PipCore:
 
     def allocate(self, owner: str, name: str, spec: VNetSpec, *,
                  expires_in: float | None = None, sliver_id: str | None = None,
-                 price_limit: float | None = None) -> Sliver:
-        """Reserve capacity for `spec` until an expiry (capped by the pricing's)."""
+                 price_limit: float | None = None, callback: str = "") -> Sliver:
+        """Reserve capacity for `spec` until an expiry (capped by the pricing's);
+        `callback` is the owner's URL for asking it to take a node away."""
         price = self.price(spec)
         if price_limit is not None and price > price_limit + 1e-9:
             raise Conflict(f"the price is {price:g}, not {price_limit:g}: ask for a new quote")
@@ -334,7 +335,7 @@ class PipCore:
             embedding = self._embed(spec, sid, self.residual(holding))
             return Sliver(id=sid, substrate=self.name, owner=owner, name=name,
                           state=State.ALLOCATED, spec_xml=xml, embedding=embedding,
-                          price=price, expires=time.time() + seconds)
+                          price=price, expires=time.time() + seconds, callback=callback)
 
         try:
             return self.ledger.allocate(build)
@@ -398,8 +399,9 @@ class PipCore:
     # -- provisioning --------------------------------------------------------------
 
     def provision(self, owner: str, name: str, peers: Sequence[Peer] = (), *,
-                  progress: Progress | None = None) -> Sliver:
-        """Deploy an allocated sliver; a repeated Provision returns it as it is."""
+                  progress: Progress | None = None, callback: str | None = None) -> Sliver:
+        """Deploy an allocated sliver; a repeated Provision returns it as it is
+        (with `callback`, the owner's URL of now, recorded)."""
         s = self.sliver(owner, name)
         refs = {b.peer_ref for b in spec_of(s.spec_xml).boundary}
         if s.state is State.ALLOCATED and (missing := sorted(refs - {p.ref for p in peers})):
@@ -417,13 +419,16 @@ class PipCore:
 
         with self._operation(owner, name, "provision", wait=0.0, accept=accept) as op:
             if op.idle:
+                if callback is not None and callback != op.sliver.callback:
+                    return self._set_callback(op.sliver, callback)
                 return op.sliver
             spec = spec_of(op.sliver.spec_xml)
             links = crossing_links(spec, op.sliver.embedding.node_map)
             try:
                 # Peers, "deployed" and tunnel ids in one write, before any host is
                 # touched: whatever happens next, Delete removes what may be there.
-                op.save(replace(op.sliver, peers=tuple(peers), expires=None, deployed=True),
+                op.save(replace(op.sliver, peers=tuple(peers), expires=None, deployed=True,
+                                callback=op.sliver.callback if callback is None else callback),
                         also=lambda conn: self._take_links(conn, op.sliver.id, links))
                 started = time.perf_counter()
                 self._take_pool_vms(op, spec)
@@ -456,6 +461,13 @@ class PipCore:
         domains = self.pool.take(op.sliver.id, wanted, image.key)
         if domains:
             op.save(replace(op.sliver, domains={**op.sliver.domains, **domains}))
+
+    def _set_callback(self, s: Sliver, callback: str) -> Sliver:
+        while True:
+            try:
+                return self.ledger.update(s, replace(s, callback=callback))
+            except Stale:
+                s = self.sliver(s.owner, s.name)
 
     def record_timings(self, s: Sliver, timings: dict[str, float]) -> Sliver:
         """Keep how long each phase of a sliver's instantiation took."""
@@ -965,9 +977,15 @@ class PipCore:
             log.exception("%s: consoles of %s after a reshape", self.name, node)
 
     def drain(self, host: str, *, progress: Progress | None = None,
-              pick: Callable[[Sliver, str], str] | None = None) -> list[Moved]:
+              pick: Callable[[Sliver, str], str] | None = None,
+              stuck: Callable[[Sliver, str, Rejected], None] | None = None) -> list[Moved]:
         """Mark `host` as taking no new nodes and move every node off it (each
-        to the host the embedding's residual view likes best, or `pick`)."""
+        to the host the embedding's residual view likes best, or `pick`).
+
+        A node no other host here can take raises Rejected, or, with `stuck`,
+        is handed to it (e.g. asking the sliver's owner to take it away:
+        `vnetlib.migrate.evict`), outside the sliver's lock, and the drain
+        goes on."""
         if host not in {h.name for h in self.substrate.hosts}:
             raise NotFound(f"substrate {self.name} has no host {host}")
         self.ledger.set_drained(host, True)
@@ -978,9 +996,17 @@ class PipCore:
             for node, where in sorted(s.embedding.node_map.items()):
                 if where != host:
                     continue
-                cur = self.ledger.get(s.id) or s
-                target = (pick or self._pick_host)(cur, node)
-                done.append(self.migrate(s.owner, s.name, node, target, progress=progress))
+                cur = self.ledger.get(s.id)
+                if (cur is None or cur.state not in (State.PROVISIONED, State.READY)
+                        or cur.embedding.node_map.get(node) != host):
+                    continue  # gone meanwhile (e.g. its owner took it away)
+                try:
+                    target = (pick or self._pick_host)(cur, node)
+                    done.append(self.migrate(s.owner, s.name, node, target, progress=progress))
+                except Rejected as exc:
+                    if stuck is None:
+                        raise
+                    stuck(cur, node, exc)
         return done
 
     def undrain(self, host: str) -> None:

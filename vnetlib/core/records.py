@@ -165,6 +165,9 @@ class Sliver:
     moved: Mapping[str, str] = field(default_factory=dict)
     moving: Move | None = None  # a move in progress (under the lock `migrate`)
     previous: Previous | None = None  # a reshape in progress (under the lock `reshape`)
+    # The owner's URL for asking it to take a node away (`<evict>`); spoken to
+    # only when the server's certificate names `owner`.
+    callback: str = ""
     created: float = 0.0
     updated: float = 0.0
     version: int = 0
@@ -217,6 +220,7 @@ class Sliver:
             "moved": dict(self.moved),
             "moving": None if self.moving is None else self.moving.to_list(),
             "previous": None if self.previous is None else self.previous.to_list(),
+            "callback": self.callback,
         })
 
     @classmethod
@@ -240,5 +244,6 @@ class Sliver:
             moving=None if d.get("moving") is None else Move.from_list(d["moving"]),
             previous=(None if d.get("previous") is None
                       else Previous.from_list(d["previous"])),
+            callback=str(d.get("callback", "")),
             created=created, updated=updated, version=version,
         )

@@ -117,16 +117,17 @@ def _entries(order_id: str, parts: list[Part], old: list[dict[str, Any]],
 
 
 def _target(svc: VnpService, spec: VNetSpec, node: str, source: str,
-            location: str | None) -> tuple[str, str]:
+            location: str | None, away: str | None = None) -> tuple[str, str]:
     """The provider and location where the node goes: its own provider if
     that one advertises the location (a move it could not do alone: the
     node ends links to other providers), else the cheapest other provider
     that advertises it (any location, if none was asked for) with the
-    node's kind and CPU left."""
+    node's kind and CPU left; never `away` (the provider that asked the
+    node to leave)."""
     vnode = spec.node(node)
     options = []
     for ad in svc._adverts():
-        if ad.provider == source and location is None:
+        if (ad.provider == source and location is None) or ad.provider == away:
             continue
         for site in ad.sites:
             if location is not None and site.location != location:
@@ -136,14 +137,35 @@ def _target(svc: VnpService, spec: VNetSpec, node: str, source: str,
                                 site.location))
     if not options:
         where = f"at {location}" if location else "elsewhere"
-        raise MoveDeclined(f"no provider can take node {node} {where}")
+        other = " other" if away else ""
+        raise MoveDeclined(f"no{other} provider can take node {node} {where}")
     _, _, provider, where = min(options)
     return provider, where
 
 
+def evict_node(svc: VnpService, rec: Record, node: str, away: str,
+               fault: Callable[[str], None]) -> NodeMoved:
+    """Take `node` of the VNet order `rec` (claimed by the caller) away from
+    provider `away`, which asked for it (it needs the node's host back): to
+    another provider at the node's location when the VNet asked for one (the
+    VNO's requirement holds), anywhere else when it did not. MoveDeclined
+    when no other provider can take it: nothing was touched."""
+    spec = parse_vnet(str(rec.data["spec"]).encode())
+    entry = next((p for p in rec.data["parts"] if node in p["nodes"]), None)
+    if entry is None or entry["provider"] != away:
+        raise KeyError(node)
+    location = None
+    if spec.node(node).location:
+        part = _stored(entry)
+        location = next(n for n in part.nodes if n.id == node).location or None
+    return move_node(svc, rec, node, location, fault, away=away)
+
+
 def move_node(svc: VnpService, rec: Record, node: str, location: str | None,
-              fault: Callable[[str], None]) -> NodeMoved:
-    """Move `node` of the VNet order `rec` (claimed by the caller) to `location`."""
+              fault: Callable[[str], None], *, away: str | None = None) -> NodeMoved:
+    """Move `node` of the VNet order `rec` (claimed by the caller) to
+    `location`; with `away`, to a provider other than that one (no move
+    within it is tried)."""
     started = time.perf_counter()
     parts: list[dict[str, Any]] = rec.data["parts"]
     entry = next((p for p in parts if node in p["nodes"]), None)
@@ -153,9 +175,9 @@ def move_node(svc: VnpService, rec: Record, node: str, location: str | None,
     here = next(n for n in specs[entry["sliver"]].nodes if n.id == node).location
     up = svc.upstreams[entry["provider"]]
     within = svc._client(up, timeouts.VNP_DEPLOY_CALL)
-    if location is None or location == here or any(
+    if away is None and (location is None or location == here or any(
             site.location == location for ad in svc._adverts()
-            if ad.provider == entry["provider"] for site in ad.sites):
+            if ad.provider == entry["provider"] for site in ad.sites)):
         try:
             within.post(f"/v1/slivers/{entry['sliver']}/move", m.move_xml(m.Move(node, location)))
             return NodeMoved(node, False, time.perf_counter() - started, {})
@@ -164,7 +186,7 @@ def move_node(svc: VnpService, rec: Record, node: str, location: str | None,
                 raise
             log.info("%s: %s cannot move %s within: %s", svc.name, up.name, node, exc.message)
     spec = parse_vnet(str(rec.data["spec"]).encode())
-    provider, where = _target(svc, spec, node, entry["provider"], location)
+    provider, where = _target(svc, spec, node, entry["provider"], location, away)
     assignment = between.assignment_of(parts, specs)
     assignment[node] = between.Site(provider, where)
     prices = {(s.provider, s.location): 0.0 for s in assignment.values()}
@@ -279,8 +301,9 @@ def _new_part(svc: VnpService, e: dict[str, Any], peers: tuple[m.Peer, ...]) -> 
         raise MoveDeclined(f"the target declined: {quote.reason}")
     e["price"] = quote.price
     client.put(f"/v1/slivers/{e['sliver']}", m.allocate_xml(
-        m.Allocate(spec, quote.price, svc.config.vnp.reservation_seconds)))
-    client.post(f"/v1/slivers/{e['sliver']}/provision", m.provision_xml(m.Provision(peers)))
+        m.Allocate(spec, quote.price, svc.config.vnp.reservation_seconds, svc.callback)))
+    client.post(f"/v1/slivers/{e['sliver']}/provision",
+                m.provision_xml(m.Provision(peers, svc.callback)))
 
 
 def _undo(svc: VnpService, rec: Record, back: list[dict[str, Any]],
@@ -345,5 +368,5 @@ def ask_vno(client: PlayerClient, vnet_id: str, node: str,
     return m.vnet_view_from(m.parse_reply(reply.body, "vnet-status"))
 
 
-__all__ = ["MoveDeclined", "MoveStuck", "MoveUndone", "NodeMoved", "ask_vno", "move_node",
-           "recover"]
+__all__ = ["MoveDeclined", "MoveStuck", "MoveUndone", "NodeMoved", "ask_vno", "evict_node",
+           "move_node", "recover"]

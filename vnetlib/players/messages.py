@@ -287,17 +287,20 @@ class Allocate:
     spec: VNetSpec
     price: float | None = None
     expires_in: float | None = None
+    callback: str | None = None  # the customer's URL, for <evict>
 
 
 def allocate_xml(req: Allocate) -> bytes:
     root = _root("allocate", price=None if req.price is None else number(req.price),
-                 expires_in=None if req.expires_in is None else number(req.expires_in))
+                 expires_in=None if req.expires_in is None else number(req.expires_in),
+                 callback=req.callback)
     _embed_vnet(root, req.spec)
     return _bytes(root)
 
 
 def allocate_from(el: Element) -> Allocate:
-    return Allocate(vnet_of(el, "allocate"), _float(el, "price"), _float(el, "expires-in"))
+    return Allocate(vnet_of(el, "allocate"), _float(el, "price"), _float(el, "expires-in"),
+                    el.get("callback"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,10 +316,11 @@ class Peer:
 @dataclass(frozen=True, slots=True)
 class Provision:
     peers: tuple[Peer, ...] = ()
+    callback: str | None = None  # the customer's URL of now, for <evict>
 
 
 def provision_xml(req: Provision) -> bytes:
-    root = _root("provision")
+    root = _root("provision", callback=req.callback)
     for p in req.peers:
         _sub(root, "peer", ref=p.ref, name=p.name, url=p.url, role=p.role)
     return _bytes(root)
@@ -328,7 +332,7 @@ def provision_from(el: Element) -> Provision:
         role = p.get("role", "initiator")
         peers.append(Peer(p.get("ref", ""), p.get("name", ""), p.get("url", ""),
                           cast(StitchRole, role)))
-    return Provision(tuple(peers))
+    return Provision(tuple(peers), el.get("callback"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +371,60 @@ def reshape_xml(req: Reshape) -> bytes:
 
 def reshape_from(el: Element) -> Reshape:
     return Reshape(vnet_of(el, "reshape"), provision_from(el).peers)
+
+
+EvictReason = Literal["maintenance", "capacity", "decommission", "other"]
+EVICT_REASONS: tuple[EvictReason, ...] = ("maintenance", "capacity", "decommission", "other")
+
+
+@dataclass(frozen=True, slots=True)
+class Evict:
+    """A PIP asks the VNP that owns sliver `sliver` (the VNP's name for it) to
+    take `node` to another provider; `deadline` (epoch seconds) is when the
+    PIP needs the host. Names no host: the reason is one of a few words."""
+
+    sliver: str
+    node: str
+    reason: EvictReason = "maintenance"
+    deadline: float | None = None
+
+
+def evict_xml(req: Evict) -> bytes:
+    return _bytes(_root("evict", sliver=req.sliver, node=req.node, reason=req.reason,
+                        deadline=None if req.deadline is None else _iso(req.deadline)))
+
+
+def evict_from(el: Element) -> Evict:
+    deadline = el.get("deadline")
+    return Evict(el.get("sliver", ""), el.get("node", ""),
+                 cast(EvictReason, el.get("reason", "other")),
+                 None if deadline is None else _epoch(deadline))
+
+
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    """The VNP's answer: the node left the PIP's sliver (in `seconds`)."""
+
+    sliver: str
+    node: str
+    seconds: float | None = None
+
+
+def eviction_xml(r: Eviction) -> bytes:
+    return _bytes(_root("eviction", sliver=r.sliver, node=r.node, status="moved",
+                        seconds=None if r.seconds is None else number(r.seconds)))
+
+
+def eviction_from(el: Element) -> Eviction:
+    return Eviction(el.get("sliver", ""), el.get("node", ""), _float(el, "seconds"))
+
+
+def _epoch(text: str) -> float:
+    """An xs:dateTime as epoch seconds (UTC when it names no zone)."""
+    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
 
 
 def renew_xml(expires_in: float) -> bytes:
@@ -652,6 +710,17 @@ class VNetView:
     providers: tuple[tuple[str, str], ...] = ()  # (node, provider) when disclosed
     timings: tuple[tuple[str, float], ...] = ()  # (phase, seconds) of the instantiation
     node_states: tuple[tuple[str, str], ...] = ()  # (node, run state) other than running
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened to a VNet, without who or where: `node-moved`
+    (its provider needed the host, and the VNP moved it elsewhere)."""
+
+    at: float
+    kind: Literal["node-moved"]
+    node: str | None = None
 
 
 def _view_into(el: Element, v: VNetView) -> None:
@@ -662,6 +731,8 @@ def _view_into(el: Element, v: VNetView) -> None:
         _sub(el, "node", id=node, provider=where.get(node), state=states.get(node))
     for phase, seconds in v.timings:
         _sub(el, "timing", phase=phase, seconds=number(seconds))
+    for e in v.events:
+        _sub(el, "event", at=_iso(e.at), kind=e.kind, node=e.node)
 
 
 def vnet_view_xml(v: VNetView) -> bytes:
@@ -691,6 +762,8 @@ def vnet_view_from(el: Element) -> VNetView:
                       for t in _children(el, "timing")),
         node_states=tuple((n.get("id", ""), n.get("state", "")) for n in nodes
                           if n.get("state") not in (None, "running")),
+        events=tuple(Event(_epoch(e.get("at", "")), "node-moved", e.get("node"))
+                     for e in _children(el, "event")),
     )
 
 

@@ -266,7 +266,7 @@ class PipService(Service):
         faultpoints.check(self.config.faults, "allocate", self.closing, self.name)
         try:
             s = self.core.allocate(caller.name, name, req.spec, expires_in=req.expires_in,
-                                   price_limit=req.price)
+                                   price_limit=req.price, callback=req.callback or "")
         except CoreError as exc:
             raise _api_error(exc, name) from exc
         log.info("%s: allocated %s for %s until %s", self.name, name, caller, s.expires)
@@ -292,7 +292,8 @@ class PipService(Service):
         faultpoints.check(self.config.faults, "provision", self.closing, self.name)
         peers = [Peer(p.ref, p.name, p.url, p.role) for p in req.peers]
         try:
-            s = self.core.provision(caller.name, params["name"], peers)
+            s = self.core.provision(caller.name, params["name"], peers,
+                                    callback=req.callback)
         except CoreError as exc:
             raise _api_error(exc, f"deployment of sliver {params['name']}") from exc
         return 200, m.manifest_xml(self._manifest(s))

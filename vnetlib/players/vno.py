@@ -128,7 +128,9 @@ class VnoService(Service):
         d = rec.data
         return m.VNetView(rec.id, d["name"], d["status"], tuple(d["nodes"]), d.get("price"),
                           tuple((n, p) for n, p in d.get("providers", [])),
-                          tuple((k, v) for k, v in d.get("timings", [])), node_states)
+                          tuple((k, v) for k, v in d.get("timings", [])), node_states,
+                          tuple(m.Event(at, "node-moved", node)
+                                for at, _, node in d.get("events", [])))
 
     def _own(self, caller: Identity, vnet_id: str) -> Record:
         rec = self.store.get(vnet_id)
@@ -221,8 +223,12 @@ class VnoService(Service):
             self._call("GET", f"/v1/vnets/{self._vnp_ref(rec)}"), "vnet-status"))
         with self._lock:
             fresh = self.store.get(rec.id)
-            if fresh is not None and fresh.data["status"] == READY != got.status:
-                fresh.data["status"] = got.status
+            events = [[e.at, e.kind, e.node] for e in got.events]
+            if fresh is not None and (fresh.data["status"] == READY != got.status
+                                      or events != fresh.data.get("events", [])):
+                if fresh.data["status"] == READY:
+                    fresh.data["status"] = got.status
+                fresh.data["events"] = events  # e.g. a node its provider needed moved
                 self.store.save(rec.id, fresh.data)
                 rec = fresh
         return 200, m.vnet_view_xml(self._view(rec, got.node_states))

@@ -82,6 +82,8 @@ UNFINISHED = {"vnet": {"negotiating", "allocating", "allocated", "provisioning"}
               "sliver": {"negotiating", "allocating", "provisioning"}}
 SLIVER_STATES = {"allocated", "provisioned", "ready", "failed"}
 KEY = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")  # a VNO's idempotency key (an RDL name)
+EVICT_WAIT = 60.0  # seconds an eviction waits for a VNet another request works on
+EVENTS_KEPT = 20  # a VNet's last events, for its VNO
 # The names this VNP gives its parts' slivers (`_sliver_name`): `<order id>.<index>`.
 PART_NAME = re.compile(r"^(?P<order>[nr][0-9a-f]+)\.(?P<index>[0-9]+)$")
 
@@ -124,6 +126,8 @@ class VnpService(Service):
         self.add_route("DELETE", "/v1/vnets/{id}", self.delete_vnet, roles=vno)
         self.add_route("POST", "/v1/vnets/{id}/action", self.vnet_action, roles=vno)
         self.add_route("POST", "/v1/vnets/{id}/move", self.move_vnet_node, roles=vno)
+        # A PIP that needs a host back asks the owner of the sliver (issue #13)
+        self.add_route("POST", "/v1/evictions", self.evict, roles={Role.PIP})
         # Interfaces 2-4 as a PIP towards another VNP
         add_aggregate_routes(
             self, advertisement=self.advertisement, quote=self.quote,
@@ -154,6 +158,11 @@ class VnpService(Service):
     def _unclaim(self, order_id: str) -> None:
         with self._lock:
             self._busy.discard(order_id)
+
+    @property
+    def callback(self) -> str | None:
+        """The URL a provider may ask this VNP to take a node away at (`<evict>`)."""
+        return self.url or None
 
     def _client(self, upstream: Upstream,
                 timeout: float | None = None) -> PlayerClient | GeniUpstream:
@@ -246,7 +255,7 @@ class VnpService(Service):
         then releases the order, so nothing leaks)."""
         for entry in parts:
             req = m.Allocate(parse_vnet(entry["spec"].encode()), entry["price"],
-                             self.config.vnp.reservation_seconds)
+                             self.config.vnp.reservation_seconds, self.callback)
             try:
                 self._client(self.upstreams[entry["provider"]]).put(
                     f"/v1/slivers/{entry['sliver']}", m.allocate_xml(req))
@@ -319,7 +328,7 @@ class VnpService(Service):
                     peers.append(m.Peer(k["ref"], self.name, self.url, role))  # type: ignore[arg-type]
             self._client(self.upstreams[entry["provider"]], timeouts.VNP_DEPLOY_CALL).post(
                 f"/v1/slivers/{entry['sliver']}/provision", m.provision_xml(m.Provision(
-                    tuple(peers))))
+                    tuple(peers), self.callback)))
 
         _in_parallel(provision, parts)
 
@@ -366,7 +375,9 @@ class VnpService(Service):
             providers = tuple((n, p["provider"]) for p in d["parts"] for n in p["nodes"])
         return m.VNetView(rec.id, rec.name, d["status"], nodes, d.get("price"), providers,
                           tuple(d.get("timings", {}).items()),
-                          tuple(sorted(d.get("node_states", {}).items())))
+                          tuple(sorted(d.get("node_states", {}).items())),
+                          tuple(m.Event(e["at"], "node-moved", e.get("node"))
+                                for e in d.get("events", [])))
 
     def create_vnet(self, caller: Identity, params: Mapping[str, str],
                     body: bytes) -> tuple[int, bytes]:
@@ -542,12 +553,7 @@ class VnpService(Service):
             except BaseException:
                 self.reconciler.wake()  # a move left recorded is undone there
                 raise
-            timings = fresh.data.setdefault("timings", {})
-            timings["move"] = round(done.seconds, 4)
-            for phase in list(timings):
-                if phase.startswith("move-"):
-                    del timings[phase]
-            timings.update({f"move-{k}": v for k, v in done.timings.items()})
+            self._moved(fresh, done)
             self.store.save(fresh.id, fresh.data)
             log.info("%s: moved %s of %s (%s) in %.2fs %s", self.name, req.node, fresh.id,
                      "between providers" if done.between else "within its provider",
@@ -555,6 +561,78 @@ class VnpService(Service):
         finally:
             self._unclaim(rec.id)
         return 200, m.vnet_view_xml(self._view(fresh))
+
+    def evict(self, caller: Identity, params: Mapping[str, str],
+              body: bytes) -> tuple[int, bytes]:
+        """POST /v1/evictions: the provider of a part asks this VNP to take a
+        node of that part elsewhere (it needs the host back). Only the part's
+        provider may ask (the caller's certificate names it); the node goes
+        to another provider at its location (`between_vnp.evict_node`) and
+        the VNO learns it as an event of its VNet, never who asked or where
+        it went. 409 when no other provider can take it (the node stays)."""
+        req = m.evict_from(m.read(body, "evict"))
+        rec = self._order_of_part(caller, req.sliver)
+        if rec.data["kind"] != "vnet":
+            raise Conflict(f"sliver {req.sliver} is part of a sliver this VNP resold: its "
+                           "nodes are not moved between providers")
+        wait_until = time.time() + min(EVICT_WAIT, max(0.0, (req.deadline or 0) - time.time()))
+        while not self._claim(rec.id):
+            if time.time() >= wait_until:
+                raise Conflict(f"the VNet of sliver {req.sliver} is being worked on; "
+                               "ask again later")
+            time.sleep(0.2)
+        try:
+            fresh = self.store.get(rec.id)
+            entry = None if fresh is None else next(
+                (p for p in fresh.data["parts"] if p["sliver"] == req.sliver
+                 and p["provider"] == caller.name), None)
+            if fresh is None or entry is None:
+                raise NotFound(f"no sliver {req.sliver} of yours")
+            if req.node not in entry["nodes"]:
+                raise NotFound(f"sliver {req.sliver} has no node {req.node}")
+            if fresh.data["status"] != "ready":
+                raise Conflict(f"the VNet of sliver {req.sliver} is {fresh.data['status']}")
+            log.info("%s: %s asks for node %s of %s to leave (%s)", self.name, caller.name,
+                     req.node, req.sliver, req.reason)
+            try:
+                done = between_vnp.evict_node(self, fresh, req.node, caller.name, self._fault)
+            except between_vnp.MoveDeclined as exc:
+                raise Conflict(f"cannot take node {req.node} away: {exc}; it stays where "
+                               "it is") from exc
+            except (between_vnp.MoveUndone, between_vnp.MoveStuck) as exc:
+                raise UpstreamFailed(str(exc)) from exc
+            except ClientError as exc:
+                raise UpstreamFailed(f"the move failed at a provider: {_why(exc)}") from exc
+            except BaseException:
+                self.reconciler.wake()  # a move left recorded is undone there
+                raise
+            self._moved(fresh, done)
+            events = fresh.data.setdefault("events", [])
+            events.append({"at": time.time(), "kind": "node-moved", "node": req.node})
+            del events[:-EVENTS_KEPT]
+            self.store.save(fresh.id, fresh.data)
+        finally:
+            self._unclaim(rec.id)
+        return 200, m.eviction_xml(m.Eviction(req.sliver, req.node, round(done.seconds, 4)))
+
+    def _order_of_part(self, caller: Identity, sliver: str) -> Record:
+        """The order one of whose parts is `sliver` at the caller; 404 for a
+        sliver of another provider, as for one that does not exist."""
+        for rec in self.store.all():
+            if any(p["sliver"] == sliver and p["provider"] == caller.name
+                   for p in rec.data.get("parts", [])):
+                return rec
+        raise NotFound(f"no sliver {sliver} of yours")
+
+    def _moved(self, rec: Record, done: between_vnp.NodeMoved) -> None:
+        """The move's timings in the order (`move`, `move-<phase>`), replacing a
+        previous move's."""
+        timings = rec.data.setdefault("timings", {})
+        timings["move"] = round(done.seconds, 4)
+        for phase in list(timings):
+            if phase.startswith("move-"):
+                del timings[phase]
+        timings.update({f"move-{k}": v for k, v in done.timings.items()})
 
     def _note_state(self, order_id: str, reply: bytes) -> None:
         """Remember a node's run state as its provider reported it ("node: state")."""
