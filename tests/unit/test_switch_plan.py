@@ -8,7 +8,6 @@ import json
 import pytest
 
 from vnetlib.collection import module_utils as load
-from vnetlib.switch import remote
 from vnetlib.switch.driver import OvsError, PortVlan, access, plan, trunk
 
 _ovs = load("_ovs")
@@ -50,9 +49,10 @@ def test_rows_from_vsctl_json() -> None:
         [["uuid", "u3"], "c", ["set", []], ["set", [5, 4]], ["set", []]],
         [["uuid", "u4"], "d", ["set", []], ["set", []], ["set", []]],
     ]}
-    rows = remote._rows(json.dumps(doc))
+    ssh = load("_ovs_ssh")
+    (rows,) = ssh._tables(json.dumps(doc))
     assert rows[0]["_uuid"] == "u1"
-    assert [remote._port(r) for r in rows] == [
+    assert [ssh.port_vlan(r) for r in rows] == [
         access("a", 101), trunk("b", [102]), trunk("c", [4, 5]), PortVlan("d", "none")]
     with pytest.raises(OvsError):
-        remote._name("a b; rm -rf /")
+        ssh._name("a b; rm -rf /")

@@ -17,6 +17,7 @@ from vnetlib.plan.model import (
     LinkTask,
     NodeTask,
     PortTask,
+    SwitchTask,
     TunnelTask,
 )
 from vnetlib.spec.model import ConsoleKind, LinkEndpoint, Substrate, VNetSpec
@@ -52,6 +53,17 @@ def encapsulation_of(substrate: Substrate) -> str:
     """The encapsulation of the substrate's own crossing links: the first one
     its description lists that vnet can deploy (VXLAN if none)."""
     return next((e for e in substrate.encapsulations if e in ENCAPSULATIONS), "vxlan")
+
+
+def switch_of(substrate: Substrate) -> SwitchTask | None:
+    """How hosts reach the substrate's switch, from its description's
+    ``<switch><control>`` (None: the inventory's ``vnet_ovs_*``, OVSDB)."""
+    ctl = substrate.switch.control if substrate.switch is not None else None
+    if ctl is None:
+        return None
+    return SwitchTask(driver=ctl.driver, bridge=ctl.bridge, db=ctl.db, switch_host=ctl.address,
+                      switch_port=ctl.port, switch_user=ctl.user,
+                      switch_host_key=ctl.host_key, switch_known_hosts=ctl.known_hosts)
 
 
 def vlan_of(link: str, vni: int, vlans: Mapping[str, int] | None) -> int:
@@ -253,10 +265,14 @@ def build_plan(
             vnc=ConsoleKind.VNC in node.consoles,
             pool=node_id in (pool_domains or {})))
     used = sorted(set(nodes) | set(links) | set(domains))
+    switch = switch_of(substrate)
     return DeploymentPlan(
         vnet=vnet_id,
         hosts=tuple(HostPlan(host=h, nodes=tuple(nodes[h]), links=tuple(links[h]),
-                             domains=tuple(domains[h])) for h in used),
+                             domains=tuple(domains[h]),
+                             switch=switch if any(t.encapsulation == "vlan" and t.tunnel
+                                                  for t in links[h]) else None)
+                    for h in used),
     )
 
 

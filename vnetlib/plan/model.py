@@ -141,11 +141,28 @@ class DomainTask:
 
 
 @dataclass(frozen=True, slots=True)
+class SwitchTask:
+    """How a host's ``vnet_vlan`` reaches the substrate's switch (the
+    substrate description's ``<switch><control>``): field names are the
+    module's options (``switch_key``, the login key, is the inventory's)."""
+
+    driver: str
+    bridge: str
+    db: str | None = None
+    switch_host: str | None = None
+    switch_port: int = 22
+    switch_user: str = "root"
+    switch_host_key: str | None = None
+    switch_known_hosts: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class HostPlan:
     host: str
     nodes: tuple[NodeTask, ...] = ()
     links: tuple[LinkTask, ...] = ()
     domains: tuple[DomainTask, ...] = ()
+    switch: SwitchTask | None = None  # hosts with VLAN segments, when the substrate says
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +179,8 @@ class DeploymentPlan:
                               if t.tunnel is not None and t.encapsulation == "click"]
             plain["vlan"] = [t.vlan() for t in host.links
                              if t.tunnel is not None and t.encapsulation == "vlan"]
+            if host.switch is None:
+                del plain["switch"]
             hosts[host.host] = plain
         data["hosts"] = hosts
         return data

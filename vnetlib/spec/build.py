@@ -20,6 +20,7 @@ from vnetlib.spec.model import (
     SubstrateHost,
     SubstrateLink,
     Switch,
+    SwitchControl,
     VirtualLink,
     VirtualNode,
     VNetSpec,
@@ -163,7 +164,23 @@ def substrate_from(root: Element, source: str) -> Substrate:
 
 def _switch(el: Element) -> Switch:
     ports = tuple(p.get("host", "") for p in children(el, "port"))
-    return Switch(name=el.get("name", ""), kind=el.get("kind", "linux-bridge"), ports=ports)
+    control = next(iter(children(el, "control")), None)
+    return Switch(name=el.get("name", ""), kind=el.get("kind", "linux-bridge"), ports=ports,
+                  control=None if control is None else _control(control))
+
+
+def _control(el: Element) -> SwitchControl:
+    key = next(iter(children(el, "host-key")), None)
+    return SwitchControl(
+        driver=el.get("driver", "ovsdb"),
+        bridge=el.get("bridge", ""),
+        db=el.get("db"),
+        address=el.get("address"),
+        port=int(el.get("port", "22")),
+        user=el.get("user", "root"),
+        host_key=None if key is None else " ".join((key.text or "").split()),
+        known_hosts=el.get("known-hosts"),
+    )
 
 
 def _host(el: Element) -> SubstrateHost:

@@ -13,6 +13,8 @@ and "did you mean" hints share a bounded budget of comparisons.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -474,6 +476,8 @@ def check_substrate(root: Element, file: str, limit: int = MAX_REPORTED) -> Find
     ends = host_names | {s.get("name", "") for s in switches}
     for sw in switches:
         _unique(out, children(sw, "port"), "host", "switch port")
+        for control in children(sw, "control"):
+            _check_control(out, control)
         for port in children(sw, "port"):
             target = port.get("host", "")
             if target not in host_names:
@@ -505,6 +509,51 @@ def check_substrate(root: Element, file: str, limit: int = MAX_REPORTED) -> Find
     _check_host_addresses(out, hosts, networks)
     _check_amounts(out, root)
     return out.findings()
+
+
+SSH_ONLY = ("address", "port", "user", "known-hosts")
+
+
+def _check_control(out: Collector, el: Element) -> None:
+    """A switch's <control>: the attributes of its driver, a usable host key."""
+    keys = children(el, "host-key")
+    if el.get("driver", "ovsdb") == "ovsdb":
+        extra = [a for a in SSH_ONLY if el.get(a) is not None] + (["host-key"] if keys else [])
+        if extra:
+            out.add(el, f"switch control through OVSDB has SSH settings: {', '.join(extra)}",
+                    'use driver="ssh" to reach the switch over SSH, or drop them')
+        return
+    address = el.get("address")
+    if address is None:
+        out.add(el, "switch control over SSH has no address",
+                "add the switch's management address: address=\"198.18.1.1\"")
+    elif not netaddr.valid_ipv4(address) and not netaddr.valid_ipv6(address):
+        out.add(el, f"switch address {address!r} is not an IP address",
+                "write the switch's management address, such as 198.18.1.1")
+    if bool(keys) == (el.get("known-hosts") is not None):
+        out.add(el, "switch control over SSH needs exactly one of <host-key> and known-hosts",
+                "pin the switch's host key (<host-key>ssh-ed25519 AAAA...</host-key>) or "
+                "name a known_hosts file: an unknown host key is never trusted")
+    for key in keys:
+        problem = _host_key_problem(key.text or "")
+        if problem:
+            out.add(key, f"switch host key: {problem}",
+                    "copy the switch's /etc/ssh/ssh_host_*_key.pub line")
+
+
+def _host_key_problem(text: str) -> str:
+    """Why an OpenSSH public key line is unusable ('' if it is not): the
+    base64 must decode to a key blob of the type the line names."""
+    kind, _, rest = text.strip().partition(" ")
+    blob = rest.split(" ", 1)[0]
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        return f"{blob[:16]!r}... is not base64"
+    size = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else -1
+    if raw[4:4 + size] != kind.encode():
+        return f"the key data is not a {kind} key"
+    return ""
 
 
 def _unique_text(out: Collector, elements: list[Element], what: str) -> None:

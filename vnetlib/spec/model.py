@@ -178,6 +178,28 @@ class SubstrateLink:
     line: int | None = field(default=None, compare=False)
 
 
+SWITCH_DRIVERS = ("ovsdb", "ssh")
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchControl:
+    """How the PIP programs its switch's VLANs (``<control>``): through OVSDB
+    at ``db`` as the substrate hosts reach it, or over SSH (``driver="ssh"``)
+    at ``address``:``port`` as ``user``, the switch proving ``host_key`` (an
+    OpenSSH public key line) or a key that ``known_hosts`` (a file on the
+    hosts) lists; then ``db`` is ovs-vsctl's on the switch. The login key is
+    the inventory's (``vnet_switch_key``), never in a description."""
+
+    driver: str
+    bridge: str
+    db: str | None = None
+    address: str | None = None
+    port: int = 22
+    user: str = "root"
+    host_key: str | None = None
+    known_hosts: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Switch:
     """The PIP's switch that joins its hosts' data interfaces."""
@@ -185,6 +207,7 @@ class Switch:
     name: str
     kind: str = "linux-bridge"
     ports: tuple[str, ...] = ()
+    control: SwitchControl | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,6 +161,14 @@ def dump_substrate(sub: Substrate) -> bytes:
         sw = _el(root, "switch", name=sub.switch.name, kind=sub.switch.kind)
         for port in sub.switch.ports:
             _el(sw, "port", host=port)
+        ctl = sub.switch.control
+        if ctl is not None:
+            ssh = ctl.driver == "ssh"
+            el = _el(sw, "control", driver=ctl.driver, bridge=ctl.bridge, db=ctl.db,
+                     address=ctl.address, port=str(ctl.port) if ssh else None,
+                     user=ctl.user if ssh else None, known_hosts=ctl.known_hosts)
+            if ctl.host_key is not None:
+                _el(el, "host-key", ctl.host_key)
     for host in sub.hosts:
         el = _el(
             root,

@@ -14,6 +14,7 @@ _ovs = module_utils("_ovs")
 OvsError: type[Exception] = _ovs.OvsError
 PortVlan: Any = _ovs.PortVlan  # a frozen dataclass: name, mode, tag, trunks
 OvsSwitch = _ovs.OvsSwitch
+Change = _ovs.Change
 plan = _ovs.plan
 access = _ovs.access
 trunk = _ovs.trunk

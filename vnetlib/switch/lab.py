@@ -3,7 +3,15 @@ ovs-vswitchd per PIP substrate, in the substrate's switch namespace
 (``vl-<substrate>-switch``), with their files under the lab's directory (or
 under /run/vnet/ovs when that path is too long for unix sockets). Which
 instances the lab started is kept in ``ovs.json`` so ``lab down`` stops exactly
-those, by pid."""
+those, by pid.
+
+With ``--switch ssh`` the switch also answers SSH (the lab's sshd launcher,
+:mod:`vnetlib.lab.sshd`, in the switch namespace, at the switch's address on
+the substrate's data network, the one network its hosts share with it; keys
+made by the lab under ``<substrate dir>/switch-ssh``), and the substrate
+description says so (``<switch><control driver="ssh">`` with the switch's host
+key): the deployment programs its VLANs over SSH. The cabling (a segment's
+veth end moved into the switch namespace) stays the lab's."""
 
 from __future__ import annotations
 
@@ -11,16 +19,23 @@ import dataclasses
 import json
 import shutil
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from vnetlib import paths
+from vnetlib import naming, paths
 from vnetlib.instantiate import INVENTORY_FILE, SUBSTRATE_FILE
+from vnetlib.lab import kernel, sshd
 from vnetlib.lab.layout import LabConfig
-from vnetlib.spec import dump_substrate, load_substrate
+from vnetlib.spec import Substrate, dump_substrate, load_substrate
+from vnetlib.spec.model import SwitchControl
 from vnetlib.switch import daemons
 
+CONTROLS = ("ovsdb", "ssh")
+SWITCH_HOST = "switch"  # the switch namespace is vl-<substrate>-switch: sshd's host "switch"
+SSH_DIR = "switch-ssh"
 RECORD = "ovs.json"
 FALLBACK = Path("/run/vnet/ovs")
 POOL = "vlans.sqlite"
@@ -38,6 +53,41 @@ def pool_path(directory: Path, substrate: str) -> Path:
     return directory / "ovs" / f"{substrate}-{POOL}"
 
 
+@dataclass(frozen=True, slots=True)
+class _SwitchFront(LabConfig):
+    """The lab's sshd launcher's view of a switch namespace: one host,
+    ``switch``, listening at ``address``."""
+
+    address: str = ""
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        return (SWITCH_HOST,)
+
+    def mgmt_address(self, index: int) -> str:
+        return self.address
+
+
+def ssh_files(substrate: str) -> sshd.SshFiles:
+    """The switch's SSH keys (host key, the client key that logs in)."""
+    return sshd.SshFiles(paths.substrate_dir(substrate) / SSH_DIR)
+
+
+def ssh_up(sub: LabConfig) -> list[str]:
+    """Start (idempotently) the sshd of the substrate's switch at its data
+    address (made here if the exchange has not made it yet)."""
+    sw_ns = naming.switch_netns(sub.name)
+    with kernel.namespace(sw_ns) as ipr:
+        sw0 = kernel.link_index(ipr, kernel.SWITCH_BRIDGE)
+        if sw0 is None:
+            raise RuntimeError(f"the switch of {sub.name} has no bridge {kernel.SWITCH_BRIDGE}")
+        kernel.ensure_addr(ipr, sw0, sub.data_gateway, sub.data_prefixlen)
+        ipr.link("set", index=sw0, state="up")
+    front = _SwitchFront(name=sub.name, hosts=1, data_network=sub.data_network,
+                         mgmt_network=sub.mgmt_network, address=sub.data_gateway)
+    return sshd.start(front, ssh_files(sub.name))
+
+
 def _load(directory: Path) -> dict[str, dict[str, str]]:
     path = directory / RECORD
     if not path.exists():
@@ -46,8 +96,11 @@ def _load(directory: Path) -> dict[str, dict[str, str]]:
     return data
 
 
-def up(directory: Path, substrates: Iterable[LabConfig]) -> list[str]:
-    """Start (idempotently) each substrate's Open vSwitch; what was started."""
+def up(directory: Path, substrates: Iterable[LabConfig], control: str = "ovsdb") -> list[str]:
+    """Start (idempotently) each substrate's Open vSwitch and, with ``control``
+    ``ssh``, the sshd in front of it; what was started."""
+    if control not in CONTROLS:
+        raise ValueError(f"switch control {control!r} is not one of {', '.join(CONTROLS)}")
     record = _load(directory)
     started = []
     for sub in substrates:
@@ -56,9 +109,13 @@ def up(directory: Path, substrates: Iterable[LabConfig]) -> list[str]:
         running = daemons.OvsInstance(rundir, netns).running()
         inst = daemons.start(rundir, netns=netns)
         record[sub.name] = {"rundir": str(inst.rundir), "netns": netns, "db": inst.remote}
+        if control == "ssh":
+            record[sub.name]["ssh"] = str(ssh_files(sub.name).directory)
         (directory / RECORD).write_text(json.dumps(record, indent=2) + "\n")
         if not running:
             started.append(f"Open vSwitch of {sub.name} ({inst.remote})")
+        if control == "ssh":
+            started += ssh_up(sub)
     return started
 
 
@@ -71,6 +128,9 @@ def instances(directory: Path) -> dict[str, daemons.OvsInstance]:
 def down(directory: Path) -> list[str]:
     """Stop the lab's Open vSwitch daemons by pid and remove their files."""
     removed = []
+    for entry in _load(directory).values():
+        if "ssh" in entry:
+            removed += sshd.stop(sshd.SshFiles(Path(entry["ssh"])))
     for sub, inst in instances(directory).items():
         if daemons.stop(inst):
             removed.append(f"Open vSwitch of {sub}")
@@ -99,27 +159,55 @@ def offered(item: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*(e.strip() for e in item.split("+")), "vxlan")))
 
 
+def control_of(sub: str, inst: daemons.OvsInstance, ssh: str | None) -> SwitchControl:
+    """The substrate description's ``<control>`` of the lab's switch: OVSDB at
+    its socket, or SSH at the switch's address with its host key pinned."""
+    if ssh is None:
+        return SwitchControl(driver="ovsdb", bridge=bridge_of(sub), db=inst.remote)
+    files = sshd.SshFiles(Path(ssh))
+    kind, key = files.host_key(SWITCH_HOST).with_suffix(".pub").read_text().split()[:2]
+    front = _load_front(files)
+    return SwitchControl(driver="ssh", bridge=bridge_of(sub), db=inst.remote, address=front,
+                         port=sshd.SSH_PORT, user="root", host_key=f"{kind} {key}")
+
+
+def _load_front(files: sshd.SshFiles) -> str:
+    """The switch sshd's address, from its sshd_config (the lab wrote it)."""
+    for line in files.config(SWITCH_HOST).read_text().splitlines():
+        if line.startswith("ListenAddress "):
+            return line.split()[1].rsplit(":", 1)[0]
+    raise RuntimeError(f"{files.config(SWITCH_HOST)} has no ListenAddress")
+
+
+def _with_control(described: Substrate, control: SwitchControl | None) -> Substrate:
+    switch = described.switch
+    if switch is None or switch.control == control:
+        return described
+    return dataclasses.replace(described, switch=dataclasses.replace(switch, control=control))
+
+
 def set_encapsulation(directory: Path, substrates: Iterable[LabConfig],
                       encaps: str) -> list[str]:
     """Make each substrate's encapsulation (:func:`encapsulations` of `encaps`)
     the first of its description (VXLAN stays listed, the fallback between
-    providers) and, for ``vlan``, make the switch's bridge and tell the
-    inventory's hosts where it is (``vnet_ovs_db``,
-    ``vnet_ovs_bridge``, ``vnet_ovs_netns``); what changed."""
+    providers) and, for ``vlan``, make the switch's bridge, describe how it
+    is programmed (``<switch><control>``: OVSDB, or SSH when the lab started
+    its sshd) and tell the inventory's hosts where it is (``vnet_ovs_db``,
+    ``vnet_ovs_bridge``, ``vnet_ovs_netns``; ``vnet_switch_key``, the key
+    that logs in to it over SSH); what changed."""
     changed = []
     ovs = instances(directory)
+    record = _load(directory)
     subs = list(substrates)
     for sub, encap in zip(subs, encapsulations(encaps, len(subs)), strict=True):
         files = paths.substrate_dir(sub.name)
         described = load_substrate(files / SUBSTRATE_FILE)
         want = offered(encap)
-        if described.encapsulations != want:
-            (files / SUBSTRATE_FILE).write_bytes(
-                dump_substrate(dataclasses.replace(described, encapsulations=want)))
-            changed.append(f"encapsulation {', '.join(want)} on {sub.name}")
+        control: SwitchControl | None = None
         inventory = yaml.safe_load((files / INVENTORY_FILE).read_text())
         variables = inventory["all"].setdefault("vars", {})
-        keys = {"vnet_ovs_db", "vnet_ovs_bridge", "vnet_ovs_netns"}
+        keys = {"vnet_ovs_db", "vnet_ovs_bridge", "vnet_ovs_netns", "vnet_switch_key"}
+        switch: dict[str, Any] = {}
         if want[0] == "vlan":
             # imported here: the OVS driver loads the collection's module_utils,
             # which a lab without VLANs (and `vnet` at start-up) must not need
@@ -128,10 +216,17 @@ def set_encapsulation(directory: Path, substrates: Iterable[LabConfig],
             inst = ovs[sub.name]
             with OvsDriver(inst.remote, bridge_of(sub.name)):
                 pass  # the switch's bridge exists from the start
+            ssh = record[sub.name].get("ssh")
+            control = control_of(sub.name, inst, ssh)
             switch = {"vnet_ovs_db": inst.remote, "vnet_ovs_bridge": bridge_of(sub.name),
                       "vnet_ovs_netns": inst.netns or ""}
-        else:
-            switch = {}
+            if ssh is not None:
+                switch["vnet_switch_key"] = str(sshd.SshFiles(Path(ssh)).client_key)
+        wanted = _with_control(dataclasses.replace(described, encapsulations=want), control)
+        if wanted != described:
+            (files / SUBSTRATE_FILE).write_bytes(dump_substrate(wanted))
+            changed.append(f"encapsulation {', '.join(want)} on {sub.name}"
+                           + (f", switch through {control.driver}" if control else ""))
         if {k: variables.get(k) for k in keys if k in variables} != switch:
             for k in keys:
                 variables.pop(k, None)
