@@ -12,7 +12,7 @@ from vnetlib.cli.output import emit_json
 from vnetlib.core.pip import spec_of
 from vnetlib.instantiate import LocalVNet, find
 from vnetlib.spec.model import NodeKind
-from vnetlib.vm import serial
+from vnetlib.vm import remote
 
 VM_EXEC_TIMEOUT = 60.0
 VM_OUTPUT_MAX = 1 << 20
@@ -54,8 +54,14 @@ def node_kind(record: LocalVNet, node: str) -> NodeKind:
 
 
 def vm_exec(record: LocalVNet, node: str, command: list[str]) -> tuple[int, str]:
-    """Run `command` in VM node `node` on its serial console (stderr merged into stdout)."""
-    return serial.run(record.domain(node), command, VM_EXEC_TIMEOUT, VM_OUTPUT_MAX)
+    """Run `command` in VM node `node` on its serial console (stderr merged
+    into stdout): on the VM's host, through its SSH connection, when the
+    substrate's inventory reaches it over SSH (that host's libvirt runs it)."""
+    inventory = paths.substrate_dir(record.lab) / "inventory.yml"
+    reach = hosts.Hosts(inventory) if inventory.is_file() else None
+    host = (record.embedding or {}).get("node_map", {}).get(node)
+    return remote.run(reach, None if host is None else str(host), record.domain(node), command,
+                      VM_EXEC_TIMEOUT, VM_OUTPUT_MAX)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -72,7 +72,7 @@ from vnetlib.players.stitching import (
 )
 from vnetlib.spec import load_substrate
 from vnetlib.spec.model import NodeKind
-from vnetlib.vm import serial
+from vnetlib.vm import remote, serial
 
 log = logging.getLogger(__name__)
 
@@ -384,10 +384,15 @@ class PipService(Service):
         netns = naming.vnode_netns(self.core.name, s.id, act.node)
         if next(n for n in spec.nodes if n.id == act.node).kind is not NodeKind.NETNS:
             # The VM is the customer's own machine: nothing to confine it from.
-            try:
-                rc, out = serial.run(s.domain(act.node), act.argv, timeout, EXEC_OUTPUT_MAX)
+            try:  # on the VM's host, over SSH, when the inventory reaches it so
+                rc, out = remote.run(self.confinement.hosts, s.embedding.node_map.get(act.node),
+                                     s.domain(act.node), act.argv, timeout, EXEC_OUTPUT_MAX)
             except serial.SerialBusy as exc:
                 raise Conflict(f"console in use: node {act.node}'s serial line is held") from exc
+            except remote.HostUnreachable as exc:
+                log.warning("exec on node %s of %s: %s", act.node, s.name, exc)
+                raise UpstreamFailed(f"exec failed: node {act.node}'s host does not answer") \
+                    from exc
             except serial.SerialError as exc:
                 raise Conflict(f"exec refused: node {act.node} does not answer on its "
                                f"serial console (is it running?)") from exc
