@@ -16,6 +16,7 @@ learns a host or a provider: the answer is the VNet's view."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from vnetlib.players.pki import Credentials
 
 REASONS = ("maintenance", "capacity", "decommission", "other")
+EXIT_REFUSED = 3  # as vnetlib.cli.main exits on EvictionRefused ("rejected")
 
 LOST = ("{node} is a namespace node: it was made again on {target}, with the same "
         "interfaces and addresses; processes and state inside it are lost")
@@ -238,25 +240,30 @@ def run_drain(args: argparse.Namespace) -> int:
     done = [] if out is None else list(out.moved)
     evicted = [] if out is None else list(out.evicted)
     stuck = [] if out is None else list(out.stuck)
+    error = (f"{len(stuck)} node(s) stay on {args.host}: " + "; ".join(s.why for s in stuck)
+             if stuck else None)
     if args.json:
         emit_json({"host": args.host, "drained": args.host in drained,
                    "moved": [moved_dict(m) for m in done],
                    "evicted": [_evicted_dict(e) for e in evicted],
                    "stuck": [{"sliver": s.sliver, "node": s.node, "why": s.why}
-                             for s in stuck]})
-    else:
-        if done:
-            _show(done)
-        for e in evicted:
-            print(f"{e.node} of sliver {e.name}: taken away by its owner {e.owner} "
-                  f"({e.seconds:.2f} s)")
-        state = "drained, takes no new nodes" if args.host in drained else "takes new nodes"
-        print(f"{args.host}: {state}")
-    if stuck:
+                             for s in stuck],
+                   **({"error": {"kind": "rejected", "message": error}} if error else {})})
+        if error:  # the result and the refusal in one document; exit as EvictionRefused
+            print(f"vnet: error: {error}", file=sys.stderr)
+            return EXIT_REFUSED
+        return 0
+    if done:
+        _show(done)
+    for e in evicted:
+        print(f"{e.node} of sliver {e.name}: taken away by its owner {e.owner} "
+              f"({e.seconds:.2f} s)")
+    state = "drained, takes no new nodes" if args.host in drained else "takes new nodes"
+    print(f"{args.host}: {state}")
+    if error:
         from vnetlib.migrate.evict import EvictionRefused
 
-        raise EvictionRefused(f"{len(stuck)} node(s) stay on {args.host}: " + "; ".join(
-            s.why for s in stuck))
+        raise EvictionRefused(error)
     return 0
 
 
