@@ -7,8 +7,8 @@ those, by pid.
 
 With ``--switch ssh`` the switch also answers SSH (the lab's sshd launcher,
 :mod:`vnetlib.lab.sshd`, in the switch namespace, at the switch's address on
-the substrate's data network, the one network its hosts share with it; keys
-made by the lab under ``<substrate dir>/switch-ssh``), and the substrate
+the substrate's management network, ``.4``; keys made by the lab under
+``<substrate dir>/switch-ssh``), and the substrate
 description says so (``<switch><control driver="ssh">`` with the switch's host
 key): the deployment programs its VLANs over SSH. The cabling (a segment's
 veth end moved into the switch namespace) stays the lab's."""
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import netaddr
 import yaml
 
 from vnetlib import naming, paths
@@ -36,6 +37,8 @@ from vnetlib.switch import daemons
 CONTROLS = ("ovsdb", "ssh")
 SWITCH_HOST = "switch"  # the switch namespace is vl-<substrate>-switch: sshd's host "switch"
 SSH_DIR = "switch-ssh"
+MGMT_OFFSET = 4  # .1 root, .2 a PIP apart, .5 the access switch, .11... the hosts
+MGMT_IF = "mgmt0"
 RECORD = "ovs.json"
 FALLBACK = Path("/run/vnet/ovs")
 POOL = "vlans.sqlite"
@@ -73,19 +76,26 @@ def ssh_files(substrate: str) -> sshd.SshFiles:
     return sshd.SshFiles(paths.substrate_dir(substrate) / SSH_DIR)
 
 
+def mgmt_address(sub: LabConfig) -> str:
+    """The switch's address on the substrate's management network."""
+    return str(netaddr.IPNetwork(sub.mgmt_network).network + MGMT_OFFSET)
+
+
 def ssh_up(sub: LabConfig) -> list[str]:
-    """Start (idempotently) the sshd of the substrate's switch at its data
-    address (made here if the exchange has not made it yet)."""
+    """Put the substrate's switch on its management network (a veth from the
+    lab's management bridge) and start (idempotently) its sshd there."""
+    changes = kernel.Changes()
     sw_ns = naming.switch_netns(sub.name)
+    uplink = f"{naming.root_link_prefix(sub.name)}swm"
+    kernel.ensure_veth(None, uplink, sw_ns, MGMT_IF, changes)
+    with kernel.namespace(None) as root:
+        kernel.attach_up(root, uplink, kernel.link_index(root, naming.mgmt_bridge(sub.name)))
     with kernel.namespace(sw_ns) as ipr:
-        sw0 = kernel.link_index(ipr, kernel.SWITCH_BRIDGE)
-        if sw0 is None:
-            raise RuntimeError(f"the switch of {sub.name} has no bridge {kernel.SWITCH_BRIDGE}")
-        kernel.ensure_addr(ipr, sw0, sub.data_gateway, sub.data_prefixlen)
-        ipr.link("set", index=sw0, state="up")
+        idx = kernel.attach_up(ipr, MGMT_IF, None)
+        kernel.ensure_addr(ipr, idx, mgmt_address(sub), sub.mgmt_prefixlen)
     front = _SwitchFront(name=sub.name, hosts=1, data_network=sub.data_network,
-                         mgmt_network=sub.mgmt_network, address=sub.data_gateway)
-    return sshd.start(front, ssh_files(sub.name))
+                         mgmt_network=sub.mgmt_network, address=mgmt_address(sub))
+    return changes.created + sshd.start(front, ssh_files(sub.name))
 
 
 def _load(directory: Path) -> dict[str, dict[str, str]]:
@@ -181,9 +191,11 @@ def _load_front(files: sshd.SshFiles) -> str:
 
 def _with_control(described: Substrate, control: SwitchControl | None) -> Substrate:
     switch = described.switch
-    if switch is None or switch.control == control:
+    if switch is None:
         return described
-    return dataclasses.replace(described, switch=dataclasses.replace(switch, control=control))
+    kind = "openvswitch" if control is not None else "linux-bridge"
+    return dataclasses.replace(described, switch=dataclasses.replace(switch, control=control,
+                                                                     kind=kind))
 
 
 def set_encapsulation(directory: Path, substrates: Iterable[LabConfig],
