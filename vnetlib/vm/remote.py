@@ -75,6 +75,7 @@ class HostUnreachable(serial.SerialError):
 
 AGENT_MAIN = r'''
 import ctypes
+import sys
 import json
 import socket
 
