@@ -391,8 +391,7 @@ class PipService(Service):
                 raise Conflict(f"console in use: node {act.node}'s serial line is held") from exc
             except remote.HostUnreachable as exc:
                 log.warning("exec on node %s of %s: %s", act.node, s.name, exc)
-                raise UpstreamFailed(f"exec failed: node {act.node}'s host does not answer") \
-                    from exc
+                raise Conflict(f"exec refused: node {act.node}'s host does not answer") from exc
             except serial.SerialError as exc:
                 raise Conflict(f"exec refused: node {act.node} does not answer on its "
                                f"serial console (is it running?)") from exc
