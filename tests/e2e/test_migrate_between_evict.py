@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Lab, Vnet, netns_list, new_lab, ping
 from tests.e2e.test_migrate_between import _vno_text
+from vnetlib.core.ledger import Ledger
 from vnetlib.lab.players import service_provider
+from vnetlib.players.config import load as load_config
 from vnetlib.spec import parse_vnet
 
 SPEC = b"""<vnet xmlns="urn:vnet:rdl:1" version="1" name="evictee">
@@ -106,4 +109,27 @@ def test_a_pip_drains_its_only_host_and_its_vnp_takes_nodes_away(
     for secret in (f"{lab.name}p1", f"{lab.name}p2", *pips, "h1"):
         assert secret not in text, f"the VNO knows {secret!r}"
 
+    # x's new PIP asks it away: the VNP has no other PIP with room (the
+    # source's only host is drained), so it refuses and x stays
+    refused = vnet.run("evict", _sliver_at(vnet, lab, other, "x"), "x", "--substrate", other,
+                       check=False)
+    assert refused.returncode == 3, refused.stderr
+    assert "no other provider can take node x elsewhere" in refused.stderr
+    assert _where(lab) == after
+    _links_ping(lab)
+
     vnet.run("drain", "h1", "--substrate", source, "--undo")
+
+
+def _sliver_at(vnet: Vnet, lab: Lab, substrate: str, node: str) -> str:
+    """The VNP's name for the sliver that holds `node` at a PIP (its ledger)."""
+    pip = f"pip{substrate[-1]}"
+    config = load_config(Path(vnet.env["VNET_HOME"]) / "labs" / lab.name / "players" /
+                         f"{pip}.toml")
+    ledger = Ledger(config.store, substrate)
+    try:
+        (s,) = [s for s in ledger.slivers() if node in s.embedding.node_map
+                and s.state.value == "ready"]
+        return s.name
+    finally:
+        ledger.close()
