@@ -9,6 +9,7 @@ recorded (RecordingDeployer), the e2e test deploys for real."""
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -140,3 +141,20 @@ def test_only_the_parts_provider_asks_and_only_its_owner_is_asked(chain: Chain) 
         a.core.delete("vnp-x", "theirs")
     assert chain.snapshot() == before
     assert _vnp(chain).store.all()[0].data.get("events") is None
+
+
+def test_a_vnp_busy_with_the_vnet_waits_until_the_deadline_then_refuses(chain: Chain) -> None:
+    vnp = _vnp(chain)
+    (order,) = vnp.store.all()
+    s = chain.sliver("pip-a")
+    assert s is not None
+    creds = chain.players.creds(chain.names["pip-a"], Role.PIP)
+    assert vnp._claim(order.id)  # another request works on the VNet
+    try:
+        started = time.monotonic()
+        with pytest.raises(evict.EvictionRefused, match="ask again later"):
+            evict.ask_owner(s, "x", creds, deadline=time.time() + 1.0)
+        assert 0.9 <= time.monotonic() - started < 10
+    finally:
+        vnp._unclaim(order.id)
+    assert chain.where()["x"] == "pip-a"
