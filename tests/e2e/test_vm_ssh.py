@@ -1,0 +1,224 @@
+"""A VM node on a substrate host reached over SSH (`vnet lab up --connection
+ssh`, players as processes): its serial console, exec and VNC display go
+through the host's sshd (an agent there finds the domain through the
+host's libvirt), not through the PIP machine's own libvirt; the lab's
+hosts share this machine's libvirt, so what proves the path is the
+agent's place in the process tree (below the host's sshd) and that with
+the host's sshd stopped every one of them fails, naming the host in the
+PIP's log, and an open console session ends with a notice."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Lab, Vnet, new_lab
+from vnetlib import paths
+from vnetlib.lab import sshd
+from vnetlib.vm import remote, serial
+
+SPEC = """<?xml version="1.0" encoding="UTF-8"?>
+<vnet xmlns="urn:vnet:rdl:1" version="1" name="sshvm">
+  <node id="vm1" kind="vm" hypervisor="qemu" cpu="1" memory="128">
+    <console kind="serial"/>
+    <console kind="vnc"/>
+  </node>
+</vnet>
+"""
+HOST = "h1"
+OFFSET_ARGS = ("--pips", "1", "--hosts", "1", "--connection", "ssh")
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("virsh") and shutil.which("qemu-system-x86_64") and shutil.which("libvirtd")),
+    reason="libvirt and QEMU are not installed (scripts/install.sh --test installs them)",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Up:
+    lab: Lab
+    vnet_id: str
+    domain: str
+
+    @property
+    def files(self) -> sshd.SshFiles:
+        return sshd.files_of(paths.substrate_dir(self.lab.substrate))
+
+
+def _domains(prefix: str) -> list[str]:
+    listed = subprocess.run(["virsh", "-c", serial.URI, "list", "--name"],
+                            capture_output=True, text=True, check=False)
+    return [d for d in listed.stdout.split() if d.startswith(prefix)]
+
+
+@pytest.fixture(scope="module")
+def up(vnet: Vnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    lab = new_lab(vnet, *OFFSET_ARGS)
+    try:
+        spec = tmp_path_factory.mktemp("sshvm") / "sshvm.xml"
+        spec.write_text(SPEC)
+        vnet_id = vnet.json("up", str(spec), "--lab", lab.name)["vnet"]
+        domains = _domains(f"vn-{lab.substrate}-")
+        assert len(domains) == 1, domains
+        yield Up(lab, vnet_id, domains[0])
+    finally:
+        vnet.run("lab", "down", "--name", lab.name, check=False)
+    assert _domains(f"vn-{lab.substrate}-") == []
+
+
+def _console(vnet: Vnet, up: Up, kind: str, linger: float = 3.0) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vnetlib.cli.main", "console", up.vnet_id, "vm1", "--kind", kind,
+         "--lab", up.lab.name, "--linger", str(linger)],
+        env=vnet.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _until(proc: subprocess.Popen[bytes], marker: bytes, timeout: float) -> bytes:
+    """What `proc` wrote to stdout until `marker` (or its end, or the timeout)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    got = b""
+    deadline = time.monotonic() + timeout
+    while marker not in got and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            break
+        chain.append(pid)
+    return chain
+
+
+def _agents(op: str, domain: str) -> list[int]:
+    """Processes of the host-side agent serving `op` on `domain`."""
+    needle = f'"op": "{op}", "domain": "{domain}"'.encode()
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        program = argv[0].rsplit(b"/", 1)[-1]  # a host's python3 may be a full path
+        if (program.startswith(b"python3") and argv[1:2] == [b"-c"]
+                and any(needle in a for a in argv[3:])):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def _finish(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=10)
+
+
+def test_serial_exec_and_vnc_of_a_vm_go_through_the_hosts_sshd(vnet: Vnet, up: Up) -> None:
+    listener = sshd.running(up.files, HOST)
+    assert listener is not None
+    proc = _console(vnet, up, "serial")
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"echo serial-$((6 * 7))\n")
+        proc.stdin.flush()
+        seen = _until(proc, b"serial-42", 60)
+        assert b"serial-42" in seen, seen[-400:]
+        agents = _agents("serial", up.domain)
+        assert len(agents) == 1, agents
+        chain = _ancestors(agents[0])
+        assert listener in chain, f"serial agent not below {HOST}'s sshd {listener}: {chain}"
+        # The line is held on the host for the session: an exec is refused.
+        busy = vnet.run("exec", "--lab", up.lab.name, up.vnet_id, "vm1", "--", "true",
+                        check=False)
+        assert busy.returncode != 0 and "console in use" in busy.stderr, busy.stderr
+        proc.stdin.close()
+        proc.stdin = None
+        proc.communicate(timeout=30)
+    finally:
+        _finish(proc)
+    deadline = time.monotonic() + 10
+    while _agents("serial", up.domain) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _agents("serial", up.domain) == [], "the session's agent outlived it"
+    assert not serial.busy(up.domain)
+
+    ran = vnet.run("exec", "--json", "--lab", up.lab.name, up.vnet_id, "vm1", "--", "sh", "-c",
+                   "echo exec-$((6 * 7)); exit 3", check=False)
+    done = json.loads(ran.stdout)
+    assert ran.returncode == done["rc"] == 3 and done["stdout"] == "exec-42\n", done
+
+    vnc = _console(vnet, up, "vnc", linger=1.0)
+    try:
+        assert _until(vnc, b"RFB 003.008\n", 30).startswith(b"RFB 003.008\n")
+        assert len(_agents("vnc", up.domain)) == 1
+        assert listener in _ancestors(_agents("vnc", up.domain)[0])
+    finally:
+        _finish(vnc)
+
+
+def test_with_the_hosts_sshd_stopped_sessions_end_and_everything_fails_by_name(
+        vnet: Vnet, up: Up) -> None:
+    proc = _console(vnet, up, "serial")
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"echo before-$((6 * 7))\n")
+        proc.stdin.flush()
+        assert b"before-42" in _until(proc, b"before-42", 60)
+        assert sshd.stop_host(up.files, HOST)
+        tail = _until(proc, remote.DROPPED.strip(), 30)
+        assert remote.DROPPED.strip() in tail, tail[-300:]
+        proc.stdin.close()
+        proc.stdin = None
+        proc.communicate(timeout=30)
+        # The agent on the host ended with the connection: the line is free.
+        assert _agents("serial", up.domain) == []
+        assert not serial.busy(up.domain)
+
+        started = time.monotonic()
+        done = vnet.run("exec", "--lab", up.lab.name, up.vnet_id, "vm1", "--", "true",
+                        check=False)
+        assert done.returncode != 0
+        assert "vm1's host does not answer" in done.stderr, done.stderr
+        assert time.monotonic() - started < 30
+        for kind in ("serial", "vnc"):
+            refused = _console(vnet, up, kind, linger=1.0)
+            assert refused.stdin is not None
+            refused.stdin.close()
+            refused.stdin = None
+            out, err = refused.communicate(timeout=60)
+            assert b"vm1's host does not answer" in out + err, (kind, out[-300:], err[-300:])
+        log = (paths.lab_dir(up.lab.name) / "log").rglob("*")
+        pip_log = "".join(p.read_text(errors="replace") for p in log
+                          if p.is_file() and "p1" in p.name)
+        assert f"host {HOST} cannot be reached over SSH" in pip_log
+    finally:
+        _finish(proc)
+        if sshd.running(up.files, HOST) is None:
+            status = vnet.run("lab", "status", "--name", up.lab.name, "--json", check=False)
+            config = json.loads(status.stdout)["config"]
+            vnet.run("lab", "up", "--name", up.lab.name, *OFFSET_ARGS,
+                     "--mgmt-offset", str(config["mgmt_offset"]))
+    # Back: the host answers again, and the VNet is removed through it.
+    assert vnet.json("exec", "--lab", up.lab.name, up.vnet_id, "vm1", "--", "true")["rc"] == 0
+    vnet.run("down", "--lab", up.lab.name, up.vnet_id)
+    assert _domains(f"vn-{up.lab.substrate}-") == []
