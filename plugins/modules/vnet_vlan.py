@@ -330,6 +330,17 @@ def connect(params: dict) -> object:
     return OvsSwitch(params["db"] or DEFAULT_DB)
 
 
+def open_switch(params: dict) -> tuple:
+    """The switch and whether its bridge exists: a switch that answers SSH but
+    whose Open vSwitch is down fails here too, before any device is made."""
+    sw = connect(params)
+    try:
+        return sw, sw.has_bridge(params["bridge"])
+    except BaseException:
+        sw.close()
+        raise
+
+
 def remove_without_switch(module: AnsibleModule, exc: OvsError) -> dict:
     """Removal with the switch down: its ports went with it (a port row left in
     its database has no device when it comes back), the veth pairs still go."""
@@ -352,7 +363,7 @@ def run_module(module: AnsibleModule) -> dict:
     check_links(p["links"])
     cmds: list[list[str]] = []
     try:
-        sw = connect(p)  # first: no device is made for a switch that is down
+        sw, exists = open_switch(p)  # first: no device is made for a switch that is down
     except OvsError as exc:
         if present or not p["links"]:
             raise
@@ -367,7 +378,6 @@ def run_module(module: AnsibleModule) -> dict:
                 run_commands(module, cmds)
                 if cmds:  # the kernel completes checksums before OVS's packet socket
                     tx_checksum_off(None, [lk["device"] for lk in p["links"]])
-        exists = sw.has_bridge(p["bridge"])
         have = sw.ports(p["bridge"]) if exists else {}
         changes = plan(want, have, present)
         make_bridge = present and not exists

@@ -1,6 +1,8 @@
 """Figure 6 on lab substrates with each encapsulation of their crossing links,
-one lab for all three (`vnet lab up --pips 3 --encap vxlan,click,vlan`: PIP
-i's substrate carries its links with the i-th), made once for this module.
+one lab for all three (`vnet lab up --pips 3 --encap vxlan,click,vlan
+--switch ssh`: PIP i's substrate carries its links with the i-th; the VLAN
+PIP's switch is programmed over SSH, its host key pinned in the substrate
+description), made once for this module.
 
 The operator path (`vnet plan`, ansible-playbook) shows check mode, the
 diff, idempotence and a teardown that leaves the hosts and the switch as
@@ -11,9 +13,10 @@ ids stay in their VNet, and a link taken down in one does not reach the
 other's node holding the same address. Click shapes bandwidth and latency;
 a Click VNet keeps pinging without loss while another is deployed and
 removed on the same hosts. Last, the carrier of a host missing (Open
-vSwitch stopped, Click unable to start): `vnet up` fails with exit 4
-naming the host, rolls back and records nothing; with the carrier back,
-the same request deploys."""
+vSwitch stopped, the switch's sshd stopped, Click unable to start): `vnet
+up` fails with exit 4 naming the host or the switch, rolls back and records
+nothing; with the carrier back, the same request deploys; a switch that
+shows another host key than the description pins is refused."""
 
 from __future__ import annotations
 
@@ -33,13 +36,14 @@ import yaml
 
 from tests.e2e.conftest import EXAMPLES, Lab, Vnet, links_in, netns_list, new_lab, ping
 from tests.e2e.test_operator_path import playbook
+from vnetlib.lab import sshd
 from vnetlib.spec import load_vnet
 from vnetlib.switch import daemons
 from vnetlib.switch import lab as switch_lab
 
 FIGURE6 = EXAMPLES / "figure6.xml"
 ENCAPS = ("vxlan", "click", "vlan")
-LAB_ARGS = ("--pips", "3", "--no-players", "--encap", ",".join(ENCAPS))
+LAB_ARGS = ("--pips", "3", "--no-players", "--encap", ",".join(ENCAPS), "--switch", "ssh")
 CLICK_RUNDIR = Path("/run/vnet/click")
 
 
@@ -140,9 +144,17 @@ def test_plan_check_apply_idempotent_remove(vnet: Vnet, on: On, tmp_path: Path) 
                    "vlan": [v["link"] for v in host["vlan"]]}
         assert all(not v for k, v in carried.items() if k != encap), carried
 
+    if encap == "vlan":  # the substrate description's switch, over SSH
+        switches = [h["switch"] for h in plan["hosts"].values() if h["vlan"]]
+        assert switches and all(s["driver"] == "ssh" and s["switch_host_key"]
+                                for s in switches), switches
     check = playbook(env, inventory, "-e", f"@{plan_file}", "--check", "--diff", cwd=tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "failed=0" in check.stdout
+    if encap == "vlan":  # check mode reports the switch's changes, makes none
+        assert f"--- before: vs-{substrate} (running)" in check.stdout, check.stdout[-3000:]
+        assert check.stdout.count('"mode": "access"') == 2 * len(links), check.stdout[-3000:]
+        assert ovs_ports(vnet, substrate) == ports_before
     assert devices(substrate) == before and not click_pids(substrate)
     assert not {n for n in netns_list() if n.startswith(f"vn-{substrate}-{vnet_id}-")}
 
@@ -383,17 +395,54 @@ def _offset(vnet: Vnet, lab: Lab) -> str:
     return str(saved["mgmt_offset"])
 
 
-@pytest.mark.parametrize("encap", ["click", "vlan"])
+def switch_address(vnet: Vnet, substrate: str) -> str:
+    text = (Path(vnet.env["VNET_HOME"]) / "substrates" / substrate / "substrate.xml").read_text()
+    match = re.search(r'<control driver="ssh"[^>]* address="([0-9.]+)"', text)
+    assert match is not None, text
+    return match.group(1)
+
+
+def test_a_switch_with_another_host_key_is_refused(vnet: Vnet, three: Lab,
+                                                   tmp_path: Path) -> None:
+    substrate = f"{three.name}p{ENCAPS.index('vlan') + 1}"
+    described = Path(vnet.env["VNET_HOME"]) / "substrates" / substrate / "substrate.xml"
+    original = described.read_text()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
+                   check=True)
+    other = " ".join((tmp_path / "k.pub").read_text().split()[:2])
+    pinned = re.search(r"<host-key>([^<]+)</host-key>", original)
+    assert pinned is not None
+    try:
+        before = devices(substrate)
+        ports = ovs_ports(vnet, substrate)
+        described.write_text(original.replace(pinned.group(1), other))
+        err = failed_up(vnet, substrate)
+        assert f"switch {switch_address(vnet, substrate)}:22" in err, err
+        assert re.search(r"(?i)host key|known_hosts", err), err
+        assert devices(substrate) == before and ovs_ports(vnet, substrate) == ports
+    finally:
+        described.write_text(original)
+
+
+@pytest.mark.parametrize("encap", ["click", "vlan", "sshd"])
 def test_missing_carrier_fails_naming_the_host_and_rolls_back(vnet: Vnet, three: Lab,
                                                               encap: str) -> None:
-    substrate = f"{three.name}p{ENCAPS.index(encap) + 1}"
+    """``sshd``: the VLAN switch's sshd stopped (the deployment has made the
+    hosts' nodes and links when it reaches the switch): fails naming the
+    switch, rolls back, and the lab's up starts the sshd again."""
+    substrate = f"{three.name}p{ENCAPS.index('vlan' if encap == 'sshd' else encap) + 1}"
     blocker: list[Path] = []
     try:
         before = devices(substrate)
         if encap == "vlan":
             directory = Path(vnet.env["VNET_HOME"]) / "labs" / three.name
             assert daemons.stop(switch_lab.instances(directory)[substrate])
-            named = re.compile(r"\bh[0-9]\b")  # the first host to reach the switch
+            # the switch answers SSH, its ovs-vsctl cannot reach the database
+            named = re.compile(r"\bh[0-9]\b.*switch [0-9.]+:22: ovs-vsctl")
+        elif encap == "sshd":
+            assert sshd.stop(switch_lab.ssh_files(substrate))
+            named = re.compile(rf"\bh[0-9]\b.*switch {switch_address(vnet, substrate)}:22: "
+                               r".*(Unable to connect|refused)")
         else:
             # the state directory of h2's Click instance cannot be made
             CLICK_RUNDIR.mkdir(parents=True, exist_ok=True)
@@ -404,14 +453,17 @@ def test_missing_carrier_fails_naming_the_host_and_rolls_back(vnet: Vnet, three:
         # a stopped vswitchd takes its datapath's tap ports with it
         stopped = devices(substrate)
         err = failed_up(vnet, substrate)
-        assert named.search(err) and ("Open vSwitch" if encap == "vlan" else "Click") in err, err
+        assert named.search(err) and (encap != "click" or "Click" in err), err
         assert devices(substrate) == stopped
 
-        if encap == "vlan":
+        if encap in ("vlan", "sshd"):
             vnet.run("lab", "up", "--name", three.name, *LAB_ARGS,
                      "--mgmt-offset", _offset(vnet, three))
         else:
             blocker.pop().unlink()
+        if encap == "sshd":  # up again; the deployment with the carrier back is vlan's
+            assert sshd.running(switch_lab.ssh_files(substrate), switch_lab.SWITCH_HOST)
+            return
         vnet_id = vnet.json("up", str(FIGURE6), "--substrate", substrate)["vnet"]
         every_link_pings(substrate, vnet_id)
         vnet.run("down", vnet_id)
