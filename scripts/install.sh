@@ -68,8 +68,9 @@ if [ "$with_tests" = 1 ]; then
     scripts/install-libvirt.sh
     # The system Python of the SSH lab's hosts runs vnet_domain, as a real
     # KVM host's would: Debian's libvirt binding for it.
-    dpkg -s python3-libvirt >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends python3-libvirt >/dev/null
+    dpkg -s python3-libvirt >/dev/null 2>&1 || { apt-get update -qq && \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        python3-libvirt >/dev/null; }
     scripts/install-webconsole.sh
     scripts/install-aaa.sh
     scripts/install-click.sh >/dev/null  # Click, built once into /var/cache/vnet/click
