@@ -80,14 +80,38 @@ class Peer:
 
 @dataclass(frozen=True, slots=True)
 class Stitch:
-    """A boundary link agreed with its peer: tunnel id and remote endpoint.
-    `joined` once the local segment is deployed."""
+    """A boundary link agreed with its peer: tunnel id, the peer's endpoint
+    `address` and the carrier agreed in stitching (`encapsulation`: vxlan or
+    click). `joined` once the local segment is deployed."""
 
     ref: str
     link: str
     vni: int
-    remote: str
+    address: str
     joined: bool = False
+    encapsulation: str = "vxlan"
+
+    @property
+    def remote(self) -> str:
+        """Carrier and address as one endpoint string, as the planner's
+        ``boundary`` reads it (``vnetlib.plan.build.boundary_carrier``): the
+        address alone for VXLAN, else ``carrier@address``."""
+        return self.address if self.encapsulation == "vxlan" else \
+            f"{self.encapsulation}@{self.address}"
+
+    def to_list(self) -> list[Any]:
+        return [self.ref, self.link, self.vni, self.address, self.joined, self.encapsulation]
+
+    @classmethod
+    def from_list(cls, d: list[Any]) -> Stitch:
+        """Also rows written before the carrier was a field: five items, the
+        carrier in the address as ``click@address`` (VXLAN: the address alone)."""
+        if len(d) > 5:
+            carrier, address = str(d[5]), str(d[3])
+        else:
+            head, _, address = str(d[3]).rpartition("@")
+            carrier = head or "vxlan"
+        return cls(str(d[0]), str(d[1]), int(d[2]), address, bool(d[4]), carrier)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +157,12 @@ class Previous:
     def to_list(self) -> list[Any]:
         return [self.spec_xml, self.embedding.to_dict(),
                 [[p.ref, p.name, p.url, p.role] for p in self.peers],
-                [[s.ref, s.link, s.vni, s.remote, s.joined] for s in self.stitches]]
+                [s.to_list() for s in self.stitches]]
 
     @classmethod
     def from_list(cls, d: list[Any]) -> Previous:
         return cls(str(d[0]), Embedding.from_dict(d[1]), tuple(Peer(*p) for p in d[2]),
-                   tuple(Stitch(r, k, int(v), a, bool(j)) for r, k, v, a, j in d[3]))
+                   tuple(Stitch.from_list(s) for s in d[3]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +233,7 @@ class Sliver:
             "embedding": self.embedding.to_dict(),
             "price": self.price,
             "peers": [[p.ref, p.name, p.url, p.role] for p in self.peers],
-            "stitches": [[s.ref, s.link, s.vni, s.remote, s.joined] for s in self.stitches],
+            "stitches": [s.to_list() for s in self.stitches],
             "deployed": self.deployed,
             "lock": None if self.lock is None else [self.lock.op, self.lock.holder,
                                                     self.lock.until],
@@ -234,7 +258,7 @@ class Sliver:
             spec_xml=d["spec"], embedding=Embedding.from_dict(d["embedding"]),
             price=float(d["price"]), expires=expires,
             peers=tuple(Peer(*p) for p in d["peers"]),
-            stitches=tuple(Stitch(r, k, int(v), a, bool(j)) for r, k, v, a, j in d["stitches"]),
+            stitches=tuple(Stitch.from_list(s) for s in d["stitches"]),
             deployed=bool(d["deployed"]),
             lock=None if lock is None else Lock(lock[0], lock[1], float(lock[2])),
             error=d.get("error", ""), timings=d.get("timings", {}),

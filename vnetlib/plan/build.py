@@ -107,7 +107,7 @@ def build_plan(
     vnet_id: str,
     lab: str,
     vnis: Mapping[str, int],
-    boundary: Mapping[str, tuple[str, int]] | None = None,
+    boundary: Mapping[str, tuple[str, int] | tuple[str, int, str]] | None = None,
     node_states: Mapping[str, str] | None = None,
     image: GuestImage | None = None,
     pool_domains: Mapping[str, str] | None = None,
@@ -121,9 +121,11 @@ def build_plan(
     the virtual interfaces lose the encapsulation overhead from their MTU.
 
     `boundary` maps the id of a boundary link (one end here, the other at
-    another provider) to the (remote endpoint, VNI) agreed by stitching; its
-    segment is a bridge with the local port and a tunnel to the remote
-    address in the agreed carrier (VXLAN, or Click: :func:`boundary_carrier`).
+    another provider) to the (remote address, VNI, carrier) agreed by
+    stitching (``records.Stitch``'s address, vni, encapsulation; or (remote
+    endpoint, VNI), the carrier in the endpoint: :func:`boundary_carrier`);
+    its segment is a bridge with the local port and a tunnel to the remote
+    address in the agreed carrier (VXLAN or Click).
     Boundary links not in `boundary` (not stitched yet) are left out.
 
     `node_states` maps nodes that are not running to `stopped` or `paused`:
@@ -216,8 +218,15 @@ def build_plan(
     for blink in spec.boundary:
         if boundary is None or blink.id not in boundary:
             continue
-        endpoint, vni = boundary[blink.id]
-        carrier, remote = boundary_carrier(endpoint)
+        agreed = boundary[blink.id]
+        if len(agreed) == 3:
+            remote, vni, carrier = agreed
+            if carrier not in BOUNDARY_CARRIERS:
+                raise PlanError(f"boundary link {blink.id}: encapsulation {carrier!r} cannot "
+                                "carry a link between providers")
+        else:
+            carrier, remote = boundary_carrier(agreed[0])
+            vni = agreed[1]
         here = node_map[blink.endpoint.node]
         tunnel = TunnelTask(
             kind=carrier,

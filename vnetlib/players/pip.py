@@ -42,7 +42,6 @@ from vnetlib.core.records import Peer, Sliver, State, Stitch
 from vnetlib.deploy.ansible import DeployError, Progress, check_installed
 from vnetlib.geni.am import mount as mount_geni
 from vnetlib.hosts import Hosts
-from vnetlib.plan.build import boundary_remote
 from vnetlib.players import cgroups, faultpoints, timeouts
 from vnetlib.players import messages as m
 from vnetlib.players.advertised import Advertiser
@@ -488,8 +487,8 @@ class PipService(Service):
             remote = None if answer is None else answer.endpoint("responder")
             if (answer is not None and answer.state == "accept" and answer.encapsulation == encap
                     and answer.vni == proposed[p.ref] and remote is not None):
-                agreed.append(Stitch(p.ref, link, answer.vni,
-                                     boundary_remote(encap, remote.address)))
+                agreed.append(Stitch(p.ref, link, answer.vni, remote.address,
+                                     encapsulation=encap))
                 confirm.append(proposals[p.ref])
                 continue
             ledger.release_vni(s.id, proposed[p.ref])
@@ -498,8 +497,8 @@ class PipService(Service):
             except (ClientError, StitchFailed, ValueError) as exc:
                 return _Paired(name, client, tuple(agreed), tuple(confirm), UpstreamFailed(
                     f"stitching link {link} with {name}: {exc}"))
-            agreed.append(Stitch(p.ref, link, done.vni,
-                                 boundary_remote(done.encapsulation, done.remote.address)))
+            agreed.append(Stitch(p.ref, link, done.vni, done.remote.address,
+                                 encapsulation=done.encapsulation))
         return _Paired(name, client, tuple(agreed), tuple(confirm), None)
 
     @staticmethod
@@ -605,13 +604,12 @@ class PipService(Service):
             raise Conflict("a proposal needs the initiator's endpoint")
         link, local = self._endpoint(s, proposal.ref, "responder")
         offers = carriers(self.core.substrate.encapsulations)
-        remote = boundary_remote(proposal.encapsulation, initiator.address) if (
-            proposal.encapsulation in offers) else ""
+        carrier = proposal.encapsulation if proposal.encapsulation in offers else ""
         done = s.stitch(proposal.ref)
-        if done is not None and done.vni == proposal.vni and remote:  # a repeated proposal
+        if done is not None and done.vni == proposal.vni and carrier:  # a repeated proposal
             return (respond(proposal, True, proposal.vni, local, offers),
-                    (s, replace(done, remote=remote)), True)
-        if not remote:  # not a carrier here: nothing is claimed for a counter or a refusal
+                    (s, replace(done, address=initiator.address, encapsulation=carrier)), True)
+        if not carrier:  # not a carrier here: nothing is claimed for a counter or a refusal
             return respond(proposal, True, proposal.vni, local, offers), None, False
         free = vni_in_range(proposal.vni) and self.core.ledger.claim_vni(s.id, link,
                                                                          proposal.vni)
@@ -621,7 +619,8 @@ class PipService(Service):
             alternative = pick_vnis(used, [link], self.core.name)[link]  # offered, not taken
         answer = respond(proposal, free, alternative, local, offers)
         if answer.state == "accept":
-            return answer, (s, Stitch(proposal.ref, link, proposal.vni, remote)), False
+            return answer, (s, Stitch(proposal.ref, link, proposal.vni, initiator.address,
+                                      encapsulation=carrier)), False
         return answer, None, False
 
 
