@@ -76,7 +76,7 @@ def up(vnet: Vnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     assert _domains(f"vn-{lab.substrate}-") == []
 
 
-def _console(vnet: Vnet, up: Up, kind: str, linger: float = 3.0) -> subprocess.Popen[bytes]:
+def _console(vnet: Vnet, up: Up, kind: str, linger: float = 1.0) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "vnetlib.cli.main", "console", up.vnet_id, "vm1", "--kind", kind,
          "--lab", up.lab.name, "--linger", str(linger)],
@@ -167,7 +167,7 @@ def test_serial_exec_and_vnc_of_a_vm_go_through_the_hosts_sshd(vnet: Vnet, up: U
     done = json.loads(ran.stdout)
     assert ran.returncode == done["rc"] == 3 and done["stdout"] == "exec-42\n", done
 
-    vnc = _console(vnet, up, "vnc", linger=1.0)
+    vnc = _console(vnet, up, "vnc")
     try:
         assert _until(vnc, b"RFB 003.008\n", 30).startswith(b"RFB 003.008\n")
         assert len(_agents("vnc", up.domain)) == 1
@@ -201,7 +201,7 @@ def test_with_the_hosts_sshd_stopped_sessions_end_and_everything_fails_by_name(
         assert "vm1's host does not answer" in done.stderr, done.stderr
         assert time.monotonic() - started < 30
         for kind in ("serial", "vnc"):
-            refused = _console(vnet, up, kind, linger=1.0)
+            refused = _console(vnet, up, kind)
             assert refused.stdin is not None
             refused.stdin.close()
             refused.stdin = None
