@@ -196,31 +196,6 @@ def exclude(ads: Iterable[Advertisement], providers: Iterable[Hashable]) -> list
 
 # -- encapsulations between providers -------------------------------------------------
 
-# What a boundary segment can be deployed with today (vnetlib.plan.build): the
-# substrate's own encapsulation (Click, switch VLANs) stays inside its PIP.
-STITCHABLE = ("vxlan",)
-
-
-class NoCommonEncapsulation(ValueError):
-    """Two providers that must be stitched share no encapsulation for it."""
-
-
-def stitch_encapsulation(ours: Sequence[str], theirs: Sequence[str]) -> str:
-    """The encapsulation of a link between two providers: the first of `ours`
-    (our order of preference) that the peer offers too and that can cross
-    providers; VXLAN is the common fallback, so this fails only when one side
-    does not offer it."""
-    for encap in ours:
-        if encap in theirs and encap in STITCHABLE:
-            return encap
-    missing = [side for side, offer in (("ours", ours), ("the peer's", theirs))
-               if "vxlan" not in offer]
-    raise NoCommonEncapsulation(
-        f"no common encapsulation between providers: ours {', '.join(ours) or 'none'}, "
-        f"the peer's {', '.join(theirs) or 'none'} (vxlan, the common fallback, is missing "
-        f"from {' and '.join(missing) or 'neither'}; between providers only "
-        f"{', '.join(STITCHABLE)} can be stitched)")
-
 
 def unstitchable(parts: Sequence[Part], ads: Mapping[str, Advertisement]) -> str | None:
     """Why the split's inter-provider links could not be stitched (two parts
@@ -240,19 +215,3 @@ def unstitchable(parts: Sequence[Part], ads: Mapping[str, Advertisement]) -> str
                         f"{', '.join(there.encapsulations) or 'none'} (between providers "
                         f"only {', '.join(CARRIERS)} can be stitched)")
     return None
-
-
-def stitch_offer(ours: Sequence[str]) -> str:
-    """What an initiating PIP proposes for its inter-provider links: its first
-    encapsulation that can be stitched; NoCommonEncapsulation if none."""
-    return stitch_encapsulation(ours, STITCHABLE)
-
-
-def stitch_refusal(offered: str, ours: Sequence[str]) -> str | None:
-    """Why a responding PIP rejects a proposal's encapsulation, or None."""
-    if offered in ours and offered in STITCHABLE:
-        return None
-    fallback = "vxlan" if "vxlan" in ours else None
-    return (f"encapsulation {offered} is not offered here for links between providers"
-            + (f": use {fallback}" if fallback else
-               f" (this provider offers {', '.join(ours) or 'none'}, none of them stitchable)"))
