@@ -107,6 +107,40 @@ def test_a_drained_pip_has_its_vnp_take_nodes_away(chain: Chain) -> None:
         a.core.undrain(host)
 
 
+def test_a_node_with_links_to_another_pip_is_re_placed_within_by_its_vnp(chain: Chain) -> None:
+    # x ends lxb to B: its PIP cannot move it alone, but has room on its other
+    # host; it asks the VNP to take it off the host (scope "host"), which
+    # reshapes A's part with x elsewhere in A and stitches lxb again
+    a = chain.pip("pip-a")
+    s = chain.sliver("pip-a")
+    assert s is not None
+    host = s.embedding.node_map["x"]
+    creds = chain.players.creds(chain.names["pip-a"], Role.PIP)
+    asked: list[m.EvictScope] = []
+
+    def ask(*args: object, scope: m.EvictScope, **kw: object) -> evict.Evicted:
+        asked.append(scope)
+        return evict.ask_owner(*args, scope=scope, **kw)  # type: ignore[arg-type]
+
+    # a1, if it was there too, is asked off the host as well (A has room, in
+    # london), but must be in berlin, which no other host or PIP offers: stays
+    a1_here = s.embedding.node_map["a1"] == host
+    out = evict.drain(a.core, host, creds, ask=ask)
+    try:
+        assert asked == (["host", "host"] if a1_here else ["host"])
+        assert [e.node for e in out.evicted] == ["x"]
+        assert [st.node for st in out.stuck] == (["a1"] if a1_here else [])
+        after = chain.sliver("pip-a")
+        assert after is not None and after.id == s.id
+        assert after.embedding.node_map["x"] != host
+        assert chain.where() == {"x": "pip-a", "a1": "pip-a", "b1": "pip-b"}
+        assert not any(o[0] == host and o[1] == "node" and o[2].endswith("-x")
+                       for o in chain.deployers["pip-a"].objects)
+        _fully_stitched(chain)
+    finally:
+        a.core.undrain(host)
+
+
 def test_only_the_parts_provider_asks_and_only_its_owner_is_asked(chain: Chain) -> None:
     vnp_url = chain.players.nodes["vnp"].url
     s = chain.sliver("pip-a")

@@ -978,14 +978,16 @@ class PipCore:
 
     def drain(self, host: str, *, progress: Progress | None = None,
               pick: Callable[[Sliver, str], str] | None = None,
-              stuck: Callable[[Sliver, str, Rejected], None] | None = None) -> list[Moved]:
+              stuck: Callable[[Sliver, str, Rejected, bool], None] | None = None
+              ) -> list[Moved]:
         """Mark `host` as taking no new nodes and move every node off it (each
         to the host the embedding's residual view likes best, or `pick`).
 
-        A node no other host here can take raises Rejected, or, with `stuck`,
-        is handed to it (e.g. asking the sliver's owner to take it away:
-        `vnetlib.migrate.evict`), outside the sliver's lock, and the drain
-        goes on."""
+        A node no other host here can take, or that cannot move alone (it ends
+        links to other providers), raises Rejected, or, with `stuck`, is
+        handed to it with whether another host has room for it (e.g. asking
+        the sliver's owner to take it away: `vnetlib.migrate.evict`),
+        outside the sliver's lock, and the drain goes on."""
         if host not in {h.name for h in self.substrate.hosts}:
             raise NotFound(f"substrate {self.name} has no host {host}")
         self.ledger.set_drained(host, True)
@@ -1006,20 +1008,30 @@ class PipCore:
                 except Rejected as exc:
                     if stuck is None:
                         raise
-                    stuck(cur, node, exc)
+                    stuck(cur, node, exc, self._has_room(cur, node))
         return done
 
     def undrain(self, host: str) -> None:
         self.ledger.set_drained(host, False)
 
-    def _pick_host(self, s: Sliver, node: str) -> str:
+    def _has_room(self, s: Sliver, node: str) -> bool:
+        """Whether a host other than the node's (at any location) can take it."""
+        try:
+            return self._pick_host(s, node, anywhere=True) != s.embedding.node_map.get(node)
+        except Rejected:
+            return False
+
+    def _pick_host(self, s: Sliver, node: str, *, anywhere: bool = False) -> str:
         """The host with the most CPU left that can take `node` (not drained,
-        offering its kind); ties by name."""
+        offering its kind, at the location its customer gave it unless
+        `anywhere`: a drain must not move a node to another city); ties by
+        name."""
         vnode = spec_of(s.spec_xml).node(node)
         drained = self.ledger.drained()
         left = {h.name: h for h in self.residual().hosts}
         fits = [h for h in self.substrate.hosts
                 if h.name not in drained and vnode.kind in h.node_kinds
+                and (anywhere or not vnode.location or h.location == vnode.location)
                 and left[h.name].cpu + 1e-9 >= vnode.cpu
                 and left[h.name].memory_mb >= vnode.memory_mb]
         if not fits:

@@ -12,6 +12,7 @@ stitched again.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -50,19 +51,26 @@ def extend_embedding(substrate: Substrate, residual: Substrate, spec: VNetSpec,
     """The embedding of `spec` that keeps every node of `embedding` it still
     has where it is, places the new ones (at their location) and routes the
     links that are new or whose ends moved; links and nodes `spec` no longer
-    has are dropped. `residual` counts the sliver as it stands (what it gives
+    has are dropped. A kept node on a drained host is re-placed when another
+    host can take it (the PIP asked its customer for that: `<evict
+    scope="host">`). `residual` counts the sliver as it stands (what it gives
     up is not counted as free: a reshape never needs more than it had plus
     what it adds)."""
     left = {h.name: h for h in residual.hosts}
     node_map: dict[str, str] = {}
     hosts = {h.name: h for h in substrate.hosts}
     for node in spec.nodes:
-        host = embedding.node_map.get(node.id)
+        was = host = embedding.node_map.get(node.id)
         if host is not None and node.location and hosts[host].location != node.location:
             host = None  # its customer moved it to another location of this substrate
+        if host is not None and host in drained:
+            with contextlib.suppress(CannotMove):  # else it stays where it is
+                host = pick_host(substrate, residual, node, drained=drained,
+                                 location=node.location or None)
         if host is None:
             host = pick_host(substrate, residual, node, drained=drained,
                              location=node.location or None)
+        if host != was:
             h = left[host]
             left[host] = replace(h, cpu=h.cpu - node.cpu, memory_mb=h.memory_mb - node.memory_mb)
             residual = replace(residual, hosts=tuple(left.values()))

@@ -144,28 +144,40 @@ def _target(svc: VnpService, spec: VNetSpec, node: str, source: str,
 
 
 def evict_node(svc: VnpService, rec: Record, node: str, away: str,
-               fault: Callable[[str], None]) -> NodeMoved:
+               fault: Callable[[str], None], *, scope: str = "provider") -> NodeMoved:
     """Take `node` of the VNet order `rec` (claimed by the caller) away from
-    provider `away`, which asked for it (it needs the node's host back): to
-    another provider at the node's location when the VNet asked for one (the
-    VNO's requirement holds), anywhere else when it did not. MoveDeclined
-    when no other provider can take it: nothing was touched."""
+    the host it has at provider `away`, which asked for it (it needs the
+    host back): to another provider at the node's location when the VNet
+    asked for one (the VNO's requirement holds), anywhere else when it did
+    not. With `scope` "host" (the provider has room elsewhere but cannot
+    move the node alone: it ends links to other providers) the node is first
+    re-placed at that provider (its part reshaped, its links stitched
+    again), where it has room. MoveDeclined when nobody can take it: nothing
+    was touched."""
     spec = parse_vnet(str(rec.data["spec"]).encode())
     entry = next((p for p in rec.data["parts"] if node in p["nodes"]), None)
     if entry is None or entry["provider"] != away:
         raise KeyError(node)
-    location = None
-    if spec.node(node).location:
-        part = _stored(entry)
-        location = next(n for n in part.nodes if n.id == node).location or None
-    return move_node(svc, rec, node, location, fault, away=away)
+    here = next(n for n in _stored(entry).nodes if n.id == node).location or None
+    required = here if spec.node(node).location else None
+    if scope == "host":
+        vnode = spec.node(node)
+        sites = [site for ad in svc._adverts() if ad.provider == away for site in ad.sites
+                 if vnode.kind.value in site.kinds and site.cpu + 1e-9 >= vnode.cpu
+                 and required in (None, site.location)]
+        if sites:
+            where = min(sites, key=lambda t: (t.location != here, t.location)).location
+            return move_node(svc, rec, node, where, fault, try_within=False)
+    return move_node(svc, rec, node, required, fault, away=away)
 
 
 def move_node(svc: VnpService, rec: Record, node: str, location: str | None,
-              fault: Callable[[str], None], *, away: str | None = None) -> NodeMoved:
+              fault: Callable[[str], None], *, away: str | None = None,
+              try_within: bool = True) -> NodeMoved:
     """Move `node` of the VNet order `rec` (claimed by the caller) to
-    `location`; with `away`, to a provider other than that one (no move
-    within it is tried)."""
+    `location`; with `away`, to a provider other than that one; without
+    `try_within`, no move by its provider alone is tried first (its part is
+    reshaped when the target is that provider)."""
     started = time.perf_counter()
     parts: list[dict[str, Any]] = rec.data["parts"]
     entry = next((p for p in parts if node in p["nodes"]), None)
@@ -175,7 +187,7 @@ def move_node(svc: VnpService, rec: Record, node: str, location: str | None,
     here = next(n for n in specs[entry["sliver"]].nodes if n.id == node).location
     up = svc.upstreams[entry["provider"]]
     within = svc._client(up, timeouts.VNP_DEPLOY_CALL)
-    if away is None and (location is None or location == here or any(
+    if try_within and away is None and (location is None or location == here or any(
             site.location == location for ad in svc._adverts()
             if ad.provider == entry["provider"] for site in ad.sites)):
         try:

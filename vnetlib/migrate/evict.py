@@ -75,8 +75,9 @@ class Drained:
 
 def ask_owner(s: Sliver, node: str, credentials: Credentials, *,
               reason: m.EvictReason = "maintenance", deadline: float | None = None,
-              timeout: float = EVICT_CALL) -> Evicted:
-    """Ask the VNP that owns `s` to take `node` to another provider; returns
+              scope: m.EvictScope = "provider", timeout: float = EVICT_CALL) -> Evicted:
+    """Ask the VNP that owns `s` to take `node` to another provider (with
+    `scope` "host": off its host, within this PIP if it has room); returns
     once it did. EvictionRefused when it cannot be asked or says no,
     EvictionFailed when it does not answer or its move failed."""
     if node not in s.embedding.node_map:
@@ -88,7 +89,7 @@ def ask_owner(s: Sliver, node: str, credentials: Credentials, *,
                           expect_name=s.owner)
     try:
         reply = client.post("/v1/evictions",
-                            m.evict_xml(m.Evict(s.name, node, reason, deadline)))
+                            m.evict_xml(m.Evict(s.name, node, reason, deadline, scope)))
         got = m.eviction_from(m.parse_reply(reply.body, "eviction"))
     except UnexpectedPeer as exc:
         raise EvictionRefused(f"the URL registered with sliver {s.name} is not its owner "
@@ -115,11 +116,16 @@ def drain(core: PipCore, host: str, credentials: Credentials | None, *,
     evicted: list[Evicted] = []
     stuck: list[Stuck] = []
 
-    def away(s: Sliver, node: str, why: Rejected) -> None:
+    def away(s: Sliver, node: str, why: Rejected, room: bool) -> None:
+        # Room here, but the node cannot move alone (it ends links to other
+        # providers): its owner may re-place it here, re-stitching its links.
+        scope: m.EvictScope = "host" if room else "provider"
         if progress is not None:
-            progress(f"{node} of {s.name}: {why.public}; asking {s.owner} to take it away")
+            progress(f"{node} of {s.name}: {why.public}; asking {s.owner} to take it "
+                     + ("off the host" if room else "away"))
         try:
-            evicted.append(ask(s, node, credentials, reason=reason, deadline=deadline))
+            evicted.append(ask(s, node, credentials, reason=reason, deadline=deadline,
+                               scope=scope))
         except (EvictionRefused, EvictionFailed) as exc:
             stuck.append(Stuck(s.name, node, str(exc)))
 

@@ -375,30 +375,36 @@ def reshape_from(el: Element) -> Reshape:
 
 EvictReason = Literal["maintenance", "capacity", "decommission", "other"]
 EVICT_REASONS: tuple[EvictReason, ...] = ("maintenance", "capacity", "decommission", "other")
+EvictScope = Literal["provider", "host"]
 
 
 @dataclass(frozen=True, slots=True)
 class Evict:
     """A PIP asks the VNP that owns sliver `sliver` (the VNP's name for it) to
     take `node` to another provider; `deadline` (epoch seconds) is when the
-    PIP needs the host. Names no host: the reason is one of a few words."""
+    PIP needs the host. Names no host: the reason is one of a few words.
+    `scope` "host": the PIP has room elsewhere but cannot move the node
+    alone (it ends links to other providers); the VNP may re-place it there."""
 
     sliver: str
     node: str
     reason: EvictReason = "maintenance"
     deadline: float | None = None
+    scope: EvictScope = "provider"
 
 
 def evict_xml(req: Evict) -> bytes:
     return _bytes(_root("evict", sliver=req.sliver, node=req.node, reason=req.reason,
-                        deadline=None if req.deadline is None else _iso(req.deadline)))
+                        deadline=None if req.deadline is None else _iso(req.deadline),
+                        scope=None if req.scope == "provider" else req.scope))
 
 
 def evict_from(el: Element) -> Evict:
     deadline = el.get("deadline")
     return Evict(el.get("sliver", ""), el.get("node", ""),
                  cast(EvictReason, el.get("reason", "other")),
-                 None if deadline is None else _epoch(deadline))
+                 None if deadline is None else _epoch(deadline),
+                 cast(EvictScope, el.get("scope", "provider")))
 
 
 @dataclass(frozen=True, slots=True)

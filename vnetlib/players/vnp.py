@@ -595,7 +595,8 @@ class VnpService(Service):
             log.info("%s: %s asks for node %s of %s to leave (%s)", self.name, caller.name,
                      req.node, req.sliver, req.reason)
             try:
-                done = between_vnp.evict_node(self, fresh, req.node, caller.name, self._fault)
+                done = between_vnp.evict_node(self, fresh, req.node, caller.name, self._fault,
+                                              scope=req.scope)
             except between_vnp.MoveDeclined as exc:
                 raise Conflict(f"cannot take node {req.node} away: {exc}; it stays where "
                                "it is") from exc
