@@ -203,7 +203,9 @@ def _pip_core(config: PlayerConfig) -> tuple[PipCore, Credentials]:
     from vnetlib.players.pip import build_core
     from vnetlib.players.pki import Role, player_credentials
 
-    return build_core(config), player_credentials(config.pki, config.name, Role.PIP)
+    core = build_core(config)
+    core.pool_background = False  # the PIP's own reaper tends its pool, not this command
+    return core, player_credentials(config.pki, config.name, Role.PIP)
 
 
 def _deadline(args: argparse.Namespace) -> float:
