@@ -23,6 +23,7 @@ import yaml
 
 SSH_CONNECTIONS = ("ssh", "ansible.builtin.ssh")
 NETNS_CONNECTIONS = ("vnet.infra.netns",)
+PYTHON = "python3"
 
 
 class UnknownHost(LookupError):
@@ -103,7 +104,18 @@ def command(inventory: Path, host: str, argv: Sequence[str], *, tty: bool = Fals
     if hv.get("ansible_ssh_host_key_checking") is False:
         raise ValueError(f"{inventory}: host {host} turns host-key checking off")
     return [*ssh, "-o", "StrictHostKeyChecking=yes",
-            f"{user}@{address}" if user else address, shlex.join(argv)]
+            f"{user}@{address}" if user else address, shlex.join(_interpreter(hv, argv))]
+
+
+def _interpreter(hv: Mapping[str, Any], argv: Sequence[str]) -> list[str]:
+    """`argv` with a leading `python3` (an agent: confinement, VM consoles)
+    made the host's `ansible_python_interpreter`, the one Ansible's modules
+    run with there, when the inventory names one (not a discovery keyword):
+    the login shell's PATH may find another first (a pyenv shim here)."""
+    python = str(hv.get("ansible_python_interpreter", ""))
+    if list(argv[:1]) != [PYTHON] or not python.startswith("/") or "{{" in python:
+        return list(argv)
+    return [python, *argv[1:]]
 
 
 def is_ssh(inventory: Path, host: str) -> bool:

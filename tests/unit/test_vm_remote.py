@@ -6,11 +6,17 @@ tests/e2e/test_vm_ssh.py). A stand-in for ssh runs a shell command here."""
 from __future__ import annotations
 
 import asyncio
+import shlex
 import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
+import yaml
 
+from vnetlib import hosts
+from vnetlib.lab import sshd
+from vnetlib.lab.layout import LabConfig, inventory_of
 from vnetlib.vm import remote, serial, vnc
 
 
@@ -137,3 +143,17 @@ def test_the_agent_refuses_a_domain_the_hosts_libvirt_does_not_know() -> None:
         remote.run(Local(), "h1", "vnet-no-such-domain", ["true"], 5, 100)
     assert type(refused.value) is serial.SerialError
     assert "vnet-no-such-domain" in str(refused.value)
+
+
+def test_an_agent_runs_with_the_hosts_interpreter_as_ansible_modules_do(tmp_path: Path) -> None:
+    files = sshd.SshFiles(tmp_path / "ssh")
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump(inventory_of(
+        LabConfig(name="rc", connection="ssh"), lambda address: sshd.host_vars(files, address))))
+    python = hosts.host_vars(inventory, "h1")["ansible_python_interpreter"]
+    assert python.startswith("/")
+    line = hosts.Hosts(inventory).argv("h1", remote.agent_argv({"op": "run"}))
+    assert line[0] == "ssh"
+    assert shlex.split(line[-1])[:2] == [python, "-c"]
+    assert shlex.split(line[-1])[2] == remote.agent_source()
+    assert hosts.command(inventory, "h1", ("python3x", "-c", "1"))[-1] == "python3x -c 1"
