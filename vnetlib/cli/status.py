@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
             states = dict(view.node_states)
             detail["node_states"] = {n: states.get(n, "running") for n in view.nodes}
             detail["end_users"] = end_users(sp, view.id)
+            detail["events"] = [{"at": _utc(str(int(e.at))), "kind": e.kind, "node": e.node or ""}
+                                for e in view.events]
             rows = [(n, "", states.get(n, "running"), "") for n in view.nodes]
             header = ["node", "", "state", ""]
         if args.json:
@@ -90,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"\n{len(users)} end user(s) attached:")
                 print(table([[u["identity"], u["pip"], u["port"], u["device"], u["since"]]
                              for u in users], ["user", "at", "port", "device", "since"]))
+            events = detail.get("events") or []
+            if events:
+                print("\nevents:")
+                print(table([[e["at"], e["kind"], e["node"]] for e in events],
+                            ["at (UTC)", "event", "node"]))
         return 0
     found = [_local(r) for r in local_vnets()]
     try:

@@ -31,7 +31,7 @@ from vnetlib.players.pki import Credentials, Role
 
 # The VNP's move between providers, with its own calls (VNP_DEPLOY_CALL each),
 # is as long as a VNO's move through it.
-EVICT_CALL = timeouts.VNO_TO_VNP
+EVICT_CALL = timeouts.PIP_TO_VNP
 
 
 class EvictionRefused(Exception):

@@ -9,6 +9,7 @@ in docs/architecture.md is this module.
 | --- | --- | --- |
 | SP client | the VNO (a whole instantiation or removal) | SP_REQUEST |
 | VNO | the VNP (one call) | VNO_TO_VNP |
+| PIP | its VNP taking a node away (an eviction: a move between providers) | PIP_TO_VNP |
 | VNP | a provider's Provision, start (stitching) or Delete | VNP_DEPLOY_CALL |
 | VNP | a provider's quote, allocate, renew, describe, list | VNP_SHORT_CALL |
 | VNP | a relayed exec | VNP_EXEC_CALL |
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 SP_REQUEST = 900.0
 VNO_TO_VNP = 840.0
+PIP_TO_VNP = 840.0
 VNP_DEPLOY_CALL = 300.0
 VNP_SHORT_CALL = 30.0
 VNP_EXEC_CALL = 90.0
@@ -50,5 +52,8 @@ def check_nesting() -> list[str]:
         ("STITCH_CALL", STITCH_CALL, "VNP_DEPLOY_CALL", VNP_DEPLOY_CALL),
         ("EXEC_MAX", EXEC_MAX, "VNP_EXEC_CALL", VNP_EXEC_CALL),
         ("VNP_EXEC_CALL", VNP_EXEC_CALL, "VNO_TO_VNP", VNO_TO_VNP),
+        # An eviction: the VNP's move, a provision and a start at the target.
+        ("2 x VNP_DEPLOY_CALL + 4 x VNP_SHORT_CALL",
+         2 * VNP_DEPLOY_CALL + 4 * VNP_SHORT_CALL, "PIP_TO_VNP", PIP_TO_VNP),
     ]
     return [f"{a} ({x:g} s) is not below {b} ({y:g} s)" for a, x, b, y in pairs if x >= y]
