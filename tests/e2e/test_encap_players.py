@@ -1,10 +1,13 @@
 """A VNet across two PIPs with different encapsulations, through the players
 (SP -> VNO -> VNP -> PIPs): PIP 1 carries its crossing links with Click,
 PIP 2 with its switch's VLANs and offers Click between PIPs too
-(`--encap click,vlan+click`), so the inter-PIP links are stitched with
+(`--encap click,vlan+click,vlan`), so the inter-PIP links are stitched with
 Click, agreed in the stitching message: no kernel VXLAN device anywhere;
 every link pings both ways, and `vnet down` leaves the hosts and switches
-as they were. (VXLAN, the fallback when the two offer no other carrier in
+as they were. Then a VNet across PIPs 2 and 3, both with VLANs inside
+(their switches programmed over SSH, `--switch ssh`; the switches are not
+joined): the links between them are stitched with VXLAN, the carrier both
+offer, and ping. (VXLAN, the fallback when the two offer no other carrier in
 common, is agreed and deployed in tests/integration/test_players_encap.py
 and runs between PIPs in every other players test.)"""
 
@@ -32,8 +35,8 @@ TWO_PIPS = EXAMPLES / "figure6-2pip.xml"
 @pytest.fixture(scope="module")
 def mixed(vnet: Vnet) -> Iterator[Lab]:
     # hosts of 2 CPUs: three nodes of one CPU per PIP take both of its hosts
-    made = new_lab(vnet, "--pips", "2", "--hosts", "2", "--cpu", "2", "--encap",
-                   "click,vlan+click")
+    made = new_lab(vnet, "--pips", "3", "--hosts", "2", "--cpu", "2", "--encap",
+                   "click,vlan+click,vlan", "--switch", "ssh")
     try:
         yield made
     finally:
@@ -60,6 +63,19 @@ def crossing_bridges(substrate: str) -> set[str]:
     return {b for b, n in seen.items() if n > 1}
 
 
+def pings_everywhere(vnet: Vnet, lab: Lab, vnet_id: str, spec_file: Path) -> None:
+    """Every link both ways: one `vnet exec` per node pings its link peers."""
+    peers: dict[str, list[str]] = {}
+    for link in load_vnet(spec_file).links:
+        for src, dst in ((link.a, link.b), (link.b, link.a)):
+            peers.setdefault(src.node, []).append(dst.interface.addresses[0].split("/")[0])
+    for node, addresses in peers.items():
+        script = "for a in " + " ".join(addresses) + \
+            '; do ping -c 1 -W 2 "$a" >/dev/null || { echo "$a"; exit 1; }; done'
+        out = vnet.json("exec", "--lab", lab.name, vnet_id, node, "--", "sh", "-c", script)
+        assert out["rc"] == 0, f"{node} cannot reach {out}"
+
+
 def test_vnet_across_a_click_pip_and_a_vlan_pip_pings(vnet: Vnet, mixed: Lab) -> None:
     p1, p2 = f"{mixed.name}p1", f"{mixed.name}p2"
     home = Path(vnet.env["VNET_HOME"])
@@ -72,13 +88,8 @@ def test_vnet_across_a_click_pip_and_a_vlan_pip_pings(vnet: Vnet, mixed: Lab) ->
     result = vnet.json("up", str(TWO_PIPS), "--lab", mixed.name)
     vnet_id = result["vnet"]
     assert result["status"] == "ready"
+    pings_everywhere(vnet, mixed, vnet_id, TWO_PIPS)
     spec = load_vnet(TWO_PIPS)
-    for link in spec.links:
-        for src, dst in ((link.a, link.b), (link.b, link.a)):
-            peer = dst.interface.addresses[0].split("/")[0]
-            out = vnet.json("exec", "--lab", mixed.name, vnet_id, src.node, "--",
-                            "ping", "-c", "1", "-W", "2", peer)
-            assert out["rc"] == 0, f"{link.id}: {src.node} -> {dst.node} failed: {out}"
 
     where = {n.id: n.location for n in spec.nodes}
     inter = [k.id for k in spec.links if where[k.a.node] != where[k.b.node]]
@@ -100,3 +111,33 @@ def test_vnet_across_a_click_pip_and_a_vlan_pip_pings(vnet: Vnet, mixed: Lab) ->
     assert {**devices(p1), **devices(p2)} == before
     assert not click_pids(p1)
     assert ovs_ports(vnet, p2) == ports_before
+
+
+def test_vnet_across_two_vlan_pips_is_stitched_with_vxlan(vnet: Vnet, mixed: Lab,
+                                                          tmp_path: Path) -> None:
+    p2, p3 = f"{mixed.name}p2", f"{mixed.name}p3"
+    spec_file = tmp_path / "figure6-london-paris.xml"
+    spec_file.write_text(TWO_PIPS.read_text().replace('location="london"', 'location="paris"')
+                         .replace('location="berlin"', 'location="london"'))
+    before = {**devices(p2), **devices(p3)}
+    ports_before = {p: ovs_ports(vnet, p) for p in (p2, p3)}
+
+    result = vnet.json("up", str(spec_file), "--lab", mixed.name)
+    vnet_id = result["vnet"]
+    assert result["status"] == "ready"
+    pings_everywhere(vnet, mixed, vnet_id, spec_file)
+    spec = load_vnet(spec_file)
+    where = {n.id: n.location for n in spec.nodes}
+    inter = [k.id for k in spec.links if where[k.a.node] != where[k.b.node]]
+    # one kernel VXLAN device at each end of each inter-PIP link, none inside
+    hosts = [ns for ns in before if not ns.endswith("-switch")]
+    assert len([d for ns in hosts for d in vxlan_devices(ns)]) == 2 * len(inter)
+    assert not click_pids(p2) and not click_pids(p3)
+    for p in (p2, p3):  # inside each PIP its own switch's VLANs
+        assert crossing_bridges(p), f"{p}: no link crossed its hosts"
+        vlan_ports = {k: v for k, v in ovs_ports(vnet, p).items() if k not in ports_before[p]}
+        assert len(vlan_ports) == 2 * len(crossing_bridges(p))
+
+    vnet.run("down", "--lab", mixed.name, vnet_id)
+    assert {**devices(p2), **devices(p3)} == before
+    assert {p: ovs_ports(vnet, p) for p in (p2, p3)} == ports_before
