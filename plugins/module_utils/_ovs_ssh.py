@@ -143,10 +143,9 @@ class SshOvsSwitch:
         self._ssh = paramiko.SSHClient()
         self._ssh.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
-            if known_hosts is not None:
+            if host_key is None:
                 self._ssh.load_host_keys(known_hosts)
             else:
-                assert host_key is not None
                 key = public_key(host_key)
                 known = f"[{host}]:{port}" if port != SSH_PORT else host
                 self._ssh.get_host_keys().add(known, key.get_name(), key)
@@ -170,7 +169,8 @@ class SshOvsSwitch:
         """Run ``ovs-vsctl`` on the switch; its stdout."""
         cmd = shlex.join(["ovs-vsctl", *self._db, f"--timeout={int(self._timeout)}", *args])
         try:
-            _, out, err = self._ssh.exec_command(cmd, timeout=self._timeout)
+            stdin, out, err = self._ssh.exec_command(cmd, timeout=self._timeout)
+            stdin.close()
             text = out.read().decode()
             status = out.channel.recv_exit_status()
             errors = err.read().decode().strip()

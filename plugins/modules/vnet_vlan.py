@@ -12,8 +12,8 @@ description:
   - The PIP's switch daemon gives each virtual link segment a VLAN id; this module
     sets the ports of one Open vSwitch bridge accordingly, through OVSDB (ovsdbapp,
     O(driver=ovsdb)) or, for a switch the host cannot reach through OVSDB, over SSH
-    (paramiko, O(driver=ssh)): C(ovs-vsctl) on the switch, its OVSDB rows read as
-    JSON, each change set one transaction. Both decide with the same want/have plan,
+    (paramiko, O(driver=ssh)), running C(ovs-vsctl) on the switch, its OVSDB rows read
+    as JSON, each change set one transaction. Both decide with the same want/have plan,
     so check mode, diff and idempotence are the same.
   - A port with O(ports[].vlan) becomes an access port of that VLAN (tagged frames
     from the node are dropped by Open vSwitch); a port with O(ports[].trunks) carries
@@ -118,7 +118,7 @@ options:
   switch_host_key:
     description:
       - The switch's SSH host key, an OpenSSH public key line (C(ssh-ed25519 AAAA...)).
-      - Exactly one of O(switch_host_key) and O(switch_known_hosts) with O(driver=ssh):
+      - Exactly one of O(switch_host_key) and O(switch_known_hosts) with O(driver=ssh);
         a switch whose key is not known is refused (no trust on first use).
     type: str
   switch_known_hosts:
