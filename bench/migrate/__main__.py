@@ -2,6 +2,7 @@
 open console session is kept, per kind of move.
 
     .venv/bin/python -m bench.migrate [--runs 5] [--quick] [--no-vm] [--no-between]
+        [--no-netns]
 
 A private lab (one PIP, four hosts) holds e1 - r1 - e2, requested through
 the players, which run in this process (`bench.migrate.chain`: the PIP's
@@ -125,11 +126,13 @@ class Bench:
             except (AssertionError, TimeoutError, OSError):
                 kept = False
         qemu = moved.timings.get("qemu", {}).get("downtime_ms")
+        syncs = moved.timings.get("qemu", {}).get("syncs")
         sample = Sample(end - start, longest_gap(stamps, start - BEFORE, end + AFTER), qemu,
                         kept)
+        vm = f", QEMU downtime {qemu:.0f} ms, {syncs} dirty-bitmap syncs" if qemu is not None \
+            else ""
         print(f"  {moved.source} -> {moved.target}: {sample.total:.2f} s, longest gap "
-              f"{sample.gap:.3f} s" + (f", QEMU downtime {qemu:.0f} ms" if qemu is not None
-                                       else "") + f", console answered: {kept}", flush=True)
+              f"{sample.gap:.3f} s{vm}, console answered: {kept}", flush=True)
         return sample
 
     def close(self) -> None:
@@ -209,6 +212,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one move of each kind")
     parser.add_argument("--no-vm", action="store_true", help="no VM rows")
     parser.add_argument("--no-between", action="store_true", help="no between-PIPs row")
+    parser.add_argument("--no-netns", action="store_true", help="no netns row")
     parser.add_argument("--mgmt-offset", type=int, default=60)
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
@@ -220,7 +224,8 @@ def main() -> int:
                        mgmt_offset=args.mgmt_offset))
     try:
         with tempfile.TemporaryDirectory() as tmp, chain(substrate, Path(tmp)) as c:
-            kinds: list[Callable[[Chain, str, int], list[Row]]] = [netns_row]
+            kinds: list[Callable[[Chain, str, int], list[Row]]] = (
+                [] if args.no_netns else [netns_row])
             if not args.no_vm:
                 kinds.insert(0, vm_rows)
             for kind in kinds:
