@@ -24,6 +24,7 @@ import pytest
 
 from tests.e2e.conftest import Lab, Vnet, new_lab
 from vnetlib import paths
+from vnetlib.hosts import Hosts
 from vnetlib.lab import sshd
 from vnetlib.vm import remote, serial
 
@@ -53,6 +54,10 @@ class Up:
     @property
     def files(self) -> sshd.SshFiles:
         return sshd.files_of(paths.substrate_dir(self.lab.substrate))
+
+    @property
+    def hosts(self) -> Hosts:
+        return Hosts(paths.substrate_dir(self.lab.substrate) / "inventory.yml")
 
 
 def _domains(prefix: str) -> list[str]:
@@ -166,6 +171,8 @@ def test_serial_exec_and_vnc_of_a_vm_go_through_the_hosts_sshd(vnet: Vnet, up: U
                    "echo exec-$((6 * 7)); exit 3", check=False)
     done = json.loads(ran.stdout)
     assert ran.returncode == done["rc"] == 3 and done["stdout"] == "exec-42\n", done
+    # What the operator's direct `vnet exec` runs: the same agent, over the inventory's SSH.
+    assert remote.run(up.hosts, HOST, up.domain, ["echo", "direct"], 30, 100) == (0, "direct\n")
 
     vnc = _console(vnet, up, "vnc")
     try:
@@ -200,6 +207,8 @@ def test_with_the_hosts_sshd_stopped_sessions_end_and_everything_fails_by_name(
         assert done.returncode != 0
         assert "vm1's host does not answer" in done.stderr, done.stderr
         assert time.monotonic() - started < 30
+        with pytest.raises(remote.HostUnreachable, match=f"host {HOST} cannot be reached"):
+            remote.run(up.hosts, HOST, up.domain, ["true"], 30, 100)
         for kind in ("serial", "vnc"):
             refused = _console(vnet, up, kind)
             assert refused.stdin is not None
