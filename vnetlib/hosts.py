@@ -12,6 +12,7 @@ when the node's host is reached over SSH.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shlex
 from collections.abc import Mapping, Sequence
@@ -43,7 +44,24 @@ def _hosts(node: Mapping[str, Any], inherited: dict[str, Any]) -> dict[str, dict
 def host_vars(inventory: Path, host: str) -> dict[str, Any]:
     """The variables of `host` in a YAML inventory, with group_vars/*.yml
     beside it and `{{ inventory_dir }}` resolved (what the lab and the hen
-    template use; not a general Jinja evaluation)."""
+    template use; not a general Jinja evaluation). Read again only when one
+    of those files changed (every exec and console asks)."""
+    return dict(_host_vars(inventory, host, _stamp(inventory)))
+
+
+Stamp = tuple[tuple[str, int, int, int], ...]
+
+
+def _stamp(inventory: Path) -> Stamp:
+    """Each file's identity, size and time (a file rewritten within the
+    clock's tick keeps its time, seldom its size, never its inode if replaced)."""
+    files = [inventory, *sorted((inventory.parent / "group_vars").glob("*.yml"))]
+    stats = [(str(f), f.stat()) for f in files]
+    return tuple((name, st.st_ino, st.st_size, st.st_mtime_ns) for name, st in stats)
+
+
+@functools.lru_cache(maxsize=256)
+def _host_vars(inventory: Path, host: str, stamp: Stamp) -> dict[str, Any]:
     data = yaml.safe_load(inventory.read_text()) or {}
     hosts = _hosts(data.get("all", {}), {})
     if host not in hosts:

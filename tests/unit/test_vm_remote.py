@@ -157,3 +157,17 @@ def test_an_agent_runs_with_the_hosts_interpreter_as_ansible_modules_do(tmp_path
     assert shlex.split(line[-1])[:2] == [python, "-c"]
     assert shlex.split(line[-1])[2] == remote.agent_source()
     assert hosts.command(inventory, "h1", ("python3x", "-c", "1"))[-1] == "python3x -c 1"
+
+
+def test_a_changed_inventory_is_read_again(tmp_path: Path) -> None:
+    """Host variables are cached per file state: every exec and console asks."""
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump(inventory_of(LabConfig(name="rd"))))
+    assert not hosts.is_ssh(inventory, "h1")
+    files = sshd.SshFiles(tmp_path / "ssh")
+    inventory.write_text(yaml.safe_dump(inventory_of(
+        LabConfig(name="rd", connection="ssh"), lambda address: sshd.host_vars(files, address))))
+    assert hosts.is_ssh(inventory, "h1")
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "all.yml").write_text("vnet_extra: 1\n")
+    assert hosts.host_vars(inventory, "h1")["vnet_extra"] == 1
