@@ -21,7 +21,13 @@ from vnetlib.console import compact, repoint
 from vnetlib.console.endpoints import ConsoleEndpoint, NetnsShell, VmSerial, VmVnc
 from vnetlib.console.relay import DEFAULT_LIMITS, ConsoleLimits, ConsoleServer
 from vnetlib.console.repoint import Repointable
-from vnetlib.console.sessions import Opener, SessionTable, in_process_setup, token_hash
+from vnetlib.console.sessions import (
+    Opener,
+    Pending,
+    SessionTable,
+    in_process_setup,
+    token_hash,
+)
 from vnetlib.console.wire import ByteReader, ByteWriter
 from vnetlib.core.pip import spec_of
 from vnetlib.core.records import Sliver, State
@@ -36,7 +42,7 @@ from vnetlib.players.client import (
 )
 from vnetlib.players.config import PlayerConfig, Upstream
 from vnetlib.players.pki import Credentials, Identity, Role
-from vnetlib.players.server import Conflict, NotFound, UpstreamFailed
+from vnetlib.players.server import Conflict, NotFound, UpstreamFailed, require_role
 from vnetlib.players.stores import PlayerStore, Record
 
 if TYPE_CHECKING:
@@ -153,6 +159,7 @@ class ConsoleHub:
             raise
         self.endpoints: dict[tuple[str, str], ConsoleEndpoint] = {}
         self.calls = AsyncCalls(credentials)  # used on the player's HTTPS loop only
+        self.listener_calls = AsyncCalls(credentials)  # on the listener's loop only
         self._stopped = False
         self._lock = threading.Lock()
 
@@ -170,6 +177,7 @@ class ConsoleHub:
             if self._stopped:
                 return
             self._stopped = True
+        self.listener_calls.close()  # on the listener's loop, before it stops
         self.server.stop()
         self.calls.close()
         for endpoint in self.endpoints.values():
@@ -201,6 +209,18 @@ class ConsoleHub:
         if req.kind in PREPARED_KINDS and not in_process_setup():
             self.server.prepare(token_hash(session.token), opener, session.expires)
         return session
+
+    def direct(self, caller: Identity, vnet: str, req: m.ConsoleRequest,
+               upstream: m.ConsoleSession, upstream_name: str, peer: str) -> Pending:
+        """The session of a setup made on this player's listener by `caller`
+        (from `peer`): a token minted for it and used at once, so the record
+        and its single use are those of a token presented on the listener."""
+
+        async def opener() -> tuple[ByteReader, ByteWriter]:
+            return await self.server.dial(upstream.url, upstream.token, upstream_name)
+
+        token, _ = self.sessions.mint(caller, vnet, req.node, req.kind, upstream.url, opener)
+        return self.sessions.consume(token, caller, peer)
 
     def _mint(self, caller: Identity, vnet: str, req: m.ConsoleRequest, next_hop: str,
               opener: Opener) -> m.ConsoleSession:
@@ -274,17 +294,33 @@ def _vno_routes(svc: VnoService, hub: ConsoleHub) -> None:
                                                 compact.request_xml(req)), "the VNP")
         return 200, compact.session_xml(hub.relay(caller, rec.id, req, up, vnp.name))
 
+    async def ask(caller: Identity, vnet: str, req: m.ConsoleRequest,
+                  calls: AsyncCalls) -> tuple[Record, m.ConsoleSession]:
+        rec = ready(caller, await records.on_loop(("vnet", caller.name, vnet),
+                                                  lambda: svc._own(caller, vnet)))
+        up = await _session_from_loop(calls.post(
+            vnp.url, f"/v1/vnets/{svc._vnp_ref(rec)}/console", compact.request_xml(req),
+            expect_name=vnp.name, timeout=svc.config.vno.timeout), "the VNP")
+        return rec, up
+
     async def on_loop(caller: Identity, params: Mapping[str, str],
                       body: bytes) -> tuple[int, bytes]:
         req = m.console_request_from(m.read(body, "console-request"))
-        rec = ready(caller, await records.on_loop(key(caller, params),
-                                                  lambda: svc._own(caller, params["id"])))
-        up = await _session_from_loop(hub.calls.post(
-            vnp.url, f"/v1/vnets/{svc._vnp_ref(rec)}/console", compact.request_xml(req),
-            expect_name=vnp.name, timeout=svc.config.vno.timeout), "the VNP")
+        rec, up = await ask(caller, params["id"], req, hub.calls)
         return 200, compact.session_xml(hub.relay(caller, rec.id, req, up, vnp.name))
 
+    async def on_listener(caller: Identity, vnet: str, node: str, kind: str,
+                          peer: str) -> Pending:
+        """A setup made on the VNO's listener (`VNET-CONSOLE-OPEN`): the
+        route's checks and call (its line was checked to the request's
+        patterns), then the session on the caller's connection."""
+        require_role(caller, Role.SP)
+        req = m.ConsoleRequest(node, cast(m.ConsoleKindName, kind))
+        rec, up = await ask(caller, vnet, req, hub.listener_calls)
+        return hub.direct(caller, rec.id, req, up, vnp.name, peer)
+
     svc.add_route("POST", "/v1/vnets/{id}/console", console, roles={Role.SP}, on_loop=on_loop)
+    hub.server.setup = on_listener
 
 
 def _vnp_routes(svc: VnpService, hub: ConsoleHub) -> None:

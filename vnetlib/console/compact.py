@@ -19,12 +19,11 @@ from typing import cast
 
 from lxml import etree
 
+from vnetlib.console.wire import KINDS, NODE_ID
 from vnetlib.players import messages as m
 from vnetlib.players.server import BadRequest, Unprocessable
 
 NS = m.NS
-NODE_ID = re.compile(r"[a-z][a-z0-9_\-]{0,14}")
-KINDS = frozenset({"shell", "serial", "vnc"})
 URL = re.compile(r"tls://[A-Za-z0-9.:\[\]-]{1,255}:[0-9]{1,5}")
 TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 MAX_BYTES = 4096

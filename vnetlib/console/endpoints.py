@@ -165,12 +165,20 @@ class NetnsShell:
                 spawned = entry[0]
             else:  # dead, or in a namespace the node left (it moved)
                 self._end_later(entry[0])
-        host = sliver.embedding.node_map.get(node)
+        local = True  # a spare was taken: spares are only made for nodes on this machine
         if spawned is None:
-            spawned = await asyncio.to_thread(
-                lambda: self.confinement.spawn(sliver.id, self._netns(sliver, node), SHELL,
-                                               host=host))
-        if self.confinement.remote_host(host) is None:  # no spares on a host over SSH
+            host = sliver.embedding.node_map.get(node)
+
+            def cold() -> tuple[Spawned, bool]:
+                # Whether the host is reached over SSH reads the inventory
+                # (YAML, about a millisecond): in this thread, off the loop.
+                return (self.confinement.spawn(sliver.id, self._netns(sliver, node), SHELL,
+                                               host=host),
+                        self.confinement.remote_host(host) is None)
+
+            fresh, local = await asyncio.to_thread(cold)
+            spawned = fresh
+        if local:  # no spares on a host over SSH
             self._restock(sliver, node)
         stream = PtyStream(self.confinement, spawned)
         return stream, stream

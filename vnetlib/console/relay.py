@@ -32,11 +32,13 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from vnetlib.console.loop import LoopThread
 from vnetlib.console.sessions import Opener, Pending, SessionTable, TokenRefused, token_hash
 from vnetlib.console.wire import (
+    OPEN_MAGIC,
     STREAM_LIMIT,
     ByteReader,
     ByteWriter,
@@ -47,9 +49,12 @@ from vnetlib.console.wire import (
     greet,
     peer_of,
     read_line,
+    refusal,
+    request_of,
     token_of,
 )
-from vnetlib.players.pki import Credentials, PkiError
+from vnetlib.players.pki import Credentials, Identity, PkiError
+from vnetlib.players.server import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,10 @@ IDLE_NOTICE = b"\r\n[vnet console: idle for too long, session closed]\r\n"
 SPARE_TTL = 5.0  # a spare connection to a next hop, unused; the far end waits 10 s
 SPARE_DELAY = 0.05  # after an opening: the spare's handshake stays off the setup's path
 MAX_SPARES = 16
+
+Setup = Callable[[Identity, str, str, str, str], Awaitable[Pending]]
+"""(presenter, vnet, node, kind, peer address) -> the session of a setup made
+on the listener (`VNET-CONSOLE-OPEN`): authorized, its next hop's token in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +130,8 @@ class ConsoleServer(LoopThread):
         self._spare_timers: dict[tuple[str, str | None], asyncio.TimerHandle] = {}
         self._spare_epoch = 0
         self.keep_spares = True
+        self.setup: Setup | None = None
+        """Set at a VNO: setups taken on the listener itself."""
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -356,19 +367,34 @@ class ConsoleServer(LoopThread):
             if len(self._conns) > self.limits.max_sessions:
                 raise TokenRefused("too many console sessions; try later")
             try:
-                token = token_of(await read_line(reader, self.limits.greeting_timeout))
+                line = await read_line(reader, self.limits.greeting_timeout)
                 who = peer_of(writer, self.credentials)  # as of the greeting: spares wait
+                wanted = request_of(line) if self.setup is not None and line.startswith(
+                    OPEN_MAGIC) else None
+                token = "" if wanted is not None else token_of(line)
             except (TimeoutError, PkiError, ValueError, OSError) as exc:
                 log.info("%s: console connection from %s refused: %s", self.name, peer,
                          exc or "no greeting in time")
                 raise TokenRefused("bad greeting") from exc
-            try:
-                pending = self.sessions.consume(token, who, peer)
-            except TokenRefused:
-                await self._registered(token_hash(token))
-                self._unclaimed(token_hash(token))  # a burnt token's prepared hop
-                raise
-            await self._registered(pending.hash)
+            if wanted is not None:
+                assert self.setup is not None
+                try:
+                    pending = await self.setup(who, *wanted, peer)
+                except ApiError as exc:
+                    log.info("%s: console setup by %s on %s/%s (%s) refused: %s", self.name,
+                             who, *wanted, exc.message)
+                    with contextlib.suppress(Exception):
+                        writer.write(refusal(exc.status, exc.code, exc.message))
+                        await asyncio.wait_for(writer.drain(), 2)
+                    return
+            else:
+                try:
+                    pending = self.sessions.consume(token, who, peer)
+                except TokenRefused:
+                    await self._registered(token_hash(token))
+                    self._unclaimed(token_hash(token))  # a burnt token's prepared hop
+                    raise
+                await self._registered(pending.hash)
             prepared = self._prepared.pop(pending.hash, None)
             try:
                 if prepared is not None:

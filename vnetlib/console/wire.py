@@ -5,12 +5,21 @@ A client connects with mutual TLS and sends one line, `VNET-CONSOLE 1
 `ERR <reason>\\n` anywhere on the path reaches the client), then relays raw
 bytes both ways until either side closes. TLS in asyncio cannot half-close,
 so an end of stream from either side ends the whole session.
+
+A VNO's listener also takes the setup itself as the first line, `VNET-CONSOLE-OPEN
+1 <vnet> <node> <kind>\\n`, from an SP that knows the listener (it answered
+an earlier setup over HTTPS): the same authorization and the same call down
+the chain as `POST /v1/vnets/{id}/console`, then the session on this very
+connection, without a token handed out (the connection is the presenter).
+A refusal of the setup is `REFUSED <status> <code> <message>\\n`, what the
+HTTPS route would have answered; other listeners answer `ERR bad greeting`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 import time
 import weakref
@@ -21,7 +30,14 @@ from vnetlib.players.peers import peer_identity
 from vnetlib.players.pki import Credentials, Identity, PkiError
 
 MAGIC = b"VNET-CONSOLE 1 "
+OPEN_MAGIC = b"VNET-CONSOLE-OPEN 1 "
 MAX_LINE = 128
+MAX_ANSWER = 512
+"""Bytes of an answer line a client reads (a refusal carries a message)."""
+REFUSED = b"REFUSED "
+VNET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
+NODE_ID = re.compile(r"[a-z][a-z0-9_\-]{0,14}")
+KINDS = frozenset({"shell", "serial", "vnc"})
 STREAM_LIMIT = 64 << 10
 DIAL_TIMEOUT = 10.0
 RESUME_TTL = 60.0
@@ -65,7 +81,7 @@ def _resuming(context: ssl.SSLContext, host: str, port: int) -> Any:
     return _Resuming(context, entry[0])
 
 
-def _keep_ticket(writer: asyncio.StreamWriter) -> None:
+def keep_ticket(writer: asyncio.StreamWriter) -> None:
     """The listener's newest ticket, once the connection has read past it."""
     where = _ticket_of.pop(writer, None)
     obj = writer.get_extra_info("ssl_object")
@@ -108,6 +124,44 @@ def token_of(line: bytes) -> str:
     return token
 
 
+def open_line(vnet: str, node: str, kind: str) -> bytes:
+    """The setup line for a VNO's listener; ValueError for a bad request."""
+    if not VNET_ID.fullmatch(vnet) or not NODE_ID.fullmatch(node) or kind not in KINDS:
+        raise ValueError(f"bad console request {vnet}/{node} ({kind})")
+    return OPEN_MAGIC + f"{vnet} {node} {kind}\n".encode()
+
+
+def request_of(line: bytes) -> tuple[str, str, str]:
+    """(vnet, node, kind) of a setup line; ValueError for anything else."""
+    if not line.startswith(OPEN_MAGIC) or not line.endswith(b"\n") or len(line) > MAX_LINE:
+        raise ValueError("bad greeting")
+    words = line[len(OPEN_MAGIC):-1].decode("ascii", "replace").split(" ")
+    if len(words) != 3:
+        raise ValueError("bad greeting")
+    vnet, node, kind = words
+    if not VNET_ID.fullmatch(vnet) or not NODE_ID.fullmatch(node) or kind not in KINDS:
+        raise ValueError("bad greeting")
+    return vnet, node, kind
+
+
+def refusal(status: int, code: str, message: str) -> bytes:
+    """A setup's refusal line (the message cut to fit and to one line)."""
+    text = " ".join(message.split())
+    line = f"{status} {code} {text}".encode("utf-8", "replace")[:MAX_ANSWER - 10]
+    return REFUSED + line.decode("utf-8", "ignore").encode() + b"\n"
+
+
+def refusal_of(line: bytes) -> tuple[int, str, str] | None:
+    """(status, code, message) of a refusal line, None if it is none."""
+    if not line.startswith(REFUSED):
+        return None
+    status, _, rest = line[len(REFUSED):].decode("utf-8", "replace").strip().partition(" ")
+    code, _, message = rest.partition(" ")
+    if not status.isdigit():
+        return None
+    return int(status), code, message
+
+
 def address_of(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     if parts.scheme != "tls" or not parts.hostname or not parts.port:
@@ -123,15 +177,16 @@ def peer_of(writer: asyncio.StreamWriter, credentials: Credentials) -> Identity:
     return peer_identity(credentials, der)
 
 
-async def read_line(reader: asyncio.StreamReader, timeout: float) -> bytes:
-    """One line of at most MAX_LINE bytes (ValueError if longer or cut)."""
+async def read_line(reader: asyncio.StreamReader, timeout: float,
+                    limit: int = MAX_LINE) -> bytes:
+    """One line of at most `limit` bytes (ValueError if longer or cut)."""
     try:
         line = await asyncio.wait_for(reader.readuntil(b"\n"), timeout)
     except asyncio.IncompleteReadError as exc:
         raise ValueError("connection closed before the end of the line") from exc
     except asyncio.LimitOverrunError as exc:
         raise ValueError("line too long") from exc
-    if len(line) > MAX_LINE:
+    if len(line) > limit:
         raise ValueError("line too long")
     return line
 
@@ -203,5 +258,5 @@ async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, toke
         await close_quietly(writer)
         reason = line.decode("utf-8", "replace").strip()
         raise HopError(reason[4:] if reason.startswith("ERR ") else "refused")
-    _keep_ticket(writer)
+    keep_ticket(writer)
     return reader, writer

@@ -418,6 +418,8 @@ class _AsyncConn:
             self.writer.transport.abort()
         except RuntimeError:  # the loop is closed: no callbacks, just the socket
             sock = self.writer.get_extra_info("socket")
+            # asyncio hands out a TransportSocket, which has no close()
+            sock = getattr(sock, "_sock", sock)
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.close()
