@@ -11,30 +11,34 @@ Hops = the proxy hops between the client and the endpoint = the players that
 relay the data path = d + 2 (the VNO, d VNPs, the PIP); the TCP baseline has
 as many socat relays in front of an echo endpoint (`printf '$ '; exec cat`).
 
-Setup = what `vnet console` does (`open_console`): the console request over
-HTTPS down the chain, then the data path's connect to the VNO until the
-first prompt byte arrives; baseline: TCP connects through the relays until
-the echo endpoint's first byte. Round trip = write one byte, read its echo
-(the node's pty echoes it). The players run in this process (real mutual TLS
-on loopback, real substrate namespaces, a real confined shell), so they share
-one interpreter; the client runs in a process of its own (`--client
-process`, the default), as a user's client does: in the players' process its
-CPU (its HTTPS call, its TLS handshake with the VNO's listener) would queue
-behind theirs for the one interpreter lock, a cost no user sees
-(`--client in-process` measures that way, as the bench did before). Needs
-root; cleans up after itself.
+Setup = what a library client does (`open_console(..., keep=True)`) until
+the first prompt byte arrives: its first session asks the VNO over HTTPS and
+presents the token on the VNO's console listener (what `vnet console`, one
+session per process, always does); later ones ask the listener itself
+(`VNET-CONSOLE-OPEN`, same authorization and chain), on a spare TLS
+connection the client opened after the session before; baseline: TCP
+connects through the relays until the echo endpoint's first byte. Round trip
+= write one byte, read its echo (the node's pty echoes it). The players run
+in this process (real mutual TLS on loopback, real substrate namespaces, a
+real confined shell), so they share one interpreter; the client runs in a
+process of its own (`--client process`, the default), as a user's client
+does: in the players' process its CPU (its HTTPS call, its TLS handshake
+with the VNO's listener) would queue behind theirs for the one interpreter
+lock, a cost no user sees (`--client in-process` measures that way, as the
+bench did before). Needs root; cleans up after itself.
 
 Sessions follow each other `--pause` seconds apart. The first session of a
 depth is reported apart ("first"): it finds no kept-alive HTTPS connection
 between the players, no spare console connection between their listeners
 and no spare shell at the node. The others find them: the steady state of a
 console used now and then (a spare shell lives 60 s, a spare console
-connection 5 s, a kept-alive HTTPS connection 2 s, a player's cached record
-of the VNet 5 s, so at depth 8 the HTTPS calls near the PIP find theirs, and
-a session a minute after the last one pays the first's price). The per-hop
+connection 5 s, the client's spare connection to the listener 5 s, a
+kept-alive HTTPS connection 2 s, a player's cached record of the VNet 5 s,
+so at depth 8 the HTTPS calls near the PIP find theirs, and a session a
+minute after the last one pays the first's price). The per-hop
 slope is the least-squares line through the setup medians against hops; its
-intercept is what no hop adds (the client's own TLS handshake, the
-endpoint). The endpoint's own cost is measured apart: a confined shell
+intercept is what no hop adds (the client's request and the VNO's
+answer, the endpoint). The endpoint's own cost is measured apart: a confined shell
 started cold until its first prompt byte, what a session pays when no spare
 shell is waiting.
 """
@@ -84,7 +88,7 @@ ONE_NODE = b"""<vnet xmlns="urn:vnet:rdl:1" version="1" name="bench%d">
 class Figures:
     setups: tuple[float, ...]
     rtts: tuple[float, ...]
-    phases: tuple[tuple[float, float, float], ...] = ()  # HTTPS, connect to OK, prompt
+    phases: tuple[tuple[float, float, float], ...] = ()  # request out, to OK, prompt
     first: float = 0.0
     lost: int = 0  # sessions measured again: their shell was killed from outside
 
@@ -140,7 +144,8 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 
 
 class _Timed(ServiceProvider):
-    """An SP that notes when its console request was answered."""
+    """An SP that notes when its console request was sent on the listener
+    (or answered over HTTPS, the first session)."""
 
     answered = 0.0
 
@@ -164,7 +169,7 @@ def console_figures(sp: _Timed, vnet: str, setups: int, rounds: int,
         i = 0
         while i <= setups:
             start = time.perf_counter()
-            r, w = await open_console(sp, vnet, "n1", answered=sp.note)
+            r, w = await open_console(sp, vnet, "n1", answered=sp.note, keep=True)
             reader, writer = cast(asyncio.StreamReader, r), cast(asyncio.StreamWriter, w)
             try:
                 t_ok = time.perf_counter()
@@ -344,7 +349,7 @@ def table(rows: list[tuple[int, Figures, Figures]]) -> str:
 
 
 def breakdown(rows: list[tuple[int, Figures, Figures]]) -> str:
-    out = ["| depth | hops | HTTPS setup p50 ms | data path to OK p50 ms "
+    out = ["| depth | hops | request out on the listener p50 ms | request to OK p50 ms "
            "| OK to first prompt byte p50 ms |", "|---:|---:|---:|---:|---:|"]
     for depth, c, _ in rows:
         cols = [ms(statistics.median(p[i] for p in c.phases)) for i in range(3)]
