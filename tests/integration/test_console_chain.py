@@ -4,6 +4,7 @@ substrates, real mutual TLS and a real confined shell (vnetlib.console)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import select
 import ssl
@@ -14,15 +15,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from tests.integration.players_fixtures import Players, Substrates, namespaces
 from vnetlib.console.broker import ConsoleHub
-from vnetlib.console.client import open_console
+from vnetlib.console.client import close_calls, open_console
 from vnetlib.console.endpoints import NetnsShell
 from vnetlib.console.relay import STOP_NOTICE
-from vnetlib.console.wire import ByteReader, HopError, dial
+from vnetlib.console.wire import ByteReader, HopError, dial, open_line
 from vnetlib.players import messages as m
 from vnetlib.players.client import PlayerClient, RemoteError
 from vnetlib.players.pki import Credentials, LabCA, Role
@@ -173,6 +175,89 @@ def test_the_next_session_greets_a_spare_connection(chain: Chain) -> None:
     asyncio.run(session())
     used = [r for r in vnp.sessions.rows() if r["used"] is not None]
     assert max(used, key=lambda r: r["used"])["peer"] == spares[0]
+
+
+def test_later_sessions_are_set_up_on_the_vnos_listener(
+        chain: Chain, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that knows the VNO's listener asks for the session there (no
+    HTTPS request, no token handed out); the VNO records it as a token minted
+    for the SP and used by it at once. With keep=True the client holds a
+    spare connection to the listener between sessions."""
+    vno = chain.hub("vno")
+
+    async def session(keep: bool) -> str:
+        reader, writer = await open_console(chain.sp, chain.vnet, "n2", keep=keep)
+        writer.write(b"echo open-$((40+2))\n")
+        await writer.drain()
+        assert b"open-42" in await read_until(reader, b"open-42")
+        writer.close()
+        return str(cast(asyncio.StreamWriter, writer).get_extra_info("sockname"))
+
+    async def run() -> list[tuple[str, int]]:
+        await session(False)  # the listener is known from here on
+        seen = []
+        try:
+            for _ in range(3):
+                caplog.clear()
+                with caplog.at_level(logging.INFO, logger="vnetlib.players.transport"):
+                    seen.append((await session(True), 0))
+                    asked = [r.getMessage() for r in caplog.records]
+                    assert not [a for a in asked if a.startswith("sp:")], asked
+                    assert [a for a in asked if a.startswith("vno:vno POST")], asked
+                deadline = time.monotonic() + 5
+                while (waiting := (await asyncio.to_thread(vno.server.stats))[0]) != 1:
+                    assert time.monotonic() < deadline, "no spare connection to the listener"
+                    await asyncio.sleep(0.02)
+                seen[-1] = (seen[-1][0], waiting)
+        finally:
+            close_calls()
+        return seen
+
+    seen = asyncio.run(run())
+    assert all(waiting == 1 for _, waiting in seen)
+    rows = {r["peer"]: r for r in vno.sessions.rows() if r["used"] is not None}
+    for peer, _ in seen:
+        row = rows[peer]
+        assert row["owner"] == "sp:sp" and row["node"] == "n2" and row["kind"] == "shell"
+        assert row["next_hop"] == chain.hub("vnp").url and row["used"] >= row["created"]
+
+
+def test_setups_on_the_listener_are_refused_as_over_https(chain: Chain,
+                                                          lab_ca: LabCA) -> None:
+    fd_before = fds()
+    vno_creds = lab_ca.issue("vno", Role.VNO)
+
+    async def line(url: str, creds: Credentials, data: bytes) -> bytes:
+        reader, writer = await open_tls(url, creds.client_context())
+        writer.write(data)
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return answer
+
+    async def run() -> None:
+        _, writer = await open_console(chain.sp, chain.vnet, "n1")  # knows the listener
+        writer.close()
+        for vnet, node in ((chain.vnet, "zz9"), ("vnope", "n1")):
+            with pytest.raises(RemoteError) as refused:
+                await open_console(chain.sp, vnet, node)
+            assert refused.value.status == 404, refused.value
+        other = ServiceProvider(chain.sp.client.base_url, lab_ca.issue("sp-other", Role.SP),
+                                30.0, vno_name="vno")
+        with pytest.raises(RemoteError) as refused:  # not the owner: as if there were none
+            await open_console(other, chain.vnet, "n1")
+        assert refused.value.status == 404
+        url = chain.hub("vno").url
+        assert (await line(url, vno_creds, open_line(chain.vnet, "n1", "shell"))
+                ).startswith(b"REFUSED 403 ")
+        assert await line(url, chain.sp_creds, b"VNET-CONSOLE-OPEN 1 v n1\n") == \
+            b"ERR bad greeting\n"
+        # only a VNO's listener takes a setup
+        assert await line(chain.hub("vnp").url, vno_creds,
+                          open_line(chain.vnet, "n1", "shell")) == b"ERR bad greeting\n"
+        close_calls()
+
+    asyncio.run(run())
+    settled(chain, fd_before)
 
 
 def tenant_processes(chain: Chain) -> list[str]:
