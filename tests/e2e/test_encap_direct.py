@@ -59,10 +59,18 @@ class On:
 @pytest.fixture(scope="module")
 def three(vnet: Vnet) -> Iterator[Lab]:
     made = new_lab(vnet, *LAB_ARGS)
+    switch = switch_lab.ssh_files(f"{made.name}p{ENCAPS.index('vlan') + 1}")
     try:
         yield made
     finally:
+        front = sshd.running(switch, switch_lab.SWITCH_HOST)
         vnet.run("lab", "down", "--name", made.name, check=False)
+    assert front is not None, "the VLAN switch's sshd was not running at the end"
+    try:
+        state = Path(f"/proc/{front}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = ""
+    assert state in ("", "Z"), "lab down left the switch's sshd running"  # Z: not reaped yet
 
 
 @pytest.fixture(params=ENCAPS)

@@ -125,7 +125,11 @@ def up(directory: Path, substrates: Iterable[LabConfig], control: str = "ovsdb")
         if not running:
             started.append(f"Open vSwitch of {sub.name} ({inst.remote})")
         if control == "ssh":
-            started += ssh_up(sub)
+            try:
+                started += ssh_up(sub)
+            except BaseException:
+                sshd.stop(ssh_files(sub.name))  # an sshd that never answered goes too
+                raise
     return started
 
 
