@@ -13,7 +13,6 @@ the key itself or a known_hosts file: no trust on first use."""
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import re
@@ -53,14 +52,18 @@ def _name(value: str) -> str:
 
 
 def public_key(text: str) -> Any:
-    """A paramiko key from an OpenSSH public key line (``ssh-ed25519 AAAA... [comment]``)."""
+    """A paramiko key from an OpenSSH public key line (``ssh-ed25519 AAAA... [comment]``);
+    through known_hosts parsing, which paramiko 2 (Debian's python3-paramiko) has too."""
     parts = text.split()
     if len(parts) < 2:
         raise OvsError(f"host key {text[:40]!r} is not 'TYPE BASE64' (an OpenSSH public key)")
     try:
-        return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1]))
+        entry = paramiko.hostkeys.HostKeyEntry.from_line(f"switch {parts[0]} {parts[1]}")
     except (binascii.Error, ValueError, paramiko.SSHException) as exc:
         raise OvsError(f"host key {parts[0]} {parts[1][:16]}...: {exc}") from exc
+    if entry is None or entry.key is None:
+        raise OvsError(f"host key {parts[0]} {parts[1][:16]}...: not a key paramiko knows")
+    return entry.key
 
 
 def _value(value: Any) -> Any:
