@@ -8,7 +8,20 @@ from pathlib import Path
 import pytest
 
 from vnetlib.console.client import Escape
-from vnetlib.console.wire import HopError, address_of, dial, greeting, peer_of, read_line, token_of
+from vnetlib.console.wire import (
+    TICKET_DELAY,
+    HopError,
+    address_of,
+    dial,
+    greeting,
+    open_line,
+    peer_of,
+    read_line,
+    refusal,
+    refusal_of,
+    request_of,
+    token_of,
+)
 from vnetlib.players.pki import LabCA, PkiError, Role
 
 
@@ -20,6 +33,26 @@ def test_greeting_round_trip_and_refusals() -> None:
                 b"GET / HTTP/1.1\r\n", b"VNET-CONSOLE 1 ab/c\n"):
         with pytest.raises(ValueError):
             token_of(bad)
+
+
+def test_setup_lines_and_refusals() -> None:
+    line = open_line("v0123456789", "n1", "shell")
+    assert line == b"VNET-CONSOLE-OPEN 1 v0123456789 n1 shell\n"
+    assert request_of(line) == ("v0123456789", "n1", "shell")
+    for bad in (b"VNET-CONSOLE-OPEN 1 v n1\n", b"VNET-CONSOLE-OPEN 1 v n1 tty\n",
+                b"VNET-CONSOLE-OPEN 1 v N1 shell\n", b"VNET-CONSOLE-OPEN 1 v n1 shell",
+                b"VNET-CONSOLE-OPEN 1 v n1 shell x\n", b"VNET-CONSOLE-OPEN 1 ../x n1 shell\n",
+                b"VNET-CONSOLE 1 " + b"a" * 43 + b"\n",
+                b"VNET-CONSOLE-OPEN 1 " + b"v" * 200 + b" n1 shell\n"):
+        with pytest.raises(ValueError):
+            request_of(bad)
+    with pytest.raises(ValueError):
+        open_line("v 1", "n1", "shell")
+    answer = refusal(404, "not-found", "no VNet\nv9 " + "x" * 1000)
+    assert answer.endswith(b"\n") and answer.count(b"\n") == 1 and len(answer) <= 512
+    status, code, message = refusal_of(answer) or (0, "", "")
+    assert (status, code) == (404, "not-found") and message.startswith("no VNet v9 x")
+    assert refusal_of(b"ERR bad greeting\n") is None
 
 
 def test_console_urls() -> None:
@@ -72,6 +105,7 @@ def test_a_listener_is_reached_again_by_resumption_and_still_checks_revocation(
         try:
             for _ in range(2):
                 _, w = await dial(url, "t0k", context, client, expect_name="vno")
+                await asyncio.sleep(TICKET_DELAY + 0.05)  # the ticket is kept off the path
                 w.close()
             ca.revoke("sp")
             with pytest.raises(HopError, match="revoked"):

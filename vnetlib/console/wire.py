@@ -81,13 +81,28 @@ def _resuming(context: ssl.SSLContext, host: str, port: int) -> Any:
     return _Resuming(context, entry[0])
 
 
+TICKET_DELAY = 0.02
+"""Seconds after a session opened before its listener's ticket is kept:
+reading it (`SSLObject.session` copies the TLS session, certificates and
+all) costs about 0.4 ms, which would lie on the setup's path at every hop."""
+
+
 def keep_ticket(writer: asyncio.StreamWriter) -> None:
-    """The listener's newest ticket, once the connection has read past it."""
+    """The listener's newest ticket, once the connection has read past it;
+    `TICKET_DELAY` from now, off the session's path."""
+    if writer in _ticket_of:
+        asyncio.get_running_loop().call_later(TICKET_DELAY, _keep_ticket_now, writer)
+
+
+def _keep_ticket_now(writer: asyncio.StreamWriter) -> None:
     where = _ticket_of.pop(writer, None)
     obj = writer.get_extra_info("ssl_object")
     if where is None or obj is None:
         return
-    session = obj.session
+    try:
+        session = obj.session
+    except (ValueError, ssl.SSLError):  # closed meanwhile
+        return
     if session is not None and session.has_ticket:
         _tickets.setdefault(where[0], {})[where[1]] = (session, time.monotonic())
 
