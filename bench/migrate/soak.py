@@ -143,7 +143,8 @@ class Soak:
         """Every domain of this soak, its serial logs and its taps."""
         import libvirt
 
-        with vm_migrate._connection(vm_migrate.URI) as conn:
+        conn = libvirt.open(vm_migrate.URI)
+        try:
             for dom in conn.listAllDomains():
                 if dom.name().startswith(f"vsk{self.tag}r"):
                     with contextlib.suppress(libvirt.libvirtError):
@@ -153,6 +154,8 @@ class Soak:
                     for log in (serial_log(dom.name()), f"{LOG_DIR}/{dom.name()}.log"):
                         with contextlib.suppress(OSError):
                             Path(log).unlink()
+        finally:
+            conn.close()
         for where in (*(["-n", h] for h in self.made_ns if h in self.hosts), []):
             for tap in self.taps:
                 subprocess.run(["ip", *where, "link", "delete", tap], capture_output=True)
