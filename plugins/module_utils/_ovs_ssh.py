@@ -215,6 +215,8 @@ class SshOvsSwitch:
                 if r["_uuid"] in uuids and r["name"] != bridge}
 
     def apply(self, bridge: str, changes: list[Any]) -> None:
-        """All ``changes`` in one ovs-vsctl invocation (one OVSDB transaction)."""
+        """All ``changes`` in one ovs-vsctl invocation (one OVSDB transaction),
+        not waiting for ovs-vswitchd to reconfigure (as the OVSDB driver does
+        not: a userspace datapath takes long to add ports)."""
         if changes:
-            self.vsctl(*change_args(_name(bridge), changes))
+            self.vsctl("--no-wait", *change_args(_name(bridge), changes))
