@@ -151,11 +151,11 @@ class Soak:
                         dom.destroy()
                     with contextlib.suppress(libvirt.libvirtError):
                         dom.undefine()
-                    for log in (serial_log(dom.name()), f"{LOG_DIR}/{dom.name()}.log"):
-                        with contextlib.suppress(OSError):
-                            Path(log).unlink()
         finally:
             conn.close()
+        for log in Path(LOG_DIR).glob(f"vsk{self.tag}r*"):  # the moved-away domains' too
+            with contextlib.suppress(OSError):
+                log.unlink()
         for where in (*(["-n", h] for h in self.made_ns if h in self.hosts), []):
             for tap in self.taps:
                 subprocess.run(["ip", *where, "link", "delete", tap], capture_output=True)

@@ -361,7 +361,7 @@ def _remove_dest(conn: Any, move: VmMove, dest: Any) -> None:
 
 
 def finish(move: VmMove, *, uri: str = URI) -> None:
-    """After a completed migration: the source domain and its taps go."""
+    """After a completed migration: the source domain, its serial log and its taps go."""
     import libvirt
 
     with _connection(uri) as conn:
@@ -374,6 +374,8 @@ def finish(move: VmMove, *, uri: str = URI) -> None:
                 src.destroy()
             with contextlib.suppress(libvirt.libvirtError):
                 src.undefine()
+    with contextlib.suppress(OSError):  # the destination's log continues it
+        Path(serial_log(move.source)).unlink()
     present = _links_of(move.source_netns)
     spares = [spare_tap(move.source, i) for i in range(len(move.nics), len(move.nics) + 16)]
     for tap in [*(nic.tap for nic in move.nics), *spares]:
