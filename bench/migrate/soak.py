@@ -1,17 +1,22 @@
 """Many live migrations of one TCG guest, counting the moves after which the
-guest crashed (issue #13's "Known problem").
+guest crashed (issue #13: QEMU 7.2's TCG dirty tracking, see
+`vnetlib.vm.migrate.DOWNTIME_LIMIT_MS`).
 
     .venv/bin/python -m bench.migrate.soak [--moves 20] [--hogs 2] [--pin 0]
-        [--downtime-ms 100] [--flood 0.002]
+        [--downtime-ms 0] [--flood 0.002]
 
 No lab and no players: `vnet.infra`'s steps for a VM done directly (the
 guest image, a libvirt domain with two taps, `vnetlib.vm.migrate` between
 two host namespaces). e1 and e2 are namespaces each with a bridge joined to
 both hosts' bridges of their link (what the move's flood entries give the
 peers), so a ping from e1 to e2 crosses the guest (a router) wherever it
-runs. Per move: QEMU's downtime, the longest ping gap, and whether the
-guest crashed (a kernel message on its serial console, or it booted again:
-its ready line twice). `--hogs`: busy processes (at most 2, killed by pid
+runs; `--flood`: a 1000-byte ping at that interval keeps the guest busy.
+Per move: QEMU's downtime and dirty-bitmap syncs, the longest gap of a
+10 ms ping, and whether the guest crashed: a kernel error or a boot on its
+serial console, or no ping through it within 15 s (a broken virtqueue does
+not panic); then a new guest is booted. `--downtime-ms 10` makes QEMU copy
+pages while the guest runs after a sync in every move (the bug's window;
+vnet's default is 0). `--hogs`: busy processes (at most 2, killed by pid
 at the end); `--pin CPU`: QEMU's threads and the hogs share that one CPU
 (a loaded host for QEMU while the other CPU stays usable for others).
 Needs root; removes everything it made.
