@@ -170,6 +170,11 @@ class OvsSwitch:
             "Port", names, columns=["name", "tag", "trunks", "vlan_mode"]))
         return {str(r["name"]): _port_vlan(r) for r in rows}  # type: ignore[attr-defined]
 
+    def state(self, bridge: str) -> tuple[bool, dict[str, PortVlan]]:
+        """Whether ``bridge`` exists, and its ports' VLAN roles (:meth:`ports`)."""
+        exists = self.has_bridge(bridge)
+        return exists, self.ports(bridge) if exists else {}
+
     def apply(self, bridge: str, changes: list[Change]) -> None:
         """All ``changes`` in one OVSDB transaction."""
         if not changes:

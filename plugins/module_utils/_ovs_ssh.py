@@ -201,18 +201,22 @@ class SshOvsSwitch:
     def delete_bridge(self, bridge: str) -> None:
         self.vsctl("--if-exists", "del-br", _name(bridge))
 
-    def ports(self, bridge: str) -> dict[str, Any]:
-        """The VLAN role of every port on ``bridge`` except its own internal
-        port (one round trip: the bridge's port list and the Port rows)."""
+    def state(self, bridge: str) -> tuple[bool, dict[str, Any]]:
+        """Whether ``bridge`` exists, and the VLAN role of each of its ports
+        but its own internal port, in one round trip."""
         tables = _tables(self.vsctl(
             "--format=json", "--", "--columns=ports", "find", "Bridge", f"name={_name(bridge)}",
             "--", "--columns=_uuid,name,tag,trunks,vlan_mode", "list", "Port"))
         if len(tables) != 2 or not tables[0]:
-            return {}
+            return False, {}
         ports = tables[0][0]["ports"]
         uuids = {ports} if isinstance(ports, str) else set(ports)
-        return {r["name"]: port_vlan(r) for r in tables[1]
-                if r["_uuid"] in uuids and r["name"] != bridge}
+        return True, {r["name"]: port_vlan(r) for r in tables[1]
+                      if r["_uuid"] in uuids and r["name"] != bridge}
+
+    def ports(self, bridge: str) -> dict[str, Any]:
+        """The VLAN role of every port on ``bridge`` except its own internal port."""
+        return self.state(bridge)[1]
 
     def apply(self, bridge: str, changes: list[Any]) -> None:
         """All ``changes`` in one ovs-vsctl invocation (one OVSDB transaction),

@@ -331,11 +331,12 @@ def connect(params: dict) -> object:
 
 
 def open_switch(params: dict) -> tuple:
-    """The switch and whether its bridge exists: a switch that answers SSH but
-    whose Open vSwitch is down fails here too, before any device is made."""
+    """The switch, whether its bridge exists and its ports (the segments'
+    devices are not ports until the plan says so): a switch that answers SSH
+    but whose Open vSwitch is down fails here too, before any device is made."""
     sw = connect(params)
     try:
-        return sw, sw.has_bridge(params["bridge"])
+        return (sw, *sw.state(params["bridge"]))
     except BaseException:
         sw.close()
         raise
@@ -363,7 +364,7 @@ def run_module(module: AnsibleModule) -> dict:
     check_links(p["links"])
     cmds: list[list[str]] = []
     try:
-        sw, exists = open_switch(p)  # first: no device is made for a switch that is down
+        sw, exists, have = open_switch(p)  # first: no device is made for a switch that is down
     except OvsError as exc:
         if present or not p["links"]:
             raise
@@ -378,7 +379,6 @@ def run_module(module: AnsibleModule) -> dict:
                 run_commands(module, cmds)
                 if cmds:  # the kernel completes checksums before OVS's packet socket
                     tx_checksum_off(None, [lk["device"] for lk in p["links"]])
-        have = sw.ports(p["bridge"]) if exists else {}
         changes = plan(want, have, present)
         make_bridge = present and not exists
         if not module.check_mode:
