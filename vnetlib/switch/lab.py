@@ -173,24 +173,17 @@ def offered(item: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*(e.strip() for e in item.split("+")), "vxlan")))
 
 
-def control_of(sub: str, inst: daemons.OvsInstance, ssh: str | None) -> SwitchControl:
+def control_of(sub: LabConfig, inst: daemons.OvsInstance, ssh: str | None) -> SwitchControl:
     """The substrate description's ``<control>`` of the lab's switch: OVSDB at
-    its socket, or SSH at the switch's address with its host key pinned."""
+    its socket, or SSH at the switch's management address with its host key
+    pinned."""
     if ssh is None:
-        return SwitchControl(driver="ovsdb", bridge=bridge_of(sub), db=inst.remote)
+        return SwitchControl(driver="ovsdb", bridge=bridge_of(sub.name), db=inst.remote)
     files = sshd.SshFiles(Path(ssh))
     kind, key = files.host_key(SWITCH_HOST).with_suffix(".pub").read_text().split()[:2]
-    front = _load_front(files)
-    return SwitchControl(driver="ssh", bridge=bridge_of(sub), db=inst.remote, address=front,
-                         port=sshd.SSH_PORT, user="root", host_key=f"{kind} {key}")
-
-
-def _load_front(files: sshd.SshFiles) -> str:
-    """The switch sshd's address, from its sshd_config (the lab wrote it)."""
-    for line in files.config(SWITCH_HOST).read_text().splitlines():
-        if line.startswith("ListenAddress "):
-            return line.split()[1].rsplit(":", 1)[0]
-    raise RuntimeError(f"{files.config(SWITCH_HOST)} has no ListenAddress")
+    return SwitchControl(driver="ssh", bridge=bridge_of(sub.name), db=inst.remote,
+                         address=mgmt_address(sub), port=sshd.SSH_PORT, user="root",
+                         host_key=f"{kind} {key}")
 
 
 def _with_control(described: Substrate, control: SwitchControl | None) -> Substrate:
@@ -233,7 +226,7 @@ def set_encapsulation(directory: Path, substrates: Iterable[LabConfig],
             with OvsDriver(inst.remote, bridge_of(sub.name)):
                 pass  # the switch's bridge exists from the start
             ssh = record[sub.name].get("ssh")
-            control = control_of(sub.name, inst, ssh)
+            control = control_of(sub, inst, ssh)
             switch = {"vnet_ovs_db": inst.remote, "vnet_ovs_bridge": bridge_of(sub.name),
                       "vnet_ovs_netns": inst.netns or ""}
             if ssh is not None:
