@@ -449,6 +449,7 @@ def test_missing_carrier_fails_naming_the_host_and_rolls_back(vnet: Vnet, three:
             named = re.compile(r"\bh[0-9]\b.*switch [0-9.]+:22: ovs-vsctl")
         elif encap == "sshd":
             assert sshd.stop(switch_lab.ssh_files(substrate))
+            assert vnet.run("lab", "status", "--name", three.name, check=False).returncode == 1
             named = re.compile(rf"\bh[0-9]\b.*switch {switch_address(vnet, substrate)}:22: "
                                r".*(Unable to connect|refused)")
         else:
@@ -471,6 +472,7 @@ def test_missing_carrier_fails_naming_the_host_and_rolls_back(vnet: Vnet, three:
             blocker.pop().unlink()
         if encap == "sshd":  # up again; the deployment with the carrier back is vlan's
             assert sshd.running(switch_lab.ssh_files(substrate), switch_lab.SWITCH_HOST)
+            assert vnet.run("lab", "status", "--name", three.name, check=False).returncode == 0
             return
         vnet_id = vnet.json("up", str(FIGURE6), "--substrate", substrate)["vnet"]
         every_link_pings(substrate, vnet_id)

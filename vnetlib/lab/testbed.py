@@ -212,4 +212,8 @@ def status(name: str) -> LabState:
             files = sshd.files_of(paths.substrate_dir(sub.name))
             daemons.update({f"{sub.name}/{h}": sshd.running(files, h) is not None
                             for h in sub.host_names})
+    if spec is not None and spec.switch == "ssh":  # the switches' SSH fronts
+        for sub in spec.substrates():
+            daemons[f"{sub.name}/{switch_lab.SWITCH_HOST}"] = sshd.running(
+                switch_lab.ssh_files(sub.name), switch_lab.SWITCH_HOST) is not None
     return LabState(spec, subs, namespaces, players, daemons)
