@@ -461,7 +461,12 @@ def test_hostile_clients_are_refused_without_leaks(chain: Chain, lab_ca: LabCA) 
         finally:
             vno_hub.server.limits = replace(vno_hub.server.limits, greeting_timeout=10.0)
 
-        # over the session limit: refused while another session is open
+        # over the session limit: refused while another session is open (the
+        # connections above gone first: they would count against the limit)
+        deadline = time.monotonic() + 10
+        while (await asyncio.to_thread(vno_hub.server.stats))[0]:
+            assert time.monotonic() < deadline, "the VNO still serves a hostile connection"
+            await asyncio.sleep(0.05)
         vno_hub.server.limits = replace(vno_hub.server.limits, max_sessions=1)
         try:
             _, holder = await open_console(chain.sp, chain.vnet, "n1")
