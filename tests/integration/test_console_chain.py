@@ -179,10 +179,11 @@ def test_the_next_session_greets_a_spare_connection(chain: Chain) -> None:
 
 def test_later_sessions_are_set_up_on_the_vnos_listener(
         chain: Chain, caplog: pytest.LogCaptureFixture) -> None:
-    """A client that knows the VNO's listener asks for the session there (no
-    HTTPS request, no token handed out); the VNO records it as a token minted
-    for the SP and used by it at once. With keep=True the client holds a
-    spare connection to the listener between sessions."""
+    """A client that knows the VNO's listener asks for the session there, and
+    each player that knows its next player's listener asks there in turn: no
+    HTTPS request and no token handed out anywhere; each player records a
+    token minted for its caller and used by it at once. With keep=True the
+    client holds a spare connection to the listener between sessions."""
     vno = chain.hub("vno")
 
     async def session(keep: bool) -> str:
@@ -202,8 +203,7 @@ def test_later_sessions_are_set_up_on_the_vnos_listener(
                 with caplog.at_level(logging.INFO, logger="vnetlib.players.transport"):
                     seen.append((await session(True), 0))
                     asked = [r.getMessage() for r in caplog.records]
-                    assert not [a for a in asked if a.startswith("sp:")], asked
-                    assert [a for a in asked if a.startswith("vno:vno POST")], asked
+                    assert not [a for a in asked if "/console" in a], asked
                 deadline = time.monotonic() + 5
                 while (waiting := (await asyncio.to_thread(vno.server.stats))[0]) != 1:
                     assert time.monotonic() < deadline, "no spare connection to the listener"
@@ -251,9 +251,15 @@ def test_setups_on_the_listener_are_refused_as_over_https(chain: Chain,
                 ).startswith(b"REFUSED 403 ")
         assert await line(url, chain.sp_creds, b"VNET-CONSOLE-OPEN 1 v n1\n") == \
             b"ERR bad greeting\n"
-        # only a VNO's listener takes a setup
-        assert await line(chain.hub("vnp").url, vno_creds,
-                          open_line(chain.vnet, "n1", "shell")) == b"ERR bad greeting\n"
+        # each player's listener checks its caller as its route does
+        assert (await line(chain.hub("vnp").url, lab_ca.issue("vno2", Role.VNO),
+                           open_line(vno_order(chain), "n1", "shell"))
+                ).startswith(b"REFUSED 404 ")  # another VNO's order: as if there were none
+        assert (await line(chain.hub("vnp").url, chain.sp_creds,
+                           open_line(vno_order(chain), "n1", "shell"))
+                ).startswith(b"REFUSED 403 ")
+        assert (await line(chain.hub("pip-a").url, vno_creds,
+                           open_line("x1", "n1", "shell"))).startswith(b"REFUSED 403 ")
         close_calls()
 
     asyncio.run(run())

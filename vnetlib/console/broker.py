@@ -28,7 +28,7 @@ from vnetlib.console.sessions import (
     in_process_setup,
     token_hash,
 )
-from vnetlib.console.wire import ByteReader, ByteWriter
+from vnetlib.console.wire import ByteReader, ByteWriter, NotOffered
 from vnetlib.core.pip import spec_of
 from vnetlib.core.records import Sliver, State
 from vnetlib.players import messages as m
@@ -160,6 +160,8 @@ class ConsoleHub:
         self.endpoints: dict[tuple[str, str], ConsoleEndpoint] = {}
         self.calls = AsyncCalls(credentials)  # used on the player's HTTPS loop only
         self.listener_calls = AsyncCalls(credentials)  # on the listener's loop only
+        self.listeners: dict[str, str] = {}
+        """Next players' console listeners, by name, as they answered last."""
         self._stopped = False
         self._lock = threading.Lock()
 
@@ -196,6 +198,7 @@ class ConsoleHub:
         under that key (a VNP's: the session can follow its node to another
         provider)."""
         server = self.server
+        self.listeners[upstream_name] = upstream.url
 
         async def opener() -> tuple[ByteReader, ByteWriter]:
             stream = await server.dial(upstream.url, upstream.token, upstream_name)
@@ -210,17 +213,30 @@ class ConsoleHub:
             self.server.prepare(token_hash(session.token), opener, session.expires)
         return session
 
-    def direct(self, caller: Identity, vnet: str, req: m.ConsoleRequest,
-               upstream: m.ConsoleSession, upstream_name: str, peer: str) -> Pending:
+    def direct(self, caller: Identity, vnet: str, req: m.ConsoleRequest, next_hop: str,
+               opener: Opener, peer: str) -> Pending:
         """The session of a setup made on this player's listener by `caller`
         (from `peer`): a token minted for it and used at once, so the record
         and its single use are those of a token presented on the listener."""
-
-        async def opener() -> tuple[ByteReader, ByteWriter]:
-            return await self.server.dial(upstream.url, upstream.token, upstream_name)
-
-        token, _ = self.sessions.mint(caller, vnet, req.node, req.kind, upstream.url, opener)
+        token, _ = self.sessions.mint(caller, vnet, req.node, req.kind, next_hop, opener)
         return self.sessions.consume(token, caller, peer)
+
+    async def onward(self, name: str, ref: str, req: m.ConsoleRequest,
+                     over_https: Callable[[], Awaitable[m.ConsoleSession]]
+                     ) -> tuple[ByteReader, ByteWriter]:
+        """The next player's (`name`) end of a session on its `ref`: asked for
+        on its listener when this player knows it (it answered a setup over
+        HTTPS before), else set up over HTTPS (`over_https`) and greeted with
+        its token. On the listener's loop."""
+        url = self.listeners.get(name)
+        if url is not None:
+            try:
+                return await self.server.ask(url, ref, req.node, req.kind, name)
+            except NotOffered:
+                self.listeners.pop(name, None)
+        session = await over_https()
+        self.listeners[name] = session.url
+        return await self.server.dial(session.url, session.token, name)
 
     def _mint(self, caller: Identity, vnet: str, req: m.ConsoleRequest, next_hop: str,
               opener: Opener) -> m.ConsoleSession:
@@ -312,12 +328,25 @@ def _vno_routes(svc: VnoService, hub: ConsoleHub) -> None:
     async def on_listener(caller: Identity, vnet: str, node: str, kind: str,
                           peer: str) -> Pending:
         """A setup made on the VNO's listener (`VNET-CONSOLE-OPEN`): the
-        route's checks and call (its line was checked to the request's
-        patterns), then the session on the caller's connection."""
+        route's checks (its line was checked to the request's patterns), then
+        the session on the caller's connection, its next hop asked for on the
+        VNP's listener (or over HTTPS, the first time)."""
         require_role(caller, Role.SP)
         req = m.ConsoleRequest(node, cast(m.ConsoleKindName, kind))
-        rec, up = await ask(caller, vnet, req, hub.listener_calls)
-        return hub.direct(caller, rec.id, req, up, vnp.name, peer)
+        rec = ready(caller, await records.on_loop(("vnet", caller.name, vnet),
+                                                  lambda: svc._own(caller, vnet)))
+        ref = svc._vnp_ref(rec)
+
+        async def over_https() -> m.ConsoleSession:
+            return await _session_from_loop(hub.listener_calls.post(
+                vnp.url, f"/v1/vnets/{ref}/console", compact.request_xml(req),
+                expect_name=vnp.name, timeout=svc.config.vno.timeout), "the VNP")
+
+        async def opener() -> tuple[ByteReader, ByteWriter]:
+            return await hub.onward(vnp.name, ref, req, over_https)
+
+        return hub.direct(caller, rec.id, req, hub.listeners.get(vnp.name, vnp.url), opener,
+                          peer)
 
     svc.add_route("POST", "/v1/vnets/{id}/console", console, roles={Role.SP}, on_loop=on_loop)
     hub.server.setup = on_listener
@@ -420,10 +449,48 @@ def _vnp_routes(svc: VnpService, hub: ConsoleHub) -> None:
         return 200, compact.session_xml(
             await via_part_on_loop(caller, rec.name, rec, req, load))
 
+    async def on_listener(caller: Identity, ref: str, node: str, kind: str,
+                          peer: str) -> Pending:
+        """A setup made on the VNP's listener by its customer VNO (`ref`: the
+        VNet's order) or by a VNP it provides for (`ref`: the sliver): the
+        routes' checks, then the provider's end asked for on its listener
+        (or over HTTPS, the first time), re-pointable as the routes make it."""
+        require_role(caller, Role.VNO, Role.VNP)
+        req = m.ConsoleRequest(node, cast(m.ConsoleKindName, kind))
+        if caller.role is Role.VNO:
+            params = {"id": ref}
+            key, load = vnet_record(caller, params)
+            rec = vnet_ready(await records.on_loop(key, load), params)
+            mine = rec.id
+        else:
+            params = {"name": ref}
+            key, load = sliver_record(caller, params)
+            rec = sliver_ready(await records.on_loop(key, load), params)
+            mine = rec.name
+        entry, up = part_of(rec.data["parts"], req)
+        sliver = str(entry["sliver"])
+        keep = follow(rec, req, load)
+
+        async def over_https() -> m.ConsoleSession:
+            return await _session_from_loop(hub.listener_calls.post(
+                up.url, f"/v1/slivers/{sliver}/console", compact.request_xml(req),
+                expect_name=up.name, timeout=CONSOLE_CALL), "the provider")
+
+        async def opener() -> tuple[ByteReader, ByteWriter]:
+            stream = await hub.onward(up.name, sliver, req, over_https)
+            if keep is None:
+                return stream
+            end = Repointable(keep[0], req.kind, stream, keep[1],
+                              repoint.moved_notice(req.node, FOLLOW_KINDS[req.kind]))
+            return end, end
+
+        return hub.direct(caller, mine, req, hub.listeners.get(up.name, up.url), opener, peer)
+
     svc.add_route("POST", "/v1/vnets/{id}/console", vnet_console, roles={Role.VNO},
                   on_loop=vnet_console_on_loop)
     svc.add_route("POST", "/v1/slivers/{name}/console", sliver_console, roles={Role.VNP},
                   on_loop=sliver_console_on_loop)
+    hub.server.setup = on_listener
 
 
 def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
@@ -434,6 +501,10 @@ def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
     slivers = RecordCache().watch_engine(svc.core.ledger.db.engine)
 
     def session(caller: Identity, req: m.ConsoleRequest, s: Sliver) -> m.ConsoleSession:
+        return hub._mint(caller, s.name, req, f"{req.kind}:{req.node}", endpoint_of(req, s))
+
+    def endpoint_of(req: m.ConsoleRequest, s: Sliver) -> Opener:
+        """The opener of `req`'s endpoint in sliver `s`, once checked."""
         if s.state not in (State.PROVISIONED, State.READY):
             raise Conflict(f"sliver {s.name} is {s.state.value}: provision it first")
         node = next((n for n in spec_of(s.spec_xml).nodes if n.id == req.node), None)
@@ -455,7 +526,7 @@ def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
             end = Repointable(repoint.key_of(s, req.node), req.kind, stream, reopen, notice)
             return end, end
 
-        return hub._mint(caller, s.name, req, f"{req.kind}:{req.node}", opener)
+        return opener
 
     def console(caller: Identity, params: Mapping[str, str],
                 body: bytes) -> tuple[int, bytes]:
@@ -470,8 +541,20 @@ def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
                                   lambda: svc._sliver(caller, params["name"]))
         return 200, compact.session_xml(session(caller, req, s))
 
+    async def on_listener(caller: Identity, name: str, node: str, kind: str,
+                          peer: str) -> Pending:
+        """A setup made on the PIP's listener by its customer VNP: the
+        route's checks, then the endpoint on the caller's connection."""
+        require_role(caller, Role.VNP)
+        req = m.ConsoleRequest(node, cast(m.ConsoleKindName, kind))
+        s = await slivers.on_loop(("sliver", caller.name, name),
+                                  lambda: svc._sliver(caller, name))
+        return hub.direct(caller, s.name, req, f"{req.kind}:{req.node}", endpoint_of(req, s),
+                          peer)
+
     svc.add_route("POST", "/v1/slivers/{name}/console", console, roles={Role.VNP},
                   on_loop=on_loop)
+    hub.server.setup = on_listener
 
 
 def attach_console(service: PipService | VnpService | VnoService, credentials: Credentials,

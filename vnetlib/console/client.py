@@ -20,6 +20,7 @@ from vnetlib.console.wire import (
     ByteReader,
     ByteWriter,
     HopError,
+    NotOffered,
     close_quietly,
     connect,
     dial,
@@ -51,10 +52,6 @@ _spares: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Spares] = (
 (`open_console(..., keep=True)`)."""
 SPARE_TTL = 5.0  # unused; the listener waits 10 s for a first line
 SPARE_DELAY = 0.05  # after a session opened: the spare's handshake stays off its path
-
-
-class NotOffered(Exception):
-    """The listener takes no setup line (not a VNO's, or an older one)."""
 
 
 def _calls_of(sp: ServiceProvider) -> AsyncCalls:

@@ -43,18 +43,21 @@ from vnetlib.console.wire import (
     ByteReader,
     ByteWriter,
     HopError,
+    NotOffered,
+    SetupRefused,
     close_quietly,
     connect,
-    dial,
-    greet,
+    greeting,
+    open_line,
     peer_of,
+    present,
     read_line,
     refusal,
     request_of,
     token_of,
 )
 from vnetlib.players.pki import Credentials, Identity, PkiError
-from vnetlib.players.server import ApiError
+from vnetlib.players.server import ApiError, UpstreamFailed
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +203,29 @@ class ConsoleServer(LoopThread):
         greeted with `token`: on a spare connection if one is ready, else on a
         fresh one; then a new spare is opened for the next session. HopError
         if the hop cannot be opened or refuses the token."""
+        return await self._first_line(url, greeting(token), expect_name)
+
+    async def ask(self, url: str, ref: str, node: str, kind: str, expect_name: str
+                  ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """`dial` with a setup line instead of a token (the next player's
+        listener sets the session up itself): SetupRefused with what its
+        HTTPS route would have answered, NotOffered if it takes no setup
+        line, HopError otherwise."""
+        try:
+            return await self._first_line(url, open_line(ref, node, kind), expect_name)
+        except SetupRefused:
+            raise
+        except HopError as exc:
+            if exc.__cause__ is None and str(exc) == "bad greeting":
+                raise NotOffered(url) from exc
+            raise
+
+    async def _first_line(self, url: str, line: bytes, expect_name: str | None
+                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if asyncio.get_running_loop() is not self._loop:  # a front door's own loop
-            return await dial(url, token, self.client_context, self.credentials,
-                              expect_name=expect_name)
+            reader, writer = await connect(url, self.client_context, self.credentials,
+                                           expect_name=expect_name)
+            return await present(reader, writer, line)
         key = (url, expect_name)
         spare = self._take_spare(key)
         if not self._stopping and self.keep_spares and key not in self._spare_timers:
@@ -217,13 +240,14 @@ class ConsoleServer(LoopThread):
                 raise HopError(f"the next hop failed: {exc}") from exc
             if expect_name is None or who.name == expect_name:
                 try:
-                    return await greet(reader, writer, token)
+                    return await present(reader, writer, line)
                 except HopError as exc:
                     if exc.__cause__ is None:  # the far end answered: a refusal
                         raise
-                    # closed before it answered: the token was not read, or is burnt
-        return await dial(url, token, self.client_context, self.credentials,
-                          expect_name=expect_name)
+                    # closed before it answered: the line was not read (a token burnt)
+        reader, writer = await connect(url, self.client_context, self.credentials,
+                                       expect_name=expect_name)
+        return await present(reader, writer, line)
 
     def _take_spare(self, key: tuple[str, str | None]
                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
@@ -404,6 +428,14 @@ class ConsoleServer(LoopThread):
                     opened = await asyncio.wait_for(pending.open(), self.limits.open_timeout)
                 nxt = opened
                 self._writers.update((writer, opened[1]))
+            except (SetupRefused, ApiError) as exc:  # a setup refused below, or over HTTPS
+                status = exc.status if exc.status < 500 else UpstreamFailed.status
+                code = exc.code if exc.status < 500 else UpstreamFailed.code
+                outcome = f"refused: {exc.message}"
+                with contextlib.suppress(Exception):
+                    writer.write(refusal(status, code, exc.message))
+                    await asyncio.wait_for(writer.drain(), 2)
+                return
             except (TimeoutError, HopError) as exc:
                 outcome = f"next hop failed: {exc or 'timeout'}"
                 raise TokenRefused(str(exc) or "the next hop did not answer") from exc

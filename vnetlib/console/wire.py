@@ -111,6 +111,21 @@ class HopError(Exception):
     """The next hop could not be reached or refused the session."""
 
 
+class NotOffered(HopError):
+    """The listener takes no setup line (not a player that offers it)."""
+
+
+class SetupRefused(HopError):
+    """A listener refused a setup line (`REFUSED status code message`): what
+    its player's HTTPS route would have answered."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
 class ByteReader(Protocol):
     async def read(self, n: int = -1) -> bytes: ...
 
@@ -258,10 +273,20 @@ async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, toke
                 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Present `token` on a connection from `connect`; the streams once the
     far end said OK. HopError otherwise (the connection is then closed)."""
+    return await present(reader, writer, greeting(token), timeout=timeout)
+
+
+async def present(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: bytes,
+                  *, timeout: float = DIAL_TIMEOUT
+                  ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Send a first `line` (a greeting or a setup line) on a connection from
+    `connect`; the streams once the far end said OK. SetupRefused for a
+    refused setup, HopError otherwise (the connection is then closed; a
+    HopError without a cause is the far end's own answer)."""
     try:
-        writer.write(greeting(token))
+        writer.write(line)
         await writer.drain()
-        line = await read_line(reader, timeout)
+        answer = await read_line(reader, timeout, MAX_ANSWER)
     except BaseException as exc:
         await close_quietly(writer)
         if isinstance(exc, HopError):
@@ -269,9 +294,12 @@ async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, toke
         if isinstance(exc, (OSError, ValueError, PkiError, asyncio.TimeoutError)):
             raise HopError(f"the next hop failed: {exc or 'timeout'}") from exc
         raise
-    if line != b"OK\n":
+    if answer != b"OK\n":
         await close_quietly(writer)
-        reason = line.decode("utf-8", "replace").strip()
+        refused = refusal_of(answer)
+        if refused is not None:
+            raise SetupRefused(*refused)
+        reason = answer.decode("utf-8", "replace").strip()
         raise HopError(reason[4:] if reason.startswith("ERR ") else "refused")
     keep_ticket(writer)
     return reader, writer
