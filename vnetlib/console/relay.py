@@ -134,7 +134,7 @@ class ConsoleServer(LoopThread):
         self._spare_epoch = 0
         self.keep_spares = True
         self.setup: Setup | None = None
-        """Set at a VNO: setups taken on the listener itself."""
+        """Set by the player's console routes: setups taken on the listener itself."""
 
     # -- life cycle ----------------------------------------------------------------
 

@@ -6,13 +6,14 @@ A client connects with mutual TLS and sends one line, `VNET-CONSOLE 1
 bytes both ways until either side closes. TLS in asyncio cannot half-close,
 so an end of stream from either side ends the whole session.
 
-A VNO's listener also takes the setup itself as the first line, `VNET-CONSOLE-OPEN
-1 <vnet> <node> <kind>\\n`, from an SP that knows the listener (it answered
-an earlier setup over HTTPS): the same authorization and the same call down
-the chain as `POST /v1/vnets/{id}/console`, then the session on this very
-connection, without a token handed out (the connection is the presenter).
-A refusal of the setup is `REFUSED <status> <code> <message>\\n`, what the
-HTTPS route would have answered; other listeners answer `ERR bad greeting`.
+A listener also takes the setup itself as the first line, `VNET-CONSOLE-OPEN
+1 <ref> <node> <kind>\\n`, from a caller that knows the listener (its player
+answered an earlier setup over HTTPS): the same authorization as the
+player's HTTPS console route, then the session on this very connection,
+without a token handed out (the connection is the presenter). A refusal of
+the setup is `REFUSED <status> <code> <message>\\n`, what the HTTPS route
+would have answered; a listener that takes no setup answers `ERR bad
+greeting`.
 """
 
 from __future__ import annotations
