@@ -23,7 +23,7 @@ import pytest
 from tests.integration.players_fixtures import Players, Substrates, namespaces
 from tests.integration.test_console_repoint import ask, inode_in, ns_inode, read_until
 from vnetlib import naming
-from vnetlib.console import repoint
+from vnetlib.console import client, repoint
 from vnetlib.console.client import open_console
 from vnetlib.players.pip import PipService
 from vnetlib.players.pki import LabCA, Role
@@ -96,7 +96,10 @@ def pid_in(text: bytes) -> int:
     return int(found[-1])
 
 
-def test_open_session_follows_its_node_to_another_pip(setup: Setup) -> None:
+@pytest.mark.parametrize("setup_line", [False, True], ids=["over-https", "on-listeners"])
+def test_open_session_follows_its_node_to_another_pip(setup: Setup, setup_line: bool) -> None:
+    """Set up over HTTPS with tokens (a client's first session), or on the
+    listeners (a session after one: the VNP's end is opened by its setup line)."""
     order = setup.order("pip-a")
     there = setup.order("pip-b")
     parts: list[dict[str, Any]] = order.data["parts"]
@@ -104,6 +107,11 @@ def test_open_session_follows_its_node_to_another_pip(setup: Setup) -> None:
     hubs = {n: setup.players.nodes[n].console for n in ("vno", "vnp", "pip-a", "pip-b")}
 
     async def session() -> None:
+        if setup_line:  # every hop learns its next hop's listener from this one
+            _, first = await open_console(setup.sp, setup.vnets["pip-a"], "n1")
+            first.close()
+        else:  # the client forgets the listeners: it asks over HTTPS
+            client._listeners.clear()
         reader, writer = await open_console(setup.sp, setup.vnets["pip-a"], "n1")
         loop = asyncio.get_running_loop()
 
