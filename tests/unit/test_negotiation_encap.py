@@ -77,12 +77,10 @@ def test_a_split_between_providers_without_a_common_carrier_is_named() -> None:
 def test_the_record_keeps_the_carrier_and_reads_older_rows() -> None:
     click = Record("r1", "l3", 5000, "198.18.2.11", True, "click")
     assert Record.from_list(click.to_list()) == click
-    assert click.remote == "click@198.18.2.11"  # the planner's endpoint string
     # rows written before: five items, the carrier inside the address
     assert Record.from_list(["r1", "l3", 5000, "click@198.18.2.11", True]) == click
     old = Record.from_list(["r1", "l3", 5000, "198.18.2.11", False])
-    assert (old.encapsulation, old.address, old.remote) == ("vxlan", "198.18.2.11",
-                                                            "198.18.2.11")
+    assert (old.encapsulation, old.address) == ("vxlan", "198.18.2.11")
 
 
 def test_the_plan_takes_the_recorded_carrier() -> None:
@@ -90,14 +88,13 @@ def test_the_plan_takes_the_recorded_carrier() -> None:
     from vnetlib.plan.build import PlanError, build_plan
 
     rec = Record("x1", "x1", 6000, "198.18.7.12", True, "click")
-    for agreed in ((rec.address, rec.vni, rec.encapsulation), (rec.remote, rec.vni)):
-        plan = build_plan(_partial(), {"a": "h1", "b": "h1", "c": "h2"}, SUBSTRATE,
-                          vnet_id="tiny-1", lab="lab", vnis={"l2": 5000},
-                          boundary={"x1": agreed})
-        segment = plan.host("h2").links[-1]
-        assert segment.tunnel is not None
-        assert (segment.encapsulation, segment.tunnel.remote, segment.tunnel.vni) == (
-            "click", "198.18.7.12", 6000)
+    plan = build_plan(_partial(), {"a": "h1", "b": "h1", "c": "h2"}, SUBSTRATE,
+                      vnet_id="tiny-1", lab="lab", vnis={"l2": 5000},
+                      boundary={"x1": (rec.address, rec.vni, rec.encapsulation)})
+    segment = plan.host("h2").links[-1]
+    assert segment.tunnel is not None
+    assert (segment.encapsulation, segment.tunnel.remote, segment.tunnel.vni) == (
+        "click", "198.18.7.12", 6000)
     with pytest.raises(PlanError, match="encapsulation 'vlan' cannot carry a link between"):
         build_plan(_partial(), {"a": "h1", "b": "h1", "c": "h2"}, SUBSTRATE,
                    vnet_id="tiny-1", lab="lab", vnis={"l2": 5000},

@@ -184,7 +184,7 @@ def test_boundary_link_is_a_tunnel_to_the_remote_provider() -> None:
         vnet_id="tiny-1",
         lab="lab",
         vnis={"l2": 5000},
-        boundary={"x1": ("198.18.7.12", 6000)},
+        boundary={"x1": ("198.18.7.12", 6000, "vxlan")},
     )
     segment = plan.host("h2").links[-1]
     assert segment == LinkTask(
@@ -314,7 +314,7 @@ def test_no_vlan_id_for_a_tunnel_id_beyond_the_switch() -> None:
 def test_unknown_encapsulation_falls_back_to_vxlan_and_boundary_links_stay_vxlan() -> None:
     sub = dataclasses.replace(SUBSTRATE, encapsulations=("gre", "click"))
     plan = build_plan(_partial(), {"a": "h1", "b": "h2", "c": "h2"}, sub, vnet_id="p-1", lab="lab",
-                      vnis={"l1": 5000}, boundary={"x1": ("198.18.2.11", 6000)}).to_dict()
+                      vnis={"l1": 5000}, boundary={"x1": ("198.18.2.11", 6000, "vxlan")}).to_dict()
     kinds = {t["link"]: t["tunnel"] and t["tunnel"]["kind"] for h in plan["hosts"].values()
              for t in h["links"]}
     assert kinds["x1"] == "vxlan"

@@ -1,6 +1,6 @@
 """Carriers of links between providers: what a PIP offers, how the agreed
-carrier is recorded with the peer's endpoint and planned, and the lab's
-per-PIP encapsulation lists (`--encap click,vlan+click`)."""
+carrier is planned, and the lab's per-PIP encapsulation lists
+(`--encap click,vlan+click`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from tests.unit.test_plan_build import SUBSTRATE, _partial
 from vnetlib import naming
 from vnetlib.lab.testbed import LabSpec
-from vnetlib.plan.build import PlanError, boundary_carrier, boundary_remote, build_plan
+from vnetlib.plan.build import build_plan
 from vnetlib.plan.model import TunnelTask
 from vnetlib.players import messages as m
 from vnetlib.players.stitching import carriers, respond
@@ -22,22 +22,10 @@ def test_a_pips_carriers_are_its_encapsulations_that_cross_providers() -> None:
     assert carriers(("vlan", "gre")) == ()
 
 
-def test_the_recorded_endpoint_carries_the_carrier() -> None:
-    assert boundary_remote("vxlan", "198.18.2.11") == "198.18.2.11"  # as records always were
-    assert boundary_remote("click", "198.18.2.11") == "click@198.18.2.11"
-    for carrier in ("vxlan", "click"):
-        for address in ("198.18.2.11", "fd00::1"):
-            assert boundary_carrier(boundary_remote(carrier, address)) == (carrier, address)
-    with pytest.raises(PlanError, match="cannot carry a link between providers"):
-        boundary_remote("vlan", "198.18.2.11")
-    with pytest.raises(PlanError, match="unknown carrier 'gre'"):
-        boundary_carrier("gre@198.18.2.11")
-
-
 def test_a_click_boundary_link_is_a_click_segment() -> None:
     plan = build_plan(_partial(), {"a": "h1", "b": "h1", "c": "h2"}, SUBSTRATE,
                       vnet_id="tiny-1", lab="lab", vnis={"l2": 5000},
-                      boundary={"x1": ("click@198.18.7.12", 6000)})
+                      boundary={"x1": ("198.18.7.12", 6000, "click")})
     segment = plan.host("h2").links[-1]
     assert segment.encapsulation == "click"
     assert segment.tunnel == TunnelTask("click", naming.link_tunnel("tiny-1", "x1"), 6000,

@@ -280,7 +280,7 @@ class PipCore:
 
     def plan(self, s: Sliver) -> dict[str, Any]:
         """The deployment plan of a sliver as it stands (plain data)."""
-        boundary = {st.link: (st.remote, st.vni) for st in s.stitches}
+        boundary = {st.link: (st.address, st.vni, st.encapsulation) for st in s.stitches}
         plan = build_plan(spec_of(s.spec_xml), s.embedding.node_map, self.substrate,
                           vnet_id=s.id, lab=self.name, vnis=self.ledger.vnis_of(s.id),
                           vlans=self.vlans.of(s.id) if self.vlans is not None else None,
@@ -744,7 +744,7 @@ class PipCore:
             source_domain, m.domain, vm_migrate.host_netns(inventory, m.source),
             vm_migrate.host_netns(inventory, m.target),
             tuple(vm_migrate.Nic(n["tap"], n["bridge"]) for n in task["interfaces"]),
-            task.get("cmdline"))
+            task.get("cmdline"), vm_migrate.remote_of(inventory, m.source, m.target))
         mark = time.perf_counter()
         skip = {source_domain, m.domain}
         floods = [vm_migrate.Flood(vm_migrate.host_netns(inventory, h), dev, remote)

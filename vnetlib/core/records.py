@@ -91,14 +91,6 @@ class Stitch:
     joined: bool = False
     encapsulation: str = "vxlan"
 
-    @property
-    def remote(self) -> str:
-        """Carrier and address as one endpoint string, as the planner's
-        ``boundary`` reads it (``vnetlib.plan.build.boundary_carrier``): the
-        address alone for VXLAN, else ``carrier@address``."""
-        return self.address if self.encapsulation == "vxlan" else \
-            f"{self.encapsulation}@{self.address}"
-
     def to_list(self) -> list[Any]:
         return [self.ref, self.link, self.vni, self.address, self.joined, self.encapsulation]
 

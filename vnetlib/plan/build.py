@@ -80,25 +80,6 @@ def vlan_of(link: str, vni: int, vlans: Mapping[str, int] | None) -> int:
 BOUNDARY_CARRIERS = ("vxlan", "click")
 
 
-def boundary_remote(carrier: str, address: str) -> str:
-    """A stitched link's carrier and remote endpoint as one string, as the
-    ledger keeps it (``records.Stitch.remote``): the address alone for VXLAN
-    (what every record written before carriers were agreed holds), else
-    ``carrier@address``."""
-    if carrier not in BOUNDARY_CARRIERS:
-        raise PlanError(f"encapsulation {carrier!r} cannot carry a link between providers")
-    return address if carrier == "vxlan" else f"{carrier}@{address}"
-
-
-def boundary_carrier(remote: str) -> tuple[str, str]:
-    """(carrier, address) of a recorded remote endpoint (:func:`boundary_remote`)."""
-    carrier, _, address = remote.rpartition("@")
-    carrier = carrier or "vxlan"
-    if carrier not in BOUNDARY_CARRIERS:
-        raise PlanError(f"stitched endpoint {remote!r}: unknown carrier {carrier!r}")
-    return carrier, address
-
-
 def build_plan(
     spec: VNetSpec,
     node_map: Mapping[str, str],
@@ -107,7 +88,7 @@ def build_plan(
     vnet_id: str,
     lab: str,
     vnis: Mapping[str, int],
-    boundary: Mapping[str, tuple[str, int] | tuple[str, int, str]] | None = None,
+    boundary: Mapping[str, tuple[str, int, str]] | None = None,
     node_states: Mapping[str, str] | None = None,
     image: GuestImage | None = None,
     pool_domains: Mapping[str, str] | None = None,
@@ -122,10 +103,9 @@ def build_plan(
 
     `boundary` maps the id of a boundary link (one end here, the other at
     another provider) to the (remote address, VNI, carrier) agreed by
-    stitching (``records.Stitch``'s address, vni, encapsulation; or (remote
-    endpoint, VNI), the carrier in the endpoint: :func:`boundary_carrier`);
-    its segment is a bridge with the local port and a tunnel to the remote
-    address in the agreed carrier (VXLAN or Click).
+    stitching (``records.Stitch``'s address, vni, encapsulation); its segment
+    is a bridge with the local port and a tunnel to the remote address in the
+    agreed carrier (VXLAN or Click).
     Boundary links not in `boundary` (not stitched yet) are left out.
 
     `node_states` maps nodes that are not running to `stopped` or `paused`:
@@ -218,15 +198,10 @@ def build_plan(
     for blink in spec.boundary:
         if boundary is None or blink.id not in boundary:
             continue
-        agreed = boundary[blink.id]
-        if len(agreed) == 3:
-            remote, vni, carrier = agreed
-            if carrier not in BOUNDARY_CARRIERS:
-                raise PlanError(f"boundary link {blink.id}: encapsulation {carrier!r} cannot "
-                                "carry a link between providers")
-        else:
-            carrier, remote = boundary_carrier(agreed[0])
-            vni = agreed[1]
+        remote, vni, carrier = boundary[blink.id]
+        if carrier not in BOUNDARY_CARRIERS:
+            raise PlanError(f"boundary link {blink.id}: encapsulation {carrier!r} cannot "
+                            "carry a link between providers")
         here = node_map[blink.endpoint.node]
         tunnel = TunnelTask(
             kind=carrier,

@@ -394,8 +394,9 @@ class Evict:
 
 
 def evict_xml(req: Evict) -> bytes:
+    deadline = None if req.deadline is None else _iso(req.deadline, "milliseconds")
     return _bytes(_root("evict", sliver=req.sliver, node=req.node, reason=req.reason,
-                        deadline=None if req.deadline is None else _iso(req.deadline),
+                        deadline=deadline,
                         scope=None if req.scope == "provider" else req.scope))
 
 
@@ -461,8 +462,8 @@ class Manifest:
     expires: float | None = None  # epoch seconds; None once provisioned
 
 
-def _iso(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
+def _iso(epoch: float, timespec: str = "seconds") -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec=timespec)
 
 
 def manifest_xml(m: Manifest) -> bytes:
