@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import shlex
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,3 +156,62 @@ class Hosts:
 
     def argv(self, host: str, argv: Sequence[str], *, tty: bool = False) -> list[str]:
         return command(self.inventory, host, argv, tty=tty)
+
+
+def ssh_program(inventory: Path, host: str) -> Path:
+    """An `ssh` for libvirt's ssh transport to `host`: libvirt passes the
+    port, user and key itself but has no parameter for the known_hosts file
+    (its `known_hosts` is the libssh transport's, whose connections stall
+    here on replies of a few KB), so the program adds the inventory's
+    options (pinned known_hosts, strict checking, batch mode, timeouts) and
+    runs ssh. One direct connection per libvirt connection: no
+    ControlMaster, whose background master would outlive the move.
+    Written beside the inventory, again only when its text changes."""
+    hv = host_vars(inventory, host)
+    if hv.get("ansible_ssh_host_key_checking") is False:
+        raise ValueError(f"{inventory}: host {host} turns host-key checking off")
+    options = shlex.split(str(hv.get("ansible_ssh_common_args", "")))
+    text = ("#!/bin/sh\n# libvirt's ssh to a vnet host (vnetlib.hosts.ssh_program)\n"
+            f"exec ssh {shlex.join([*options, '-o', 'StrictHostKeyChecking=yes'])} \"$@\"\n")
+    path = inventory.parent / "ssh-libvirt" / f"ssh-{host}"
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fresh = path.with_name(f".{path.name}.{os.getpid()}")
+        fresh.write_text(text)
+        fresh.chmod(0o700)
+        fresh.replace(path)
+    return path
+
+
+def libvirt_uri(inventory: Path, host: str) -> str:
+    """The libvirt URI of `host`'s own daemon as this machine reaches it:
+    `qemu+ssh://USER@ADDRESS:PORT/system` with the inventory's key, host-key
+    verification on (`no_verify=0`), no tty, and `ssh_program`'s options."""
+    hv = host_vars(inventory, host)
+    query = {"no_verify": "0", "no_tty": "1",
+             "command": str(ssh_program(inventory, host))}
+    if key := hv.get("ansible_ssh_private_key_file"):
+        query = {"keyfile": str(key), **query}
+    return _uri(hv, host) + "?" + urllib.parse.urlencode(query, safe="/")
+
+
+def libvirt_peer_uri(inventory: Path, host: str) -> str:
+    """The URI another host's libvirtd opens to reach `host`'s in a peer to
+    peer migration: it runs there, with that host's ssh identity and known
+    hosts (`vnet_libvirt_peer_uri` in the inventory overrides it, e.g. a
+    `qemu+tls://` URI)."""
+    hv = host_vars(inventory, host)
+    return str(hv.get("vnet_libvirt_peer_uri") or _uri(hv, host))
+
+
+def _uri(hv: Mapping[str, Any], host: str) -> str:
+    user = hv.get("ansible_user")
+    address = str(hv.get("ansible_host", host))
+    where = f"[{address}]" if ":" in address else address
+    return (f"qemu+ssh://{f'{user}@' if user else ''}{where}:{hv.get('ansible_port', 22)}"
+            "/system")
+
+
+def address(inventory: Path, host: str) -> str:
+    """The address `host` is reached at (`ansible_host`, else its name)."""
+    return str(host_vars(inventory, host).get("ansible_host", host))

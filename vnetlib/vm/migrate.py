@@ -46,6 +46,7 @@ from typing import Any
 
 import yaml
 
+from vnetlib import hosts
 from vnetlib.vm.domain import serial_log
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,31 @@ class VmMove:
     # it the plan and the definition differ and vnet_domain restarts the
     # guest at the move's last deployment (a reboot: the 4-10 s "gap").
     cmdline: str | None = None
+    # The hosts when they are reached over SSH (`remote_of`): the move then
+    # goes through their own libvirt daemons and shells (vnetlib.vm.ssh_move).
+    remote: Remote | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """The source and target hosts of a move, named in an inventory that
+    reaches them over SSH."""
+
+    inventory: Path
+    source: str
+    target: str
+
+
+def remote_of(inventory: Path, source: str, target: str) -> Remote | None:
+    """The move's hosts when the inventory reaches them over SSH; None for a
+    lab's namespace hosts (today's local path)."""
+    ssh = [hosts.is_ssh(inventory, h) for h in (source, target)]
+    if not any(ssh):
+        return None
+    if not all(ssh):
+        raise MigrationError(f"{source} and {target} are reached differently (SSH and a "
+                             "namespace): a live migration needs both over SSH")
+    return Remote(inventory, source, target)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +292,11 @@ def migrate(move: VmMove, *, uri: str = URI, downtime_limit_ms: int = DOWNTIME_L
     destination is removed and the source runs on (MigrationError)."""
     import libvirt
 
+    if move.remote is not None:
+        from vnetlib.vm import ssh_move
+
+        return ssh_move.migrate(move, move.remote, downtime_limit_ms=downtime_limit_ms,
+                                timeout=timeout)
     started = time.perf_counter()
     with _connection(uri) as conn:
         try:
@@ -307,9 +338,12 @@ def migrate(move: VmMove, *, uri: str = URI, downtime_limit_ms: int = DOWNTIME_L
 
 
 def _run(src: Any, dest: Any, downtime_limit_ms: int, timeout: float,
-         started: float) -> Stats:
-    address = f"tcp:127.0.0.1:{_free_port()}"
-    _qmp(dest, "migrate-incoming", uri=address)
+         started: float, address: str | None = None) -> Stats:
+    """QEMU's migration from `src` to `dest` (waiting for it); `address`:
+    where `dest` listens already (else a free local port, listened on here)."""
+    if address is None:
+        address = f"tcp:127.0.0.1:{_free_port()}"
+        _qmp(dest, "migrate-incoming", uri=address)
     _qmp(src, "migrate-set-parameters", **{"downtime-limit": downtime_limit_ms})
     _qmp(src, "migrate", uri=address)
     deadline = time.monotonic() + timeout
@@ -363,6 +397,12 @@ def _remove_dest(conn: Any, move: VmMove, dest: Any) -> None:
 def finish(move: VmMove, *, uri: str = URI) -> None:
     """After a completed migration: the source domain, its serial log and its taps go."""
     import libvirt
+
+    if move.remote is not None:
+        from vnetlib.vm import ssh_move
+
+        ssh_move.finish(move, move.remote)
+        return
 
     with _connection(uri) as conn:
         try:
