@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import select
+import socket
 import ssl
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import cast
 import pytest
 
 from tests.integration.players_fixtures import Players, Substrates, namespaces
+from vnetlib.console import client
 from vnetlib.console.broker import ConsoleHub
 from vnetlib.console.client import close_calls, open_console
 from vnetlib.console.endpoints import NetnsShell
@@ -220,6 +222,30 @@ def test_later_sessions_are_set_up_on_the_vnos_listener(
         row = rows[peer]
         assert row["owner"] == "sp:sp" and row["node"] == "n2" and row["kind"] == "shell"
         assert row["next_hop"] == chain.hub("vnp").url and row["used"] >= row["created"]
+
+
+def test_a_listener_that_moved_is_asked_over_https_again(chain: Chain) -> None:
+    """A player restarted elsewhere: whoever knew its listener (the client, the
+    VNO for the VNP's) finds it gone, sets the session up over HTTPS, and
+    learns the new one."""
+    vno = chain.hub("vno")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        gone = f"tls://127.0.0.1:{s.getsockname()[1]}"
+
+    async def session() -> None:
+        reader, writer = await open_console(chain.sp, chain.vnet, "n2")
+        writer.write(b"echo moved-$((40+2))\n")
+        await writer.drain()
+        assert b"moved-42" in await read_until(reader, b"moved-42")
+        writer.close()
+
+    asyncio.run(session())  # both know the listeners now
+    client._listeners[(chain.sp.client.base_url, "vno")] = gone
+    vno.listeners["vnp"] = gone
+    asyncio.run(session())
+    assert client._listeners[(chain.sp.client.base_url, "vno")] == vno.url
+    assert vno.listeners["vnp"] == chain.hub("vnp").url
 
 
 def test_setups_on_the_listener_are_refused_as_over_https(chain: Chain,

@@ -10,6 +10,7 @@ VNP's listener only, the VNP its provider's, and the PIP its customer VNP.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,7 +29,14 @@ from vnetlib.console.sessions import (
     in_process_setup,
     token_hash,
 )
-from vnetlib.console.wire import ByteReader, ByteWriter, NotOffered
+from vnetlib.console.wire import (
+    ByteReader,
+    ByteWriter,
+    HopError,
+    HopRefused,
+    NotOffered,
+    SetupRefused,
+)
 from vnetlib.core.pip import spec_of
 from vnetlib.core.records import Sliver, State
 from vnetlib.players import messages as m
@@ -49,6 +57,8 @@ if TYPE_CHECKING:
     from vnetlib.players.pip import PipService
     from vnetlib.players.vno import VnoService
     from vnetlib.players.vnp import VnpService
+
+log = logging.getLogger(__name__)
 
 CONSOLE_CALL = 30.0
 RECORD_TTL = 5.0
@@ -233,6 +243,12 @@ class ConsoleHub:
             try:
                 return await self.server.ask(url, ref, req.node, req.kind, name)
             except NotOffered:
+                self.listeners.pop(name, None)
+            except (SetupRefused, HopRefused):  # the next player's answer
+                raise
+            except HopError as exc:  # its listener moved (a restart) or is gone: ask it
+                log.info("%s: %s's console listener %s failed (%s); asking over HTTPS",
+                         self.server.name, name, url, exc)
                 self.listeners.pop(name, None)
         session = await over_https()
         self.listeners[name] = session.url

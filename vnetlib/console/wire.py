@@ -112,6 +112,10 @@ class HopError(Exception):
     """The next hop could not be reached or refused the session."""
 
 
+class HopRefused(HopError):
+    """The next hop answered, refusing (`ERR <reason>`)."""
+
+
 class NotOffered(HopError):
     """The listener takes no setup line (not a player that offers it)."""
 
@@ -301,6 +305,6 @@ async def present(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, li
         if refused is not None:
             raise SetupRefused(*refused)
         reason = answer.decode("utf-8", "replace").strip()
-        raise HopError(reason[4:] if reason.startswith("ERR ") else "refused")
+        raise HopRefused(reason[4:] if reason.startswith("ERR ") else "refused")
     keep_ticket(writer)
     return reader, writer
