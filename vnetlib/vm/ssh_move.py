@@ -150,6 +150,8 @@ def _links(remote: Remote, host: str) -> set[str]:
 
 def make_taps(remote: Remote, host: str, nics: Sequence[Nic], spares: Sequence[str]) -> None:
     """The node's taps on `host`, up on their bridges; spare taps down on none."""
+    if not nics and not spares:
+        return
     present = _links(remote, host)
     lines = [f"ip tuntap add dev {shlex.quote(t)} mode tap"
              for t in [*(n.tap for n in nics), *spares] if t not in present]
