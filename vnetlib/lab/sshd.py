@@ -22,7 +22,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,7 +140,23 @@ def sshd_config(files: SshFiles, host: str, address: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prepare(config: LabConfig, files: SshFiles) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class SshHost:
+    """Where one sshd runs: the host's name, its network namespace and the
+    management address it listens on."""
+
+    name: str
+    netns: str
+    address: str
+
+
+def lab_hosts(config: LabConfig) -> list[SshHost]:
+    """The lab's substrate hosts, each in its namespace at its management address."""
+    return [SshHost(host, naming.host_netns(config.name, host), config.mgmt_address(i))
+            for i, host in enumerate(config.host_names, start=1)]
+
+
+def prepare(lab: str, hosts: Sequence[SshHost], files: SshFiles) -> list[str]:
     """Keys, known_hosts and each host's sshd_config; idempotent."""
     created: list[str] = []
     files.host_dir("x").parent.mkdir(parents=True, exist_ok=True)
@@ -148,18 +164,17 @@ def prepare(config: LabConfig, files: SshFiles) -> list[str]:
     files.control_dir.mkdir(mode=0o700, exist_ok=True)
     if not files.client_key.exists():
         created.append(f"ssh client key {files.client_key}")
-    _keygen(files.client_key, f"vnet lab {config.name} operator")
+    _keygen(files.client_key, f"vnet lab {lab} operator")
     _write_private(files.authorized_keys, files.client_key.with_suffix(".pub").read_text())
     known = []
-    for i, host in enumerate(config.host_names, start=1):
-        address = config.mgmt_address(i)
-        files.host_dir(host).mkdir(mode=0o700, exist_ok=True)
-        if not files.host_key(host).exists():
-            created.append(f"ssh host key of {config.name}/{host}")
-        _keygen(files.host_key(host), f"{config.name}/{host}")
-        kind, key = files.host_key(host).with_suffix(".pub").read_text().split()[:2]
-        known.append(f"{address} {kind} {key}\n")
-        _write_private(files.config(host), sshd_config(files, host, address))
+    for h in hosts:
+        files.host_dir(h.name).mkdir(mode=0o700, exist_ok=True)
+        if not files.host_key(h.name).exists():
+            created.append(f"ssh host key of {lab}/{h.name}")
+        _keygen(files.host_key(h.name), f"{lab}/{h.name}")
+        kind, key = files.host_key(h.name).with_suffix(".pub").read_text().split()[:2]
+        known.append(f"{h.address} {kind} {key}\n")
+        _write_private(files.config(h.name), sshd_config(files, h.name, h.address))
     _write_private(files.known_hosts, "".join(known))
     return created
 
@@ -279,39 +294,44 @@ def _listening(address: str) -> bool:
 
 
 def start(config: LabConfig, files: SshFiles, timeout: float = START_TIMEOUT) -> list[str]:
-    """Start the sshd of every host that does not run one; wait until each
-    answers with its banner on the management network. Idempotent."""
+    """Start the sshd of every lab host that does not run one (`start_hosts`)."""
+    return start_hosts(config.name, lab_hosts(config), files, timeout)
+
+
+def start_hosts(lab: str, hosts: Sequence[SshHost], files: SshFiles,
+                timeout: float = START_TIMEOUT) -> list[str]:
+    """Start the sshd of every host that does not run one, in its namespace;
+    wait until each answers with its banner at its address. Idempotent."""
     if not os.access(SSHD, os.X_OK):
         raise SshdError(f"{SSHD} is missing: install openssh-server (scripts/install-ovs.sh)")
-    created = prepare(config, files)
+    created = prepare(lab, hosts, files)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
     waiting: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
-    for i, host in enumerate(config.host_names, start=1):
-        if running(files, host) is not None:
+    for h in hosts:
+        if running(files, h.name) is not None:
             continue
-        netns = Path("/run/netns") / naming.host_netns(config.name, host)
-        with open(files.log(host), "ab") as log:
+        with open(files.log(h.name), "ab") as log:
             proc = subprocess.Popen(
-                ["nsenter", f"--net={netns}", "--",
-                 SSHD, "-D", "-e", "-f", str(files.config(host))],
+                ["nsenter", f"--net={Path('/run/netns') / h.netns}", "--",
+                 SSHD, "-D", "-e", "-f", str(files.config(h.name))],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        files.pidfile(host).write_text(f"{proc.pid}\n")
-        waiting[host] = (config.mgmt_address(i), proc)
+        files.pidfile(h.name).write_text(f"{proc.pid}\n")
+        waiting[h.name] = (h.address, proc)
     deadline = time.monotonic() + timeout
     while waiting:
         for host, (address, proc) in list(waiting.items()):
             if proc.poll() is not None:
                 tail = files.log(host).read_text(errors="replace")[-1000:]
-                raise SshdError(f"sshd of {config.name}/{host} exited with {proc.returncode}: "
+                raise SshdError(f"sshd of {lab}/{host} exited with {proc.returncode}: "
                                 f"{tail.strip()}")
             if _listening(address):
                 del waiting[host]
-                created.append(f"sshd of {config.name}/{host} at {address}")
+                created.append(f"sshd of {lab}/{host} at {address}")
         if waiting and time.monotonic() > deadline:
             raise SshdError(f"sshd did not answer within {timeout:.0f} s on: "
-                            + ", ".join(f"{config.name}/{h}" for h in sorted(waiting)))
+                            + ", ".join(f"{lab}/{h}" for h in sorted(waiting)))
         if waiting:
             time.sleep(0.02)
     return created

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,21 +55,6 @@ def pool_path(directory: Path, substrate: str) -> Path:
     return directory / "ovs" / f"{substrate}-{POOL}"
 
 
-@dataclass(frozen=True, slots=True)
-class _SwitchFront(LabConfig):
-    """The lab's sshd launcher's view of a switch namespace: one host,
-    ``switch``, listening at ``address``."""
-
-    address: str = ""
-
-    @property
-    def host_names(self) -> tuple[str, ...]:
-        return (SWITCH_HOST,)
-
-    def mgmt_address(self, index: int) -> str:
-        return self.address
-
-
 def ssh_files(substrate: str) -> sshd.SshFiles:
     """The switch's SSH keys (host key, the client key that logs in)."""
     return sshd.SshFiles(paths.substrate_dir(substrate) / SSH_DIR)
@@ -93,9 +77,8 @@ def ssh_up(sub: LabConfig) -> list[str]:
     with kernel.namespace(sw_ns) as ipr:
         idx = kernel.attach_up(ipr, MGMT_IF, None)
         kernel.ensure_addr(ipr, idx, mgmt_address(sub), sub.mgmt_prefixlen)
-    front = _SwitchFront(name=sub.name, hosts=1, data_network=sub.data_network,
-                         mgmt_network=sub.mgmt_network, address=mgmt_address(sub))
-    return changes.created + sshd.start(front, ssh_files(sub.name))
+    front = sshd.SshHost(SWITCH_HOST, sw_ns, mgmt_address(sub))
+    return changes.created + sshd.start_hosts(sub.name, [front], ssh_files(sub.name))
 
 
 def _load(directory: Path) -> dict[str, dict[str, str]]:
