@@ -242,3 +242,14 @@ def test_a_failed_peer_to_peer_migration_names_the_target(
     # the undo ran on the target: the destination's serial log, its taps looked for
     assert {h for h, _ in on} == {"h2"}
     assert any(serial_log(move.dest) in script for _, script in on)
+
+
+def test_peer_fdb_entries_change_on_the_host_its_inventory_reaches(tmp_path: Path) -> None:
+    inv = _inventory(tmp_path)
+    argv = ["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx1", "dst", "198.18.1.12"]
+    over = migrate._on(inv, "h1", argv)
+    assert over[0] == "ssh" and "root@198.18.10.11" in over
+    assert over[-1] == " ".join(argv)
+    # a lab host's namespace (not an inventory host), or no inventory: here, in it
+    assert migrate._on(inv, "vl-lab-h1", argv) == ["bridge", "-n", "vl-lab-h1", *argv[1:]]
+    assert migrate._on(None, "h1", argv) == ["bridge", "-n", "h1", *argv[1:]]

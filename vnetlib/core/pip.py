@@ -753,11 +753,11 @@ class PipCore:
                             "present", progress=progress)
         timings["prepare"] = round(time.perf_counter() - mark, 4)
         try:
-            vm_migrate.flood(floods, True)
+            vm_migrate.flood(floods, True, inventory=inventory)
             _fault("migrate-before-switch")
             stats = vm_migrate.migrate(move)
         except BaseException:
-            vm_migrate.flood(floods, False)
+            vm_migrate.flood(floods, False, inventory=inventory)
             raise
         timings["migrate"] = round(stats.seconds, 4)
         mark = time.perf_counter()
@@ -767,7 +767,8 @@ class PipCore:
             # A segment whose other end came to its host keeps its bridge (the
             # guest's tap is on it): only its tunnel goes.
             for host, device in moves.dropped_tunnels(old, new):
-                vm_migrate.drop_tunnel(vm_migrate.host_netns(inventory, host), device)
+                vm_migrate.drop_tunnel(vm_migrate.host_netns(inventory, host), device,
+                                       inventory=inventory)
             gone = moves.removal(old, new, skip_domains=skip, keep_segments=True)
             if not moves.empty(gone):
                 self.deployer.apply(gone, "absent", progress=progress)

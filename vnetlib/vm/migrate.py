@@ -444,18 +444,45 @@ class Flood:
     address: str
 
 
-def flood(entries: Sequence[Flood], on: bool) -> None:
+def flood(entries: Sequence[Flood], on: bool, *, inventory: Path | None = None) -> None:
     """Add (`on`) or remove the extra destinations; removing what is not
-    there is fine."""
+    there is fine. With `inventory`, an entry whose `netns` is a host the
+    inventory reaches over SSH (`host_netns` gives such a host's name) is
+    changed on that host, through its ssh."""
     for e in entries:
-        argv = ["bridge", "-n", e.netns, "fdb", "append" if on else "del",
-                "00:00:00:00:00:00", "dev", e.device, "dst", e.address]
+        argv = _on(inventory, e.netns, ["bridge", "fdb", "append" if on else "del",
+                                        "00:00:00:00:00:00", "dev", e.device, "dst", e.address])
         done = subprocess.run(argv, capture_output=True, text=True)
         if on and done.returncode != 0:
             raise MigrationError(f"{' '.join(argv)}: {done.stderr.strip()}")
 
 
-def drop_tunnel(netns: str, device: str) -> None:
-    """Delete a tunnel device whose segment stays (its other end came here)."""
+def drop_tunnel(netns: str, device: str, *, inventory: Path | None = None) -> None:
+    """Delete a tunnel device whose segment stays (its other end came here);
+    on the host itself when `inventory` reaches `netns` (a host name) over SSH."""
+    if _ssh_host(inventory, netns):
+        assert inventory is not None
+        from vnetlib.vm import ssh_move
+
+        ssh_move.delete_taps(Remote(inventory, netns, netns), netns, [device])
+        return
     if device in _links_of(netns):
         _ip("-n", netns, "link", "delete", "dev", device)
+
+
+def _ssh_host(inventory: Path | None, name: str) -> bool:
+    if inventory is None:
+        return False
+    try:
+        return hosts.is_ssh(inventory, name)
+    except hosts.UnknownHost:  # a lab host's namespace
+        return False
+
+
+def _on(inventory: Path | None, netns: str, argv: Sequence[str]) -> list[str]:
+    """`argv` (an `ip`/`bridge` command) in a lab host's namespace, or on a
+    host reached over SSH."""
+    if _ssh_host(inventory, netns):
+        assert inventory is not None
+        return hosts.command(inventory, netns, argv)
+    return [argv[0], "-n", netns, *argv[1:]]
