@@ -27,7 +27,7 @@ from tests.e2e.conftest import Lab, Vnet, new_lab
 from vnetlib import paths
 from vnetlib.hosts import Hosts
 from vnetlib.lab import sshd
-from vnetlib.vm import remote, serial
+from vnetlib.vm import migrate, remote, serial
 
 SPEC = """<?xml version="1.0" encoding="UTF-8"?>
 <vnet xmlns="urn:vnet:rdl:1" version="1" name="sshmv">
@@ -149,6 +149,13 @@ def test_a_vm_migrates_live_between_ssh_hosts_through_their_libvirt(
     try:
         failed, _ = _move(vnet, up, up.other)
         assert failed.returncode != 0 and up.other in failed.stderr, failed.stderr[-1500:]
+        # (that one the deployment's check on the target refused); the mover
+        # itself, asked directly, cannot open the target's libvirt either
+        move = migrate.VmMove(before, f"{before}+x", up.host, up.other, (), None,
+                              migrate.Remote(up.hosts.inventory, up.host, up.other))
+        with pytest.raises(migrate.MigrationError,
+                           match=f"host {up.other}'s libvirt cannot be reached over SSH"):
+            migrate.migrate(move)
         assert _domains(f"vn-{up.lab.substrate}-") == [before]
     finally:
         status = json.loads(vnet.run("lab", "status", "--name", up.lab.name, "--json",
