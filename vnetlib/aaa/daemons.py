@@ -8,13 +8,13 @@ only that instance uses) before signalling it, so a recycled pid is never hit.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from vnetlib.pidfiles import ours, running, signal_daemon, stop
 
 
 class DaemonError(RuntimeError):
@@ -75,7 +75,7 @@ def start(argv: Sequence[str], *, pidfile: Path, log: Path, marker: str,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     pidfile.write_text(f"{proc.pid}\n")
     exec_deadline = time.monotonic() + 5.0
-    while not _ours(proc.pid, marker) and proc.poll() is None:  # until it runs `argv`
+    while not ours(proc.pid, marker) and proc.poll() is None:  # until it runs `argv`
         if time.monotonic() > exec_deadline:
             break
         time.sleep(0.005)
@@ -89,51 +89,5 @@ def start(argv: Sequence[str], *, pidfile: Path, log: Path, marker: str,
     return proc.pid
 
 
-def _ours(pid: int, marker: str) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
-    return not zombie and marker.encode() in cmdline
-
-
-def running(pidfile: Path, marker: str) -> int | None:
-    try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if _ours(pid, marker) else None
-
-
-def signal_daemon(pidfile: Path, marker: str, sig: signal.Signals) -> bool:
-    pid = running(pidfile, marker)
-    if pid is None:
-        return False
-    os.kill(pid, sig)
-    return True
-
-
-def stop(pidfile: Path, marker: str, timeout: float = 5.0) -> bool:
-    """SIGTERM, then SIGKILL after `timeout`; True if it ran."""
-    pid = running(pidfile, marker)
-    pidfile.unlink(missing_ok=True)
-    if pid is None:
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not _ours(pid, marker):
-            return True
-        time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    _reap(pid)
-    return True
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+__all__ = ["DaemonError", "in_netns", "private_dir", "running", "signal_daemon",
+           "start", "stop", "tail_lines", "write_private"]

@@ -7,13 +7,12 @@ the player's config) before signalling it, so a recycled pid is never hit.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from vnetlib import pidfiles
 
 
 class PlayerStartError(RuntimeError):
@@ -62,41 +61,12 @@ def start(
     raise PlayerStartError(f"{config.stem} did not listen within {timeout:.0f} s; see {log}")
 
 
-def _ours(pid: int, config: Path) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"serve" in cmdline and str(config).encode() in cmdline
-
-
 def running(pidfile: Path, config: Path) -> int | None:
-    try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if _ours(pid, config) else None
+    """The pid of the player of `pidfile` if it still runs (its command line
+    names `config`)."""
+    return pidfiles.running(pidfile, str(config))
 
 
 def stop(pidfile: Path, config: Path, timeout: float = 10.0) -> bool:
     """Stop the player of `pidfile` (SIGTERM, then SIGKILL); True if one ran."""
-    pid = running(pidfile, config)
-    pidfile.unlink(missing_ok=True)
-    if pid is None:
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _ours(pid, config):
-            return True
-        _reap(pid)
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    _reap(pid)
-    return True
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status if the player is our own child (same process)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+    return pidfiles.stop(pidfile, str(config), timeout)
