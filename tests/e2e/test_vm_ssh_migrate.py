@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Lab, Vnet, new_lab
+from tests.e2e.test_vm_ssh import _ancestors, _domains
 from vnetlib import paths
 from vnetlib.hosts import Hosts
 from vnetlib.lab import sshd
@@ -64,12 +65,6 @@ class Up:
         return "h2" if self.host == "h1" else "h1"
 
 
-def _domains(prefix: str) -> list[str]:
-    listed = subprocess.run(["virsh", "-c", serial.URI, "list", "--name"],
-                            capture_output=True, text=True, check=False)
-    return [d for d in listed.stdout.split() if d.startswith(prefix)]
-
-
 @pytest.fixture(scope="module")
 def up(vnet: Vnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     lab = new_lab(vnet, *LAB_ARGS)
@@ -81,17 +76,6 @@ def up(vnet: Vnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     finally:
         vnet.run("lab", "down", "--name", lab.name, check=False)
     assert _domains(f"vn-{lab.substrate}-") == []
-
-
-def _ancestors(pid: int) -> list[int]:
-    chain = []
-    while pid > 1:
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            break
-        chain.append(pid)
-    return chain
 
 
 def _helpers() -> list[list[int]]:

@@ -394,9 +394,22 @@ def _remove_dest(conn: Any, move: VmMove, dest: Any) -> None:
                     _ip(*(["-n", where] if where else []), "link", "delete", "dev", tap)
 
 
+def remove_domain(conn: Any, name: str) -> None:
+    """Destroy and undefine domain `name` of `conn` if libvirt still has it."""
+    import libvirt
+
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError:
+        return
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.destroy()
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.undefine()
+
+
 def finish(move: VmMove, *, uri: str = URI) -> None:
     """After a completed migration: the source domain, its serial log and its taps go."""
-    import libvirt
 
     if move.remote is not None:
         from vnetlib.vm import ssh_move
@@ -405,15 +418,7 @@ def finish(move: VmMove, *, uri: str = URI) -> None:
         return
 
     with _connection(uri) as conn:
-        try:
-            src = conn.lookupByName(move.source)
-        except libvirt.libvirtError:
-            src = None
-        if src is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                src.destroy()
-            with contextlib.suppress(libvirt.libvirtError):
-                src.undefine()
+        remove_domain(conn, move.source)
     with contextlib.suppress(OSError):  # the destination's log continues it
         Path(serial_log(move.source)).unlink()
     present = _links_of(move.source_netns)

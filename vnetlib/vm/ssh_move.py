@@ -50,6 +50,7 @@ from vnetlib.vm.migrate import (
     _run,
     dest_xml,
     persistent_xml,
+    remove_domain,
     spare_tap,
     spare_taps,
 )
@@ -321,18 +322,8 @@ def _remove_dest(move: VmMove, remote: Remote, tconn: Any, dest: Any) -> None:
 def finish(move: VmMove, remote: Remote) -> None:
     """After a completed migration: the source domain (if libvirt left it),
     its serial log and its taps go, on the source host."""
-    import libvirt
-
     with connection(remote, remote.source) as conn:
-        try:
-            src = conn.lookupByName(move.source)
-        except libvirt.libvirtError:
-            src = None
-        if src is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                src.destroy()
-            with contextlib.suppress(libvirt.libvirtError):
-                src.undefine()
+        remove_domain(conn, move.source)
     on_host(remote, remote.source, f"rm -f {shlex.quote(serial_log(move.source))}",
             check=False)
     delete_taps(remote, remote.source, _all_taps(move, move.source))
