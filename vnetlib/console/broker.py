@@ -512,8 +512,8 @@ def _vnp_routes(svc: VnpService, hub: ConsoleHub) -> None:
 def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
     hub.register("netns", "shell", NetnsShell(svc.confinement, svc.core.name))
     for hypervisor in ("qemu", "xen"):
-        hub.register(hypervisor, "serial", VmSerial(svc.core.name))
-    hub.register("qemu", "vnc", VmVnc(svc.core.name))
+        hub.register(hypervisor, "serial", VmSerial(svc.core.name, svc.confinement.hosts))
+    hub.register("qemu", "vnc", VmVnc(svc.core.name, svc.confinement.hosts))
     slivers = RecordCache().watch_engine(svc.core.ledger.db.engine)
 
     def session(caller: Identity, req: m.ConsoleRequest, s: Sliver) -> m.ConsoleSession:
