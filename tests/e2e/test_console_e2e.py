@@ -4,6 +4,7 @@ PIP, and a player stopped by a signal ends the session with a notice."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import EXAMPLES, Lab, Vnet, new_lab
+from vnetlib.core.ledger import Ledger
+from vnetlib.players.config import load as load_config
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,62 @@ def until_in(proc: subprocess.Popen[bytes], marker: bytes, timeout: float) -> by
             break
         got += chunk
     return got
+
+
+PAIR = """<vnet xmlns="urn:vnet:rdl:1" version="1" name="pair">
+  <node id="r1" kind="netns" cpu="1" memory="64"/>
+  <node id="e1" kind="netns" cpu="1" memory="64"/>
+  <link id="l1"><endpoint node="r1" interface="e0"><address>198.19.246.1/30</address>
+    </endpoint><endpoint node="e1" interface="e0"><address>198.19.246.2/30</address>
+    </endpoint></link>
+</vnet>"""
+
+
+def _host_of(vnet: Vnet, lab: Lab, node: str) -> str:
+    """The substrate host of `node` in the PIP's ledger (its only VNet)."""
+    config = load_config(Path(vnet.env["VNET_HOME"]) / "labs" / lab.name / "players" /
+                         "pip1.toml")
+    ledger = Ledger(config.store, lab.substrate)
+    try:
+        (s,) = [s for s in ledger.slivers() if s.state.value == "ready"]
+        return s.embedding.node_map[node]
+    finally:
+        ledger.close()
+
+
+def test_a_session_follows_its_node_when_the_pip_operator_drains_its_host(
+        vnet: Vnet, lab1: Lab, tmp_path: Path) -> None:
+    """`vnet drain` runs in a process of its own on the PIP's store: the PIP
+    server learns the move from its ledger when the node's old shell ends,
+    and the session goes on in a new shell where the node is now."""
+    spec = tmp_path / "pair.xml"
+    spec.write_text(PAIR)
+    vnet_id = vnet.json("up", str(spec), "--lab", lab1.name)["vnet"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vnetlib.cli.main", "console", vnet_id, "r1", "--lab",
+         lab1.name, "--linger", "60"],
+        env=vnet.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    source = _host_of(vnet, lab1, "r1")
+    try:
+        proc.stdin.write(b"echo before-$((6*7))\n")
+        proc.stdin.flush()
+        assert b"before-42" in until_in(proc, b"before-42", 30)
+        vnet.run("drain", source, "--substrate", lab1.substrate)  # not through the PIP server
+        target = _host_of(vnet, lab1, "r1")
+        assert target != source
+        proc.stdin.write(b"echo after-$((6*7))\n")
+        proc.stdin.flush()
+        out = until_in(proc, b"after-42", 60)
+        assert b"moved" in out and b"after-42" in out, out[-500:]
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        proc.stdin = None
+        proc.kill()
+        proc.communicate(timeout=30)
+        vnet.run("drain", source, "--substrate", lab1.substrate, "--undo", check=False)
+        vnet.run("down", vnet_id, "--lab", lab1.name, check=False)
 
 
 def test_piped_console_session_and_a_stopped_player(vnet: Vnet, lab1: Lab) -> None:

@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 CONSOLE_CALL = 30.0
 RECORD_TTL = 5.0
+RELOCATE_POLL = 0.2  # seconds between looks at a sliver whose node is being moved
 """Seconds a record read for a console setup is reused (unless written before)."""
 MAX_RECORDS = 1024
 T = TypeVar("T")
@@ -519,6 +520,28 @@ def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
     def session(caller: Identity, req: m.ConsoleRequest, s: Sliver) -> m.ConsoleSession:
         return hub._mint(caller, s.name, req, f"{req.kind}:{req.node}", endpoint_of(req, s))
 
+    def relocated(opened: Sliver, node: str) -> repoint.Relocate:
+        """Where `node` is now per the ledger, if it moved since `opened` (a
+        move by another process on this PIP's store: `vnet drain`), waiting
+        while the sliver records a move of it in progress."""
+
+        async def where(last: Sliver | None) -> Sliver | None:
+            base = last or opened
+            place = (base.embedding.node_map.get(node), base.domains.get(node))
+            deadline = time.monotonic() + repoint.HOLD_TIMEOUT
+            while True:
+                s = await asyncio.to_thread(svc.core.ledger.get, opened.id)
+                if s is None or s.state not in (State.PROVISIONED, State.READY):
+                    return None
+                if s.moving is not None and s.moving.node == node \
+                        and time.monotonic() < deadline:
+                    await asyncio.sleep(RELOCATE_POLL)
+                    continue
+                now = (s.embedding.node_map.get(node), s.domains.get(node))
+                return None if now == place else s
+
+        return where
+
     def endpoint_of(req: m.ConsoleRequest, s: Sliver) -> Opener:
         """The opener of `req`'s endpoint in sliver `s`, once checked."""
         if s.state not in (State.PROVISIONED, State.READY):
@@ -539,7 +562,8 @@ def _pip_routes(svc: PipService, hub: ConsoleHub) -> None:
                 return await endpoint.open(moved, req.node)
 
             notice = repoint.moved_notice(req.node) if isinstance(endpoint, NetnsShell) else b""
-            end = Repointable(repoint.key_of(s, req.node), req.kind, stream, reopen, notice)
+            end = Repointable(repoint.key_of(s, req.node), req.kind, stream, reopen, notice,
+                              relocated(s, req.node))
             return end, end
 
         return opener

@@ -18,6 +18,12 @@ The migration code of the PIP process calls, around a move of a node:
   ends. A session whose endpoint cannot be opened again ends with a notice.
 
 Both are no-ops where no console session is open (a direct `vnet migrate`).
+A move made by another process on the PIP's store (the operator's `vnet
+drain`) calls them where no session lives. So a PIP's session also asks
+`relocate` (the PIP reads its ledger) every WATCH_EVERY seconds and when its
+endpoint ends unheld: while the sliver records a move of the node it waits,
+and if the node is elsewhere now it follows it as above (a netns node's old
+shell would otherwise live on in the namespace the move deleted).
 
 At the VNP, the next hop of every session on a node of an order (the
 provider's listener) is a `Repointable` too, for a move of the node to
@@ -48,6 +54,8 @@ log = logging.getLogger(__name__)
 
 HOLD_TIMEOUT = 120.0
 """How long a held session waits for `moved` once its endpoint ended."""
+WATCH_EVERY = 2.0
+"""Seconds between a PIP session's looks at where its node is (`relocate`)."""
 SWITCH_TIMEOUT = 30.0
 """How long `moved` waits for the sessions to open their endpoints again."""
 
@@ -55,6 +63,10 @@ Key = tuple[str, str, str]  # (substrate, sliver id, node); a VNP's: ("vnp:NAME"
 Reopen = Callable[[Any], Awaitable[tuple[ByteReader, ByteWriter]]]
 """Opens the endpoint again, given where the node is now (`moved`'s sliver at
 a PIP; nothing at a VNP, which reads its order again)."""
+Relocate = Callable[[Any], Awaitable[Any]]
+"""Given where the session's endpoint was last opened (None: where the
+session opened), where the node is now if it moved since (once a move in
+progress ends), else None: asked when the endpoint ends unheld."""
 
 _lock = threading.Lock()
 _live: dict[Key, weakref.WeakSet[Repointable]] = {}
@@ -83,12 +95,15 @@ class Repointable:
     held are dropped (the node is between two places)."""
 
     def __init__(self, key: Key, kind: str, stream: tuple[ByteReader, ByteWriter],
-                 reopen: Reopen, notice: bytes = b"") -> None:
+                 reopen: Reopen, notice: bytes = b"", relocate: Relocate | None = None) -> None:
         self.key = key
         self.kind = kind
         self.loop = asyncio.get_running_loop()
         self._reader, self._writer = stream
         self._reopen = reopen
+        self._relocate = relocate
+        self._where: Any = None  # where the last switch opened the endpoint
+        self._watch = None if relocate is None else self.loop.create_task(self._watching())
         self._notice_text = notice
         self._notice = b""
         self._generation = 0
@@ -119,9 +134,34 @@ class Repointable:
                 return data
             if self.held and not self._closed and await self._switched(generation):
                 continue
+            if not self._notice and not self._closed and await self._followed():
+                continue
             if self._notice:
                 continue  # why it ends, then the end
             return b""
+
+    async def _watching(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(WATCH_EVERY)
+            if not self.held and not self._closed:
+                await self._followed()
+
+    async def _followed(self) -> bool:
+        """The endpoint ended unheld, or the watch looks: if the node moved
+        meanwhile (a move no `hold` announced in this process), follow it;
+        False if it did not."""
+        if self._relocate is None:
+            return False
+        try:
+            where = await self._relocate(self._where)
+        except Exception as exc:  # the session then ends as it would have
+            log.warning("console on %s/%s: where is the node now? %s", *self.key[1:], exc)
+            return False
+        if where is None or self._closed or self.held:
+            return False
+        with contextlib.suppress(HopError):  # its notice says why the session ends
+            await self.switch(where)
+        return True
 
     def write(self, data: bytes) -> None:
         self._writer.write(data)
@@ -146,6 +186,8 @@ class Repointable:
 
     def close(self) -> None:
         self._closed = True
+        if self._watch is not None:
+            self._watch.cancel()
         with _lock:
             entries = _live.get(self.key)
             if entries is not None:
@@ -195,6 +237,7 @@ class Repointable:
         if self._closed:
             await close_quietly(stream[1])
             return
+        self._where = where
         self._reader, self._writer = stream
         self._generation += 1
         self._notice = self._notice_text
