@@ -56,7 +56,7 @@ def test_vnet_across_two_pips_is_negotiated_stitched_and_removed(
     sub_a, sub_b = a.core.substrate, b.core.substrate
     host_a = sub_a.host(sa.embedding.node_map["b"]).data_address
     host_b = sub_b.host(sb.embedding.node_map["c"]).data_address
-    assert stitch_a.remote == host_b and stitch_b.remote == host_a
+    assert stitch_a.address == host_b and stitch_b.address == host_a
     assert namespaces(f"vn-{substrates.a}-{sa.id}-") == [
         f"vn-{substrates.a}-{sa.id}-a", f"vn-{substrates.a}-{sa.id}-b"]
 

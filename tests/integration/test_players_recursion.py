@@ -31,8 +31,8 @@ def test_vnp_as_pip_at_depth_two(players: Players, substrates: Substrates) -> No
     (stitch_a,) = sa.stitches
     (stitch_b,) = sb.stitches
     assert stitch_a.vni == stitch_b.vni
-    assert stitch_a.remote == b.core.substrate.host(sb.embedding.node_map["c"]).data_address
-    assert stitch_b.remote == a.core.substrate.host(sa.embedding.node_map["b"]).data_address
+    assert stitch_a.address == b.core.substrate.host(sb.embedding.node_map["c"]).data_address
+    assert stitch_b.address == a.core.substrate.host(sa.embedding.node_map["b"]).data_address
     rc, out, err = sp.exec(view.id, "b", ["ping", "-c", "1", "-W", "2", "198.19.250.1"])
     assert rc == 0, out + err
     rc, out, err = sp.exec(view.id, "b", ["ping", "-c", "1", "-W", "3", "198.19.250.6"])
