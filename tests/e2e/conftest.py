@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,3 +170,32 @@ def ping(netns: str, address: str, count: int = 1, wait: int = 2) -> bool:
         text=True,
     )
     return done.returncode == 0
+
+
+def until_in(proc: subprocess.Popen[bytes], marker: bytes, timeout: float) -> bytes:
+    """What `proc` wrote to stdout until `marker` (or its end, or the timeout)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    got = b""
+    deadline = time.monotonic() + timeout
+    while marker not in got and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def ancestors(pid: int) -> list[int]:
+    """The parent, grandparent, ... of process `pid` (up to init)."""
+    chain = []
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            break
+        chain.append(pid)
+    return chain

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import EXAMPLES, Lab, Vnet, new_lab
+from tests.e2e.conftest import EXAMPLES, Lab, Vnet, new_lab, until_in
 from vnetlib.core.ledger import Ledger
 from vnetlib.players.config import load as load_config
 
@@ -43,21 +42,6 @@ def console(vnet: Vnet, lab: Lab, vnet_id: str, node: str, script: bytes,
     return proc
 
 
-def until_in(proc: subprocess.Popen[bytes], marker: bytes, timeout: float) -> bytes:
-    """What `proc` wrote to stdout until `marker` (or its end, or the timeout)."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    got = b""
-    deadline = time.monotonic() + timeout
-    while marker not in got and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        got += chunk
-    return got
 
 
 PAIR = """<vnet xmlns="urn:vnet:rdl:1" version="1" name="pair">

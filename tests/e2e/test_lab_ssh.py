@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.conftest import EXAMPLES, Lab, Vnet, links_in, netns_list, new_lab
+from tests.e2e.conftest import EXAMPLES, Lab, Vnet, ancestors, links_in, netns_list, new_lab
 from vnetlib import hosts, paths
 from vnetlib.console.endpoints import NetnsShell
 from vnetlib.instantiate import find
@@ -109,17 +109,6 @@ def test_figure6_over_ssh_pings_and_removal_leaves_nothing(vnet: Vnet, ssh_lab: 
         assert pid is not None and _gone(pid), f"sshd {pid} still runs after lab down"
 
 
-def _ancestors(pid: int) -> list[int]:
-    chain = []
-    while pid > 1:
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            break
-        chain.append(pid)
-    return chain
-
-
 def _in_netns(netns: str, comm: str) -> list[int]:
     """Processes named `comm` in namespace `netns`."""
     inode = os.stat(f"/run/netns/{netns}").st_ino
@@ -154,7 +143,7 @@ def _exec_and_console_go_through_sshd(vnet: Vnet, lab: Lab, vnet_id: str, host: 
     try:
         sleepers = _wait_for(netns, "sleep")
         assert sleepers, "vnet exec never started its command in the node"
-        chain = _ancestors(sleepers[0])
+        chain = ancestors(sleepers[0])
         assert listener in chain, f"exec not below {host}'s sshd {listener}: {chain}"
         assert proc.pid not in chain
     finally:
@@ -186,8 +175,8 @@ def _exec_and_console_go_through_sshd(vnet: Vnet, lab: Lab, vnet_id: str, host: 
             try:
                 shells = await asyncio.to_thread(_wait_for, netns, "sh")
                 assert shells, "no console shell in the node"
-                assert all(listener in _ancestors(p) for p in shells)
-                assert os.getpid() not in _ancestors(shells[0])
+                assert all(listener in ancestors(p) for p in shells)
+                assert os.getpid() not in ancestors(shells[0])
                 writer.write(b"echo $((6 * 7))x; exit\n")
                 await writer.drain()
                 seen = b""

@@ -10,8 +10,6 @@ PIP's log, and an open console session ends with a notice."""
 from __future__ import annotations
 
 import json
-import os
-import select
 import shutil
 import subprocess
 import sys
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Lab, Vnet, new_lab
+from tests.e2e.conftest import Lab, Vnet, ancestors, new_lab, until_in
 from vnetlib import paths
 from vnetlib.hosts import Hosts
 from vnetlib.lab import sshd
@@ -88,32 +86,8 @@ def _console(vnet: Vnet, up: Up, kind: str, linger: float = 1.0) -> subprocess.P
         env=vnet.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _until(proc: subprocess.Popen[bytes], marker: bytes, timeout: float) -> bytes:
-    """What `proc` wrote to stdout until `marker` (or its end, or the timeout)."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    got = b""
-    deadline = time.monotonic() + timeout
-    while marker not in got and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        got += chunk
-    return got
 
 
-def _ancestors(pid: int) -> list[int]:
-    chain = []
-    while pid > 1:
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            break
-        chain.append(pid)
-    return chain
 
 
 def _agents(op: str, domain: str) -> list[int]:
@@ -146,11 +120,11 @@ def test_serial_exec_and_vnc_of_a_vm_go_through_the_hosts_sshd(vnet: Vnet, up: U
         assert proc.stdin is not None
         proc.stdin.write(b"echo serial-$((6 * 7))\n")
         proc.stdin.flush()
-        seen = _until(proc, b"serial-42", 60)
+        seen = until_in(proc, b"serial-42", 60)
         assert b"serial-42" in seen, seen[-400:]
         agents = _agents("serial", up.domain)
         assert len(agents) == 1, agents
-        chain = _ancestors(agents[0])
+        chain = ancestors(agents[0])
         assert listener in chain, f"serial agent not below {HOST}'s sshd {listener}: {chain}"
         # The line is held on the host for the session: an exec is refused.
         busy = vnet.run("exec", "--lab", up.lab.name, up.vnet_id, "vm1", "--", "true",
@@ -176,9 +150,9 @@ def test_serial_exec_and_vnc_of_a_vm_go_through_the_hosts_sshd(vnet: Vnet, up: U
 
     vnc = _console(vnet, up, "vnc")
     try:
-        assert _until(vnc, b"RFB 003.008\n", 30).startswith(b"RFB 003.008\n")
+        assert until_in(vnc, b"RFB 003.008\n", 30).startswith(b"RFB 003.008\n")
         assert len(_agents("vnc", up.domain)) == 1
-        assert listener in _ancestors(_agents("vnc", up.domain)[0])
+        assert listener in ancestors(_agents("vnc", up.domain)[0])
     finally:
         _finish(vnc)
 
@@ -190,9 +164,9 @@ def test_with_the_hosts_sshd_stopped_sessions_end_and_everything_fails_by_name(
         assert proc.stdin is not None
         proc.stdin.write(b"echo before-$((6 * 7))\n")
         proc.stdin.flush()
-        assert b"before-42" in _until(proc, b"before-42", 60)
+        assert b"before-42" in until_in(proc, b"before-42", 60)
         assert sshd.stop_host(up.files, HOST)
-        tail = _until(proc, remote.DROPPED.strip(), 30)
+        tail = until_in(proc, remote.DROPPED.strip(), 30)
         assert remote.DROPPED.strip() in tail, tail[-300:]
         proc.stdin.close()
         proc.stdin = None

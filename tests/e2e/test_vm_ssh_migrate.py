@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Lab, Vnet, new_lab
-from tests.e2e.test_vm_ssh import _ancestors, _domains
+from tests.e2e.conftest import Lab, Vnet, ancestors, new_lab
+from tests.e2e.test_vm_ssh import _domains
 from vnetlib import paths
 from vnetlib.hosts import Hosts
 from vnetlib.lab import sshd
@@ -88,7 +88,7 @@ def _helpers() -> list[list[int]]:
         except OSError:
             continue
         if any(b"virt-ssh-helper" in a or b"libvirt-sock" in a for a in argv[:3]):
-            found.append(_ancestors(int(cmdline.parent.name)))
+            found.append(ancestors(int(cmdline.parent.name)))
     return found
 
 
