@@ -150,7 +150,9 @@ def test_vlan_ids_never_reused_while_in_use(tmp_path: Path) -> None:
     # two processes allocating at once still never share an id
     wide = tmp_path / "wide.sqlite"
     VlanPool(wide, "berlin")
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: a fork of this (threaded) pytest process can deadlock on
+    # a lock another thread held at the fork (seen once in CI: a worker stuck)
+    ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as workers:
         lists = workers.starmap(_grab, [(str(wide), 40), (str(wide), 40)])
     ids = lists[0] + lists[1]
