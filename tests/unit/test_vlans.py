@@ -69,8 +69,9 @@ def _take(url: str, sliver: str, out: multiprocessing.Queue) -> None:
 def test_two_processes_never_share_an_id(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path / "ledger.db")
     VlanLedger(Ledger(url, SUBSTRATE.name))
-    out: multiprocessing.Queue = multiprocessing.Queue()
-    procs = [multiprocessing.Process(target=_take, args=(url, f"s{i}", out)) for i in range(2)]
+    ctx = multiprocessing.get_context("spawn")  # a fork of threaded pytest can deadlock
+    out: multiprocessing.Queue = ctx.Queue()
+    procs = [ctx.Process(target=_take, args=(url, f"s{i}", out)) for i in range(2)]
     for p in procs:
         p.start()
     got = [out.get(timeout=60) for _ in procs]
