@@ -299,13 +299,7 @@ def migrate(move: VmMove, *, uri: str = URI, downtime_limit_ms: int = DOWNTIME_L
                                 timeout=timeout)
     started = time.perf_counter()
     with _connection(uri) as conn:
-        try:
-            src = conn.lookupByName(move.source)
-        except libvirt.libvirtError as exc:
-            raise MigrationError(f"no domain {move.source}: {exc}") from None
-        if src.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
-            raise MigrationError(f"domain {move.source} is not running: only a running "
-                                 "VM migrates live")
+        src = running_domain(conn, move.source)
         xml = dest_xml(src.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), move.dest,
                        [nic.tap for nic in move.nics])
         spares = spare_taps(xml)
@@ -392,6 +386,20 @@ def _remove_dest(conn: Any, move: VmMove, dest: Any) -> None:
             if tap in present:
                 with contextlib.suppress(MigrationError):
                     _ip(*(["-n", where] if where else []), "link", "delete", "dev", tap)
+
+
+def running_domain(conn: Any, name: str, where: str = "") -> Any:
+    """Domain `name` of `conn`, which must be running (only a running VM
+    migrates live); MigrationError otherwise. `where` names the host."""
+    import libvirt
+
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        raise MigrationError(f"no domain {name}{where}: {exc}") from None
+    if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+        raise MigrationError(f"domain {name} is not running: only a running VM migrates live")
+    return dom
 
 
 def remove_domain(conn: Any, name: str) -> None:

@@ -51,6 +51,7 @@ from vnetlib.vm.migrate import (
     dest_xml,
     persistent_xml,
     remove_domain,
+    running_domain,
     spare_tap,
     spare_taps,
 )
@@ -209,18 +210,10 @@ def migrate(move: VmMove, remote: Remote, *, downtime_limit_ms: int,
     """Move the running guest of `move.source` on `remote.source` into
     `move.dest` on `remote.target`, through the hosts; on any failure the
     destination goes and the source runs on (MigrationError)."""
-    import libvirt
-
     started = time.perf_counter()
     with connection(remote, remote.source) as sconn, \
             connection(remote, remote.target) as tconn:
-        try:
-            src = sconn.lookupByName(move.source)
-        except libvirt.libvirtError as exc:
-            raise MigrationError(f"no domain {move.source} on {remote.source}: {exc}") from None
-        if src.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
-            raise MigrationError(f"domain {move.source} is not running: only a running "
-                                 "VM migrates live")
+        src = running_domain(sconn, move.source, f" on {remote.source}")
         if host_uuid(sconn) == host_uuid(tconn):
             method = "QMP, one libvirtd"
             stats = _same_daemon(move, remote, src, tconn, downtime_limit_ms, timeout, started)
