@@ -240,6 +240,7 @@ Command = list[str]
 LIBVIRT = "libvirt"
 GUEST = "guest"
 IP = "ip"
+NSENTER = "nsenter"
 STATES = ("present", "absent", "running", "shutdown", "paused")
 ACTIVE = ("running", "paused")
 
@@ -264,6 +265,15 @@ class Want:
     netns: str | None = None
     bridges: dict[str, str | None] = field(default_factory=dict)
     pool: bool = False
+    libvirt_pid: int | None = None
+
+    @property
+    def owns_taps(self) -> bool:
+        """Whether the module makes, moves and deletes the domain's taps: with
+        a netns to move them into, bridges to put them on, or a libvirtd that
+        opens them in a namespace other than the module's."""
+        return (self.netns is not None or self.libvirt_pid is not None
+                or any(self.bridges.values()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +281,9 @@ class Tap:
     """A tap device as ``ip -json -details link show`` reports it."""
 
     name: str
-    netns: str | None  # None: here, in libvirtd's namespace
+    # None: the module's namespace; a name under /run/netns; an int: the pid
+    # of a process in libvirtd's namespace (when that is not the module's).
+    netns: str | int | None
     master: str | None = None
     up: bool = False
     carrier: bool = False
@@ -302,10 +314,9 @@ def want_from_params(params: dict, *, kvm: bool) -> Want:
     ifaces = params.get("interfaces")
     netns = _opt(params.get("netns"))
     bridges = {i["tap"]: _opt(i.get("bridge")) for i in ifaces or []}
-    if any(bridges.values()) and netns is None:
-        raise PlanError(f"domain {name}: a bridge is given but no netns to find it in")
+    libvirt_pid = params.get("libvirt_pid")
     if state == "absent" and ifaces is None:
-        return Want(name, state, None, netns=netns)
+        return Want(name, state, None, netns=netns, libvirt_pid=libvirt_pid)
     try:
         spec = DomainSpec(
             name=name,
@@ -323,7 +334,7 @@ def want_from_params(params: dict, *, kvm: bool) -> Want:
     except DomainError as exc:
         raise PlanError(str(exc)) from None
     return Want(name, state, spec, kvm=kvm and spec.hypervisor == "qemu", netns=netns,
-                bridges=bridges, pool=bool(params.get("pool")))
+                bridges=bridges, pool=bool(params.get("pool")), libvirt_pid=libvirt_pid)
 
 
 def domain_state(code: int) -> str:
@@ -336,8 +347,8 @@ def domain_state(code: int) -> str:
     return "shutoff"
 
 
-def parse_taps(text: str, netns: str | None) -> dict[str, Tap]:
-    """Tap devices from ``ip -json -details link show`` (run here or in ``netns``)."""
+def parse_taps(text: str, netns: str | int | None) -> dict[str, Tap]:
+    """Tap devices from ``ip -json -details link show`` (run where ``netns`` says)."""
     text = (text or "").strip()
     entries = json.loads(text) if text else []
     taps = {}
@@ -369,56 +380,73 @@ def _tap_names(want: Want, have: Have) -> list[str]:
     return [] if spec is None else [n.tap for n in spec.interfaces]
 
 
-def _ip(netns: str | None, *args: str) -> Command:
-    return [IP, *(["-n", netns] if netns else []), *args]
+def _ip(where: str | int | None, *args: str) -> Command:
+    """An C(ip) command run where ``where`` says (as `Tap.netns`)."""
+    if isinstance(where, int):
+        return [NSENTER, "-t", str(where), "-n", IP, *args]
+    return [IP, *(["-n", where] if where else []), *args]
+
+
+def _to(where: str | int | None, here_pid: int) -> str:
+    """``where`` as C(ip link set ... netns) names it."""
+    return str(here_pid) if where is None else str(where)
 
 
 def _prepare_taps(want: Want, have: Have, here_pid: int) -> list[Command]:
-    """Before a start: every tap exists here, where libvirt opens it by name."""
-    if want.netns is None:
+    """Before a start: every tap exists in libvirtd's namespace, where libvirt
+    opens it by name."""
+    if not want.owns_taps:
         return []
+    libvirtd = want.libvirt_pid
     commands: list[Command] = []
     for tap in _tap_names(want, have):
         found = have.taps.get(tap)
         if found is None:
-            commands.append([IP, "tuntap", "add", "dev", tap, "mode", "tap"])
-        elif found.netns is not None:
-            commands.append(_ip(found.netns, "link", "set", "dev", tap, "netns", str(here_pid)))
+            commands.append(_ip(libvirtd, "tuntap", "add", "dev", tap, "mode", "tap"))
+        elif found.netns != libvirtd:
+            commands.append(_ip(found.netns, "link", "set", "dev", tap, "netns",
+                                _to(libvirtd, here_pid)))
     return commands
 
 
-def _attach_taps(want: Want, have: Have, *, fresh: bool) -> list[Command]:
-    """Every tap in the netns, on its bridge, up; ``fresh`` after a (re)start."""
-    netns = want.netns
-    if netns is None:
+def _attach_taps(want: Want, have: Have, here_pid: int, *, fresh: bool) -> list[Command]:
+    """Every tap in the host's namespace (``want.netns``, or the module's),
+    on its bridge, up; ``fresh`` after a (re)start, when they are all where
+    libvirtd opened them. A tap ``have`` lacks is taken to be there too."""
+    if not want.owns_taps:
         return []
+    home = want.netns
     commands: list[Command] = []
     for tap in _tap_names(want, have):
         found = None if fresh else have.taps.get(tap)
         bridge = want.bridges.get(tap)
         if bridge is not None and bridge not in have.bridges:
             raise PlanError(
-                f"domain {want.name}: bridge {bridge} for tap {tap} is not in netns {netns}; "
+                f"domain {want.name}: bridge {bridge} for tap {tap} is not in "
+                f"{'netns ' + home if home else 'this host'}; "
                 "create it first (vnet.infra.vnet_link)",
                 tap=tap,
                 bridge=bridge,
             )
-        if found is None or found.netns != netns:
-            commands.append([IP, "link", "set", "dev", tap, "netns", netns])
-            found = Tap(tap, netns)
+        where = want.libvirt_pid if found is None else found.netns
+        if where != home:
+            commands.append(_ip(where, "link", "set", "dev", tap, "netns", _to(home, here_pid)))
+            found = Tap(tap, home)
+        elif found is None:
+            found = Tap(tap, home)
         if bridge is not None and found.master != bridge:
-            commands.append(_ip(netns, "link", "set", "dev", tap, "master", bridge))
+            commands.append(_ip(home, "link", "set", "dev", tap, "master", bridge))
         elif bridge is None and found.master is not None:
-            commands.append(_ip(netns, "link", "set", "dev", tap, "nomaster"))
+            commands.append(_ip(home, "link", "set", "dev", tap, "nomaster"))
         if not found.up:
-            commands.append(_ip(netns, "link", "set", "dev", tap, "up"))
+            commands.append(_ip(home, "link", "set", "dev", tap, "up"))
     return commands
 
 
 def _delete_taps(want: Want, have: Have) -> list[Command]:
     """The domain's taps, and any pre-wired pool tap of it left (a take that
     stopped half-way)."""
-    if want.netns is None:
+    if not want.owns_taps:
         return []
     commands = []
     names = _tap_names(want, have)
@@ -466,8 +494,8 @@ def _is_spare_tap(domain: str, tap: str) -> bool:
 
 def adoptable(want: Want, have: Have) -> bool:
     """Whether a running pool VM can become ``want`` without a restart: its
-    NICs are its pre-wired pool NICs (or none), their taps are in the netns,
-    and the two differ only in command line and interfaces."""
+    NICs are its pre-wired pool NICs (or none), their taps are in the host's
+    namespace, and the two differ only in command line and interfaces."""
     if not (want.pool and want.spec is not None and have.spec is not None):
         return False
     if want.state != "running" or not have.exists or have.state != "running":
@@ -491,9 +519,9 @@ def _adopt(want: Want, have: Have, here_pid: int) -> list[Command]:
     console from the new command line, the pool NICs' MACs standing in for the node's until its next boot; the
     taps go onto their bridges (the module runs the reconfiguration beside
     these moves: the guest needs only its NICs)."""
-    if want.spec is None or have.spec is None or want.netns is None:
-        raise PlanError("domain %s: a take needs the domain's fields and a netns" % want.name)
-    name, netns = want.name, want.netns
+    if want.spec is None or have.spec is None or not want.owns_taps:
+        raise PlanError("domain %s: a take needs the domain's fields and its taps" % want.name)
+    name, netns, libvirtd = want.name, want.netns, want.libvirt_pid
     pool, nics = have.spec.interfaces, want.spec.interfaces
     reused = list(zip(pool, nics))
     extra = nics[len(pool):]
@@ -507,24 +535,27 @@ def _adopt(want: Want, have: Have, here_pid: int) -> list[Command]:
         commands.append(_ip(netns, "link", "set", "dev", spare.tap, "down", "nomaster"))
     for nic in extra:
         if nic.tap not in taps:
-            commands.append([IP, "tuntap", "add", "dev", nic.tap, "mode", "tap"])
-        elif taps[nic.tap].netns is not None:
+            commands.append(_ip(libvirtd, "tuntap", "add", "dev", nic.tap, "mode", "tap"))
+        elif taps[nic.tap].netns != libvirtd:
             commands.append(_ip(taps[nic.tap].netns, "link", "set", "dev", nic.tap, "netns",
-                                str(here_pid)))
+                                _to(libvirtd, here_pid)))
         taps.pop(nic.tap, None)
     commands += [[LIBVIRT, "attach", name, nic.tap] for nic in extra]
     commands.append([GUEST, "configure", name,
                      *("%s=%s" % (new.mac, old.mac) for old, new in reused)])
-    commands += _attach_taps(want, replace(have, taps=taps), fresh=False)
+    commands += _attach_taps(want, replace(have, taps=taps), here_pid, fresh=False)
     return commands
 
 
-def _ip_head(argv: Command) -> tuple[str, ...] | None:
+def ip_head(argv: Command) -> tuple[str, ...] | None:
     """The part of an C(ip) command that ``ip -batch`` cannot take per line
-    (``ip`` or ``ip -n NS``); None for a command that must run on its own."""
-    if not argv or argv[0] != IP or any(not a or re.search(r"[\s'\"\\#]", a) for a in argv):
+    (``ip``, ``ip -n NS``, either after ``nsenter -t PID -n``); None for a
+    command that must run on its own."""
+    at = 4 if argv[:1] == [NSENTER] and argv[3:4] == ["-n"] else 0
+    if len(argv) <= at or argv[at] != IP or any(
+            not a or re.search(r"[\s'\"\\#]", a) for a in argv):
         return None
-    return tuple(argv[:3]) if argv[1:2] == ["-n"] else (IP,)
+    return tuple(argv[:at + 3]) if argv[at + 1:at + 2] == ["-n"] else tuple(argv[:at + 1])
 
 
 def ip_groups(commands: list[Command]) -> list[list[Command]]:
@@ -533,8 +564,8 @@ def ip_groups(commands: list[Command]) -> list[list[Command]]:
     is a group of its own."""
     groups: list[list[Command]] = []
     for argv in commands:
-        head = _ip_head(argv)
-        if head is not None and groups and _ip_head(groups[-1][0]) == head:
+        head = ip_head(argv)
+        if head is not None and groups and ip_head(groups[-1][0]) == head:
             groups[-1].append(argv)
         else:
             groups.append([argv])
@@ -544,11 +575,12 @@ def ip_groups(commands: list[Command]) -> list[list[Command]]:
 def plan(want: Want, have: Have, here_pid: int) -> list[Command]:
     """The commands that turn ``have`` into ``want`` (empty when they match).
 
-    Taps are vnet's only with a netns: created here before a start (libvirt
-    opens ``managed='no'`` taps by name in its own namespace), moved into the
-    netns and attached to their bridges after it, moved back before the next
-    start, deleted with the domain. ``here_pid`` names this namespace to
-    ``ip link set ... netns``.
+    Taps are vnet's when ``want.owns_taps``: created in libvirtd's namespace
+    before a start (libvirt opens ``managed='no'`` taps by name there: this
+    one, or ``want.libvirt_pid``'s), moved into the host's namespace (the
+    netns, or this one) and attached to their bridges after it, moved back
+    before the next start, deleted with the domain. ``here_pid`` names this
+    namespace to ``ip link set ... netns``.
     """
     name = want.name
     if want.netns is not None and not have.netns_exists and want.state != "absent":
@@ -577,16 +609,16 @@ def plan(want: Want, have: Have, here_pid: int) -> list[Command]:
         return commands
     # A running domain whose tap is gone (its netns was deleted) has lost
     # that NIC for good: only a new start gives QEMU a new tap.
-    lost = want.netns is not None and any(t not in have.taps for t in _tap_names(want, have))
+    lost = want.owns_taps and any(t not in have.taps for t in _tap_names(want, have))
     restart = active and (redefine or lost)
     if restart:
         commands.append([LIBVIRT, "destroy", name])
     if not active or restart:
         commands += _prepare_taps(want, have, here_pid)
         commands.append([LIBVIRT, "start", name])
-        commands += _attach_taps(want, have, fresh=True)
+        commands += _attach_taps(want, have, here_pid, fresh=True)
     else:
-        commands += _attach_taps(want, have, fresh=False)
+        commands += _attach_taps(want, have, here_pid, fresh=False)
     paused = have.state == "paused" and not restart
     if want.state == "running" and paused:
         commands.append([LIBVIRT, "resume", name])
@@ -632,7 +664,7 @@ def before_after(want: Want, have: Have) -> tuple[dict, dict]:
         want.state, want.state
     )
     taps = dict(have.taps)
-    if want.netns is not None and want.state in ACTIVE:
+    if want.owns_taps and want.state in ACTIVE:
         for tap, bridge in want.bridges.items():
             taps[tap] = Tap(tap, want.netns, bridge, True, True)
     return before, view(want.spec, state, want.kvm, taps)

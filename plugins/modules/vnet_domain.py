@@ -16,10 +16,12 @@ description:
     compares the two, and runs only the steps needed; returns them in
     RV(commands). A changed definition of a running domain restarts it with
     O(state=running) or O(state=paused); O(state=present) only redefines it.
-  - With O(netns), the module also owns the domain's taps. libvirt opens each
-    tap (C(<interface type='ethernet'>), C(<target managed='no'>)) by name in
-    its own network namespace, so the module creates it there before a start,
-    then moves it into O(netns) (the substrate host) and attaches it to its
+  - With O(netns), a bridge in O(interfaces), or a libvirtd in another network
+    namespace (O(libvirt_pid)), the module also owns the domain's taps.
+    libvirt opens each tap (C(<interface type='ethernet'>),
+    C(<target managed='no'>)) by name in its own network namespace, so the
+    module creates it there before a start, then moves it into the substrate
+    host's namespace (O(netns), or the module's own) and attaches it to its
     bridge; QEMU keeps using the tap across the move. It moves the taps back
     before the next start and deletes them with the domain.
 author: vnet developers (@vnet)
@@ -140,16 +142,30 @@ options:
         type: str
         required: true
       bridge:
-        description: Bridge in O(netns) the tap is attached to. Needs O(netns).
+        description: Bridge the tap is attached to, in O(netns) or else in the module's own namespace.
         type: str
   netns:
     description:
       - Network namespace (under C(/run/netns)) the taps are moved into, the
         substrate host that carries the virtual node. It must exist, and so
         must each O(interfaces[].bridge) in it.
-      - Without it the module does not touch taps; they must exist where
-        libvirt runs before the domain starts.
+      - Without it the taps go into the namespace the module runs in (a
+        substrate host reached over SSH, or a real KVM host), moved there
+        from libvirtd's when that is another one (O(libvirt_pid)). With
+        neither O(netns), bridges nor such a libvirtd the module does not
+        touch taps; they must exist before the domain starts.
     type: str
+  libvirt_pid:
+    description:
+      - The pid of a process in the network namespace where libvirtd opens
+        taps, when that is not the module's own (the vnet lab's hosts reached
+        over SSH are namespaces of one machine whose libvirtd runs in its
+        root namespace). The taps are made there with C(nsenter) and moved
+        into the module's namespace after the start.
+      - By default the module finds it: the daemon on the other end of
+        libvirt's unix socket (C(SO_PEERCRED)) for a C(qemu) or C(xen) O(uri),
+        taken only when its network namespace is not the module's.
+    type: int
   shutdown_timeout:
     description: Seconds to wait for the guest to power off after an ACPI shutdown before forcing it off.
     type: int
@@ -175,11 +191,14 @@ attributes:
     description: Returns the domain's definition, state and taps before and after.
 requirements:
   - libvirt Python bindings (C(libvirt-python)) for the Python that runs the module.
-  - iproute2 (C(ip)) and root privileges when O(netns) is given.
+  - iproute2 (C(ip)) and root privileges when the module owns the taps;
+    C(nsenter) (util-linux) when libvirtd runs in another network namespace.
 notes:
-  - The module must run in libvirtd's network namespace (in the vnet lab, the
-    root namespace, so delegate the task to localhost), since that is where libvirt
-    opens the taps; O(netns) names the substrate host's namespace.
+  - With O(netns) the module runs in libvirtd's network namespace (in the vnet
+    lab with its C(netns) connection, the root namespace: delegate the task
+    to localhost) and O(netns) names the substrate host's namespace. On a
+    host reached over SSH it runs on the host, whose namespace gets the
+    taps.
   - Xen domains are generated and validated against libvirt's schema, but vnet
     has not run them on a Xen host.
 seealso:
@@ -207,6 +226,16 @@ EXAMPLES = r"""
     state: absent
     netns: vl-lab-h1
   delegate_to: localhost
+
+- name: The same node on a KVM host this task reaches over SSH (taps on its own bridges)
+  vnet.infra.vnet_domain:
+    name: vn-lab-v1-r1
+    state: running
+    kernel: /var/lib/vnet/images/abc/vmlinuz
+    initrd: /var/lib/vnet/images/abc/initrd.gz
+    cmdline: "console=ttyS0 vnet.hostname=r1 vnet.if=52:54:00:12:34:56,198.18.10.1/24"
+    interfaces:
+      - {tap: vtr1e0, mac: "52:54:00:12:34:56", bridge: vbab}
 """
 
 RETURN = r"""
@@ -249,7 +278,9 @@ import hashlib
 import os
 import pwd
 import re
+import socket
 import stat
+import struct
 import tempfile
 import threading
 import time
@@ -262,6 +293,7 @@ from ansible_collections.vnet.infra.plugins.module_utils._domain import (
     GUEST,
     IP,
     LIBVIRT,
+    NSENTER,
     Command,
     DomainError,
     Have,
@@ -271,6 +303,7 @@ from ansible_collections.vnet.infra.plugins.module_utils._domain import (
     domain_state,
     domain_xml,
     ip_groups,
+    ip_head,
     nic_xml,
     parse_bridges,
     parse_domain,
@@ -312,6 +345,7 @@ ARGUMENT_SPEC = dict(
         ),
     ),
     netns=dict(type="str"),
+    libvirt_pid=dict(type="int"),
     shutdown_timeout=dict(type="int", default=10),
     ready_marker=dict(type="str"),
     boot_timeout=dict(type="int", default=60),
@@ -325,6 +359,9 @@ FAILED_MARKER = "vnet-guest-failed"
 QEMU_CONF = "/etc/libvirt/qemu.conf"
 QEMU_USER = "libvirt-qemu"
 NETNS_DIR = "/run/netns"
+LIBVIRT_RUN = "/run/libvirt"
+DAEMON_SOCKETS = {"qemu": ("virtqemud-sock", "libvirt-sock"),
+                  "xen": ("virtxend-sock", "libvirt-sock")}
 PROBE_DIR = "/run/vnet"
 PROBE_SECONDS = 5
 QEMU = "qemu-system-x86_64"
@@ -341,6 +378,28 @@ def qemu_user() -> str:
     except OSError:
         pass
     return QEMU_USER
+
+
+def libvirtd_elsewhere(uri: str) -> int | None:
+    """The pid of the libvirt daemon behind ``uri`` when its network namespace
+    is not this process's, else None (also when it cannot be told: a daemon
+    that does not answer, or a driver without one)."""
+    driver = uri.split(":", 1)[0]
+    for name in DAEMON_SOCKETS.get(driver, ()):
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(2)
+                sock.connect(os.path.join(LIBVIRT_RUN, name))
+                cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                       struct.calcsize("3i"))
+            pid = struct.unpack("3i", cred)[0]
+            theirs = os.stat("/proc/%d/ns/net" % pid)
+            ours = os.stat("/proc/self/ns/net")
+        except (OSError, struct.error):
+            continue
+        same = (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+        return None if same else pid
+    return None
 
 
 def kvm_usable(user: str) -> bool:
@@ -417,8 +476,12 @@ class Host:
                 return None
             raise
 
-    def ip_json(self, netns: str | None, *args: str) -> str:
-        argv = [IP, *(["-n", netns] if netns else []), "-json", *args]
+    def ip_json(self, where: str | int | None, *args: str) -> str:
+        """``ip -json ARGS`` where ``where`` says (as C(Tap.netns))."""
+        if isinstance(where, int):
+            argv = [NSENTER, "-t", str(where), "-n", IP, "-json", *args]
+        else:
+            argv = [IP, *(["-n", where] if where else []), "-json", *args]
         rc, out, err = self.module.run_command(argv)
         if rc != 0:
             raise PlanError("%s failed: %s" % (" ".join(argv), err.strip()))
@@ -434,14 +497,22 @@ class Host:
         taps: dict = {}
         bridges: frozenset[str] = frozenset()
         netns_exists = False
-        if want.netns is not None:
-            taps.update(parse_taps(self.ip_json(None, "-details", "link", "show", "type", "tun"),
-                                   None))
-            netns_exists = os.path.exists(os.path.join(NETNS_DIR, want.netns))
-            if netns_exists:
-                text = self.ip_json(want.netns, "-details", "link", "show")
-                taps.update(parse_taps(text, want.netns))
+        if want.owns_taps:
+            if want.libvirt_pid is not None:
+                taps.update(parse_taps(self.ip_json(want.libvirt_pid, "-details", "link", "show",
+                                                    "type", "tun"), want.libvirt_pid))
+            if want.netns is None:
+                text = self.ip_json(None, "-details", "link", "show")
+                taps.update(parse_taps(text, None))
                 bridges = parse_bridges(text)
+            else:
+                taps.update(parse_taps(self.ip_json(None, "-details", "link", "show", "type",
+                                                    "tun"), None))
+                netns_exists = os.path.exists(os.path.join(NETNS_DIR, want.netns))
+                if netns_exists:
+                    text = self.ip_json(want.netns, "-details", "link", "show")
+                    taps.update(parse_taps(text, want.netns))
+                    bridges = parse_bridges(text)
         return Have(
             exists=dom is not None,
             spec=spec,
@@ -507,7 +578,7 @@ class Host:
     def _batch(self, group: list[Command]) -> None:
         """Several C(ip) commands of one namespace in one C(ip -batch) process;
         a failure names the command of the line C(ip) reports."""
-        head = group[0][:3] if group[0][1:2] == ["-n"] else group[0][:1]
+        head = list(ip_head(group[0]) or ())
         lines = [" ".join(argv[len(head):]) for argv in group]
         rc, _out, err = self.module.run_command([*head, "-batch", "-"],
                                                 data="\n".join(lines) + "\n")
@@ -733,6 +804,8 @@ def main() -> None:
                            mutually_exclusive=[("name", "domains")])
     if LIBVIRT_IMPORT_ERROR is not None:
         module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
+    if module.params["libvirt_pid"] is None:
+        module.params["libvirt_pid"] = libvirtd_elsewhere(module.params["uri"])
     if module.params["domains"] is not None:
         try:
             module.exit_json(**run_many(module))

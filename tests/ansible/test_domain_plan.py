@@ -186,8 +186,8 @@ def test_want_from_params() -> None:
         "netns": NS,
     }
     assert mu.want_from_params(params, kvm=True) == want(kvm=True)
-    with pytest.raises(mu.PlanError, match="no netns"):
-        mu.want_from_params({**params, "netns": None}, kvm=False)
+    here = mu.want_from_params({**params, "netns": None, "libvirt_pid": 1}, kvm=False)
+    assert here == want(netns=None, libvirt_pid=1) and here.owns_taps
     xen = mu.want_from_params({**params, "hypervisor": "xen"}, kvm=True)
     assert xen.spec is not None and xen.spec.hypervisor == "xen" and xen.kvm is False
 
@@ -259,3 +259,64 @@ def test_a_running_vm_with_nics_of_its_own_is_not_taken_over() -> None:
     assert mu.adoptable(want, have)
     assert ["guest", "configure", "d", "02:00:00:00:00:02=02:00:00:00:00:01"] in mu.plan(
         want, have, 1)
+
+
+NSENTER = ["nsenter", "-t", "1", "-n", "ip"]
+
+
+def test_taps_on_a_host_whose_libvirtd_is_in_another_namespace() -> None:
+    """The SSH lab: the module runs in the host's namespace, libvirtd in the
+    root one (pid 1's): taps made there, moved here after the start, put on
+    the bridges here; moved back there before a restart; deleted where they are."""
+    w = want(netns=None, libvirt_pid=1)
+    fresh = have(exists=False, spec=None, uuid=None, state="shutoff", taps={}, netns_exists=False)
+    assert mu.plan(w, fresh, PID) == [
+        ["libvirt", "define", "vn1"],
+        [*NSENTER, "tuntap", "add", "dev", "vt0", "mode", "tap"],
+        [*NSENTER, "tuntap", "add", "dev", "vt1", "mode", "tap"],
+        ["libvirt", "start", "vn1"],
+        [*NSENTER, "link", "set", "dev", "vt0", "netns", str(PID)],
+        ["ip", "link", "set", "dev", "vt0", "master", "vb0"],
+        ["ip", "link", "set", "dev", "vt0", "up"],
+        [*NSENTER, "link", "set", "dev", "vt1", "netns", str(PID)],
+        ["ip", "link", "set", "dev", "vt1", "master", "vb1"],
+        ["ip", "link", "set", "dev", "vt1", "up"],
+    ]
+    placed = have(netns_exists=False, taps={"vt0": mu.Tap("vt0", None, "vb0", True, True),
+                                           "vt1": mu.Tap("vt1", None, "vb1", True, True)})
+    assert mu.plan(w, placed, PID) == []
+    changed = mu.replace(SPEC, memory_mb=256)
+    assert mu.plan(mu.replace(w, spec=changed), placed, PID)[:4] == [
+        ["libvirt", "define", "vn1"],
+        ["libvirt", "destroy", "vn1"],
+        ["ip", "link", "set", "dev", "vt0", "netns", "1"],
+        ["ip", "link", "set", "dev", "vt1", "netns", "1"],
+    ]
+    half = mu.replace(placed, state="shutoff", taps={"vt0": mu.Tap("vt0", None),
+                                                      "vt1": mu.Tap("vt1", 1)})
+    assert mu.plan(want("absent", None, netns=None, libvirt_pid=1), half, PID) == [
+        ["libvirt", "undefine", "vn1"],
+        ["ip", "link", "del", "dev", "vt0"],
+        [*NSENTER, "link", "del", "dev", "vt1"],
+    ]
+    groups = mu.ip_groups(mu.plan(w, fresh, PID))
+    assert [len(g) for g in groups] == [1, 2, 1, 1, 2, 1, 2]
+
+
+def test_taps_on_a_host_that_runs_libvirtd_itself() -> None:
+    """A real KVM host: libvirtd, the bridges and the module in one namespace:
+    taps made here, and after the start only put on their bridges."""
+    w = want(netns=None)
+    fresh = have(exists=False, spec=None, uuid=None, state="shutoff", taps={}, netns_exists=False)
+    assert mu.plan(w, fresh, PID) == [
+        ["libvirt", "define", "vn1"],
+        ["ip", "tuntap", "add", "dev", "vt0", "mode", "tap"],
+        ["ip", "tuntap", "add", "dev", "vt1", "mode", "tap"],
+        ["libvirt", "start", "vn1"],
+        ["ip", "link", "set", "dev", "vt0", "master", "vb0"],
+        ["ip", "link", "set", "dev", "vt0", "up"],
+        ["ip", "link", "set", "dev", "vt1", "master", "vb1"],
+        ["ip", "link", "set", "dev", "vt1", "up"],
+    ]
+    with pytest.raises(mu.PlanError, match="bridge vb1 for tap vt1 is not in this host"):
+        mu.plan(w, mu.replace(fresh, bridges=frozenset({"vb0"})), PID)

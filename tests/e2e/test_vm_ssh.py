@@ -1,5 +1,8 @@
 """A VM node on a substrate host reached over SSH (`vnet lab up --connection
-ssh`, players as processes): its serial console, exec and VNC display go
+ssh`, players as processes): deployed by vnet_domain running on the host
+(libvirtd, shared by the lab's hosts, opens its tap in the root namespace;
+the module moves it into the host's and onto the link's bridge there), it
+answers pings over its link; its serial console, exec and VNC display go
 through the host's sshd (an agent there finds the domain through the
 host's libvirt), not through the PIP machine's own libvirt; the lab's
 hosts share this machine's libvirt, so what proves the path is the
@@ -14,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Lab, Vnet, ancestors, new_lab, until_in
-from vnetlib import paths
+from vnetlib import naming, paths
 from vnetlib.hosts import Hosts
 from vnetlib.lab import sshd
 from vnetlib.vm import remote, serial
@@ -32,6 +36,11 @@ SPEC = """<?xml version="1.0" encoding="UTF-8"?>
     <console kind="serial"/>
     <console kind="vnc"/>
   </node>
+  <node id="n1" kind="netns" cpu="1" memory="64"/>
+  <link id="l1" bandwidth="100">
+    <endpoint node="n1" interface="eth0"><address>198.19.7.1/30</address></endpoint>
+    <endpoint node="vm1" interface="eth0"><address>198.19.7.2/30</address></endpoint>
+  </link>
 </vnet>
 """
 HOST = "h1"
@@ -48,6 +57,7 @@ class Up:
     lab: Lab
     vnet_id: str
     domain: str
+    taps: tuple[str, ...]  # the domain's, by its XML
 
     @property
     def files(self) -> sshd.SshFiles:
@@ -73,10 +83,33 @@ def up(vnet: Vnet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
         vnet_id = vnet.json("up", str(spec), "--lab", lab.name)["vnet"]
         domains = _domains(f"vn-{lab.substrate}-")
         assert len(domains) == 1, domains
-        yield Up(lab, vnet_id, domains[0])
+        xml = subprocess.run(["virsh", "-c", serial.URI, "dumpxml", domains[0]],
+                             capture_output=True, text=True, check=True).stdout
+        taps = tuple(t.get("dev", "") for t in ET.fromstring(xml).iterfind(
+            "devices/interface/target"))
+        yield Up(lab, vnet_id, domains[0], taps)
     finally:
         vnet.run("lab", "down", "--name", lab.name, check=False)
     assert _domains(f"vn-{lab.substrate}-") == []
+
+
+def _taps(netns: str | None) -> dict[str, str | None]:
+    """Tap devices in `netns` (None: the root namespace) and their masters."""
+    shown = subprocess.run(["ip", *(["-n", netns] if netns else []), "-json", "-details",
+                            "link", "show", "type", "tun"],
+                           capture_output=True, text=True, check=True)
+    return {e["ifname"]: e.get("master") for e in json.loads(shown.stdout or "[]")}
+
+
+def test_a_vm_with_a_link_answers_over_it_its_tap_in_the_hosts_namespace(
+        vnet: Vnet, up: Up) -> None:
+    ping = vnet.run("exec", "--lab", up.lab.name, up.vnet_id, "n1", "--",
+                    "ping", "-c", "3", "-i", "0.2", "-W", "2", "198.19.7.2", check=False)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    [tap] = up.taps
+    on_host = _taps(naming.host_netns(up.lab.substrate, HOST))
+    assert on_host.get(tap), f"tap {tap} is not on a bridge in the host's namespace: {on_host}"
+    assert tap not in _taps(None), f"tap {tap} left in libvirtd's (root) namespace"
 
 
 def _console(vnet: Vnet, up: Up, kind: str, linger: float = 1.0) -> subprocess.Popen[bytes]:
@@ -205,3 +238,5 @@ def test_with_the_hosts_sshd_stopped_sessions_end_and_everything_fails_by_name(
     assert vnet.json("exec", "--lab", up.lab.name, up.vnet_id, "vm1", "--", "true")["rc"] == 0
     vnet.run("down", "--lab", up.lab.name, up.vnet_id)
     assert _domains(f"vn-{up.lab.substrate}-") == []
+    assert _taps(naming.host_netns(up.lab.substrate, HOST)) == {}, "taps left on the host"
+    assert not set(_taps(None)) & set(up.taps), "taps left in libvirtd's namespace"
