@@ -382,8 +382,9 @@ class VmSerial:
 
 
 class VmVnc:
-    """The VNC display of a VM node (qemu): libvirt's VNC server on 127.0.0.1,
-    at the port the live domain XML names; on a host reached over SSH, the
+    """The VNC display of a VM node (qemu): libvirt's VNC server on 127.0.0.1
+    (of its QEMU's namespace), at the port the live domain XML names; on a
+    host reached over SSH, the
     host's, relayed by an agent there. The RFB bytes pass untouched."""
 
     def __init__(self, substrate: str, hosts: Reach | None = None) -> None:
@@ -398,8 +399,8 @@ class VmVnc:
                 assert self.hosts is not None
                 stream = await remote.open_session(self.hosts, host, "vnc", domain)
                 return stream, stream
-            port = await asyncio.to_thread(vnc.port_of, domain)
-            return await asyncio.open_connection(vnc.HOST, port)
+            sock = await asyncio.to_thread(vnc.connect, domain)
+            return await asyncio.open_connection(sock=sock)
         except remote.HostUnreachable as exc:
             log.warning("VNC console of %s: %s", domain, exc)
             raise HopError(f"node {node}'s host does not answer") from None

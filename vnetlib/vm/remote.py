@@ -78,6 +78,7 @@ import ctypes
 import sys
 import json
 import socket
+import threading
 
 
 def _refuse(kind, why):
@@ -119,22 +120,6 @@ def _relay(fd):
         return
 
 
-def _qemu_netns(domain):
-    """Into the network namespace of the domain's QEMU, if not already there."""
-    try:
-        with open("/run/libvirt/qemu/%s.pid" % domain) as f:
-            pid = int(f.read().strip())
-        theirs = "/proc/%d/ns/net" % pid
-        if os.stat(theirs).st_ino == os.stat("/proc/self/ns/net").st_ino:
-            return
-        fd = os.open(theirs, os.O_RDONLY)
-    except (OSError, ValueError):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, 0x40000000) != 0:
-        raise OSError(ctypes.get_errno(), "setns into the network namespace of QEMU")
-
-
 def _main():
     req = json.loads(sys.argv[1])
     op, domain = req["op"], req["domain"]
@@ -164,8 +149,9 @@ def _main():
     elif op == "vnc":
         try:
             port = display_port(_virsh(URI, "dumpxml", domain), domain)
-            _qemu_netns(domain)
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            pid = qemu_pid(domain)
+            sock = (connect_from(pid, port) if pid is not None
+                    else socket.create_connection((HOST, port), CONNECT_TIMEOUT))
             sock.settimeout(None)
         except (SerialError, VncError, OSError, ValueError) as exc:
             _refuse("vnc", exc)
@@ -182,9 +168,13 @@ _main()
 
 @functools.cache
 def agent_source() -> str:
-    """The host-side agent: `serial` whole, `vnc.display_port`, and a main
-    taking one JSON request."""
-    return "\n".join([inspect.getsource(serial), inspect.getsource(vnc.display_port),
+    """The host-side agent: `serial` whole, `vnc`'s display port and
+    connection from QEMU's namespace, and a main taking one JSON request."""
+    constants = (f"HOST = {vnc.HOST!r}\nQEMU_PIDS = Path({str(vnc.QEMU_PIDS)!r})\n"
+                 f"CLONE_NEWNET = {vnc.CLONE_NEWNET}\nCONNECT_TIMEOUT = {vnc.CONNECT_TIMEOUT}\n")
+    return "\n".join([inspect.getsource(serial), constants,
+                      *(inspect.getsource(f) for f in (vnc.display_port, vnc.qemu_pid,
+                                                       vnc.connect_from)),
                       AGENT_MAIN])
 
 
