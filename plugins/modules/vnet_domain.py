@@ -162,7 +162,7 @@ options:
         over SSH are namespaces of one machine whose libvirtd runs in its
         root namespace). The taps are made there with C(nsenter) and moved
         into the module's namespace after the start.
-      - By default the module finds it: the daemon on the other end of
+      - By default the module finds it, as the daemon on the other end of
         libvirt's unix socket (C(SO_PEERCRED)) for a C(qemu) or C(xen) O(uri),
         taken only when its network namespace is not the module's.
     type: int
@@ -195,7 +195,7 @@ requirements:
     C(nsenter) (util-linux) when libvirtd runs in another network namespace.
 notes:
   - With O(netns) the module runs in libvirtd's network namespace (in the vnet
-    lab with its C(netns) connection, the root namespace: delegate the task
+    lab with its C(netns) connection, the root namespace, so delegate the task
     to localhost) and O(netns) names the substrate host's namespace. On a
     host reached over SSH it runs on the host, whose namespace gets the
     taps.
