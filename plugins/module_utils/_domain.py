@@ -105,6 +105,12 @@ def serial_log(name: str) -> str:
     return "%s/%s-serial.log" % (SERIAL_LOG_DIR, name)
 
 
+def domain_logs(name: str) -> tuple[str, str]:
+    """The domain's log files on its host: its serial console's, and libvirt's
+    own (QEMU's command line and errors), which libvirt leaves behind."""
+    return serial_log(name), "%s/%s.log" % (SERIAL_LOG_DIR, name)
+
+
 def domain_xml(spec: DomainSpec, *, kvm: bool = False, uuid: str | None = None) -> str:
     """libvirt domain XML for ``spec``; ``kvm`` picks type kvm over TCG (QEMU only).
 
@@ -301,6 +307,7 @@ class Have:
     taps: dict[str, Tap] = field(default_factory=dict)
     netns_exists: bool = False
     bridges: frozenset[str] = frozenset()
+    logs: tuple[str, ...] = ()  # which of domain_logs exist
 
 
 def _opt(value: object) -> str | None:
@@ -591,6 +598,8 @@ def plan(want: Want, have: Have, here_pid: int) -> list[Command]:
             commands.append([LIBVIRT, "destroy", name])
         if have.exists:
             commands.append([LIBVIRT, "undefine", name])
+        if have.logs:
+            commands.append(["rm", "-f", *have.logs])
         return commands + _delete_taps(want, have)
     if want.spec is None:
         raise PlanError(f"domain {name}: state {want.state} needs the domain's fields")

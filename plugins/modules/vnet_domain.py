@@ -24,6 +24,9 @@ description:
     host's namespace (O(netns), or the module's own) and attaches it to its
     bridge; QEMU keeps using the tap across the move. It moves the taps back
     before the next start and deletes them with the domain.
+  - O(state=absent) also deletes the domain's serial log and libvirt's own
+    log of it (C(/var/log/libvirt/qemu/NAME-serial.log), C(NAME.log)), which
+    libvirt leaves behind.
 author: vnet developers (@vnet)
 options:
   name:
@@ -300,6 +303,7 @@ from ansible_collections.vnet.infra.plugins.module_utils._domain import (
     PlanError,
     Want,
     before_after,
+    domain_logs,
     domain_state,
     domain_xml,
     ip_groups,
@@ -522,6 +526,7 @@ class Host:
             taps=taps,
             netns_exists=netns_exists,
             bridges=bridges,
+            logs=tuple(p for p in domain_logs(want.name) if os.path.exists(p)),
         )
 
     def apply(self, commands: list[Command], xml: str | None, timeout: int,

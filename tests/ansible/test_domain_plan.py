@@ -149,6 +149,20 @@ BACK = [
             id="absent-after-the-netns-went",
         ),
         pytest.param(
+            want("absent", None),
+            have(state="running", logs=mu.domain_logs("vn1")),
+            [["libvirt", "destroy", "vn1"], ["libvirt", "undefine", "vn1"],
+             ["rm", "-f", "/var/log/libvirt/qemu/vn1-serial.log",
+              "/var/log/libvirt/qemu/vn1.log"],
+             ["ip", "-n", NS, "link", "del", "dev", "vt0"],
+             ["ip", "-n", NS, "link", "del", "dev", "vt1"]],
+            id="absent-deletes-the-logs-libvirt-leaves",
+        ),
+        pytest.param(
+            want("absent", None), have(exists=False, spec=None, taps={}, logs=()), [],
+            id="absent-without-logs-idempotent",
+        ),
+        pytest.param(
             want(netns=None, bridges={}),
             have(exists=False, spec=None, state="shutoff", taps={}),
             [["libvirt", "define", "vn1"], ["libvirt", "start", "vn1"]],

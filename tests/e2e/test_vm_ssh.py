@@ -29,6 +29,7 @@ from vnetlib import naming, paths
 from vnetlib.hosts import Hosts
 from vnetlib.lab import sshd
 from vnetlib.vm import remote, serial
+from vnetlib.vm.domain import domain_logs
 
 SPEC = """<?xml version="1.0" encoding="UTF-8"?>
 <vnet xmlns="urn:vnet:rdl:1" version="1" name="sshvm">
@@ -240,3 +241,4 @@ def test_with_the_hosts_sshd_stopped_sessions_end_and_everything_fails_by_name(
     assert _domains(f"vn-{up.lab.substrate}-") == []
     assert _taps(naming.host_netns(up.lab.substrate, HOST)) == {}, "taps left on the host"
     assert not set(_taps(None)) & set(up.taps), "taps left in libvirtd's namespace"
+    assert [log for log in domain_logs(up.domain) if Path(log).exists()] == []

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from vnetlib import naming
 from vnetlib.vm import libvirtd
+from vnetlib.vm.domain import domain_logs
 
 URI = "qemu:///system"
 SHARED = Path("/run/vnet/libvirt")
@@ -68,6 +69,8 @@ def remove_domains(substrates: list[str]) -> list[str]:
         if name and name.startswith(prefixes):
             _virsh("destroy", name)
             _virsh("undefine", name)
+            for log in domain_logs(name):
+                Path(log).unlink(missing_ok=True)
             removed.append(f"domain {name}")
     return removed
 

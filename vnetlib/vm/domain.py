@@ -101,6 +101,12 @@ def serial_log(name: str) -> str:
     return f"{SERIAL_LOG_DIR}/{name}-serial.log"
 
 
+def domain_logs(name: str) -> tuple[str, str]:
+    """The domain's log files on its host: its serial console's, and libvirt's
+    own (QEMU's command line and errors), which libvirt leaves behind."""
+    return serial_log(name), f"{SERIAL_LOG_DIR}/{name}.log"
+
+
 def domain_xml(spec: DomainSpec, *, kvm: bool = False, uuid: str | None = None) -> str:
     """libvirt domain XML for ``spec``; ``kvm`` picks type kvm over TCG (QEMU only).
 
