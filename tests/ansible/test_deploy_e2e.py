@@ -377,3 +377,28 @@ def test_single_object_forms(substrate: Substrate, collections_path: Path) -> No
     assert node not in netns_list()
     assert links_in(sub.hosts["h1"]) == {"lo", "sub0"}
     assert run("absent") == 0
+
+
+def test_a_removal_step_that_fails_does_not_keep_the_others_from_running(
+        substrate: Substrate, collections_path: Path) -> None:
+    """h1's VLAN segment cannot be taken off its switch (the plan gives the
+    SSH driver no switch address, so vnet_vlan fails): the host's nodes and
+    links go all the same, and h1 fails naming what is left; a removal
+    without that part leaves nothing more to do."""
+    sub = substrate
+    plan = make_plan(sub)
+    assert deploy(sub, collections_path, plan, "present") == {"h1": 1, "h2": 1}
+    broken = json.loads(json.dumps(plan))
+    broken["hosts"]["h1"]["vlan"] = [
+        {"link": "ab", "vlan": 2, "bridge": "vbab", "device": "vxab", "port": "vwab"}]
+    broken["hosts"]["h1"]["switch"] = {"driver": "ssh"}
+    proc = run_playbook(sub, collections_path, "deploy_vnet",
+                        {"vnet_plan": broken, "vnet_state": "absent"})
+    assert proc.returncode != 0
+    assert "driver is ssh but all of the following are missing: switch_host" in proc.stdout
+    assert ("removal incomplete on h1: Click or VLAN segments (Wire the crossing segments "
+            "to the switch's VLANs) left; every other step ran") in proc.stdout, proc.stdout[-3000:]
+    assert not {sub.node(n) for n in "abc"} & netns_list()
+    for ns in sub.hosts.values():
+        assert links_in(ns) == {"lo", "sub0"}
+    assert deploy(sub, collections_path, plan, "absent") == {"h1": 0, "h2": 0}
