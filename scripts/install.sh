@@ -66,11 +66,14 @@ ANSIBLE_COLLECTIONS_PATH="$PWD/$share" .venv/bin/ansible-doc vnet.infra.vnet_nod
 if [ "$with_tests" = 1 ]; then
     scripts/install-vm.sh
     scripts/install-libvirt.sh
-    # The system Python of the SSH lab's hosts runs vnet_domain, as a real
-    # KVM host's would: Debian's libvirt binding for it.
-    dpkg -s python3-libvirt >/dev/null 2>&1 || { apt-get update -qq && \
+    # The system Python of the SSH lab's hosts runs vnet_domain and
+    # vnet_vlan, as a real KVM host's would: Debian's libvirt binding, and
+    # ovsdbapp and paramiko for the switch's two drivers.
+    host_python="python3-libvirt python3-ovsdbapp python3-paramiko"
+    # shellcheck disable=SC2086
+    dpkg -s $host_python >/dev/null 2>&1 || { apt-get update -qq && \
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        python3-libvirt >/dev/null; }
+        $host_python >/dev/null; }
     scripts/install-webconsole.sh
     scripts/install-aaa.sh
     scripts/install-click.sh >/dev/null  # Click, built once into /var/cache/vnet/click
