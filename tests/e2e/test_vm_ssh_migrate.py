@@ -5,9 +5,14 @@ helper runs below each host's sshd while it moves) and runs its host
 commands over the hosts' ssh; the lab's hosts share one libvirtd, so the
 move is QEMU's migration between two of its domains (vnetlib.vm.ssh_move).
 The guest is not booted again (its boot id), a loop in it runs on, QEMU
-syncs its dirty bitmap twice (vnetlib.vm.migrate.DOWNTIME_LIMIT_MS). With
-the target's sshd stopped the move fails naming it and the guest runs on
-where it was. Direct path (`vnet migrate --to`, no players)."""
+syncs its dirty bitmap twice (vnetlib.vm.migrate.DOWNTIME_LIMIT_MS), and a
+10 ms ping from a namespace node over the VM's link answers again from the
+new host (the destination's tap made in the shared libvirtd's root
+namespace, moved into the target host's and onto its bridge before the
+switch: nothing of the VM left in the source host's or the root
+namespace). With the target's sshd stopped the move fails naming it and
+the guest runs on where it was. Direct path (`vnet migrate --to`, no
+players)."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,20 +29,29 @@ from typing import Any
 
 import pytest
 
+from bench.migrate.ping import Pinger, longest_gap, reachable
 from tests.e2e.conftest import Lab, Vnet, ancestors, new_lab
-from tests.e2e.test_vm_ssh import _domains
-from vnetlib import paths
+from tests.e2e.test_vm_ssh import _domains, _taps
+from vnetlib import naming, paths
 from vnetlib.hosts import Hosts
 from vnetlib.lab import sshd
 from vnetlib.vm import migrate, remote, serial
+from vnetlib.vm.domain import domain_logs
 
 SPEC = """<?xml version="1.0" encoding="UTF-8"?>
 <vnet xmlns="urn:vnet:rdl:1" version="1" name="sshmv">
   <node id="vm1" kind="vm" hypervisor="qemu" cpu="1" memory="128">
     <console kind="serial"/>
   </node>
+  <node id="n1" kind="netns" cpu="1" memory="64"/>
+  <link id="l1" bandwidth="100">
+    <endpoint node="n1" interface="eth0"><address>198.19.8.1/30</address></endpoint>
+    <endpoint node="vm1" interface="eth0"><address>198.19.8.2/30</address></endpoint>
+  </link>
 </vnet>
 """
+VM_ADDRESS = "198.19.8.2"
+STALL = 5.0  # seconds without an answer that would mean the link did not follow
 LAB_ARGS = ("--pips", "1", "--hosts", "2", "--connection", "ssh", "--no-players")
 COUNTER = "/tmp/vnet-counter"
 
@@ -148,13 +163,25 @@ def test_a_vm_migrates_live_between_ssh_hosts_through_their_libvirt(
                  "--mgmt-offset", str(status["config"]["mgmt_offset"]))
     assert _guest(up, up.host, "cat /proc/sys/kernel/random/boot_id") == boot
     count = int(_guest(up, up.host, f"cat {COUNTER}"))
+    n1 = f"vn-{up.lab.substrate}-{up.vnet_id}-n1"
+    assert reachable(n1, VM_ADDRESS, 20), "no ping over the VM's link before the move"
 
-    done, through = _move(vnet, up, up.other)
+    pinger = Pinger(n1, VM_ADDRESS)
+    try:
+        start = time.time()
+        done, through = _move(vnet, up, up.other)
+        end = time.time()
+        assert reachable(n1, VM_ADDRESS, 10), "no ping over the VM's link after the move"
+    finally:
+        stamps = pinger.stop()
+    gap = longest_gap(stamps, start, end)
     assert done.returncode == 0, done.stderr[-2000:]
     moved: dict[str, Any] = json.loads(done.stdout)
     qemu = moved["timings"]["qemu"]
     print(f"VM migration over SSH {up.host} -> {up.other}: {moved['timings']['total']} s, "
-          f"QEMU downtime {qemu['downtime_ms']} ms, {qemu['syncs']} syncs")
+          f"QEMU downtime {qemu['downtime_ms']} ms, {qemu['syncs']} syncs, "
+          f"longest ping gap {gap:.3f} s")
+    assert gap < STALL, f"the ping over the VM's link stopped for {gap:.1f} s"
     assert moved["to"] == up.other and moved["domain"], moved
     assert through == {"h1", "h2"}, f"libvirt's ssh helper ran below the sshd of {through}"
     assert qemu["syncs"] == 2, qemu
@@ -162,6 +189,14 @@ def test_a_vm_migrates_live_between_ssh_hosts_through_their_libvirt(
     assert _guest(up, up.other, "cat /proc/sys/kernel/random/boot_id") == boot, "rebooted"
     time.sleep(0.3)
     assert int(_guest(up, up.other, f"cat {COUNTER}")) > count, "the guest's loop stopped"
-    # the source's definition went with it
+    # the source's definition went with it, and its taps and logs
     assert subprocess.run(["virsh", "-c", serial.URI, "dominfo", before],
                           capture_output=True, check=False).returncode != 0
+    assert [log for log in domain_logs(before) if Path(log).exists()] == []
+    xml = subprocess.run(["virsh", "-c", serial.URI, "dumpxml", moved["domain"]],
+                         capture_output=True, text=True, check=True).stdout
+    [tap] = [t.get("dev", "") for t in ET.fromstring(xml).iterfind("devices/interface/target")]
+    on_target = _taps(naming.host_netns(up.lab.substrate, up.other))
+    assert on_target.get(tap), f"tap {tap} is not on a bridge on {up.other}: {on_target}"
+    assert tap not in _taps(naming.host_netns(up.lab.substrate, up.host))
+    assert tap not in _taps(None), f"tap {tap} left in libvirtd's (root) namespace"

@@ -47,7 +47,7 @@ from typing import Any
 import yaml
 
 from vnetlib import hosts
-from vnetlib.vm.domain import serial_log
+from vnetlib.vm.domain import domain_logs, serial_log
 
 log = logging.getLogger(__name__)
 
@@ -377,8 +377,8 @@ def _remove_dest(conn: Any, move: VmMove, dest: Any) -> None:
             dest.destroy()
     with contextlib.suppress(libvirt.libvirtError):
         conn.lookupByName(move.dest).undefine()
-    with contextlib.suppress(OSError):
-        Path(serial_log(move.dest)).unlink()
+    for log in domain_logs(move.dest):
+        Path(log).unlink(missing_ok=True)
     spares = [spare_tap(move.dest, i) for i in range(len(move.nics), len(move.nics) + 16)]
     for where in (move.target_netns, None):
         present = _links_of(where)
@@ -417,7 +417,7 @@ def remove_domain(conn: Any, name: str) -> None:
 
 
 def finish(move: VmMove, *, uri: str = URI) -> None:
-    """After a completed migration: the source domain, its serial log and its taps go."""
+    """After a completed migration: the source domain, its logs and its taps go."""
 
     if move.remote is not None:
         from vnetlib.vm import ssh_move
@@ -427,8 +427,8 @@ def finish(move: VmMove, *, uri: str = URI) -> None:
 
     with _connection(uri) as conn:
         remove_domain(conn, move.source)
-    with contextlib.suppress(OSError):  # the destination's log continues it
-        Path(serial_log(move.source)).unlink()
+    for log in domain_logs(move.source):  # the destination's serial log continues it
+        Path(log).unlink(missing_ok=True)
     present = _links_of(move.source_netns)
     spares = [spare_tap(move.source, i) for i in range(len(move.nics), len(move.nics) + 16)]
     for tap in [*(nic.tap for nic in move.nics), *spares]:

@@ -37,7 +37,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from vnetlib import hosts
-from vnetlib.vm.domain import serial_log
+from vnetlib.vm.domain import domain_logs, serial_log
 from vnetlib.vm.migrate import (
     RISKY_SYNCS,
     MigrationError,
@@ -55,6 +55,7 @@ from vnetlib.vm.migrate import (
     spare_tap,
     spare_taps,
 )
+from vnetlib.vm.vnc import QEMU_PIDS
 
 log = logging.getLogger(__name__)
 
@@ -145,29 +146,63 @@ def on_host(remote: Remote, host: str, script: str, *, check: bool = True) -> st
     return done.stdout
 
 
-def _links(remote: Remote, host: str) -> set[str]:
-    out = on_host(remote, host, "ip -o link show")
-    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
+def libvirt_ns(pid_file: str | None) -> str:
+    """Shell that sets IN to the `nsenter` prefix of the network namespace
+    where the daemon's QEMU opens taps by name: that of the process whose pid
+    `pid_file` holds (a running QEMU of the same daemon) when it is not the
+    host shell's (the SSH lab: the hosts are namespaces, their shared
+    libvirtd runs in the root one); empty on a host that runs its own
+    libvirtd, or without `pid_file`."""
+    if pid_file is None:
+        return 'IN=""'
+    return (f'IN=""; p=$(cat {shlex.quote(pid_file)} 2>/dev/null); '
+            'if [ -n "$p" ] && [ "$(readlink /proc/$p/ns/net)" != '
+            '"$(readlink /proc/self/ns/net)" ]; then IN="nsenter -t $p -n"; fi')
 
 
-def make_taps(remote: Remote, host: str, nics: Sequence[Nic], spares: Sequence[str]) -> None:
-    """The node's taps on `host`, up on their bridges; spare taps down on none."""
-    if not nics and not spares:
-        return
-    present = _links(remote, host)
-    lines = [f"ip tuntap add dev {shlex.quote(t)} mode tap"
-             for t in [*(n.tap for n in nics), *spares] if t not in present]
-    lines += [f"ip link set dev {shlex.quote(n.tap)} master {shlex.quote(n.bridge)} up"
+def make_script(taps: Sequence[str], pid_file: str | None) -> str:
+    """The host shell's part before the destination starts: `taps` exist
+    where the daemon's QEMU will open them (made unless there already)."""
+    names = " ".join(shlex.quote(t) for t in taps)
+    return (f"{libvirt_ns(pid_file)}; for t in {names}; do "
+            "$IN ip link show dev \"$t\" >/dev/null 2>&1 || "
+            "$IN ip tuntap add dev \"$t\" mode tap || exit 1; done")
+
+
+def attach_script(nics: Sequence[Nic], spares: Sequence[str], pid_file: str | None) -> str:
+    """The host shell's part once the destination runs (its QEMU holds the
+    taps): the taps moved into the host's namespace when they are not in it
+    (`$$`, the shell, names it), the node's up on their bridges; spare taps
+    stay down on none."""
+    names = " ".join(shlex.quote(t) for t in [*(n.tap for n in nics), *spares])
+    lines = [f"{libvirt_ns(pid_file)}",
+             f'if [ -n "$IN" ]; then for t in {names}; do '
+             '$IN ip link set dev "$t" netns $$ || exit 1; done; fi']
+    lines += [f"ip link set dev {shlex.quote(n.tap)} master {shlex.quote(n.bridge)} up || exit 1"
               for n in nics]
-    if lines:
-        on_host(remote, host, " && ".join(lines))
+    return "; ".join(lines)
 
 
-def delete_taps(remote: Remote, host: str, names: Sequence[str]) -> None:
-    present = _links(remote, host)
-    lines = [f"ip link delete dev {shlex.quote(t)}" for t in names if t in present]
-    if lines:
-        on_host(remote, host, "; ".join(lines), check=False)
+def delete_script(names: Sequence[str], pid_file: str | None = None) -> str:
+    """The host shell's part of an undo: `names` deleted in the host's
+    namespace and in the daemon's (a failure can come between the two)."""
+    quoted = " ".join(shlex.quote(t) for t in names)
+    return (f"{libvirt_ns(pid_file)}; for t in {quoted}; do "
+            'ip link delete dev "$t" 2>/dev/null; '
+            '[ -z "$IN" ] || $IN ip link delete dev "$t" 2>/dev/null; done; true')
+
+
+def attach_taps(remote: Remote, host: str, nics: Sequence[Nic], spares: Sequence[str],
+                pid_file: str | None = None) -> None:
+    """The node's taps in `host`'s namespace, up on their bridges."""
+    if nics or spares:
+        on_host(remote, host, attach_script(nics, spares, pid_file))
+
+
+def delete_taps(remote: Remote, host: str, names: Sequence[str],
+                pid_file: str | None = None) -> None:
+    if names:
+        on_host(remote, host, delete_script(names, pid_file), check=False)
 
 
 def _all_taps(move: VmMove, domain: str) -> list[str]:
@@ -232,23 +267,33 @@ def _same_daemon(move: VmMove, remote: Remote, src: Any, tconn: Any, downtime_li
     xml = dest_xml(src.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), move.dest,
                    [n.tap for n in move.nics])
     inactive = src.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    spares = spare_taps(xml)
+    # One daemon: its QEMUs open taps in the source QEMU's namespace.
+    pid_file = source_pid_file(move)
     dest = None
     try:
-        make_taps(remote, remote.target, move.nics, spare_taps(xml))
         # One daemon, one file system: the destination's log continues the source's.
-        on_host(remote, remote.target, f"cp -f {shlex.quote(serial_log(move.source))} "
-                f"{shlex.quote(serial_log(move.dest))}", check=False)
+        on_host(remote, remote.target,
+                f"cp -f {shlex.quote(serial_log(move.source))} "
+                f"{shlex.quote(serial_log(move.dest))} 2>/dev/null; "
+                + make_script([*(n.tap for n in move.nics), *spares], pid_file))
         try:
             dest = tconn.createXML(xml, 0)
         except libvirt.libvirtError as exc:
             raise MigrationError(f"destination {move.dest} did not start on "
                                  f"{remote.target}: {exc}") from None
+        attach_taps(remote, remote.target, move.nics, spares, pid_file)
         stats = _run(src, dest, downtime_limit_ms, timeout, started, _listen(dest))
         tconn.defineXML(persistent_xml(inactive, move.dest, dest.UUIDString(), move.cmdline))
     except BaseException:
-        _remove_dest(move, remote, tconn, dest)
+        _remove_dest(move, remote, tconn, dest, pid_file)
         raise
     return stats
+
+
+def source_pid_file(move: VmMove) -> str:
+    """The pid file of the source domain's QEMU (on the daemon's machine)."""
+    return f"{QEMU_PIDS}/{move.source}.pid"
 
 
 def _listen(dest: Any) -> str:
@@ -269,7 +314,10 @@ def _peer_to_peer(move: VmMove, remote: Remote, src: Any, tconn: Any,
                         src.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
     spares = spare_taps(params[libvirt.VIR_MIGRATE_PARAM_DEST_XML])
     try:
-        make_taps(remote, remote.target, move.nics, spares)
+        if move.nics or spares:  # the target's own daemon: in the host's namespace
+            on_host(remote, remote.target,
+                    make_script([*(n.tap for n in move.nics), *spares], None) + "; "
+                    + attach_script(move.nics, spares, None))
         src.migrateSetMaxDowntime(downtime_limit_ms, 0)
         try:
             src.migrateToURI3(hosts.libvirt_peer_uri(remote.inventory, remote.target),
@@ -297,8 +345,10 @@ def p2p_stats(info: dict[str, Any], seconds: float, downtime_limit_ms: int = 0) 
                  seconds, syncs)
 
 
-def _remove_dest(move: VmMove, remote: Remote, tconn: Any, dest: Any) -> None:
-    """Undo a destination on the target: its domain, log and taps."""
+def _remove_dest(move: VmMove, remote: Remote, tconn: Any, dest: Any,
+                 pid_file: str | None = None) -> None:
+    """Undo a destination on the target: its domain, logs and taps (also
+    those still in the daemon's namespace: see `libvirt_ns`)."""
     import libvirt
 
     if dest is not None:
@@ -307,17 +357,18 @@ def _remove_dest(move: VmMove, remote: Remote, tconn: Any, dest: Any) -> None:
     with contextlib.suppress(libvirt.libvirtError):
         tconn.lookupByName(move.dest).undefine()
     with contextlib.suppress(MigrationError):
-        on_host(remote, remote.target, f"rm -f {shlex.quote(serial_log(move.dest))}",
-                check=False)
-        delete_taps(remote, remote.target, _all_taps(move, move.dest))
+        on_host(remote, remote.target, _rm_logs(move.dest) + "; "
+                + delete_script(_all_taps(move, move.dest), pid_file), check=False)
+
+
+def _rm_logs(domain: str) -> str:
+    return "rm -f " + " ".join(shlex.quote(p) for p in domain_logs(domain))
 
 
 def finish(move: VmMove, remote: Remote) -> None:
     """After a completed migration: the source domain (if libvirt left it),
-    its serial log and its taps go, on the source host."""
+    its logs and its taps go, on the source host."""
     with connection(remote, remote.source) as conn:
         remove_domain(conn, move.source)
-    on_host(remote, remote.source, f"rm -f {shlex.quote(serial_log(move.source))}",
-            check=False)
-    delete_taps(remote, remote.source, _all_taps(move, move.source))
-
+    on_host(remote, remote.source, _rm_logs(move.source) + "; "
+            + delete_script(_all_taps(move, move.source)), check=False)
