@@ -20,8 +20,10 @@ on the PIP machine. Then, by the daemons' host UUIDs:
   bridges, and the destination domain's name. The lab cannot run this
   (one libvirtd): tests/unit/test_vm_migrate_ssh.py checks the call.
 
-The taps of a host reached over SSH live in the host's own namespace (where
-its libvirtd's QEMU opens them, and where vnet_domain makes them there).
+The taps of a host reached over SSH end in the host's own namespace, on
+its bridges; they are made where the daemon's QEMU opens them by name,
+which is the host's namespace on a real host and the root one in the SSH
+lab (see `libvirt_ns`), as vnet_domain does.
 """
 
 from __future__ import annotations
