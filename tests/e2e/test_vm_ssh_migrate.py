@@ -17,6 +17,7 @@ players)."""
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -51,7 +52,7 @@ SPEC = """<?xml version="1.0" encoding="UTF-8"?>
 </vnet>
 """
 VM_ADDRESS = "198.19.8.2"
-STALL = 5.0  # seconds without an answer that would mean the link did not follow
+STALL = 2.0  # seconds without an answer that would mean the link did not follow
 LAB_ARGS = ("--pips", "1", "--hosts", "2", "--connection", "ssh", "--no-players")
 COUNTER = "/tmp/vnet-counter"
 
@@ -161,6 +162,19 @@ def test_a_vm_migrates_live_between_ssh_hosts_through_their_libvirt(
                                      check=False).stdout)
         vnet.run("lab", "up", "--name", up.lab.name, *LAB_ARGS,
                  "--mgmt-offset", str(status["config"]["mgmt_offset"]))
+    # A move that fails once the destination runs on its tap (no such bridge
+    # on the target): the destination and its tap go, from the root
+    # namespace and the hosts' alike, and the guest runs on.
+    tap = f"vtf{secrets.token_hex(4)}"
+    move = migrate.VmMove(before, f"{before}-f", up.host, up.other,
+                          (migrate.Nic(tap, "vnf-nobridge"),), None,
+                          migrate.Remote(up.hosts.inventory, up.host, up.other))
+    with pytest.raises(migrate.MigrationError, match=f"on host {up.other}: .*vnf-nobridge"):
+        migrate.migrate(move)
+    assert _domains(f"vn-{up.lab.substrate}-") == [before]
+    assert [log for log in domain_logs(move.dest) if Path(log).exists()] == []
+    for where in (None, *(naming.host_netns(up.lab.substrate, h) for h in ("h1", "h2"))):
+        assert tap not in _taps(where), f"the failed move left {tap} in {where or 'root'}"
     assert _guest(up, up.host, "cat /proc/sys/kernel/random/boot_id") == boot
     count = int(_guest(up, up.host, f"cat {COUNTER}"))
     n1 = f"vn-{up.lab.substrate}-{up.vnet_id}-n1"
