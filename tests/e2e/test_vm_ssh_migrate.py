@@ -115,6 +115,12 @@ def _guest(up: Up, host: str, script: str) -> str:
     return out.strip()
 
 
+def _nic_taps(domain: str) -> list[str]:
+    xml = subprocess.run(["virsh", "-c", serial.URI, "dumpxml", domain],
+                         capture_output=True, text=True, check=True).stdout
+    return [t.get("dev", "") for t in ET.fromstring(xml).iterfind("devices/interface/target")]
+
+
 def _move(vnet: Vnet, up: Up, target: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """`vnet migrate --to target`, watching the process tree meanwhile: the
     run, and the hosts under whose sshd a libvirt helper ran."""
@@ -180,6 +186,8 @@ def test_a_vm_migrates_live_between_ssh_hosts_through_their_libvirt(
     n1 = f"vn-{up.lab.substrate}-{up.vnet_id}-n1"
     assert reachable(n1, VM_ADDRESS, 20), "no ping over the VM's link before the move"
 
+    source_taps = _nic_taps(before)
+    assert source_taps, "the VM has no NIC"
     pinger = Pinger(n1, VM_ADDRESS)
     try:
         start = time.time()
@@ -207,10 +215,9 @@ def test_a_vm_migrates_live_between_ssh_hosts_through_their_libvirt(
     assert subprocess.run(["virsh", "-c", serial.URI, "dominfo", before],
                           capture_output=True, check=False).returncode != 0
     assert [log for log in domain_logs(before) if Path(log).exists()] == []
-    xml = subprocess.run(["virsh", "-c", serial.URI, "dumpxml", moved["domain"]],
-                         capture_output=True, text=True, check=True).stdout
-    [tap] = [t.get("dev", "") for t in ET.fromstring(xml).iterfind("devices/interface/target")]
+    [tap] = _nic_taps(moved["domain"])
     on_target = _taps(naming.host_netns(up.lab.substrate, up.other))
     assert on_target.get(tap), f"tap {tap} is not on a bridge on {up.other}: {on_target}"
-    assert tap not in _taps(naming.host_netns(up.lab.substrate, up.host))
-    assert tap not in _taps(None), f"tap {tap} left in libvirtd's (root) namespace"
+    left = {tap, *source_taps} & (set(_taps(naming.host_netns(up.lab.substrate, up.host)))
+                                  | set(_taps(None)))
+    assert not left, f"taps {left} left in {up.host}'s or libvirtd's (root) namespace"
