@@ -26,6 +26,7 @@ import ansible_runner
 import pytest
 
 from vnetlib.vm import libvirtd
+from vnetlib.vm.domain import domain_logs
 
 libvirt = pytest.importorskip("libvirt")
 
@@ -326,9 +327,11 @@ def test_qemu_domain_with_tap_in_a_netns(
         assert gone["commands"] == [
             ["libvirt", "destroy", prefix],
             ["libvirt", "undefine", prefix],
+            ["rm", "-f", *domain_logs(prefix)],
             ["ip", "-n", netns, "link", "del", "dev", tap],
         ]
         assert lookup(conn, prefix) is None
+        assert not any(Path(log).exists() for log in domain_logs(prefix))
         assert link(netns, tap) is None and link(None, tap) is None
         assert link(netns, bridge) is not None
         assert (
