@@ -387,7 +387,7 @@ def _tap_names(want: Want, have: Have) -> list[str]:
     return [] if spec is None else [n.tap for n in spec.interfaces]
 
 
-def _ip(where: str | int | None, *args: str) -> Command:
+def ip_argv(where: str | int | None, *args: str) -> Command:
     """An C(ip) command run where ``where`` says (as `Tap.netns`)."""
     if isinstance(where, int):
         return [NSENTER, "-t", str(where), "-n", IP, *args]
@@ -409,10 +409,10 @@ def _prepare_taps(want: Want, have: Have, here_pid: int) -> list[Command]:
     for tap in _tap_names(want, have):
         found = have.taps.get(tap)
         if found is None:
-            commands.append(_ip(libvirtd, "tuntap", "add", "dev", tap, "mode", "tap"))
+            commands.append(ip_argv(libvirtd, "tuntap", "add", "dev", tap, "mode", "tap"))
         elif found.netns != libvirtd:
-            commands.append(_ip(found.netns, "link", "set", "dev", tap, "netns",
-                                _to(libvirtd, here_pid)))
+            commands.append(ip_argv(found.netns, "link", "set", "dev", tap, "netns",
+                                    _to(libvirtd, here_pid)))
     return commands
 
 
@@ -437,16 +437,16 @@ def _attach_taps(want: Want, have: Have, here_pid: int, *, fresh: bool) -> list[
             )
         where = want.libvirt_pid if found is None else found.netns
         if where != home:
-            commands.append(_ip(where, "link", "set", "dev", tap, "netns", _to(home, here_pid)))
+            commands.append(ip_argv(where, "link", "set", "dev", tap, "netns", _to(home, here_pid)))
             found = Tap(tap, home)
         elif found is None:
             found = Tap(tap, home)
         if bridge is not None and found.master != bridge:
-            commands.append(_ip(home, "link", "set", "dev", tap, "master", bridge))
+            commands.append(ip_argv(home, "link", "set", "dev", tap, "master", bridge))
         elif bridge is None and found.master is not None:
-            commands.append(_ip(home, "link", "set", "dev", tap, "nomaster"))
+            commands.append(ip_argv(home, "link", "set", "dev", tap, "nomaster"))
         if not found.up:
-            commands.append(_ip(home, "link", "set", "dev", tap, "up"))
+            commands.append(ip_argv(home, "link", "set", "dev", tap, "up"))
     return commands
 
 
@@ -463,7 +463,7 @@ def _delete_taps(want: Want, have: Have) -> list[Command]:
     for tap in names:
         found = have.taps.get(tap)
         if found is not None:
-            commands.append(_ip(found.netns, "link", "del", "dev", tap))
+            commands.append(ip_argv(found.netns, "link", "del", "dev", tap))
     return commands
 
 
@@ -535,17 +535,17 @@ def _adopt(want: Want, have: Have, here_pid: int) -> list[Command]:
     commands: list[Command] = [[LIBVIRT, "define", name]]
     taps = {t: tap for t, tap in have.taps.items() if t not in {p.tap for p in pool}}
     for old, new in reused:
-        commands.append(_ip(netns, "link", "set", "dev", old.tap, "down"))
-        commands.append(_ip(netns, "link", "set", "dev", old.tap, "name", new.tap))
+        commands.append(ip_argv(netns, "link", "set", "dev", old.tap, "down"))
+        commands.append(ip_argv(netns, "link", "set", "dev", old.tap, "name", new.tap))
         taps[new.tap] = Tap(new.tap, netns)
     for spare in pool[len(nics):]:
-        commands.append(_ip(netns, "link", "set", "dev", spare.tap, "down", "nomaster"))
+        commands.append(ip_argv(netns, "link", "set", "dev", spare.tap, "down", "nomaster"))
     for nic in extra:
         if nic.tap not in taps:
-            commands.append(_ip(libvirtd, "tuntap", "add", "dev", nic.tap, "mode", "tap"))
+            commands.append(ip_argv(libvirtd, "tuntap", "add", "dev", nic.tap, "mode", "tap"))
         elif taps[nic.tap].netns != libvirtd:
-            commands.append(_ip(taps[nic.tap].netns, "link", "set", "dev", nic.tap, "netns",
-                                _to(libvirtd, here_pid)))
+            commands.append(ip_argv(taps[nic.tap].netns, "link", "set", "dev", nic.tap, "netns",
+                                    _to(libvirtd, here_pid)))
         taps.pop(nic.tap, None)
     commands += [[LIBVIRT, "attach", name, nic.tap] for nic in extra]
     commands.append([GUEST, "configure", name,

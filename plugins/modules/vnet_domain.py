@@ -294,9 +294,7 @@ from dataclasses import replace
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.vnet.infra.plugins.module_utils._domain import (
     GUEST,
-    IP,
     LIBVIRT,
-    NSENTER,
     Command,
     DomainError,
     Have,
@@ -306,6 +304,7 @@ from ansible_collections.vnet.infra.plugins.module_utils._domain import (
     domain_logs,
     domain_state,
     domain_xml,
+    ip_argv,
     ip_groups,
     ip_head,
     nic_xml,
@@ -482,10 +481,7 @@ class Host:
 
     def ip_json(self, where: str | int | None, *args: str) -> str:
         """``ip -json ARGS`` where ``where`` says (as C(Tap.netns))."""
-        if isinstance(where, int):
-            argv = [NSENTER, "-t", str(where), "-n", IP, "-json", *args]
-        else:
-            argv = [IP, *(["-n", where] if where else []), "-json", *args]
+        argv = ip_argv(where, "-json", *args)
         rc, out, err = self.module.run_command(argv)
         if rc != 0:
             raise PlanError("%s failed: %s" % (" ".join(argv), err.strip()))

@@ -149,9 +149,7 @@ def _main():
     elif op == "vnc":
         try:
             port = display_port(_virsh(URI, "dumpxml", domain), domain)
-            pid = qemu_pid(domain)
-            sock = (connect_from(pid, port) if pid is not None
-                    else socket.create_connection((HOST, port), CONNECT_TIMEOUT))
+            sock = connect_from(qemu_pid(domain), port)
             sock.settimeout(None)
         except (SerialError, VncError, OSError, ValueError) as exc:
             _refuse("vnc", exc)

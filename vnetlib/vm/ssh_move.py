@@ -195,16 +195,15 @@ def delete_script(names: Sequence[str], pid_file: str | None = None) -> str:
 
 
 def attach_taps(remote: Remote, host: str, nics: Sequence[Nic], spares: Sequence[str],
-                pid_file: str | None = None) -> None:
+                pid_file: str | None) -> None:
     """The node's taps in `host`'s namespace, up on their bridges."""
     if nics or spares:
         on_host(remote, host, attach_script(nics, spares, pid_file))
 
 
-def delete_taps(remote: Remote, host: str, names: Sequence[str],
-                pid_file: str | None = None) -> None:
+def delete_taps(remote: Remote, host: str, names: Sequence[str]) -> None:
     if names:
-        on_host(remote, host, delete_script(names, pid_file), check=False)
+        on_host(remote, host, delete_script(names), check=False)
 
 
 def _all_taps(move: VmMove, domain: str) -> list[str]:

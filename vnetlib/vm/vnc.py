@@ -57,20 +57,20 @@ def connect(domain: str, uri: str = URI) -> socket.socket:
     namespace: a player that runs in a namespace of its own (a lab with
     `--players-apart`) would find nothing on its own 127.0.0.1."""
     port = port_of(domain, uri)
-    pid = qemu_pid(domain)
-    if pid is not None:
-        try:
-            return connect_from(pid, port)
-        except PermissionError:  # a caller without the right to enter it: its own
-            pass
-    return socket.create_connection((HOST, port), CONNECT_TIMEOUT)
+    try:
+        return connect_from(qemu_pid(domain), port)
+    except PermissionError:  # a caller without the right to enter it: its own
+        return connect_from(None, port)
 
 
-def connect_from(pid: int, port: int) -> socket.socket:
+def connect_from(pid: int | None, port: int) -> socket.socket:
     """A TCP connection to 127.0.0.1:`port` in the network namespace of
-    process `pid`. When that is not this thread's, the socket is made by a
-    thread of its own that enters it first (setns changes only the calling
-    thread's namespace, and that thread ends with the connection made)."""
+    process `pid` (None: this thread's). When that is not this thread's, the
+    socket is made by a thread of its own that enters it first (setns
+    changes only the calling thread's namespace, and that thread ends with
+    the connection made)."""
+    if pid is None:
+        return socket.create_connection((HOST, port), CONNECT_TIMEOUT)
     theirs, ours = os.stat(f"/proc/{pid}/ns/net"), os.stat("/proc/thread-self/ns/net")
     if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
         return socket.create_connection((HOST, port), CONNECT_TIMEOUT)
